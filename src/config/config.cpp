@@ -1,0 +1,394 @@
+// Reads and validates the TOML config; see config.h and the README for the format.
+#include "config/config.h"
+
+#include <libpq-fe.h>
+#include <toml++/toml.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+namespace sg::config {
+
+const char *to_string(KeyType t) {
+  switch (t) {
+  case KeyType::bigint: return "bigint";
+  case KeyType::int_: return "int";
+  case KeyType::smallint: return "smallint";
+  case KeyType::text: return "text";
+  case KeyType::uuid: return "uuid";
+  }
+  return "?";
+}
+
+std::optional<KeyType> key_type_from_string(std::string_view s) {
+  if (s == "bigint" || s == "int8") return KeyType::bigint;
+  if (s == "int" || s == "integer" || s == "int4") return KeyType::int_;
+  if (s == "smallint" || s == "int2") return KeyType::smallint;
+  if (s == "text" || s == "varchar") return KeyType::text;
+  if (s == "uuid") return KeyType::uuid;
+  return std::nullopt;
+}
+
+size_t Config::default_shard_index() const {
+  for (size_t i = 0; i < shards.size(); ++i)
+    if (shards[i].name == proxy.default_shard)
+      return i;
+  return 0;
+}
+
+const Table *Config::find_table(std::string_view name) const {
+  for (auto &t : tables)
+    if (t.name == name)
+      return &t;
+  return nullptr;
+}
+
+std::string Diagnostic::to_string() const {
+  std::ostringstream os;
+  os << file << ":" << line << ":" << column << ": error: " << message;
+  if (!hint.empty())
+    os << "\n  hint: " << hint;
+  return os.str();
+}
+
+std::optional<Endpoint> parse_endpoint(const std::string &s, std::string &error) {
+  char *err = nullptr;
+  PQconninfoOption *opts = PQconninfoParse(s.c_str(), &err);
+  if (!opts) {
+    error = err ? err : "could not parse connection string";
+    if (!error.empty() && error.back() == '\n')
+      error.pop_back();
+    PQfreemem(err);
+    return std::nullopt;
+  }
+  Endpoint e;
+  e.raw = s;
+  bool ok = true;
+  for (PQconninfoOption *o = opts; o->keyword; ++o) {
+    if (!o->val)
+      continue;
+    std::string_view k = o->keyword;
+    std::string v = o->val;
+    if (k == "host" || (k == "hostaddr" && !v.empty()))
+      e.host = v;
+    else if (k == "port") {
+      try {
+        int p = std::stoi(v);
+        if (p <= 0 || p > 65535)
+          throw std::out_of_range("port");
+        e.port = uint16_t(p);
+      } catch (...) {
+        error = "invalid port \"" + v + "\"";
+        ok = false;
+      }
+    } else if (k == "user")
+      e.user = v;
+    else if (k == "password")
+      e.password = v;
+    else if (k == "dbname")
+      e.dbname = v;
+  }
+  PQconninfoFree(opts);
+  if (!ok)
+    return std::nullopt;
+  if (!e.host.empty() && e.host[0] == '/') {
+    error = "unix-socket hosts are not supported; use a TCP host";
+    return std::nullopt;
+  }
+  if (e.host.find(',') != std::string::npos) {
+    error = "one host per endpoint; list replicas separately";
+    return std::nullopt;
+  }
+  return e;
+}
+
+namespace {
+
+class Reader {
+public:
+  Reader(std::string path, std::vector<Diagnostic> &diags) : path_(std::move(path)), d_(diags) {}
+
+  void error(const toml::node *n, std::string msg, std::string hint) {
+    Diagnostic d{path_, 0, 0, std::move(msg), std::move(hint)};
+    if (n) {
+      d.line = n->source().begin.line;
+      d.column = n->source().begin.column;
+    }
+    d_.push_back(std::move(d));
+  }
+
+  void unknown_keys(const toml::table &t, std::initializer_list<std::string_view> allowed,
+                    std::string_view section) {
+    for (auto &[k, v] : t) {
+      bool ok = false;
+      for (auto a : allowed)
+        ok |= (k.str() == a);
+      if (!ok) {
+        std::string list;
+        for (auto a : allowed)
+          list += (list.empty() ? "" : ", ") + std::string(a);
+        Diagnostic d{path_, k.source().begin.line, k.source().begin.column,
+                     "unknown key \"" + std::string(k.str()) + "\" in " + std::string(section),
+                     "known keys here: " + list};
+        d_.push_back(std::move(d));
+      }
+    }
+  }
+
+  template <class T> bool get_string(const toml::table &t, std::string_view key, T &out) {
+    const toml::node *n = t.get(key);
+    if (!n)
+      return false;
+    if (auto s = n->value<std::string>()) {
+      out = *s;
+      return true;
+    }
+    error(n, "\"" + std::string(key) + "\" must be a string", "quote the value");
+    return false;
+  }
+
+  template <class T>
+  bool get_uint(const toml::table &t, std::string_view key, T &out, int64_t min, int64_t max) {
+    const toml::node *n = t.get(key);
+    if (!n)
+      return false;
+    auto v = n->value<int64_t>();
+    if (!v || *v < min || *v > max) {
+      error(n, "\"" + std::string(key) + "\" must be an integer from " + std::to_string(min) +
+                   " to " + std::to_string(max),
+            "");
+      return false;
+    }
+    out = T(*v);
+    return true;
+  }
+
+  const toml::table *table(const toml::table &root, std::string_view key) {
+    const toml::node *n = root.get(key);
+    if (!n)
+      return nullptr;
+    if (auto *t = n->as_table())
+      return t;
+    error(n, "\"" + std::string(key) + "\" must be a table", "write it as [" +
+                                                                 std::string(key) + "]");
+    return nullptr;
+  }
+
+  // Yields each table in an array of tables ([[key]]).
+  template <class F> void each(const toml::table &root, std::string_view key, F f) {
+    const toml::node *n = root.get(key);
+    if (!n)
+      return;
+    auto *arr = n->as_array();
+    if (!arr) {
+      error(n, "\"" + std::string(key) + "\" must be an array of tables",
+            "write each entry as [[" + std::string(key) + "]]");
+      return;
+    }
+    for (auto &el : *arr) {
+      if (auto *t = el.as_table())
+        f(*t);
+      else
+        error(&el, "each \"" + std::string(key) + "\" entry must be a table",
+              "write each entry as [[" + std::string(key) + "]]");
+    }
+  }
+
+  std::optional<Endpoint> endpoint(const toml::node *n, std::string_view what) {
+    auto s = n ? n->value<std::string>() : std::nullopt;
+    if (!s) {
+      error(n, std::string(what) + " must be a connection URL string",
+            "e.g. \"postgresql://app:secret@127.0.0.1:5432/app\"");
+      return std::nullopt;
+    }
+    std::string err;
+    auto e = parse_endpoint(*s, err);
+    if (!e)
+      error(n, "bad " + std::string(what) + " URL: " + err,
+            "use postgresql://user:password@host:port/dbname or a libpq conninfo");
+    return e;
+  }
+
+private:
+  std::string path_;
+  std::vector<Diagnostic> &d_;
+};
+
+} // namespace
+
+LoadResult load_string(std::string_view text, const std::string &path) {
+  LoadResult res;
+  auto &d = res.diagnostics;
+  toml::table root;
+  try {
+    root = toml::parse(text, path);
+  } catch (const toml::parse_error &e) {
+    d.push_back({path, e.source().begin.line, e.source().begin.column,
+                 std::string(e.description()), "fix the TOML syntax"});
+    return res;
+  }
+  Reader r(path, d);
+  Config c;
+  c.path = path;
+  r.unknown_keys(root, {"proxy", "users", "ring", "shards", "tables"},
+                 "the top level");
+
+  if (auto *p = r.table(root, "proxy")) {
+    r.unknown_keys(*p,
+                   {"listen", "database", "pool_mode", "auth", "default_shard", "workers",
+                    "pool_size", "max_message_bytes", "connect_timeout_ms", "query_timeout_ms",
+                    "pool_timeout_ms", "auth_timeout_ms", "idle_in_transaction_timeout_ms",
+                    "connect_retries"},
+                   "[proxy]");
+    std::string listen;
+    if (r.get_string(*p, "listen", listen)) {
+      size_t colon = listen.rfind(':');
+      int port = -1;
+      if (colon != std::string::npos) {
+        try {
+          port = std::stoi(listen.substr(colon + 1));
+        } catch (...) {
+        }
+      }
+      if (colon == std::string::npos || port <= 0 || port > 65535)
+        r.error(p->get("listen"), "\"listen\" must be host:port", "e.g. \"127.0.0.1:6432\"");
+      else {
+        c.proxy.listen_host = listen.substr(0, colon);
+        c.proxy.listen_port = uint16_t(port);
+      }
+    }
+    r.get_string(*p, "database", c.proxy.database);
+    std::string mode;
+    if (r.get_string(*p, "pool_mode", mode)) {
+      if (mode == "transaction")
+        c.proxy.pool_mode = PoolMode::transaction;
+      else if (mode == "session")
+        c.proxy.pool_mode = PoolMode::session;
+      else
+        r.error(p->get("pool_mode"), "unknown pool_mode \"" + mode + "\"",
+                "use \"transaction\" or \"session\"");
+    }
+    std::string auth;
+    if (r.get_string(*p, "auth", auth)) {
+      if (auth == "scram-sha-256")
+        c.proxy.auth = AuthMethod::scram_sha_256;
+      else if (auth == "md5")
+        c.proxy.auth = AuthMethod::md5;
+      else
+        r.error(p->get("auth"), "unknown auth \"" + auth + "\"",
+                "use \"scram-sha-256\" or \"md5\"");
+    }
+    r.get_string(*p, "default_shard", c.proxy.default_shard);
+    r.get_uint(*p, "workers", c.proxy.workers, 0, 256);
+    r.get_uint(*p, "pool_size", c.proxy.pool_size, 1, 100000);
+    r.get_uint(*p, "max_message_bytes", c.proxy.max_message_bytes, 1024, 1 << 30);
+    r.get_uint(*p, "connect_timeout_ms", c.proxy.connect_timeout_ms, 1, 600000);
+    r.get_uint(*p, "query_timeout_ms", c.proxy.query_timeout_ms, 0, 86400000);
+    r.get_uint(*p, "pool_timeout_ms", c.proxy.pool_timeout_ms, 1, 600000);
+    r.get_uint(*p, "auth_timeout_ms", c.proxy.auth_timeout_ms, 1, 600000);
+    r.get_uint(*p, "idle_in_transaction_timeout_ms", c.proxy.idle_in_transaction_timeout_ms, 0,
+               86400000);
+    r.get_uint(*p, "connect_retries", c.proxy.connect_retries, 0, 20);
+  }
+
+  std::set<std::string> user_names;
+  r.each(root, "users", [&](const toml::table &t) {
+    r.unknown_keys(t, {"name", "password"}, "[[users]]");
+    User u;
+    if (!r.get_string(t, "name", u.name) || u.name.empty())
+      r.error(&t, "a user needs a \"name\"", "add name = \"app\"");
+    if (!r.get_string(t, "password", u.password))
+      r.error(&t, "user \"" + u.name + "\" needs a \"password\"",
+              "add password = \"...\" (clients authenticate with it)");
+    if (!u.name.empty() && !user_names.insert(u.name).second)
+      r.error(t.get("name"), "duplicate user \"" + u.name + "\"", "each user once");
+    c.users.push_back(std::move(u));
+  });
+  if (c.users.empty())
+    d.push_back({path, 1, 1, "no [[users]] configured", "add at least one [[users]] entry"});
+
+  if (auto *rt = r.table(root, "ring")) {
+    r.unknown_keys(*rt, {"vnodes"}, "[ring]");
+    r.get_uint(*rt, "vnodes", c.ring.vnodes, 1, 100000);
+  }
+
+  std::set<std::string> shard_names;
+  r.each(root, "shards", [&](const toml::table &t) {
+    r.unknown_keys(t, {"name", "primary", "replicas", "weight"}, "[[shards]]");
+    Shard s;
+    if (!r.get_string(t, "name", s.name) || s.name.empty())
+      r.error(&t, "a shard needs a \"name\"", "add name = \"s0\"");
+    else if (!shard_names.insert(s.name).second)
+      r.error(t.get("name"), "duplicate shard name \"" + s.name + "\"",
+              "shard names must be unique: they place the shard on the ring");
+    if (auto *pn = t.get("primary")) {
+      if (auto e = r.endpoint(pn, "primary"))
+        s.primary = *e;
+    } else {
+      r.error(&t, "shard \"" + s.name + "\" has no \"primary\"",
+              "add primary = \"postgresql://user:password@host:port/db\"");
+    }
+    if (auto *rn = t.get("replicas")) {
+      if (auto *arr = rn->as_array()) {
+        for (auto &el : *arr)
+          if (auto e = r.endpoint(&el, "replica"))
+            s.replicas.push_back(*e);
+      } else {
+        r.error(rn, "\"replicas\" must be an array of URLs", "e.g. replicas = [\"postgresql://...\"]");
+      }
+    }
+    r.get_uint(t, "weight", s.weight, 1, 1000);
+    c.shards.push_back(std::move(s));
+  });
+  if (c.shards.empty())
+    d.push_back({path, 1, 1, "no [[shards]] configured", "add at least one [[shards]] entry"});
+
+  std::set<std::string> table_names;
+  r.each(root, "tables", [&](const toml::table &t) {
+    r.unknown_keys(t, {"name", "key", "key_type"}, "[[tables]]");
+    Table tb;
+    if (!r.get_string(t, "name", tb.name) || tb.name.empty())
+      r.error(&t, "a table needs a \"name\"", "add name = \"accounts\"");
+    else if (!table_names.insert(tb.name).second)
+      r.error(t.get("name"), "duplicate table \"" + tb.name + "\"", "each table once");
+    if (!r.get_string(t, "key", tb.key) || tb.key.empty())
+      r.error(&t, "table \"" + tb.name + "\" has no \"key\"",
+              "add key = \"<shard key column>\"");
+    std::string kt = "bigint";
+    r.get_string(t, "key_type", kt);
+    if (auto k = key_type_from_string(kt))
+      tb.key_type = *k;
+    else
+      r.error(t.get("key_type"), "unknown key_type \"" + kt + "\"",
+              "use bigint, int, smallint, text or uuid");
+    c.tables.push_back(std::move(tb));
+  });
+
+  if (!c.proxy.default_shard.empty() && !shard_names.count(c.proxy.default_shard)) {
+    const toml::node *n = nullptr;
+    if (auto *p = root.get("proxy"); p && p->as_table())
+      n = p->as_table()->get("default_shard");
+    r.error(n, "default_shard \"" + c.proxy.default_shard + "\" is not a configured shard",
+            "name one of the [[shards]]");
+  }
+
+  if (d.empty())
+    res.config = std::move(c);
+  return res;
+}
+
+LoadResult load_file(const std::string &path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    LoadResult res;
+    res.diagnostics.push_back({path, 0, 0, "cannot read the config file",
+                               "check the path given to --config"});
+    return res;
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return load_string(ss.str(), path);
+}
+
+} // namespace sg::config

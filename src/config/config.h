@@ -1,0 +1,101 @@
+// ShardGate configuration: TOML (toml++) read once into plain structs with defaults.
+// Every problem is reported at once, each with file:line:column and a hint.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace sg::config {
+
+enum class PoolMode { transaction, session };
+enum class KeyType { bigint, int_, smallint, text, uuid };
+enum class AuthMethod { scram_sha_256, md5 };
+
+const char *to_string(KeyType t);
+std::optional<KeyType> key_type_from_string(std::string_view s);
+
+// A backend node, from a libpq URL or conninfo string.
+struct Endpoint {
+  std::string raw;
+  std::string host = "127.0.0.1";
+  uint16_t port = 5432;
+  std::string user;
+  std::string password;
+  std::string dbname;
+  std::string label() const { return host + ":" + std::to_string(port); }
+};
+
+struct Shard {
+  std::string name;
+  Endpoint primary;
+  std::vector<Endpoint> replicas;
+  uint32_t weight = 1;
+};
+
+struct Table {
+  std::string name;
+  std::string key;
+  KeyType key_type = KeyType::bigint;
+};
+
+struct User {
+  std::string name;
+  std::string password;
+};
+
+struct Proxy {
+  std::string listen_host = "127.0.0.1";
+  uint16_t listen_port = 6432;
+  std::string database = "app";
+  PoolMode pool_mode = PoolMode::transaction;
+  AuthMethod auth = AuthMethod::scram_sha_256;
+  std::string default_shard;          // empty: the first shard
+  uint32_t workers = 0;               // 0: one per core
+  uint32_t pool_size = 20;            // max backend connections per node, over all workers
+  uint32_t max_message_bytes = 64u << 20;
+  uint32_t connect_timeout_ms = 3000;
+  uint32_t query_timeout_ms = 0;      // 0: none (backend statement_timeout applies)
+  uint32_t pool_timeout_ms = 5000;    // waiting for a free backend connection
+  uint32_t auth_timeout_ms = 10000;
+  uint32_t idle_in_transaction_timeout_ms = 0;
+  uint32_t connect_retries = 2;
+};
+
+struct Ring {
+  uint32_t vnodes = 150;
+};
+
+struct Config {
+  std::string path;
+  Proxy proxy;
+  std::vector<User> users;
+  Ring ring;
+  std::vector<Shard> shards;
+  std::vector<Table> tables;
+  size_t default_shard_index() const;
+  const Table *find_table(std::string_view name) const;
+};
+
+struct Diagnostic {
+  std::string file;
+  uint32_t line = 0;
+  uint32_t column = 0;
+  std::string message;
+  std::string hint;
+  std::string to_string() const;
+};
+
+struct LoadResult {
+  std::optional<Config> config;
+  std::vector<Diagnostic> diagnostics;
+};
+
+LoadResult load_file(const std::string &path);
+LoadResult load_string(std::string_view text, const std::string &path);
+
+// Parses a libpq URL or conninfo with PQconninfoParse; error text on failure.
+std::optional<Endpoint> parse_endpoint(const std::string &s, std::string &error);
+
+} // namespace sg::config

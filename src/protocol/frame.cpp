@@ -1,0 +1,66 @@
+// Frame decoding for the PostgreSQL v3 wire protocol.
+#include "protocol/frame.h"
+
+namespace sg::protocol {
+
+FrameView decode_frame(const uint8_t *data, size_t len, uint32_t max_len) {
+  FrameView f;
+  if (len < 5)
+    return f;
+  uint32_t declared = read_u32(data + 1);
+  if (declared < 4) {
+    f.status = DecodeStatus::error;
+    f.error = "invalid message length";
+    return f;
+  }
+  if (declared > max_len) {
+    f.status = DecodeStatus::error;
+    f.error = "message length exceeds the configured maximum";
+    return f;
+  }
+  if (len < size_t(declared) + 1)
+    return f;
+  f.status = DecodeStatus::ready;
+  f.type = char(data[0]);
+  f.body = data + 5;
+  f.body_len = declared - 4;
+  f.frame_len = size_t(declared) + 1;
+  return f;
+}
+
+StartupView decode_startup(const uint8_t *data, size_t len, uint32_t max_len) {
+  StartupView s;
+  if (len < 4)
+    return s;
+  uint32_t declared = read_u32(data);
+  if (declared < 8) {
+    s.status = DecodeStatus::error;
+    s.error = "invalid startup packet length";
+    return s;
+  }
+  if (declared > max_len) {
+    s.status = DecodeStatus::error;
+    s.error = "startup packet length exceeds the configured maximum";
+    return s;
+  }
+  if (len < declared)
+    return s;
+  s.status = DecodeStatus::ready;
+  s.code = read_u32(data + 4);
+  s.body = data + 8;
+  s.body_len = declared - 8;
+  s.frame_len = declared;
+  return s;
+}
+
+bool is_frontend_type(char type) {
+  switch (type) {
+  case 'Q': case 'P': case 'B': case 'D': case 'E': case 'C': case 'S': case 'H':
+  case 'X': case 'd': case 'c': case 'f': case 'F': case 'p':
+    return true;
+  default:
+    return false;
+  }
+}
+
+} // namespace sg::protocol

@@ -1,0 +1,352 @@
+// Builders and parsers for the PostgreSQL v3 messages the proxy speaks or inspects.
+#include "protocol/messages.h"
+
+#include <cstring>
+
+namespace sg::protocol {
+
+const char *to_string(Frontend t) {
+  switch (t) {
+  case Frontend::Query: return "Query";
+  case Frontend::Parse: return "Parse";
+  case Frontend::Bind: return "Bind";
+  case Frontend::Describe: return "Describe";
+  case Frontend::Execute: return "Execute";
+  case Frontend::Close: return "Close";
+  case Frontend::Sync: return "Sync";
+  case Frontend::Flush: return "Flush";
+  case Frontend::Terminate: return "Terminate";
+  case Frontend::CopyData: return "CopyData";
+  case Frontend::CopyDone: return "CopyDone";
+  case Frontend::CopyFail: return "CopyFail";
+  case Frontend::FunctionCall: return "FunctionCall";
+  case Frontend::PasswordMessage: return "PasswordMessage";
+  }
+  return "Unknown";
+}
+
+const char *to_string(Backend t) {
+  switch (t) {
+  case Backend::Authentication: return "Authentication";
+  case Backend::BackendKeyData: return "BackendKeyData";
+  case Backend::BindComplete: return "BindComplete";
+  case Backend::CloseComplete: return "CloseComplete";
+  case Backend::CommandComplete: return "CommandComplete";
+  case Backend::CopyData: return "CopyData";
+  case Backend::CopyDone: return "CopyDone";
+  case Backend::CopyInResponse: return "CopyInResponse";
+  case Backend::CopyOutResponse: return "CopyOutResponse";
+  case Backend::CopyBothResponse: return "CopyBothResponse";
+  case Backend::DataRow: return "DataRow";
+  case Backend::EmptyQueryResponse: return "EmptyQueryResponse";
+  case Backend::ErrorResponse: return "ErrorResponse";
+  case Backend::FunctionCallResponse: return "FunctionCallResponse";
+  case Backend::NegotiateProtocolVersion: return "NegotiateProtocolVersion";
+  case Backend::NoData: return "NoData";
+  case Backend::NoticeResponse: return "NoticeResponse";
+  case Backend::NotificationResponse: return "NotificationResponse";
+  case Backend::ParameterDescription: return "ParameterDescription";
+  case Backend::ParameterStatus: return "ParameterStatus";
+  case Backend::ParseComplete: return "ParseComplete";
+  case Backend::PortalSuspended: return "PortalSuspended";
+  case Backend::ReadyForQuery: return "ReadyForQuery";
+  case Backend::RowDescription: return "RowDescription";
+  }
+  return "Unknown";
+}
+
+Writer::Writer(Bytes &out, char type) : out_(out) {
+  out_.push_back(type);
+  len_pos_ = out_.size();
+  out_.append(4, '\0');
+}
+
+Writer::Writer(Bytes &out) : out_(out) {
+  len_pos_ = out_.size();
+  out_.append(4, '\0');
+}
+
+Writer &Writer::u8(uint8_t v) {
+  out_.push_back(char(v));
+  return *this;
+}
+Writer &Writer::i16(int16_t v) {
+  out_.push_back(char((uint16_t(v) >> 8) & 0xff));
+  out_.push_back(char(uint16_t(v) & 0xff));
+  return *this;
+}
+Writer &Writer::i32(int32_t v) {
+  uint32_t u = uint32_t(v);
+  char b[4] = {char(u >> 24), char(u >> 16), char(u >> 8), char(u)};
+  out_.append(b, 4);
+  return *this;
+}
+Writer &Writer::cstr(std::string_view s) {
+  out_.append(s);
+  out_.push_back('\0');
+  return *this;
+}
+Writer &Writer::raw(std::string_view s) {
+  out_.append(s);
+  return *this;
+}
+void Writer::finish() {
+  uint32_t len = uint32_t(out_.size() - len_pos_);
+  out_[len_pos_] = char(len >> 24);
+  out_[len_pos_ + 1] = char(len >> 16);
+  out_[len_pos_ + 2] = char(len >> 8);
+  out_[len_pos_ + 3] = char(len);
+}
+
+uint8_t Reader::u8() {
+  if (end_ - p_ < 1) {
+    ok_ = false;
+    return 0;
+  }
+  return uint8_t(*p_++);
+}
+int16_t Reader::i16() {
+  if (end_ - p_ < 2) {
+    ok_ = false;
+    p_ = end_;
+    return 0;
+  }
+  auto v = int16_t((uint8_t(p_[0]) << 8) | uint8_t(p_[1]));
+  p_ += 2;
+  return v;
+}
+int32_t Reader::i32() {
+  if (end_ - p_ < 4) {
+    ok_ = false;
+    p_ = end_;
+    return 0;
+  }
+  auto v = int32_t((uint32_t(uint8_t(p_[0])) << 24) | (uint32_t(uint8_t(p_[1])) << 16) |
+                   (uint32_t(uint8_t(p_[2])) << 8) | uint32_t(uint8_t(p_[3])));
+  p_ += 4;
+  return v;
+}
+std::string_view Reader::cstr() {
+  const void *nul = std::memchr(p_, 0, size_t(end_ - p_));
+  if (!nul) {
+    ok_ = false;
+    p_ = end_;
+    return {};
+  }
+  std::string_view s(p_, size_t(static_cast<const char *>(nul) - p_));
+  p_ += s.size() + 1;
+  return s;
+}
+std::string_view Reader::bytes(size_t n) {
+  if (size_t(end_ - p_) < n) {
+    ok_ = false;
+    p_ = end_;
+    return {};
+  }
+  std::string_view s(p_, n);
+  p_ += n;
+  return s;
+}
+
+// ErrorResponse: { Byte1 field code, String value }*, Byte1 0.
+void error_response(Bytes &out, const ErrorInfo &e) {
+  Writer w(out, 'E');
+  w.u8('S').cstr(e.severity).u8('V').cstr(e.severity).u8('C').cstr(e.sqlstate);
+  w.u8('M').cstr(e.message);
+  if (!e.detail.empty())
+    w.u8('D').cstr(e.detail);
+  if (!e.hint.empty())
+    w.u8('H').cstr(e.hint);
+  w.u8(0);
+  w.finish();
+}
+
+ErrorInfo parse_error_response(std::string_view body) {
+  ErrorInfo e;
+  Reader r(body);
+  while (r.ok() && !r.at_end()) {
+    uint8_t code = r.u8();
+    if (code == 0)
+      break;
+    std::string_view v = r.cstr();
+    switch (code) {
+    case 'V': e.severity = v; break;
+    case 'C': e.sqlstate = v; break;
+    case 'M': e.message = v; break;
+    case 'D': e.detail = v; break;
+    case 'H': e.hint = v; break;
+    default: break;
+    }
+  }
+  return e;
+}
+
+// Authentication: Int32 code, then code-specific data.
+void auth_ok(Bytes &out) { Writer(out, 'R').i32(0).finish(); }
+void auth_md5(Bytes &out, const uint8_t salt[4]) {
+  Writer(out, 'R').i32(5).raw({reinterpret_cast<const char *>(salt), 4}).finish();
+}
+void auth_sasl(Bytes &out, std::string_view mechanism) {
+  Writer(out, 'R').i32(10).cstr(mechanism).u8(0).finish();
+}
+void auth_sasl_continue(Bytes &out, std::string_view data) {
+  Writer(out, 'R').i32(11).raw(data).finish();
+}
+void auth_sasl_final(Bytes &out, std::string_view data) {
+  Writer(out, 'R').i32(12).raw(data).finish();
+}
+void parameter_status(Bytes &out, std::string_view name, std::string_view value) {
+  Writer(out, 'S').cstr(name).cstr(value).finish();
+}
+void backend_key_data(Bytes &out, int32_t pid, int32_t key) {
+  Writer(out, 'K').i32(pid).i32(key).finish();
+}
+void ready_for_query(Bytes &out, char status) { Writer(out, 'Z').u8(uint8_t(status)).finish(); }
+void command_complete(Bytes &out, std::string_view tag) { Writer(out, 'C').cstr(tag).finish(); }
+void parse_complete(Bytes &out) { Writer(out, '1').finish(); }
+void bind_complete(Bytes &out) { Writer(out, '2').finish(); }
+void close_complete(Bytes &out) { Writer(out, '3').finish(); }
+void no_data(Bytes &out) { Writer(out, 'n').finish(); }
+
+void startup_message(Bytes &out, const std::vector<std::pair<std::string, std::string>> &params) {
+  Writer w(out);
+  w.i32(196608);
+  for (auto &[k, v] : params)
+    w.cstr(k).cstr(v);
+  w.u8(0);
+  w.finish();
+}
+void password_message(Bytes &out, std::string_view password) {
+  Writer(out, 'p').cstr(password).finish();
+}
+void sasl_initial_response(Bytes &out, std::string_view mechanism, std::string_view data) {
+  Writer(out, 'p').cstr(mechanism).i32(int32_t(data.size())).raw(data).finish();
+}
+void sasl_response(Bytes &out, std::string_view data) { Writer(out, 'p').raw(data).finish(); }
+void query(Bytes &out, std::string_view sql) { Writer(out, 'Q').cstr(sql).finish(); }
+void parse(Bytes &out, std::string_view name, std::string_view sql,
+           const std::vector<uint32_t> &param_types) {
+  Writer w(out, 'P');
+  w.cstr(name).cstr(sql).i16(int16_t(param_types.size()));
+  for (uint32_t t : param_types)
+    w.i32(int32_t(t));
+  w.finish();
+}
+void sync(Bytes &out) { Writer(out, 'S').finish(); }
+void terminate(Bytes &out) { Writer(out, 'X').finish(); }
+void cancel_request(Bytes &out, int32_t pid, int32_t key) {
+  Writer(out).i32(80877102).i32(pid).i32(key).finish();
+}
+void describe(Bytes &out, char kind, std::string_view name) {
+  Writer(out, 'D').u8(uint8_t(kind)).cstr(name).finish();
+}
+void close(Bytes &out, char kind, std::string_view name) {
+  Writer(out, 'C').u8(uint8_t(kind)).cstr(name).finish();
+}
+
+std::optional<std::vector<std::pair<std::string, std::string>>>
+parse_startup_params(std::string_view body) {
+  std::vector<std::pair<std::string, std::string>> params;
+  Reader r(body);
+  while (r.ok() && !r.at_end()) {
+    std::string_view k = r.cstr();
+    if (!r.ok())
+      return std::nullopt;
+    if (k.empty())
+      return r.at_end() ? std::optional(params) : std::nullopt;
+    std::string_view v = r.cstr();
+    if (!r.ok())
+      return std::nullopt;
+    params.emplace_back(std::string(k), std::string(v));
+  }
+  return std::nullopt; // missing terminator
+}
+
+std::optional<ParseMsg> parse_parse(std::string_view body) {
+  Reader r(body);
+  ParseMsg m;
+  m.name = r.cstr();
+  m.query = r.cstr();
+  int16_t n = r.i16();
+  if (!r.ok() || n < 0)
+    return std::nullopt;
+  m.param_types.reserve(size_t(n));
+  for (int i = 0; i < n; ++i)
+    m.param_types.push_back(uint32_t(r.i32()));
+  if (!r.ok() || !r.at_end())
+    return std::nullopt;
+  return m;
+}
+
+std::optional<BindMsg> parse_bind(std::string_view body) {
+  Reader r(body);
+  BindMsg b;
+  b.portal = r.cstr();
+  b.statement = r.cstr();
+  b.after_statement = r.pos();
+  int16_t nf = r.i16();
+  if (!r.ok() || nf < 0)
+    return std::nullopt;
+  b.formats.reserve(size_t(nf));
+  for (int i = 0; i < nf; ++i)
+    b.formats.push_back(r.i16());
+  int16_t np = r.i16();
+  if (!r.ok() || np < 0 || (nf > 1 && nf != np))
+    return std::nullopt;
+  b.params.reserve(size_t(np));
+  for (int i = 0; i < np; ++i) {
+    int32_t len = r.i32();
+    if (len == -1) {
+      b.params.emplace_back(std::nullopt);
+      continue;
+    }
+    if (len < 0)
+      return std::nullopt;
+    b.params.emplace_back(r.bytes(size_t(len)));
+  }
+  int16_t nr = r.i16();
+  if (nr < 0)
+    return std::nullopt;
+  for (int i = 0; i < nr; ++i)
+    r.i16();
+  if (!r.ok() || !r.at_end())
+    return std::nullopt;
+  return b;
+}
+
+int16_t bind_param_format(const BindMsg &b, size_t i) {
+  if (b.formats.empty())
+    return 0;
+  if (b.formats.size() == 1)
+    return b.formats[0];
+  return i < b.formats.size() ? b.formats[i] : 0;
+}
+
+void rewrite_bind(Bytes &out, const BindMsg &b, std::string_view body, std::string_view stmt) {
+  Writer w(out, 'B');
+  w.cstr(b.portal).cstr(stmt);
+  w.raw(body.substr(size_t(b.after_statement - body.data())));
+  w.finish();
+}
+
+std::optional<TargetMsg> parse_target(std::string_view body) {
+  Reader r(body);
+  TargetMsg t;
+  t.kind = char(r.u8());
+  t.name = r.cstr();
+  if (!r.ok() || !r.at_end() || (t.kind != 'S' && t.kind != 'P'))
+    return std::nullopt;
+  return t;
+}
+
+std::optional<std::pair<std::string_view, std::string_view>>
+parse_parameter_status(std::string_view body) {
+  Reader r(body);
+  auto k = r.cstr();
+  auto v = r.cstr();
+  if (!r.ok())
+    return std::nullopt;
+  return std::pair{k, v};
+}
+
+} // namespace sg::protocol

@@ -1,0 +1,149 @@
+// PostgreSQL v3 message types, builders (appending to a byte string) and the few parsers that
+// routing and pooling need. No I/O here.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace sg::protocol {
+
+// Message type bytes, named as the PostgreSQL documentation names them.
+enum class Frontend : char {
+  Query = 'Q', Parse = 'P', Bind = 'B', Describe = 'D', Execute = 'E', Close = 'C', Sync = 'S',
+  Flush = 'H', Terminate = 'X', CopyData = 'd', CopyDone = 'c', CopyFail = 'f',
+  FunctionCall = 'F', PasswordMessage = 'p',
+};
+enum class Backend : char {
+  Authentication = 'R', BackendKeyData = 'K', BindComplete = '2', CloseComplete = '3',
+  CommandComplete = 'C', CopyData = 'd', CopyDone = 'c', CopyInResponse = 'G',
+  CopyOutResponse = 'H', CopyBothResponse = 'W', DataRow = 'D', EmptyQueryResponse = 'I',
+  ErrorResponse = 'E', FunctionCallResponse = 'V', NegotiateProtocolVersion = 'v', NoData = 'n',
+  NoticeResponse = 'N', NotificationResponse = 'A', ParameterDescription = 't',
+  ParameterStatus = 'S', ParseComplete = '1', PortalSuspended = 's', ReadyForQuery = 'Z',
+  RowDescription = 'T',
+};
+const char *to_string(Frontend t);
+const char *to_string(Backend t);
+
+using Bytes = std::string;
+
+// Appends one framed message to `out`. Usage: Writer w(out, 'Q'); w.cstr(sql); w.finish();
+class Writer {
+public:
+  Writer(Bytes &out, char type);
+  explicit Writer(Bytes &out); // untyped (startup packets)
+  Writer &u8(uint8_t v);
+  Writer &i16(int16_t v);
+  Writer &i32(int32_t v);
+  Writer &cstr(std::string_view s);
+  Writer &raw(std::string_view s);
+  void finish();
+
+private:
+  Bytes &out_;
+  size_t len_pos_;
+};
+
+// A reader over a message body that never reads past the end; ok() turns false on overrun.
+class Reader {
+public:
+  explicit Reader(std::string_view body) : p_(body.data()), end_(body.data() + body.size()) {}
+  uint8_t u8();
+  int16_t i16();
+  int32_t i32();
+  std::string_view cstr();
+  std::string_view bytes(size_t n);
+  bool ok() const { return ok_; }
+  bool at_end() const { return p_ == end_; }
+  size_t remaining() const { return size_t(end_ - p_); }
+  const char *pos() const { return p_; }
+
+private:
+  const char *p_;
+  const char *end_;
+  bool ok_ = true;
+};
+
+// ---- Error fields (ErrorResponse / NoticeResponse) ----
+struct ErrorInfo {
+  std::string severity = "ERROR";
+  std::string sqlstate;
+  std::string message;
+  std::string detail;
+  std::string hint;
+};
+void error_response(Bytes &out, const ErrorInfo &e);
+ErrorInfo parse_error_response(std::string_view body);
+
+// ---- Backend-side builders (what the proxy says to clients) ----
+void auth_ok(Bytes &out);
+void auth_md5(Bytes &out, const uint8_t salt[4]);
+void auth_sasl(Bytes &out, std::string_view mechanism);
+void auth_sasl_continue(Bytes &out, std::string_view data);
+void auth_sasl_final(Bytes &out, std::string_view data);
+void parameter_status(Bytes &out, std::string_view name, std::string_view value);
+void backend_key_data(Bytes &out, int32_t pid, int32_t key);
+void ready_for_query(Bytes &out, char status);
+void command_complete(Bytes &out, std::string_view tag);
+void parse_complete(Bytes &out);
+void bind_complete(Bytes &out);
+void close_complete(Bytes &out);
+void no_data(Bytes &out);
+
+// ---- Frontend-side builders (what the proxy says to backends) ----
+void startup_message(Bytes &out, const std::vector<std::pair<std::string, std::string>> &params);
+void password_message(Bytes &out, std::string_view password);
+void sasl_initial_response(Bytes &out, std::string_view mechanism, std::string_view data);
+void sasl_response(Bytes &out, std::string_view data);
+void query(Bytes &out, std::string_view sql);
+void parse(Bytes &out, std::string_view name, std::string_view sql,
+           const std::vector<uint32_t> &param_types);
+void sync(Bytes &out);
+void terminate(Bytes &out);
+void cancel_request(Bytes &out, int32_t pid, int32_t key);
+
+// ---- Parsers ----
+// StartupMessage body after the protocol code: name/value pairs.
+std::optional<std::vector<std::pair<std::string, std::string>>>
+parse_startup_params(std::string_view body);
+
+// Parse: String name, String query, Int16 n, Int32[n] param type oids.
+struct ParseMsg {
+  std::string_view name;
+  std::string_view query;
+  std::vector<uint32_t> param_types;
+};
+std::optional<ParseMsg> parse_parse(std::string_view body);
+
+// Bind: String portal, String statement, Int16 nfmt, Int16[nfmt] formats, Int16 nparams,
+// { Int32 len (-1 = NULL), Byte[len] }[nparams], Int16 nres, Int16[nres] result formats.
+struct BindMsg {
+  std::string_view portal;
+  std::string_view statement;
+  std::vector<int16_t> formats;
+  std::vector<std::optional<std::string_view>> params;
+  const char *after_statement = nullptr; // start of the format-codes section in the body
+};
+std::optional<BindMsg> parse_bind(std::string_view body);
+int16_t bind_param_format(const BindMsg &b, size_t i);
+// Re-frames a Bind with a different statement name, keeping everything else byte for byte.
+void rewrite_bind(Bytes &out, const BindMsg &b, std::string_view body, std::string_view stmt);
+
+// Describe / Close: Byte1 'S' or 'P', String name.
+struct TargetMsg {
+  char kind = 0;
+  std::string_view name;
+};
+std::optional<TargetMsg> parse_target(std::string_view body);
+void describe(Bytes &out, char kind, std::string_view name);
+void close(Bytes &out, char kind, std::string_view name);
+
+// ParameterStatus: String name, String value.
+std::optional<std::pair<std::string_view, std::string_view>>
+parse_parameter_status(std::string_view body);
+
+} // namespace sg::protocol

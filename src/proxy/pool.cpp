@@ -1,0 +1,116 @@
+// Pool checkout/return, connect retries with exponential backoff and jitter.
+#include "proxy/pool.h"
+
+#include "proxy/errors.h"
+
+#include <sys/socket.h>
+
+#include <random>
+
+namespace sg::proxy {
+
+namespace {
+
+// A connection idle for a while may have been closed by the server (restart, idle timeout):
+// peek without blocking; EOF or an error means it is dead.
+bool still_alive(tcp::socket &s) {
+  char c;
+  ssize_t n = ::recv(s.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n == 0)
+    return false;
+  if (n < 0)
+    return errno == EAGAIN || errno == EWOULDBLOCK;
+  return false; // unexpected bytes from an idle server: do not trust it
+}
+
+uint32_t backoff_ms(uint32_t attempt) {
+  thread_local std::mt19937 rng{std::random_device{}()};
+  uint32_t base = 50u << std::min<uint32_t>(attempt, 6); // 50 ms, 100 ms, ... capped at 3.2 s
+  std::uniform_int_distribution<uint32_t> jitter(base / 2, base);
+  return jitter(rng);
+}
+
+} // namespace
+
+Pool::Pool(const Node &node, size_t max, const config::Proxy &cfg)
+    : node_(node), max_(max), cfg_(cfg) {}
+
+Task<std::unique_ptr<BackendConn>> Pool::acquire(ConnectError &err) {
+  auto ex = co_await asio::this_coro::executor;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(cfg_.pool_timeout_ms);
+  for (;;) {
+    while (!idle_.empty()) {
+      Idle it = std::move(idle_.back());
+      idle_.pop_back();
+      if (std::chrono::steady_clock::now() - it.since < std::chrono::seconds(1) ||
+          still_alive(it.conn->sock))
+        co_return std::move(it.conn);
+      --open_;
+    }
+    if (open_ < max_) {
+      ++open_;
+      for (uint32_t attempt = 0;; ++attempt) {
+        auto conn = co_await connect_backend(node_, cfg_.connect_timeout_ms, err);
+        if (conn) {
+          co_return conn;
+        }
+        bool retriable = err.ec == make_error_code(errc::backend_refused) ||
+                         err.ec == make_error_code(errc::connect_timeout) ||
+                         err.ec == make_error_code(errc::backend_closed);
+        // 57P03: the database system is starting up / shutting down; worth another try.
+        retriable |= err.sqlstate == "57P03";
+        if (!retriable || attempt >= cfg_.connect_retries) {
+          --open_;
+          wake_one();
+          co_return nullptr;
+        }
+        asio::steady_timer t(ex, std::chrono::milliseconds(backoff_ms(attempt)));
+        ErrorCode ec;
+        co_await t.async_wait(asio::redirect_error(use_awaitable, ec));
+      }
+    }
+    // Full: wait for a release, bounded by pool_timeout_ms.
+    if (std::chrono::steady_clock::now() >= deadline) {
+      err = {make_error_code(errc::pool_timeout),
+             "no connection to " + node_.label() + " became free within " +
+                 std::to_string(cfg_.pool_timeout_ms) + " ms (pool_size " +
+                 std::to_string(cfg_.pool_size) + ")",
+             "53300"};
+      co_return nullptr;
+    }
+    asio::steady_timer t(ex, deadline);
+    waiters_.push_back(&t);
+    auto me = std::prev(waiters_.end());
+    ErrorCode ec;
+    co_await t.async_wait(asio::redirect_error(use_awaitable, ec));
+    if (ec != asio::error::operation_aborted)
+      waiters_.erase(me); // timed out; a wake-up (cancel) already removed us
+  }
+}
+
+void Pool::wake_one() {
+  if (!waiters_.empty()) {
+    waiters_.front()->cancel();
+    waiters_.pop_front();
+  }
+}
+
+void Pool::release(std::unique_ptr<BackendConn> conn) {
+  if (!conn)
+    return;
+  if (conn->broken || conn->tx_status != 'I') {
+    ErrorCode ec;
+    conn->sock.close(ec);
+    --open_;
+  } else {
+    idle_.push_back({std::move(conn), std::chrono::steady_clock::now()});
+  }
+  wake_one();
+}
+
+void Pool::close_idle() {
+  open_ -= idle_.size();
+  idle_.clear();
+}
+
+} // namespace sg::proxy

@@ -1,0 +1,41 @@
+// Per-worker pool of backend connections to one node. Lives on one worker thread: no locks.
+#pragma once
+
+#include "config/config.h"
+#include "proxy/backend.h"
+
+#include <chrono>
+#include <list>
+#include <memory>
+#include <vector>
+
+namespace sg::proxy {
+
+class Pool {
+public:
+  Pool(const Node &node, size_t max, const config::Proxy &cfg);
+  // A ready connection, or nullptr with err set (after retries with backoff and jitter).
+  Task<std::unique_ptr<BackendConn>> acquire(ConnectError &err);
+  // Returns a connection; broken ones are closed and free a slot.
+  void release(std::unique_ptr<BackendConn> conn);
+  const Node &node() const { return node_; }
+  size_t idle_count() const { return idle_.size(); }
+  size_t open_count() const { return open_; }
+  void close_idle();
+
+private:
+  struct Idle {
+    std::unique_ptr<BackendConn> conn;
+    std::chrono::steady_clock::time_point since;
+  };
+  void wake_one();
+
+  const Node &node_;
+  size_t max_;
+  const config::Proxy &cfg_;
+  std::vector<Idle> idle_;
+  size_t open_ = 0; // idle + lent + connecting
+  std::list<asio::steady_timer *> waiters_;
+};
+
+} // namespace sg::proxy

@@ -1,0 +1,177 @@
+// Server start-up: shared state, worker threads with SO_REUSEPORT listeners, signals, drain.
+#include "proxy/server.h"
+
+#include "proxy/errors.h"
+#include "proxy/session.h"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/signal_set.hpp>
+
+#include <sys/socket.h>
+
+namespace sg::proxy {
+
+void CancelRegistry::add(int32_t pid, int32_t key, std::shared_ptr<CancelSlot> slot) {
+  std::lock_guard lock(mu_);
+  map_[k(pid, key)] = slot;
+}
+void CancelRegistry::remove(int32_t pid, int32_t key) {
+  std::lock_guard lock(mu_);
+  map_.erase(k(pid, key));
+}
+std::shared_ptr<CancelSlot> CancelRegistry::find(int32_t pid, int32_t key) {
+  std::lock_guard lock(mu_);
+  auto it = map_.find(k(pid, key));
+  return it == map_.end() ? nullptr : it->second.lock();
+}
+
+Shared::Shared(config::Config c) : cfg(std::move(c)), router(cfg) {
+  for (size_t s = 0; s < cfg.shards.size(); ++s) {
+    const auto &sh = cfg.shards[s];
+    Node p;
+    p.id = nodes.size();
+    p.shard = s;
+    p.role = Role::primary;
+    p.endpoint = sh.primary;
+    p.shard_name = sh.name;
+    shard_primary.push_back(p.id);
+    nodes.push_back(p);
+    shard_replicas.emplace_back();
+    for (const auto &r : sh.replicas) {
+      Node n;
+      n.id = nodes.size();
+      n.shard = s;
+      n.role = Role::replica;
+      n.endpoint = r;
+      n.shard_name = sh.name;
+      shard_replicas[s].push_back(n.id);
+      nodes.push_back(n);
+    }
+  }
+  // SCRAM secrets are derived once (PBKDF2 is slow by design), with a fresh salt per start.
+  for (const auto &u : cfg.users)
+    secrets.emplace(u.name, protocol::make_scram_secret(u.password, protocol::random_bytes(16), 4096));
+  mock_secret = protocol::make_scram_secret(protocol::random_bytes(16), protocol::random_bytes(16), 4096);
+}
+
+std::optional<std::vector<std::pair<std::string, std::string>>> Shared::server_params() const {
+  std::lock_guard lock(params_mu_);
+  return server_params_;
+}
+
+void Shared::set_server_params(const std::vector<std::pair<std::string, std::string>> &p) {
+  std::lock_guard lock(params_mu_);
+  if (!server_params_)
+    server_params_ = p;
+}
+
+Worker::Worker(Shared &s, size_t pool_per_node) : shared(s) {
+  for (const auto &n : s.nodes)
+    pools.push_back(std::make_unique<Pool>(n, pool_per_node, s.cfg.proxy));
+  replica_rr.assign(s.cfg.shards.size(), 0);
+}
+
+uint32_t Worker::intern_statement(const std::string &key) {
+  auto [it, inserted] = stmt_ids.try_emplace(key, next_stmt_id);
+  if (inserted)
+    ++next_stmt_id;
+  return it->second;
+}
+
+Server::Server(config::Config cfg) : shared_(std::make_unique<Shared>(std::move(cfg))) {}
+Server::~Server() = default;
+
+namespace {
+std::atomic<int> g_live_sessions{0};
+}
+
+Task<void> Server::accept_loop(Worker &w) {
+  tcp::acceptor &acceptor = *w.acceptor;
+  for (;;) {
+    ErrorCode ec;
+    tcp::socket sock = co_await acceptor.async_accept(asio::redirect_error(use_awaitable, ec));
+    if (ec) {
+      if (ec == asio::error::operation_aborted || !acceptor.is_open())
+        co_return;
+      continue; // e.g. EMFILE: keep serving the sessions we have
+    }
+    auto session = std::make_shared<Session>(w, std::move(sock));
+    ++g_live_sessions;
+    asio::co_spawn(
+        w.io,
+        [session]() -> Task<void> {
+          co_await session->run();
+          --g_live_sessions;
+        },
+        asio::detached);
+  }
+}
+
+int Server::run() {
+  const auto &pc = shared_->cfg.proxy;
+  size_t nworkers = pc.workers ? pc.workers : std::max(1u, std::thread::hardware_concurrency());
+  size_t per_node = std::max<size_t>(1, (pc.pool_size + nworkers - 1) / nworkers);
+  ErrorCode ec;
+  auto addr = asio::ip::make_address(pc.listen_host, ec);
+  if (ec) {
+    log::error("bad_listen_address", {{"listen", pc.listen_host}});
+    return 2;
+  }
+  tcp::endpoint ep(addr, pc.listen_port);
+  for (size_t i = 0; i < nworkers; ++i) {
+    auto w = std::make_unique<Worker>(*shared_, per_node);
+    w->acceptor = std::make_unique<tcp::acceptor>(w->io);
+    tcp::acceptor &acc = *w->acceptor;
+    acc.open(ep.protocol(), ec);
+    acc.set_option(tcp::acceptor::reuse_address(true), ec);
+    int one = 1;
+    ::setsockopt(acc.native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    acc.bind(ep, ec);
+    if (ec) {
+      log::error("listen_failed", {{"listen", pc.listen_host + ":" + std::to_string(pc.listen_port)},
+                                   {"error", ec.message()}});
+      return 1;
+    }
+    acc.listen(asio::socket_base::max_listen_connections, ec);
+    workers_.push_back(std::move(w));
+    auto &wk = *workers_.back();
+    asio::co_spawn(wk.io, accept_loop(wk), asio::detached);
+  }
+  log::info("started", {{"listen", pc.listen_host + ":" + std::to_string(pc.listen_port)},
+                        {"workers", std::to_string(nworkers)},
+                        {"shards", std::to_string(shared_->cfg.shards.size())},
+                        {"pool_mode", pc.pool_mode == config::PoolMode::session ? "session"
+                                                                                : "transaction"},
+                        {"config", shared_->cfg.path}});
+
+  // SIGTERM/SIGINT: stop accepting, let sessions finish for a bounded time, then stop.
+  asio::io_context signal_io;
+  asio::signal_set signals(signal_io, SIGINT, SIGTERM);
+  signals.async_wait([&](const ErrorCode &, int sig) {
+    log::info("shutdown", {{"signal", std::to_string(sig)}});
+    for (auto &w : workers_)
+      asio::post(w->io, [&w] {
+        ErrorCode ignored;
+        w->acceptor->close(ignored); // ends accept_loop; sessions run on until the drain bound
+      });
+  });
+  std::vector<std::thread> threads;
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
+  for (auto &w : workers_) {
+    guards.push_back(asio::make_work_guard(w->io));
+    threads.emplace_back([&w] { w->io.run(); });
+  }
+  signal_io.run();
+  // Drain: wait up to 5 s for sessions to end on their own.
+  for (int i = 0; i < 50 && g_live_sessions.load() > 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  for (auto &w : workers_)
+    w->io.stop();
+  for (auto &t : threads)
+    t.join();
+  log::info("stopped", {{"sessions_left", std::to_string(g_live_sessions.load())}});
+  return 0;
+}
+
+} // namespace sg::proxy

@@ -1,0 +1,89 @@
+// The proxy server: worker threads (one io_context each), listeners, and the state all
+// sessions share read-only (config, router, nodes, user secrets) plus the cancel registry.
+#pragma once
+
+#include "config/config.h"
+#include "protocol/auth.h"
+#include "proxy/backend.h"
+#include "proxy/pool.h"
+#include "router/router.h"
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+namespace sg::proxy {
+
+// Where a client's running query can be cancelled: set while a backend runs its statement.
+struct CancelSlot {
+  std::mutex mu;
+  const Node *node = nullptr;
+  int32_t pid = 0;
+  int32_t key = 0;
+};
+
+class CancelRegistry {
+public:
+  void add(int32_t pid, int32_t key, std::shared_ptr<CancelSlot> slot);
+  void remove(int32_t pid, int32_t key);
+  std::shared_ptr<CancelSlot> find(int32_t pid, int32_t key);
+
+private:
+  static uint64_t k(int32_t pid, int32_t key) { return (uint64_t(uint32_t(pid)) << 32) | uint32_t(key); }
+  std::mutex mu_;
+  std::unordered_map<uint64_t, std::weak_ptr<CancelSlot>> map_;
+};
+
+struct Shared {
+  explicit Shared(config::Config c);
+  config::Config cfg;
+  router::Router router;
+  std::vector<Node> nodes;                       // every backend node
+  std::vector<size_t> shard_primary;             // node id per shard
+  std::vector<std::vector<size_t>> shard_replicas;
+  std::unordered_map<std::string, protocol::ScramSecret> secrets; // per configured user
+  protocol::ScramSecret mock_secret;             // for unknown users: fail like a bad password
+  CancelRegistry cancels;
+  std::atomic<int32_t> next_pid{1000};
+
+  // ParameterStatus values learnt from the first backend login, reported to clients.
+  std::optional<std::vector<std::pair<std::string, std::string>>> server_params() const;
+  void set_server_params(const std::vector<std::pair<std::string, std::string>> &p);
+
+private:
+  mutable std::mutex params_mu_;
+  std::optional<std::vector<std::pair<std::string, std::string>>> server_params_;
+};
+
+// One worker thread: its io_context, its pools (one per node) and statement-name interning.
+struct Worker {
+  Worker(Shared &s, size_t pool_per_node);
+  Shared &shared;
+  asio::io_context io{1};
+  std::vector<std::unique_ptr<Pool>> pools; // by node id
+  std::vector<uint32_t> replica_rr;         // per shard
+  std::unique_ptr<tcp::acceptor> acceptor;
+  std::unordered_map<std::string, uint32_t> stmt_ids;
+  uint32_t next_stmt_id = 1;
+  uint32_t intern_statement(const std::string &key);
+};
+
+class Server {
+public:
+  explicit Server(config::Config cfg);
+  ~Server();
+  // Runs until SIGINT/SIGTERM; returns the process exit code.
+  int run();
+
+private:
+  Task<void> accept_loop(Worker &w);
+  std::unique_ptr<Shared> shared_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+};
+
+} // namespace sg::proxy

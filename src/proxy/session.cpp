@@ -1,0 +1,1515 @@
+// Client session: startup, authentication, and the query loop. See session.h.
+#include "proxy/session.h"
+
+#include "protocol/auth.h"
+#include "proxy/errors.h"
+
+#include <algorithm>
+#include <functional>
+
+namespace sg::proxy {
+
+namespace {
+
+constexpr uint32_t kMaxStartupPacket = 10000; // as PostgreSQL's MAX_STARTUP_PACKET_LENGTH
+constexpr size_t kMaxBatchMessages = 100000;
+std::atomic<uint64_t> g_session_ids{1};
+std::atomic<uint64_t> g_unnamed_tags{1};
+
+std::string lower(std::string_view s) {
+  std::string o(s);
+  for (auto &c : o)
+    c = char(std::tolower(uint8_t(c)));
+  return o;
+}
+
+std::string quote_literal(std::string_view v) {
+  std::string o = "'";
+  for (char c : v) {
+    if (c == '\'')
+      o += "''";
+    else
+      o.push_back(c);
+  }
+  return o + "'";
+}
+
+bool safe_guc_name(std::string_view n) {
+  return !n.empty() && std::all_of(n.begin(), n.end(), [](char c) {
+    return std::isalnum(uint8_t(c)) || c == '_' || c == '.';
+  });
+}
+
+void append_frame(std::string &out, char type, std::string_view body) {
+  protocol::Writer(out, type).raw(body).finish();
+}
+
+std::string trim(std::string_view s) {
+  while (!s.empty() && (std::isspace(uint8_t(s.front())) || s.front() == ';'))
+    s.remove_prefix(1);
+  while (!s.empty() && (std::isspace(uint8_t(s.back())) || s.back() == ';'))
+    s.remove_suffix(1);
+  return std::string(s);
+}
+
+} // namespace
+
+Session::Session(Worker &w, tcp::socket sock)
+    : w_(w), sh_(w.shared), sock_(std::move(sock)), cbuf_(16 * 1024) {
+  attached_.resize(sh_.cfg.shards.size());
+  session_mode_ = sh_.cfg.proxy.pool_mode == config::PoolMode::session;
+  id_ = g_session_ids++;
+  ErrorCode ec;
+  auto ep = sock_.remote_endpoint(ec);
+  if (!ec)
+    peer_ = ep.address().to_string() + ":" + std::to_string(ep.port());
+}
+
+Session::~Session() {
+  detach_all();
+  if (pid_)
+    sh_.cancels.remove(pid_, key_);
+}
+
+log::Fields Session::log_fields() const {
+  return {{"session", std::to_string(id_)}, {"client", peer_}, {"user", user_}};
+}
+
+Task<void> Session::run() {
+  ErrorCode ec;
+  sock_.set_option(tcp::no_delay(true), ec);
+  try {
+    if (co_await startup())
+      co_await query_loop();
+  } catch (const std::exception &e) {
+    auto f = log_fields();
+    f.emplace_back("error", e.what());
+    log::error("session_exception", f);
+  }
+  detach_all();
+  sock_.close(ec);
+}
+
+// ---------------------------------------------------------------- replies made by the proxy
+
+void Session::error(const std::string &sqlstate, const std::string &msg, const std::string &hint,
+                    const std::string &detail) {
+  protocol::ErrorInfo e;
+  e.sqlstate = sqlstate;
+  e.message = msg;
+  e.hint = hint;
+  e.detail = detail;
+  protocol::error_response(*sink_, e);
+}
+
+void Session::ready() { protocol::ready_for_query(*sink_, tx_); }
+
+Task<bool> Session::flush() {
+  if (out_.empty())
+    co_return true;
+  ErrorCode ec;
+  co_await write_all(sock_, out_, ec);
+  out_.clear();
+  co_return !ec;
+}
+
+// Sends a FATAL error and ends the session.
+Task<bool> Session::fatal(const std::string &sqlstate, const std::string &msg,
+                          const std::string &hint) {
+  protocol::ErrorInfo e;
+  e.severity = "FATAL";
+  e.sqlstate = sqlstate;
+  e.message = msg;
+  e.hint = hint;
+  protocol::error_response(out_, e);
+  co_await flush();
+  auto f = log_fields();
+  f.emplace_back("sqlstate", sqlstate);
+  f.emplace_back("error", msg);
+  log::info("client_rejected", f);
+  co_return false;
+}
+
+// ---------------------------------------------------------------- startup
+
+Task<bool> Session::startup() {
+  auto ex = co_await asio::this_coro::executor;
+  Deadline deadline(ex, sh_.cfg.proxy.auth_timeout_ms, [this] {
+    ErrorCode ec;
+    sock_.close(ec);
+  });
+  std::vector<std::pair<std::string, std::string>> params;
+  for (;;) {
+    auto s = protocol::decode_startup(cbuf_.data(), cbuf_.size(), kMaxStartupPacket);
+    if (s.status == protocol::DecodeStatus::need_more) {
+      size_t avail = 0;
+      uint8_t *p = cbuf_.prepare(1024, avail);
+      ErrorCode ec;
+      size_t n = co_await sock_.async_read_some(asio::buffer(p, avail),
+                                                asio::redirect_error(use_awaitable, ec));
+      if (ec)
+        co_return false; // closed before a whole startup packet: nothing to answer
+      cbuf_.commit(n);
+      continue;
+    }
+    if (s.status == protocol::DecodeStatus::error)
+      co_return co_await fatal("08P01", std::string(s.error),
+                               "connect with a PostgreSQL client (protocol 3.0)");
+    std::string body(s.body_view());
+    uint32_t code = s.code;
+    cbuf_.consume(s.frame_len);
+    if (code == uint32_t(protocol::StartupCode::ssl_request) ||
+        code == uint32_t(protocol::StartupCode::gssenc_request)) {
+      ErrorCode ec;
+      co_await write_all(sock_, "N", ec); // no TLS / GSSAPI encryption yet
+      if (ec)
+        co_return false;
+      continue;
+    }
+    if (code == uint32_t(protocol::StartupCode::cancel_request)) {
+      co_await handle_cancel(body);
+      co_return false;
+    }
+    if (code != uint32_t(protocol::StartupCode::protocol_v3))
+      co_return co_await fatal("0A000",
+                               "unsupported frontend protocol " + std::to_string(code >> 16) +
+                                   "." + std::to_string(code & 0xffff) +
+                                   ": server supports 3.0 to 3.0");
+    auto parsed = protocol::parse_startup_params(body);
+    if (!parsed)
+      co_return co_await fatal("08P01", "invalid startup packet layout: expected terminator as "
+                                        "last byte");
+    params = std::move(*parsed);
+    break;
+  }
+  std::string database;
+  for (auto &[k, v] : params) {
+    if (k == "user")
+      user_ = v;
+    else if (k == "database")
+      database = v;
+  }
+  if (user_.empty())
+    co_return co_await fatal("28000", "no PostgreSQL user name specified in startup packet");
+  if (database.empty())
+    database = user_;
+  if (!co_await authenticate(user_))
+    co_return false;
+  if (database != sh_.cfg.proxy.database)
+    co_return co_await fatal("3D000", "database \"" + database + "\" does not exist",
+                             "this proxy serves database \"" + sh_.cfg.proxy.database + "\"");
+  deadline.disarm();
+
+  // Startup parameters become session settings, re-applied on whichever backend serves us.
+  for (auto &[k, v] : params) {
+    std::string name = lower(k);
+    if (name == "user" || name == "database" || name == "replication" || name == "options" ||
+        !safe_guc_name(name) || (name == "client_encoding" && lower(v) == "auto"))
+      continue;
+    settings_[name] = "SET " + name + " TO " + quote_literal(v);
+    startup_params_.emplace_back(name, v);
+  }
+  rehash_settings();
+
+  if (!co_await send_server_params())
+    co_return false;
+  pid_ = sh_.next_pid++;
+  key_ = int32_t(std::hash<std::string>{}(protocol::random_bytes(8)));
+  cancel_ = std::make_shared<CancelSlot>();
+  sh_.cancels.add(pid_, key_, cancel_);
+  protocol::backend_key_data(out_, pid_, key_);
+  ready();
+  log::debug("client_connected", log_fields());
+  co_return co_await flush();
+}
+
+Task<bool> Session::authenticate(const std::string &user) {
+  auto it = sh_.secrets.find(user);
+  bool known = it != sh_.secrets.end();
+  const uint32_t max = 64 * 1024;
+  auto failed = [&]() -> Task<bool> {
+    co_return co_await fatal("28P01", "password authentication failed for user \"" + user + "\"");
+  };
+  auto read_password = [&](std::string &body) -> Task<bool> {
+    co_await flush();
+    ErrorCode ec;
+    auto f = co_await read_frame(sock_, cbuf_, max, ec);
+    if (f.status != protocol::DecodeStatus::ready)
+      co_return false;
+    if (f.type != 'p') {
+      cbuf_.consume(f.frame_len);
+      co_await fatal("08P01", "expected password response, got message type " +
+                                  std::to_string(int(uint8_t(f.type))));
+      co_return false;
+    }
+    body.assign(f.body_view());
+    cbuf_.consume(f.frame_len);
+    co_return true;
+  };
+  std::string body;
+  if (sh_.cfg.proxy.auth == config::AuthMethod::md5) {
+    std::string salt = protocol::random_bytes(4);
+    protocol::auth_md5(out_, reinterpret_cast<const uint8_t *>(salt.data()));
+    if (!co_await read_password(body))
+      co_return false;
+    protocol::Reader r(body);
+    std::string_view got = r.cstr();
+    if (!known || !r.ok() || got != protocol::md5_password(user, [&] {
+          for (auto &u : sh_.cfg.users)
+            if (u.name == user)
+              return u.password;
+          return std::string();
+        }(), salt))
+      co_return co_await failed();
+  } else {
+    const protocol::ScramSecret &secret = known ? it->second : sh_.mock_secret;
+    protocol::auth_sasl(out_, "SCRAM-SHA-256");
+    if (!co_await read_password(body))
+      co_return false;
+    // SASLInitialResponse: String mechanism, Int32 length, Byte[n] client-first-message.
+    protocol::Reader r(body);
+    std::string_view mech = r.cstr();
+    int32_t len = r.i32();
+    std::string_view first = len >= 0 ? r.bytes(size_t(len)) : std::string_view{};
+    if (!r.ok() || mech != "SCRAM-SHA-256")
+      co_return co_await fatal("28000", "client selected an invalid SASL authentication mechanism");
+    protocol::ScramServer server(secret);
+    auto server_first = server.handle_client_first(first);
+    if (!server_first)
+      co_return co_await fatal("08P01", "malformed SCRAM message");
+    protocol::auth_sasl_continue(out_, *server_first);
+    if (!co_await read_password(body))
+      co_return false;
+    auto server_final = server.handle_client_final(body);
+    if (!server_final || !known)
+      co_return co_await failed();
+    protocol::auth_sasl_final(out_, *server_final);
+  }
+  protocol::auth_ok(out_);
+  co_return true;
+}
+
+Task<bool> Session::send_server_params() {
+  auto params = sh_.server_params();
+  if (!params) {
+    // Learn them from the default shard's primary (this also proves it is reachable).
+    size_t node = sh_.shard_primary[sh_.router.default_shard()];
+    ConnectError err;
+    auto conn = co_await w_.pools[node]->acquire(err);
+    if (!conn)
+      co_return co_await fatal(err.sqlstate.empty() ? "08006" : err.sqlstate,
+                               "cannot reach the default shard: " + err.message,
+                               "check that the backend is running and the config's URL is right");
+    sh_.set_server_params(conn->server_params);
+    params = conn->server_params;
+    w_.pools[node]->release(std::move(conn));
+  }
+  for (auto &[k, v] : *params) {
+    std::string value = v;
+    std::string lk = lower(k);
+    for (auto &[sk, sv] : startup_params_) {
+      if (sk == lk && (lk == "application_name" || lk == "datestyle" || lk == "timezone" ||
+                       lk == "intervalstyle" || lk == "client_encoding"))
+        value = (lk == "client_encoding" && (lower(sv) == "utf8" || lower(sv) == "utf-8" ||
+                                             lower(sv) == "unicode"))
+                    ? "UTF8"
+                    : sv;
+    }
+    protocol::parameter_status(out_, k, value);
+  }
+  co_return true;
+}
+
+// CancelRequest: Int32 pid, Int32 secret key (the proxy's own); forwarded to the backend that
+// runs that client's statement.
+Task<void> Session::handle_cancel(std::string_view body) {
+  protocol::Reader r(body);
+  int32_t pid = r.i32(), key = r.i32();
+  if (!r.ok())
+    co_return;
+  auto slot = sh_.cancels.find(pid, key);
+  if (!slot)
+    co_return;
+  const Node *node;
+  int32_t bpid, bkey;
+  {
+    std::lock_guard lock(slot->mu);
+    node = slot->node;
+    bpid = slot->pid;
+    bkey = slot->key;
+  }
+  if (!node)
+    co_return;
+  auto ex = co_await asio::this_coro::executor;
+  tcp::socket s(ex);
+  Deadline d(ex, sh_.cfg.proxy.connect_timeout_ms, [&s] {
+    ErrorCode ec;
+    s.close(ec);
+  });
+  ErrorCode ec;
+  auto addr = asio::ip::make_address(node->endpoint.host, ec);
+  if (ec)
+    co_return;
+  co_await s.async_connect(tcp::endpoint(addr, node->endpoint.port),
+                           asio::redirect_error(use_awaitable, ec));
+  if (ec)
+    co_return;
+  std::string out;
+  protocol::cancel_request(out, bpid, bkey);
+  co_await write_all(s, out, ec);
+  log::info("cancel_forwarded", {{"node", node->label()}});
+}
+
+// ---------------------------------------------------------------- settings
+
+void Session::rehash_settings() {
+  if (settings_.empty()) {
+    settings_hash_ = 0;
+    return;
+  }
+  std::string all;
+  for (auto &[k, v] : settings_)
+    all += k + '\n' + v + '\n';
+  settings_hash_ = std::hash<std::string>{}(all) | 1;
+}
+
+void Session::set_setting(const std::string &name, const std::string &stmt) {
+  settings_[name] = stmt;
+  rehash_settings();
+}
+
+std::string Session::stmt_key(const std::string &text, const std::vector<uint32_t> &types) const {
+  std::string k = text;
+  k.push_back('\0');
+  for (uint32_t t : types)
+    k.append(reinterpret_cast<const char *>(&t), 4);
+  // A prepared statement resolves names with the search_path it was prepared under.
+  if (auto it = settings_.find("search_path"); it != settings_.end())
+    k += '\0' + it->second;
+  return k;
+}
+
+// ---------------------------------------------------------------- backends
+
+Task<BackendConn *> Session::attach(size_t shard, bool read) {
+  Attached &a = attached_[shard];
+  if (a.conn)
+    co_return a.conn.get();
+  const auto &replicas = sh_.shard_replicas[shard];
+  size_t node = sh_.shard_primary[shard];
+  bool use_replica = read && !session_mode_ && !replicas.empty();
+  if (use_replica)
+    node = replicas[w_.replica_rr[shard]++ % replicas.size()];
+  ConnectError err;
+  Pool *pool = w_.pools[node].get();
+  auto conn = co_await pool->acquire(err);
+  if (!conn && use_replica) {
+    // Replica unreachable: a read may fall back to the primary.
+    auto f = log_fields();
+    f.emplace_back("node", sh_.nodes[node].label());
+    f.emplace_back("error", err.message);
+    log::warn("replica_unavailable_read_on_primary", f);
+    pool = w_.pools[sh_.shard_primary[shard]].get();
+    conn = co_await pool->acquire(err);
+  }
+  if (!conn) {
+    error(err.sqlstate.empty() ? "08006" : err.sqlstate,
+          "cannot reach shard \"" + sh_.cfg.shards[shard].name + "\": " + err.message,
+          "check that the shard's server is running; the proxy retried with backoff");
+    auto f = log_fields();
+    f.emplace_back("shard", sh_.cfg.shards[shard].name);
+    f.emplace_back("error", err.message);
+    log::warn("backend_unreachable", f);
+    co_return nullptr;
+  }
+  a.conn = std::move(conn);
+  a.pool = pool;
+  if (cancel_) {
+    std::lock_guard lock(cancel_->mu);
+    cancel_->node = a.conn->node;
+    cancel_->pid = a.conn->pid;
+    cancel_->key = a.conn->key;
+  }
+  co_return a.conn.get();
+}
+
+void Session::detach_if_idle() {
+  for (size_t i = 0; i < attached_.size(); ++i) {
+    Attached &a = attached_[i];
+    if (!a.conn || int(i) == batch_shard_)
+      continue;
+    bool keep = session_mode_ ? !a.conn->broken : (a.conn->tx_status != 'I' && !a.conn->broken);
+    if (keep)
+      continue;
+    a.pool->release(std::move(a.conn));
+    a.pool = nullptr;
+    if (cancel_) {
+      std::lock_guard lock(cancel_->mu);
+      cancel_->node = nullptr;
+    }
+  }
+}
+
+void Session::detach_all() {
+  for (auto &a : attached_) {
+    if (a.conn) {
+      a.pool->release(std::move(a.conn));
+      a.pool = nullptr;
+    }
+  }
+}
+
+// Settings and deferred transaction statements travel in front of the client's messages.
+void Session::prepare_backend(BackendConn &b, std::string &out) {
+  if (b.settings_hash != settings_hash_) {
+    std::string q;
+    bool reset = std::any_of(b.settings.begin(), b.settings.end(),
+                             [&](auto &kv) { return !settings_.count(kv.first); });
+    if (reset)
+      q = "RESET ALL;";
+    for (auto &[k, v] : settings_) {
+      auto it = b.settings.find(k);
+      if (reset || it == b.settings.end() || it->second != v)
+        q += v + ";";
+    }
+    if (!q.empty()) {
+      protocol::query(out, q);
+      exp_.emplace_back(Expect::query, false);
+    }
+    b.settings = settings_;
+    b.settings_hash = settings_hash_;
+  }
+  if (!deferred_.empty()) {
+    protocol::query(out, deferred_);
+    exp_.emplace_back(Expect::query, false);
+    deferred_.clear();
+  }
+}
+
+void Session::ensure_prepared(BackendConn &b, ClientStmt &st, bool respond, std::string &out) {
+  Pending p(Expect::one, respond);
+  if (st.id == 0) {
+    if (b.unnamed_owner == st.unnamed_tag) {
+      if (respond) {
+        Pending s(Expect::synthetic);
+        protocol::parse_complete(s.synthetic);
+        exp_.push_back(std::move(s));
+      }
+      return;
+    }
+    protocol::parse(out, "", st.text, st.types);
+    b.unnamed_owner = st.unnamed_tag;
+    p.parse_unnamed = true;
+  } else {
+    if (b.prepared.count(st.id)) {
+      if (respond) {
+        Pending s(Expect::synthetic);
+        protocol::parse_complete(s.synthetic);
+        exp_.push_back(std::move(s));
+      }
+      return;
+    }
+    protocol::parse(out, "sg_" + std::to_string(st.id), st.text, st.types);
+    b.prepared.insert(st.id);
+    p.parse_id = st.id;
+  }
+  exp_.push_back(std::move(p));
+}
+
+void Session::on_backend_lost(BackendConn &b) {
+  b.broken = true;
+  exp_.clear();
+  auto f = log_fields();
+  f.emplace_back("node", b.node->label());
+  log::warn("backend_lost", f);
+}
+
+// Forwards backend frames to the client (or the capture sink) until every pending response
+// has arrived, swallowing what the proxy injected and adding what it answers itself.
+Task<bool> Session::relay(BackendConn &b) {
+  forwarded_any_ = false;
+  last_sqlstate_.clear();
+  for (;;) {
+    while (!exp_.empty() && exp_.front().kind == Expect::synthetic) {
+      sink_->append(exp_.front().synthetic);
+      exp_.pop_front();
+    }
+    if (exp_.empty())
+      co_return true;
+    auto f = protocol::decode_frame(b.rbuf.data(), b.rbuf.size(), 1u << 30);
+    if (f.status == protocol::DecodeStatus::need_more) {
+      if (sink_ == &out_ && !co_await flush()) {
+        b.broken = true; // the client left mid-response: the backend cannot be reused
+        co_return false;
+      }
+      size_t avail = 0;
+      uint8_t *p = b.rbuf.prepare(f.frame_len > 0 ? f.frame_len : 16 * 1024, avail);
+      ErrorCode ec;
+      size_t n = co_await b.sock.async_read_some(asio::buffer(p, avail),
+                                                 asio::redirect_error(use_awaitable, ec));
+      if (ec) {
+        on_backend_lost(b);
+        co_return false;
+      }
+      b.rbuf.commit(n);
+      continue;
+    }
+    if (f.status == protocol::DecodeStatus::error) {
+      on_backend_lost(b);
+      co_return false;
+    }
+    Pending &h = exp_.front();
+    std::string_view body = f.body_view();
+    auto forward = [&] {
+      sink_->append(reinterpret_cast<const char *>(f.body) - 5, f.frame_len);
+      forwarded_any_ = true;
+    };
+    bool copy_in = false;
+    switch (f.type) {
+    case 'E': {
+      last_sqlstate_ = protocol::parse_error_response(body).sqlstate;
+      forward(); // errors always reach the client, even for injected statements
+      if (h.parse_id)
+        b.prepared.erase(h.parse_id);
+      if (h.parse_unnamed)
+        b.unnamed_owner = 0;
+      if (h.kind == Expect::one || h.kind == Expect::describe_stmt || h.kind == Expect::execute) {
+        // The backend now discards messages until Sync; so do our expectations.
+        while (!exp_.empty() && exp_.front().kind != Expect::sync &&
+               exp_.front().kind != Expect::query)
+          exp_.pop_front();
+      }
+      break;
+    }
+    case 'Z':
+      b.tx_status = body.empty() ? 'I' : body[0];
+      if (h.forward) {
+        forward();
+        tx_ = b.tx_status;
+      }
+      exp_.pop_front();
+      break;
+    case 'C':
+      if (h.forward) {
+        forward();
+        last_tag_.assign(body.data(), body.empty() ? 0 : body.size() - 1);
+      }
+      if (h.kind == Expect::execute)
+        exp_.pop_front();
+      break;
+    case 'I':
+    case 's':
+      if (h.forward)
+        forward();
+      if (h.kind == Expect::execute)
+        exp_.pop_front();
+      break;
+    case 'T':
+    case 'n':
+      if (h.forward)
+        forward();
+      if (h.kind == Expect::describe_stmt || h.kind == Expect::one)
+        exp_.pop_front();
+      break;
+    case '1':
+    case '2':
+    case '3':
+      if (h.forward)
+        forward();
+      if (h.kind == Expect::one)
+        exp_.pop_front();
+      break;
+    case 'G':
+      forward();
+      copy_in = true;
+      break;
+    default: // DataRow, ParameterDescription, notices, ParameterStatus, copy-out data...
+      if (h.forward)
+        forward();
+      break;
+    }
+    b.rbuf.consume(f.frame_len);
+    if (copy_in && !co_await pump_copy_in(b))
+      co_return false;
+  }
+}
+
+// COPY FROM STDIN: client CopyData/CopyDone/CopyFail go to the backend until done or failed.
+Task<bool> Session::pump_copy_in(BackendConn &b) {
+  if (!co_await flush())
+    co_return false;
+  std::string out;
+  for (;;) {
+    auto f = protocol::decode_frame(cbuf_.data(), cbuf_.size(), sh_.cfg.proxy.max_message_bytes);
+    if (f.status == protocol::DecodeStatus::need_more) {
+      ErrorCode ec;
+      if (!out.empty()) {
+        co_await write_all(b.sock, out, ec);
+        out.clear();
+        if (ec) {
+          on_backend_lost(b);
+          co_return false;
+        }
+      }
+      size_t avail = 0;
+      uint8_t *p = cbuf_.prepare(f.frame_len > 0 ? f.frame_len : 16 * 1024, avail);
+      size_t n = co_await sock_.async_read_some(asio::buffer(p, avail),
+                                                asio::redirect_error(use_awaitable, ec));
+      if (ec) {
+        b.broken = true;
+        co_return false;
+      }
+      cbuf_.commit(n);
+      continue;
+    }
+    if (f.status == protocol::DecodeStatus::error) {
+      b.broken = true;
+      co_return co_await fatal("08P01", std::string("invalid message during COPY: ") + f.error);
+    }
+    char t = f.type;
+    if (t == 'd' || t == 'c' || t == 'f')
+      out.append(reinterpret_cast<const char *>(f.body) - 5, f.frame_len);
+    cbuf_.consume(f.frame_len);
+    if (t == 'c' || t == 'f') {
+      ErrorCode ec;
+      co_await write_all(b.sock, out, ec);
+      if (ec) {
+        on_backend_lost(b);
+        co_return false;
+      }
+      co_return true;
+    }
+    if (t != 'd' && t != 'H' && t != 'S') {
+      b.broken = true;
+      co_return co_await fatal("08P01", "unexpected message type " +
+                                            std::to_string(int(uint8_t(t))) + " during COPY");
+    }
+  }
+}
+
+// ---------------------------------------------------------------- transactions
+
+void Session::fail_transaction_by_proxy() {
+  tx_ = 'E';
+  proxy_failed_ = true;
+}
+
+// The transaction ended (the client was told 'I'): settings roll back with it if it did.
+void Session::apply_tx_end() {
+  if (last_tag_ == "ROLLBACK") {
+    settings_ = tx_settings_snapshot_;
+    rehash_settings();
+    for (auto &a : attached_)
+      if (a.conn) {
+        a.conn->settings = settings_;
+        a.conn->settings_hash = settings_hash_;
+      }
+  }
+  tx_ = 'I';
+  tx_shard_ = -1;
+  deferred_.clear();
+  proxy_failed_ = false;
+}
+
+// ---------------------------------------------------------------- query loop
+
+Task<void> Session::query_loop() {
+  for (;;) {
+    auto f = protocol::decode_frame(cbuf_.data(), cbuf_.size(), sh_.cfg.proxy.max_message_bytes);
+    if (f.status == protocol::DecodeStatus::need_more) {
+      if (!co_await flush())
+        co_return;
+      size_t avail = 0;
+      uint8_t *p = cbuf_.prepare(f.frame_len > 0 ? f.frame_len : 16 * 1024, avail);
+      ErrorCode ec;
+      size_t n = co_await sock_.async_read_some(asio::buffer(p, avail),
+                                                asio::redirect_error(use_awaitable, ec));
+      if (ec)
+        co_return;
+      cbuf_.commit(n);
+      continue;
+    }
+    if (f.status == protocol::DecodeStatus::error) {
+      co_await fatal("08P01", std::string("invalid frontend message: ") + f.error,
+                     "max_message_bytes in [proxy] caps a single message");
+      co_return;
+    }
+    Msg m{f.type, std::string(f.body_view())};
+    cbuf_.consume(f.frame_len);
+    bool ok = true;
+    switch (m.type) {
+    case 'Q': {
+      std::string sql = std::move(m.body);
+      if (sql.empty() || sql.back() != '\0') {
+        co_await fatal("08P01", "invalid Query message: missing terminator");
+        co_return;
+      }
+      sql.pop_back();
+      ok = co_await on_query(std::move(sql));
+      break;
+    }
+    case 'P':
+    case 'B':
+    case 'D':
+    case 'E':
+    case 'C':
+    case 'H':
+    case 'S':
+      if (skip_until_sync_ && m.type != 'S')
+        break;
+      if (batch_.size() >= kMaxBatchMessages) {
+        co_await fatal("54000", "too many extended-protocol messages without Sync");
+        co_return;
+      }
+      batch_.push_back(std::move(m));
+      if (batch_.back().type == 'S' || batch_.back().type == 'H') {
+        skip_until_sync_ = false;
+        ok = co_await on_batch();
+      }
+      break;
+    case 'X':
+      co_return;
+    case 'F':
+      ok = co_await on_function_call(std::move(m));
+      break;
+    case 'd':
+    case 'c':
+    case 'f':
+      break; // outside COPY these are ignored, as PostgreSQL does
+    default:
+      co_await fatal("08P01", "invalid frontend message type " + std::to_string(int(uint8_t(m.type))));
+      co_return;
+    }
+    if (!ok)
+      co_return;
+  }
+}
+
+// A statement the proxy answers itself, with no backend.
+static void synthetic_done(std::string &out, const std::string &tag) {
+  protocol::command_complete(out, tag);
+}
+
+Task<bool> Session::on_query(std::string sql) {
+  router::PlannedText planned = sh_.router.plan(sql);
+  const auto &stmts = planned.analysis->stmts;
+  if (stmts.empty()) {
+    protocol::Writer(*sink_, 'I').finish(); // EmptyQueryResponse
+    ready();
+    co_return true;
+  }
+  auto text_of = [&](const router::StatementPlan &p) {
+    return trim(std::string_view(sql).substr(p.location, p.length));
+  };
+  const router::StatementPlan &first = stmts[0];
+  bool single = stmts.size() == 1;
+
+  if (proxy_failed_) {
+    if (single && (first.kind == router::StmtKind::commit ||
+                   first.kind == router::StmtKind::rollback)) {
+      last_tag_ = "ROLLBACK";
+      if (tx_shard_ >= 0 && attached_[size_t(tx_shard_)].conn) {
+        BackendConn &b = *attached_[size_t(tx_shard_)].conn;
+        wbuf_.clear();
+        protocol::query(wbuf_, "ROLLBACK");
+        exp_.emplace_back(Expect::query, false);
+        ErrorCode ec;
+        co_await write_all(b.sock, wbuf_, ec);
+        if (ec || !co_await relay(b))
+          b.broken = true;
+      }
+      apply_tx_end();
+      detach_if_idle();
+      synthetic_done(*sink_, "ROLLBACK");
+      ready();
+      co_return true;
+    }
+    error("25P02", "current transaction is aborted, commands ignored until end of transaction block");
+    ready();
+    co_return true;
+  }
+
+  // Resolve every statement; they must agree on one shard.
+  int shard = -1;
+  bool all_read = true, none_only = true, broadcast_ddl = false;
+  for (const auto &st : stmts) {
+    router::Resolved r = sh_.router.resolve(st, sql, planned.scan);
+    if (r.kind == router::TargetKind::error) {
+      error(r.error.sqlstate, r.error.message, r.error.hint);
+      if (in_tx())
+        fail_transaction_by_proxy();
+      ready();
+      co_return true;
+    }
+    if (r.kind == router::TargetKind::all_primaries)
+      broadcast_ddl = true;
+    if (r.kind == router::TargetKind::by_key || r.kind == router::TargetKind::default_shard) {
+      none_only = false;
+      if (shard < 0)
+        shard = int(r.shard);
+      else if (shard != int(r.shard)) {
+        error("0A000", "this query string touches more than one shard",
+              "send statements for different shards separately; cross-shard transactions are "
+              "not supported yet");
+        if (in_tx())
+          fail_transaction_by_proxy();
+        ready();
+        co_return true;
+      }
+    }
+    if (st.kind != router::StmtKind::read)
+      all_read = false;
+  }
+  if (broadcast_ddl) {
+    if (!single || in_tx()) {
+      error("0A000", "DDL on a sharded table must be sent alone, outside a transaction",
+            "run it as its own statement in autocommit mode; it is applied to every shard");
+      if (in_tx())
+        fail_transaction_by_proxy();
+      ready();
+      co_return true;
+    }
+    co_return co_await broadcast(sql);
+  }
+
+  bool tx_bound = tx_shard_ >= 0;
+  if (single && none_only) {
+    // Transaction control and session state with no shard of their own.
+    switch (first.kind) {
+    case router::StmtKind::begin:
+      if (!in_tx()) {
+        tx_settings_snapshot_ = settings_;
+        deferred_ = text_of(first);
+        tx_ = 'T';
+        synthetic_done(*sink_, first.tag);
+        ready();
+        co_return true;
+      }
+      if (!tx_bound) {
+        synthetic_done(*sink_, first.tag);
+        ready();
+        co_return true;
+      }
+      break;
+    case router::StmtKind::commit:
+    case router::StmtKind::rollback:
+      if (in_tx() && !tx_bound) {
+        last_tag_ = (first.kind == router::StmtKind::commit && tx_ != 'E') ? "COMMIT" : "ROLLBACK";
+        apply_tx_end();
+        synthetic_done(*sink_, last_tag_);
+        ready();
+        co_return true;
+      }
+      break;
+    case router::StmtKind::savepoint:
+    case router::StmtKind::set_local:
+    case router::StmtKind::set:
+    case router::StmtKind::reset_all:
+      if (in_tx() && !tx_bound) {
+        deferred_ += ";" + text_of(first);
+        if (first.kind == router::StmtKind::set)
+          set_setting(first.set_name, text_of(first));
+        else if (first.kind == router::StmtKind::reset_all) {
+          settings_.clear();
+          rehash_settings();
+        }
+        synthetic_done(*sink_, first.tag);
+        ready();
+        co_return true;
+      }
+      break;
+    case router::StmtKind::discard_all:
+      if (in_tx()) {
+        error("25001", "DISCARD ALL cannot run inside a transaction block");
+        fail_transaction_by_proxy();
+        ready();
+        co_return true;
+      }
+      settings_.clear();
+      rehash_settings();
+      stmts_.clear();
+      synthetic_done(*sink_, first.tag);
+      ready();
+      co_return true;
+    case router::StmtKind::deallocate:
+      if (first.set_name.empty()) {
+        stmts_.clear();
+      } else if (!stmts_.erase(first.set_name)) {
+        error("26000", "prepared statement \"" + first.set_name + "\" does not exist");
+        if (in_tx())
+          fail_transaction_by_proxy();
+        ready();
+        co_return true;
+      }
+      synthetic_done(*sink_, first.tag);
+      ready();
+      co_return true;
+    default:
+      break;
+    }
+  }
+
+  if (shard < 0)
+    shard = tx_bound ? tx_shard_ : int(sh_.router.default_shard());
+  if (tx_bound && shard != tx_shard_) {
+    error("0A000",
+          "transaction touches a second shard (\"" + sh_.cfg.shards[size_t(shard)].name +
+              "\" after \"" + sh_.cfg.shards[size_t(tx_shard_)].name + "\")",
+          "keep each transaction on one shard key's shard; cross-shard transactions (2PC) are "
+          "not supported yet");
+    fail_transaction_by_proxy();
+    ready();
+    co_return true;
+  }
+  bool read = all_read && !in_tx();
+  BackendConn *b = co_await attach(size_t(shard), read);
+  if (!b) {
+    if (in_tx())
+      fail_transaction_by_proxy();
+    ready();
+    co_return true;
+  }
+  char tx_before = tx_;
+  wbuf_.clear();
+  prepare_backend(*b, wbuf_);
+  protocol::query(wbuf_, sql);
+  exp_.emplace_back(Expect::query, true);
+  ErrorCode ec;
+  co_await write_all(b->sock, wbuf_, ec);
+  bool ok = !ec && co_await relay(*b);
+  if (!ok) {
+    bool was_tx = in_tx() || tx_bound;
+    if (!b->broken)
+      co_return false; // client went away
+    on_backend_lost(*b);
+    detach_if_idle();
+    if (was_tx)
+      co_return co_await fatal("08006", "lost the connection to shard \"" +
+                                            sh_.cfg.shards[size_t(shard)].name +
+                                            "\" inside a transaction; the transaction is lost");
+    error("08006", "lost the connection to shard \"" + sh_.cfg.shards[size_t(shard)].name +
+                       "\" (" + b->node->endpoint.label() + ") while running the statement",
+          "the statement may or may not have run; retry if it is safe to");
+    ready();
+    co_return true;
+  }
+  // Session settings changed by this query string take effect only if it succeeded.
+  if (last_sqlstate_.empty()) {
+    for (const auto &st : stmts) {
+      if (st.kind == router::StmtKind::set)
+        set_setting(st.set_name, text_of(st));
+      else if (st.kind == router::StmtKind::reset_all) {
+        settings_.clear();
+        rehash_settings();
+      }
+    }
+    b->settings = settings_;
+    b->settings_hash = settings_hash_;
+  }
+  if (tx_before == 'I' && tx_ != 'I')
+    tx_settings_snapshot_ = settings_;
+  if (tx_ == 'I') {
+    if (tx_before != 'I')
+      apply_tx_end();
+  } else {
+    tx_shard_ = shard;
+  }
+  detach_if_idle();
+  co_return true;
+}
+
+// DDL on a sharded table: run on every shard's primary; the client sees one result, or an
+// error naming each shard that failed.
+Task<bool> Session::broadcast(const std::string &sql) {
+  std::string first_capture;
+  std::vector<std::string> failed, applied;
+  protocol::ErrorInfo first_error;
+  for (size_t s = 0; s < sh_.cfg.shards.size(); ++s) {
+    const std::string &name = sh_.cfg.shards[s].name;
+    std::string capture;
+    sink_ = &capture;
+    BackendConn *b = co_await attach(s, false);
+    bool ok = false;
+    if (b) {
+      wbuf_.clear();
+      prepare_backend(*b, wbuf_);
+      protocol::query(wbuf_, sql);
+      exp_.emplace_back(Expect::query, true);
+      ErrorCode ec;
+      co_await write_all(b->sock, wbuf_, ec);
+      ok = !ec && co_await relay(*b);
+      if (!ok)
+        b->broken = true;
+    }
+    sink_ = &out_;
+    detach_if_idle();
+    // Find an ErrorResponse in what this shard answered.
+    protocol::ErrorInfo err;
+    bool has_error = !ok;
+    if (!ok)
+      err = {"ERROR", "08006", "shard unreachable or connection lost", "", ""};
+    for (size_t pos = 0; pos < capture.size();) {
+      auto f = protocol::decode_frame(reinterpret_cast<const uint8_t *>(capture.data()) + pos,
+                                      capture.size() - pos, 1u << 30);
+      if (f.status != protocol::DecodeStatus::ready)
+        break;
+      if (f.type == 'E' && !has_error) {
+        err = protocol::parse_error_response(f.body_view());
+        has_error = true;
+      }
+      pos += f.frame_len;
+    }
+    if (has_error) {
+      if (failed.empty())
+        first_error = err;
+      failed.push_back(name + ": " + err.message);
+    } else {
+      applied.push_back(name);
+      if (first_capture.empty())
+        first_capture = std::move(capture);
+    }
+  }
+  tx_ = 'I';
+  if (!failed.empty()) {
+    std::string list, ok_list;
+    for (auto &f : failed)
+      list += (list.empty() ? "" : "; ") + f;
+    for (auto &a : applied)
+      ok_list += (ok_list.empty() ? "" : ", ") + a;
+    error(first_error.sqlstate.empty() ? "XX000" : first_error.sqlstate,
+          "DDL failed on " + std::to_string(failed.size()) + " of " +
+              std::to_string(sh_.cfg.shards.size()) + " shards: " + list,
+          applied.empty() ? "nothing was changed on any shard"
+                          : "it was applied on: " + ok_list +
+                                "; fix the cause and re-run it (e.g. with IF [NOT] EXISTS)");
+    ready();
+  } else {
+    out_ += first_capture;
+  }
+  co_return true;
+}
+
+Task<bool> Session::on_function_call(Msg m) {
+  size_t shard = tx_shard_ >= 0 ? size_t(tx_shard_) : sh_.router.default_shard();
+  BackendConn *b = co_await attach(shard, false);
+  if (!b) {
+    ready();
+    co_return true;
+  }
+  wbuf_.clear();
+  prepare_backend(*b, wbuf_);
+  append_frame(wbuf_, 'F', m.body);
+  exp_.emplace_back(Expect::sync, true);
+  ErrorCode ec;
+  co_await write_all(b->sock, wbuf_, ec);
+  if (ec || !co_await relay(*b)) {
+    if (!b->broken)
+      co_return false;
+    detach_if_idle();
+    error("08006", "lost the connection to the backend during a function call");
+    ready();
+    co_return true;
+  }
+  if (tx_ == 'I')
+    apply_tx_end();
+  else
+    tx_shard_ = int(shard);
+  detach_if_idle();
+  co_return true;
+}
+
+// Answers a whole extended batch without a backend (deferred BEGIN, COMMIT of an empty
+// transaction, Close of a statement...), message for message as the server would.
+void Session::synthesize_batch(const std::vector<Msg> &batch, const std::string &tag) {
+  for (const Msg &m : batch) {
+    switch (m.type) {
+    case 'P': protocol::parse_complete(*sink_); break;
+    case 'B': protocol::bind_complete(*sink_); break;
+    case 'D':
+      if (!m.body.empty() && m.body[0] == 'S')
+        protocol::Writer(*sink_, 't').i16(0).finish(); // ParameterDescription: no parameters
+      protocol::no_data(*sink_);
+      break;
+    case 'E': protocol::command_complete(*sink_, tag); break;
+    case 'C': protocol::close_complete(*sink_); break;
+    case 'S': ready(); break;
+    default: break;
+    }
+  }
+}
+
+// An extended-protocol batch, cut at Sync (or Flush): Parse/Bind/Describe/Execute/Close.
+// Statements are kept by the proxy and prepared lazily, under its own names, on whichever
+// backend the batch's Bind routes to.
+Task<bool> Session::on_batch() {
+  std::vector<Msg> batch = std::move(batch_);
+  batch_.clear();
+  bool ends_sync = batch.back().type == 'S';
+
+  struct Item {
+    const Msg *m = nullptr;
+    ClientStmt *st = nullptr;
+    protocol::BindMsg bind;
+    char target_kind = 0;
+    std::string target_name;
+  };
+  std::vector<Item> items;
+  items.reserve(batch.size());
+  std::optional<router::RouteError> rerr;
+  int shard = -1;
+  bool any_bind = false, all_read = true;
+  const router::StatementPlan *single_none = nullptr; // the lone Bind, if it has no shard
+  int binds = 0;
+  std::vector<std::string> closed;
+  std::vector<router::ParamValue> params;
+
+  for (const Msg &m : batch) {
+    Item it;
+    it.m = &m;
+    switch (m.type) {
+    case 'P': {
+      auto p = protocol::parse_parse(m.body);
+      if (!p)
+        co_return co_await fatal("08P01", "invalid Parse message");
+      std::string name(p->name);
+      if (!name.empty() && stmts_.count(name)) {
+        rerr = router::RouteError{"42P05", "prepared statement \"" + name + "\" already exists", ""};
+        break;
+      }
+      ClientStmt st;
+      st.text = std::string(p->query);
+      st.types = p->param_types;
+      st.planned = sh_.router.plan(st.text);
+      if (name.empty())
+        st.unnamed_tag = g_unnamed_tags++;
+      else
+        st.id = w_.intern_statement(stmt_key(st.text, st.types));
+      auto &slot = stmts_[name];
+      slot = std::move(st);
+      it.st = &slot;
+      break;
+    }
+    case 'B': {
+      auto b = protocol::parse_bind(m.body);
+      if (!b)
+        co_return co_await fatal("08P01", "invalid Bind message");
+      auto sit = stmts_.find(std::string(b->statement));
+      if (sit == stmts_.end()) {
+        rerr = router::RouteError{"26000", "prepared statement \"" + std::string(b->statement) +
+                                               "\" does not exist", ""};
+        break;
+      }
+      it.st = &sit->second;
+      it.bind = *b;
+      ++binds;
+      const auto &an = *it.st->planned.analysis;
+      if (an.stmts.empty())
+        break;
+      const router::StatementPlan &sp = an.stmts[0];
+      params.clear();
+      for (size_t i = 0; i < b->params.size(); ++i)
+        params.push_back({b->params[i], protocol::bind_param_format(*b, i)});
+      router::Resolved r = sh_.router.resolve(sp, it.st->text, it.st->planned.scan, params);
+      if (r.kind == router::TargetKind::error) {
+        rerr = r.error;
+        break;
+      }
+      if (r.kind == router::TargetKind::all_primaries) {
+        rerr = router::RouteError{"0A000",
+                                  "DDL on a sharded table cannot use the extended query protocol "
+                                  "yet",
+                                  "send it as a simple query (e.g. from psql); it is applied to "
+                                  "every shard"};
+        break;
+      }
+      if (r.kind == router::TargetKind::none) {
+        single_none = &sp;
+      } else {
+        any_bind = true;
+        if (shard < 0)
+          shard = int(r.shard);
+        else if (shard != int(r.shard))
+          rerr = router::RouteError{"0A000", "this pipeline touches more than one shard before Sync",
+                                    "send a Sync between statements for different shards; "
+                                    "cross-shard transactions are not supported yet"};
+      }
+      if (sp.kind != router::StmtKind::read)
+        all_read = false;
+      break;
+    }
+    case 'D':
+    case 'C': {
+      auto t = protocol::parse_target(m.body);
+      if (!t)
+        co_return co_await fatal("08P01", std::string("invalid ") +
+                                              (m.type == 'D' ? "Describe" : "Close") + " message");
+      it.target_kind = t->kind;
+      it.target_name = std::string(t->name);
+      if (t->kind == 'S') {
+        auto sit = stmts_.find(it.target_name);
+        if (m.type == 'D') {
+          if (sit == stmts_.end()) {
+            rerr = router::RouteError{"26000", "prepared statement \"" + it.target_name +
+                                                   "\" does not exist", ""};
+            break;
+          }
+          it.st = &sit->second;
+        } else {
+          closed.push_back(it.target_name);
+        }
+      }
+      break;
+    }
+    default:
+      break;
+    }
+    if (rerr)
+      break;
+    items.push_back(std::move(it));
+  }
+
+  auto finish_error = [&]() -> Task<bool> {
+    error(rerr->sqlstate, rerr->message, rerr->hint);
+    if (in_tx())
+      fail_transaction_by_proxy();
+    if (!ends_sync) {
+      skip_until_sync_ = true;
+      co_return true;
+    }
+    if (batch_shard_ >= 0 && attached_[size_t(batch_shard_)].conn) {
+      // The backend holds the first half of this batch: close it with a Sync.
+      BackendConn &b = *attached_[size_t(batch_shard_)].conn;
+      wbuf_.clear();
+      protocol::sync(wbuf_);
+      exp_.emplace_back(Expect::sync, false);
+      ErrorCode ec;
+      co_await write_all(b.sock, wbuf_, ec);
+      if (ec || !co_await relay(b))
+        b.broken = true;
+      batch_shard_ = -1;
+      detach_if_idle();
+    }
+    ready();
+    co_return true;
+  };
+  if (rerr)
+    co_return co_await finish_error();
+
+  if (proxy_failed_) {
+    if (binds == 1 && single_none &&
+        (single_none->kind == router::StmtKind::commit ||
+         single_none->kind == router::StmtKind::rollback) && ends_sync) {
+      if (tx_shard_ >= 0 && attached_[size_t(tx_shard_)].conn) {
+        BackendConn &b = *attached_[size_t(tx_shard_)].conn;
+        wbuf_.clear();
+        protocol::query(wbuf_, "ROLLBACK");
+        exp_.emplace_back(Expect::query, false);
+        ErrorCode ec;
+        co_await write_all(b.sock, wbuf_, ec);
+        if (ec || !co_await relay(b))
+          b.broken = true;
+      }
+      last_tag_ = "ROLLBACK";
+      apply_tx_end();
+      detach_if_idle();
+      synthesize_batch(batch, "ROLLBACK");
+      co_return true;
+    }
+    rerr = router::RouteError{"25P02", "current transaction is aborted, commands ignored until "
+                                       "end of transaction block", ""};
+    co_return co_await finish_error();
+  }
+
+  bool tx_bound = tx_shard_ >= 0;
+  bool needs_backend = binds > 0 || std::any_of(items.begin(), items.end(), [](const Item &i) {
+                         return i.m->type == 'P' || (i.m->type == 'D' && i.target_kind == 'S') ||
+                                i.m->type == 'E' || (i.m->type == 'D' && i.target_kind == 'P');
+                       });
+  // Transaction control with no shard yet is answered by the proxy and sent later.
+  if (ends_sync && batch_shard_ < 0 && !tx_bound && !any_bind) {
+    if (binds == 0 && !needs_backend) {
+      for (auto &n : closed)
+        stmts_.erase(n);
+      synthesize_batch(batch, "");
+      co_return true;
+    }
+    if (binds == 1 && single_none) {
+      const auto &sp = *single_none;
+      std::string text;
+      for (auto &it : items)
+        if (it.m->type == 'B')
+          text = trim(it.st->text);
+      bool handled = true;
+      std::string tag = sp.tag;
+      switch (sp.kind) {
+      case router::StmtKind::begin:
+        if (!in_tx()) {
+          tx_settings_snapshot_ = settings_;
+          deferred_ = text;
+          tx_ = 'T';
+        }
+        break;
+      case router::StmtKind::commit:
+      case router::StmtKind::rollback:
+        if (in_tx()) {
+          last_tag_ = (sp.kind == router::StmtKind::commit && tx_ != 'E') ? "COMMIT" : "ROLLBACK";
+          tag = last_tag_;
+          apply_tx_end();
+        } else {
+          handled = false;
+        }
+        break;
+      case router::StmtKind::savepoint:
+      case router::StmtKind::set_local:
+      case router::StmtKind::set:
+        if (in_tx()) {
+          deferred_ += ";" + text;
+          if (sp.kind == router::StmtKind::set)
+            set_setting(sp.set_name, text);
+        } else {
+          handled = false;
+        }
+        break;
+      default:
+        handled = false;
+      }
+      if (handled) {
+        for (auto &n : closed)
+          stmts_.erase(n);
+        synthesize_batch(batch, tag);
+        co_return true;
+      }
+    }
+  }
+
+  if (shard < 0)
+    shard = batch_shard_ >= 0 ? batch_shard_ : tx_bound ? tx_shard_ : int(sh_.router.default_shard());
+  if ((tx_bound && shard != tx_shard_) || (batch_shard_ >= 0 && shard != batch_shard_)) {
+    int held = tx_bound ? tx_shard_ : batch_shard_;
+    rerr = router::RouteError{"0A000",
+                              "transaction touches a second shard (\"" +
+                                  sh_.cfg.shards[size_t(shard)].name + "\" after \"" +
+                                  sh_.cfg.shards[size_t(held)].name + "\")",
+                              "keep each transaction on one shard key's shard; cross-shard "
+                              "transactions (2PC) are not supported yet"};
+    co_return co_await finish_error();
+  }
+  bool read = any_bind && all_read && !in_tx() && batch_shard_ < 0;
+  BackendConn *b = co_await attach(size_t(shard), read);
+  if (!b) {
+    if (in_tx())
+      fail_transaction_by_proxy();
+    if (ends_sync)
+      ready();
+    else
+      skip_until_sync_ = true;
+    co_return true;
+  }
+  char tx_before = tx_;
+  wbuf_.clear();
+  prepare_backend(*b, wbuf_);
+  for (Item &it : items) {
+    const Msg &m = *it.m;
+    switch (m.type) {
+    case 'P':
+      ensure_prepared(*b, *it.st, true, wbuf_);
+      break;
+    case 'B':
+      ensure_prepared(*b, *it.st, false, wbuf_);
+      protocol::rewrite_bind(wbuf_, it.bind, m.body,
+                             it.st->id ? "sg_" + std::to_string(it.st->id) : std::string());
+      exp_.emplace_back(Expect::one, true);
+      break;
+    case 'D':
+      if (it.target_kind == 'S') {
+        ensure_prepared(*b, *it.st, false, wbuf_);
+        protocol::describe(wbuf_, 'S', it.st->id ? "sg_" + std::to_string(it.st->id) : "");
+        exp_.emplace_back(Expect::describe_stmt, true);
+      } else {
+        append_frame(wbuf_, 'D', m.body);
+        exp_.emplace_back(Expect::one, true);
+      }
+      break;
+    case 'E':
+      append_frame(wbuf_, 'E', m.body);
+      exp_.emplace_back(Expect::execute, true);
+      break;
+    case 'C':
+      if (it.target_kind == 'S') {
+        Pending s(Expect::synthetic);
+        protocol::close_complete(s.synthetic); // backend copies stay, shared by name
+        exp_.push_back(std::move(s));
+      } else {
+        append_frame(wbuf_, 'C', m.body);
+        exp_.emplace_back(Expect::one, true);
+      }
+      break;
+    case 'S':
+      append_frame(wbuf_, 'S', {});
+      exp_.emplace_back(Expect::sync, true);
+      break;
+    case 'H':
+      append_frame(wbuf_, 'H', {});
+      break;
+    }
+  }
+  for (auto &n : closed)
+    stmts_.erase(n);
+  ErrorCode ec;
+  co_await write_all(b->sock, wbuf_, ec);
+  bool ok = !ec && co_await relay(*b);
+  if (!ok) {
+    bool was_tx = in_tx() || tx_bound || batch_shard_ >= 0;
+    if (!b->broken)
+      co_return false;
+    on_backend_lost(*b);
+    batch_shard_ = -1;
+    detach_if_idle();
+    if (was_tx)
+      co_return co_await fatal("08006", "lost the connection to shard \"" +
+                                            sh_.cfg.shards[size_t(shard)].name +
+                                            "\" inside a transaction; the transaction is lost");
+    error("08006", "lost the connection to shard \"" + sh_.cfg.shards[size_t(shard)].name +
+                       "\" while running the statement",
+          "the statement may or may not have run; retry if it is safe to");
+    if (ends_sync)
+      ready();
+    else
+      skip_until_sync_ = true;
+    co_return true;
+  }
+  if (!ends_sync) {
+    batch_shard_ = shard; // the implicit transaction stays open until Sync
+    if (!last_sqlstate_.empty())
+      skip_until_sync_ = true;
+    co_return true;
+  }
+  batch_shard_ = -1;
+  if (last_sqlstate_.empty()) {
+    bool changed = false;
+    for (auto &it : items)
+      if (it.m->type == 'B' && !it.st->planned.analysis->stmts.empty()) {
+        const auto &sp = it.st->planned.analysis->stmts[0];
+        if (sp.kind == router::StmtKind::set) {
+          set_setting(sp.set_name, trim(it.st->text));
+          changed = true;
+        }
+      }
+    if (changed) {
+      b->settings = settings_;
+      b->settings_hash = settings_hash_;
+    }
+  }
+  if (tx_before == 'I' && tx_ != 'I')
+    tx_settings_snapshot_ = settings_;
+  if (tx_ == 'I') {
+    if (tx_before != 'I')
+      apply_tx_end();
+  } else {
+    tx_shard_ = shard;
+  }
+  detach_if_idle();
+  co_return true;
+}
+
+} // namespace sg::proxy

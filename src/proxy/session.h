@@ -1,0 +1,133 @@
+// One client connection: startup and authentication, then the query loop with transaction
+// (or session) pooling, routing by shard key, and prepared statements that follow the client
+// across pooled backends.
+#pragma once
+
+#include "protocol/messages.h"
+#include "proxy/errors.h"
+#include "proxy/server.h"
+#include "router/router.h"
+
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace sg::proxy {
+
+class Session {
+public:
+  Session(Worker &w, tcp::socket sock);
+  ~Session();
+  Task<void> run();
+
+private:
+  // A statement the client prepared (named, or the unnamed one).
+  struct ClientStmt {
+    uint32_t id = 0; // interned per worker: the backend-side name is "sg_<id>"
+    std::string text;
+    std::vector<uint32_t> types;
+    router::PlannedText planned;
+    uint64_t unnamed_tag = 0; // for the unnamed statement: which Parse this is
+  };
+
+  // What the proxy expects back from the backend for each message it sent, in order.
+  enum class Expect : uint8_t { one, describe_stmt, execute, sync, query, synthetic };
+  struct Pending {
+    Pending(Expect k, bool fwd = true) : kind(k), forward(fwd) {}
+    Expect kind;
+    bool forward = true;       // false: swallow the success responses (proxy-injected)
+    uint32_t parse_id = 0;     // for an injected/forwarded Parse: forget it on error
+    bool parse_unnamed = false;
+    std::string synthetic;     // bytes the proxy answers with itself
+  };
+
+  struct Attached {
+    std::unique_ptr<BackendConn> conn;
+    Pool *pool = nullptr;
+  };
+
+  struct Msg {
+    char type;
+    std::string body;
+  };
+
+  // Startup
+  Task<bool> startup();
+  Task<bool> authenticate(const std::string &user);
+  Task<bool> send_server_params();
+  Task<void> handle_cancel(std::string_view body);
+
+  // Query loop
+  Task<void> query_loop();
+  Task<bool> on_query(std::string sql);
+  Task<bool> on_batch();
+  Task<bool> on_function_call(Msg m);
+  Task<bool> broadcast(const std::string &sql);
+  void synthesize_batch(const std::vector<Msg> &batch, const std::string &tag);
+
+  // Backends
+  Task<BackendConn *> attach(size_t shard, bool read);
+  void detach_if_idle();
+  void detach_all();
+  void prepare_backend(BackendConn &b, std::string &out);
+  void ensure_prepared(BackendConn &b, ClientStmt &st, bool respond, std::string &out);
+  Task<bool> relay(BackendConn &b);
+  Task<bool> pump_copy_in(BackendConn &b);
+  void on_backend_lost(BackendConn &b);
+
+  // Replies the proxy makes itself
+  void error(const std::string &sqlstate, const std::string &msg, const std::string &hint = {},
+             const std::string &detail = {});
+  void ready();
+  Task<bool> flush();
+  Task<bool> fatal(const std::string &sqlstate, const std::string &msg,
+                   const std::string &hint = {});
+  void fail_transaction_by_proxy();
+  void apply_tx_end();
+  void set_setting(const std::string &name, const std::string &stmt);
+  void rehash_settings();
+  std::string stmt_key(const std::string &text, const std::vector<uint32_t> &types) const;
+  bool in_tx() const { return tx_ != 'I'; }
+  log::Fields log_fields() const;
+
+  Worker &w_;
+  Shared &sh_;
+  tcp::socket sock_;
+  Buffer cbuf_;
+  std::string out_;            // bytes for the client, written at flush()
+  std::string *sink_ = &out_;  // redirected to a capture during broadcast
+  std::string wbuf_;           // bytes for the backend
+  std::string user_;
+  std::string peer_;
+  uint64_t id_ = 0;
+  int32_t pid_ = 0, key_ = 0;
+  std::shared_ptr<CancelSlot> cancel_;
+  std::vector<std::pair<std::string, std::string>> startup_params_;
+
+  // Session settings: SET statements by lower-case name, applied to whichever backend serves.
+  std::map<std::string, std::string> settings_;
+  uint64_t settings_hash_ = 0;
+  std::map<std::string, std::string> tx_settings_snapshot_;
+
+  std::unordered_map<std::string, ClientStmt> stmts_;
+  uint64_t unnamed_gen_ = 0;
+  std::vector<Msg> batch_;
+  bool skip_until_sync_ = false;
+
+  std::vector<Attached> attached_; // by shard
+  char tx_ = 'I';                  // transaction status the client has been told
+  int tx_shard_ = -1;              // shard bound to the open transaction
+  int batch_shard_ = -1;           // shard holding an extended batch cut by Flush, until Sync
+  std::string deferred_;           // BEGIN/SAVEPOINT text not yet sent (no shard chosen yet)
+  bool proxy_failed_ = false;      // transaction failed by a proxy-side error
+  std::deque<Pending> exp_;
+  bool forwarded_any_ = false;     // backend bytes reached the client for the current request
+  std::string last_sqlstate_;      // of the last ErrorResponse relayed
+  std::string last_tag_;           // of the last CommandComplete relayed
+  bool session_mode_ = false;
+};
+
+} // namespace sg::proxy

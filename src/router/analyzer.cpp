@@ -1,0 +1,627 @@
+// Statement analysis over libpg_query's protobuf parse tree. A reflective walk collects what a
+// statement touches anywhere (tables, locking clauses, nested DML, functions); typed code reads
+// the shard key from the top-level WHERE / VALUES.
+#include "router/analyzer.h"
+
+#include <pg_query.h>
+#include <pg_query/pg_query.pb-c.h>
+
+#include <algorithm>
+#include <cctype>
+#include <set>
+
+namespace sg::router {
+
+namespace {
+
+using Node = PgQuery__Node;
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (auto &c : out)
+    c = char(std::tolower(uint8_t(c)));
+  return out;
+}
+
+// Everything a statement touches, wherever it sits in the tree.
+struct Facts {
+  std::vector<const PgQuery__RangeVar *> rels;
+  std::set<std::string> ctes;
+  bool locking = false;
+  int dml = 0; // Insert/Update/Delete nodes
+  bool volatile_fn = false;
+};
+
+bool is_volatile_function(std::string_view name) {
+  static const char *names[] = {"nextval", "setval", "lastval", "currval", "txid_current",
+                                "pg_current_xact_id", "pg_advisory_lock",
+                                "pg_advisory_xact_lock", "pg_try_advisory_lock",
+                                "pg_try_advisory_xact_lock", "pg_advisory_unlock",
+                                "pg_advisory_lock_shared", "pg_advisory_unlock_all",
+                                "pg_notify", "set_config", "pg_sleep_for_update"};
+  for (auto n : names)
+    if (name == n)
+      return true;
+  return false;
+}
+
+void walk(const ProtobufCMessage *m, Facts &f, int depth = 0) {
+  if (!m || depth > 1000)
+    return;
+  const ProtobufCMessageDescriptor *d = m->descriptor;
+  if (d == &pg_query__range_var__descriptor)
+    f.rels.push_back(reinterpret_cast<const PgQuery__RangeVar *>(m));
+  else if (d == &pg_query__locking_clause__descriptor)
+    f.locking = true;
+  else if (d == &pg_query__insert_stmt__descriptor || d == &pg_query__update_stmt__descriptor ||
+           d == &pg_query__delete_stmt__descriptor)
+    ++f.dml;
+  else if (d == &pg_query__common_table_expr__descriptor)
+    f.ctes.insert(reinterpret_cast<const PgQuery__CommonTableExpr *>(m)->ctename);
+  else if (d == &pg_query__func_call__descriptor) {
+    auto *fc = reinterpret_cast<const PgQuery__FuncCall *>(m);
+    if (fc->n_funcname > 0) {
+      const Node *last = fc->funcname[fc->n_funcname - 1];
+      if (last->node_case == PG_QUERY__NODE__NODE_STRING &&
+          is_volatile_function(lower(last->string->sval)))
+        f.volatile_fn = true;
+    }
+  }
+  const char *base = reinterpret_cast<const char *>(m);
+  for (unsigned i = 0; i < d->n_fields; ++i) {
+    const ProtobufCFieldDescriptor &fd = d->fields[i];
+    if (fd.type != PROTOBUF_C_TYPE_MESSAGE)
+      continue;
+    if (fd.flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
+      uint32_t which = *reinterpret_cast<const uint32_t *>(base + fd.quantifier_offset);
+      if (which != fd.id)
+        continue;
+    }
+    if (fd.label == PROTOBUF_C_LABEL_REPEATED) {
+      size_t n = *reinterpret_cast<const size_t *>(base + fd.quantifier_offset);
+      auto *arr = *reinterpret_cast<ProtobufCMessage *const *const *>(base + fd.offset);
+      for (size_t k = 0; k < n; ++k)
+        walk(arr[k], f, depth + 1);
+    } else {
+      walk(*reinterpret_cast<ProtobufCMessage *const *>(base + fd.offset), f, depth + 1);
+    }
+  }
+}
+
+class Analyzer {
+public:
+  Analyzer(std::string_view sql, const std::vector<config::Table> &tables,
+           const std::vector<ConstToken> &consts)
+      : sql_(sql), tables_(tables), consts_(consts) {}
+
+  StatementPlan plan(const Node *stmt);
+
+private:
+  struct TableRef {
+    int table;
+    std::string name; // alias if any, else relation name
+  };
+
+  int find_table(const PgQuery__RangeVar *rv) const {
+    for (size_t i = 0; i < tables_.size(); ++i) {
+      std::string_view n = tables_[i].name;
+      size_t dot = n.find('.');
+      if (dot == std::string_view::npos) {
+        if (n == rv->relname)
+          return int(i);
+      } else if (n.substr(0, dot) == rv->schemaname && n.substr(dot + 1) == rv->relname) {
+        return int(i);
+      }
+    }
+    return -1;
+  }
+
+  // Sharded tables referenced anywhere, CTE names excluded.
+  std::vector<int> sharded_tables(const Facts &f) const {
+    std::vector<int> out;
+    for (auto *rv : f.rels) {
+      if (rv->schemaname[0] == '\0' && f.ctes.count(rv->relname))
+        continue;
+      int t = find_table(rv);
+      if (t >= 0)
+        out.push_back(t);
+    }
+    return out;
+  }
+
+  void collect_from(const Node *n, std::vector<TableRef> &refs) const {
+    if (!n)
+      return;
+    if (n->node_case == PG_QUERY__NODE__NODE_RANGE_VAR) {
+      const auto *rv = n->range_var;
+      int t = find_table(rv);
+      if (t >= 0)
+        refs.push_back({t, rv->alias ? rv->alias->aliasname : rv->relname});
+    } else if (n->node_case == PG_QUERY__NODE__NODE_JOIN_EXPR) {
+      collect_from(n->join_expr->larg, refs);
+      collect_from(n->join_expr->rarg, refs);
+    }
+  }
+
+  void add_relation(const PgQuery__RangeVar *rv, std::vector<TableRef> &refs) const {
+    if (!rv)
+      return;
+    int t = find_table(rv);
+    if (t >= 0)
+      refs.push_back({t, rv->alias ? rv->alias->aliasname : rv->relname});
+  }
+
+  // A literal, a parameter, or either under a type cast.
+  bool value_ref(const Node *n, int table, ValueRef &out) const {
+    if (!n)
+      return false;
+    switch (n->node_case) {
+    case PG_QUERY__NODE__NODE_TYPE_CAST:
+      return value_ref(n->type_cast->arg, table, out);
+    case PG_QUERY__NODE__NODE_PARAM_REF:
+      out = {true, false, int16_t(table), n->param_ref->number};
+      return n->param_ref->number >= 1;
+    case PG_QUERY__NODE__NODE_A_CONST: {
+      const auto *c = n->a_const;
+      if (c->isnull || c->location < 0)
+        return false;
+      auto loc = uint32_t(c->location);
+      auto it = std::lower_bound(consts_.begin(), consts_.end(), loc,
+                                 [](const ConstToken &t, uint32_t l) { return t.start < l; });
+      if (it == consts_.end())
+        return false;
+      bool negate = false;
+      if (it->start != loc) {
+        // doNegate() places a folded negative constant at the '-' sign.
+        if (loc >= sql_.size() || sql_[loc] != '-')
+          return false;
+        negate = true;
+      }
+      out = {false, negate, int16_t(table), int32_t(it - consts_.begin())};
+      return true;
+    }
+    default:
+      return false;
+    }
+  }
+
+  static bool column_ref(const Node *n, std::string &qualifier, std::string &column) {
+    if (!n || n->node_case != PG_QUERY__NODE__NODE_COLUMN_REF)
+      return false;
+    const auto *cr = n->column_ref;
+    if (cr->n_fields == 0 || cr->n_fields > 3)
+      return false;
+    const Node *last = cr->fields[cr->n_fields - 1];
+    if (last->node_case != PG_QUERY__NODE__NODE_STRING)
+      return false;
+    column = last->string->sval;
+    qualifier.clear();
+    if (cr->n_fields >= 2) {
+      const Node *q = cr->fields[cr->n_fields - 2];
+      if (q->node_case != PG_QUERY__NODE__NODE_STRING)
+        return false;
+      qualifier = q->string->sval;
+    }
+    return true;
+  }
+
+  static void conjuncts(const Node *n, std::vector<const Node *> &out) {
+    if (!n)
+      return;
+    if (n->node_case == PG_QUERY__NODE__NODE_BOOL_EXPR &&
+        n->bool_expr->boolop == PG_QUERY__BOOL_EXPR_TYPE__AND_EXPR) {
+      for (size_t i = 0; i < n->bool_expr->n_args; ++i)
+        conjuncts(n->bool_expr->args[i], out);
+      return;
+    }
+    out.push_back(n);
+  }
+
+  static bool is_op(const PgQuery__AExpr *e, const char *op) {
+    if (e->n_name != 1 || e->name[0]->node_case != PG_QUERY__NODE__NODE_STRING)
+      return false;
+    return std::string_view(e->name[0]->string->sval) == op;
+  }
+
+  // Keys for one table reference from `key = v` or `key IN (...)` in the top-level AND.
+  bool keys_for(const TableRef &ref, const Node *where, std::vector<ValueRef> &keys) const {
+    std::vector<const Node *> cs;
+    conjuncts(where, cs);
+    const std::string &key = tables_[size_t(ref.table)].key;
+    std::string q, col;
+    auto matches = [&](const Node *n) {
+      if (!column_ref(n, q, col) || col != key)
+        return false;
+      return q.empty() || q == ref.name;
+    };
+    for (const Node *c : cs) {
+      if (c->node_case != PG_QUERY__NODE__NODE_A_EXPR)
+        continue;
+      const auto *e = c->a_expr;
+      ValueRef v;
+      if (e->kind == PG_QUERY__A__EXPR__KIND__AEXPR_OP && is_op(e, "=")) {
+        if (matches(e->lexpr) && value_ref(e->rexpr, ref.table, v)) {
+          keys.push_back(v);
+          return true;
+        }
+        if (matches(e->rexpr) && value_ref(e->lexpr, ref.table, v)) {
+          keys.push_back(v);
+          return true;
+        }
+      } else if (e->kind == PG_QUERY__A__EXPR__KIND__AEXPR_IN && is_op(e, "=") &&
+                 matches(e->lexpr) && e->rexpr &&
+                 e->rexpr->node_case == PG_QUERY__NODE__NODE_LIST) {
+        const auto *l = e->rexpr->list;
+        std::vector<ValueRef> vals;
+        for (size_t i = 0; i < l->n_items; ++i) {
+          if (!value_ref(l->items[i], ref.table, v))
+            return false;
+          vals.push_back(v);
+        }
+        if (vals.empty())
+          return false;
+        keys.insert(keys.end(), vals.begin(), vals.end());
+        return true;
+      }
+    }
+    return false;
+  }
+
+  void no_key_error(StatementPlan &p, int table) const {
+    const auto &t = tables_[size_t(table)];
+    p.target = TargetKind::error;
+    p.table = table;
+    p.error = {"0A000",
+               "statement on sharded table \"" + t.name + "\" has no usable shard key",
+               "add \"" + t.key + " = <value>\" or \"" + t.key +
+                   " IN (...)\" to the top-level WHERE; cross-shard statements are not "
+                   "supported yet"};
+  }
+
+  // Routes a statement whose sharded tables must all be in `refs` with keys in `where`.
+  void route_by_where(StatementPlan &p, const Facts &f, const std::vector<TableRef> &refs,
+                      const Node *where) const {
+    auto touched = sharded_tables(f);
+    if (touched.empty()) {
+      p.target = TargetKind::default_shard;
+      return;
+    }
+    if (touched.size() > refs.size()) {
+      // A sharded table inside a subquery, CTE or join condition: no single owner is known.
+      int outside = touched[0];
+      for (int t : touched)
+        if (std::none_of(refs.begin(), refs.end(), [&](auto &r) { return r.table == t; }))
+          outside = t;
+      no_key_error(p, outside);
+      return;
+    }
+    p.table = refs[0].table;
+    for (const auto &r : refs) {
+      if (!keys_for(r, where, p.keys)) {
+        no_key_error(p, r.table);
+        return;
+      }
+    }
+    p.target = TargetKind::by_key;
+  }
+
+  void plan_select(StatementPlan &p, const PgQuery__SelectStmt *s, const Facts &f) const {
+    p.kind = (f.locking || f.dml > 0 || f.volatile_fn || s->into_clause) ? StmtKind::write
+                                                                           : StmtKind::read;
+    if (s->op != PG_QUERY__SET_OPERATION__SETOP_NONE) {
+      // UNION etc.: only fine when no sharded table is involved.
+      route_by_where(p, f, {}, nullptr);
+      return;
+    }
+    std::vector<TableRef> refs;
+    for (size_t i = 0; i < s->n_from_clause; ++i)
+      collect_from(s->from_clause[i], refs);
+    route_by_where(p, f, refs, s->where_clause);
+  }
+
+  void plan_insert(StatementPlan &p, const PgQuery__InsertStmt *s, const Facts &f) const {
+    p.kind = StmtKind::write;
+    int t = s->relation ? find_table(s->relation) : -1;
+    auto touched = sharded_tables(f);
+    if (t < 0) {
+      if (touched.empty())
+        p.target = TargetKind::default_shard;
+      else
+        no_key_error(p, touched[0]);
+      return;
+    }
+    p.table = t;
+    const auto &tb = tables_[size_t(t)];
+    if (touched.size() > 1) {
+      no_key_error(p, t);
+      return;
+    }
+    int pos = -1;
+    for (size_t i = 0; i < s->n_cols; ++i) {
+      const Node *c = s->cols[i];
+      if (c->node_case == PG_QUERY__NODE__NODE_RES_TARGET && tb.key == c->res_target->name)
+        pos = int(i);
+    }
+    auto err = [&](std::string msg, std::string hint) {
+      p.target = TargetKind::error;
+      p.error = {"0A000", std::move(msg), std::move(hint)};
+    };
+    if (pos < 0) {
+      err("INSERT into sharded table \"" + tb.name + "\" does not name its shard key column \"" +
+              tb.key + "\"",
+          "list the columns, e.g. INSERT INTO " + tb.name + " (" + tb.key + ", ...) VALUES (...)");
+      return;
+    }
+    const Node *sel = s->select_stmt;
+    if (!sel || sel->node_case != PG_QUERY__NODE__NODE_SELECT_STMT ||
+        sel->select_stmt->n_values_lists == 0) {
+      err("INSERT ... SELECT into sharded table \"" + tb.name + "\" is not supported yet",
+          "insert with VALUES and a literal or parameter for \"" + tb.key + "\"");
+      return;
+    }
+    const auto *vs = sel->select_stmt;
+    for (size_t r = 0; r < vs->n_values_lists; ++r) {
+      const Node *row = vs->values_lists[r];
+      ValueRef v;
+      if (row->node_case != PG_QUERY__NODE__NODE_LIST || size_t(pos) >= row->list->n_items ||
+          !value_ref(row->list->items[pos], t, v)) {
+        err("the shard key \"" + tb.key + "\" of table \"" + tb.name +
+                "\" must be a literal or a parameter in every VALUES row",
+            "pass the key value explicitly instead of DEFAULT or an expression");
+        return;
+      }
+      p.keys.push_back(v);
+    }
+    p.target = TargetKind::by_key;
+  }
+
+  bool sets_key(const std::vector<TableRef> &refs, PgQuery__Node **targets, size_t n,
+                StatementPlan &p) const {
+    if (refs.empty())
+      return false;
+    const auto &tb = tables_[size_t(refs[0].table)];
+    for (size_t i = 0; i < n; ++i) {
+      const Node *t = targets[i];
+      if (t->node_case == PG_QUERY__NODE__NODE_RES_TARGET && tb.key == t->res_target->name) {
+        p.target = TargetKind::error;
+        p.table = refs[0].table;
+        p.error = {"0A000",
+                   "UPDATE of the shard key \"" + tb.key + "\" of table \"" + tb.name +
+                       "\" is not supported",
+                   "a row cannot move between shards by UPDATE; DELETE it and INSERT it with "
+                   "the new key"};
+        return true;
+      }
+    }
+    return false;
+  }
+
+  void plan_utility_tables(StatementPlan &p, const Facts &f, bool broadcast_ok) const {
+    auto touched = sharded_tables(f);
+    if (touched.empty())
+      p.target = TargetKind::default_shard;
+    else if (broadcast_ok) {
+      p.target = TargetKind::all_primaries;
+      p.table = touched[0];
+    } else
+      no_key_error(p, touched[0]);
+  }
+
+  std::string_view sql_;
+  const std::vector<config::Table> &tables_;
+  const std::vector<ConstToken> &consts_;
+};
+
+StatementPlan Analyzer::plan(const Node *stmt) {
+  StatementPlan p;
+  Facts f;
+  walk(&stmt->base, f);
+  switch (stmt->node_case) {
+  case PG_QUERY__NODE__NODE_SELECT_STMT:
+    plan_select(p, stmt->select_stmt, f);
+    break;
+  case PG_QUERY__NODE__NODE_INSERT_STMT:
+    plan_insert(p, stmt->insert_stmt, f);
+    break;
+  case PG_QUERY__NODE__NODE_UPDATE_STMT: {
+    p.kind = StmtKind::write;
+    const auto *s = stmt->update_stmt;
+    std::vector<TableRef> refs;
+    add_relation(s->relation, refs);
+    for (size_t i = 0; i < s->n_from_clause; ++i)
+      collect_from(s->from_clause[i], refs);
+    if (!sets_key(refs, s->target_list, s->n_target_list, p))
+      route_by_where(p, f, refs, s->where_clause);
+    break;
+  }
+  case PG_QUERY__NODE__NODE_DELETE_STMT: {
+    p.kind = StmtKind::write;
+    const auto *s = stmt->delete_stmt;
+    std::vector<TableRef> refs;
+    add_relation(s->relation, refs);
+    for (size_t i = 0; i < s->n_using_clause; ++i)
+      collect_from(s->using_clause[i], refs);
+    route_by_where(p, f, refs, s->where_clause);
+    break;
+  }
+  case PG_QUERY__NODE__NODE_EXPLAIN_STMT: {
+    StatementPlan inner = plan(stmt->explain_stmt->query);
+    p = inner;
+    break;
+  }
+  case PG_QUERY__NODE__NODE_TRANSACTION_STMT: {
+    const auto *t = stmt->transaction_stmt;
+    p.target = TargetKind::none;
+    switch (t->kind) {
+    case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_BEGIN:
+    case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_START:
+      p.kind = StmtKind::begin;
+      p.tag = t->kind == PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_BEGIN ? "BEGIN"
+                                                                            : "START TRANSACTION";
+      for (size_t i = 0; i < t->n_options; ++i) {
+        const Node *o = t->options[i];
+        if (o->node_case == PG_QUERY__NODE__NODE_DEF_ELEM &&
+            std::string_view(o->def_elem->defname) == "transaction_read_only" &&
+            o->def_elem->arg && o->def_elem->arg->node_case == PG_QUERY__NODE__NODE_A_CONST &&
+            o->def_elem->arg->a_const->val_case == PG_QUERY__A__CONST__VAL_IVAL)
+          p.read_only_tx = o->def_elem->arg->a_const->ival->ival != 0;
+      }
+      break;
+    case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_COMMIT:
+      p.kind = StmtKind::commit;
+      p.tag = "COMMIT";
+      break;
+    case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_ROLLBACK:
+      p.kind = StmtKind::rollback;
+      p.tag = "ROLLBACK";
+      break;
+    case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_SAVEPOINT:
+      p.kind = StmtKind::savepoint;
+      p.tag = "SAVEPOINT";
+      break;
+    case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_RELEASE:
+      p.kind = StmtKind::savepoint;
+      p.tag = "RELEASE";
+      break;
+    case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_ROLLBACK_TO:
+      p.kind = StmtKind::savepoint;
+      p.tag = "ROLLBACK";
+      break;
+    default: // PREPARE TRANSACTION / COMMIT PREPARED / ROLLBACK PREPARED
+      p.kind = StmtKind::other;
+      p.target = TargetKind::default_shard;
+      break;
+    }
+    break;
+  }
+  case PG_QUERY__NODE__NODE_VARIABLE_SET_STMT: {
+    const auto *v = stmt->variable_set_stmt;
+    p.target = TargetKind::none;
+    std::string name = lower(v->name);
+    if (v->kind == PG_QUERY__VARIABLE_SET_KIND__VAR_RESET_ALL) {
+      p.kind = StmtKind::reset_all;
+      p.tag = "RESET";
+    } else if (name == "transaction" || (v->kind == PG_QUERY__VARIABLE_SET_KIND__VAR_SET_MULTI &&
+                                         name != "session characteristics")) {
+      p.kind = StmtKind::savepoint; // transaction-scoped: travels with the transaction
+      p.tag = "SET";
+    } else if (v->is_local) {
+      p.kind = StmtKind::set_local;
+      p.tag = "SET";
+    } else {
+      p.kind = StmtKind::set;
+      p.set_name = name;
+      p.tag = v->kind == PG_QUERY__VARIABLE_SET_KIND__VAR_RESET ? "RESET" : "SET";
+    }
+    break;
+  }
+  case PG_QUERY__NODE__NODE_VARIABLE_SHOW_STMT:
+    p.kind = StmtKind::read;
+    p.target = TargetKind::default_shard;
+    break;
+  case PG_QUERY__NODE__NODE_DISCARD_STMT:
+    if (stmt->discard_stmt->target == PG_QUERY__DISCARD_MODE__DISCARD_ALL) {
+      p.kind = StmtKind::discard_all;
+      p.target = TargetKind::none;
+      p.tag = "DISCARD ALL";
+    } else {
+      p.kind = StmtKind::other;
+      p.target = TargetKind::default_shard;
+    }
+    break;
+  case PG_QUERY__NODE__NODE_DEALLOCATE_STMT:
+    p.kind = StmtKind::deallocate;
+    p.target = TargetKind::none;
+    p.set_name = stmt->deallocate_stmt->name ? stmt->deallocate_stmt->name : "";
+    p.tag = p.set_name.empty() ? "DEALLOCATE ALL" : "DEALLOCATE";
+    break;
+  case PG_QUERY__NODE__NODE_CREATE_STMT:
+  case PG_QUERY__NODE__NODE_ALTER_TABLE_STMT:
+  case PG_QUERY__NODE__NODE_TRUNCATE_STMT:
+  case PG_QUERY__NODE__NODE_INDEX_STMT:
+  case PG_QUERY__NODE__NODE_RENAME_STMT:
+    p.kind = StmtKind::ddl;
+    plan_utility_tables(p, f, true);
+    break;
+  case PG_QUERY__NODE__NODE_DROP_STMT: {
+    p.kind = StmtKind::ddl;
+    const auto *d = stmt->drop_stmt;
+    p.target = TargetKind::default_shard;
+    if (d->remove_type == PG_QUERY__OBJECT_TYPE__OBJECT_TABLE) {
+      // DROP TABLE names are lists of Strings, not RangeVars.
+      for (size_t i = 0; i < d->n_objects; ++i) {
+        const Node *o = d->objects[i];
+        if (o->node_case != PG_QUERY__NODE__NODE_LIST || o->list->n_items == 0)
+          continue;
+        PgQuery__RangeVar rv = PG_QUERY__RANGE_VAR__INIT;
+        const Node *last = o->list->items[o->list->n_items - 1];
+        if (last->node_case != PG_QUERY__NODE__NODE_STRING)
+          continue;
+        rv.relname = last->string->sval;
+        if (o->list->n_items >= 2 &&
+            o->list->items[o->list->n_items - 2]->node_case == PG_QUERY__NODE__NODE_STRING)
+          rv.schemaname = o->list->items[o->list->n_items - 2]->string->sval;
+        int t = find_table(&rv);
+        if (t >= 0) {
+          p.target = TargetKind::all_primaries;
+          p.table = t;
+        }
+      }
+    }
+    break;
+  }
+  case PG_QUERY__NODE__NODE_VACUUM_STMT:
+    p.kind = StmtKind::other;
+    plan_utility_tables(p, f, true);
+    break;
+  case PG_QUERY__NODE__NODE_CREATE_TABLE_AS_STMT:
+    p.kind = StmtKind::ddl;
+    plan_utility_tables(p, f, false);
+    break;
+  default:
+    p.kind = f.dml > 0 ? StmtKind::write : StmtKind::other;
+    plan_utility_tables(p, f, false);
+    break;
+  }
+  return p;
+}
+
+} // namespace
+
+Analysis analyze(std::string_view sql, const std::vector<config::Table> &tables,
+                 const std::vector<ConstToken> &consts) {
+  Analysis a;
+  PgQueryProtobufParseResult pr = pg_query_parse_protobuf(sql.data());
+  if (pr.error) {
+    a.parse_error = pr.error->message ? pr.error->message : "syntax error";
+    pg_query_free_protobuf_parse_result(pr);
+    StatementPlan p; // did not parse: the default shard's primary reports the error
+    p.kind = StmtKind::write;
+    p.target = TargetKind::default_shard;
+    p.length = uint32_t(sql.size());
+    a.stmts.push_back(std::move(p));
+    return a;
+  }
+  PgQuery__ParseResult *tree = pg_query__parse_result__unpack(
+      nullptr, pr.parse_tree.len, reinterpret_cast<const uint8_t *>(pr.parse_tree.data));
+  pg_query_free_protobuf_parse_result(pr);
+  if (!tree) {
+    a.parse_error = "parse tree could not be decoded";
+    return a;
+  }
+  a.parsed = true;
+  Analyzer an(sql, tables, consts);
+  for (size_t i = 0; i < tree->n_stmts; ++i) {
+    const PgQuery__RawStmt *raw = tree->stmts[i];
+    if (!raw->stmt)
+      continue;
+    StatementPlan p = an.plan(raw->stmt);
+    p.location = uint32_t(std::max(0, raw->stmt_location));
+    p.length = raw->stmt_len > 0 ? uint32_t(raw->stmt_len) : uint32_t(sql.size()) - p.location;
+    a.stmts.push_back(std::move(p));
+  }
+  pg_query__parse_result__free_unpacked(tree, nullptr);
+  return a;
+}
+
+} // namespace sg::router

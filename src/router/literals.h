@@ -1,0 +1,31 @@
+// Constants in SQL text, found with libpg_query's scanner: used to key the plan cache by the
+// text with its literals taken out, and to read a literal's value by position at route time.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace sg::router {
+
+struct ConstToken {
+  uint32_t start = 0;
+  uint32_t end = 0; // exclusive
+  bool is_string = false;
+};
+
+struct ScanResult {
+  bool ok = false;
+  std::string normalized; // the text with every constant replaced by '?'
+  std::vector<ConstToken> consts;
+};
+
+// sql must be NUL-terminated at sql.size() (libpg_query reads C strings).
+ScanResult scan_constants(std::string_view sql);
+
+// The value of a constant: numbers as written; strings unquoted ('' -> ', E'' escapes, $$).
+std::optional<std::string> constant_value(std::string_view sql, const ConstToken &t);
+
+} // namespace sg::router

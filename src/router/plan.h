@@ -1,0 +1,65 @@
+// A routing plan for one SQL statement: what it is and where its shard key comes from.
+// Plans do not hold key values, so one plan serves every execution with other literals/params.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace sg::router {
+
+enum class StmtKind : uint8_t {
+  read,      // plain SELECT: may go to a replica
+  write,     // DML, locking reads, nextval, anything that did not parse
+  ddl,       // schema changes
+  begin,     // BEGIN / START TRANSACTION
+  commit,    // COMMIT / END
+  rollback,  // ROLLBACK / ABORT
+  savepoint, // SAVEPOINT / RELEASE / ROLLBACK TO, SET TRANSACTION
+  set,       // SET (session) / RESET name
+  set_local, // SET LOCAL: lives and dies with the transaction
+  reset_all, // RESET ALL
+  discard_all,
+  deallocate,
+  other,     // utility statements with no table: default shard's primary
+};
+const char *to_string(StmtKind k);
+
+enum class TargetKind : uint8_t {
+  none,          // transaction control / session state: no shard of its own
+  by_key,        // the owner of keys[] (all must agree)
+  default_shard, // statements on no sharded table
+  all_primaries, // DDL on a sharded table
+  error,         // cannot be routed: error_* say why
+};
+
+// Where a key value comes from: the n-th constant of the text (0-based, as the scanner numbers
+// them) or parameter $n (1-based).
+struct ValueRef {
+  bool is_param = false;
+  bool negate = false;
+  int16_t table = -1; // config table whose key_type reads this value
+  int32_t index = 0;
+};
+
+struct RouteError {
+  std::string sqlstate;
+  std::string message;
+  std::string hint;
+};
+
+struct StatementPlan {
+  StmtKind kind = StmtKind::write;
+  TargetKind target = TargetKind::default_shard;
+  int table = -1; // the (first) sharded table the statement touches
+  std::vector<ValueRef> keys;
+  RouteError error;
+  uint32_t location = 0; // span of this statement in the full text
+  uint32_t length = 0;
+  std::string set_name;   // lower-case GUC name for set; empty otherwise
+  bool read_only_tx = false; // BEGIN READ ONLY
+  std::string tag;        // command tag the proxy answers with when it answers itself
+  bool replica_ok() const { return kind == StmtKind::read; }
+};
+
+} // namespace sg::router

@@ -1,0 +1,171 @@
+// Plan caching and key resolution.
+#include "router/router.h"
+
+#include "router/key.h"
+
+#include <unordered_map>
+
+namespace sg::router {
+
+namespace {
+
+constexpr size_t kPlanCacheMax = 20000;
+
+// Per-thread: session threads never share or lock it.
+std::unordered_map<std::string, std::shared_ptr<const Analysis>> &plan_cache() {
+  thread_local std::unordered_map<std::string, std::shared_ptr<const Analysis>> cache;
+  return cache;
+}
+
+RouteError key_error(std::string sqlstate, std::string msg, std::string hint) {
+  return {std::move(sqlstate), std::move(msg), std::move(hint)};
+}
+
+} // namespace
+
+Router::Router(const config::Config &cfg) : tables_(cfg.tables) {
+  auto topo = std::make_shared<Topology>();
+  std::vector<RingMember> members;
+  for (auto &s : cfg.shards) {
+    topo->shard_names.push_back(s.name);
+    members.push_back({s.name, s.weight});
+  }
+  topo->ring = Ring(members, cfg.ring.vnodes);
+  topology_ = std::move(topo);
+  default_shard_ = cfg.default_shard_index();
+}
+
+PlannedText Router::plan(std::string_view sql) const {
+  PlannedText pt;
+  pt.scan = scan_constants(sql);
+  if (!pt.scan.ok) {
+    // The scanner failed (e.g. an unterminated quote): plan without caching.
+    pt.analysis = std::make_shared<Analysis>(analyze(sql, tables_, pt.scan.consts));
+    return pt;
+  }
+  auto &cache = plan_cache();
+  if (auto it = cache.find(pt.scan.normalized); it != cache.end()) {
+    pt.analysis = it->second;
+    return pt;
+  }
+  pt.analysis = std::make_shared<Analysis>(analyze(sql, tables_, pt.scan.consts));
+  if (cache.size() >= kPlanCacheMax)
+    cache.clear();
+  cache.emplace(pt.scan.normalized, pt.analysis);
+  return pt;
+}
+
+namespace {
+
+std::optional<std::string> literal_canonical(const ValueRef &v, const config::Table &t,
+                                             std::string_view sql, const ScanResult &scan,
+                                             std::string &err) {
+  if (v.index < 0 || size_t(v.index) >= scan.consts.size()) {
+    err = "a literal that could not be read";
+    return std::nullopt;
+  }
+  auto text = constant_value(sql, scan.consts[size_t(v.index)]);
+  if (!text) {
+    err = "an undecodable literal";
+    return std::nullopt;
+  }
+  if (v.negate)
+    text->insert(text->begin(), '-');
+  auto c = canonical_from_text(t.key_type, *text);
+  if (!c)
+    err = "invalid value \"" + *text + "\"";
+  return c;
+}
+
+std::optional<std::string> param_canonical(const ValueRef &v, const config::Table &t,
+                                           const std::vector<ParamValue> &params,
+                                           std::string &err) {
+  if (v.index < 1 || size_t(v.index) > params.size()) {
+    err = "no value for parameter $" + std::to_string(v.index);
+    return std::nullopt;
+  }
+  const ParamValue &pv = params[size_t(v.index - 1)];
+  if (!pv.value) {
+    err = "NULL";
+    return std::nullopt;
+  }
+  auto c = pv.format == 1 ? canonical_from_binary(t.key_type, *pv.value)
+                          : canonical_from_text(t.key_type, *pv.value);
+  if (!c)
+    err = pv.format == 1 ? "an invalid binary value"
+                         : "invalid value \"" + std::string(*pv.value) + "\"";
+  return c;
+}
+
+} // namespace
+
+Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const ScanResult &scan,
+                         const std::vector<ParamValue> &params) const {
+  Resolved r;
+  switch (p.target) {
+  case TargetKind::none:
+  case TargetKind::default_shard:
+    r.kind = p.target;
+    r.shard = default_shard_;
+    return r;
+  case TargetKind::all_primaries:
+    r.kind = p.target;
+    return r;
+  case TargetKind::error:
+    r.kind = TargetKind::error;
+    r.error = p.error;
+    return r;
+  case TargetKind::by_key:
+    break;
+  }
+  const Topology &topo = *topology_;
+  std::optional<size_t> owner;
+  for (const ValueRef &v : p.keys) {
+    const config::Table &t = tables_[size_t(v.table)];
+    std::string err;
+    std::optional<std::string> canon = v.is_param ? param_canonical(v, t, params, err)
+                                                  : literal_canonical(v, t, sql, scan, err);
+    if (!canon) {
+      r.kind = TargetKind::error;
+      r.error = key_error("22P02",
+                          "cannot route: " + err + " for shard key \"" + t.key + "\" of table \"" +
+                              t.name + "\" (" + config::to_string(t.key_type) + ")",
+                          "pass a valid, non-NULL " + std::string(config::to_string(t.key_type)) +
+                              " value for the shard key");
+      return r;
+    }
+    size_t o = topo.ring.owner_of_key(*canon);
+    if (owner && *owner != o) {
+      r.kind = TargetKind::error;
+      r.error = key_error("0A000",
+                          "statement on sharded table \"" + t.name +
+                              "\" has shard keys owned by more than one shard",
+                          "cross-shard statements are not supported yet; send one statement "
+                          "per shard");
+      return r;
+    }
+    owner = o;
+  }
+  r.kind = TargetKind::by_key;
+  r.shard = owner.value_or(default_shard_);
+  return r;
+}
+
+std::optional<size_t> Router::locate(std::string_view table, std::string_view key,
+                                     std::string &error) const {
+  for (auto &t : tables_) {
+    if (t.name != table)
+      continue;
+    auto c = canonical_from_text(t.key_type, key);
+    if (!c) {
+      error = "invalid " + std::string(config::to_string(t.key_type)) + " value \"" +
+              std::string(key) + "\"";
+      return std::nullopt;
+    }
+    return topology_->ring.owner_of_key(*c);
+  }
+  error = "table \"" + std::string(table) + "\" is not a sharded table in the config";
+  return std::nullopt;
+}
+
+} // namespace sg::router

@@ -1,0 +1,71 @@
+// The router: turns statement text (plus literals or Bind parameters) into a target shard.
+// Holds the ring and a per-thread plan cache keyed by the text with its literals taken out,
+// so libpg_query's full parse is paid once per statement shape, not per query.
+#pragma once
+
+#include "config/config.h"
+#include "router/analyzer.h"
+#include "router/literals.h"
+#include "router/plan.h"
+#include "router/ring.h"
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace sg::router {
+
+// A statement text with its plans and the positions of its constants.
+struct PlannedText {
+  std::shared_ptr<const Analysis> analysis;
+  ScanResult scan; // consts of this very text (normalized is the cache key)
+};
+
+// One Bind parameter as it came over the wire.
+struct ParamValue {
+  std::optional<std::string_view> value; // nullopt: NULL
+  int16_t format = 0;                    // 0 text, 1 binary
+};
+
+struct Resolved {
+  TargetKind kind = TargetKind::default_shard;
+  size_t shard = 0; // by_key / default_shard
+  RouteError error;
+};
+
+// Placement: the ring over the configured shards, swappable as a whole (epoch) later.
+struct Topology {
+  uint64_t epoch = 1;
+  std::vector<std::string> shard_names;
+  Ring ring;
+};
+
+class Router {
+public:
+  explicit Router(const config::Config &cfg);
+
+  // Plans a NUL-terminated text (simple Query or Parse). Never fails: text that does not
+  // parse gets a write plan on the default shard, whose server reports the syntax error.
+  PlannedText plan(std::string_view sql) const;
+
+  // Reads the plan's keys from the statement's literals and, for Bind, its parameters.
+  Resolved resolve(const StatementPlan &p, std::string_view sql, const ScanResult &scan,
+                   const std::vector<ParamValue> &params = {}) const;
+
+  // Where a key given as text lives (for --locate and tests): shard index or error text.
+  std::optional<size_t> locate(std::string_view table, std::string_view key,
+                               std::string &error) const;
+
+  size_t default_shard() const { return default_shard_; }
+  const Topology &topology() const { return *topology_; }
+  const std::vector<config::Table> &tables() const { return tables_; }
+
+private:
+  std::vector<config::Table> tables_;
+  std::shared_ptr<const Topology> topology_;
+  size_t default_shard_ = 0;
+};
+
+} // namespace sg::router
