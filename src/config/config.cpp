@@ -157,7 +157,7 @@ public:
     if (!v || *v < min || *v > max) {
       error(n, "\"" + std::string(key) + "\" must be an integer from " + std::to_string(min) +
                    " to " + std::to_string(max),
-            "");
+            "write a plain integer in that range, without quotes");
       return false;
     }
     out = T(*v);

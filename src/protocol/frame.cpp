@@ -18,13 +18,13 @@ FrameView decode_frame(const uint8_t *data, size_t len, uint32_t max_len) {
     f.error = "message length exceeds the configured maximum";
     return f;
   }
-  if (len < size_t(declared) + 1)
+  f.frame_len = size_t(declared) + 1; // known from the header, even while waiting for the body
+  if (len < f.frame_len)
     return f;
   f.status = DecodeStatus::ready;
   f.type = char(data[0]);
   f.body = data + 5;
   f.body_len = declared - 4;
-  f.frame_len = size_t(declared) + 1;
   return f;
 }
 

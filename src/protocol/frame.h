@@ -16,7 +16,8 @@ struct FrameView {
   char type = 0;
   const uint8_t *body = nullptr;
   uint32_t body_len = 0;
-  size_t frame_len = 0;       // bytes to consume when ready
+  size_t frame_len = 0;       // bytes to consume when ready; when need_more, the whole
+                              // frame's size once the header is in (0 before)
   const char *error = nullptr; // static text when status == error
   std::string_view body_view() const { return {reinterpret_cast<const char *>(body), body_len}; }
 };

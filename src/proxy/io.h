@@ -53,6 +53,12 @@ private:
   std::shared_ptr<State> state_;
 };
 
+// How much room to read into: the rest of a frame whose header is in, or at least 16 KiB.
+inline size_t read_size(size_t frame_len, size_t buffered) {
+  size_t rest = frame_len > buffered ? frame_len - buffered : 0;
+  return rest > 16 * 1024 ? rest : 16 * 1024;
+}
+
 // Reads until one whole typed frame is buffered. On error, status is error and ec is set
 // (ec stays clear for a decode error, whose text is in the view).
 inline Task<protocol::FrameView> read_frame(tcp::socket &sock, Buffer &buf, uint32_t max_len,
@@ -62,7 +68,7 @@ inline Task<protocol::FrameView> read_frame(tcp::socket &sock, Buffer &buf, uint
     if (f.status != protocol::DecodeStatus::need_more)
       co_return f;
     size_t avail = 0;
-    uint8_t *p = buf.prepare(f.frame_len > buf.size() ? 4096 : 4096, avail);
+    uint8_t *p = buf.prepare(read_size(f.frame_len, buf.size()), avail);
     size_t n = co_await sock.async_read_some(asio::buffer(p, avail),
                                              asio::redirect_error(use_awaitable, ec));
     if (ec) {

@@ -543,7 +543,7 @@ Task<bool> Session::relay(BackendConn &b) {
         co_return false;
       }
       size_t avail = 0;
-      uint8_t *p = b.rbuf.prepare(f.frame_len > 0 ? f.frame_len : 16 * 1024, avail);
+      uint8_t *p = b.rbuf.prepare(read_size(f.frame_len, b.rbuf.size()), avail);
       ErrorCode ec;
       size_t n = co_await b.sock.async_read_some(asio::buffer(p, avail),
                                                  asio::redirect_error(use_awaitable, ec));
@@ -652,7 +652,7 @@ Task<bool> Session::pump_copy_in(BackendConn &b) {
         }
       }
       size_t avail = 0;
-      uint8_t *p = cbuf_.prepare(f.frame_len > 0 ? f.frame_len : 16 * 1024, avail);
+      uint8_t *p = cbuf_.prepare(read_size(f.frame_len, cbuf_.size()), avail);
       size_t n = co_await sock_.async_read_some(asio::buffer(p, avail),
                                                 asio::redirect_error(use_awaitable, ec));
       if (ec) {
@@ -720,7 +720,7 @@ Task<void> Session::query_loop() {
       if (!co_await flush())
         co_return;
       size_t avail = 0;
-      uint8_t *p = cbuf_.prepare(f.frame_len > 0 ? f.frame_len : 16 * 1024, avail);
+      uint8_t *p = cbuf_.prepare(read_size(f.frame_len, cbuf_.size()), avail);
       ErrorCode ec;
       size_t n = co_await sock_.async_read_some(asio::buffer(p, avail),
                                                 asio::redirect_error(use_awaitable, ec));

@@ -1,0 +1,229 @@
+// Routing decisions, table-driven: SQL text (and Bind parameters) to a target.
+#include "router/router.h"
+
+#include <gtest/gtest.h>
+
+using namespace sg::router;
+using sg::config::KeyType;
+
+namespace {
+
+sg::config::Config make_config() {
+  sg::config::Config c;
+  for (auto n : {"s0", "s1", "s2"}) {
+    sg::config::Shard s;
+    s.name = n;
+    c.shards.push_back(s);
+  }
+  c.tables = {{"accounts", "id", KeyType::bigint},
+              {"users", "name", KeyType::text},
+              {"events", "uid", KeyType::uuid},
+              {"orders", "account_id", KeyType::int_}};
+  return c;
+}
+
+const Router &router() {
+  static const sg::config::Config cfg = make_config();
+  static const Router r(cfg);
+  return r;
+}
+
+size_t owner(const char *table, const char *key) {
+  std::string err;
+  auto s = router().locate(table, key, err);
+  EXPECT_TRUE(s) << err;
+  return s.value_or(99);
+}
+
+struct Case {
+  const char *sql;
+  TargetKind target;
+  StmtKind kind;
+  const char *table = nullptr; // by_key: expected owner of (table, key)
+  const char *key = nullptr;
+  const char *sqlstate = nullptr; // error: expected SQLSTATE
+};
+
+std::ostream &operator<<(std::ostream &os, const Case &c) { return os << c.sql; }
+
+} // namespace
+
+class Routing : public ::testing::TestWithParam<Case> {};
+
+TEST_P(Routing, Decides) {
+  const Case &c = GetParam();
+  std::string sql = c.sql;
+  PlannedText pt = router().plan(sql);
+  ASSERT_EQ(pt.analysis->stmts.size(), 1u);
+  const StatementPlan &p = pt.analysis->stmts[0];
+  EXPECT_EQ(to_string(p.kind), std::string(to_string(c.kind)));
+  Resolved r = router().resolve(p, sql, pt.scan);
+  EXPECT_EQ(int(r.kind), int(c.target)) << r.error.message;
+  if (c.target == TargetKind::by_key) {
+    EXPECT_EQ(r.shard, owner(c.table, c.key));
+  }
+  if (c.target == TargetKind::error && c.sqlstate) {
+    EXPECT_EQ(r.error.sqlstate, c.sqlstate);
+    EXPECT_FALSE(r.error.hint.empty()) << "every routing error carries a hint";
+  }
+}
+
+using TK = TargetKind;
+using SK = StmtKind;
+
+INSTANTIATE_TEST_SUITE_P(
+    Statements, Routing,
+    ::testing::Values(
+        // Reads by key
+        Case{"SELECT * FROM accounts WHERE id = 42", TK::by_key, SK::read, "accounts", "42"},
+        Case{"select balance from accounts where id=7 and balance > 0", TK::by_key, SK::read,
+             "accounts", "7"},
+        Case{"SELECT * FROM accounts WHERE 7 = id", TK::by_key, SK::read, "accounts", "7"},
+        Case{"SELECT * FROM accounts WHERE id = -5", TK::by_key, SK::read, "accounts", "-5"},
+        Case{"SELECT * FROM accounts WHERE id = '42'", TK::by_key, SK::read, "accounts", "42"},
+        Case{"SELECT * FROM accounts WHERE id = 42::bigint", TK::by_key, SK::read, "accounts",
+             "42"},
+        Case{"SELECT * FROM accounts a WHERE a.id = 3", TK::by_key, SK::read, "accounts", "3"},
+        Case{"SELECT * FROM public.accounts WHERE accounts.id = 3", TK::by_key, SK::read,
+             "accounts", "3"},
+        Case{"SELECT * FROM accounts WHERE id IN (3)", TK::by_key, SK::read, "accounts", "3"},
+        Case{"SELECT count(*) FROM accounts WHERE id = 9 GROUP BY id", TK::by_key, SK::read,
+             "accounts", "9"},
+        Case{"SELECT * FROM users WHERE name = 'alice'", TK::by_key, SK::read, "users", "alice"},
+        Case{"SELECT * FROM users WHERE name = 'o''brien'", TK::by_key, SK::read, "users",
+             "o'brien"},
+        Case{"SELECT * FROM users WHERE name = E'tab\\there'", TK::by_key, SK::read, "users",
+             "tab\there"},
+        Case{"SELECT * FROM users WHERE name = $$dollar$$", TK::by_key, SK::read, "users",
+             "dollar"},
+        Case{"SELECT * FROM events WHERE uid = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",
+             TK::by_key, SK::read, "events", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"},
+        Case{"SELECT * FROM events WHERE uid = uuid 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",
+             TK::by_key, SK::read, "events", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"},
+        Case{"EXPLAIN SELECT * FROM accounts WHERE id = 1", TK::by_key, SK::read, "accounts",
+             "1"},
+        // Writes and locking reads go to the primary, by key
+        Case{"SELECT * FROM accounts WHERE id = 1 FOR UPDATE", TK::by_key, SK::write, "accounts",
+             "1"},
+        Case{"SELECT * FROM accounts WHERE id = 1 FOR SHARE", TK::by_key, SK::write, "accounts",
+             "1"},
+        Case{"INSERT INTO accounts (id, owner) VALUES (42, 'x')", TK::by_key, SK::write,
+             "accounts", "42"},
+        Case{"INSERT INTO accounts (owner, id) VALUES ('x', 42) RETURNING id", TK::by_key,
+             SK::write, "accounts", "42"},
+        Case{"INSERT INTO accounts (id) VALUES (42) ON CONFLICT (id) DO UPDATE SET owner = 'y'",
+             TK::by_key, SK::write, "accounts", "42"},
+        Case{"UPDATE accounts SET balance = balance + 1 WHERE id = 5", TK::by_key, SK::write,
+             "accounts", "5"},
+        Case{"DELETE FROM accounts WHERE id = 5", TK::by_key, SK::write, "accounts", "5"},
+        Case{"DELETE FROM orders WHERE account_id = 12 AND status = 'x'", TK::by_key, SK::write,
+             "orders", "12"},
+        Case{"WITH d AS (DELETE FROM accounts WHERE id = 2 RETURNING *) SELECT * FROM d",
+             TK::error, SK::write, nullptr, nullptr, "0A000"},
+        // No sharded table: the default shard
+        Case{"SELECT 1", TK::default_shard, SK::read},
+        Case{"SELECT now(), version()", TK::default_shard, SK::read},
+        Case{"SELECT nextval('seq')", TK::default_shard, SK::write},
+        Case{"SELECT * FROM pg_catalog.pg_type WHERE oid = 23", TK::default_shard, SK::read},
+        Case{"SELECT * FROM settings WHERE k = 'a'", TK::default_shard, SK::read},
+        Case{"INSERT INTO audit (msg) VALUES ('x')", TK::default_shard, SK::write},
+        Case{"SHOW search_path", TK::default_shard, SK::read},
+        Case{"SELECT pg_advisory_lock(1)", TK::default_shard, SK::write},
+        Case{"CREATE TABLE local_t (a int)", TK::default_shard, SK::ddl},
+        // DDL on a sharded table: every primary
+        Case{"CREATE TABLE accounts (id bigint primary key)", TK::all_primaries, SK::ddl},
+        Case{"ALTER TABLE accounts ADD COLUMN note text", TK::all_primaries, SK::ddl},
+        Case{"DROP TABLE IF EXISTS accounts", TK::all_primaries, SK::ddl},
+        Case{"TRUNCATE accounts", TK::all_primaries, SK::ddl},
+        Case{"CREATE INDEX ON accounts (owner)", TK::all_primaries, SK::ddl},
+        // Sharded table without a usable key: a clear error, never a guess
+        Case{"SELECT * FROM accounts", TK::error, SK::read, nullptr, nullptr, "0A000"},
+        Case{"SELECT * FROM accounts WHERE id > 5", TK::error, SK::read, nullptr, nullptr,
+             "0A000"},
+        Case{"SELECT * FROM accounts WHERE id = 1 OR id = 2", TK::error, SK::read, nullptr,
+             nullptr, "0A000"},
+        Case{"SELECT * FROM accounts WHERE id = 40 + 2", TK::error, SK::read, nullptr, nullptr,
+             "0A000"},
+        Case{"SELECT * FROM settings WHERE k IN (SELECT owner FROM accounts WHERE id = 1)",
+             TK::error, SK::read, nullptr, nullptr, "0A000"},
+        Case{"UPDATE accounts SET balance = 0", TK::error, SK::write, nullptr, nullptr, "0A000"},
+        Case{"UPDATE accounts SET id = 9 WHERE id = 1", TK::error, SK::write, nullptr, nullptr,
+             "0A000"},
+        Case{"INSERT INTO accounts VALUES (1, 'x')", TK::error, SK::write, nullptr, nullptr,
+             "0A000"},
+        Case{"INSERT INTO accounts (id) SELECT 1", TK::error, SK::write, nullptr, nullptr,
+             "0A000"},
+        Case{"INSERT INTO accounts (id) VALUES (DEFAULT)", TK::error, SK::write, nullptr,
+             nullptr, "0A000"},
+        Case{"SELECT * FROM accounts WHERE id IN (1, 2, 3, 4, 5, 6, 7, 8)", TK::error, SK::read,
+             nullptr, nullptr, "0A000"},
+        Case{"SELECT * FROM accounts WHERE id = 'abc'", TK::error, SK::read, nullptr, nullptr,
+             "22P02"},
+        Case{"COPY accounts FROM STDIN", TK::error, SK::other, nullptr, nullptr, "0A000"},
+        // Transaction control and session state: no shard of their own
+        Case{"BEGIN", TK::none, SK::begin},
+        Case{"START TRANSACTION ISOLATION LEVEL SERIALIZABLE", TK::none, SK::begin},
+        Case{"COMMIT", TK::none, SK::commit},
+        Case{"ROLLBACK", TK::none, SK::rollback},
+        Case{"SAVEPOINT a", TK::none, SK::savepoint},
+        Case{"SET search_path TO app, public", TK::none, SK::set},
+        Case{"SET LOCAL statement_timeout = 100", TK::none, SK::set_local},
+        Case{"RESET ALL", TK::none, SK::reset_all},
+        Case{"DISCARD ALL", TK::none, SK::discard_all},
+        // Did not parse: the default shard's primary reports the syntax error
+        Case{"SELEC 1", TK::default_shard, SK::write}));
+
+TEST(RoutingParams, TextAndBinaryParamsRouteLikeLiterals) {
+  std::string sql = "SELECT * FROM accounts WHERE id = $1";
+  PlannedText pt = router().plan(sql);
+  const auto &p = pt.analysis->stmts[0];
+  std::string bin("\0\0\0\0\0\0\0\x2a", 8);
+  Resolved text = router().resolve(p, sql, pt.scan, {{std::string_view("42"), 0}});
+  Resolved binary = router().resolve(p, sql, pt.scan, {{std::string_view(bin), 1}});
+  ASSERT_EQ(text.kind, TargetKind::by_key);
+  EXPECT_EQ(text.shard, owner("accounts", "42"));
+  EXPECT_EQ(binary.shard, text.shard);
+  Resolved null = router().resolve(p, sql, pt.scan, {{std::nullopt, 0}});
+  EXPECT_EQ(null.kind, TargetKind::error);
+  Resolved missing = router().resolve(p, sql, pt.scan, {});
+  EXPECT_EQ(missing.kind, TargetKind::error);
+}
+
+TEST(RoutingParams, MultiRowInsertOnOneShardOrError) {
+  // Find two keys on the same shard and one on another.
+  int64_t a = 1, same = -1, other = -1;
+  for (int64_t k = 2; k < 100 && (same < 0 || other < 0); ++k) {
+    bool eq = owner("accounts", std::to_string(k).c_str()) == owner("accounts", "1");
+    if (eq && same < 0)
+      same = k;
+    if (!eq && other < 0)
+      other = k;
+  }
+  std::string ok = "INSERT INTO accounts (id) VALUES (" + std::to_string(a) + "), (" +
+                   std::to_string(same) + ")";
+  auto pt = router().plan(ok);
+  EXPECT_EQ(router().resolve(pt.analysis->stmts[0], ok, pt.scan).kind, TargetKind::by_key);
+  std::string bad = "INSERT INTO accounts (id) VALUES ($1), ($2)";
+  auto pb = router().plan(bad);
+  std::string sa = std::to_string(a), so = std::to_string(other);
+  auto r = router().resolve(pb.analysis->stmts[0], bad, pb.scan,
+                            {{std::string_view(sa), 0}, {std::string_view(so), 0}});
+  EXPECT_EQ(r.kind, TargetKind::error);
+  EXPECT_EQ(r.error.sqlstate, "0A000");
+}
+
+TEST(RoutingCache, SameShapeDifferentLiteralsReuseThePlan) {
+  std::string a = "SELECT * FROM accounts WHERE id = 1", b = "SELECT * FROM accounts WHERE id = 2";
+  auto pa = router().plan(a), pb = router().plan(b);
+  EXPECT_EQ(pa.analysis.get(), pb.analysis.get());
+  EXPECT_EQ(router().resolve(pb.analysis->stmts[0], b, pb.scan).shard, owner("accounts", "2"));
+}
+
+TEST(RoutingMulti, SeveralStatementsInOneQuery) {
+  std::string sql = "BEGIN; UPDATE accounts SET balance = 1 WHERE id = 3; COMMIT;";
+  auto pt = router().plan(sql);
+  ASSERT_EQ(pt.analysis->stmts.size(), 3u);
+  EXPECT_EQ(pt.analysis->stmts[0].kind, StmtKind::begin);
+  EXPECT_EQ(router().resolve(pt.analysis->stmts[1], sql, pt.scan).shard, owner("accounts", "3"));
+  EXPECT_EQ(pt.analysis->stmts[2].kind, StmtKind::commit);
+}
