@@ -4,6 +4,7 @@
 #include "proxy/server.h"
 #include "router/router.h"
 
+#include <cstdlib>
 #include <cstring>
 #include <iostream>
 
@@ -72,6 +73,8 @@ int main(int argc, char **argv) {
     std::cout << router.topology().shard_names[*shard] << "\n";
     return 0;
   }
+  if (const char *lvl = std::getenv("SHARDGATE_LOG_LEVEL"); lvl && std::strcmp(lvl, "debug") == 0)
+    sg::proxy::log::set_level(sg::proxy::log::Level::debug);
   sg::proxy::Server server(std::move(*loaded.config));
   return server.run();
 }

@@ -460,7 +460,7 @@ void Session::detach_all() {
 }
 
 // Settings and deferred transaction statements travel in front of the client's messages.
-void Session::prepare_backend(BackendConn &b, std::string &out) {
+void Session::prepare_backend(BackendConn &b, std::string &out, bool with_deferred) {
   if (b.settings_hash != settings_hash_) {
     std::string q;
     bool reset = std::any_of(b.settings.begin(), b.settings.end(),
@@ -479,7 +479,7 @@ void Session::prepare_backend(BackendConn &b, std::string &out) {
     b.settings = settings_;
     b.settings_hash = settings_hash_;
   }
-  if (!deferred_.empty()) {
+  if (with_deferred && !deferred_.empty()) {
     protocol::query(out, deferred_);
     exp_.emplace_back(Expect::query, false);
     deferred_.clear();
@@ -585,7 +585,15 @@ Task<bool> Session::relay(BackendConn &b) {
       b.tx_status = body.empty() ? 'I' : body[0];
       if (h.forward) {
         forward();
-        tx_ = b.tx_status;
+        if (side_batch_) {
+          // The client's transaction is elsewhere: report its status; an error fails it, as
+          // it would have on the server.
+          if (!last_sqlstate_.empty() && in_tx())
+            fail_transaction_by_proxy();
+          sink_->back() = tx_;
+        }
+        else
+          tx_ = b.tx_status;
       }
       exp_.pop_front();
       break;
@@ -1395,6 +1403,20 @@ Task<bool> Session::on_batch() {
     co_return co_await finish_error();
   }
   bool read = any_bind && all_read && !in_tx() && batch_shard_ < 0;
+  // Parse/Describe with no Bind/Execute, when no shard is held (asyncpg prepares this way, cut
+  // by Flush): describe on a connection of its own, outside any transaction, and close it with
+  // our own Sync, so that it pins no shard; the Bind that follows routes by its key.
+  bool side = binds == 0 && batch_shard_ < 0 && !tx_bound && needs_backend &&
+              std::none_of(items.begin(), items.end(), [](const Item &i) { return i.m->type == 'E'; });
+  if (log::enabled(log::Level::debug)) {
+    std::string types;
+    for (auto &m : batch)
+      types.push_back(m.type);
+    auto f = log_fields();
+    f.insert(f.end(), {{"messages", types}, {"shard", std::to_string(shard)},
+                       {"tx", std::string(1, tx_)}, {"side", side ? "yes" : "no"}});
+    log::debug("batch", f);
+  }
   BackendConn *b = co_await attach(size_t(shard), read);
   if (!b) {
     if (in_tx())
@@ -1407,7 +1429,7 @@ Task<bool> Session::on_batch() {
   }
   char tx_before = tx_;
   wbuf_.clear();
-  prepare_backend(*b, wbuf_);
+  prepare_backend(*b, wbuf_, !side);
   for (Item &it : items) {
     const Msg &m = *it.m;
     switch (m.type) {
@@ -1449,7 +1471,12 @@ Task<bool> Session::on_batch() {
       exp_.emplace_back(Expect::sync, true);
       break;
     case 'H':
-      append_frame(wbuf_, 'H', {});
+      if (side) {
+        append_frame(wbuf_, 'S', {});
+        exp_.emplace_back(Expect::sync, false);
+      } else {
+        append_frame(wbuf_, 'H', {});
+      }
       break;
     }
   }
@@ -1457,7 +1484,22 @@ Task<bool> Session::on_batch() {
     stmts_.erase(n);
   ErrorCode ec;
   co_await write_all(b->sock, wbuf_, ec);
+  side_batch_ = side;
   bool ok = !ec && co_await relay(*b);
+  side_batch_ = false;
+  if (side) {
+    detach_if_idle();
+    if (!ok && !b->broken)
+      co_return false;
+    if (!ok) {
+      error("08006", "lost the connection to the backend while describing a statement");
+      if (ends_sync)
+        ready();
+    }
+    if (!ends_sync && (!ok || !last_sqlstate_.empty()))
+      skip_until_sync_ = true; // as the server would: discard until the client's Sync
+    co_return true;
+  }
   if (!ok) {
     bool was_tx = in_tx() || tx_bound || batch_shard_ >= 0;
     if (!b->broken)

@@ -72,7 +72,7 @@ private:
   Task<BackendConn *> attach(size_t shard, bool read);
   void detach_if_idle();
   void detach_all();
-  void prepare_backend(BackendConn &b, std::string &out);
+  void prepare_backend(BackendConn &b, std::string &out, bool with_deferred = true);
   void ensure_prepared(BackendConn &b, ClientStmt &st, bool respond, std::string &out);
   Task<bool> relay(BackendConn &b);
   Task<bool> pump_copy_in(BackendConn &b);
@@ -128,6 +128,7 @@ private:
   std::string last_sqlstate_;      // of the last ErrorResponse relayed
   std::string last_tag_;           // of the last CommandComplete relayed
   bool session_mode_ = false;
+  bool side_batch_ = false;        // a describe-only batch outside the client's open transaction
 };
 
 } // namespace sg::proxy
