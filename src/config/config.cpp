@@ -231,7 +231,7 @@ LoadResult load_string(std::string_view text, const std::string &path) {
   Reader r(path, d);
   Config c;
   c.path = path;
-  r.unknown_keys(root, {"proxy", "users", "ring", "shards", "tables"},
+  r.unknown_keys(root, {"proxy", "users", "ring", "replicas", "shards", "tables"},
                  "the top level");
 
   if (auto *p = r.table(root, "proxy")) {
@@ -311,6 +311,29 @@ LoadResult load_string(std::string_view text, const std::string &path) {
   if (auto *rt = r.table(root, "ring")) {
     r.unknown_keys(*rt, {"vnodes"}, "[ring]");
     r.get_uint(*rt, "vnodes", c.ring.vnodes, 1, 100000);
+  }
+
+  if (auto *rp = r.table(root, "replicas")) {
+    r.unknown_keys(*rp,
+                   {"health_interval_ms", "max_lag_bytes", "max_lag_ms", "read_your_writes",
+                    "readmit_probes", "probe_timeout_ms", "failures_to_ban", "ban_base_ms",
+                    "ban_max_ms"},
+                   "[replicas]");
+    auto &rc = c.replicas;
+    r.get_uint(*rp, "health_interval_ms", rc.health_interval_ms, 10, 600000);
+    r.get_uint(*rp, "max_lag_bytes", rc.max_lag_bytes, 0, int64_t(1) << 50);
+    r.get_uint(*rp, "max_lag_ms", rc.max_lag_ms, 0, 86400000);
+    r.get_uint(*rp, "readmit_probes", rc.readmit_probes, 1, 1000);
+    r.get_uint(*rp, "probe_timeout_ms", rc.probe_timeout_ms, 10, 600000);
+    r.get_uint(*rp, "failures_to_ban", rc.failures_to_ban, 1, 1000);
+    r.get_uint(*rp, "ban_base_ms", rc.ban_base_ms, 10, 3600000);
+    r.get_uint(*rp, "ban_max_ms", rc.ban_max_ms, 10, 86400000);
+    if (const toml::node *n = rp->get("read_your_writes")) {
+      if (auto b = n->value<bool>())
+        rc.read_your_writes = *b;
+      else
+        r.error(n, "\"read_your_writes\" must be true or false", "write it without quotes");
+    }
   }
 
   std::set<std::string> shard_names;

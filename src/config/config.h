@@ -67,11 +67,25 @@ struct Ring {
   uint32_t vnodes = 150;
 };
 
+// Replica health, lag and read-your-writes ([replicas]).
+struct Replicas {
+  uint32_t health_interval_ms = 500; // probe period per node
+  uint64_t max_lag_bytes = 1048576;  // a replica is skipped above this WAL byte lag
+  uint32_t max_lag_ms = 5000;        // ... or above this replay delay, when known
+  bool read_your_writes = true;      // a session reads its own writes
+  uint32_t readmit_probes = 3;       // consecutive probes under half the thresholds to re-admit
+  uint32_t probe_timeout_ms = 1000;  // a probe slower than this counts as failed
+  uint32_t failures_to_ban = 3;      // consecutive connect/I-O failures that open the breaker
+  uint32_t ban_base_ms = 1000;       // first ban; doubles per re-ban
+  uint32_t ban_max_ms = 30000;       // ban cap
+};
+
 struct Config {
   std::string path;
   Proxy proxy;
   std::vector<User> users;
   Ring ring;
+  Replicas replicas;
   std::vector<Shard> shards;
   std::vector<Table> tables;
   size_t default_shard_index() const;

@@ -2,6 +2,7 @@
 #include "proxy/server.h"
 
 #include "proxy/errors.h"
+#include "proxy/monitor.h"
 #include "proxy/session.h"
 
 #include <boost/asio/co_spawn.hpp>
@@ -26,7 +27,13 @@ std::shared_ptr<CancelSlot> CancelRegistry::find(int32_t pid, int32_t key) {
   return it == map_.end() ? nullptr : it->second.lock();
 }
 
-Shared::Shared(config::Config c) : cfg(std::move(c)), router(cfg) {
+Shared::Shared(config::Config c)
+    : cfg(std::move(c)), router(cfg), health(cfg, [&] {
+        size_t n = 0;
+        for (auto &s : cfg.shards)
+          n += 1 + s.replicas.size();
+        return n;
+      }()) {
   for (size_t s = 0; s < cfg.shards.size(); ++s) {
     const auto &sh = cfg.shards[s];
     Node p;
@@ -138,6 +145,17 @@ int Server::run() {
     auto &wk = *workers_.back();
     asio::co_spawn(wk.io, accept_loop(wk), asio::detached);
   }
+  // Health first: the first probe round decides which replicas serve from the start.
+  monitor_ = std::make_unique<Monitor>(shared_->cfg, shared_->nodes, shared_->health);
+  monitor_->start();
+  for (int i = 0; i < 300; ++i) {
+    bool all = true;
+    for (auto &n : shared_->nodes)
+      all = all && shared_->health.node(n.id).probed.load();
+    if (all)
+      break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   log::info("started", {{"listen", pc.listen_host + ":" + std::to_string(pc.listen_port)},
                         {"workers", std::to_string(nworkers)},
                         {"shards", std::to_string(shared_->cfg.shards.size())},
@@ -170,6 +188,7 @@ int Server::run() {
     w->io.stop();
   for (auto &t : threads)
     t.join();
+  monitor_.reset();
   log::info("stopped", {{"sessions_left", std::to_string(g_live_sessions.load())}});
   return 0;
 }

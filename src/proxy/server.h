@@ -5,6 +5,7 @@
 #include "config/config.h"
 #include "protocol/auth.h"
 #include "proxy/backend.h"
+#include "proxy/health.h"
 #include "proxy/pool.h"
 #include "router/router.h"
 
@@ -48,6 +49,7 @@ struct Shared {
   std::vector<std::vector<size_t>> shard_replicas;
   std::unordered_map<std::string, protocol::ScramSecret> secrets; // per configured user
   protocol::ScramSecret mock_secret;             // for unknown users: fail like a bad password
+  HealthBoard health;                            // node state: monitor and sessions
   CancelRegistry cancels;
   std::atomic<int32_t> next_pid{1000};
 
@@ -73,6 +75,8 @@ struct Worker {
   uint32_t intern_statement(const std::string &key);
 };
 
+class Monitor;
+
 class Server {
 public:
   explicit Server(config::Config cfg);
@@ -83,6 +87,7 @@ public:
 private:
   Task<void> accept_loop(Worker &w);
   std::unique_ptr<Shared> shared_;
+  std::unique_ptr<Monitor> monitor_;
   std::vector<std::unique_ptr<Worker>> workers_;
 };
 

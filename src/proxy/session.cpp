@@ -57,6 +57,7 @@ std::string trim(std::string_view s) {
 Session::Session(Worker &w, tcp::socket sock)
     : w_(w), sh_(w.shared), sock_(std::move(sock)), cbuf_(16 * 1024) {
   attached_.resize(sh_.cfg.shards.size());
+  ryw_at_.assign(sh_.cfg.shards.size(), 0);
   session_mode_ = sh_.cfg.proxy.pool_mode == config::PoolMode::session;
   id_ = g_session_ids++;
   ErrorCode ec;
@@ -391,37 +392,92 @@ std::string Session::stmt_key(const std::string &text, const std::vector<uint32_
 
 // ---------------------------------------------------------------- backends
 
-Task<BackendConn *> Session::attach(size_t shard, bool read) {
+// Picks the node for a statement and attaches one of its pooled connections. Reads go
+// round-robin over replicas that are serving (lag gate), not banned (breaker) and, after this
+// session wrote to the shard, past that write (read-your-writes); else to the primary, counted.
+Task<BackendConn *> Session::attach(size_t shard, bool read, size_t exclude_node) {
   Attached &a = attached_[shard];
   if (a.conn)
     co_return a.conn.get();
+  HealthBoard &board = sh_.health;
   const auto &replicas = sh_.shard_replicas[shard];
-  size_t node = sh_.shard_primary[shard];
-  bool use_replica = read && !session_mode_ && !replicas.empty();
-  if (use_replica)
-    node = replicas[w_.replica_rr[shard]++ % replicas.size()];
+  const std::string &shard_name = sh_.cfg.shards[shard].name;
+  size_t primary = sh_.shard_primary[shard];
+  size_t node = primary;
+  Millis now = now_ms();
+  if (read && !session_mode_) {
+    FallbackReason reason = FallbackReason::no_replicas;
+    bool found = false;
+    if (!replicas.empty()) {
+      bool saw_ryw = false, saw_lag = false;
+      Millis ryw = board.policy().read_your_writes ? ryw_at_[shard] : 0;
+      uint32_t &rr = w_.replica_rr[shard];
+      for (size_t i = 0; i < replicas.size() && !found; ++i) {
+        size_t idx = (rr + i) % replicas.size();
+        size_t cand = replicas[idx];
+        if (cand == exclude_node)
+          continue;
+        NodeHealth &h = board.node(cand);
+        if (!h.serving.load(std::memory_order_relaxed)) {
+          saw_lag |= h.up.load(std::memory_order_relaxed);
+          continue;
+        }
+        if (ryw && h.caught_up_at.load(std::memory_order_relaxed) <= ryw) {
+          saw_ryw = true;
+          continue;
+        }
+        if (!board.allowed(cand, now))
+          continue;
+        node = cand;
+        rr = uint32_t(idx + 1);
+        found = true;
+      }
+      reason = saw_ryw ? FallbackReason::read_your_writes
+               : saw_lag ? FallbackReason::lag
+                         : FallbackReason::down;
+    }
+    if (!found)
+      board.count_fallback(shard, reason, shard_name);
+  }
+  auto unreachable = [&](const std::string &sqlstate, const std::string &msg) {
+    error(sqlstate, "cannot reach shard \"" + shard_name + "\": " + msg,
+          "check that the shard's server is running; the proxy retries with backoff and bans a "
+          "failing node for a while");
+    auto f = log_fields();
+    f.emplace_back("shard", shard_name);
+    f.emplace_back("error", msg);
+    log::warn("backend_unreachable", f);
+  };
+  if (node == primary && !board.allowed(primary, now)) {
+    // The primary is never silently replaced: fail fast while its breaker is open.
+    unreachable("08006", "its primary " + sh_.nodes[primary].endpoint.label() +
+                             " is down (repeated failures; next try in " +
+                             std::to_string(std::max<Millis>(0, board.node(primary).banned_until - now)) +
+                             " ms)");
+    co_return nullptr;
+  }
   ConnectError err;
   Pool *pool = w_.pools[node].get();
   auto conn = co_await pool->acquire(err);
-  if (!conn && use_replica) {
-    // Replica unreachable: a read may fall back to the primary.
-    auto f = log_fields();
-    f.emplace_back("node", sh_.nodes[node].label());
-    f.emplace_back("error", err.message);
-    log::warn("replica_unavailable_read_on_primary", f);
-    pool = w_.pools[sh_.shard_primary[shard]].get();
-    conn = co_await pool->acquire(err);
+  if (!conn) {
+    board.report_failure(node, now_ms());
+    if (node != primary) {
+      // The chosen replica failed to connect: this read goes to the primary instead.
+      board.count_fallback(shard, FallbackReason::down, shard_name);
+      node = primary;
+      if (board.allowed(primary, now_ms())) {
+        pool = w_.pools[node].get();
+        conn = co_await pool->acquire(err);
+        if (!conn)
+          board.report_failure(node, now_ms());
+      }
+    }
   }
   if (!conn) {
-    error(err.sqlstate.empty() ? "08006" : err.sqlstate,
-          "cannot reach shard \"" + sh_.cfg.shards[shard].name + "\": " + err.message,
-          "check that the shard's server is running; the proxy retried with backoff");
-    auto f = log_fields();
-    f.emplace_back("shard", sh_.cfg.shards[shard].name);
-    f.emplace_back("error", err.message);
-    log::warn("backend_unreachable", f);
+    unreachable(err.sqlstate.empty() ? "08006" : err.sqlstate, err.message);
     co_return nullptr;
   }
+  board.report_success(node);
   a.conn = std::move(conn);
   a.pool = pool;
   if (cancel_) {
@@ -431,6 +487,15 @@ Task<BackendConn *> Session::attach(size_t shard, bool read) {
     cancel_->key = a.conn->key;
   }
   co_return a.conn.get();
+}
+
+// A write reached shard's primary: reads of that shard must see it (read-your-writes) once
+// committed; an open transaction stamps at its end.
+void Session::note_write(size_t shard) {
+  if (tx_ == 'I')
+    ryw_at_[shard] = now_ms();
+  else
+    tx_wrote_ = true;
 }
 
 void Session::detach_if_idle() {
@@ -713,6 +778,10 @@ void Session::apply_tx_end() {
         a.conn->settings_hash = settings_hash_;
       }
   }
+  if (tx_wrote_ && tx_shard_ >= 0)
+    ryw_at_[size_t(tx_shard_)] = now_ms();
+  tx_wrote_ = false;
+  tx_read_only_ = false;
   tx_ = 'I';
   tx_shard_ = -1;
   deferred_.clear();
@@ -888,6 +957,7 @@ Task<bool> Session::on_query(std::string sql) {
       if (!in_tx()) {
         tx_settings_snapshot_ = settings_;
         deferred_ = text_of(first);
+        tx_read_only_ = first.read_only_tx;
         tx_ = 'T';
         synthetic_done(*sink_, first.tag);
         ready();
@@ -969,38 +1039,61 @@ Task<bool> Session::on_query(std::string sql) {
     ready();
     co_return true;
   }
-  bool read = all_read && !in_tx();
-  BackendConn *b = co_await attach(size_t(shard), read);
-  if (!b) {
-    if (in_tx())
+  // Reads outside a transaction, and READ ONLY transactions, may use a replica.
+  bool read = all_read && (!in_tx() || (tx_read_only_ && !tx_bound));
+  char tx_before = tx_;
+  std::string deferred_before = deferred_;
+  BackendConn *b = nullptr;
+  size_t failed_node = SIZE_MAX;
+  for (int attempt = 0;; ++attempt) {
+    b = co_await attach(size_t(shard), read, failed_node);
+    if (!b) {
+      if (in_tx())
+        fail_transaction_by_proxy();
+      ready();
+      co_return true;
+    }
+    wbuf_.clear();
+    prepare_backend(*b, wbuf_);
+    protocol::query(wbuf_, sql);
+    exp_.emplace_back(Expect::query, true);
+    ErrorCode ec;
+    co_await write_all(b->sock, wbuf_, ec);
+    bool ok = !ec && co_await relay(*b);
+    if (ok)
+      break;
+    if (!b->broken)
+      co_return false; // client went away
+    on_backend_lost(*b);
+    sh_.health.report_failure(b->node->id, now_ms());
+    bool was_tx = tx_before != 'I' && deferred_before.empty();
+    bool retry = read && attempt == 0 && !forwarded_any_ && !was_tx;
+    if (retry) {
+      // Nothing reached the client: the read runs once more on another eligible node.
+      failed_node = b->node->id;
+      deferred_ = deferred_before;
+      tx_ = tx_before;
+      detach_if_idle();
+      continue;
+    }
+    detach_if_idle();
+    if (was_tx || forwarded_any_)
+      co_return co_await fatal("08006", "lost the connection to shard \"" +
+                                            sh_.cfg.shards[size_t(shard)].name +
+                                            (was_tx ? "\" inside a transaction; the transaction is lost"
+                                                    : "\" in the middle of a result"));
+    error("08006", "lost the connection to shard \"" + sh_.cfg.shards[size_t(shard)].name +
+                       "\" (" + b->node->endpoint.label() + ") while running the statement",
+          read ? "the read was retried once on another node and failed again"
+               : "the statement may or may not have run; writes are never retried blindly");
+    tx_ = tx_before; // a deferred transaction never reached a server: it fails as a whole
+    if (tx_ != 'I')
       fail_transaction_by_proxy();
     ready();
     co_return true;
   }
-  char tx_before = tx_;
-  wbuf_.clear();
-  prepare_backend(*b, wbuf_);
-  protocol::query(wbuf_, sql);
-  exp_.emplace_back(Expect::query, true);
-  ErrorCode ec;
-  co_await write_all(b->sock, wbuf_, ec);
-  bool ok = !ec && co_await relay(*b);
-  if (!ok) {
-    bool was_tx = in_tx() || tx_bound;
-    if (!b->broken)
-      co_return false; // client went away
-    on_backend_lost(*b);
-    detach_if_idle();
-    if (was_tx)
-      co_return co_await fatal("08006", "lost the connection to shard \"" +
-                                            sh_.cfg.shards[size_t(shard)].name +
-                                            "\" inside a transaction; the transaction is lost");
-    error("08006", "lost the connection to shard \"" + sh_.cfg.shards[size_t(shard)].name +
-                       "\" (" + b->node->endpoint.label() + ") while running the statement",
-          "the statement may or may not have run; retry if it is safe to");
-    ready();
-    co_return true;
-  }
+  if (!all_read)
+    note_write(size_t(shard));
   // Session settings changed by this query string take effect only if it succeeded.
   if (last_sqlstate_.empty()) {
     for (const auto &st : stmts) {
@@ -1354,6 +1447,7 @@ Task<bool> Session::on_batch() {
         if (!in_tx()) {
           tx_settings_snapshot_ = settings_;
           deferred_ = text;
+          tx_read_only_ = sp.read_only_tx;
           tx_ = 'T';
         }
         break;
@@ -1402,7 +1496,8 @@ Task<bool> Session::on_batch() {
                               "transactions (2PC) are not supported yet"};
     co_return co_await finish_error();
   }
-  bool read = any_bind && all_read && !in_tx() && batch_shard_ < 0;
+  bool read = any_bind && all_read && batch_shard_ < 0 &&
+              (!in_tx() || (tx_read_only_ && !tx_bound));
   // Parse/Describe with no Bind/Execute, when no shard is held (asyncpg prepares this way, cut
   // by Flush): describe on a connection of its own, outside any transaction, and close it with
   // our own Sync, so that it pins no shard; the Bind that follows routes by its key.
@@ -1527,6 +1622,8 @@ Task<bool> Session::on_batch() {
     co_return true;
   }
   batch_shard_ = -1;
+  if (any_bind && !all_read)
+    note_write(size_t(shard));
   if (last_sqlstate_.empty()) {
     bool changed = false;
     for (auto &it : items)

@@ -69,7 +69,8 @@ private:
   void synthesize_batch(const std::vector<Msg> &batch, const std::string &tag);
 
   // Backends
-  Task<BackendConn *> attach(size_t shard, bool read);
+  Task<BackendConn *> attach(size_t shard, bool read, size_t exclude_node = SIZE_MAX);
+  void note_write(size_t shard);
   void detach_if_idle();
   void detach_all();
   void prepare_backend(BackendConn &b, std::string &out, bool with_deferred = true);
@@ -129,6 +130,9 @@ private:
   std::string last_tag_;           // of the last CommandComplete relayed
   bool session_mode_ = false;
   bool side_batch_ = false;        // a describe-only batch outside the client's open transaction
+  bool tx_read_only_ = false;      // BEGIN READ ONLY: the transaction may run on a replica
+  bool tx_wrote_ = false;          // the open transaction wrote: stamp read-your-writes at its end
+  std::vector<int64_t> ryw_at_;    // per shard: when this session last committed a write there
 };
 
 } // namespace sg::proxy

@@ -1,0 +1,139 @@
+// Lag measurement, hysteresis, circuit breaker and the shared health board.
+#include "proxy/health.h"
+
+#include "proxy/errors.h"
+
+#include <chrono>
+
+namespace sg::proxy {
+
+Millis now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+const char *to_string(FallbackReason r) {
+  switch (r) {
+  case FallbackReason::lag: return "lag";
+  case FallbackReason::down: return "down";
+  case FallbackReason::read_your_writes: return "read_your_writes";
+  case FallbackReason::no_replicas: return "no_replicas";
+  }
+  return "?";
+}
+
+LagReading measure_lag(const ReplicaProbe &p, std::optional<uint64_t> primary_lsn) {
+  LagReading r;
+  if (!p.ok || !primary_lsn)
+    return r; // unknown: infinite
+  r.known = true;
+  r.broken = !p.in_recovery || !p.receiver_running;
+  r.bytes = *primary_lsn > p.replay_lsn ? *primary_lsn - p.replay_lsn : 0;
+  if (r.bytes == 0)
+    r.ms = 0;
+  else if (p.replay_age_ms)
+    r.ms = uint64_t(std::max(0.0, *p.replay_age_ms));
+  return r;
+}
+
+bool LagGate::observe(const LagReading &r) {
+  bool over = !r.known || r.broken || r.bytes > policy_.max_lag_bytes ||
+              (r.ms && *r.ms > policy_.max_lag_ms);
+  bool under_half = r.known && !r.broken && r.bytes <= policy_.max_lag_bytes / 2 &&
+                    (!r.ms || *r.ms <= policy_.max_lag_ms / 2);
+  bool first = !observed_;
+  observed_ = true;
+  if (over) {
+    admitted_ = false;
+    streak_ = 0;
+  } else if (first) {
+    admitted_ = true;
+  } else if (!admitted_) {
+    streak_ = under_half ? streak_ + 1 : 0;
+    if (streak_ >= policy_.readmit_probes)
+      admitted_ = true;
+  }
+  return admitted_;
+}
+
+bool Breaker::allow(Millis now) {
+  switch (state_) {
+  case State::closed:
+    return true;
+  case State::open:
+    if (now < until_)
+      return false;
+    state_ = State::half_open; // this caller is the single trial
+    return true;
+  case State::half_open:
+    return false;
+  }
+  return false;
+}
+
+void Breaker::success() {
+  state_ = State::closed;
+  failures_ = 0;
+  bans_ = 0;
+  until_ = 0;
+}
+
+void Breaker::failure(Millis now) {
+  ++failures_;
+  if (state_ == State::half_open || failures_ >= policy_.failures_to_ban) {
+    uint64_t ban = uint64_t(policy_.ban_base_ms) << std::min<uint32_t>(bans_, 20);
+    ban = std::min<uint64_t>(ban, policy_.ban_max_ms);
+    ++bans_;
+    state_ = State::open;
+    until_ = now + Millis(ban);
+  }
+}
+
+HealthBoard::HealthBoard(const config::Config &cfg, size_t nodes)
+    : policy_(cfg.replicas), fallbacks_(cfg.shards.size()) {
+  for (size_t i = 0; i < nodes; ++i)
+    nodes_.push_back(std::make_unique<NodeHealth>(policy_));
+  for (auto &row : fallbacks_)
+    for (auto &c : row)
+      c = 0;
+}
+
+void HealthBoard::report_failure(size_t node, Millis now) {
+  NodeHealth &n = *nodes_[node];
+  std::lock_guard lock(n.mu);
+  n.breaker.failure(now);
+  n.banned_until = n.breaker.banned_until();
+}
+
+void HealthBoard::report_success(size_t node) {
+  NodeHealth &n = *nodes_[node];
+  if (n.banned_until.load(std::memory_order_relaxed) == 0)
+    return; // already closed: the common case takes no lock
+  std::lock_guard lock(n.mu);
+  n.breaker.success();
+  n.banned_until = 0;
+}
+
+bool HealthBoard::allowed(size_t node, Millis now) {
+  NodeHealth &n = *nodes_[node];
+  Millis until = n.banned_until.load(std::memory_order_relaxed);
+  if (until == 0)
+    return true;
+  if (now < until)
+    return false;
+  std::lock_guard lock(n.mu);
+  return n.breaker.allow(now);
+}
+
+void HealthBoard::count_fallback(size_t shard, FallbackReason r, const std::string &shard_name) {
+  uint64_t before = fallbacks_[shard][size_t(r)].fetch_add(1, std::memory_order_relaxed);
+  if (before == 0)
+    log::warn("read_fallback_to_primary", {{"shard", shard_name}, {"reason", to_string(r)}});
+}
+
+uint64_t HealthBoard::fallbacks(size_t shard, FallbackReason r) const {
+  return fallbacks_[shard][size_t(r)].load(std::memory_order_relaxed);
+}
+
+} // namespace sg::proxy

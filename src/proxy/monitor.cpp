@@ -1,0 +1,207 @@
+// Probes: the primary's pg_current_wal_insert_lsn(); each replica's recovery state, replay LSN,
+// replay delay and WAL receiver. See DESIGN "Replicas, lag, read-your-writes".
+#include "proxy/monitor.h"
+
+#include "proxy/errors.h"
+
+#include <pqxx/pqxx>
+
+#include <condition_variable>
+
+namespace sg::proxy {
+
+std::optional<uint64_t> parse_lsn(std::string_view s) {
+  size_t slash = s.find('/');
+  if (slash == std::string_view::npos || slash == 0 || slash + 1 >= s.size())
+    return std::nullopt;
+  auto hex = [](std::string_view h) -> std::optional<uint64_t> {
+    if (h.size() > 8)
+      return std::nullopt;
+    uint64_t v = 0;
+    for (char c : h) {
+      int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'A' && c <= 'F') ? c - 'A' + 10
+                                             : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
+      if (d < 0)
+        return std::nullopt;
+      v = (v << 4) | uint64_t(d);
+    }
+    return v;
+  };
+  auto hi = hex(s.substr(0, slash)), lo = hex(s.substr(slash + 1));
+  if (!hi || !lo)
+    return std::nullopt;
+  return (*hi << 32) | *lo;
+}
+
+namespace {
+
+using ConnPtr = std::unique_ptr<pqxx::connection>;
+
+std::string conninfo(const Node &n, const config::Replicas &p) {
+  auto q = [](const std::string &v) {
+    std::string o = "'";
+    for (char c : v) {
+      if (c == '\'' || c == '\\')
+        o.push_back('\\');
+      o.push_back(c);
+    }
+    return o + "'";
+  };
+  const auto &e = n.endpoint;
+  uint32_t connect_s = std::max<uint32_t>(2, (p.probe_timeout_ms + 999) / 1000);
+  return "host=" + q(e.host) + " port=" + std::to_string(e.port) + " user=" + q(e.user) +
+         " password=" + q(e.password) + " dbname=" + q(e.dbname.empty() ? e.user : e.dbname) +
+         " connect_timeout=" + std::to_string(connect_s) +
+         " application_name='shardgate-monitor' options='-c statement_timeout=" +
+         std::to_string(p.probe_timeout_ms) + "'";
+}
+
+pqxx::connection &ensure(ConnPtr &c, const Node &n, const config::Replicas &p) {
+  if (!c || !c->is_open())
+    c = std::make_unique<pqxx::connection>(conninfo(n, p));
+  return *c;
+}
+
+} // namespace
+
+Monitor::Monitor(const config::Config &cfg, const std::vector<Node> &nodes, HealthBoard &board)
+    : cfg_(cfg), nodes_(nodes), board_(board) {
+  for (size_t i = 0; i < cfg.shards.size(); ++i)
+    samples_.push_back(std::make_unique<Samples>());
+}
+
+Monitor::~Monitor() {
+  for (auto &t : threads_)
+    t.request_stop();
+  threads_.clear(); // jthread joins
+}
+
+void Monitor::start() {
+  for (size_t i = 0; i < nodes_.size(); ++i)
+    threads_.emplace_back([this, i](std::stop_token st) { run(st, i); });
+}
+
+void Monitor::run(std::stop_token st, size_t node) {
+  const Node &n = nodes_[node];
+  ConnPtr conn;
+  std::mutex mu;
+  std::condition_variable_any cv;
+  while (!st.stop_requested()) {
+    auto next = std::chrono::steady_clock::now() +
+                std::chrono::milliseconds(board_.policy().health_interval_ms);
+    if (n.role == Role::primary)
+      probe_primary(n, &conn);
+    else
+      probe_replica(n, &conn);
+    board_.node(node).probed = true;
+    std::unique_lock lock(mu);
+    cv.wait_until(lock, st, next, [] { return false; });
+  }
+}
+
+void Monitor::probe_primary(const Node &n, void *slot) {
+  auto &conn = *static_cast<ConnPtr *>(slot);
+  NodeHealth &h = board_.node(n.id);
+  Millis t = now_ms(); // before the query: every commit acknowledged before t is <= the LSN
+  bool was_up = h.up.load();
+  try {
+    pqxx::nontransaction tx(ensure(conn, n, board_.policy()));
+    auto row = tx.exec1("SELECT pg_current_wal_insert_lsn()::text");
+    auto lsn = parse_lsn(row[0].c_str());
+    if (!lsn)
+      throw std::runtime_error("unparsable LSN");
+    {
+      auto &sm = *samples_[n.shard];
+      std::lock_guard lock(sm.mu);
+      sm.s.emplace_back(t, *lsn);
+      while (sm.s.size() > 256)
+        sm.s.pop_front();
+    }
+    h.primary_lsn = *lsn;
+    h.up = true;
+    board_.report_success(n.id);
+    if (!was_up)
+      log::info("backend_up", {{"shard", n.shard_name}, {"node", n.endpoint.label()},
+                               {"role", "primary"}});
+  } catch (const std::exception &e) {
+    conn.reset();
+    h.up = false;
+    board_.report_failure(n.id, now_ms());
+    if (was_up)
+      log::warn("backend_down", {{"shard", n.shard_name}, {"node", n.endpoint.label()},
+                                 {"role", "primary"}, {"error", e.what()}});
+  }
+}
+
+void Monitor::probe_replica(const Node &n, void *slot) {
+  auto &conn = *static_cast<ConnPtr *>(slot);
+  NodeHealth &h = board_.node(n.id);
+  Millis t0 = now_ms();
+  ReplicaProbe p;
+  std::string error;
+  try {
+    pqxx::nontransaction tx(ensure(conn, n, board_.policy()));
+    auto row = tx.exec1(
+        "SELECT pg_is_in_recovery(), coalesce(pg_last_wal_replay_lsn()::text, '0/0'), "
+        "extract(epoch from (now() - pg_last_xact_replay_timestamp())) * 1000, "
+        "(SELECT count(*) FROM pg_stat_wal_receiver)");
+    p.in_recovery = row[0].as<bool>();
+    p.replay_lsn = parse_lsn(row[1].c_str()).value_or(0);
+    if (!row[2].is_null())
+      p.replay_age_ms = row[2].as<double>();
+    p.receiver_running = row[3].as<int64_t>() > 0;
+    p.ok = true;
+  } catch (const std::exception &e) {
+    conn.reset();
+    error = e.what();
+  }
+  // The primary's newest sample taken before this probe, and the newest sample this replica has
+  // replayed past (for read-your-writes).
+  std::optional<uint64_t> primary_lsn;
+  Millis caught_up = 0;
+  {
+    auto &sm = *samples_[n.shard];
+    std::lock_guard lock(sm.mu);
+    for (auto &[t, lsn] : sm.s) {
+      if (t >= t0)
+        break;
+      primary_lsn = lsn;
+      if (p.ok && lsn <= p.replay_lsn)
+        caught_up = t;
+    }
+  }
+  if (p.ok && !primary_lsn) {
+    // No primary sample yet: nothing to measure against. Wait for one, unless the primary has
+    // been probed and is down, in which case lag is unknown (infinite).
+    for (auto &pn : nodes_)
+      if (pn.shard == n.shard && pn.role == Role::primary && !board_.node(pn.id).probed.load())
+        return;
+  }
+  LagReading r = measure_lag(p, primary_lsn);
+  bool was_serving = h.serving.load();
+  bool serving = h.gate.observe(r);
+  h.lag_bytes = r.known ? int64_t(r.bytes) : -1;
+  h.lag_ms = r.ms ? int64_t(*r.ms) : -1;
+  if (caught_up > h.caught_up_at.load())
+    h.caught_up_at = caught_up;
+  h.up = p.ok;
+  if (p.ok)
+    board_.report_success(n.id);
+  else
+    board_.report_failure(n.id, now_ms());
+  h.serving = serving;
+  if (was_serving != serving) {
+    log::Fields f{{"shard", n.shard_name}, {"node", n.endpoint.label()}, {"role", "replica"}};
+    if (!serving) {
+      f.emplace_back("reason", !r.known ? "probe failed" : r.broken ? "no WAL receiver / not in recovery" : "lag");
+      f.emplace_back("lag_bytes", r.known ? std::to_string(r.bytes) : "unknown");
+      if (!error.empty())
+        f.emplace_back("error", error);
+      log::warn("replica_ejected", f);
+    } else {
+      log::info("replica_admitted", f);
+    }
+  }
+}
+
+} // namespace sg::proxy

@@ -1,0 +1,43 @@
+// The health and lag monitor: one control-plane thread per node, probing with libpqxx every
+// health_interval_ms and publishing to the HealthBoard. Never runs on a session thread.
+#pragma once
+
+#include "proxy/backend.h"
+#include "proxy/health.h"
+
+#include <deque>
+#include <mutex>
+#include <stop_token>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace sg::proxy {
+
+class Monitor {
+public:
+  Monitor(const config::Config &cfg, const std::vector<Node> &nodes, HealthBoard &board);
+  ~Monitor(); // stops and joins the probe threads
+  void start();
+
+private:
+  void run(std::stop_token st, size_t node);
+  void probe_primary(const Node &n, void *conn_slot);
+  void probe_replica(const Node &n, void *conn_slot);
+
+  // Primary insert-LSN samples per shard, (sample time, LSN), newest last.
+  struct Samples {
+    std::mutex mu;
+    std::deque<std::pair<Millis, uint64_t>> s;
+  };
+  const config::Config &cfg_;
+  const std::vector<Node> &nodes_;
+  HealthBoard &board_;
+  std::vector<std::unique_ptr<Samples>> samples_;
+  std::vector<std::jthread> threads_;
+};
+
+// "16/B374D848" -> 0x16B374D848
+std::optional<uint64_t> parse_lsn(std::string_view s);
+
+} // namespace sg::proxy
