@@ -188,6 +188,14 @@ int Server::run() {
     w->io.stop();
   for (auto &t : threads)
     t.join();
+  // Teardown order: pools (their sockets need the io_context) before the io_context, whose
+  // destruction ends the remaining sessions, which then must not touch the pools.
+  for (auto &w : workers_) {
+    w->stopping = true;
+    w->pools.clear();
+    w->acceptor.reset();
+  }
+  workers_.clear();
   monitor_.reset();
   log::info("stopped", {{"sessions_left", std::to_string(g_live_sessions.load())}});
   return 0;

@@ -72,6 +72,7 @@ struct Worker {
   std::unique_ptr<tcp::acceptor> acceptor;
   std::unordered_map<std::string, uint32_t> stmt_ids;
   uint32_t next_stmt_id = 1;
+  bool stopping = false; // set at shutdown: sessions then drop connections instead of pooling
   uint32_t intern_statement(const std::string &key);
 };
 

@@ -516,6 +516,11 @@ void Session::detach_if_idle() {
 }
 
 void Session::detach_all() {
+  if (w_.stopping) {
+    for (auto &a : attached_)
+      a.conn.reset(); // the pools are gone at shutdown
+    return;
+  }
   for (auto &a : attached_) {
     if (a.conn) {
       a.pool->release(std::move(a.conn));
