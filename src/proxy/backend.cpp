@@ -55,9 +55,9 @@ Task<std::unique_ptr<BackendConn>> connect_backend(const Node &node, uint32_t ti
   sock.set_option(tcp::no_delay(true));
 
   std::string out;
+  // No application_name of our own: the client's (or none) is applied as a session setting.
   protocol::startup_message(out, {{"user", ep.user},
-                                  {"database", ep.dbname.empty() ? ep.user : ep.dbname},
-                                  {"application_name", "shardgate"}});
+                                  {"database", ep.dbname.empty() ? ep.user : ep.dbname}});
   co_await write_all(sock, out, ec);
   std::unique_ptr<protocol::ScramClient> scram;
   for (;;) {

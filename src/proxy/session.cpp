@@ -556,13 +556,20 @@ void Session::prepare_backend(BackendConn &b, std::string &out, bool with_deferr
   }
 }
 
-void Session::ensure_prepared(BackendConn &b, ClientStmt &st, bool respond, std::string &out) {
+void Session::ensure_prepared(BackendConn &b, ClientStmt &st, bool respond, std::string &out,
+                              const std::string *client_name) {
   Pending p(Expect::one, respond);
+  if (client_name) {
+    p.client_parse = true;
+    p.client_name = *client_name;
+  }
   if (st.id == 0) {
     if (b.unnamed_owner == st.unnamed_tag) {
       if (respond) {
         Pending s(Expect::synthetic);
         protocol::parse_complete(s.synthetic);
+        s.client_parse = p.client_parse;
+        s.client_name = p.client_name;
         exp_.push_back(std::move(s));
       }
       return;
@@ -575,6 +582,8 @@ void Session::ensure_prepared(BackendConn &b, ClientStmt &st, bool respond, std:
       if (respond) {
         Pending s(Expect::synthetic);
         protocol::parse_complete(s.synthetic);
+        s.client_parse = p.client_parse;
+        s.client_name = p.client_name;
         exp_.push_back(std::move(s));
       }
       return;
@@ -584,6 +593,17 @@ void Session::ensure_prepared(BackendConn &b, ClientStmt &st, bool respond, std:
     p.parse_id = st.id;
   }
   exp_.push_back(std::move(p));
+}
+
+// A Parse that failed, or that the server skipped after an earlier error, created nothing:
+// neither the backend's statement nor the client's name.
+void Session::forget_failed(BackendConn &b, const Pending &p) {
+  if (p.parse_id)
+    b.prepared.erase(p.parse_id);
+  if (p.parse_unnamed)
+    b.unnamed_owner = 0;
+  if (p.client_parse)
+    stmts_.erase(p.client_name);
 }
 
 void Session::on_backend_lost(BackendConn &b) {
@@ -639,15 +659,14 @@ Task<bool> Session::relay(BackendConn &b) {
     case 'E': {
       last_sqlstate_ = protocol::parse_error_response(body).sqlstate;
       forward(); // errors always reach the client, even for injected statements
-      if (h.parse_id)
-        b.prepared.erase(h.parse_id);
-      if (h.parse_unnamed)
-        b.unnamed_owner = 0;
       if (h.kind == Expect::one || h.kind == Expect::describe_stmt || h.kind == Expect::execute) {
-        // The backend now discards messages until Sync; so do our expectations.
+        // The backend now discards messages until Sync; so do our expectations, forgetting
+        // every Parse that will not happen.
         while (!exp_.empty() && exp_.front().kind != Expect::sync &&
-               exp_.front().kind != Expect::query)
+               exp_.front().kind != Expect::query) {
+          forget_failed(b, exp_.front());
           exp_.pop_front();
+        }
       }
       break;
     }
@@ -671,6 +690,10 @@ Task<bool> Session::relay(BackendConn &b) {
       if (h.forward) {
         forward();
         last_tag_.assign(body.data(), body.empty() ? 0 : body.size() - 1);
+      }
+      if (body.rfind("DEALLOCATE ALL", 0) == 0 || body.rfind("DISCARD ALL", 0) == 0) {
+        b.prepared.clear(); // the server dropped our statements too
+        b.unnamed_owner = 0;
       }
       if (h.kind == Expect::execute)
         exp_.pop_front();
@@ -925,7 +948,10 @@ Task<bool> Session::on_query(std::string sql) {
     }
     if (r.kind == router::TargetKind::all_primaries)
       broadcast_ddl = true;
-    if (r.kind == router::TargetKind::by_key || r.kind == router::TargetKind::default_shard) {
+    if (r.kind == router::TargetKind::default_shard && st.tableless) {
+      none_only = false; // SELECT 1, SHOW...: runs wherever the rest goes (or the default)
+    } else if (r.kind == router::TargetKind::by_key ||
+               r.kind == router::TargetKind::default_shard) {
       none_only = false;
       if (shard < 0)
         shard = int(r.shard);
@@ -1010,13 +1036,15 @@ Task<bool> Session::on_query(std::string sql) {
       }
       settings_.clear();
       rehash_settings();
-      stmts_.clear();
+      for (auto it = stmts_.begin(); it != stmts_.end();)
+        it = it->first.empty() ? std::next(it) : stmts_.erase(it);
       synthetic_done(*sink_, first.tag);
       ready();
       co_return true;
     case router::StmtKind::deallocate:
       if (first.set_name.empty()) {
-        stmts_.clear();
+        for (auto it = stmts_.begin(); it != stmts_.end();)
+          it = it->first.empty() ? std::next(it) : stmts_.erase(it);
       } else if (!stmts_.erase(first.set_name)) {
         error("26000", "prepared statement \"" + first.set_name + "\" does not exist");
         if (in_tx())
@@ -1267,6 +1295,7 @@ Task<bool> Session::on_batch() {
   const router::StatementPlan *single_none = nullptr; // the lone Bind, if it has no shard
   int binds = 0;
   std::vector<std::string> closed;
+  std::vector<std::string> registered; // names this batch's Parses (re)defined
   std::vector<router::ParamValue> params;
 
   for (const Msg &m : batch) {
@@ -1282,6 +1311,8 @@ Task<bool> Session::on_batch() {
         rerr = router::RouteError{"42P05", "prepared statement \"" + name + "\" already exists", ""};
         break;
       }
+      it.target_name = name;
+      registered.push_back(name);
       ClientStmt st;
       st.text = std::string(p->query);
       st.types = p->param_types;
@@ -1330,6 +1361,8 @@ Task<bool> Session::on_batch() {
       }
       if (r.kind == router::TargetKind::none) {
         single_none = &sp;
+      } else if (r.kind == router::TargetKind::default_shard && sp.tableless) {
+        any_bind = true; // runs on whatever shard the batch or transaction holds
       } else {
         any_bind = true;
         if (shard < 0)
@@ -1375,6 +1408,8 @@ Task<bool> Session::on_batch() {
   }
 
   auto finish_error = [&]() -> Task<bool> {
+    for (auto &n : registered)
+      stmts_.erase(n); // nothing of this batch ran
     error(rerr->sqlstate, rerr->message, rerr->hint);
     if (in_tx())
       fail_transaction_by_proxy();
@@ -1424,6 +1459,35 @@ Task<bool> Session::on_batch() {
     rerr = router::RouteError{"25P02", "current transaction is aborted, commands ignored until "
                                        "end of transaction block", ""};
     co_return co_await finish_error();
+  }
+
+  // DEALLOCATE and DISCARD ALL act on the proxy's own statement and settings state; the
+  // server-side statements are shared and stay (psycopg 3 sends DEALLOCATE ALL after ROLLBACK).
+  if (binds == 1 && single_none && ends_sync &&
+      (single_none->kind == router::StmtKind::deallocate ||
+       single_none->kind == router::StmtKind::discard_all)) {
+    const router::StatementPlan &sp = *single_none;
+    if (sp.kind == router::StmtKind::discard_all && in_tx())
+      rerr = router::RouteError{"25001", "DISCARD ALL cannot run inside a transaction block", ""};
+    else if (sp.kind == router::StmtKind::deallocate && !sp.set_name.empty() &&
+             !stmts_.count(sp.set_name))
+      rerr = router::RouteError{"26000",
+                                "prepared statement \"" + sp.set_name + "\" does not exist", ""};
+    if (rerr)
+      co_return co_await finish_error();
+    std::string tag = sp.tag;
+    if (sp.kind == router::StmtKind::deallocate && !sp.set_name.empty()) {
+      stmts_.erase(sp.set_name);
+    } else {
+      for (auto it = stmts_.begin(); it != stmts_.end();)
+        it = it->first.empty() ? std::next(it) : stmts_.erase(it);
+      if (sp.kind == router::StmtKind::discard_all) {
+        settings_.clear();
+        rehash_settings();
+      }
+    }
+    synthesize_batch(batch, tag);
+    co_return true;
   }
 
   bool tx_bound = tx_shard_ >= 0;
@@ -1534,7 +1598,7 @@ Task<bool> Session::on_batch() {
     const Msg &m = *it.m;
     switch (m.type) {
     case 'P':
-      ensure_prepared(*b, *it.st, true, wbuf_);
+      ensure_prepared(*b, *it.st, true, wbuf_, &it.target_name);
       break;
     case 'B':
       ensure_prepared(*b, *it.st, false, wbuf_);

@@ -41,6 +41,8 @@ private:
     bool forward = true;       // false: swallow the success responses (proxy-injected)
     uint32_t parse_id = 0;     // for an injected/forwarded Parse: forget it on error
     bool parse_unnamed = false;
+    bool client_parse = false; // answers the client's own Parse of client_name
+    std::string client_name;
     std::string synthetic;     // bytes the proxy answers with itself
   };
 
@@ -74,7 +76,9 @@ private:
   void detach_if_idle();
   void detach_all();
   void prepare_backend(BackendConn &b, std::string &out, bool with_deferred = true);
-  void ensure_prepared(BackendConn &b, ClientStmt &st, bool respond, std::string &out);
+  void ensure_prepared(BackendConn &b, ClientStmt &st, bool respond, std::string &out,
+                       const std::string *client_name = nullptr);
+  void forget_failed(BackendConn &b, const Pending &p);
   Task<bool> relay(BackendConn &b);
   Task<bool> pump_copy_in(BackendConn &b);
   void on_backend_lost(BackendConn &b);

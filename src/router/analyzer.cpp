@@ -416,6 +416,7 @@ StatementPlan Analyzer::plan(const Node *stmt) {
   StatementPlan p;
   Facts f;
   walk(&stmt->base, f);
+  p.tableless = f.rels.empty() && f.dml == 0;
   switch (stmt->node_case) {
   case PG_QUERY__NODE__NODE_SELECT_STMT:
     plan_select(p, stmt->select_stmt, f);

@@ -59,6 +59,7 @@ struct StatementPlan {
   std::string set_name;   // lower-case GUC name for set; empty otherwise
   bool read_only_tx = false; // BEGIN READ ONLY
   std::string tag;        // command tag the proxy answers with when it answers itself
+  bool tableless = false; // touches no table at all (SELECT 1, SHOW): any shard can run it
   bool replica_ok() const { return kind == StmtKind::read; }
 };
 
