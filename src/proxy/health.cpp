@@ -23,12 +23,15 @@ const char *to_string(FallbackReason r) {
   return "?";
 }
 
-LagReading measure_lag(const ReplicaProbe &p, std::optional<uint64_t> primary_lsn) {
+LagReading measure_lag(const ReplicaProbe &p, std::optional<uint64_t> primary_lsn,
+                       bool primary_up) {
   LagReading r;
   if (!p.ok || !primary_lsn)
     return r; // unknown: infinite
   r.known = true;
-  r.broken = !p.in_recovery || !p.receiver_running;
+  // A WAL receiver also stops when the primary dies; then the replica is measured against the
+  // primary's last sample, so that reads go on while writes fail.
+  r.broken = !p.in_recovery || (!p.receiver_running && primary_up);
   r.bytes = *primary_lsn > p.replay_lsn ? *primary_lsn - p.replay_lsn : 0;
   if (r.bytes == 0)
     r.ms = 0;
@@ -80,8 +83,10 @@ void Breaker::success() {
 }
 
 void Breaker::failure(Millis now) {
+  if (state_ == State::open && now < until_)
+    return; // already banned: only a failure after the ban (the trial) lengthens it
   ++failures_;
-  if (state_ == State::half_open || failures_ >= policy_.failures_to_ban) {
+  if (state_ != State::closed || failures_ >= policy_.failures_to_ban) {
     uint64_t ban = uint64_t(policy_.ban_base_ms) << std::min<uint32_t>(bans_, 20);
     ban = std::min<uint64_t>(ban, policy_.ban_max_ms);
     ++bans_;

@@ -36,7 +36,8 @@ struct LagReading {
 
 // bytes = primary LSN - replay LSN. The replay delay only counts while bytes are behind: an
 // idle primary makes pg_last_xact_replay_timestamp() old without any lag.
-LagReading measure_lag(const ReplicaProbe &p, std::optional<uint64_t> primary_lsn);
+LagReading measure_lag(const ReplicaProbe &p, std::optional<uint64_t> primary_lsn,
+                       bool primary_up = true);
 
 // Ejects a replica above either threshold; re-admits it after `readmit_probes` consecutive
 // readings under half of both. A new replica starts ejected until its probes are good.

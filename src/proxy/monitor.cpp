@@ -35,6 +35,12 @@ std::optional<uint64_t> parse_lsn(std::string_view s) {
 
 namespace {
 
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 using ConnPtr = std::unique_ptr<pqxx::connection>;
 
 std::string conninfo(const Node &n, const config::Replicas &p) {
@@ -93,7 +99,6 @@ void Monitor::run(std::stop_token st, size_t node) {
       probe_primary(n, &conn);
     else
       probe_replica(n, &conn);
-    board_.node(node).probed = true;
     std::unique_lock lock(mu);
     cv.wait_until(lock, st, next, [] { return false; });
   }
@@ -102,7 +107,7 @@ void Monitor::run(std::stop_token st, size_t node) {
 void Monitor::probe_primary(const Node &n, void *slot) {
   auto &conn = *static_cast<ConnPtr *>(slot);
   NodeHealth &h = board_.node(n.id);
-  Millis t = now_ms(); // before the query: every commit acknowledged before t is <= the LSN
+  int64_t t = now_ns(); // before the query: every commit acknowledged before t is <= the LSN
   bool was_up = h.up.load();
   try {
     pqxx::nontransaction tx(ensure(conn, n, board_.policy()));
@@ -119,6 +124,7 @@ void Monitor::probe_primary(const Node &n, void *slot) {
     }
     h.primary_lsn = *lsn;
     h.up = true;
+    h.probed = true;
     board_.report_success(n.id);
     if (!was_up)
       log::info("backend_up", {{"shard", n.shard_name}, {"node", n.endpoint.label()},
@@ -126,6 +132,7 @@ void Monitor::probe_primary(const Node &n, void *slot) {
   } catch (const std::exception &e) {
     conn.reset();
     h.up = false;
+    h.probed = true;
     board_.report_failure(n.id, now_ms());
     if (was_up)
       log::warn("backend_down", {{"shard", n.shard_name}, {"node", n.endpoint.label()},
@@ -136,7 +143,7 @@ void Monitor::probe_primary(const Node &n, void *slot) {
 void Monitor::probe_replica(const Node &n, void *slot) {
   auto &conn = *static_cast<ConnPtr *>(slot);
   NodeHealth &h = board_.node(n.id);
-  Millis t0 = now_ms();
+  int64_t t0 = now_ns();
   ReplicaProbe p;
   std::string error;
   try {
@@ -158,7 +165,7 @@ void Monitor::probe_replica(const Node &n, void *slot) {
   // The primary's newest sample taken before this probe, and the newest sample this replica has
   // replayed past (for read-your-writes).
   std::optional<uint64_t> primary_lsn;
-  Millis caught_up = 0;
+  int64_t caught_up_ns = 0;
   {
     auto &sm = *samples_[n.shard];
     std::lock_guard lock(sm.mu);
@@ -167,21 +174,24 @@ void Monitor::probe_replica(const Node &n, void *slot) {
         break;
       primary_lsn = lsn;
       if (p.ok && lsn <= p.replay_lsn)
-        caught_up = t;
+        caught_up_ns = t;
     }
   }
-  if (p.ok && !primary_lsn) {
-    // No primary sample yet: nothing to measure against. Wait for one, unless the primary has
-    // been probed and is down, in which case lag is unknown (infinite).
-    for (auto &pn : nodes_)
-      if (pn.shard == n.shard && pn.role == Role::primary && !board_.node(pn.id).probed.load())
-        return;
-  }
-  LagReading r = measure_lag(p, primary_lsn);
+  const NodeHealth *primary = nullptr;
+  for (auto &pn : nodes_)
+    if (pn.shard == n.shard && pn.role == Role::primary)
+      primary = &board_.node(pn.id);
+  // No primary sample yet: nothing to measure against. Wait for one, unless the primary has
+  // been probed and is down, in which case lag is unknown (infinite).
+  if (p.ok && !primary_lsn && primary && !primary->probed.load())
+    return;
+  LagReading r = measure_lag(p, primary_lsn, !primary || primary->up.load());
   bool was_serving = h.serving.load();
   bool serving = h.gate.observe(r);
   h.lag_bytes = r.known ? int64_t(r.bytes) : -1;
   h.lag_ms = r.ms ? int64_t(*r.ms) : -1;
+  // Rounded down to ms: read-your-writes compares with `>`, so a tie stays on the primary.
+  Millis caught_up = caught_up_ns / 1000000;
   if (caught_up > h.caught_up_at.load())
     h.caught_up_at = caught_up;
   h.up = p.ok;
@@ -190,6 +200,7 @@ void Monitor::probe_replica(const Node &n, void *slot) {
   else
     board_.report_failure(n.id, now_ms());
   h.serving = serving;
+  h.probed = true;
   if (was_serving != serving) {
     log::Fields f{{"shard", n.shard_name}, {"node", n.endpoint.label()}, {"role", "replica"}};
     if (!serving) {

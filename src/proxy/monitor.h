@@ -25,10 +25,11 @@ private:
   void probe_primary(const Node &n, void *conn_slot);
   void probe_replica(const Node &n, void *conn_slot);
 
-  // Primary insert-LSN samples per shard, (sample time, LSN), newest last.
+  // Primary insert-LSN samples per shard, (sample time in ns, LSN), newest last. Nanoseconds,
+  // so that "taken before this replica probe" never ties within a millisecond.
   struct Samples {
     std::mutex mu;
-    std::deque<std::pair<Millis, uint64_t>> s;
+    std::deque<std::pair<int64_t, uint64_t>> s;
   };
   const config::Config &cfg_;
   const std::vector<Node> &nodes_;

@@ -3,25 +3,11 @@
 
 #include "proxy/errors.h"
 
-#include <sys/socket.h>
-
 #include <random>
 
 namespace sg::proxy {
 
 namespace {
-
-// A connection idle for a while may have been closed by the server (restart, idle timeout):
-// peek without blocking; EOF or an error means it is dead.
-bool still_alive(tcp::socket &s) {
-  char c;
-  ssize_t n = ::recv(s.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
-  if (n == 0)
-    return false;
-  if (n < 0)
-    return errno == EAGAIN || errno == EWOULDBLOCK;
-  return false; // unexpected bytes from an idle server: do not trust it
-}
 
 uint32_t backoff_ms(uint32_t attempt) {
   thread_local std::mt19937 rng{std::random_device{}()};
@@ -39,13 +25,12 @@ Task<std::unique_ptr<BackendConn>> Pool::acquire(ConnectError &err) {
   auto ex = co_await asio::this_coro::executor;
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(cfg_.pool_timeout_ms);
   for (;;) {
-    while (!idle_.empty()) {
+    if (!idle_.empty()) {
       Idle it = std::move(idle_.back());
       idle_.pop_back();
-      if (std::chrono::steady_clock::now() - it.since < std::chrono::seconds(1) ||
-          still_alive(it.conn->sock))
-        co_return std::move(it.conn);
-      --open_;
+      ErrorCode ignored;
+      it.conn->sock.cancel(ignored); // ends the idle watch (no syscall)
+      co_return std::move(it.conn);
     }
     if (open_ < max_) {
       ++open_;
@@ -98,14 +83,37 @@ void Pool::wake_one() {
 void Pool::release(std::unique_ptr<BackendConn> conn) {
   if (!conn)
     return;
-  if (conn->broken || conn->tx_status != 'I') {
+  if (conn->broken || conn->tx_status != 'I' || conn->unsynced) {
     ErrorCode ec;
     conn->sock.close(ec);
     --open_;
   } else {
-    idle_.push_back({std::move(conn), std::chrono::steady_clock::now()});
+    BackendConn *raw = conn.get();
+    idle_.push_back({std::move(conn)});
+    watch_idle(raw);
   }
   wake_one();
+}
+
+// While pooled, a connection is watched in the event loop (no extra syscalls): if it turns
+// readable it was closed, or the server said something unprompted (a FATAL before it went
+// away, e.g. pg_terminate_backend or a restart). Either way it is dropped, not handed out.
+void Pool::watch_idle(BackendConn *c) {
+  uint64_t gen = ++c->idle_gen;
+  c->sock.async_wait(tcp::socket::wait_read, [this, c, gen](const ErrorCode &ec) {
+    if (ec)
+      return; // cancelled at checkout, or closed
+    for (auto it = idle_.begin(); it != idle_.end(); ++it) {
+      if (it->conn.get() == c && c->idle_gen == gen) {
+        ErrorCode ignored;
+        c->sock.close(ignored);
+        idle_.erase(it);
+        --open_;
+        wake_one();
+        return;
+      }
+    }
+  });
 }
 
 void Pool::close_idle() {

@@ -26,9 +26,9 @@ public:
 private:
   struct Idle {
     std::unique_ptr<BackendConn> conn;
-    std::chrono::steady_clock::time_point since;
   };
   void wake_one();
+  void watch_idle(BackendConn *c);
 
   const Node &node_;
   size_t max_;

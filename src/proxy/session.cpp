@@ -23,13 +23,14 @@ std::string lower(std::string_view s) {
   return o;
 }
 
+// E'...' with quotes and backslashes doubled: one meaning whatever standard_conforming_strings
+// the backend that replays it has.
 std::string quote_literal(std::string_view v) {
-  std::string o = "'";
+  std::string o = "E'";
   for (char c : v) {
-    if (c == '\'')
-      o += "''";
-    else
+    if (c == '\'' || c == '\\')
       o.push_back(c);
+    o.push_back(c);
   }
   return o + "'";
 }
@@ -117,6 +118,9 @@ Task<bool> Session::flush() {
 // Sends a FATAL error and ends the session.
 Task<bool> Session::fatal(const std::string &sqlstate, const std::string &msg,
                           const std::string &hint) {
+  if (closing_)
+    co_return false; // one FATAL per session
+  closing_ = true;
   protocol::ErrorInfo e;
   e.severity = "FATAL";
   e.sqlstate = sqlstate;
@@ -374,9 +378,21 @@ void Session::rehash_settings() {
   settings_hash_ = std::hash<std::string>{}(all) | 1;
 }
 
-void Session::set_setting(const std::string &name, const std::string &stmt) {
-  settings_[name] = stmt;
+// Records a SET the client ran, in canonical form; false when the proxy cannot rebuild it, in
+// which case the caller marks the backend it ran on for a reset.
+bool Session::set_setting(const std::string &name, const std::string &stmt) {
+  auto canon = router::canonical_set(stmt);
+  if (!canon)
+    return false;
+  settings_[name] = *canon;
   rehash_settings();
+  return true;
+}
+
+// The backend holds a setting the proxy does not track: the next checkout sends RESET ALL.
+void Session::mark_untracked(BackendConn &b) {
+  b.settings["\x01untracked"] = "";
+  b.settings_hash = 1;
 }
 
 std::string Session::stmt_key(const std::string &text, const std::vector<uint32_t> &types) const {
@@ -657,7 +673,14 @@ Task<bool> Session::relay(BackendConn &b) {
     bool copy_in = false;
     switch (f.type) {
     case 'E': {
-      last_sqlstate_ = protocol::parse_error_response(body).sqlstate;
+      auto e = protocol::parse_error_response(body);
+      if ((e.severity == "FATAL" || e.severity == "PANIC") && !forwarded_any_) {
+        // The server is closing this connection before answering anything for this request
+        // (terminated or restarted while pooled): a lost connection, which a read may retry.
+        on_backend_lost(b);
+        co_return false;
+      }
+      last_sqlstate_ = e.sqlstate;
       forward(); // errors always reach the client, even for injected statements
       if (h.kind == Expect::one || h.kind == Expect::describe_stmt || h.kind == Expect::execute) {
         // The backend now discards messages until Sync; so do our expectations, forgetting
@@ -672,6 +695,7 @@ Task<bool> Session::relay(BackendConn &b) {
     }
     case 'Z':
       b.tx_status = body.empty() ? 'I' : body[0];
+      b.unsynced = false;
       if (h.forward) {
         forward();
         if (side_batch_) {
@@ -1095,9 +1119,8 @@ Task<bool> Session::on_query(std::string sql) {
     bool ok = !ec && co_await relay(*b);
     if (ok)
       break;
-    if (!b->broken)
-      co_return false; // client went away
-    on_backend_lost(*b);
+    if (closing_ || !b->broken)
+      co_return false; // client went away, or the session already ended with a FATAL
     sh_.health.report_failure(b->node->id, now_ms());
     bool was_tx = tx_before != 'I' && deferred_before.empty();
     bool retry = read && attempt == 0 && !forwarded_any_ && !was_tx;
@@ -1129,16 +1152,20 @@ Task<bool> Session::on_query(std::string sql) {
     note_write(size_t(shard));
   // Session settings changed by this query string take effect only if it succeeded.
   if (last_sqlstate_.empty()) {
+    bool untracked = b->settings.count("\x01untracked") > 0;
     for (const auto &st : stmts) {
       if (st.kind == router::StmtKind::set)
-        set_setting(st.set_name, text_of(st));
+        untracked |= !set_setting(st.set_name, text_of(st));
       else if (st.kind == router::StmtKind::reset_all) {
         settings_.clear();
         rehash_settings();
+        untracked = false;
       }
     }
     b->settings = settings_;
     b->settings_hash = settings_hash_;
+    if (untracked)
+      mark_untracked(*b);
   }
   if (tx_before == 'I' && tx_ != 'I')
     tx_settings_snapshot_ = settings_;
@@ -1237,7 +1264,7 @@ Task<bool> Session::on_function_call(Msg m) {
   ErrorCode ec;
   co_await write_all(b->sock, wbuf_, ec);
   if (ec || !co_await relay(*b)) {
-    if (!b->broken)
+    if (closing_ || !b->broken)
       co_return false;
     detach_if_idle();
     error("08006", "lost the connection to the backend during a function call");
@@ -1666,9 +1693,9 @@ Task<bool> Session::on_batch() {
   }
   if (!ok) {
     bool was_tx = in_tx() || tx_bound || batch_shard_ >= 0;
-    if (!b->broken)
+    if (closing_ || !b->broken)
       co_return false;
-    on_backend_lost(*b);
+    sh_.health.report_failure(b->node->id, now_ms());
     batch_shard_ = -1;
     detach_if_idle();
     if (was_tx)
@@ -1685,6 +1712,7 @@ Task<bool> Session::on_batch() {
     co_return true;
   }
   if (!ends_sync) {
+    b->unsynced = true;   // never pooled in this state: an abandoned write must roll back
     batch_shard_ = shard; // the implicit transaction stays open until Sync
     if (!last_sqlstate_.empty())
       skip_until_sync_ = true;
@@ -1694,18 +1722,21 @@ Task<bool> Session::on_batch() {
   if (any_bind && !all_read)
     note_write(size_t(shard));
   if (last_sqlstate_.empty()) {
-    bool changed = false;
+    bool changed = false, untracked = false;
     for (auto &it : items)
       if (it.m->type == 'B' && !it.st->planned.analysis->stmts.empty()) {
         const auto &sp = it.st->planned.analysis->stmts[0];
         if (sp.kind == router::StmtKind::set) {
-          set_setting(sp.set_name, trim(it.st->text));
+          untracked |= !set_setting(sp.set_name, trim(it.st->text));
           changed = true;
         }
       }
     if (changed) {
+      untracked |= b->settings.count("\x01untracked") > 0;
       b->settings = settings_;
       b->settings_hash = settings_hash_;
+      if (untracked)
+        mark_untracked(*b);
     }
   }
   if (tx_before == 'I' && tx_ != 'I')

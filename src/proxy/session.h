@@ -92,7 +92,8 @@ private:
                    const std::string &hint = {});
   void fail_transaction_by_proxy();
   void apply_tx_end();
-  void set_setting(const std::string &name, const std::string &stmt);
+  bool set_setting(const std::string &name, const std::string &stmt);
+  static void mark_untracked(BackendConn &b);
   void rehash_settings();
   std::string stmt_key(const std::string &text, const std::vector<uint32_t> &types) const;
   bool in_tx() const { return tx_ != 'I'; }
@@ -133,6 +134,7 @@ private:
   std::string last_sqlstate_;      // of the last ErrorResponse relayed
   std::string last_tag_;           // of the last CommandComplete relayed
   bool session_mode_ = false;
+  bool closing_ = false;           // a FATAL was sent: the session ends, nothing more is said
   bool side_batch_ = false;        // a describe-only batch outside the client's open transaction
   bool tx_read_only_ = false;      // BEGIN READ ONLY: the transaction may run on a replica
   bool tx_wrote_ = false;          // the open transaction wrote: stamp read-your-writes at its end

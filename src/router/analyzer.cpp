@@ -626,3 +626,71 @@ Analysis analyze(std::string_view sql, const std::vector<config::Table> &tables,
 }
 
 } // namespace sg::router
+
+namespace sg::router {
+
+namespace {
+std::string e_quote(std::string_view v) {
+  std::string o = "E'";
+  for (char c : v) {
+    if (c == '\'' || c == '\\')
+      o.push_back(c);
+    o.push_back(c);
+  }
+  return o + "'";
+}
+} // namespace
+
+std::optional<std::string> canonical_set(const std::string &stmt) {
+  PgQueryProtobufParseResult pr = pg_query_parse_protobuf(stmt.c_str());
+  if (pr.error) {
+    pg_query_free_protobuf_parse_result(pr);
+    return std::nullopt;
+  }
+  PgQuery__ParseResult *tree = pg_query__parse_result__unpack(
+      nullptr, pr.parse_tree.len, reinterpret_cast<const uint8_t *>(pr.parse_tree.data));
+  pg_query_free_protobuf_parse_result(pr);
+  if (!tree)
+    return std::nullopt;
+  std::optional<std::string> out;
+  if (tree->n_stmts == 1 && tree->stmts[0]->stmt &&
+      tree->stmts[0]->stmt->node_case == PG_QUERY__NODE__NODE_VARIABLE_SET_STMT) {
+    const auto *v = tree->stmts[0]->stmt->variable_set_stmt;
+    std::string name = lower(v->name ? v->name : "");
+    bool name_ok = !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
+      return std::isalnum(uint8_t(c)) || c == '_' || c == '.';
+    });
+    if (name_ok && !v->is_local) {
+      if (v->kind == PG_QUERY__VARIABLE_SET_KIND__VAR_SET_DEFAULT ||
+          v->kind == PG_QUERY__VARIABLE_SET_KIND__VAR_RESET) {
+        out = "RESET " + name;
+      } else if (v->kind == PG_QUERY__VARIABLE_SET_KIND__VAR_SET_VALUE && v->n_args > 0) {
+        std::string values;
+        bool ok = true;
+        for (size_t i = 0; i < v->n_args && ok; ++i) {
+          const Node *a = v->args[i];
+          if (a->node_case != PG_QUERY__NODE__NODE_A_CONST || a->a_const->isnull) {
+            ok = false;
+            break;
+          }
+          const auto *c = a->a_const;
+          std::string one;
+          switch (c->val_case) {
+          case PG_QUERY__A__CONST__VAL_SVAL: one = e_quote(c->sval->sval); break;
+          case PG_QUERY__A__CONST__VAL_IVAL: one = std::to_string(c->ival->ival); break;
+          case PG_QUERY__A__CONST__VAL_FVAL: one = e_quote(c->fval->fval); break;
+          case PG_QUERY__A__CONST__VAL_BOOLVAL: one = c->boolval->boolval ? "true" : "false"; break;
+          default: ok = false;
+          }
+          values += (values.empty() ? "" : ", ") + one;
+        }
+        if (ok)
+          out = "SET " + name + " TO " + values;
+      }
+    }
+  }
+  pg_query__parse_result__free_unpacked(tree, nullptr);
+  return out;
+}
+
+} // namespace sg::router

@@ -6,6 +6,7 @@
 #include "router/literals.h"
 #include "router/plan.h"
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -22,5 +23,10 @@ struct Analysis {
 // scan_constants), so that literal keys are recorded by position.
 Analysis analyze(std::string_view sql, const std::vector<config::Table> &tables,
                  const std::vector<ConstToken> &consts);
+
+// A SET / RESET statement rebuilt from its parse tree, with every value quoted as E'...', so
+// that replaying it on another backend means the same whatever that backend's
+// standard_conforming_strings. nullopt when it cannot be rebuilt (e.g. SET ... FROM CURRENT).
+std::optional<std::string> canonical_set(const std::string &stmt);
 
 } // namespace sg::router

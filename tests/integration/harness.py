@@ -305,14 +305,17 @@ def _toml_str(s):
 
 
 def proxy_toml(cluster, port, tables=(("accounts", "id", "bigint"),), pool_mode="transaction",
-               extra_toml="", users=(("app", "app-secret"),)):
+               extra_toml="", users=(("app", "app-secret"),), proxy_options=None):
     """shardgate's config (same shape as deploy/examples/demo.toml) for cluster, listening on port.
-    extra_toml is appended verbatim, so it may add whole tables (e.g. "[admin]") but not keys of
-    tables written here."""
+    proxy_options: extra [proxy] keys, e.g. {"workers": 1, "auth": "md5"}. extra_toml is appended
+    verbatim, so it may add whole tables (e.g. "[replicas]") but not keys of tables written here."""
     c = cluster
     dsn = lambda p: _toml_str(f"postgresql://app:app-secret@127.0.0.1:{p}/app")
     out = ["[proxy]", f'listen = "127.0.0.1:{port}"', 'database = "app"',
-           f"pool_mode = {_toml_str(pool_mode)}", ""]
+           f"pool_mode = {_toml_str(pool_mode)}"]
+    for k, v in (proxy_options or {}).items():
+        out.append(f"{k} = {_toml_str(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}")
+    out.append("")
     for name, password in users:
         out += ["[[users]]", f"name = {_toml_str(name)}", f"password = {_toml_str(password)}", ""]
     out += ["[ring]", "vnodes = 150", ""]
@@ -330,14 +333,16 @@ class Proxy:
     """build/shardgate (or $SHARDGATE_BIN) configured for `cluster`, listening on a free port."""
 
     def __init__(self, cluster, tables=(("accounts", "id", "bigint"),), pool_mode="transaction",
-                 extra_toml="", users=(("app", "app-secret"),), start_timeout=10):
+                 extra_toml="", users=(("app", "app-secret"),), start_timeout=10,
+                 proxy_options=None):
         self.cluster = cluster
         self.port = free_port_block(1)
         self.dir = cluster.dir / f"proxy-{self.port}"
         self.dir.mkdir(parents=True)
         self.config = self.dir / "shardgate.toml"
         self.log_path = self.dir / "shardgate.log"
-        self.config.write_text(proxy_toml(cluster, self.port, tables, pool_mode, extra_toml, users))
+        self.config.write_text(proxy_toml(cluster, self.port, tables, pool_mode, extra_toml, users,
+                                          proxy_options))
         self.proc = None
         _live.append(self)
         with open(self.log_path, "wb") as log:
