@@ -2,11 +2,184 @@
 #include "router/literals.h"
 
 #include <pg_query.h>
+
+#include <cctype>
 #include <pg_query/pg_query.pb-c.h>
 
 namespace sg::router {
 
+namespace {
+
+bool ident_start(unsigned char c) { return std::isalpha(c) || c == '_' || c >= 0x80; }
+bool ident_cont(unsigned char c) { return std::isalnum(c) || c == '_' || c == '$' || c >= 0x80; }
+
+// Appends one constant: the normalized text gets a kind-tagged placeholder ("?n" numbers, "?s"
+// strings), so statements whose literals differ in kind never share a plan.
+void add_const(ScanResult &r, std::string_view sql, size_t &last, size_t start, size_t end,
+               bool is_string) {
+  r.normalized.append(sql.substr(last, start - last));
+  r.normalized.append(is_string ? "?s" : "?n");
+  last = end;
+  r.consts.push_back({uint32_t(start), uint32_t(end), is_string});
+}
+
+// End of a '...' body starting after the opening quote; '' is a quote. With `escapes`
+// (E'...'), a backslash escapes the next byte. npos if unterminated.
+size_t quoted_end(std::string_view s, size_t i, bool escapes) {
+  while (i < s.size()) {
+    char c = s[i];
+    if (escapes && c == '\\') {
+      i += 2;
+      continue;
+    }
+    if (c == '\'') {
+      if (i + 1 < s.size() && s[i + 1] == '\'') {
+        i += 2;
+        continue;
+      }
+      return i + 1;
+    }
+    ++i;
+  }
+  return std::string_view::npos;
+}
+
+// PostgreSQL joins string literals separated by whitespace containing a newline into one
+// constant; the fast path leaves that (rare) case to libpg_query's scanner.
+bool continues_string(std::string_view s, size_t i) {
+  bool newline = false;
+  while (i < s.size() && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r' ||
+                          s[i] == '\f')) {
+    newline |= (s[i] == '\n' || s[i] == '\r');
+    ++i;
+  }
+  return newline && i < s.size() && s[i] == '\'';
+}
+
+// The fast path: PostgreSQL's lexical rules for what matters here (identifiers, quoted
+// identifiers, comments, strings of every form, dollar quotes, numbers, parameters). Anything
+// unusual returns nullopt and libpg_query's own scanner decides.
+std::optional<ScanResult> fast_scan(std::string_view s) {
+  ScanResult r;
+  r.normalized.reserve(s.size() + 8);
+  size_t last = 0, i = 0;
+  const size_t n = s.size();
+  while (i < n) {
+    unsigned char c = uint8_t(s[i]);
+    if (c == '-' && i + 1 < n && s[i + 1] == '-') { // -- comment
+      size_t e = s.find('\n', i);
+      i = e == std::string_view::npos ? n : e + 1;
+    } else if (c == '/' && i + 1 < n && s[i + 1] == '*') { // nested /* */ comment
+      int depth = 1;
+      i += 2;
+      while (i < n && depth > 0) {
+        if (s[i] == '/' && i + 1 < n && s[i + 1] == '*') {
+          ++depth;
+          i += 2;
+        } else if (s[i] == '*' && i + 1 < n && s[i + 1] == '/') {
+          --depth;
+          i += 2;
+        } else {
+          ++i;
+        }
+      }
+      if (depth > 0)
+        return std::nullopt;
+    } else if (c == '"') { // quoted identifier
+      size_t e = s.find('"', i + 1);
+      while (e != std::string_view::npos && e + 1 < n && s[e + 1] == '"')
+        e = s.find('"', e + 2);
+      if (e == std::string_view::npos)
+        return std::nullopt;
+      i = e + 1;
+    } else if (c == '\'') { // standard string
+      size_t e = quoted_end(s, i + 1, false);
+      if (e == std::string_view::npos || continues_string(s, e))
+        return std::nullopt;
+      add_const(r, s, last, i, e, true);
+      i = e;
+    } else if (ident_start(c)) {
+      size_t j = i + 1;
+      while (j < n && ident_cont(uint8_t(s[j])))
+        ++j;
+      if (j == i + 1 && j < n && s[j] == '\'') {
+        char p = char(std::tolower(c));
+        if (p == 'e' || p == 'b' || p == 'x') { // E'..', B'..', X'..': one constant from the prefix
+          size_t e = quoted_end(s, j + 1, p == 'e');
+          if (e == std::string_view::npos || continues_string(s, e))
+            return std::nullopt;
+          add_const(r, s, last, i, e, p == 'e'); // B/X are bit strings (BCONST/XCONST)
+          i = e;
+          continue;
+        }
+        if (p == 'u') // U&'..' is written U&, never U'
+          return std::nullopt;
+        // N'..': the keyword NCHAR, then an ordinary string (handled on the next turn).
+      }
+      if (j < n && s[j] == '&' && (c == 'u' || c == 'U') && j == i + 1)
+        return std::nullopt; // U&'..' / U&"..": unicode escapes, left to libpg_query
+      i = j;
+    } else if (c == '$') {
+      if (i + 1 < n && std::isdigit(uint8_t(s[i + 1]))) { // $n parameter
+        i += 2;
+        while (i < n && std::isdigit(uint8_t(s[i])))
+          ++i;
+        continue;
+      }
+      size_t j = i + 1; // $tag$ ... $tag$
+      while (j < n && s[j] != '$' && (ident_cont(uint8_t(s[j])) && s[j] != '$'))
+        ++j;
+      if (j >= n || s[j] != '$' || (j > i + 1 && std::isdigit(uint8_t(s[i + 1]))))
+        return std::nullopt;
+      std::string_view tag = s.substr(i, j - i + 1);
+      size_t e = s.find(tag, j + 1);
+      if (e == std::string_view::npos)
+        return std::nullopt;
+      add_const(r, s, last, i, e + tag.size(), true);
+      i = e + tag.size();
+    } else if (std::isdigit(c) || (c == '.' && i + 1 < n && std::isdigit(uint8_t(s[i + 1])))) {
+      size_t j = i;
+      while (j < n && std::isdigit(uint8_t(s[j])))
+        ++j;
+      if (j < n && s[j] == '.' && !(j + 1 < n && s[j + 1] == '.')) {
+        ++j;
+        while (j < n && std::isdigit(uint8_t(s[j])))
+          ++j;
+      }
+      if (j < n && (s[j] == 'e' || s[j] == 'E')) {
+        size_t k = j + 1;
+        if (k < n && (s[k] == '+' || s[k] == '-'))
+          ++k;
+        if (k < n && std::isdigit(uint8_t(s[k]))) {
+          j = k;
+          while (j < n && std::isdigit(uint8_t(s[j])))
+            ++j;
+        }
+      }
+      if (j < n && (ident_start(uint8_t(s[j])) || s[j] == '.'))
+        return std::nullopt; // trailing junk, 0x.., 1.2.3: the real scanner decides
+      add_const(r, s, last, i, j, false);
+      i = j;
+    } else if (c == '\\' || c == 0) {
+      return std::nullopt;
+    } else {
+      ++i;
+    }
+  }
+  r.normalized.append(s.substr(last));
+  r.ok = true;
+  return r;
+}
+
+} // namespace
+
 ScanResult scan_constants(std::string_view sql) {
+  if (auto fast = fast_scan(sql))
+    return std::move(*fast);
+  return scan_constants_pg(sql);
+}
+
+ScanResult scan_constants_pg(std::string_view sql) {
   ScanResult r;
   PgQueryScanResult sr = pg_query_scan(sql.data());
   if (sr.error) {
@@ -36,13 +209,10 @@ ScanResult scan_constants(std::string_view sql) {
     default:
       continue;
     }
-    auto start = uint32_t(t->start), end = uint32_t(t->end);
+    size_t start = size_t(t->start), end = size_t(t->end);
     if (start < last || end > sql.size() || start > end)
       continue;
-    r.normalized.append(sql.substr(last, start - last));
-    r.normalized.push_back('?');
-    last = end;
-    r.consts.push_back({start, end, is_string});
+    add_const(r, sql, last, start, end, is_string);
   }
   r.normalized.append(sql.substr(last));
   pg_query__scan_result__free_unpacked(scan, nullptr);

@@ -22,8 +22,11 @@ struct ScanResult {
   std::vector<ConstToken> consts;
 };
 
-// sql must be NUL-terminated at sql.size() (libpg_query reads C strings).
+// sql must be NUL-terminated at sql.size() (libpg_query reads C strings). A fast scanner
+// handles ordinary SQL; anything unusual goes to libpg_query's own scanner.
 ScanResult scan_constants(std::string_view sql);
+// libpg_query's scanner only (the reference the fast path is tested against).
+ScanResult scan_constants_pg(std::string_view sql);
 
 // The value of a constant: numbers as written; strings unquoted ('' -> ', E'' escapes, $$).
 std::optional<std::string> constant_value(std::string_view sql, const ConstToken &t);

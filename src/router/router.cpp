@@ -49,6 +49,8 @@ PlannedText Router::plan(std::string_view sql) const {
     return pt;
   }
   pt.analysis = std::make_shared<Analysis>(analyze(sql, tables_, pt.scan.consts));
+  if (!pt.analysis->parsed)
+    return pt; // never cache a failure: another text of the same shape may be valid
   if (cache.size() >= kPlanCacheMax)
     cache.clear();
   cache.emplace(pt.scan.normalized, pt.analysis);
