@@ -42,7 +42,6 @@ struct BackendConn {
   char tx_status = 'I';
   bool broken = false;
   bool unsynced = false; // extended messages sent without Sync: an implicit transaction is open
-  uint64_t idle_gen = 0; // bumped each time it goes back to the pool
 };
 
 struct ConnectError {

@@ -70,6 +70,23 @@ pqxx::connection &ensure(ConnPtr &c, const Node &n, const config::Replicas &p) {
 
 } // namespace
 
+// One probe query. A kept connection that fails (the server restarted, or an admin terminated
+// it) is retried once on a fresh one, so only an unreachable node counts as a failed probe.
+pqxx::row Monitor::query1(void *slot, const Node &n, const char *sql) {
+  auto &conn = *static_cast<ConnPtr *>(slot);
+  bool had = conn && conn->is_open();
+  try {
+    pqxx::nontransaction tx(ensure(conn, n, board_.policy()));
+    return tx.exec1(sql);
+  } catch (const std::exception &) {
+    conn.reset();
+    if (!had)
+      throw;
+  }
+  pqxx::nontransaction tx(ensure(conn, n, board_.policy()));
+  return tx.exec1(sql);
+}
+
 Monitor::Monitor(const config::Config &cfg, const std::vector<Node> &nodes, HealthBoard &board)
     : cfg_(cfg), nodes_(nodes), board_(board) {
   for (size_t i = 0; i < cfg.shards.size(); ++i)
@@ -110,8 +127,7 @@ void Monitor::probe_primary(const Node &n, void *slot) {
   int64_t t = now_ns(); // before the query: every commit acknowledged before t is <= the LSN
   bool was_up = h.up.load();
   try {
-    pqxx::nontransaction tx(ensure(conn, n, board_.policy()));
-    auto row = tx.exec1("SELECT pg_current_wal_insert_lsn()::text");
+    auto row = query1(slot, n, "SELECT pg_current_wal_insert_lsn()::text");
     auto lsn = parse_lsn(row[0].c_str());
     if (!lsn)
       throw std::runtime_error("unparsable LSN");
@@ -147,11 +163,10 @@ void Monitor::probe_replica(const Node &n, void *slot) {
   ReplicaProbe p;
   std::string error;
   try {
-    pqxx::nontransaction tx(ensure(conn, n, board_.policy()));
-    auto row = tx.exec1(
-        "SELECT pg_is_in_recovery(), coalesce(pg_last_wal_replay_lsn()::text, '0/0'), "
-        "extract(epoch from (now() - pg_last_xact_replay_timestamp())) * 1000, "
-        "(SELECT count(*) FROM pg_stat_wal_receiver)");
+    auto row = query1(slot, n,
+                      "SELECT pg_is_in_recovery(), coalesce(pg_last_wal_replay_lsn()::text, '0/0'), "
+                      "extract(epoch from (now() - pg_last_xact_replay_timestamp())) * 1000, "
+                      "(SELECT count(*) FROM pg_stat_wal_receiver)");
     p.in_recovery = row[0].as<bool>();
     p.replay_lsn = parse_lsn(row[1].c_str()).value_or(0);
     if (!row[2].is_null())

@@ -5,6 +5,8 @@
 #include "proxy/backend.h"
 #include "proxy/health.h"
 
+#include <pqxx/pqxx>
+
 #include <deque>
 #include <mutex>
 #include <stop_token>
@@ -24,6 +26,7 @@ private:
   void run(std::stop_token st, size_t node);
   void probe_primary(const Node &n, void *conn_slot);
   void probe_replica(const Node &n, void *conn_slot);
+  pqxx::row query1(void *conn_slot, const Node &n, const char *sql);
 
   // Primary insert-LSN samples per shard, (sample time in ns, LSN), newest last. Nanoseconds,
   // so that "taken before this replica probe" never ties within a millisecond.

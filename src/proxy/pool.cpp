@@ -3,11 +3,20 @@
 
 #include "proxy/errors.h"
 
+#include <sys/socket.h>
+
 #include <random>
 
 namespace sg::proxy {
 
 namespace {
+
+// Non-blocking peek: EOF, an error, or unprompted bytes (a FATAL) mean the connection is dead.
+bool still_alive(tcp::socket &s) {
+  char c;
+  ssize_t n = ::recv(s.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
 
 uint32_t backoff_ms(uint32_t attempt) {
   thread_local std::mt19937 rng{std::random_device{}()};
@@ -21,17 +30,28 @@ uint32_t backoff_ms(uint32_t attempt) {
 Pool::Pool(const Node &node, size_t max, const config::Proxy &cfg)
     : node_(node), max_(max), cfg_(cfg) {}
 
+std::unique_ptr<BackendConn> Pool::try_acquire() {
+  while (!idle_.empty()) {
+    Idle it = std::move(idle_.back());
+    idle_.pop_back();
+    // A connection idle for a while may have been closed or terminated by the server: peek
+    // (one syscall) before handing it out. Busy connections skip this; if one died anyway,
+    // its FATAL arrives before any answer and the session treats it as a lost connection
+    // (reads are retried).
+    if (std::chrono::steady_clock::now() - it.since < std::chrono::seconds(1) ||
+        still_alive(it.conn->sock))
+      return std::move(it.conn);
+    --open_;
+  }
+  return nullptr;
+}
+
 Task<std::unique_ptr<BackendConn>> Pool::acquire(ConnectError &err) {
   auto ex = co_await asio::this_coro::executor;
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(cfg_.pool_timeout_ms);
   for (;;) {
-    if (!idle_.empty()) {
-      Idle it = std::move(idle_.back());
-      idle_.pop_back();
-      ErrorCode ignored;
-      it.conn->sock.cancel(ignored); // ends the idle watch (no syscall)
-      co_return std::move(it.conn);
-    }
+    if (auto idle = try_acquire())
+      co_return idle;
     if (open_ < max_) {
       ++open_;
       for (uint32_t attempt = 0;; ++attempt) {
@@ -88,33 +108,11 @@ void Pool::release(std::unique_ptr<BackendConn> conn) {
     conn->sock.close(ec);
     --open_;
   } else {
-    BackendConn *raw = conn.get();
-    idle_.push_back({std::move(conn)});
-    watch_idle(raw);
+    idle_.push_back({std::move(conn), std::chrono::steady_clock::now()});
   }
   wake_one();
 }
 
-// While pooled, a connection is watched in the event loop (no extra syscalls): if it turns
-// readable it was closed, or the server said something unprompted (a FATAL before it went
-// away, e.g. pg_terminate_backend or a restart). Either way it is dropped, not handed out.
-void Pool::watch_idle(BackendConn *c) {
-  uint64_t gen = ++c->idle_gen;
-  c->sock.async_wait(tcp::socket::wait_read, [this, c, gen](const ErrorCode &ec) {
-    if (ec)
-      return; // cancelled at checkout, or closed
-    for (auto it = idle_.begin(); it != idle_.end(); ++it) {
-      if (it->conn.get() == c && c->idle_gen == gen) {
-        ErrorCode ignored;
-        c->sock.close(ignored);
-        idle_.erase(it);
-        --open_;
-        wake_one();
-        return;
-      }
-    }
-  });
-}
 
 void Pool::close_idle() {
   open_ -= idle_.size();

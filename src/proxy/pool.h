@@ -16,6 +16,8 @@ public:
   Pool(const Node &node, size_t max, const config::Proxy &cfg);
   // A ready connection, or nullptr with err set (after retries with backoff and jitter).
   Task<std::unique_ptr<BackendConn>> acquire(ConnectError &err);
+  // An idle connection right away, or nullptr (then acquire() waits or connects).
+  std::unique_ptr<BackendConn> try_acquire();
   // Returns a connection; broken ones are closed and free a slot.
   void release(std::unique_ptr<BackendConn> conn);
   const Node &node() const { return node_; }
@@ -26,9 +28,9 @@ public:
 private:
   struct Idle {
     std::unique_ptr<BackendConn> conn;
+    std::chrono::steady_clock::time_point since;
   };
   void wake_one();
-  void watch_idle(BackendConn *c);
 
   const Node &node_;
   size_t max_;

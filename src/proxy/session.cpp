@@ -110,7 +110,7 @@ Task<bool> Session::flush() {
   if (out_.empty())
     co_return true;
   ErrorCode ec;
-  co_await write_all(sock_, out_, ec);
+  co_await asio::async_write(sock_, asio::buffer(out_), asio::redirect_error(use_awaitable, ec));
   out_.clear();
   co_return !ec;
 }
@@ -412,23 +412,45 @@ std::string Session::stmt_key(const std::string &text, const std::vector<uint32_
 // round-robin over replicas that are serving (lag gate), not banned (breaker) and, after this
 // session wrote to the shard, past that write (read-your-writes); else to the primary, counted.
 Task<BackendConn *> Session::attach(size_t shard, bool read, size_t exclude_node) {
-  Attached &a = attached_[shard];
-  if (a.conn)
-    co_return a.conn.get();
+  std::optional<size_t> slow;
+  BackendConn *b = attach_now(shard, read, exclude_node, slow);
+  if (!b && slow)
+    b = co_await attach_slow(shard, *slow);
+  co_return b;
+}
+
+// Without suspending: the attached connection or an idle pooled one. Otherwise nullptr, with
+// slow_node set to the node attach_slow() must wait for or connect to (unset: error sent).
+BackendConn *Session::attach_now(size_t shard, bool read, size_t exclude_node,
+                                 std::optional<size_t> &slow_node) {
+  slow_node.reset();
+  if (attached_[shard].conn)
+    return attached_[shard].conn.get();
+  auto node = choose_node(shard, read, exclude_node);
+  if (!node)
+    return nullptr;
+  Pool *pool = w_.pools[*node].get();
+  if (auto conn = pool->try_acquire()) {
+    sh_.health.report_success(*node);
+    return adopt(shard, pool, std::move(conn));
+  }
+  slow_node = node;
+  return nullptr;
+}
+
+// The node a statement goes to, or nullopt (with the error sent) when the primary is banned.
+std::optional<size_t> Session::choose_node(size_t shard, bool read, size_t exclude_node) {
   HealthBoard &board = sh_.health;
   const auto &replicas = sh_.shard_replicas[shard];
-  const std::string &shard_name = sh_.cfg.shards[shard].name;
   size_t primary = sh_.shard_primary[shard];
-  size_t node = primary;
   Millis now = now_ms();
   if (read && !session_mode_) {
     FallbackReason reason = FallbackReason::no_replicas;
-    bool found = false;
     if (!replicas.empty()) {
       bool saw_ryw = false, saw_lag = false;
       Millis ryw = board.policy().read_your_writes ? ryw_at_[shard] : 0;
       uint32_t &rr = w_.replica_rr[shard];
-      for (size_t i = 0; i < replicas.size() && !found; ++i) {
+      for (size_t i = 0; i < replicas.size(); ++i) {
         size_t idx = (rr + i) % replicas.size();
         size_t cand = replicas[idx];
         if (cand == exclude_node)
@@ -444,42 +466,52 @@ Task<BackendConn *> Session::attach(size_t shard, bool read, size_t exclude_node
         }
         if (!board.allowed(cand, now))
           continue;
-        node = cand;
         rr = uint32_t(idx + 1);
-        found = true;
+        return cand;
       }
       reason = saw_ryw ? FallbackReason::read_your_writes
                : saw_lag ? FallbackReason::lag
                          : FallbackReason::down;
     }
-    if (!found)
-      board.count_fallback(shard, reason, shard_name);
+    board.count_fallback(shard, reason, sh_.cfg.shards[shard].name);
   }
-  auto unreachable = [&](const std::string &sqlstate, const std::string &msg) {
-    error(sqlstate, "cannot reach shard \"" + shard_name + "\": " + msg,
-          "check that the shard's server is running; the proxy retries with backoff and bans a "
-          "failing node for a while");
-    auto f = log_fields();
-    f.emplace_back("shard", shard_name);
-    f.emplace_back("error", msg);
-    log::warn("backend_unreachable", f);
-  };
-  if (node == primary && !board.allowed(primary, now)) {
+  if (!board.allowed(primary, now)) {
     // The primary is never silently replaced: fail fast while its breaker is open.
-    unreachable("08006", "its primary " + sh_.nodes[primary].endpoint.label() +
-                             " is down (repeated failures; next try in " +
-                             std::to_string(std::max<Millis>(0, board.node(primary).banned_until - now)) +
-                             " ms)");
-    co_return nullptr;
+    unreachable(shard, "08006",
+                "its primary " + sh_.nodes[primary].endpoint.label() +
+                    " is down (repeated failures; next try in " +
+                    std::to_string(std::max<Millis>(0, board.node(primary).banned_until - now)) +
+                    " ms)");
+    return std::nullopt;
   }
+  return primary;
+}
+
+BackendConn *Session::adopt(size_t shard, Pool *pool, std::unique_ptr<BackendConn> conn) {
+  Attached &a = attached_[shard];
+  a.conn = std::move(conn);
+  a.pool = pool;
+  if (cancel_) {
+    std::lock_guard lock(cancel_->mu);
+    cancel_->node = a.conn->node;
+    cancel_->pid = a.conn->pid;
+    cancel_->key = a.conn->key;
+  }
+  return a.conn.get();
+}
+
+// Waits for a pooled connection or opens one; a replica that cannot be reached sends the read
+// to the primary instead (counted), a primary that cannot be reached is an error.
+Task<BackendConn *> Session::attach_slow(size_t shard, size_t node) {
+  HealthBoard &board = sh_.health;
+  size_t primary = sh_.shard_primary[shard];
   ConnectError err;
   Pool *pool = w_.pools[node].get();
   auto conn = co_await pool->acquire(err);
   if (!conn) {
     board.report_failure(node, now_ms());
     if (node != primary) {
-      // The chosen replica failed to connect: this read goes to the primary instead.
-      board.count_fallback(shard, FallbackReason::down, shard_name);
+      board.count_fallback(shard, FallbackReason::down, sh_.cfg.shards[shard].name);
       node = primary;
       if (board.allowed(primary, now_ms())) {
         pool = w_.pools[node].get();
@@ -490,19 +522,22 @@ Task<BackendConn *> Session::attach(size_t shard, bool read, size_t exclude_node
     }
   }
   if (!conn) {
-    unreachable(err.sqlstate.empty() ? "08006" : err.sqlstate, err.message);
+    unreachable(shard, err.sqlstate.empty() ? "08006" : err.sqlstate, err.message);
     co_return nullptr;
   }
   board.report_success(node);
-  a.conn = std::move(conn);
-  a.pool = pool;
-  if (cancel_) {
-    std::lock_guard lock(cancel_->mu);
-    cancel_->node = a.conn->node;
-    cancel_->pid = a.conn->pid;
-    cancel_->key = a.conn->key;
-  }
-  co_return a.conn.get();
+  co_return adopt(shard, pool, std::move(conn));
+}
+
+void Session::unreachable(size_t shard, const std::string &sqlstate, const std::string &msg) {
+  const std::string &shard_name = sh_.cfg.shards[shard].name;
+  error(sqlstate, "cannot reach shard \"" + shard_name + "\": " + msg,
+        "check that the shard's server is running; the proxy retries with backoff and bans a "
+        "failing node for a while");
+  auto f = log_fields();
+  f.emplace_back("shard", shard_name);
+  f.emplace_back("error", msg);
+  log::warn("backend_unreachable", f);
 }
 
 // A write reached shard's primary: reads of that shard must see it (read-your-writes) once
@@ -846,8 +881,14 @@ Task<void> Session::query_loop() {
   for (;;) {
     auto f = protocol::decode_frame(cbuf_.data(), cbuf_.size(), sh_.cfg.proxy.max_message_bytes);
     if (f.status == protocol::DecodeStatus::need_more) {
-      if (!co_await flush())
-        co_return;
+      if (!out_.empty()) { // inline flush: this is the per-query path
+        ErrorCode ec;
+        co_await asio::async_write(sock_, asio::buffer(out_),
+                                   asio::redirect_error(use_awaitable, ec));
+        out_.clear();
+        if (ec)
+          co_return;
+      }
       size_t avail = 0;
       uint8_t *p = cbuf_.prepare(read_size(f.frame_len, cbuf_.size()), avail);
       ErrorCode ec;
@@ -1103,7 +1144,10 @@ Task<bool> Session::on_query(std::string sql) {
   BackendConn *b = nullptr;
   size_t failed_node = SIZE_MAX;
   for (int attempt = 0;; ++attempt) {
-    b = co_await attach(size_t(shard), read, failed_node);
+    std::optional<size_t> slow;
+    b = attach_now(size_t(shard), read, failed_node, slow);
+    if (!b && slow)
+      b = co_await attach_slow(size_t(shard), *slow);
     if (!b) {
       if (in_tx())
         fail_transaction_by_proxy();
@@ -1115,13 +1159,17 @@ Task<bool> Session::on_query(std::string sql) {
     protocol::query(wbuf_, sql);
     exp_.emplace_back(Expect::query, true);
     ErrorCode ec;
-    co_await write_all(b->sock, wbuf_, ec);
+    co_await asio::async_write(b->sock, asio::buffer(wbuf_),
+                               asio::redirect_error(use_awaitable, ec));
     bool ok = !ec && co_await relay(*b);
     if (ok)
       break;
     if (closing_ || !b->broken)
       co_return false; // client went away, or the session already ended with a FATAL
-    sh_.health.report_failure(b->node->id, now_ms());
+    // A pooled connection that died before answering (terminated or restarted server) says
+    // nothing about the node; a failure mid-response does.
+    if (forwarded_any_)
+      sh_.health.report_failure(b->node->id, now_ms());
     bool was_tx = tx_before != 'I' && deferred_before.empty();
     bool retry = read && attempt == 0 && !forwarded_any_ && !was_tx;
     if (retry) {
@@ -1608,7 +1656,10 @@ Task<bool> Session::on_batch() {
                        {"tx", std::string(1, tx_)}, {"side", side ? "yes" : "no"}});
     log::debug("batch", f);
   }
-  BackendConn *b = co_await attach(size_t(shard), read);
+  std::optional<size_t> slow;
+  BackendConn *b = attach_now(size_t(shard), read, SIZE_MAX, slow);
+  if (!b && slow)
+    b = co_await attach_slow(size_t(shard), *slow);
   if (!b) {
     if (in_tx())
       fail_transaction_by_proxy();
@@ -1674,7 +1725,7 @@ Task<bool> Session::on_batch() {
   for (auto &n : closed)
     stmts_.erase(n);
   ErrorCode ec;
-  co_await write_all(b->sock, wbuf_, ec);
+  co_await asio::async_write(b->sock, asio::buffer(wbuf_), asio::redirect_error(use_awaitable, ec));
   side_batch_ = side;
   bool ok = !ec && co_await relay(*b);
   side_batch_ = false;
@@ -1695,7 +1746,8 @@ Task<bool> Session::on_batch() {
     bool was_tx = in_tx() || tx_bound || batch_shard_ >= 0;
     if (closing_ || !b->broken)
       co_return false;
-    sh_.health.report_failure(b->node->id, now_ms());
+    if (forwarded_any_)
+      sh_.health.report_failure(b->node->id, now_ms());
     batch_shard_ = -1;
     detach_if_idle();
     if (was_tx)

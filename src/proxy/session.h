@@ -9,6 +9,7 @@
 #include "router/router.h"
 
 #include <deque>
+#include <optional>
 #include <map>
 #include <memory>
 #include <string>
@@ -71,7 +72,15 @@ private:
   void synthesize_batch(const std::vector<Msg> &batch, const std::string &tag);
 
   // Backends
+  // The connection for a statement on `shard`: the one already attached, an idle pooled one
+  // (no coroutine: the common case), or attach_slow() to wait or connect.
   Task<BackendConn *> attach(size_t shard, bool read, size_t exclude_node = SIZE_MAX);
+  BackendConn *attach_now(size_t shard, bool read, size_t exclude_node,
+                          std::optional<size_t> &slow_node);
+  std::optional<size_t> choose_node(size_t shard, bool read, size_t exclude_node);
+  BackendConn *adopt(size_t shard, Pool *pool, std::unique_ptr<BackendConn> conn);
+  Task<BackendConn *> attach_slow(size_t shard, size_t node);
+  void unreachable(size_t shard, const std::string &sqlstate, const std::string &msg);
   void note_write(size_t shard);
   void detach_if_idle();
   void detach_all();

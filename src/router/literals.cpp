@@ -10,8 +10,11 @@ namespace sg::router {
 
 namespace {
 
-bool ident_start(unsigned char c) { return std::isalpha(c) || c == '_' || c >= 0x80; }
-bool ident_cont(unsigned char c) { return std::isalnum(c) || c == '_' || c == '$' || c >= 0x80; }
+// ASCII classes (no locale lookups): identifiers may also hold any byte >= 0x80, as in scan.l.
+bool is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+bool is_alpha(unsigned char c) { return (c | 0x20) >= 'a' && (c | 0x20) <= 'z'; }
+bool ident_start(unsigned char c) { return is_alpha(c) || c == '_' || c >= 0x80; }
+bool ident_cont(unsigned char c) { return ident_start(c) || is_digit(c) || c == '$'; }
 
 // Appends one constant: the normalized text gets a kind-tagged placeholder ("?n" numbers, "?s"
 // strings), so statements whose literals differ in kind never share a plan.
@@ -120,16 +123,16 @@ std::optional<ScanResult> fast_scan(std::string_view s) {
         return std::nullopt; // U&'..' / U&"..": unicode escapes, left to libpg_query
       i = j;
     } else if (c == '$') {
-      if (i + 1 < n && std::isdigit(uint8_t(s[i + 1]))) { // $n parameter
+      if (i + 1 < n && is_digit(uint8_t(s[i + 1]))) { // $n parameter
         i += 2;
-        while (i < n && std::isdigit(uint8_t(s[i])))
+        while (i < n && is_digit(uint8_t(s[i])))
           ++i;
         continue;
       }
       size_t j = i + 1; // $tag$ ... $tag$
       while (j < n && s[j] != '$' && (ident_cont(uint8_t(s[j])) && s[j] != '$'))
         ++j;
-      if (j >= n || s[j] != '$' || (j > i + 1 && std::isdigit(uint8_t(s[i + 1]))))
+      if (j >= n || s[j] != '$' || (j > i + 1 && is_digit(uint8_t(s[i + 1]))))
         return std::nullopt;
       std::string_view tag = s.substr(i, j - i + 1);
       size_t e = s.find(tag, j + 1);
@@ -137,22 +140,22 @@ std::optional<ScanResult> fast_scan(std::string_view s) {
         return std::nullopt;
       add_const(r, s, last, i, e + tag.size(), true);
       i = e + tag.size();
-    } else if (std::isdigit(c) || (c == '.' && i + 1 < n && std::isdigit(uint8_t(s[i + 1])))) {
+    } else if (is_digit(c) || (c == '.' && i + 1 < n && is_digit(uint8_t(s[i + 1])))) {
       size_t j = i;
-      while (j < n && std::isdigit(uint8_t(s[j])))
+      while (j < n && is_digit(uint8_t(s[j])))
         ++j;
       if (j < n && s[j] == '.' && !(j + 1 < n && s[j + 1] == '.')) {
         ++j;
-        while (j < n && std::isdigit(uint8_t(s[j])))
+        while (j < n && is_digit(uint8_t(s[j])))
           ++j;
       }
       if (j < n && (s[j] == 'e' || s[j] == 'E')) {
         size_t k = j + 1;
         if (k < n && (s[k] == '+' || s[k] == '-'))
           ++k;
-        if (k < n && std::isdigit(uint8_t(s[k]))) {
+        if (k < n && is_digit(uint8_t(s[k]))) {
           j = k;
-          while (j < n && std::isdigit(uint8_t(s[j])))
+          while (j < n && is_digit(uint8_t(s[j])))
             ++j;
         }
       }
