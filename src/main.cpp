@@ -1,5 +1,6 @@
 // shardgate: a PostgreSQL sharding proxy. Thin main: arguments, config, then the server.
 #include "config/config.h"
+#include "metrics/exporter.h"
 #include "proxy/errors.h"
 #include "proxy/server.h"
 #include "router/router.h"
@@ -7,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <memory>
 
 namespace {
 
@@ -73,8 +75,31 @@ int main(int argc, char **argv) {
     std::cout << router.topology().shard_names[*shard] << "\n";
     return 0;
   }
+  const auto &lc = loaded.config->log;
+  namespace log = sg::proxy::log;
+  log::set_json(lc.format == sg::config::LogFormat::json);
+  log::set_level(lc.level == "debug"  ? log::Level::debug
+                 : lc.level == "warn" ? log::Level::warn
+                 : lc.level == "error" ? log::Level::error
+                                       : log::Level::info);
   if (const char *lvl = std::getenv("SHARDGATE_LOG_LEVEL"); lvl && std::strcmp(lvl, "debug") == 0)
-    sg::proxy::log::set_level(sg::proxy::log::Level::debug);
+    log::set_level(log::Level::debug);
+  auto metrics_cfg = loaded.config->metrics;
   sg::proxy::Server server(std::move(*loaded.config));
-  return server.run();
+  std::unique_ptr<sg::metrics::Exporter> exporter;
+  int rc = server.run(
+      [&] {
+        if (metrics_cfg.listen_port == 0)
+          return;
+        exporter = std::make_unique<sg::metrics::Exporter>(server);
+        std::string err;
+        if (!exporter->start(metrics_cfg.listen_host, metrics_cfg.listen_port, err)) {
+          log::error("metrics_listen_failed", {{"error", err}});
+          std::exit(1);
+        }
+        log::info("metrics_listening", {{"listen", metrics_cfg.listen_host + ":" +
+                                                       std::to_string(metrics_cfg.listen_port)}});
+      },
+      [&] { exporter.reset(); });
+  return rc;
 }

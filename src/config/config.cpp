@@ -105,6 +105,26 @@ std::optional<Endpoint> parse_endpoint(const std::string &s, std::string &error)
 
 namespace {
 
+bool split_listen(const std::string &listen, std::string &host, uint16_t &port) {
+  size_t colon = listen.rfind(':');
+  if (colon == std::string::npos || colon == 0)
+    return false;
+  int p = -1;
+  try {
+    size_t used = 0;
+    p = std::stoi(listen.substr(colon + 1), &used);
+    if (used != listen.size() - colon - 1)
+      return false;
+  } catch (...) {
+    return false;
+  }
+  if (p <= 0 || p > 65535)
+    return false;
+  host = listen.substr(0, colon);
+  port = uint16_t(p);
+  return true;
+}
+
 class Reader {
 public:
   Reader(std::string path, std::vector<Diagnostic> &diags) : path_(std::move(path)), d_(diags) {}
@@ -231,7 +251,7 @@ LoadResult load_string(std::string_view text, const std::string &path) {
   Reader r(path, d);
   Config c;
   c.path = path;
-  r.unknown_keys(root, {"proxy", "users", "ring", "replicas", "shards", "tables"},
+  r.unknown_keys(root, {"proxy", "users", "ring", "replicas", "metrics", "log", "shards", "tables"},
                  "the top level");
 
   if (auto *p = r.table(root, "proxy")) {
@@ -242,22 +262,9 @@ LoadResult load_string(std::string_view text, const std::string &path) {
                     "connect_retries"},
                    "[proxy]");
     std::string listen;
-    if (r.get_string(*p, "listen", listen)) {
-      size_t colon = listen.rfind(':');
-      int port = -1;
-      if (colon != std::string::npos) {
-        try {
-          port = std::stoi(listen.substr(colon + 1));
-        } catch (...) {
-        }
-      }
-      if (colon == std::string::npos || port <= 0 || port > 65535)
-        r.error(p->get("listen"), "\"listen\" must be host:port", "e.g. \"127.0.0.1:6432\"");
-      else {
-        c.proxy.listen_host = listen.substr(0, colon);
-        c.proxy.listen_port = uint16_t(port);
-      }
-    }
+    if (r.get_string(*p, "listen", listen) &&
+        !split_listen(listen, c.proxy.listen_host, c.proxy.listen_port))
+      r.error(p->get("listen"), "\"listen\" must be host:port", "e.g. \"127.0.0.1:6432\"");
     r.get_string(*p, "database", c.proxy.database);
     std::string mode;
     if (r.get_string(*p, "pool_mode", mode)) {
@@ -334,6 +341,32 @@ LoadResult load_string(std::string_view text, const std::string &path) {
       else
         r.error(n, "\"read_your_writes\" must be true or false", "write it without quotes");
     }
+  }
+
+  if (auto *mt = r.table(root, "metrics")) {
+    r.unknown_keys(*mt, {"listen"}, "[metrics]");
+    std::string listen;
+    if (r.get_string(*mt, "listen", listen)) {
+      if (!split_listen(listen, c.metrics.listen_host, c.metrics.listen_port))
+        r.error(mt->get("listen"), "\"listen\" must be host:port", "e.g. \"127.0.0.1:9930\"");
+    }
+  }
+  if (auto *lg = r.table(root, "log")) {
+    r.unknown_keys(*lg, {"format", "level", "slow_query_ms"}, "[log]");
+    std::string format;
+    if (r.get_string(*lg, "format", format)) {
+      if (format == "json")
+        c.log.format = LogFormat::json;
+      else if (format == "text")
+        c.log.format = LogFormat::text;
+      else
+        r.error(lg->get("format"), "unknown log format \"" + format + "\"", "use \"json\" or \"text\"");
+    }
+    if (r.get_string(*lg, "level", c.log.level) && c.log.level != "debug" &&
+        c.log.level != "info" && c.log.level != "warn" && c.log.level != "error")
+      r.error(lg->get("level"), "unknown log level \"" + c.log.level + "\"",
+              "use debug, info, warn or error");
+    r.get_uint(*lg, "slow_query_ms", c.log.slow_query_ms, 0, 86400000);
   }
 
   std::set<std::string> shard_names;

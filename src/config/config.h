@@ -80,12 +80,26 @@ struct Replicas {
   uint32_t ban_max_ms = 30000;       // ban cap
 };
 
+struct Metrics {
+  std::string listen_host; // empty: no metrics endpoint
+  uint16_t listen_port = 0;
+};
+
+enum class LogFormat { json, text };
+struct Log {
+  LogFormat format = LogFormat::json;
+  std::string level = "info"; // debug | info | warn | error
+  uint32_t slow_query_ms = 500; // 0: off
+};
+
 struct Config {
   std::string path;
   Proxy proxy;
   std::vector<User> users;
   Ring ring;
   Replicas replicas;
+  Metrics metrics;
+  Log log;
   std::vector<Shard> shards;
   std::vector<Table> tables;
   size_t default_shard_index() const;

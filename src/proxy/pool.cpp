@@ -39,10 +39,13 @@ std::unique_ptr<BackendConn> Pool::try_acquire() {
     // its FATAL arrives before any answer and the session treats it as a lost connection
     // (reads are retried).
     if (std::chrono::steady_clock::now() - it.since < std::chrono::seconds(1) ||
-        still_alive(it.conn->sock))
+        still_alive(it.conn->sock)) {
+      publish();
       return std::move(it.conn);
+    }
     --open_;
   }
+  publish();
   return nullptr;
 }
 
@@ -54,6 +57,7 @@ Task<std::unique_ptr<BackendConn>> Pool::acquire(ConnectError &err) {
       co_return idle;
     if (open_ < max_) {
       ++open_;
+      publish();
       for (uint32_t attempt = 0;; ++attempt) {
         auto conn = co_await connect_backend(node_, cfg_.connect_timeout_ms, err);
         if (conn) {
@@ -66,6 +70,7 @@ Task<std::unique_ptr<BackendConn>> Pool::acquire(ConnectError &err) {
         retriable |= err.sqlstate == "57P03";
         if (!retriable || attempt >= cfg_.connect_retries) {
           --open_;
+          publish();
           wake_one();
           co_return nullptr;
         }
@@ -110,6 +115,7 @@ void Pool::release(std::unique_ptr<BackendConn> conn) {
   } else {
     idle_.push_back({std::move(conn), std::chrono::steady_clock::now()});
   }
+  publish();
   wake_one();
 }
 
@@ -117,6 +123,7 @@ void Pool::release(std::unique_ptr<BackendConn> conn) {
 void Pool::close_idle() {
   open_ -= idle_.size();
   idle_.clear();
+  publish();
 }
 
 } // namespace sg::proxy

@@ -4,6 +4,7 @@
 #include "config/config.h"
 #include "proxy/backend.h"
 
+#include <atomic>
 #include <chrono>
 #include <list>
 #include <memory>
@@ -21,8 +22,10 @@ public:
   // Returns a connection; broken ones are closed and free a slot.
   void release(std::unique_ptr<BackendConn> conn);
   const Node &node() const { return node_; }
-  size_t idle_count() const { return idle_.size(); }
-  size_t open_count() const { return open_; }
+  // Readable from other threads (metrics): mirrors of the worker-local counts.
+  uint32_t idle_gauge() const { return idle_gauge_.load(std::memory_order_relaxed); }
+  uint32_t open_gauge() const { return open_gauge_.load(std::memory_order_relaxed); }
+  size_t max() const { return max_; }
   void close_idle();
 
 private:
@@ -38,6 +41,12 @@ private:
   std::vector<Idle> idle_;
   size_t open_ = 0; // idle + lent + connecting
   std::list<asio::steady_timer *> waiters_;
+  std::atomic<uint32_t> idle_gauge_{0};
+  std::atomic<uint32_t> open_gauge_{0};
+  void publish() {
+    idle_gauge_.store(uint32_t(idle_.size()), std::memory_order_relaxed);
+    open_gauge_.store(uint32_t(open_), std::memory_order_relaxed);
+  }
 };
 
 } // namespace sg::proxy

@@ -73,7 +73,7 @@ void Shared::set_server_params(const std::vector<std::pair<std::string, std::str
     server_params_ = p;
 }
 
-Worker::Worker(Shared &s, size_t pool_per_node) : shared(s) {
+Worker::Worker(Shared &s, size_t pool_per_node) : shared(s), stats(s.cfg.shards.size()) {
   for (const auto &n : s.nodes)
     pools.push_back(std::make_unique<Pool>(n, pool_per_node, s.cfg.proxy));
   replica_rr.assign(s.cfg.shards.size(), 0);
@@ -115,7 +115,14 @@ Task<void> Server::accept_loop(Worker &w) {
   }
 }
 
-int Server::run() {
+std::vector<const Worker *> Server::workers() const {
+  std::vector<const Worker *> out;
+  for (auto &w : workers_)
+    out.push_back(w.get());
+  return out;
+}
+
+int Server::run(const std::function<void()> &on_ready, const std::function<void()> &on_stop) {
   const auto &pc = shared_->cfg.proxy;
   size_t nworkers = pc.workers ? pc.workers : std::max(1u, std::thread::hardware_concurrency());
   size_t per_node = std::max<size_t>(1, (pc.pool_size + nworkers - 1) / nworkers);
@@ -156,6 +163,8 @@ int Server::run() {
       break;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
+  if (on_ready)
+    on_ready();
   log::info("started", {{"listen", pc.listen_host + ":" + std::to_string(pc.listen_port)},
                         {"workers", std::to_string(nworkers)},
                         {"shards", std::to_string(shared_->cfg.shards.size())},
@@ -188,6 +197,8 @@ int Server::run() {
     w->io.stop();
   for (auto &t : threads)
     t.join();
+  if (on_stop)
+    on_stop();
   // Teardown order: pools (their sockets need the io_context) before the io_context, whose
   // destruction ends the remaining sessions, which then must not touch the pools.
   for (auto &w : workers_) {

@@ -7,9 +7,11 @@
 #include "proxy/backend.h"
 #include "proxy/health.h"
 #include "proxy/pool.h"
+#include "proxy/stats.h"
 #include "router/router.h"
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -50,6 +52,7 @@ struct Shared {
   std::unordered_map<std::string, protocol::ScramSecret> secrets; // per configured user
   protocol::ScramSecret mock_secret;             // for unknown users: fail like a bad password
   HealthBoard health;                            // node state: monitor and sessions
+  ErrorStats errors;                             // errors by source and SQLSTATE class
   CancelRegistry cancels;
   std::atomic<int32_t> next_pid{1000};
 
@@ -69,6 +72,7 @@ struct Worker {
   asio::io_context io{1};
   std::vector<std::unique_ptr<Pool>> pools; // by node id
   std::vector<uint32_t> replica_rr;         // per shard
+  WorkerStats stats;                        // this worker's traffic counters
   std::unique_ptr<tcp::acceptor> acceptor;
   std::unordered_map<std::string, uint32_t> stmt_ids;
   uint32_t next_stmt_id = 1;
@@ -82,8 +86,12 @@ class Server {
 public:
   explicit Server(config::Config cfg);
   ~Server();
-  // Runs until SIGINT/SIGTERM; returns the process exit code.
-  int run();
+  // Runs until SIGINT/SIGTERM; returns the process exit code. on_ready runs once the workers
+  // exist and the first health probes are done, before clients are served.
+  // on_stop runs after the workers stopped, before their pools are torn down.
+  int run(const std::function<void()> &on_ready = {}, const std::function<void()> &on_stop = {});
+  const Shared &shared() const { return *shared_; }
+  std::vector<const Worker *> workers() const;
 
 private:
   Task<void> accept_loop(Worker &w);

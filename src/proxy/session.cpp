@@ -69,6 +69,8 @@ Session::Session(Worker &w, tcp::socket sock)
 
 Session::~Session() {
   detach_all();
+  if (counted_)
+    w_.stats.clients.fetch_sub(1, std::memory_order_relaxed);
   if (pid_)
     sh_.cancels.remove(pid_, key_);
 }
@@ -94,8 +96,22 @@ Task<void> Session::run() {
 
 // ---------------------------------------------------------------- replies made by the proxy
 
+namespace {
+// Errors the proxy itself raises: class 08 (connection), 53 (resources), 57 (operator), XX are
+// the proxy's or its backends' trouble; everything else answers something the client sent.
+ErrorSource source_of(std::string_view sqlstate) {
+  std::string_view c = sqlstate.substr(0, 2);
+  if (c == "08" && sqlstate != "08P01")
+    return ErrorSource::proxy;
+  if (c == "53" || c == "57" || c == "XX")
+    return ErrorSource::proxy;
+  return ErrorSource::client;
+}
+} // namespace
+
 void Session::error(const std::string &sqlstate, const std::string &msg, const std::string &hint,
                     const std::string &detail) {
+  sh_.errors.count(source_of(sqlstate), sqlstate);
   protocol::ErrorInfo e;
   e.sqlstate = sqlstate;
   e.message = msg;
@@ -121,6 +137,7 @@ Task<bool> Session::fatal(const std::string &sqlstate, const std::string &msg,
   if (closing_)
     co_return false; // one FATAL per session
   closing_ = true;
+  sh_.errors.count(source_of(sqlstate), sqlstate);
   protocol::ErrorInfo e;
   e.severity = "FATAL";
   e.sqlstate = sqlstate;
@@ -224,6 +241,8 @@ Task<bool> Session::startup() {
   sh_.cancels.add(pid_, key_, cancel_);
   protocol::backend_key_data(out_, pid_, key_);
   ready();
+  counted_ = true;
+  w_.stats.clients.fetch_add(1, std::memory_order_relaxed);
   log::debug("client_connected", log_fields());
   co_return co_await flush();
 }
@@ -491,6 +510,8 @@ BackendConn *Session::adopt(size_t shard, Pool *pool, std::unique_ptr<BackendCon
   Attached &a = attached_[shard];
   a.conn = std::move(conn);
   a.pool = pool;
+  if (attached_count_++ == 0)
+    w_.stats.clients_active.fetch_add(1, std::memory_order_relaxed);
   if (cancel_) {
     std::lock_guard lock(cancel_->mu);
     cancel_->node = a.conn->node;
@@ -507,7 +528,14 @@ Task<BackendConn *> Session::attach_slow(size_t shard, size_t node) {
   size_t primary = sh_.shard_primary[shard];
   ConnectError err;
   Pool *pool = w_.pools[node].get();
+  auto waited_from = std::chrono::steady_clock::now();
+  w_.stats.clients_waiting.fetch_add(1, std::memory_order_relaxed);
   auto conn = co_await pool->acquire(err);
+  w_.stats.clients_waiting.fetch_sub(1, std::memory_order_relaxed);
+  w_.stats.pool_waits[shard * 2 + (node == primary ? 0 : 1)].observe(uint64_t(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() -
+                                                           waited_from)
+          .count()));
   if (!conn) {
     board.report_failure(node, now_ms());
     if (node != primary) {
@@ -540,6 +568,29 @@ void Session::unreachable(size_t shard, const std::string &sqlstate, const std::
   log::warn("backend_unreachable", f);
 }
 
+// One statement (or batch) done on a backend: counters, latency, and the slow-query log, which
+// carries the statement's shape (literals taken out), never its values.
+void Session::record_query(size_t shard, const BackendConn &b, QueryKind kind,
+                           std::chrono::steady_clock::time_point start, std::string_view shape) {
+  int role = b.node->role == Role::primary ? 0 : 1;
+  auto ns = uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                         std::chrono::steady_clock::now() - start)
+                         .count());
+  w_.stats.count_query(shard, role, kind);
+  w_.stats.durations[shard * 2 + size_t(role)].observe(ns);
+  uint32_t slow = sh_.cfg.log.slow_query_ms;
+  if (slow && ns >= uint64_t(slow) * 1000000) {
+    auto f = log_fields();
+    f.insert(f.end(), {{"shard", b.node->shard_name},
+                       {"node", b.node->endpoint.label()},
+                       {"role", to_string(b.node->role)},
+                       {"duration_ms", std::to_string(ns / 1000000)},
+                       {"sqlstate", last_sqlstate_},
+                       {"statement", std::string(shape.substr(0, 300))}});
+    log::warn("slow_query", f);
+  }
+}
+
 // A write reached shard's primary: reads of that shard must see it (read-your-writes) once
 // committed; an open transaction stamps at its end.
 void Session::note_write(size_t shard) {
@@ -547,6 +598,15 @@ void Session::note_write(size_t shard) {
     ryw_at_[shard] = now_ms();
   else
     tx_wrote_ = true;
+}
+
+void Session::release(Attached &a) {
+  if (!w_.stopping)
+    a.pool->release(std::move(a.conn));
+  a.conn.reset();
+  a.pool = nullptr;
+  if (--attached_count_ == 0)
+    w_.stats.clients_active.fetch_sub(1, std::memory_order_relaxed);
 }
 
 void Session::detach_if_idle() {
@@ -557,8 +617,7 @@ void Session::detach_if_idle() {
     bool keep = session_mode_ ? !a.conn->broken : (a.conn->tx_status != 'I' && !a.conn->broken);
     if (keep)
       continue;
-    a.pool->release(std::move(a.conn));
-    a.pool = nullptr;
+    release(a);
     if (cancel_) {
       std::lock_guard lock(cancel_->mu);
       cancel_->node = nullptr;
@@ -567,17 +626,9 @@ void Session::detach_if_idle() {
 }
 
 void Session::detach_all() {
-  if (w_.stopping) {
-    for (auto &a : attached_)
-      a.conn.reset(); // the pools are gone at shutdown
-    return;
-  }
-  for (auto &a : attached_) {
-    if (a.conn) {
-      a.pool->release(std::move(a.conn));
-      a.pool = nullptr;
-    }
-  }
+  for (auto &a : attached_)
+    if (a.conn)
+      release(a); // at shutdown the pools are gone: release() just drops the connection
 }
 
 // Settings and deferred transaction statements travel in front of the client's messages.
@@ -716,6 +767,7 @@ Task<bool> Session::relay(BackendConn &b) {
         co_return false;
       }
       last_sqlstate_ = e.sqlstate;
+      sh_.errors.count(ErrorSource::backend, e.sqlstate);
       forward(); // errors always reach the client, even for injected statements
       if (h.kind == Expect::one || h.kind == Expect::describe_stmt || h.kind == Expect::execute) {
         // The backend now discards messages until Sync; so do our expectations, forgetting
@@ -955,6 +1007,43 @@ Task<void> Session::query_loop() {
   }
 }
 
+namespace {
+
+QueryKind kind_of(router::StmtKind k) {
+  switch (k) {
+  case router::StmtKind::read: return QueryKind::read;
+  case router::StmtKind::write: return QueryKind::write;
+  case router::StmtKind::ddl: return QueryKind::ddl;
+  default: return QueryKind::other;
+  }
+}
+
+// The kind a query string counts as: its strongest statement (ddl > write > read > other).
+QueryKind kind_of(const std::vector<router::StatementPlan> &stmts) {
+  QueryKind k = QueryKind::other;
+  for (const auto &st : stmts) {
+    QueryKind one = kind_of(st.kind);
+    if (one == QueryKind::ddl || (one == QueryKind::write && k != QueryKind::ddl) ||
+        (one == QueryKind::read && k == QueryKind::other))
+      k = one;
+  }
+  return k;
+}
+
+void count_route(WorkerStats &stats, router::TargetKind kind, const router::StatementPlan &p) {
+  switch (kind) {
+  case router::TargetKind::by_key:
+    stats.count_route(p.keys.size() > 1 ? RouteStat::multi : RouteStat::single);
+    break;
+  case router::TargetKind::default_shard: stats.count_route(RouteStat::default_shard); break;
+  case router::TargetKind::all_primaries: stats.count_route(RouteStat::broadcast); break;
+  case router::TargetKind::error: stats.count_route(RouteStat::error); break;
+  case router::TargetKind::none: break;
+  }
+}
+
+} // namespace
+
 // A statement the proxy answers itself, with no backend.
 static void synthetic_done(std::string &out, const std::string &tag) {
   protocol::command_complete(out, tag);
@@ -1004,6 +1093,7 @@ Task<bool> Session::on_query(std::string sql) {
   bool all_read = true, none_only = true, broadcast_ddl = false;
   for (const auto &st : stmts) {
     router::Resolved r = sh_.router.resolve(st, sql, planned.scan);
+    count_route(w_.stats, r.kind, st);
     if (r.kind == router::TargetKind::error) {
       error(r.error.sqlstate, r.error.message, r.error.hint);
       if (in_tx())
@@ -1139,6 +1229,7 @@ Task<bool> Session::on_query(std::string sql) {
   }
   // Reads outside a transaction, and READ ONLY transactions, may use a replica.
   bool read = all_read && (!in_tx() || (tx_read_only_ && !tx_bound));
+  auto started = std::chrono::steady_clock::now();
   char tx_before = tx_;
   std::string deferred_before = deferred_;
   BackendConn *b = nullptr;
@@ -1198,6 +1289,7 @@ Task<bool> Session::on_query(std::string sql) {
   }
   if (!all_read)
     note_write(size_t(shard));
+  record_query(size_t(shard), *b, kind_of(stmts), started, planned.scan.normalized);
   // Session settings changed by this query string take effect only if it succeeded.
   if (last_sqlstate_.empty()) {
     bool untracked = b->settings.count("\x01untracked") > 0;
@@ -1371,6 +1463,8 @@ Task<bool> Session::on_batch() {
   int binds = 0;
   std::vector<std::string> closed;
   std::vector<std::string> registered; // names this batch's Parses (re)defined
+  const ClientStmt *first_bound = nullptr; // for metrics and the slow-query log
+  QueryKind batch_kind = QueryKind::other;
   std::vector<router::ParamValue> params;
 
   for (const Msg &m : batch) {
@@ -1422,6 +1516,13 @@ Task<bool> Session::on_batch() {
       for (size_t i = 0; i < b->params.size(); ++i)
         params.push_back({b->params[i], protocol::bind_param_format(*b, i)});
       router::Resolved r = sh_.router.resolve(sp, it.st->text, it.st->planned.scan, params);
+      count_route(w_.stats, r.kind, sp);
+      if (!first_bound && r.kind != router::TargetKind::none)
+        first_bound = it.st;
+      QueryKind k = kind_of(sp.kind);
+      if (k == QueryKind::ddl || (k == QueryKind::write && batch_kind != QueryKind::ddl) ||
+          (k == QueryKind::read && batch_kind == QueryKind::other))
+        batch_kind = k;
       if (r.kind == router::TargetKind::error) {
         rerr = r.error;
         break;
@@ -1656,6 +1757,7 @@ Task<bool> Session::on_batch() {
                        {"tx", std::string(1, tx_)}, {"side", side ? "yes" : "no"}});
     log::debug("batch", f);
   }
+  auto started = std::chrono::steady_clock::now();
   std::optional<size_t> slow;
   BackendConn *b = attach_now(size_t(shard), read, SIZE_MAX, slow);
   if (!b && slow)
@@ -1773,6 +1875,8 @@ Task<bool> Session::on_batch() {
   batch_shard_ = -1;
   if (any_bind && !all_read)
     note_write(size_t(shard));
+  if (first_bound)
+    record_query(size_t(shard), *b, batch_kind, started, first_bound->planned.scan.normalized);
   if (last_sqlstate_.empty()) {
     bool changed = false, untracked = false;
     for (auto &it : items)

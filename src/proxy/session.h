@@ -83,6 +83,9 @@ private:
   void unreachable(size_t shard, const std::string &sqlstate, const std::string &msg);
   void note_write(size_t shard);
   void detach_if_idle();
+  void release(Attached &a);
+  void record_query(size_t shard, const BackendConn &b, QueryKind kind,
+                    std::chrono::steady_clock::time_point start, std::string_view shape);
   void detach_all();
   void prepare_backend(BackendConn &b, std::string &out, bool with_deferred = true);
   void ensure_prepared(BackendConn &b, ClientStmt &st, bool respond, std::string &out,
@@ -143,6 +146,8 @@ private:
   std::string last_sqlstate_;      // of the last ErrorResponse relayed
   std::string last_tag_;           // of the last CommandComplete relayed
   bool session_mode_ = false;
+  int attached_count_ = 0;         // backends held now (metrics: active vs idle clients)
+  bool counted_ = false;           // counted in the worker's connected clients
   bool closing_ = false;           // a FATAL was sent: the session ends, nothing more is said
   bool side_batch_ = false;        // a describe-only batch outside the client's open transaction
   bool tx_read_only_ = false;      // BEGIN READ ONLY: the transaction may run on a replica

@@ -1,0 +1,365 @@
+// Metric families (the names are a user-facing contract; see the README) and the HTTP server.
+#include "metrics/exporter.h"
+
+#include "proxy/errors.h"
+
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <prometheus/metric_family.h>
+#include <prometheus/text_serializer.h>
+
+#include <cmath>
+#include <limits>
+#include <sys/socket.h>
+
+namespace sg::metrics {
+
+namespace asio = boost::asio;
+namespace http = boost::beast::http;
+using tcp = asio::ip::tcp;
+using prometheus::ClientMetric;
+using prometheus::MetricFamily;
+using prometheus::MetricType;
+
+struct Exporter::Impl {
+  asio::io_context io{1};
+  tcp::acceptor acceptor{io};
+};
+
+namespace {
+
+const char *kVersion = "0.1.0";
+const char *roles[] = {"primary", "replica"};
+const char *kinds[] = {"read", "write", "ddl", "other"};
+const char *routes[] = {"single", "multi", "broadcast", "default", "error"};
+const char *sources[] = {"client", "backend", "proxy"};
+
+MetricFamily family(const char *name, const char *help, MetricType type) {
+  MetricFamily f;
+  f.name = name;
+  f.help = help;
+  f.type = type;
+  return f;
+}
+
+ClientMetric metric(std::vector<ClientMetric::Label> labels, double value, MetricType type) {
+  ClientMetric m;
+  m.label = std::move(labels);
+  if (type == MetricType::Counter)
+    m.counter.value = value;
+  else
+    m.gauge.value = value;
+  return m;
+}
+
+// Sums one histogram slot over all workers into Prometheus' cumulative buckets.
+ClientMetric histogram(std::vector<ClientMetric::Label> labels,
+                       const std::vector<const proxy::Worker *> &workers,
+                       const std::vector<proxy::Histogram> proxy::WorkerStats::*which, size_t idx) {
+  ClientMetric m;
+  m.label = std::move(labels);
+  std::vector<uint64_t> counts(proxy::kLatencyBuckets.size() + 1, 0);
+  uint64_t count = 0, sum_ns = 0;
+  for (auto *w : workers) {
+    const proxy::Histogram &h = (w->stats.*which)[idx];
+    for (size_t i = 0; i < counts.size(); ++i)
+      counts[i] += h.buckets[i].load(std::memory_order_relaxed);
+    count += h.count.load(std::memory_order_relaxed);
+    sum_ns += h.sum_ns.load(std::memory_order_relaxed);
+  }
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    cumulative += counts[i];
+    ClientMetric::Bucket b;
+    b.cumulative_count = cumulative;
+    b.upper_bound = i < proxy::kLatencyBuckets.size() ? proxy::kLatencyBuckets[i]
+                                                      : std::numeric_limits<double>::infinity();
+    m.histogram.bucket.push_back(b);
+  }
+  m.histogram.sample_count = count;
+  m.histogram.sample_sum = double(sum_ns) * 1e-9;
+  return m;
+}
+
+} // namespace
+
+Exporter::Exporter(const proxy::Server &server) : server_(server), impl_(std::make_unique<Impl>()) {}
+
+Exporter::~Exporter() { stop(); }
+
+std::string Exporter::render() const {
+  const proxy::Shared &sh = server_.shared();
+  auto workers = server_.workers();
+  const auto &shards = sh.cfg.shards;
+  std::vector<MetricFamily> out;
+  auto sum = [&](auto get) {
+    double v = 0;
+    for (auto *w : workers)
+      v += double(get(w->stats));
+    return v;
+  };
+
+  auto clients = family("shardgate_client_connections", "Client connections by state",
+                        MetricType::Gauge);
+  double total = sum([](auto &s) { return s.clients.load(); });
+  double active = sum([](auto &s) { return s.clients_active.load(); });
+  double waiting = sum([](auto &s) { return s.clients_waiting.load(); });
+  clients.metric.push_back(metric({{"state", "active"}}, active, MetricType::Gauge));
+  clients.metric.push_back(metric({{"state", "waiting"}}, waiting, MetricType::Gauge));
+  clients.metric.push_back(
+      metric({{"state", "idle"}}, std::max(0.0, total - active - waiting), MetricType::Gauge));
+  out.push_back(std::move(clients));
+
+  auto queries = family("shardgate_queries_total",
+                        "Statements run on backends, by shard, node role and kind",
+                        MetricType::Counter);
+  auto durations = family("shardgate_query_duration_seconds",
+                          "Statement latency seen by the proxy, by shard and role",
+                          MetricType::Histogram);
+  auto waits = family("shardgate_pool_wait_seconds",
+                      "Time spent waiting for or opening a backend connection",
+                      MetricType::Histogram);
+  for (size_t s = 0; s < shards.size(); ++s) {
+    for (int r = 0; r < 2; ++r) {
+      for (size_t k = 0; k < proxy::kQueryKinds; ++k) {
+        double v = sum([&](auto &st) {
+          return st.queries[proxy::WorkerStats::qi(s, r, proxy::QueryKind(k))].load();
+        });
+        queries.metric.push_back(metric(
+            {{"shard", shards[s].name}, {"role", roles[r]}, {"kind", kinds[k]}}, v,
+            MetricType::Counter));
+      }
+      durations.metric.push_back(histogram({{"shard", shards[s].name}, {"role", roles[r]}},
+                                           workers, &proxy::WorkerStats::durations,
+                                           s * 2 + size_t(r)));
+      waits.metric.push_back(histogram({{"shard", shards[s].name}, {"role", roles[r]}}, workers,
+                                       &proxy::WorkerStats::pool_waits, s * 2 + size_t(r)));
+    }
+  }
+  out.push_back(std::move(queries));
+  out.push_back(std::move(durations));
+  out.push_back(std::move(waits));
+
+  auto route = family("shardgate_routes_total", "Routing decisions", MetricType::Counter);
+  for (size_t i = 0; i < proxy::kRouteStats; ++i)
+    route.metric.push_back(metric({{"route", routes[i]}},
+                                  sum([&](auto &st) { return st.routes[i].load(); }),
+                                  MetricType::Counter));
+  out.push_back(std::move(route));
+
+  auto conns = family("shardgate_backend_connections", "Backend connections by node and state",
+                      MetricType::Gauge);
+  auto pool_size = family("shardgate_pool_size", "Configured max connections per node",
+                          MetricType::Gauge);
+  auto up = family("shardgate_backend_up",
+                   "1 when the node serves; 0 when down, banned or lagging", MetricType::Gauge);
+  auto lag_bytes = family("shardgate_replica_lag_bytes",
+                          "Primary insert LSN minus replica replay LSN (+Inf when unknown)",
+                          MetricType::Gauge);
+  auto lag_seconds = family("shardgate_replica_lag_seconds",
+                            "Replay delay while behind (+Inf when unknown)", MetricType::Gauge);
+  proxy::Millis now = proxy::now_ms();
+  for (const auto &n : sh.nodes) {
+    std::vector<ClientMetric::Label> l = {
+        {"shard", n.shard_name}, {"node", n.endpoint.label()}, {"role", proxy::to_string(n.role)}};
+    double idle = 0, open = 0, max = 0;
+    for (auto *w : workers) {
+      if (n.id < w->pools.size() && w->pools[n.id]) {
+        idle += w->pools[n.id]->idle_gauge();
+        open += w->pools[n.id]->open_gauge();
+        max += double(w->pools[n.id]->max());
+      }
+    }
+    auto with = [&](const char *state) {
+      auto ll = l;
+      ll.push_back({"state", state});
+      return ll;
+    };
+    conns.metric.push_back(metric(with("idle"), idle, MetricType::Gauge));
+    conns.metric.push_back(metric(with("active"), std::max(0.0, open - idle), MetricType::Gauge));
+    pool_size.metric.push_back(metric(l, max, MetricType::Gauge));
+    auto &h = const_cast<proxy::HealthBoard &>(sh.health).node(n.id);
+    proxy::Millis banned = h.banned_until.load();
+    bool not_banned = banned == 0 || now >= banned;
+    bool serving = n.role == proxy::Role::primary ? h.up.load() && not_banned
+                                                  : h.serving.load() && not_banned;
+    up.metric.push_back(metric(l, serving ? 1 : 0, MetricType::Gauge));
+    if (n.role == proxy::Role::replica) {
+      std::vector<ClientMetric::Label> ln = {{"shard", n.shard_name},
+                                             {"node", n.endpoint.label()}};
+      int64_t b = h.lag_bytes.load(), ms = h.lag_ms.load();
+      double inf = std::numeric_limits<double>::infinity();
+      lag_bytes.metric.push_back(metric(ln, b < 0 ? inf : double(b), MetricType::Gauge));
+      lag_seconds.metric.push_back(
+          metric(ln, b < 0 ? inf : ms < 0 ? 0 : double(ms) / 1000.0, MetricType::Gauge));
+    }
+  }
+  out.push_back(std::move(conns));
+  out.push_back(std::move(pool_size));
+  out.push_back(std::move(up));
+  out.push_back(std::move(lag_bytes));
+  out.push_back(std::move(lag_seconds));
+
+  auto fallbacks = family("shardgate_read_fallbacks_total",
+                          "Reads sent to the primary instead of a replica, by reason",
+                          MetricType::Counter);
+  for (size_t s = 0; s < shards.size(); ++s)
+    for (size_t r = 0; r < proxy::kFallbackReasons; ++r)
+      fallbacks.metric.push_back(metric(
+          {{"shard", shards[s].name}, {"reason", proxy::to_string(proxy::FallbackReason(r))}},
+          double(sh.health.fallbacks(s, proxy::FallbackReason(r))), MetricType::Counter));
+  out.push_back(std::move(fallbacks));
+
+  auto errors = family("shardgate_errors_total", "Errors by source and SQLSTATE class",
+                       MetricType::Counter);
+  auto snap = sh.errors.snapshot();
+  for (int src = 0; src < int(proxy::kErrorSources); ++src) {
+    bool any = false;
+    for (auto &[k, v] : snap)
+      if (k.first == src) {
+        errors.metric.push_back(metric({{"source", sources[src]}, {"sqlstate_class", k.second}},
+                                       double(v), MetricType::Counter));
+        any = true;
+      }
+    if (!any) // every source present from the start, so rate() works from the first error
+      errors.metric.push_back(metric({{"source", sources[src]}, {"sqlstate_class", "00"}}, 0,
+                                     MetricType::Counter));
+  }
+  out.push_back(std::move(errors));
+
+  auto epoch = family("shardgate_ring_epoch", "Topology epoch of the ring in use",
+                      MetricType::Gauge);
+  epoch.metric.push_back(metric({}, double(sh.router.topology().epoch), MetricType::Gauge));
+  out.push_back(std::move(epoch));
+  auto build = family("shardgate_build_info", "Build information", MetricType::Gauge);
+  build.metric.push_back(metric({{"version", kVersion}}, 1, MetricType::Gauge));
+  out.push_back(std::move(build));
+  auto max_lag = family("shardgate_replica_max_lag_bytes", "Configured [replicas] max_lag_bytes",
+                        MetricType::Gauge);
+  max_lag.metric.push_back(metric({}, double(sh.cfg.replicas.max_lag_bytes), MetricType::Gauge));
+  out.push_back(std::move(max_lag));
+  auto max_lag_s = family("shardgate_replica_max_lag_seconds",
+                          "Configured [replicas] max_lag_ms, in seconds", MetricType::Gauge);
+  max_lag_s.metric.push_back(
+      metric({}, double(sh.cfg.replicas.max_lag_ms) / 1000.0, MetricType::Gauge));
+  out.push_back(std::move(max_lag_s));
+
+  return prometheus::TextSerializer().Serialize(out);
+}
+
+std::pair<int, std::string> Exporter::health() const {
+  const proxy::Shared &sh = server_.shared();
+  proxy::Millis now = proxy::now_ms();
+  bool ok = true;
+  std::string body = "{\"shards\":[";
+  for (size_t s = 0; s < sh.cfg.shards.size(); ++s) {
+    auto node_json = [&](size_t id) {
+      const proxy::Node &n = sh.nodes[id];
+      auto &h = const_cast<proxy::HealthBoard &>(sh.health).node(id);
+      proxy::Millis banned = h.banned_until.load();
+      bool not_banned = banned == 0 || now >= banned;
+      bool serving = n.role == proxy::Role::primary ? h.up.load() && not_banned
+                                                    : h.serving.load() && not_banned;
+      std::string j = "{\"node\":\"" + proxy::log::escape_json(n.endpoint.label()) +
+                      "\",\"up\":" + (h.up.load() ? "true" : "false") +
+                      ",\"serving\":" + (serving ? "true" : "false") +
+                      ",\"banned\":" + (not_banned ? "false" : "true");
+      if (n.role == proxy::Role::replica)
+        j += ",\"lag_bytes\":" + std::to_string(h.lag_bytes.load());
+      return std::make_pair(j + "}", serving);
+    };
+    auto [pj, pserving] = node_json(sh.shard_primary[s]);
+    ok = ok && pserving;
+    body += std::string(s ? "," : "") + "{\"name\":\"" +
+            proxy::log::escape_json(sh.cfg.shards[s].name) + "\",\"primary\":" + pj +
+            ",\"replicas\":[";
+    for (size_t i = 0; i < sh.shard_replicas[s].size(); ++i)
+      body += std::string(i ? "," : "") + node_json(sh.shard_replicas[s][i]).first;
+    body += "]}";
+  }
+  body = std::string("{\"status\":\"") + (ok ? "ok" : "unavailable") + "\"," + body.substr(1) +
+         "]}";
+  return {ok ? 200 : 503, body};
+}
+
+bool Exporter::start(const std::string &host, uint16_t port, std::string &error) {
+  boost::system::error_code ec;
+  auto addr = asio::ip::make_address(host, ec);
+  if (ec) {
+    error = "bad [metrics] listen host \"" + host + "\"";
+    return false;
+  }
+  tcp::endpoint ep(addr, port);
+  impl_->acceptor.open(ep.protocol(), ec);
+  impl_->acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
+  impl_->acceptor.bind(ep, ec);
+  if (!ec)
+    impl_->acceptor.listen(64, ec);
+  if (ec) {
+    error = "cannot listen on " + host + ":" + std::to_string(port) + ": " + ec.message();
+    return false;
+  }
+  thread_ = std::thread([this] { serve(); });
+  return true;
+}
+
+void Exporter::stop() {
+  if (!thread_.joinable())
+    return;
+  asio::post(impl_->io, [this] {
+    boost::system::error_code ec;
+    impl_->acceptor.close(ec);
+  });
+  impl_->io.stop();
+  thread_.join();
+}
+
+// One request per connection, answered synchronously on this thread: scrapes are rare and
+// small, and a slow client is cut off by a receive timeout.
+void Exporter::serve() {
+  std::function<void()> accept = [&] {
+    impl_->acceptor.async_accept([&](boost::system::error_code ec, tcp::socket sock) {
+      if (ec)
+        return;
+      timeval tv{2, 0};
+      ::setsockopt(sock.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+      ::setsockopt(sock.native_handle(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+      boost::beast::flat_buffer buf;
+      http::request<http::string_body> req;
+      boost::system::error_code rec;
+      http::read(sock, buf, req, rec);
+      if (!rec) {
+        http::response<http::string_body> res;
+        res.version(req.version());
+        res.keep_alive(false);
+        std::string target(req.target());
+        if (req.method() != http::verb::get) {
+          res.result(http::status::method_not_allowed);
+          res.body() = "GET only\n";
+        } else if (target == "/metrics") {
+          res.result(http::status::ok);
+          res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
+          res.body() = render();
+        } else if (target == "/health") {
+          auto [status, body] = health();
+          res.result(http::status(status));
+          res.set(http::field::content_type, "application/json");
+          res.body() = body;
+        } else {
+          res.result(http::status::not_found);
+          res.body() = "try /metrics or /health\n";
+        }
+        res.prepare_payload();
+        http::write(sock, res, rec);
+      }
+      boost::system::error_code ignored;
+      sock.shutdown(tcp::socket::shutdown_both, ignored);
+      accept();
+    });
+  };
+  accept();
+  impl_->io.run();
+}
+
+} // namespace sg::metrics
