@@ -9,7 +9,8 @@ PKGS=(
   libpqxx-dev libpq-dev libpg-query-dev libprotobuf-c-dev libxxhash-dev libtomlplusplus-dev
   prometheus-cpp-dev libgtest-dev libgmock-dev libssl-dev
   postgresql-15 postgresql-client-15 pgbouncer
-  python3 python3-psycopg2 python3-psycopg python3-asyncpg
+  python3 python3-psycopg2 python3-psycopg python3-asyncpg python3-yaml
+  prometheus curl
   procps iproute2 util-linux
 )
 

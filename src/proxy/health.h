@@ -24,7 +24,7 @@ struct ReplicaProbe {
   bool in_recovery = false;
   bool receiver_running = false;
   uint64_t replay_lsn = 0;
-  std::optional<double> replay_age_ms; // now() - pg_last_xact_replay_timestamp()
+  std::optional<double> replay_age_ms; // how long the primary has been ahead of replay_lsn
 };
 
 struct LagReading {
@@ -34,8 +34,8 @@ struct LagReading {
   std::optional<uint64_t> ms;
 };
 
-// bytes = primary LSN - replay LSN. The replay delay only counts while bytes are behind: an
-// idle primary makes pg_last_xact_replay_timestamp() old without any lag.
+// bytes = primary LSN - replay LSN; ms = how long the primary has been ahead of the replay
+// position (from the monitor's own LSN samples), and 0 when nothing is behind.
 LagReading measure_lag(const ReplicaProbe &p, std::optional<uint64_t> primary_lsn,
                        bool primary_up = true);
 

@@ -165,13 +165,10 @@ void Monitor::probe_replica(const Node &n, void *slot) {
   try {
     auto row = query1(slot, n,
                       "SELECT pg_is_in_recovery(), coalesce(pg_last_wal_replay_lsn()::text, '0/0'), "
-                      "extract(epoch from (now() - pg_last_xact_replay_timestamp())) * 1000, "
                       "(SELECT count(*) FROM pg_stat_wal_receiver)");
     p.in_recovery = row[0].as<bool>();
     p.replay_lsn = parse_lsn(row[1].c_str()).value_or(0);
-    if (!row[2].is_null())
-      p.replay_age_ms = row[2].as<double>();
-    p.receiver_running = row[3].as<int64_t>() > 0;
+    p.receiver_running = row[2].as<int64_t>() > 0;
     p.ok = true;
   } catch (const std::exception &e) {
     conn.reset();
@@ -179,8 +176,10 @@ void Monitor::probe_replica(const Node &n, void *slot) {
   }
   // The primary's newest sample taken before this probe, and the newest sample this replica has
   // replayed past (for read-your-writes).
+  // The time lag is how long ago the primary first got ahead of what the replica has replayed
+  // (from our own LSN samples): a commit timestamp would make an idle primary look like lag.
   std::optional<uint64_t> primary_lsn;
-  int64_t caught_up_ns = 0;
+  int64_t caught_up_ns = 0, first_ahead_ns = 0;
   {
     auto &sm = *samples_[n.shard];
     std::lock_guard lock(sm.mu);
@@ -188,10 +187,17 @@ void Monitor::probe_replica(const Node &n, void *slot) {
       if (t >= t0)
         break;
       primary_lsn = lsn;
-      if (p.ok && lsn <= p.replay_lsn)
+      if (p.ok && lsn <= p.replay_lsn) {
         caught_up_ns = t;
+        first_ahead_ns = 0;
+      } else if (p.ok && first_ahead_ns == 0) {
+        first_ahead_ns = t;
+      }
     }
   }
+  p.replay_age_ms.reset();
+  if (first_ahead_ns)
+    p.replay_age_ms = double(now_ns() - first_ahead_ns) / 1e6;
   const NodeHealth *primary = nullptr;
   for (auto &pn : nodes_)
     if (pn.shard == n.shard && pn.role == Role::primary)

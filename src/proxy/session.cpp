@@ -536,15 +536,23 @@ Task<BackendConn *> Session::attach_slow(size_t shard, size_t node) {
       std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() -
                                                            waited_from)
           .count()));
+  // Only failing to reach the node counts against it: a full pool or a login the server
+  // refused (configuration) says nothing about its health.
+  auto node_failed = [&] {
+    return err.ec == proxy::make_error_code(errc::backend_refused) ||
+           err.ec == proxy::make_error_code(errc::connect_timeout) ||
+           err.ec == proxy::make_error_code(errc::backend_closed);
+  };
   if (!conn) {
-    board.report_failure(node, now_ms());
+    if (node_failed())
+      board.report_failure(node, now_ms());
     if (node != primary) {
       board.count_fallback(shard, FallbackReason::down, sh_.cfg.shards[shard].name);
       node = primary;
       if (board.allowed(primary, now_ms())) {
         pool = w_.pools[node].get();
         conn = co_await pool->acquire(err);
-        if (!conn)
+        if (!conn && node_failed())
           board.report_failure(node, now_ms());
       }
     }
