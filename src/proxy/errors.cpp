@@ -69,19 +69,10 @@ std::string escape_json(std::string_view s) {
   return out;
 }
 
-void write(Level l, std::string_view event, const Fields &fields) {
-  if (!enabled(l))
-    return;
-  auto now = std::chrono::system_clock::now();
-  auto secs = std::chrono::system_clock::to_time_t(now);
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()) % 1000;
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  char ts[96];
-  std::snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, int(ms.count()));
+std::string format_line(std::string_view ts, Level l, std::string_view event,
+                        const Fields &fields, bool json) {
   std::string line;
-  if (g_json) {
+  if (json) {
     line.append("{\"ts\":\"").append(ts).append("\",\"level\":\"").append(names[int(l)]);
     line.append("\",\"event\":\"").append(escape_json(event)).append("\"");
     for (auto &[k, v] : fields)
@@ -93,6 +84,21 @@ void write(Level l, std::string_view event, const Fields &fields) {
       line.append(" ").append(k).append("=").append(v);
     line.append("\n");
   }
+  return line;
+}
+
+void write(Level l, std::string_view event, const Fields &fields) {
+  if (!enabled(l))
+    return;
+  auto now = std::chrono::system_clock::now();
+  auto secs = std::chrono::system_clock::to_time_t(now);
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()) % 1000;
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char ts[96];
+  std::snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, int(ms.count()));
+  std::string line = format_line(ts, l, event, fields, g_json);
   std::lock_guard lock(g_mu);
   std::fwrite(line.data(), 1, line.size(), stderr);
 }

@@ -37,6 +37,9 @@ inline void debug(std::string_view e, const Fields &f = {}) {
     write(Level::debug, e, f);
 }
 std::string escape_json(std::string_view s);
+// One log line (with its newline), as write() prints it; ts is the timestamp text.
+std::string format_line(std::string_view ts, Level l, std::string_view event, const Fields &fields,
+                        bool json);
 } // namespace log
 
 } // namespace sg::proxy
