@@ -106,10 +106,20 @@ HealthBoard::HealthBoard(const config::Config &cfg, size_t nodes)
 
 void HealthBoard::report_failure(size_t node, Millis now) {
   NodeHealth &n = *nodes_[node];
-  std::lock_guard lock(n.mu);
-  n.breaker.failure(now);
-  n.banned_until = n.breaker.banned_until();
+  Millis before, after;
+  {
+    std::lock_guard lock(n.mu);
+    before = n.breaker.banned_until();
+    n.breaker.failure(now);
+    after = n.breaker.banned_until();
+    n.banned_until = after;
+  }
+  if (after != before && after != 0)
+    log::warn("node_banned", {{"node", node < names_.size() ? names_[node] : std::to_string(node)},
+                              {"ban_ms", std::to_string(after - now)}});
 }
+
+void HealthBoard::set_node_names(std::vector<std::string> names) { names_ = std::move(names); }
 
 void HealthBoard::report_success(size_t node) {
   NodeHealth &n = *nodes_[node];

@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <vector>
 
 namespace sg::proxy {
@@ -104,6 +105,7 @@ public:
   // The breaker: connect or I/O outcomes from sessions and the monitor.
   void report_failure(size_t node, Millis now);
   void report_success(size_t node);
+  void set_node_names(std::vector<std::string> names); // "shard/host:port", for logs
   // Fast unless the node is banned: may a session use it now? (one half-open trial)
   bool allowed(size_t node, Millis now);
 
@@ -116,6 +118,7 @@ private:
   config::Replicas policy_;
   std::vector<std::unique_ptr<NodeHealth>> nodes_;
   std::vector<std::array<std::atomic<uint64_t>, kFallbackReasons>> fallbacks_;
+  std::vector<std::string> names_;
 };
 
 } // namespace sg::proxy

@@ -56,6 +56,10 @@ Shared::Shared(config::Config c)
       nodes.push_back(n);
     }
   }
+  std::vector<std::string> names;
+  for (const auto &n : nodes)
+    names.push_back(n.label());
+  health.set_node_names(std::move(names));
   // SCRAM secrets are derived once (PBKDF2 is slow by design), with a fresh salt per start.
   for (const auto &u : cfg.users)
     secrets.emplace(u.name, protocol::make_scram_secret(u.password, protocol::random_bytes(16), 4096));
