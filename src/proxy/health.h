@@ -92,6 +92,7 @@ struct NodeHealth {
   std::atomic<uint64_t> primary_lsn{0}; // primary: last sampled insert LSN
   std::atomic<bool> probed{false};     // the monitor has finished a first probe
   LagGate gate;                        // monitor thread only
+  uint32_t no_receiver_streak = 0;     // monitor thread only
   std::mutex mu;
   Breaker breaker;
 };

@@ -156,7 +156,7 @@ void Monitor::probe_primary(const Node &n, void *slot) {
   }
 }
 
-void Monitor::probe_replica(const Node &n, void *slot) {
+void Monitor::probe_replica(const Node &n, void *slot, bool again) {
   auto &conn = *static_cast<ConnPtr *>(slot);
   NodeHealth &h = board_.node(n.id);
   int64_t t0 = now_ns();
@@ -202,10 +202,24 @@ void Monitor::probe_replica(const Node &n, void *slot) {
   for (auto &pn : nodes_)
     if (pn.shard == n.shard && pn.role == Role::primary)
       primary = &board_.node(pn.id);
-  // No primary sample yet: nothing to measure against. Wait for one, unless the primary has
-  // been probed and is down, in which case lag is unknown (infinite).
-  if (p.ok && !primary_lsn && primary && !primary->probed.load())
-    return;
+  // No primary sample taken before this probe: nothing to measure against. If the primary is
+  // up (its first sample came just after this probe began), probe again at once; if it has not
+  // been probed yet, wait for it; if it is down, the lag is unknown (infinite).
+  if (p.ok && !primary_lsn && primary) {
+    if (!primary->probed.load())
+      return;
+    if (primary->up.load() && again)
+      return probe_replica(n, slot, false);
+  }
+  // A WAL receiver also stops when the primary dies, and this probe may see that before the
+  // primary's own probe does: a missing receiver counts only on two probes in a row, by which
+  // time the primary's state is known (and a dead primary does not eject its replicas).
+  if (p.ok && !p.receiver_running) {
+    if (++h.no_receiver_streak < 2)
+      p.receiver_running = true;
+  } else {
+    h.no_receiver_streak = 0;
+  }
   LagReading r = measure_lag(p, primary_lsn, !primary || primary->up.load());
   bool was_serving = h.serving.load();
   bool serving = h.gate.observe(r);

@@ -25,7 +25,7 @@ public:
 private:
   void run(std::stop_token st, size_t node);
   void probe_primary(const Node &n, void *conn_slot);
-  void probe_replica(const Node &n, void *conn_slot);
+  void probe_replica(const Node &n, void *conn_slot, bool again = true);
   pqxx::row query1(void *conn_slot, const Node &n, const char *sql);
 
   // Primary insert-LSN samples per shard, (sample time in ns, LSN), newest last. Nanoseconds,
