@@ -23,18 +23,6 @@ std::string lower(std::string_view s) {
   return o;
 }
 
-// E'...' with quotes and backslashes doubled: one meaning whatever standard_conforming_strings
-// the backend that replays it has.
-std::string quote_literal(std::string_view v) {
-  std::string o = "E'";
-  for (char c : v) {
-    if (c == '\'' || c == '\\')
-      o.push_back(c);
-    o.push_back(c);
-  }
-  return o + "'";
-}
-
 bool safe_guc_name(std::string_view n) {
   return !n.empty() && std::all_of(n.begin(), n.end(), [](char c) {
     return std::isalnum(uint8_t(c)) || c == '_' || c == '.';
@@ -228,7 +216,7 @@ Task<bool> Session::startup() {
     if (name == "user" || name == "database" || name == "replication" || name == "options" ||
         !safe_guc_name(name) || (name == "client_encoding" && lower(v) == "auto"))
       continue;
-    settings_[name] = "SET " + name + " TO " + quote_literal(v);
+    settings_[name] = "SET " + name + " TO " + router::quote_e_literal(v);
     startup_params_.emplace_back(name, v);
   }
   rehash_settings();

@@ -629,8 +629,7 @@ Analysis analyze(std::string_view sql, const std::vector<config::Table> &tables,
 
 namespace sg::router {
 
-namespace {
-std::string e_quote(std::string_view v) {
+std::string quote_e_literal(std::string_view v) {
   std::string o = "E'";
   for (char c : v) {
     if (c == '\'' || c == '\\')
@@ -639,7 +638,6 @@ std::string e_quote(std::string_view v) {
   }
   return o + "'";
 }
-} // namespace
 
 std::optional<std::string> canonical_set(const std::string &stmt) {
   PgQueryProtobufParseResult pr = pg_query_parse_protobuf(stmt.c_str());
@@ -676,9 +674,9 @@ std::optional<std::string> canonical_set(const std::string &stmt) {
           const auto *c = a->a_const;
           std::string one;
           switch (c->val_case) {
-          case PG_QUERY__A__CONST__VAL_SVAL: one = e_quote(c->sval->sval); break;
+          case PG_QUERY__A__CONST__VAL_SVAL: one = quote_e_literal(c->sval->sval); break;
           case PG_QUERY__A__CONST__VAL_IVAL: one = std::to_string(c->ival->ival); break;
-          case PG_QUERY__A__CONST__VAL_FVAL: one = e_quote(c->fval->fval); break;
+          case PG_QUERY__A__CONST__VAL_FVAL: one = quote_e_literal(c->fval->fval); break;
           case PG_QUERY__A__CONST__VAL_BOOLVAL: one = c->boolval->boolval ? "true" : "false"; break;
           default: ok = false;
           }

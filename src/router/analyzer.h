@@ -24,6 +24,10 @@ struct Analysis {
 Analysis analyze(std::string_view sql, const std::vector<config::Table> &tables,
                  const std::vector<ConstToken> &consts);
 
+// A SQL string literal E'...' with quotes and backslashes doubled: it means the same whatever
+// the standard_conforming_strings of the server that reads it.
+std::string quote_e_literal(std::string_view v);
+
 // A SET / RESET statement rebuilt from its parse tree, with every value quoted as E'...', so
 // that replaying it on another backend means the same whatever that backend's
 // standard_conforming_strings. nullopt when it cannot be rebuilt (e.g. SET ... FROM CURRENT).

@@ -227,3 +227,19 @@ TEST(RoutingMulti, SeveralStatementsInOneQuery) {
   EXPECT_EQ(router().resolve(pt.analysis->stmts[1], sql, pt.scan).shard, owner("accounts", "3"));
   EXPECT_EQ(pt.analysis->stmts[2].kind, StmtKind::commit);
 }
+
+// SET statements replayed on other backends are rebuilt from the parse tree with E'' quoting,
+// so a value means the same whatever standard_conforming_strings the backend has.
+TEST(CanonicalSet, RebuildsWithSafeQuoting) {
+  EXPECT_EQ(canonical_set("SET search_path TO app, public"), "SET search_path TO E'app', E'public'");
+  EXPECT_EQ(canonical_set("set Statement_Timeout = 100"), "SET statement_timeout TO 100");
+  EXPECT_EQ(canonical_set("SET TIME ZONE 'UTC'"), "SET timezone TO E'UTC'");
+  EXPECT_EQ(canonical_set("RESET work_mem"), "RESET work_mem");
+  EXPECT_EQ(canonical_set("SET work_mem TO DEFAULT"), "RESET work_mem");
+  EXPECT_EQ(canonical_set("SET application_name = 'a''b\\c'"),
+            "SET application_name TO E'a''b\\\\c'");
+  EXPECT_FALSE(canonical_set("SET LOCAL work_mem = '1MB'")) << "transaction-scoped: not replayed";
+  EXPECT_FALSE(canonical_set("SET work_mem FROM CURRENT"));
+  EXPECT_FALSE(canonical_set("SELECT 1"));
+  EXPECT_EQ(quote_e_literal("x'; DROP TABLE t; --\\"), "E'x''; DROP TABLE t; --\\\\'");
+}
