@@ -78,8 +78,8 @@ int main(int argc, char **argv) {
   const auto &lc = loaded.config->log;
   namespace log = sg::proxy::log;
   log::set_json(lc.format == sg::config::LogFormat::json);
-  log::set_level(lc.level == "debug"  ? log::Level::debug
-                 : lc.level == "warn" ? log::Level::warn
+  log::set_level(lc.level == "debug"   ? log::Level::debug
+                 : lc.level == "warn"  ? log::Level::warn
                  : lc.level == "error" ? log::Level::error
                                        : log::Level::info);
   if (const char *lvl = std::getenv("SHARDGATE_LOG_LEVEL"); lvl && std::strcmp(lvl, "debug") == 0)

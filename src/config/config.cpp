@@ -12,21 +12,31 @@ namespace sg::config {
 
 const char *to_string(KeyType t) {
   switch (t) {
-  case KeyType::bigint: return "bigint";
-  case KeyType::int_: return "int";
-  case KeyType::smallint: return "smallint";
-  case KeyType::text: return "text";
-  case KeyType::uuid: return "uuid";
+  case KeyType::bigint:
+    return "bigint";
+  case KeyType::int_:
+    return "int";
+  case KeyType::smallint:
+    return "smallint";
+  case KeyType::text:
+    return "text";
+  case KeyType::uuid:
+    return "uuid";
   }
   return "?";
 }
 
 std::optional<KeyType> key_type_from_string(std::string_view s) {
-  if (s == "bigint" || s == "int8") return KeyType::bigint;
-  if (s == "int" || s == "integer" || s == "int4") return KeyType::int_;
-  if (s == "smallint" || s == "int2") return KeyType::smallint;
-  if (s == "text" || s == "varchar") return KeyType::text;
-  if (s == "uuid") return KeyType::uuid;
+  if (s == "bigint" || s == "int8")
+    return KeyType::bigint;
+  if (s == "int" || s == "integer" || s == "int4")
+    return KeyType::int_;
+  if (s == "smallint" || s == "int2")
+    return KeyType::smallint;
+  if (s == "text" || s == "varchar")
+    return KeyType::text;
+  if (s == "uuid")
+    return KeyType::uuid;
   return std::nullopt;
 }
 
@@ -175,8 +185,9 @@ public:
       return false;
     auto v = n->value<int64_t>();
     if (!v || *v < min || *v > max) {
-      error(n, "\"" + std::string(key) + "\" must be an integer from " + std::to_string(min) +
-                   " to " + std::to_string(max),
+      error(n,
+            "\"" + std::string(key) + "\" must be an integer from " + std::to_string(min) + " to " +
+                std::to_string(max),
             "write a plain integer in that range, without quotes");
       return false;
     }
@@ -190,8 +201,8 @@ public:
       return nullptr;
     if (auto *t = n->as_table())
       return t;
-    error(n, "\"" + std::string(key) + "\" must be a table", "write it as [" +
-                                                                 std::string(key) + "]");
+    error(n, "\"" + std::string(key) + "\" must be a table",
+          "write it as [" + std::string(key) + "]");
     return nullptr;
   }
 
@@ -244,8 +255,8 @@ LoadResult load_string(std::string_view text, const std::string &path) {
   try {
     root = toml::parse(text, path);
   } catch (const toml::parse_error &e) {
-    d.push_back({path, e.source().begin.line, e.source().begin.column,
-                 std::string(e.description()), "fix the TOML syntax"});
+    d.push_back({path, e.source().begin.line, e.source().begin.column, std::string(e.description()),
+                 "fix the TOML syntax"});
     return res;
   }
   Reader r(path, d);
@@ -360,7 +371,8 @@ LoadResult load_string(std::string_view text, const std::string &path) {
       else if (format == "text")
         c.log.format = LogFormat::text;
       else
-        r.error(lg->get("format"), "unknown log format \"" + format + "\"", "use \"json\" or \"text\"");
+        r.error(lg->get("format"), "unknown log format \"" + format + "\"",
+                "use \"json\" or \"text\"");
     }
     if (r.get_string(*lg, "level", c.log.level) && c.log.level != "debug" &&
         c.log.level != "info" && c.log.level != "warn" && c.log.level != "error")
@@ -391,7 +403,8 @@ LoadResult load_string(std::string_view text, const std::string &path) {
           if (auto e = r.endpoint(&el, "replica"))
             s.replicas.push_back(*e);
       } else {
-        r.error(rn, "\"replicas\" must be an array of URLs", "e.g. replicas = [\"postgresql://...\"]");
+        r.error(rn, "\"replicas\" must be an array of URLs",
+                "e.g. replicas = [\"postgresql://...\"]");
       }
     }
     r.get_uint(t, "weight", s.weight, 1, 1000);
@@ -409,8 +422,7 @@ LoadResult load_string(std::string_view text, const std::string &path) {
     else if (!table_names.insert(tb.name).second)
       r.error(t.get("name"), "duplicate table \"" + tb.name + "\"", "each table once");
     if (!r.get_string(t, "key", tb.key) || tb.key.empty())
-      r.error(&t, "table \"" + tb.name + "\" has no \"key\"",
-              "add key = \"<shard key column>\"");
+      r.error(&t, "table \"" + tb.name + "\" has no \"key\"", "add key = \"<shard key column>\"");
     std::string kt = "bigint";
     r.get_string(t, "key_type", kt);
     if (auto k = key_type_from_string(kt))
@@ -438,8 +450,8 @@ LoadResult load_file(const std::string &path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     LoadResult res;
-    res.diagnostics.push_back({path, 0, 0, "cannot read the config file",
-                               "check the path given to --config"});
+    res.diagnostics.push_back(
+        {path, 0, 0, "cannot read the config file", "check the path given to --config"});
     return res;
   }
   std::stringstream ss;

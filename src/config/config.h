@@ -51,13 +51,13 @@ struct Proxy {
   std::string database = "app";
   PoolMode pool_mode = PoolMode::transaction;
   AuthMethod auth = AuthMethod::scram_sha_256;
-  std::string default_shard;          // empty: the first shard
-  uint32_t workers = 0;               // 0: one per core
-  uint32_t pool_size = 20;            // max backend connections per node, over all workers
+  std::string default_shard; // empty: the first shard
+  uint32_t workers = 0;      // 0: one per core
+  uint32_t pool_size = 20;   // max backend connections per node, over all workers
   uint32_t max_message_bytes = 64u << 20;
   uint32_t connect_timeout_ms = 3000;
-  uint32_t query_timeout_ms = 0;      // 0: none (backend statement_timeout applies)
-  uint32_t pool_timeout_ms = 5000;    // waiting for a free backend connection
+  uint32_t query_timeout_ms = 0;   // 0: none (backend statement_timeout applies)
+  uint32_t pool_timeout_ms = 5000; // waiting for a free backend connection
   uint32_t auth_timeout_ms = 10000;
   uint32_t idle_in_transaction_timeout_ms = 0;
   uint32_t connect_retries = 2;
@@ -88,7 +88,7 @@ struct Metrics {
 enum class LogFormat { json, text };
 struct Log {
   LogFormat format = LogFormat::json;
-  std::string level = "info"; // debug | info | warn | error
+  std::string level = "info";   // debug | info | warn | error
   uint32_t slow_query_ms = 500; // 0: off
 };
 

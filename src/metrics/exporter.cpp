@@ -84,9 +84,12 @@ ClientMetric histogram(std::vector<ClientMetric::Label> labels,
 
 } // namespace
 
-Exporter::Exporter(const proxy::Server &server) : server_(server), impl_(std::make_unique<Impl>()) {}
+Exporter::Exporter(const proxy::Server &server)
+    : server_(server), impl_(std::make_unique<Impl>()) {}
 
-Exporter::~Exporter() { stop(); }
+Exporter::~Exporter() {
+  stop();
+}
 
 std::string Exporter::render() const {
   const proxy::Shared &sh = server_.shared();
@@ -100,8 +103,8 @@ std::string Exporter::render() const {
     return v;
   };
 
-  auto clients = family("shardgate_client_connections", "Client connections by state",
-                        MetricType::Gauge);
+  auto clients =
+      family("shardgate_client_connections", "Client connections by state", MetricType::Gauge);
   double total = sum([](auto &s) { return s.clients.load(); });
   double active = sum([](auto &s) { return s.clients_active.load(); });
   double waiting = sum([](auto &s) { return s.clients_waiting.load(); });
@@ -111,28 +114,27 @@ std::string Exporter::render() const {
       metric({{"state", "idle"}}, std::max(0.0, total - active - waiting), MetricType::Gauge));
   out.push_back(std::move(clients));
 
-  auto queries = family("shardgate_queries_total",
-                        "Statements run on backends, by shard, node role and kind",
-                        MetricType::Counter);
-  auto durations = family("shardgate_query_duration_seconds",
-                          "Statement latency seen by the proxy, by shard and role",
-                          MetricType::Histogram);
-  auto waits = family("shardgate_pool_wait_seconds",
-                      "Time spent waiting for or opening a backend connection",
-                      MetricType::Histogram);
+  auto queries =
+      family("shardgate_queries_total", "Statements run on backends, by shard, node role and kind",
+             MetricType::Counter);
+  auto durations =
+      family("shardgate_query_duration_seconds",
+             "Statement latency seen by the proxy, by shard and role", MetricType::Histogram);
+  auto waits =
+      family("shardgate_pool_wait_seconds",
+             "Time spent waiting for or opening a backend connection", MetricType::Histogram);
   for (size_t s = 0; s < shards.size(); ++s) {
     for (int r = 0; r < 2; ++r) {
       for (size_t k = 0; k < proxy::kQueryKinds; ++k) {
         double v = sum([&](auto &st) {
           return st.queries[proxy::WorkerStats::qi(s, r, proxy::QueryKind(k))].load();
         });
-        queries.metric.push_back(metric(
-            {{"shard", shards[s].name}, {"role", roles[r]}, {"kind", kinds[k]}}, v,
-            MetricType::Counter));
+        queries.metric.push_back(
+            metric({{"shard", shards[s].name}, {"role", roles[r]}, {"kind", kinds[k]}}, v,
+                   MetricType::Counter));
       }
-      durations.metric.push_back(histogram({{"shard", shards[s].name}, {"role", roles[r]}},
-                                           workers, &proxy::WorkerStats::durations,
-                                           s * 2 + size_t(r)));
+      durations.metric.push_back(histogram({{"shard", shards[s].name}, {"role", roles[r]}}, workers,
+                                           &proxy::WorkerStats::durations, s * 2 + size_t(r)));
       waits.metric.push_back(histogram({{"shard", shards[s].name}, {"role", roles[r]}}, workers,
                                        &proxy::WorkerStats::pool_waits, s * 2 + size_t(r)));
     }
@@ -150,13 +152,13 @@ std::string Exporter::render() const {
 
   auto conns = family("shardgate_backend_connections", "Backend connections by node and state",
                       MetricType::Gauge);
-  auto pool_size = family("shardgate_pool_size", "Configured max connections per node",
-                          MetricType::Gauge);
-  auto up = family("shardgate_backend_up",
-                   "1 when the node serves; 0 when down, banned or lagging", MetricType::Gauge);
-  auto lag_bytes = family("shardgate_replica_lag_bytes",
-                          "Primary insert LSN minus replica replay LSN (+Inf when unknown)",
-                          MetricType::Gauge);
+  auto pool_size =
+      family("shardgate_pool_size", "Configured max connections per node", MetricType::Gauge);
+  auto up = family("shardgate_backend_up", "1 when the node serves; 0 when down, banned or lagging",
+                   MetricType::Gauge);
+  auto lag_bytes =
+      family("shardgate_replica_lag_bytes",
+             "Primary insert LSN minus replica replay LSN (+Inf when unknown)", MetricType::Gauge);
   auto lag_seconds = family("shardgate_replica_lag_seconds",
                             "Replay delay while behind (+Inf when unknown)", MetricType::Gauge);
   proxy::Millis now = proxy::now_ms();
@@ -182,17 +184,19 @@ std::string Exporter::render() const {
     auto &h = const_cast<proxy::HealthBoard &>(sh.health).node(n.id);
     proxy::Millis banned = h.banned_until.load();
     bool not_banned = banned == 0 || now >= banned;
-    bool serving = n.role == proxy::Role::primary ? h.up.load() && not_banned
-                                                  : h.serving.load() && not_banned;
+    bool serving =
+        n.role == proxy::Role::primary ? h.up.load() && not_banned : h.serving.load() && not_banned;
     up.metric.push_back(metric(l, serving ? 1 : 0, MetricType::Gauge));
     if (n.role == proxy::Role::replica) {
-      std::vector<ClientMetric::Label> ln = {{"shard", n.shard_name},
-                                             {"node", n.endpoint.label()}};
+      std::vector<ClientMetric::Label> ln = {{"shard", n.shard_name}, {"node", n.endpoint.label()}};
       int64_t b = h.lag_bytes.load(), ms = h.lag_ms.load();
       double inf = std::numeric_limits<double>::infinity();
       lag_bytes.metric.push_back(metric(ln, b < 0 ? inf : double(b), MetricType::Gauge));
-      lag_seconds.metric.push_back(
-          metric(ln, b < 0 ? inf : ms < 0 ? 0 : double(ms) / 1000.0, MetricType::Gauge));
+      lag_seconds.metric.push_back(metric(ln,
+                                          b < 0    ? inf
+                                          : ms < 0 ? 0
+                                                   : double(ms) / 1000.0,
+                                          MetricType::Gauge));
     }
   }
   out.push_back(std::move(conns));
@@ -201,9 +205,9 @@ std::string Exporter::render() const {
   out.push_back(std::move(lag_bytes));
   out.push_back(std::move(lag_seconds));
 
-  auto fallbacks = family("shardgate_read_fallbacks_total",
-                          "Reads sent to the primary instead of a replica, by reason",
-                          MetricType::Counter);
+  auto fallbacks =
+      family("shardgate_read_fallbacks_total",
+             "Reads sent to the primary instead of a replica, by reason", MetricType::Counter);
   for (size_t s = 0; s < shards.size(); ++s)
     for (size_t r = 0; r < proxy::kFallbackReasons; ++r)
       fallbacks.metric.push_back(metric(
@@ -211,8 +215,8 @@ std::string Exporter::render() const {
           double(sh.health.fallbacks(s, proxy::FallbackReason(r))), MetricType::Counter));
   out.push_back(std::move(fallbacks));
 
-  auto errors = family("shardgate_errors_total", "Errors by source and SQLSTATE class",
-                       MetricType::Counter);
+  auto errors =
+      family("shardgate_errors_total", "Errors by source and SQLSTATE class", MetricType::Counter);
   auto snap = sh.errors.snapshot();
   for (int src = 0; src < int(proxy::kErrorSources); ++src) {
     bool any = false;
@@ -223,13 +227,13 @@ std::string Exporter::render() const {
         any = true;
       }
     if (!any) // every source present from the start, so rate() works from the first error
-      errors.metric.push_back(metric({{"source", sources[src]}, {"sqlstate_class", "00"}}, 0,
-                                     MetricType::Counter));
+      errors.metric.push_back(
+          metric({{"source", sources[src]}, {"sqlstate_class", "00"}}, 0, MetricType::Counter));
   }
   out.push_back(std::move(errors));
 
-  auto epoch = family("shardgate_ring_epoch", "Topology epoch of the ring in use",
-                      MetricType::Gauge);
+  auto epoch =
+      family("shardgate_ring_epoch", "Topology epoch of the ring in use", MetricType::Gauge);
   epoch.metric.push_back(metric({}, double(sh.router.topology().epoch), MetricType::Gauge));
   out.push_back(std::move(epoch));
   auto build = family("shardgate_build_info", "Build information", MetricType::Gauge);
@@ -278,8 +282,8 @@ std::pair<int, std::string> Exporter::health() const {
       body += std::string(i ? "," : "") + node_json(sh.shard_replicas[s][i]).first;
     body += "]}";
   }
-  body = std::string("{\"status\":\"") + (ok ? "ok" : "unavailable") + "\"," + body.substr(1) +
-         "]}";
+  body =
+      std::string("{\"status\":\"") + (ok ? "ok" : "unavailable") + "\"," + body.substr(1) + "]}";
   return {ok ? 200 : 503, body};
 }
 

@@ -19,8 +19,8 @@ public:
   bool start(const std::string &host, uint16_t port, std::string &error);
   void stop();
 
-  std::string render() const;                     // the Prometheus text exposition
-  std::pair<int, std::string> health() const;     // HTTP status and JSON body
+  std::string render() const;                 // the Prometheus text exposition
+  std::pair<int, std::string> health() const; // HTTP status and JSON body
 
 private:
   void serve();

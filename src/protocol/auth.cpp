@@ -39,8 +39,8 @@ std::string_view as_view(const Key &k) {
 Key salted_password(std::string_view password, std::string_view salt, int iterations) {
   static std::mutex mu;
   static std::map<std::string, Key> cache;
-  std::string ck = std::string(password) + '\0' + std::string(salt) + '\0' +
-                   std::to_string(iterations);
+  std::string ck =
+      std::string(password) + '\0' + std::string(salt) + '\0' + std::to_string(iterations);
   {
     std::lock_guard lock(mu);
     if (auto it = cache.find(ck); it != cache.end())
@@ -72,7 +72,9 @@ std::optional<std::string_view> attr(std::string_view msg, char k) {
   return std::nullopt;
 }
 
-std::string make_nonce() { return base64_encode(random_bytes(18)); }
+std::string make_nonce() {
+  return base64_encode(random_bytes(18));
+}
 
 } // namespace
 
@@ -106,8 +108,7 @@ std::string random_bytes(size_t n) {
   return out;
 }
 
-std::string md5_password(std::string_view user, std::string_view password,
-                         std::string_view salt4) {
+std::string md5_password(std::string_view user, std::string_view password, std::string_view salt4) {
   auto md5hex = [](std::string_view data) {
     unsigned char d[EVP_MAX_MD_SIZE];
     unsigned int len = 0;
@@ -163,8 +164,7 @@ std::optional<std::string> ScramServer::handle_client_final(std::string_view msg
   auto channel = attr(without_proof, 'c');
   auto nonce = attr(without_proof, 'r');
   auto proof64 = attr(msg.substr(ppos + 1), 'p');
-  if (!channel || !nonce || !proof64 || *nonce != nonce_ ||
-      *channel != base64_encode(gs2_header_))
+  if (!channel || !nonce || !proof64 || *nonce != nonce_ || *channel != base64_encode(gs2_header_))
     return std::nullopt;
   auto proof = base64_decode(*proof64);
   if (!proof || proof->size() != 32)

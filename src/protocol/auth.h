@@ -15,8 +15,7 @@ std::optional<std::string> base64_decode(std::string_view in);
 std::string random_bytes(size_t n);
 
 // md5 password as PostgreSQL computes it: "md5" + md5hex(md5hex(password + user) + salt).
-std::string md5_password(std::string_view user, std::string_view password,
-                         std::string_view salt4);
+std::string md5_password(std::string_view user, std::string_view password, std::string_view salt4);
 
 // Derived SCRAM secrets for one password (what pg_authid stores for a SCRAM role).
 struct ScramSecret {

@@ -55,8 +55,20 @@ StartupView decode_startup(const uint8_t *data, size_t len, uint32_t max_len) {
 
 bool is_frontend_type(char type) {
   switch (type) {
-  case 'Q': case 'P': case 'B': case 'D': case 'E': case 'C': case 'S': case 'H':
-  case 'X': case 'd': case 'c': case 'f': case 'F': case 'p':
+  case 'Q':
+  case 'P':
+  case 'B':
+  case 'D':
+  case 'E':
+  case 'C':
+  case 'S':
+  case 'H':
+  case 'X':
+  case 'd':
+  case 'c':
+  case 'f':
+  case 'F':
+  case 'p':
     return true;
   default:
     return false;

@@ -16,8 +16,8 @@ struct FrameView {
   char type = 0;
   const uint8_t *body = nullptr;
   uint32_t body_len = 0;
-  size_t frame_len = 0;       // bytes to consume when ready; when need_more, the whole
-                              // frame's size once the header is in (0 before)
+  size_t frame_len = 0;        // bytes to consume when ready; when need_more, the whole
+                               // frame's size once the header is in (0 before)
   const char *error = nullptr; // static text when status == error
   std::string_view body_view() const { return {reinterpret_cast<const char *>(body), body_len}; }
 };
@@ -48,7 +48,9 @@ StartupView decode_startup(const uint8_t *data, size_t len, uint32_t max_len);
 inline uint32_t read_u32(const uint8_t *p) {
   return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | uint32_t(p[3]);
 }
-inline uint16_t read_u16(const uint8_t *p) { return uint16_t((p[0] << 8) | p[1]); }
+inline uint16_t read_u16(const uint8_t *p) {
+  return uint16_t((p[0] << 8) | p[1]);
+}
 
 // True for the message type bytes a frontend may send after startup.
 bool is_frontend_type(char type);

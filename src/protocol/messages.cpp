@@ -7,50 +7,88 @@ namespace sg::protocol {
 
 const char *to_string(Frontend t) {
   switch (t) {
-  case Frontend::Query: return "Query";
-  case Frontend::Parse: return "Parse";
-  case Frontend::Bind: return "Bind";
-  case Frontend::Describe: return "Describe";
-  case Frontend::Execute: return "Execute";
-  case Frontend::Close: return "Close";
-  case Frontend::Sync: return "Sync";
-  case Frontend::Flush: return "Flush";
-  case Frontend::Terminate: return "Terminate";
-  case Frontend::CopyData: return "CopyData";
-  case Frontend::CopyDone: return "CopyDone";
-  case Frontend::CopyFail: return "CopyFail";
-  case Frontend::FunctionCall: return "FunctionCall";
-  case Frontend::PasswordMessage: return "PasswordMessage";
+  case Frontend::Query:
+    return "Query";
+  case Frontend::Parse:
+    return "Parse";
+  case Frontend::Bind:
+    return "Bind";
+  case Frontend::Describe:
+    return "Describe";
+  case Frontend::Execute:
+    return "Execute";
+  case Frontend::Close:
+    return "Close";
+  case Frontend::Sync:
+    return "Sync";
+  case Frontend::Flush:
+    return "Flush";
+  case Frontend::Terminate:
+    return "Terminate";
+  case Frontend::CopyData:
+    return "CopyData";
+  case Frontend::CopyDone:
+    return "CopyDone";
+  case Frontend::CopyFail:
+    return "CopyFail";
+  case Frontend::FunctionCall:
+    return "FunctionCall";
+  case Frontend::PasswordMessage:
+    return "PasswordMessage";
   }
   return "Unknown";
 }
 
 const char *to_string(Backend t) {
   switch (t) {
-  case Backend::Authentication: return "Authentication";
-  case Backend::BackendKeyData: return "BackendKeyData";
-  case Backend::BindComplete: return "BindComplete";
-  case Backend::CloseComplete: return "CloseComplete";
-  case Backend::CommandComplete: return "CommandComplete";
-  case Backend::CopyData: return "CopyData";
-  case Backend::CopyDone: return "CopyDone";
-  case Backend::CopyInResponse: return "CopyInResponse";
-  case Backend::CopyOutResponse: return "CopyOutResponse";
-  case Backend::CopyBothResponse: return "CopyBothResponse";
-  case Backend::DataRow: return "DataRow";
-  case Backend::EmptyQueryResponse: return "EmptyQueryResponse";
-  case Backend::ErrorResponse: return "ErrorResponse";
-  case Backend::FunctionCallResponse: return "FunctionCallResponse";
-  case Backend::NegotiateProtocolVersion: return "NegotiateProtocolVersion";
-  case Backend::NoData: return "NoData";
-  case Backend::NoticeResponse: return "NoticeResponse";
-  case Backend::NotificationResponse: return "NotificationResponse";
-  case Backend::ParameterDescription: return "ParameterDescription";
-  case Backend::ParameterStatus: return "ParameterStatus";
-  case Backend::ParseComplete: return "ParseComplete";
-  case Backend::PortalSuspended: return "PortalSuspended";
-  case Backend::ReadyForQuery: return "ReadyForQuery";
-  case Backend::RowDescription: return "RowDescription";
+  case Backend::Authentication:
+    return "Authentication";
+  case Backend::BackendKeyData:
+    return "BackendKeyData";
+  case Backend::BindComplete:
+    return "BindComplete";
+  case Backend::CloseComplete:
+    return "CloseComplete";
+  case Backend::CommandComplete:
+    return "CommandComplete";
+  case Backend::CopyData:
+    return "CopyData";
+  case Backend::CopyDone:
+    return "CopyDone";
+  case Backend::CopyInResponse:
+    return "CopyInResponse";
+  case Backend::CopyOutResponse:
+    return "CopyOutResponse";
+  case Backend::CopyBothResponse:
+    return "CopyBothResponse";
+  case Backend::DataRow:
+    return "DataRow";
+  case Backend::EmptyQueryResponse:
+    return "EmptyQueryResponse";
+  case Backend::ErrorResponse:
+    return "ErrorResponse";
+  case Backend::FunctionCallResponse:
+    return "FunctionCallResponse";
+  case Backend::NegotiateProtocolVersion:
+    return "NegotiateProtocolVersion";
+  case Backend::NoData:
+    return "NoData";
+  case Backend::NoticeResponse:
+    return "NoticeResponse";
+  case Backend::NotificationResponse:
+    return "NotificationResponse";
+  case Backend::ParameterDescription:
+    return "ParameterDescription";
+  case Backend::ParameterStatus:
+    return "ParameterStatus";
+  case Backend::ParseComplete:
+    return "ParseComplete";
+  case Backend::PortalSuspended:
+    return "PortalSuspended";
+  case Backend::ReadyForQuery:
+    return "ReadyForQuery";
+  case Backend::RowDescription:
+    return "RowDescription";
   }
   return "Unknown";
 }
@@ -170,19 +208,32 @@ ErrorInfo parse_error_response(std::string_view body) {
       break;
     std::string_view v = r.cstr();
     switch (code) {
-    case 'V': e.severity = v; break;
-    case 'C': e.sqlstate = v; break;
-    case 'M': e.message = v; break;
-    case 'D': e.detail = v; break;
-    case 'H': e.hint = v; break;
-    default: break;
+    case 'V':
+      e.severity = v;
+      break;
+    case 'C':
+      e.sqlstate = v;
+      break;
+    case 'M':
+      e.message = v;
+      break;
+    case 'D':
+      e.detail = v;
+      break;
+    case 'H':
+      e.hint = v;
+      break;
+    default:
+      break;
     }
   }
   return e;
 }
 
 // Authentication: Int32 code, then code-specific data.
-void auth_ok(Bytes &out) { Writer(out, 'R').i32(0).finish(); }
+void auth_ok(Bytes &out) {
+  Writer(out, 'R').i32(0).finish();
+}
 void auth_md5(Bytes &out, const uint8_t salt[4]) {
   Writer(out, 'R').i32(5).raw({reinterpret_cast<const char *>(salt), 4}).finish();
 }
@@ -201,12 +252,24 @@ void parameter_status(Bytes &out, std::string_view name, std::string_view value)
 void backend_key_data(Bytes &out, int32_t pid, int32_t key) {
   Writer(out, 'K').i32(pid).i32(key).finish();
 }
-void ready_for_query(Bytes &out, char status) { Writer(out, 'Z').u8(uint8_t(status)).finish(); }
-void command_complete(Bytes &out, std::string_view tag) { Writer(out, 'C').cstr(tag).finish(); }
-void parse_complete(Bytes &out) { Writer(out, '1').finish(); }
-void bind_complete(Bytes &out) { Writer(out, '2').finish(); }
-void close_complete(Bytes &out) { Writer(out, '3').finish(); }
-void no_data(Bytes &out) { Writer(out, 'n').finish(); }
+void ready_for_query(Bytes &out, char status) {
+  Writer(out, 'Z').u8(uint8_t(status)).finish();
+}
+void command_complete(Bytes &out, std::string_view tag) {
+  Writer(out, 'C').cstr(tag).finish();
+}
+void parse_complete(Bytes &out) {
+  Writer(out, '1').finish();
+}
+void bind_complete(Bytes &out) {
+  Writer(out, '2').finish();
+}
+void close_complete(Bytes &out) {
+  Writer(out, '3').finish();
+}
+void no_data(Bytes &out) {
+  Writer(out, 'n').finish();
+}
 
 void startup_message(Bytes &out, const std::vector<std::pair<std::string, std::string>> &params) {
   Writer w(out);
@@ -222,8 +285,12 @@ void password_message(Bytes &out, std::string_view password) {
 void sasl_initial_response(Bytes &out, std::string_view mechanism, std::string_view data) {
   Writer(out, 'p').cstr(mechanism).i32(int32_t(data.size())).raw(data).finish();
 }
-void sasl_response(Bytes &out, std::string_view data) { Writer(out, 'p').raw(data).finish(); }
-void query(Bytes &out, std::string_view sql) { Writer(out, 'Q').cstr(sql).finish(); }
+void sasl_response(Bytes &out, std::string_view data) {
+  Writer(out, 'p').raw(data).finish();
+}
+void query(Bytes &out, std::string_view sql) {
+  Writer(out, 'Q').cstr(sql).finish();
+}
 void parse(Bytes &out, std::string_view name, std::string_view sql,
            const std::vector<uint32_t> &param_types) {
   Writer w(out, 'P');
@@ -232,8 +299,12 @@ void parse(Bytes &out, std::string_view name, std::string_view sql,
     w.i32(int32_t(t));
   w.finish();
 }
-void sync(Bytes &out) { Writer(out, 'S').finish(); }
-void terminate(Bytes &out) { Writer(out, 'X').finish(); }
+void sync(Bytes &out) {
+  Writer(out, 'S').finish();
+}
+void terminate(Bytes &out) {
+  Writer(out, 'X').finish();
+}
 void cancel_request(Bytes &out, int32_t pid, int32_t key) {
   Writer(out).i32(80877102).i32(pid).i32(key).finish();
 }

@@ -48,16 +48,15 @@ Task<std::unique_ptr<BackendConn>> connect_backend(const Node &node, uint32_t ti
     }
   };
   if (ec) {
-    fail(errc::backend_refused, "cannot connect to " + ep.label() + ": " + ec.message(),
-         "08001");
+    fail(errc::backend_refused, "cannot connect to " + ep.label() + ": " + ec.message(), "08001");
     co_return nullptr;
   }
   sock.set_option(tcp::no_delay(true));
 
   std::string out;
   // No application_name of our own: the client's (or none) is applied as a session setting.
-  protocol::startup_message(out, {{"user", ep.user},
-                                  {"database", ep.dbname.empty() ? ep.user : ep.dbname}});
+  protocol::startup_message(
+      out, {{"user", ep.user}, {"database", ep.dbname.empty() ? ep.user : ep.dbname}});
   co_await write_all(sock, out, ec);
   std::unique_ptr<protocol::ScramClient> scram;
   for (;;) {
@@ -98,8 +97,7 @@ Task<std::unique_ptr<BackendConn>> connect_backend(const Node &node, uint32_t ti
       } else if (code == 11 && scram) { // AuthenticationSASLContinue
         auto final = scram->handle_server_first(body.substr(4));
         if (!final) {
-          fail(errc::backend_auth_failed, ep.label() + " sent a malformed SCRAM message",
-               "08P01");
+          fail(errc::backend_auth_failed, ep.label() + " sent a malformed SCRAM message", "08P01");
           co_return nullptr;
         }
         protocol::sasl_response(out, *final);
@@ -111,8 +109,7 @@ Task<std::unique_ptr<BackendConn>> connect_backend(const Node &node, uint32_t ti
         }
       } else {
         fail(errc::backend_auth_failed,
-             ep.label() + " asked for unsupported authentication method " +
-                 std::to_string(code),
+             ep.label() + " asked for unsupported authentication method " + std::to_string(code),
              "28000");
         co_return nullptr;
       }
@@ -132,8 +129,8 @@ Task<std::unique_ptr<BackendConn>> connect_backend(const Node &node, uint32_t ti
     case 'E': {
       auto e = protocol::parse_error_response(body);
       bool auth = e.sqlstate.rfind("28", 0) == 0;
-      fail(auth ? errc::backend_auth_failed : errc::backend_refused,
-           ep.label() + ": " + e.message, e.sqlstate.empty() ? "08006" : e.sqlstate);
+      fail(auth ? errc::backend_auth_failed : errc::backend_refused, ep.label() + ": " + e.message,
+           e.sqlstate.empty() ? "08006" : e.sqlstate);
       co_return nullptr;
     }
     case 'Z':

@@ -15,7 +15,9 @@
 namespace sg::proxy {
 
 enum class Role : uint8_t { primary, replica };
-inline const char *to_string(Role r) { return r == Role::primary ? "primary" : "replica"; }
+inline const char *to_string(Role r) {
+  return r == Role::primary ? "primary" : "replica";
+}
 
 // One backend server: a shard's primary or one of its replicas.
 struct Node {
@@ -34,8 +36,8 @@ struct BackendConn {
   int32_t pid = 0;
   int32_t key = 0;
   std::vector<std::pair<std::string, std::string>> server_params;
-  std::unordered_set<uint32_t> prepared; // proxy statement ids prepared on this connection
-  uint64_t unnamed_owner = 0;            // who owns the unnamed statement here
+  std::unordered_set<uint32_t> prepared;       // proxy statement ids prepared on this connection
+  uint64_t unnamed_owner = 0;                  // who owns the unnamed statement here
   std::map<std::string, std::string> settings; // SET statements applied here, by name
   uint64_t settings_hash = 0;
   Buffer rbuf{32 * 1024};

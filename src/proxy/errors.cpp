@@ -15,13 +15,20 @@ public:
   const char *name() const noexcept override { return "shardgate"; }
   std::string message(int c) const override {
     switch (errc(c)) {
-    case errc::connect_timeout: return "timed out connecting to the backend";
-    case errc::backend_refused: return "the backend refused the connection";
-    case errc::backend_auth_failed: return "authentication to the backend failed";
-    case errc::backend_protocol: return "the backend broke the protocol";
-    case errc::backend_closed: return "the backend closed the connection";
-    case errc::pool_timeout: return "no backend connection became free in time";
-    case errc::node_down: return "the backend node is marked down";
+    case errc::connect_timeout:
+      return "timed out connecting to the backend";
+    case errc::backend_refused:
+      return "the backend refused the connection";
+    case errc::backend_auth_failed:
+      return "authentication to the backend failed";
+    case errc::backend_protocol:
+      return "the backend broke the protocol";
+    case errc::backend_closed:
+      return "the backend closed the connection";
+    case errc::pool_timeout:
+      return "no backend connection became free in time";
+    case errc::node_down:
+      return "the backend node is marked down";
     }
     return "unknown";
   }
@@ -42,20 +49,36 @@ std::mutex g_mu;
 const char *names[] = {"debug", "info", "warn", "error"};
 } // namespace
 
-void set_level(Level l) { g_level = int(l); }
-void set_json(bool json) { g_json = json; }
-bool enabled(Level l) { return int(l) >= g_level.load(std::memory_order_relaxed); }
+void set_level(Level l) {
+  g_level = int(l);
+}
+void set_json(bool json) {
+  g_json = json;
+}
+bool enabled(Level l) {
+  return int(l) >= g_level.load(std::memory_order_relaxed);
+}
 
 std::string escape_json(std::string_view s) {
   std::string out;
   out.reserve(s.size() + 2);
   for (char c : s) {
     switch (c) {
-    case '"': out += "\\\""; break;
-    case '\\': out += "\\\\"; break;
-    case '\n': out += "\\n"; break;
-    case '\r': out += "\\r"; break;
-    case '\t': out += "\\t"; break;
+    case '"':
+      out += "\\\"";
+      break;
+    case '\\':
+      out += "\\\\";
+      break;
+    case '\n':
+      out += "\\n";
+      break;
+    case '\r':
+      out += "\\r";
+      break;
+    case '\t':
+      out += "\\t";
+      break;
     default:
       if (uint8_t(c) < 0x20) {
         char buf[8];
@@ -69,8 +92,8 @@ std::string escape_json(std::string_view s) {
   return out;
 }
 
-std::string format_line(std::string_view ts, Level l, std::string_view event,
-                        const Fields &fields, bool json) {
+std::string format_line(std::string_view ts, Level l, std::string_view event, const Fields &fields,
+                        bool json) {
   std::string line;
   if (json) {
     line.append("{\"ts\":\"").append(ts).append("\",\"level\":\"").append(names[int(l)]);

@@ -19,7 +19,9 @@ enum class errc {
   node_down,
 };
 const std::error_category &category();
-inline std::error_code make_error_code(errc e) { return {int(e), category()}; }
+inline std::error_code make_error_code(errc e) {
+  return {int(e), category()};
+}
 
 // One JSON object per line on stderr: ts, level, event, then the given fields.
 namespace log {
@@ -29,9 +31,15 @@ void set_level(Level l);
 void set_json(bool json);
 bool enabled(Level l);
 void write(Level l, std::string_view event, const Fields &fields = {});
-inline void info(std::string_view e, const Fields &f = {}) { write(Level::info, e, f); }
-inline void warn(std::string_view e, const Fields &f = {}) { write(Level::warn, e, f); }
-inline void error(std::string_view e, const Fields &f = {}) { write(Level::error, e, f); }
+inline void info(std::string_view e, const Fields &f = {}) {
+  write(Level::info, e, f);
+}
+inline void warn(std::string_view e, const Fields &f = {}) {
+  write(Level::warn, e, f);
+}
+inline void error(std::string_view e, const Fields &f = {}) {
+  write(Level::error, e, f);
+}
 inline void debug(std::string_view e, const Fields &f = {}) {
   if (enabled(Level::debug))
     write(Level::debug, e, f);

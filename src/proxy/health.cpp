@@ -15,10 +15,14 @@ Millis now_ms() {
 
 const char *to_string(FallbackReason r) {
   switch (r) {
-  case FallbackReason::lag: return "lag";
-  case FallbackReason::down: return "down";
-  case FallbackReason::read_your_writes: return "read_your_writes";
-  case FallbackReason::no_replicas: return "no_replicas";
+  case FallbackReason::lag:
+    return "lag";
+  case FallbackReason::down:
+    return "down";
+  case FallbackReason::read_your_writes:
+    return "read_your_writes";
+  case FallbackReason::no_replicas:
+    return "no_replicas";
   }
   return "?";
 }
@@ -119,7 +123,9 @@ void HealthBoard::report_failure(size_t node, Millis now) {
                               {"ban_ms", std::to_string(after - now)}});
 }
 
-void HealthBoard::set_node_names(std::vector<std::string> names) { names_ = std::move(names); }
+void HealthBoard::set_node_names(std::vector<std::string> names) {
+  names_ = std::move(names);
+}
 
 void HealthBoard::report_success(size_t node) {
   NodeHealth &n = *nodes_[node];

@@ -29,8 +29,8 @@ struct ReplicaProbe {
 };
 
 struct LagReading {
-  bool known = false;   // false: the probe failed or timed out, so lag is infinite
-  bool broken = false;  // not in recovery, or no WAL receiver: a broken replica (never 0 lag)
+  bool known = false;  // false: the probe failed or timed out, so lag is infinite
+  bool broken = false; // not in recovery, or no WAL receiver: a broken replica (never 0 lag)
   uint64_t bytes = 0;
   std::optional<uint64_t> ms;
 };
@@ -64,7 +64,9 @@ public:
   void success();
   void failure(Millis now);
   Millis banned_until() const { return state_ == State::closed ? 0 : until_; }
-  bool is_open(Millis now) const { return state_ != State::closed && (now < until_ || state_ == State::half_open); }
+  bool is_open(Millis now) const {
+    return state_ != State::closed && (now < until_ || state_ == State::half_open);
+  }
 
 private:
   enum class State { closed, open, half_open };
@@ -83,16 +85,16 @@ const char *to_string(FallbackReason r);
 // when a node fails, recovers, or its ban has expired.
 struct NodeHealth {
   explicit NodeHealth(const config::Replicas &p) : gate(p), breaker(p) {}
-  std::atomic<bool> serving{false};    // replica: admitted by the lag gate
-  std::atomic<bool> up{false};         // last probe answered
-  std::atomic<int64_t> lag_bytes{-1};  // -1: unknown
+  std::atomic<bool> serving{false};   // replica: admitted by the lag gate
+  std::atomic<bool> up{false};        // last probe answered
+  std::atomic<int64_t> lag_bytes{-1}; // -1: unknown
   std::atomic<int64_t> lag_ms{-1};
-  std::atomic<Millis> caught_up_at{0}; // newest primary sample time whose LSN it replayed
-  std::atomic<Millis> banned_until{0}; // 0: breaker closed
+  std::atomic<Millis> caught_up_at{0};  // newest primary sample time whose LSN it replayed
+  std::atomic<Millis> banned_until{0};  // 0: breaker closed
   std::atomic<uint64_t> primary_lsn{0}; // primary: last sampled insert LSN
-  std::atomic<bool> probed{false};     // the monitor has finished a first probe
-  LagGate gate;                        // monitor thread only
-  uint32_t no_receiver_streak = 0;     // monitor thread only
+  std::atomic<bool> probed{false};      // the monitor has finished a first probe
+  LagGate gate;                         // monitor thread only
+  uint32_t no_receiver_streak = 0;      // monitor thread only
   std::mutex mu;
   Breaker breaker;
 };

@@ -19,8 +19,10 @@ std::optional<uint64_t> parse_lsn(std::string_view s) {
       return std::nullopt;
     uint64_t v = 0;
     for (char c : h) {
-      int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'A' && c <= 'F') ? c - 'A' + 10
-                                             : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
+      int d = (c >= '0' && c <= '9')   ? c - '0'
+              : (c >= 'A' && c <= 'F') ? c - 'A' + 10
+              : (c >= 'a' && c <= 'f') ? c - 'a' + 10
+                                       : -1;
       if (d < 0)
         return std::nullopt;
       v = (v << 4) | uint64_t(d);
@@ -143,16 +145,18 @@ void Monitor::probe_primary(const Node &n, void *slot) {
     h.probed = true;
     board_.report_success(n.id);
     if (!was_up)
-      log::info("backend_up", {{"shard", n.shard_name}, {"node", n.endpoint.label()},
-                               {"role", "primary"}});
+      log::info("backend_up",
+                {{"shard", n.shard_name}, {"node", n.endpoint.label()}, {"role", "primary"}});
   } catch (const std::exception &e) {
     conn.reset();
     h.up = false;
     h.probed = true;
     board_.report_failure(n.id, now_ms());
     if (was_up)
-      log::warn("backend_down", {{"shard", n.shard_name}, {"node", n.endpoint.label()},
-                                 {"role", "primary"}, {"error", e.what()}});
+      log::warn("backend_down", {{"shard", n.shard_name},
+                                 {"node", n.endpoint.label()},
+                                 {"role", "primary"},
+                                 {"error", e.what()}});
   }
 }
 
@@ -163,9 +167,10 @@ void Monitor::probe_replica(const Node &n, void *slot, bool again) {
   ReplicaProbe p;
   std::string error;
   try {
-    auto row = query1(slot, n,
-                      "SELECT pg_is_in_recovery(), coalesce(pg_last_wal_replay_lsn()::text, '0/0'), "
-                      "(SELECT count(*) FROM pg_stat_wal_receiver)");
+    auto row =
+        query1(slot, n,
+               "SELECT pg_is_in_recovery(), coalesce(pg_last_wal_replay_lsn()::text, '0/0'), "
+               "(SELECT count(*) FROM pg_stat_wal_receiver)");
     p.in_recovery = row[0].as<bool>();
     p.replay_lsn = parse_lsn(row[1].c_str()).value_or(0);
     p.receiver_running = row[2].as<int64_t>() > 0;
@@ -239,7 +244,9 @@ void Monitor::probe_replica(const Node &n, void *slot, bool again) {
   if (was_serving != serving) {
     log::Fields f{{"shard", n.shard_name}, {"node", n.endpoint.label()}, {"role", "replica"}};
     if (!serving) {
-      f.emplace_back("reason", !r.known ? "probe failed" : r.broken ? "no WAL receiver / not in recovery" : "lag");
+      f.emplace_back("reason", !r.known   ? "probe failed"
+                               : r.broken ? "no WAL receiver / not in recovery"
+                                          : "lag");
       f.emplace_back("lag_bytes", r.known ? std::to_string(r.bytes) : "unknown");
       if (!error.empty())
         f.emplace_back("error", error);

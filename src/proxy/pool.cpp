@@ -51,7 +51,8 @@ std::unique_ptr<BackendConn> Pool::try_acquire() {
 
 Task<std::unique_ptr<BackendConn>> Pool::acquire(ConnectError &err) {
   auto ex = co_await asio::this_coro::executor;
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(cfg_.pool_timeout_ms);
+  auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(cfg_.pool_timeout_ms);
   for (;;) {
     if (auto idle = try_acquire())
       co_return idle;
@@ -118,7 +119,6 @@ void Pool::release(std::unique_ptr<BackendConn> conn) {
   publish();
   wake_one();
 }
-
 
 void Pool::close_idle() {
   open_ -= idle_.size();

@@ -62,8 +62,10 @@ Shared::Shared(config::Config c)
   health.set_node_names(std::move(names));
   // SCRAM secrets are derived once (PBKDF2 is slow by design), with a fresh salt per start.
   for (const auto &u : cfg.users)
-    secrets.emplace(u.name, protocol::make_scram_secret(u.password, protocol::random_bytes(16), 4096));
-  mock_secret = protocol::make_scram_secret(protocol::random_bytes(16), protocol::random_bytes(16), 4096);
+    secrets.emplace(u.name,
+                    protocol::make_scram_secret(u.password, protocol::random_bytes(16), 4096));
+  mock_secret =
+      protocol::make_scram_secret(protocol::random_bytes(16), protocol::random_bytes(16), 4096);
 }
 
 std::optional<std::vector<std::pair<std::string, std::string>>> Shared::server_params() const {
@@ -147,8 +149,9 @@ int Server::run(const std::function<void()> &on_ready, const std::function<void(
     ::setsockopt(acc.native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     acc.bind(ep, ec);
     if (ec) {
-      log::error("listen_failed", {{"listen", pc.listen_host + ":" + std::to_string(pc.listen_port)},
-                                   {"error", ec.message()}});
+      log::error("listen_failed",
+                 {{"listen", pc.listen_host + ":" + std::to_string(pc.listen_port)},
+                  {"error", ec.message()}});
       return 1;
     }
     acc.listen(asio::socket_base::max_listen_connections, ec);
@@ -169,12 +172,12 @@ int Server::run(const std::function<void()> &on_ready, const std::function<void(
   }
   if (on_ready)
     on_ready();
-  log::info("started", {{"listen", pc.listen_host + ":" + std::to_string(pc.listen_port)},
-                        {"workers", std::to_string(nworkers)},
-                        {"shards", std::to_string(shared_->cfg.shards.size())},
-                        {"pool_mode", pc.pool_mode == config::PoolMode::session ? "session"
-                                                                                : "transaction"},
-                        {"config", shared_->cfg.path}});
+  log::info("started",
+            {{"listen", pc.listen_host + ":" + std::to_string(pc.listen_port)},
+             {"workers", std::to_string(nworkers)},
+             {"shards", std::to_string(shared_->cfg.shards.size())},
+             {"pool_mode", pc.pool_mode == config::PoolMode::session ? "session" : "transaction"},
+             {"config", shared_->cfg.path}});
 
   // SIGTERM/SIGINT: stop accepting, let sessions finish for a bounded time, then stop.
   asio::io_context signal_io;

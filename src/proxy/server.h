@@ -37,7 +37,9 @@ public:
   std::shared_ptr<CancelSlot> find(int32_t pid, int32_t key);
 
 private:
-  static uint64_t k(int32_t pid, int32_t key) { return (uint64_t(uint32_t(pid)) << 32) | uint32_t(key); }
+  static uint64_t k(int32_t pid, int32_t key) {
+    return (uint64_t(uint32_t(pid)) << 32) | uint32_t(key);
+  }
   std::mutex mu_;
   std::unordered_map<uint64_t, std::weak_ptr<CancelSlot>> map_;
 };
@@ -46,13 +48,13 @@ struct Shared {
   explicit Shared(config::Config c);
   config::Config cfg;
   router::Router router;
-  std::vector<Node> nodes;                       // every backend node
-  std::vector<size_t> shard_primary;             // node id per shard
+  std::vector<Node> nodes;           // every backend node
+  std::vector<size_t> shard_primary; // node id per shard
   std::vector<std::vector<size_t>> shard_replicas;
   std::unordered_map<std::string, protocol::ScramSecret> secrets; // per configured user
-  protocol::ScramSecret mock_secret;             // for unknown users: fail like a bad password
-  HealthBoard health;                            // node state: monitor and sessions
-  ErrorStats errors;                             // errors by source and SQLSTATE class
+  protocol::ScramSecret mock_secret; // for unknown users: fail like a bad password
+  HealthBoard health;                // node state: monitor and sessions
+  ErrorStats errors;                 // errors by source and SQLSTATE class
   CancelRegistry cancels;
   std::atomic<int32_t> next_pid{1000};
 

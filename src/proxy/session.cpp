@@ -108,7 +108,9 @@ void Session::error(const std::string &sqlstate, const std::string &msg, const s
   protocol::error_response(*sink_, e);
 }
 
-void Session::ready() { protocol::ready_for_query(*sink_, tx_); }
+void Session::ready() {
+  protocol::ready_for_query(*sink_, tx_);
+}
 
 Task<bool> Session::flush() {
   if (out_.empty())
@@ -182,9 +184,8 @@ Task<bool> Session::startup() {
     }
     if (code != uint32_t(protocol::StartupCode::protocol_v3))
       co_return co_await fatal("0A000",
-                               "unsupported frontend protocol " + std::to_string(code >> 16) +
-                                   "." + std::to_string(code & 0xffff) +
-                                   ": server supports 3.0 to 3.0");
+                               "unsupported frontend protocol " + std::to_string(code >> 16) + "." +
+                                   std::to_string(code & 0xffff) + ": server supports 3.0 to 3.0");
     auto parsed = protocol::parse_startup_params(body);
     if (!parsed)
       co_return co_await fatal("08P01", "invalid startup packet layout: expected terminator as "
@@ -266,12 +267,16 @@ Task<bool> Session::authenticate(const std::string &user) {
       co_return false;
     protocol::Reader r(body);
     std::string_view got = r.cstr();
-    if (!known || !r.ok() || got != protocol::md5_password(user, [&] {
-          for (auto &u : sh_.cfg.users)
-            if (u.name == user)
-              return u.password;
-          return std::string();
-        }(), salt))
+    if (!known || !r.ok() ||
+        got != protocol::md5_password(
+                   user,
+                   [&] {
+                     for (auto &u : sh_.cfg.users)
+                       if (u.name == user)
+                         return u.password;
+                     return std::string();
+                   }(),
+                   salt))
       co_return co_await failed();
   } else {
     const protocol::ScramSecret &secret = known ? it->second : sh_.mock_secret;
@@ -322,8 +327,8 @@ Task<bool> Session::send_server_params() {
     for (auto &[sk, sv] : startup_params_) {
       if (sk == lk && (lk == "application_name" || lk == "datestyle" || lk == "timezone" ||
                        lk == "intervalstyle" || lk == "client_encoding"))
-        value = (lk == "client_encoding" && (lower(sv) == "utf8" || lower(sv) == "utf-8" ||
-                                             lower(sv) == "unicode"))
+        value = (lk == "client_encoding" &&
+                 (lower(sv) == "utf8" || lower(sv) == "utf-8" || lower(sv) == "unicode"))
                     ? "UTF8"
                     : sv;
     }
@@ -476,7 +481,7 @@ std::optional<size_t> Session::choose_node(size_t shard, bool read, size_t exclu
         rr = uint32_t(idx + 1);
         return cand;
       }
-      reason = saw_ryw ? FallbackReason::read_your_writes
+      reason = saw_ryw   ? FallbackReason::read_your_writes
                : saw_lag ? FallbackReason::lag
                          : FallbackReason::down;
     }
@@ -520,10 +525,10 @@ Task<BackendConn *> Session::attach_slow(size_t shard, size_t node) {
   w_.stats.clients_waiting.fetch_add(1, std::memory_order_relaxed);
   auto conn = co_await pool->acquire(err);
   w_.stats.clients_waiting.fetch_sub(1, std::memory_order_relaxed);
-  w_.stats.pool_waits[shard * 2 + (node == primary ? 0 : 1)].observe(uint64_t(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() -
-                                                           waited_from)
-          .count()));
+  w_.stats.pool_waits[shard * 2 + (node == primary ? 0 : 1)].observe(
+      uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                   std::chrono::steady_clock::now() - waited_from)
+                   .count()));
   // Only failing to reach the node counts against it: a full pool or a login the server
   // refused (configuration) says nothing about its health.
   auto node_failed = [&] {
@@ -569,9 +574,9 @@ void Session::unreachable(size_t shard, const std::string &sqlstate, const std::
 void Session::record_query(size_t shard, const BackendConn &b, QueryKind kind,
                            std::chrono::steady_clock::time_point start, std::string_view shape) {
   int role = b.node->role == Role::primary ? 0 : 1;
-  auto ns = uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                         std::chrono::steady_clock::now() - start)
-                         .count());
+  auto ns = uint64_t(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start)
+          .count());
   w_.stats.count_query(shard, role, kind);
   w_.stats.durations[shard * 2 + size_t(role)].observe(ns);
   uint32_t slow = sh_.cfg.log.slow_query_ms;
@@ -787,8 +792,7 @@ Task<bool> Session::relay(BackendConn &b) {
           if (!last_sqlstate_.empty() && in_tx())
             fail_transaction_by_proxy();
           sink_->back() = tx_;
-        }
-        else
+        } else
           tx_ = b.tx_status;
       }
       exp_.pop_front();
@@ -995,7 +999,8 @@ Task<void> Session::query_loop() {
     case 'f':
       break; // outside COPY these are ignored, as PostgreSQL does
     default:
-      co_await fatal("08P01", "invalid frontend message type " + std::to_string(int(uint8_t(m.type))));
+      co_await fatal("08P01",
+                     "invalid frontend message type " + std::to_string(int(uint8_t(m.type))));
       co_return;
     }
     if (!ok)
@@ -1007,10 +1012,14 @@ namespace {
 
 QueryKind kind_of(router::StmtKind k) {
   switch (k) {
-  case router::StmtKind::read: return QueryKind::read;
-  case router::StmtKind::write: return QueryKind::write;
-  case router::StmtKind::ddl: return QueryKind::ddl;
-  default: return QueryKind::other;
+  case router::StmtKind::read:
+    return QueryKind::read;
+  case router::StmtKind::write:
+    return QueryKind::write;
+  case router::StmtKind::ddl:
+    return QueryKind::ddl;
+  default:
+    return QueryKind::other;
   }
 }
 
@@ -1031,10 +1040,17 @@ void count_route(WorkerStats &stats, router::TargetKind kind, const router::Stat
   case router::TargetKind::by_key:
     stats.count_route(p.keys.size() > 1 ? RouteStat::multi : RouteStat::single);
     break;
-  case router::TargetKind::default_shard: stats.count_route(RouteStat::default_shard); break;
-  case router::TargetKind::all_primaries: stats.count_route(RouteStat::broadcast); break;
-  case router::TargetKind::error: stats.count_route(RouteStat::error); break;
-  case router::TargetKind::none: break;
+  case router::TargetKind::default_shard:
+    stats.count_route(RouteStat::default_shard);
+    break;
+  case router::TargetKind::all_primaries:
+    stats.count_route(RouteStat::broadcast);
+    break;
+  case router::TargetKind::error:
+    stats.count_route(RouteStat::error);
+    break;
+  case router::TargetKind::none:
+    break;
   }
 }
 
@@ -1060,8 +1076,8 @@ Task<bool> Session::on_query(std::string sql) {
   bool single = stmts.size() == 1;
 
   if (proxy_failed_) {
-    if (single && (first.kind == router::StmtKind::commit ||
-                   first.kind == router::StmtKind::rollback)) {
+    if (single &&
+        (first.kind == router::StmtKind::commit || first.kind == router::StmtKind::rollback)) {
       last_tag_ = "ROLLBACK";
       if (tx_shard_ >= 0 && attached_[size_t(tx_shard_)].conn) {
         BackendConn &b = *attached_[size_t(tx_shard_)].conn;
@@ -1079,7 +1095,8 @@ Task<bool> Session::on_query(std::string sql) {
       ready();
       co_return true;
     }
-    error("25P02", "current transaction is aborted, commands ignored until end of transaction block");
+    error("25P02",
+          "current transaction is aborted, commands ignored until end of transaction block");
     ready();
     co_return true;
   }
@@ -1269,12 +1286,13 @@ Task<bool> Session::on_query(std::string sql) {
     }
     detach_if_idle();
     if (was_tx || forwarded_any_)
-      co_return co_await fatal("08006", "lost the connection to shard \"" +
-                                            sh_.cfg.shards[size_t(shard)].name +
-                                            (was_tx ? "\" inside a transaction; the transaction is lost"
-                                                    : "\" in the middle of a result"));
-    error("08006", "lost the connection to shard \"" + sh_.cfg.shards[size_t(shard)].name +
-                       "\" (" + b->node->endpoint.label() + ") while running the statement",
+      co_return co_await fatal(
+          "08006", "lost the connection to shard \"" + sh_.cfg.shards[size_t(shard)].name +
+                       (was_tx ? "\" inside a transaction; the transaction is lost"
+                               : "\" in the middle of a result"));
+    error("08006",
+          "lost the connection to shard \"" + sh_.cfg.shards[size_t(shard)].name + "\" (" +
+              b->node->endpoint.label() + ") while running the statement",
           read ? "the read was retried once on another node and failed again"
                : "the statement may or may not have run; writes are never retried blindly");
     tx_ = tx_before; // a deferred transaction never reached a server: it fails as a whole
@@ -1420,17 +1438,28 @@ Task<bool> Session::on_function_call(Msg m) {
 void Session::synthesize_batch(const std::vector<Msg> &batch, const std::string &tag) {
   for (const Msg &m : batch) {
     switch (m.type) {
-    case 'P': protocol::parse_complete(*sink_); break;
-    case 'B': protocol::bind_complete(*sink_); break;
+    case 'P':
+      protocol::parse_complete(*sink_);
+      break;
+    case 'B':
+      protocol::bind_complete(*sink_);
+      break;
     case 'D':
       if (!m.body.empty() && m.body[0] == 'S')
         protocol::Writer(*sink_, 't').i16(0).finish(); // ParameterDescription: no parameters
       protocol::no_data(*sink_);
       break;
-    case 'E': protocol::command_complete(*sink_, tag); break;
-    case 'C': protocol::close_complete(*sink_); break;
-    case 'S': ready(); break;
-    default: break;
+    case 'E':
+      protocol::command_complete(*sink_, tag);
+      break;
+    case 'C':
+      protocol::close_complete(*sink_);
+      break;
+    case 'S':
+      ready();
+      break;
+    default:
+      break;
     }
   }
 }
@@ -1458,7 +1487,7 @@ Task<bool> Session::on_batch() {
   const router::StatementPlan *single_none = nullptr; // the lone Bind, if it has no shard
   int binds = 0;
   std::vector<std::string> closed;
-  std::vector<std::string> registered; // names this batch's Parses (re)defined
+  std::vector<std::string> registered;     // names this batch's Parses (re)defined
   const ClientStmt *first_bound = nullptr; // for metrics and the slow-query log
   QueryKind batch_kind = QueryKind::other;
   std::vector<router::ParamValue> params;
@@ -1473,7 +1502,8 @@ Task<bool> Session::on_batch() {
         co_return co_await fatal("08P01", "invalid Parse message");
       std::string name(p->name);
       if (!name.empty() && stmts_.count(name)) {
-        rerr = router::RouteError{"42P05", "prepared statement \"" + name + "\" already exists", ""};
+        rerr =
+            router::RouteError{"42P05", "prepared statement \"" + name + "\" already exists", ""};
         break;
       }
       it.target_name = name;
@@ -1497,8 +1527,8 @@ Task<bool> Session::on_batch() {
         co_return co_await fatal("08P01", "invalid Bind message");
       auto sit = stmts_.find(std::string(b->statement));
       if (sit == stmts_.end()) {
-        rerr = router::RouteError{"26000", "prepared statement \"" + std::string(b->statement) +
-                                               "\" does not exist", ""};
+        rerr = router::RouteError{
+            "26000", "prepared statement \"" + std::string(b->statement) + "\" does not exist", ""};
         break;
       }
       it.st = &sit->second;
@@ -1540,9 +1570,10 @@ Task<bool> Session::on_batch() {
         if (shard < 0)
           shard = int(r.shard);
         else if (shard != int(r.shard))
-          rerr = router::RouteError{"0A000", "this pipeline touches more than one shard before Sync",
-                                    "send a Sync between statements for different shards; "
-                                    "cross-shard transactions are not supported yet"};
+          rerr =
+              router::RouteError{"0A000", "this pipeline touches more than one shard before Sync",
+                                 "send a Sync between statements for different shards; "
+                                 "cross-shard transactions are not supported yet"};
       }
       if (sp.kind != router::StmtKind::read)
         all_read = false;
@@ -1560,8 +1591,8 @@ Task<bool> Session::on_batch() {
         auto sit = stmts_.find(it.target_name);
         if (m.type == 'D') {
           if (sit == stmts_.end()) {
-            rerr = router::RouteError{"26000", "prepared statement \"" + it.target_name +
-                                                   "\" does not exist", ""};
+            rerr = router::RouteError{
+                "26000", "prepared statement \"" + it.target_name + "\" does not exist", ""};
             break;
           }
           it.st = &sit->second;
@@ -1611,7 +1642,8 @@ Task<bool> Session::on_batch() {
   if (proxy_failed_) {
     if (binds == 1 && single_none &&
         (single_none->kind == router::StmtKind::commit ||
-         single_none->kind == router::StmtKind::rollback) && ends_sync) {
+         single_none->kind == router::StmtKind::rollback) &&
+        ends_sync) {
       if (tx_shard_ >= 0 && attached_[size_t(tx_shard_)].conn) {
         BackendConn &b = *attached_[size_t(tx_shard_)].conn;
         wbuf_.clear();
@@ -1628,8 +1660,10 @@ Task<bool> Session::on_batch() {
       synthesize_batch(batch, "ROLLBACK");
       co_return true;
     }
-    rerr = router::RouteError{"25P02", "current transaction is aborted, commands ignored until "
-                                       "end of transaction block", ""};
+    rerr = router::RouteError{"25P02",
+                              "current transaction is aborted, commands ignored until "
+                              "end of transaction block",
+                              ""};
     co_return co_await finish_error();
   }
 
@@ -1726,7 +1760,9 @@ Task<bool> Session::on_batch() {
   }
 
   if (shard < 0)
-    shard = batch_shard_ >= 0 ? batch_shard_ : tx_bound ? tx_shard_ : int(sh_.router.default_shard());
+    shard = batch_shard_ >= 0 ? batch_shard_
+            : tx_bound        ? tx_shard_
+                              : int(sh_.router.default_shard());
   if ((tx_bound && shard != tx_shard_) || (batch_shard_ >= 0 && shard != batch_shard_)) {
     int held = tx_bound ? tx_shard_ : batch_shard_;
     rerr = router::RouteError{"0A000",
@@ -1737,20 +1773,23 @@ Task<bool> Session::on_batch() {
                               "transactions (2PC) are not supported yet"};
     co_return co_await finish_error();
   }
-  bool read = any_bind && all_read && batch_shard_ < 0 &&
-              (!in_tx() || (tx_read_only_ && !tx_bound));
+  bool read =
+      any_bind && all_read && batch_shard_ < 0 && (!in_tx() || (tx_read_only_ && !tx_bound));
   // Parse/Describe with no Bind/Execute, when no shard is held (asyncpg prepares this way, cut
   // by Flush): describe on a connection of its own, outside any transaction, and close it with
   // our own Sync, so that it pins no shard; the Bind that follows routes by its key.
-  bool side = binds == 0 && batch_shard_ < 0 && !tx_bound && needs_backend &&
-              std::none_of(items.begin(), items.end(), [](const Item &i) { return i.m->type == 'E'; });
+  bool side =
+      binds == 0 && batch_shard_ < 0 && !tx_bound && needs_backend &&
+      std::none_of(items.begin(), items.end(), [](const Item &i) { return i.m->type == 'E'; });
   if (log::enabled(log::Level::debug)) {
     std::string types;
     for (auto &m : batch)
       types.push_back(m.type);
     auto f = log_fields();
-    f.insert(f.end(), {{"messages", types}, {"shard", std::to_string(shard)},
-                       {"tx", std::string(1, tx_)}, {"side", side ? "yes" : "no"}});
+    f.insert(f.end(), {{"messages", types},
+                       {"shard", std::to_string(shard)},
+                       {"tx", std::string(1, tx_)},
+                       {"side", side ? "yes" : "no"}});
     log::debug("batch", f);
   }
   auto started = std::chrono::steady_clock::now();
@@ -1852,8 +1891,9 @@ Task<bool> Session::on_batch() {
       co_return co_await fatal("08006", "lost the connection to shard \"" +
                                             sh_.cfg.shards[size_t(shard)].name +
                                             "\" inside a transaction; the transaction is lost");
-    error("08006", "lost the connection to shard \"" + sh_.cfg.shards[size_t(shard)].name +
-                       "\" while running the statement",
+    error("08006",
+          "lost the connection to shard \"" + sh_.cfg.shards[size_t(shard)].name +
+              "\" while running the statement",
           "the statement may or may not have run; retry if it is safe to");
     if (ends_sync)
       ready();

@@ -9,9 +9,9 @@
 #include "router/router.h"
 
 #include <deque>
-#include <optional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -39,12 +39,12 @@ private:
   struct Pending {
     Pending(Expect k, bool fwd = true) : kind(k), forward(fwd) {}
     Expect kind;
-    bool forward = true;       // false: swallow the success responses (proxy-injected)
-    uint32_t parse_id = 0;     // for an injected/forwarded Parse: forget it on error
+    bool forward = true;   // false: swallow the success responses (proxy-injected)
+    uint32_t parse_id = 0; // for an injected/forwarded Parse: forget it on error
     bool parse_unnamed = false;
     bool client_parse = false; // answers the client's own Parse of client_name
     std::string client_name;
-    std::string synthetic;     // bytes the proxy answers with itself
+    std::string synthetic; // bytes the proxy answers with itself
   };
 
   struct Attached {
@@ -115,9 +115,9 @@ private:
   Shared &sh_;
   tcp::socket sock_;
   Buffer cbuf_;
-  std::string out_;            // bytes for the client, written at flush()
-  std::string *sink_ = &out_;  // redirected to a capture during broadcast
-  std::string wbuf_;           // bytes for the backend
+  std::string out_;           // bytes for the client, written at flush()
+  std::string *sink_ = &out_; // redirected to a capture during broadcast
+  std::string wbuf_;          // bytes for the backend
   std::string user_;
   std::string peer_;
   uint64_t id_ = 0;
@@ -142,17 +142,17 @@ private:
   std::string deferred_;           // BEGIN/SAVEPOINT text not yet sent (no shard chosen yet)
   bool proxy_failed_ = false;      // transaction failed by a proxy-side error
   std::deque<Pending> exp_;
-  bool forwarded_any_ = false;     // backend bytes reached the client for the current request
-  std::string last_sqlstate_;      // of the last ErrorResponse relayed
-  std::string last_tag_;           // of the last CommandComplete relayed
+  bool forwarded_any_ = false; // backend bytes reached the client for the current request
+  std::string last_sqlstate_;  // of the last ErrorResponse relayed
+  std::string last_tag_;       // of the last CommandComplete relayed
   bool session_mode_ = false;
-  int attached_count_ = 0;         // backends held now (metrics: active vs idle clients)
-  bool counted_ = false;           // counted in the worker's connected clients
-  bool closing_ = false;           // a FATAL was sent: the session ends, nothing more is said
-  bool side_batch_ = false;        // a describe-only batch outside the client's open transaction
-  bool tx_read_only_ = false;      // BEGIN READ ONLY: the transaction may run on a replica
-  bool tx_wrote_ = false;          // the open transaction wrote: stamp read-your-writes at its end
-  std::vector<int64_t> ryw_at_;    // per shard: when this session last committed a write there
+  int attached_count_ = 0;      // backends held now (metrics: active vs idle clients)
+  bool counted_ = false;        // counted in the worker's connected clients
+  bool closing_ = false;        // a FATAL was sent: the session ends, nothing more is said
+  bool side_batch_ = false;     // a describe-only batch outside the client's open transaction
+  bool tx_read_only_ = false;   // BEGIN READ ONLY: the transaction may run on a replica
+  bool tx_wrote_ = false;       // the open transaction wrote: stamp read-your-writes at its end
+  std::vector<int64_t> ryw_at_; // per shard: when this session last committed a write there
 };
 
 } // namespace sg::proxy

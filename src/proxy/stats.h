@@ -5,9 +5,9 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
-#include <map>
 #include <string>
 #include <vector>
 
@@ -21,8 +21,8 @@ enum class ErrorSource : uint8_t { client, backend, proxy };
 constexpr size_t kErrorSources = 3;
 
 // Latency buckets in seconds (upper bounds); a final +Inf bucket is implied.
-constexpr std::array<double, 14> kLatencyBuckets = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-                                                    0.025,  0.05,    0.1,    0.25,  0.5,   1.0,  5.0};
+constexpr std::array<double, 14> kLatencyBuckets = {
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0};
 
 struct Histogram {
   std::array<std::atomic<uint64_t>, kLatencyBuckets.size() + 1> buckets{}; // non-cumulative
@@ -45,12 +45,12 @@ struct WorkerStats {
         pool_waits(shards * 2) {}
   size_t shards_;
   std::vector<std::atomic<uint64_t>> queries; // [shard][role][kind]
-  std::vector<Histogram> durations;          // [shard][role]
-  std::vector<Histogram> pool_waits;         // [shard][role]
+  std::vector<Histogram> durations;           // [shard][role]
+  std::vector<Histogram> pool_waits;          // [shard][role]
   std::array<std::atomic<uint64_t>, kRouteStats> routes{};
-  std::atomic<int64_t> clients{0};           // connected, past startup
-  std::atomic<int64_t> clients_active{0};    // holding a backend
-  std::atomic<int64_t> clients_waiting{0};   // waiting for a pooled connection
+  std::atomic<int64_t> clients{0};         // connected, past startup
+  std::atomic<int64_t> clients_active{0};  // holding a backend
+  std::atomic<int64_t> clients_waiting{0}; // waiting for a pooled connection
 
   static size_t qi(size_t shard, int role, QueryKind k) {
     return (shard * 2 + size_t(role)) * kQueryKinds + size_t(k);

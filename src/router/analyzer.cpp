@@ -33,12 +33,22 @@ struct Facts {
 };
 
 bool is_volatile_function(std::string_view name) {
-  static const char *names[] = {"nextval", "setval", "lastval", "currval", "txid_current",
-                                "pg_current_xact_id", "pg_advisory_lock",
-                                "pg_advisory_xact_lock", "pg_try_advisory_lock",
-                                "pg_try_advisory_xact_lock", "pg_advisory_unlock",
-                                "pg_advisory_lock_shared", "pg_advisory_unlock_all",
-                                "pg_notify", "set_config", "pg_sleep_for_update"};
+  static const char *names[] = {"nextval",
+                                "setval",
+                                "lastval",
+                                "currval",
+                                "txid_current",
+                                "pg_current_xact_id",
+                                "pg_advisory_lock",
+                                "pg_advisory_xact_lock",
+                                "pg_try_advisory_lock",
+                                "pg_try_advisory_xact_lock",
+                                "pg_advisory_unlock",
+                                "pg_advisory_lock_shared",
+                                "pg_advisory_unlock_all",
+                                "pg_notify",
+                                "set_config",
+                                "pg_sleep_for_update"};
   for (auto n : names)
     if (name == n)
       return true;
@@ -271,8 +281,7 @@ private:
     const auto &t = tables_[size_t(table)];
     p.target = TargetKind::error;
     p.table = table;
-    p.error = {"0A000",
-               "statement on sharded table \"" + t.name + "\" has no usable shard key",
+    p.error = {"0A000", "statement on sharded table \"" + t.name + "\" has no usable shard key",
                "add \"" + t.key + " = <value>\" or \"" + t.key +
                    " IN (...)\" to the top-level WHERE; cross-shard statements are not "
                    "supported yet"};
@@ -307,7 +316,7 @@ private:
 
   void plan_select(StatementPlan &p, const PgQuery__SelectStmt *s, const Facts &f) const {
     p.kind = (f.locking || f.dml > 0 || f.volatile_fn || s->into_clause) ? StmtKind::write
-                                                                           : StmtKind::read;
+                                                                         : StmtKind::read;
     if (s->op != PG_QUERY__SET_OPERATION__SETOP_NONE) {
       // UNION etc.: only fine when no sharded table is involved.
       route_by_where(p, f, {}, nullptr);
@@ -458,12 +467,12 @@ StatementPlan Analyzer::plan(const Node *stmt) {
     case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_START:
       p.kind = StmtKind::begin;
       p.tag = t->kind == PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_BEGIN ? "BEGIN"
-                                                                            : "START TRANSACTION";
+                                                                           : "START TRANSACTION";
       for (size_t i = 0; i < t->n_options; ++i) {
         const Node *o = t->options[i];
         if (o->node_case == PG_QUERY__NODE__NODE_DEF_ELEM &&
-            std::string_view(o->def_elem->defname) == "transaction_read_only" &&
-            o->def_elem->arg && o->def_elem->arg->node_case == PG_QUERY__NODE__NODE_A_CONST &&
+            std::string_view(o->def_elem->defname) == "transaction_read_only" && o->def_elem->arg &&
+            o->def_elem->arg->node_case == PG_QUERY__NODE__NODE_A_CONST &&
             o->def_elem->arg->a_const->val_case == PG_QUERY__A__CONST__VAL_IVAL)
           p.read_only_tx = o->def_elem->arg->a_const->ival->ival != 0;
       }
@@ -674,11 +683,20 @@ std::optional<std::string> canonical_set(const std::string &stmt) {
           const auto *c = a->a_const;
           std::string one;
           switch (c->val_case) {
-          case PG_QUERY__A__CONST__VAL_SVAL: one = quote_e_literal(c->sval->sval); break;
-          case PG_QUERY__A__CONST__VAL_IVAL: one = std::to_string(c->ival->ival); break;
-          case PG_QUERY__A__CONST__VAL_FVAL: one = quote_e_literal(c->fval->fval); break;
-          case PG_QUERY__A__CONST__VAL_BOOLVAL: one = c->boolval->boolval ? "true" : "false"; break;
-          default: ok = false;
+          case PG_QUERY__A__CONST__VAL_SVAL:
+            one = quote_e_literal(c->sval->sval);
+            break;
+          case PG_QUERY__A__CONST__VAL_IVAL:
+            one = std::to_string(c->ival->ival);
+            break;
+          case PG_QUERY__A__CONST__VAL_FVAL:
+            one = quote_e_literal(c->fval->fval);
+            break;
+          case PG_QUERY__A__CONST__VAL_BOOLVAL:
+            one = c->boolval->boolval ? "true" : "false";
+            break;
+          default:
+            ok = false;
           }
           values += (values.empty() ? "" : ", ") + one;
         }

@@ -22,16 +22,22 @@ std::string int64_le(int64_t v) {
 
 bool int_in_range(KeyType t, int64_t v) {
   switch (t) {
-  case KeyType::smallint: return v >= INT16_MIN && v <= INT16_MAX;
-  case KeyType::int_: return v >= INT32_MIN && v <= INT32_MAX;
-  default: return true;
+  case KeyType::smallint:
+    return v >= INT16_MIN && v <= INT16_MAX;
+  case KeyType::int_:
+    return v >= INT32_MIN && v <= INT32_MAX;
+  default:
+    return true;
   }
 }
 
 int hexval(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F')
+    return c - 'A' + 10;
   return -1;
 }
 

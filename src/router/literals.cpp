@@ -11,10 +11,18 @@ namespace sg::router {
 namespace {
 
 // ASCII classes (no locale lookups): identifiers may also hold any byte >= 0x80, as in scan.l.
-bool is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
-bool is_alpha(unsigned char c) { return (c | 0x20) >= 'a' && (c | 0x20) <= 'z'; }
-bool ident_start(unsigned char c) { return is_alpha(c) || c == '_' || c >= 0x80; }
-bool ident_cont(unsigned char c) { return ident_start(c) || is_digit(c) || c == '$'; }
+bool is_digit(unsigned char c) {
+  return c >= '0' && c <= '9';
+}
+bool is_alpha(unsigned char c) {
+  return (c | 0x20) >= 'a' && (c | 0x20) <= 'z';
+}
+bool ident_start(unsigned char c) {
+  return is_alpha(c) || c == '_' || c >= 0x80;
+}
+bool ident_cont(unsigned char c) {
+  return ident_start(c) || is_digit(c) || c == '$';
+}
 
 // Appends one constant: the normalized text gets a kind-tagged placeholder ("?n" numbers, "?s"
 // strings), so statements whose literals differ in kind never share a plan.
@@ -51,8 +59,8 @@ size_t quoted_end(std::string_view s, size_t i, bool escapes) {
 // constant; the fast path leaves that (rare) case to libpg_query's scanner.
 bool continues_string(std::string_view s, size_t i) {
   bool newline = false;
-  while (i < s.size() && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r' ||
-                          s[i] == '\f')) {
+  while (i < s.size() &&
+         (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r' || s[i] == '\f')) {
     newline |= (s[i] == '\n' || s[i] == '\r');
     ++i;
   }
@@ -255,13 +263,28 @@ std::optional<std::string> constant_value(std::string_view sql, const ConstToken
     } else if (escape && c == '\\' && i + 1 < s.size()) {
       char n = s[++i];
       switch (n) {
-      case 'n': out.push_back('\n'); break;
-      case 't': out.push_back('\t'); break;
-      case 'r': out.push_back('\r'); break;
-      case 'b': out.push_back('\b'); break;
-      case 'f': out.push_back('\f'); break;
-      case '\\': case '\'': case '"': out.push_back(n); break;
-      default: return std::nullopt; // octal/hex/unicode escapes: not decoded
+      case 'n':
+        out.push_back('\n');
+        break;
+      case 't':
+        out.push_back('\t');
+        break;
+      case 'r':
+        out.push_back('\r');
+        break;
+      case 'b':
+        out.push_back('\b');
+        break;
+      case 'f':
+        out.push_back('\f');
+        break;
+      case '\\':
+      case '\'':
+      case '"':
+        out.push_back(n);
+        break;
+      default:
+        return std::nullopt; // octal/hex/unicode escapes: not decoded
       }
     } else {
       out.push_back(c);

@@ -21,7 +21,7 @@ enum class StmtKind : uint8_t {
   reset_all, // RESET ALL
   discard_all,
   deallocate,
-  other,     // utility statements with no table: default shard's primary
+  other, // utility statements with no table: default shard's primary
 };
 const char *to_string(StmtKind k);
 
@@ -56,10 +56,10 @@ struct StatementPlan {
   RouteError error;
   uint32_t location = 0; // span of this statement in the full text
   uint32_t length = 0;
-  std::string set_name;   // lower-case GUC name for set; empty otherwise
+  std::string set_name;      // lower-case GUC name for set; empty otherwise
   bool read_only_tx = false; // BEGIN READ ONLY
-  std::string tag;        // command tag the proxy answers with when it answers itself
-  bool tableless = false; // touches no table at all (SELECT 1, SHOW): any shard can run it
+  std::string tag;           // command tag the proxy answers with when it answers itself
+  bool tableless = false;    // touches no table at all (SELECT 1, SHOW): any shard can run it
   bool replica_ok() const { return kind == StmtKind::read; }
 };
 

@@ -125,8 +125,8 @@ Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const Sca
   for (const ValueRef &v : p.keys) {
     const config::Table &t = tables_[size_t(v.table)];
     std::string err;
-    std::optional<std::string> canon = v.is_param ? param_canonical(v, t, params, err)
-                                                  : literal_canonical(v, t, sql, scan, err);
+    std::optional<std::string> canon =
+        v.is_param ? param_canonical(v, t, params, err) : literal_canonical(v, t, sql, scan, err);
     if (!canon) {
       r.kind = TargetKind::error;
       r.error = key_error("22P02",

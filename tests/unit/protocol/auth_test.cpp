@@ -14,7 +14,8 @@ TEST(Md5, MatchesPostgresFormula) {
 }
 
 TEST(Base64, RoundTrip) {
-  for (std::string s : std::vector<std::string>{"", "a", "ab", "abc", "abcd", std::string("\0\xff\x10", 3)}) {
+  for (std::string s :
+       std::vector<std::string>{"", "a", "ab", "abc", "abcd", std::string("\0\xff\x10", 3)}) {
     auto d = base64_decode(base64_encode(s));
     ASSERT_TRUE(d) << s;
     EXPECT_EQ(*d, s);

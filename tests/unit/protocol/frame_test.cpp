@@ -9,7 +9,9 @@
 using namespace sg::protocol;
 
 namespace {
-const uint8_t *u8(const std::string &s) { return reinterpret_cast<const uint8_t *>(s.data()); }
+const uint8_t *u8(const std::string &s) {
+  return reinterpret_cast<const uint8_t *>(s.data());
+}
 } // namespace
 
 TEST(Frame, NeedsFiveHeaderBytes) {

@@ -16,8 +16,9 @@ TEST(Log, EscapesQuotesBackslashesAndControlCharacters) {
 TEST(Log, JsonLineIsOneObjectWithFieldsInOrder) {
   std::string line = format_line("2026-01-01T00:00:00.000Z", Level::warn, "slow_query",
                                  {{"session", "7"}, {"statement", "SELECT \"x\"\n"}}, true);
-  EXPECT_EQ(line, "{\"ts\":\"2026-01-01T00:00:00.000Z\",\"level\":\"warn\",\"event\":\"slow_query\","
-                  "\"session\":\"7\",\"statement\":\"SELECT \\\"x\\\"\\n\"}\n");
+  EXPECT_EQ(line,
+            "{\"ts\":\"2026-01-01T00:00:00.000Z\",\"level\":\"warn\",\"event\":\"slow_query\","
+            "\"session\":\"7\",\"statement\":\"SELECT \\\"x\\\"\\n\"}\n");
   EXPECT_EQ(line.find('\n'), line.size() - 1) << "exactly one line";
 }
 
