@@ -87,7 +87,6 @@ public:
   std::string_view bytes(size_t n);
   bool ok() const { return ok_; }
   bool at_end() const { return p_ == end_; }
-  size_t remaining() const { return size_t(end_ - p_); }
   const char *pos() const { return p_; }
 
 private:

@@ -120,10 +120,4 @@ void Pool::release(std::unique_ptr<BackendConn> conn) {
   wake_one();
 }
 
-void Pool::close_idle() {
-  open_ -= idle_.size();
-  idle_.clear();
-  publish();
-}
-
 } // namespace sg::proxy

@@ -26,7 +26,6 @@ public:
   uint32_t idle_gauge() const { return idle_gauge_.load(std::memory_order_relaxed); }
   uint32_t open_gauge() const { return open_gauge_.load(std::memory_order_relaxed); }
   size_t max() const { return max_; }
-  void close_idle();
 
 private:
   struct Idle {
