@@ -307,14 +307,18 @@ def _toml_str(s):
 def proxy_toml(cluster, port, tables=(("accounts", "id", "bigint"),), pool_mode="transaction",
                extra_toml="", users=(("app", "app-secret"),), proxy_options=None):
     """shardgate's config (same shape as deploy/examples/demo.toml) for cluster, listening on port.
-    proxy_options: extra [proxy] keys, e.g. {"workers": 1, "auth": "md5"}. extra_toml is appended
+    proxy_options: extra [proxy] keys, as a dict ({"workers": 1, "auth": "md5"}) or raw TOML
+    lines ('workers = 1\nauth = "md5"'). extra_toml is appended
     verbatim, so it may add whole tables (e.g. "[replicas]") but not keys of tables written here."""
     c = cluster
     dsn = lambda p: _toml_str(f"postgresql://app:app-secret@127.0.0.1:{p}/app")
     out = ["[proxy]", f'listen = "127.0.0.1:{port}"', 'database = "app"',
            f"pool_mode = {_toml_str(pool_mode)}"]
-    for k, v in (proxy_options or {}).items():
-        out.append(f"{k} = {_toml_str(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}")
+    if isinstance(proxy_options, str):  # raw TOML lines for [proxy]
+        out.append(proxy_options.strip())
+    else:
+        for k, v in (proxy_options or {}).items():
+            out.append(f"{k} = {_toml_str(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}")
     out.append("")
     for name, password in users:
         out += ["[[users]]", f"name = {_toml_str(name)}", f"password = {_toml_str(password)}", ""]

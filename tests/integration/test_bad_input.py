@@ -29,16 +29,8 @@ connect_retries = 1
 
 
 def start_proxy(cluster, proxy_keys="", **kw):
-    """harness.Proxy with extra keys in its [proxy] table (extra_toml can only add tables)."""
-    if not proxy_keys:
-        return Proxy(cluster, **kw)
-    orig = harness.proxy_toml
-    harness.proxy_toml = lambda *a, **k: orig(*a, **k).replace(
-        "[proxy]\n", "[proxy]\n" + proxy_keys.strip() + "\n", 1)
-    try:
-        return Proxy(cluster, **kw)
-    finally:
-        harness.proxy_toml = orig
+    """harness.Proxy with extra keys (raw TOML lines) in its [proxy] table."""
+    return Proxy(cluster, proxy_options=proxy_keys or None, **kw)
 
 
 # ---------------------------------------------------------------- a tiny frontend
