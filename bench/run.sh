@@ -48,22 +48,7 @@ done
 
 # --- processes we start: pid files under $OUT/pids, checked by name so a recycled pid is safe ---
 
-alive() { # pid: running and not a zombie
-  local s
-  s=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)
-  [ -n "$s" ] && [ "$s" != Z ] && [ "$s" != X ]
-}
 
-stop_pidfile() { # pidfile expected-comm
-  local pid i
-  pid=$(cat "$1" 2>/dev/null) || return 0
-  if [[ "$pid" =~ ^[0-9]+$ ]] && alive "$pid" && [ "$(cat "/proc/$pid/comm")" = "$2" ]; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do alive "$pid" || break; sleep 0.1; done
-    alive "$pid" && kill -KILL "$pid" 2>/dev/null
-  fi
-  rm -f "$1"
-}
 
 teardown() {
   stop_pidfile "$OUT/pids/proxy-1shard" shardgate
@@ -78,30 +63,10 @@ teardown() {
 
 # --- ports ---
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 NEXT_PORT=${BENCH_BASE_PORT:-58432}
-take_ports() { # n: sets REPLY to the first of n consecutive free ports at or after NEXT_PORT
-  local p i
-  for ((p = NEXT_PORT; p + $1 <= 65535; p++)); do
-    for ((i = 0; i < $1; i++)); do port_open $((p + i)) && continue 2; done
-    NEXT_PORT=$((p + $1))
-    REPLY=$p
-    return 0
-  done
-  die "no $1 consecutive free ports from $NEXT_PORT"
-}
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
-wait_port() { # port pid name log
-  local i
-  for ((i = 0; i < 100; i++)); do
-    port_open "$1" && return 0
-    alive "$2" || die "$3 exited at startup; $4 says:
-$(tail -n 30 "$4")"
-    sleep 0.1
-  done
-  die "$3 does not listen on $1 after 10s; $4 says:
-$(tail -n 30 "$4")"
-}
 
 # --- 1. packages and binary ---
 
@@ -269,9 +234,6 @@ want proxy-2shard && start_proxy proxy-2shard "s0 $B_S0 $B_S0R" "s1 $B_S1 $B_S1R
 
 # --- 5./6. the runs ---
 
-cpu_ticks() { # pidfile: utime + stime of the whole process (fields 14, 15; comm may hold spaces)
-  sed 's/.*) //' "/proc/$(cat "$1")/stat" | awk '{print $12 + $13}'
-}
 CLK_TCK=$(getconf CLK_TCK)
 RUNS=$OUT/runs.jsonl
 : >"$RUNS"
