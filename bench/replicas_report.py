@@ -13,7 +13,6 @@
       Builds the Markdown table (median over rounds; read shares summed over rounds) and prints it.
 """
 import argparse
-import glob
 import json
 import os
 import statistics
@@ -21,7 +20,7 @@ import sys
 
 sys.dont_write_bytecode = True  # no __pycache__ in bench/
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from report import fmt, p99_from_logs, parse_output  # noqa: E402
+from report import fmt, record_run  # noqa: E402
 
 SERVERS = ("primary", "replica0", "replica1")
 ORDER = ("direct", "primary-only", "1-replica", "2-replicas", "2-replicas-mon100")
@@ -45,18 +44,8 @@ def counters(text):
 
 
 def cmd_record(a):
-    with open(a.output, errors="replace") as f:
-        r = parse_output(f.read())
-    r["p99_ms"], r["logged"] = p99_from_logs(a.log_prefix)
-    if a.keep_logs != "1":
-        for path in glob.glob(glob.escape(a.log_prefix) + ".*"):
-            os.remove(path)
-    r.update(round=a.round, mode=a.mode, target=a.target, rc=a.rc)
-    r["cpu_us"] = int(a.cpu_us) if a.cpu_us else None
-    r["cpu_us_per_query"] = (r["cpu_us"] / r["transactions"]
-                             if r["cpu_us"] is not None and r["transactions"] else None)
+    r = record_run(a)
     r["reads"] = dict(zip(SERVERS, (y - x for x, y in zip(counters(a.reads_before), counters(a.reads_after)))))
-    r["ok"] = a.rc == 0 and bool(r["tps"]) and r["failed"] == 0
     with open(a.runs, "a") as f:
         f.write(json.dumps(r) + "\n")
     total = sum(r["reads"].values())

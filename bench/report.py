@@ -63,7 +63,9 @@ def p99_from_logs(prefix):
     return lat[idx] / 1000.0, len(lat)
 
 
-def cmd_record(a):
+def record_run(a):
+    """One run's figures from pgbench's output and per-transaction logs (shared with
+    replicas_report.py)."""
     with open(a.output, errors="replace") as f:
         r = parse_output(f.read())
     r["p99_ms"], r["logged"] = p99_from_logs(a.log_prefix)
@@ -76,6 +78,11 @@ def cmd_record(a):
                              if r["cpu_us"] is not None and r["transactions"] else None)
     # pgbench exits 2 when clients aborted; its figures then cover only part of the run.
     r["ok"] = a.rc == 0 and bool(r["tps"]) and r["failed"] == 0
+    return r
+
+
+def cmd_record(a):
+    r = record_run(a)
     with open(a.runs, "a") as f:
         f.write(json.dumps(r) + "\n")
     if r["ok"]:
