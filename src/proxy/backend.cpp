@@ -15,8 +15,8 @@ constexpr uint32_t kMaxStartupFrame = 1 << 20;
 Task<std::unique_ptr<BackendConn>> connect_backend(const Node &node, uint32_t timeout_ms,
                                                    ConnectError &err) {
   auto ex = co_await asio::this_coro::executor;
-  auto conn = std::make_unique<BackendConn>(tcp::socket(ex), node);
-  tcp::socket &sock = conn->sock;
+  auto conn = std::make_unique<BackendConn>(Socket(ex), node);
+  Socket &sock = conn->sock;
   Deadline deadline(ex, timeout_ms, [&sock] {
     ErrorCode ignored;
     sock.close(ignored);
@@ -28,7 +28,7 @@ Task<std::unique_ptr<BackendConn>> connect_backend(const Node &node, uint32_t ti
   if (!ec) {
     target = tcp::endpoint(addr, ep.port);
   } else {
-    tcp::resolver resolver(ex);
+    Resolver resolver(ex);
     auto results = co_await resolver.async_resolve(ep.host, std::to_string(ep.port),
                                                    asio::redirect_error(use_awaitable, ec));
     if (ec || results.empty()) {

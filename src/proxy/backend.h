@@ -30,8 +30,8 @@ struct Node {
 };
 
 struct BackendConn {
-  explicit BackendConn(tcp::socket s, const Node &n) : sock(std::move(s)), node(&n) {}
-  tcp::socket sock;
+  explicit BackendConn(Socket s, const Node &n) : sock(std::move(s)), node(&n) {}
+  Socket sock;
   const Node *node;
   int32_t pid = 0;
   int32_t key = 0;

@@ -8,24 +8,36 @@
 
 #include <boost/asio.hpp>
 
+#include <cerrno>
 #include <chrono>
 #include <functional>
 #include <memory>
 #include <string_view>
 
+#include <sys/socket.h>
+
 namespace sg::proxy {
 
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
-template <class T = void> using Task = asio::awaitable<T>;
-using asio::use_awaitable;
 using ErrorCode = boost::system::error_code;
+
+// Everything on a worker runs on that worker's io_context, so coroutines, sockets and timers
+// use its concrete executor type: no type-erased executor to copy and dispatch through on
+// every suspension.
+using Executor = asio::io_context::executor_type;
+template <class T = void> using Task = asio::awaitable<T, Executor>;
+inline constexpr asio::use_awaitable_t<Executor> use_awaitable;
+using Socket = asio::basic_stream_socket<tcp, Executor>;
+using Acceptor = asio::basic_socket_acceptor<tcp, Executor>;
+using Resolver = asio::ip::basic_resolver<tcp, Executor>;
+using Timer = asio::basic_waitable_timer<std::chrono::steady_clock,
+                                         asio::wait_traits<std::chrono::steady_clock>, Executor>;
 
 // Runs on_fire (e.g. closing a socket) if not disarmed within `ms`. Safe to destroy early.
 class Deadline {
 public:
-  template <class Executor>
-  Deadline(Executor ex, uint32_t ms, std::function<void()> on_fire)
+  Deadline(const Executor &ex, uint32_t ms, std::function<void()> on_fire)
       : timer_(ex), state_(std::make_shared<State>()) {
     state_->on_fire = std::move(on_fire);
     timer_.expires_after(std::chrono::milliseconds(ms));
@@ -49,7 +61,7 @@ private:
     bool fired = false;
     std::function<void()> on_fire;
   };
-  asio::steady_timer timer_;
+  Timer timer_;
   std::shared_ptr<State> state_;
 };
 
@@ -61,7 +73,7 @@ inline size_t read_size(size_t frame_len, size_t buffered) {
 
 // Reads until one whole typed frame is buffered. On error, status is error and ec is set
 // (ec stays clear for a decode error, whose text is in the view).
-inline Task<protocol::FrameView> read_frame(tcp::socket &sock, Buffer &buf, uint32_t max_len,
+inline Task<protocol::FrameView> read_frame(Socket &sock, Buffer &buf, uint32_t max_len,
                                             ErrorCode &ec) {
   for (;;) {
     protocol::FrameView f = protocol::decode_frame(buf.data(), buf.size(), max_len);
@@ -81,7 +93,32 @@ inline Task<protocol::FrameView> read_frame(tcp::socket &sock, Buffer &buf, uint
   }
 }
 
-inline Task<void> write_all(tcp::socket &sock, std::string_view data, ErrorCode &ec) {
+// Sends what the kernel takes right now, straight to the socket and not through the reactor:
+// the usual case for a request or a response, with no handler, queueing or resumption.
+// Returns true when all of `data` went or ec is set; false leaves the unsent rest in `data`
+// (the socket buffer is full), for write_all(). Callers never have another write in flight on
+// the socket.
+inline bool send_now(Socket &sock, std::string_view &data, ErrorCode &ec) {
+  while (!data.empty()) {
+    ssize_t n = ::send(sock.native_handle(), data.data(), data.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n > 0) {
+      data.remove_prefix(size_t(n));
+      continue;
+    }
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+      return false;
+    ec = n < 0 ? ErrorCode(errno, boost::system::system_category())
+               : ErrorCode(asio::error::connection_reset);
+    return true;
+  }
+  return true;
+}
+
+inline Task<void> write_all(Socket &sock, std::string_view data, ErrorCode &ec) {
+  if (send_now(sock, data, ec))
+    co_return;
   co_await asio::async_write(sock, asio::buffer(data.data(), data.size()),
                              asio::redirect_error(use_awaitable, ec));
 }

@@ -12,7 +12,7 @@ namespace sg::proxy {
 namespace {
 
 // Non-blocking peek: EOF, an error, or unprompted bytes (a FATAL) mean the connection is dead.
-bool still_alive(tcp::socket &s) {
+bool still_alive(Socket &s) {
   char c;
   ssize_t n = ::recv(s.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
   return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
@@ -75,7 +75,7 @@ Task<std::unique_ptr<BackendConn>> Pool::acquire(ConnectError &err) {
           wake_one();
           co_return nullptr;
         }
-        asio::steady_timer t(ex, std::chrono::milliseconds(backoff_ms(attempt)));
+        Timer t(ex, std::chrono::milliseconds(backoff_ms(attempt)));
         ErrorCode ec;
         co_await t.async_wait(asio::redirect_error(use_awaitable, ec));
       }
@@ -89,7 +89,7 @@ Task<std::unique_ptr<BackendConn>> Pool::acquire(ConnectError &err) {
              "53300"};
       co_return nullptr;
     }
-    asio::steady_timer t(ex, deadline);
+    Timer t(ex, deadline);
     waiters_.push_back(&t);
     auto me = std::prev(waiters_.end());
     ErrorCode ec;

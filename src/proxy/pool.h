@@ -39,7 +39,7 @@ private:
   const config::Proxy &cfg_;
   std::vector<Idle> idle_;
   size_t open_ = 0; // idle + lent + connecting
-  std::list<asio::steady_timer *> waiters_;
+  std::list<Timer *> waiters_;
   std::atomic<uint32_t> idle_gauge_{0};
   std::atomic<uint32_t> open_gauge_{0};
   void publish() {

@@ -100,10 +100,10 @@ std::atomic<int> g_live_sessions{0};
 }
 
 Task<void> Server::accept_loop(Worker &w) {
-  tcp::acceptor &acceptor = *w.acceptor;
+  Acceptor &acceptor = *w.acceptor;
   for (;;) {
     ErrorCode ec;
-    tcp::socket sock = co_await acceptor.async_accept(asio::redirect_error(use_awaitable, ec));
+    Socket sock = co_await acceptor.async_accept(asio::redirect_error(use_awaitable, ec));
     if (ec) {
       if (ec == asio::error::operation_aborted || !acceptor.is_open())
         co_return;
@@ -141,10 +141,10 @@ int Server::run(const std::function<void()> &on_ready, const std::function<void(
   tcp::endpoint ep(addr, pc.listen_port);
   for (size_t i = 0; i < nworkers; ++i) {
     auto w = std::make_unique<Worker>(*shared_, per_node);
-    w->acceptor = std::make_unique<tcp::acceptor>(w->io);
-    tcp::acceptor &acc = *w->acceptor;
+    w->acceptor = std::make_unique<Acceptor>(w->io);
+    Acceptor &acc = *w->acceptor;
     acc.open(ep.protocol(), ec);
-    acc.set_option(tcp::acceptor::reuse_address(true), ec);
+    acc.set_option(Acceptor::reuse_address(true), ec);
     int one = 1;
     ::setsockopt(acc.native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     acc.bind(ep, ec);

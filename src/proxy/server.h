@@ -71,11 +71,13 @@ private:
 struct Worker {
   Worker(Shared &s, size_t pool_per_node);
   Shared &shared;
-  asio::io_context io{1};
+  // Sockets are only ever touched by their own worker thread, so the reactor's per-socket
+  // locking is off; the scheduler keeps its lock (shutdown posts here from another thread).
+  asio::io_context io{BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO};
   std::vector<std::unique_ptr<Pool>> pools; // by node id
   std::vector<uint32_t> replica_rr;         // per shard
   WorkerStats stats;                        // this worker's traffic counters
-  std::unique_ptr<tcp::acceptor> acceptor;
+  std::unique_ptr<Acceptor> acceptor;
   std::unordered_map<std::string, uint32_t> stmt_ids;
   uint32_t next_stmt_id = 1;
   bool stopping = false; // set at shutdown: sessions then drop connections instead of pooling

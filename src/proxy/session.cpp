@@ -43,7 +43,7 @@ std::string trim(std::string_view s) {
 
 } // namespace
 
-Session::Session(Worker &w, tcp::socket sock)
+Session::Session(Worker &w, Socket sock)
     : w_(w), sh_(w.shared), sock_(std::move(sock)), cbuf_(16 * 1024) {
   attached_.resize(sh_.cfg.shards.size());
   ryw_at_.assign(sh_.cfg.shards.size(), 0);
@@ -116,7 +116,9 @@ Task<bool> Session::flush() {
   if (out_.empty())
     co_return true;
   ErrorCode ec;
-  co_await asio::async_write(sock_, asio::buffer(out_), asio::redirect_error(use_awaitable, ec));
+  std::string_view rest = out_;
+  if (!send_now(sock_, rest, ec))
+    co_await write_all(sock_, rest, ec);
   out_.clear();
   co_return !ec;
 }
@@ -358,7 +360,7 @@ Task<void> Session::handle_cancel(std::string_view body) {
   if (!node)
     co_return;
   auto ex = co_await asio::this_coro::executor;
-  tcp::socket s(ex);
+  Socket s(ex);
   Deadline d(ex, sh_.cfg.proxy.connect_timeout_ms, [&s] {
     ErrorCode ec;
     s.close(ec);
@@ -731,7 +733,7 @@ Task<bool> Session::relay(BackendConn &b) {
       co_return true;
     auto f = protocol::decode_frame(b.rbuf.data(), b.rbuf.size(), 1u << 30);
     if (f.status == protocol::DecodeStatus::need_more) {
-      if (sink_ == &out_ && !co_await flush()) {
+      if (sink_ == &out_ && !out_.empty() && !co_await flush()) {
         b.broken = true; // the client left mid-response: the backend cannot be reused
         co_return false;
       }
@@ -935,8 +937,9 @@ Task<void> Session::query_loop() {
     if (f.status == protocol::DecodeStatus::need_more) {
       if (!out_.empty()) { // inline flush: this is the per-query path
         ErrorCode ec;
-        co_await asio::async_write(sock_, asio::buffer(out_),
-                                   asio::redirect_error(use_awaitable, ec));
+        std::string_view rest = out_;
+        if (!send_now(sock_, rest, ec))
+          co_await write_all(sock_, rest, ec);
         out_.clear();
         if (ec)
           co_return;
@@ -956,20 +959,22 @@ Task<void> Session::query_loop() {
                      "max_message_bytes in [proxy] caps a single message");
       co_return;
     }
+    if (f.type == 'Q') { // the per-query path: the text goes to a buffer that keeps its room
+      std::string_view body = f.body_view();
+      if (body.empty() || body.back() != '\0') {
+        co_await fatal("08P01", "invalid Query message: missing terminator");
+        co_return;
+      }
+      query_.assign(body.data(), body.size() - 1);
+      cbuf_.consume(f.frame_len);
+      if (!co_await on_query(query_))
+        co_return;
+      continue;
+    }
     Msg m{f.type, std::string(f.body_view())};
     cbuf_.consume(f.frame_len);
     bool ok = true;
     switch (m.type) {
-    case 'Q': {
-      std::string sql = std::move(m.body);
-      if (sql.empty() || sql.back() != '\0') {
-        co_await fatal("08P01", "invalid Query message: missing terminator");
-        co_return;
-      }
-      sql.pop_back();
-      ok = co_await on_query(std::move(sql));
-      break;
-    }
     case 'P':
     case 'B':
     case 'D':
@@ -1061,8 +1066,9 @@ static void synthetic_done(std::string &out, const std::string &tag) {
   protocol::command_complete(out, tag);
 }
 
-Task<bool> Session::on_query(std::string sql) {
-  router::PlannedText planned = sh_.router.plan(sql);
+Task<bool> Session::on_query(const std::string &sql) {
+  router::PlannedText &planned = query_plan_;
+  sh_.router.plan(sql, planned);
   const auto &stmts = planned.analysis->stmts;
   if (stmts.empty()) {
     protocol::Writer(*sink_, 'I').finish(); // EmptyQueryResponse
@@ -1263,8 +1269,9 @@ Task<bool> Session::on_query(std::string sql) {
     protocol::query(wbuf_, sql);
     exp_.emplace_back(Expect::query, true);
     ErrorCode ec;
-    co_await asio::async_write(b->sock, asio::buffer(wbuf_),
-                               asio::redirect_error(use_awaitable, ec));
+    std::string_view rest = wbuf_;
+    if (!send_now(b->sock, rest, ec))
+      co_await write_all(b->sock, rest, ec);
     bool ok = !ec && co_await relay(*b);
     if (ok)
       break;
@@ -1305,21 +1312,29 @@ Task<bool> Session::on_query(std::string sql) {
     note_write(size_t(shard));
   record_query(size_t(shard), *b, kind_of(stmts), started, planned.scan.normalized);
   // Session settings changed by this query string take effect only if it succeeded.
+  // (prepare_backend() made the backend's settings the session's, so only a SET or RESET ALL
+  // here changes them.)
   if (last_sqlstate_.empty()) {
-    bool untracked = b->settings.count("\x01untracked") > 0;
+    bool changed = false, untracked = false;
     for (const auto &st : stmts) {
-      if (st.kind == router::StmtKind::set)
+      if (st.kind == router::StmtKind::set) {
+        if (!changed)
+          untracked = b->settings.count("\x01untracked") > 0;
+        changed = true;
         untracked |= !set_setting(st.set_name, text_of(st));
-      else if (st.kind == router::StmtKind::reset_all) {
+      } else if (st.kind == router::StmtKind::reset_all) {
         settings_.clear();
         rehash_settings();
+        changed = true;
         untracked = false;
       }
     }
-    b->settings = settings_;
-    b->settings_hash = settings_hash_;
-    if (untracked)
-      mark_untracked(*b);
+    if (changed) {
+      b->settings = settings_;
+      b->settings_hash = settings_hash_;
+      if (untracked)
+        mark_untracked(*b);
+    }
   }
   if (tx_before == 'I' && tx_ != 'I')
     tx_settings_snapshot_ = settings_;
@@ -1862,7 +1877,9 @@ Task<bool> Session::on_batch() {
   for (auto &n : closed)
     stmts_.erase(n);
   ErrorCode ec;
-  co_await asio::async_write(b->sock, asio::buffer(wbuf_), asio::redirect_error(use_awaitable, ec));
+  std::string_view rest = wbuf_;
+  if (!send_now(b->sock, rest, ec))
+    co_await write_all(b->sock, rest, ec);
   side_batch_ = side;
   bool ok = !ec && co_await relay(*b);
   side_batch_ = false;

@@ -20,7 +20,7 @@ namespace sg::proxy {
 
 class Session {
 public:
-  Session(Worker &w, tcp::socket sock);
+  Session(Worker &w, Socket sock);
   ~Session();
   Task<void> run();
 
@@ -65,7 +65,8 @@ private:
 
   // Query loop
   Task<void> query_loop();
-  Task<bool> on_query(std::string sql);
+  // sql is query_ (a Query's text), valid until the next message is read.
+  Task<bool> on_query(const std::string &sql);
   Task<bool> on_batch();
   Task<bool> on_function_call(Msg m);
   Task<bool> broadcast(const std::string &sql);
@@ -113,11 +114,13 @@ private:
 
   Worker &w_;
   Shared &sh_;
-  tcp::socket sock_;
+  Socket sock_;
   Buffer cbuf_;
   std::string out_;           // bytes for the client, written at flush()
   std::string *sink_ = &out_; // redirected to a capture during broadcast
   std::string wbuf_;          // bytes for the backend
+  std::string query_;         // the text of the Query being served
+  router::PlannedText query_plan_; // its plan (buffers reused from query to query)
   std::string user_;
   std::string peer_;
   uint64_t id_ = 0;

@@ -3,6 +3,7 @@
 
 #include <pg_query.h>
 
+#include <array>
 #include <cctype>
 #include <pg_query/pg_query.pb-c.h>
 
@@ -11,17 +12,33 @@ namespace sg::router {
 namespace {
 
 // ASCII classes (no locale lookups): identifiers may also hold any byte >= 0x80, as in scan.l.
-bool is_digit(unsigned char c) {
-  return c >= '0' && c <= '9';
+enum : uint8_t { kDigit = 1, kIdentStart = 2, kIdentCont = 4, kPlain = 8 };
+
+// kPlain: a byte the fast scanner steps over without looking further (whitespace, most
+// punctuation); every other byte starts a token it has to read.
+constexpr std::array<uint8_t, 256> make_classes() {
+  std::array<uint8_t, 256> t{};
+  for (int c = 0; c < 256; ++c) {
+    bool digit = c >= '0' && c <= '9';
+    bool alpha = (c | 0x20) >= 'a' && (c | 0x20) <= 'z';
+    bool start = alpha || c == '_' || c >= 0x80;
+    t[size_t(c)] = uint8_t((digit ? kDigit : 0) | (start ? kIdentStart : 0) |
+                           (start || digit || c == '$' ? kIdentCont : 0));
+  }
+  for (unsigned char c : std::string_view(" \t\n\r\f,;()=<>+*%^|!~#@:[]{}?&"))
+    t[c] |= kPlain;
+  return t;
 }
-bool is_alpha(unsigned char c) {
-  return (c | 0x20) >= 'a' && (c | 0x20) <= 'z';
+constexpr std::array<uint8_t, 256> kClass = make_classes();
+
+bool is_digit(unsigned char c) {
+  return kClass[c] & kDigit;
 }
 bool ident_start(unsigned char c) {
-  return is_alpha(c) || c == '_' || c >= 0x80;
+  return kClass[c] & kIdentStart;
 }
 bool ident_cont(unsigned char c) {
-  return ident_start(c) || is_digit(c) || c == '$';
+  return kClass[c] & kIdentCont;
 }
 
 // Appends one constant: the normalized text gets a kind-tagged placeholder ("?n" numbers, "?s"
@@ -70,14 +87,18 @@ bool continues_string(std::string_view s, size_t i) {
 // The fast path: PostgreSQL's lexical rules for what matters here (identifiers, quoted
 // identifiers, comments, strings of every form, dollar quotes, numbers, parameters). Anything
 // unusual returns nullopt and libpg_query's own scanner decides.
-std::optional<ScanResult> fast_scan(std::string_view s) {
-  ScanResult r;
+bool fast_scan(std::string_view s, ScanResult &r) {
+  r.ok = false;
+  r.normalized.clear();
+  r.consts.clear();
   r.normalized.reserve(s.size() + 8);
   size_t last = 0, i = 0;
   const size_t n = s.size();
   while (i < n) {
     unsigned char c = uint8_t(s[i]);
-    if (c == '-' && i + 1 < n && s[i + 1] == '-') { // -- comment
+    if (kClass[c] & kPlain) {
+      ++i;
+    } else if (c == '-' && i + 1 < n && s[i + 1] == '-') { // -- comment
       size_t e = s.find('\n', i);
       i = e == std::string_view::npos ? n : e + 1;
     } else if (c == '/' && i + 1 < n && s[i + 1] == '*') { // nested /* */ comment
@@ -95,18 +116,18 @@ std::optional<ScanResult> fast_scan(std::string_view s) {
         }
       }
       if (depth > 0)
-        return std::nullopt;
+        return false;
     } else if (c == '"') { // quoted identifier
       size_t e = s.find('"', i + 1);
       while (e != std::string_view::npos && e + 1 < n && s[e + 1] == '"')
         e = s.find('"', e + 2);
       if (e == std::string_view::npos)
-        return std::nullopt;
+        return false;
       i = e + 1;
     } else if (c == '\'') { // standard string
       size_t e = quoted_end(s, i + 1, false);
       if (e == std::string_view::npos || continues_string(s, e))
-        return std::nullopt;
+        return false;
       add_const(r, s, last, i, e, true);
       i = e;
     } else if (ident_start(c)) {
@@ -118,17 +139,17 @@ std::optional<ScanResult> fast_scan(std::string_view s) {
         if (p == 'e' || p == 'b' || p == 'x') { // E'..', B'..', X'..': one constant from the prefix
           size_t e = quoted_end(s, j + 1, p == 'e');
           if (e == std::string_view::npos || continues_string(s, e))
-            return std::nullopt;
+            return false;
           add_const(r, s, last, i, e, p == 'e'); // B/X are bit strings (BCONST/XCONST)
           i = e;
           continue;
         }
         if (p == 'u') // U&'..' is written U&, never U'
-          return std::nullopt;
+          return false;
         // N'..': the keyword NCHAR, then an ordinary string (handled on the next turn).
       }
       if (j < n && s[j] == '&' && (c == 'u' || c == 'U') && j == i + 1)
-        return std::nullopt; // U&'..' / U&"..": unicode escapes, left to libpg_query
+        return false; // U&'..' / U&"..": unicode escapes, left to libpg_query
       i = j;
     } else if (c == '$') {
       if (i + 1 < n && is_digit(uint8_t(s[i + 1]))) { // $n parameter
@@ -141,11 +162,11 @@ std::optional<ScanResult> fast_scan(std::string_view s) {
       while (j < n && s[j] != '$' && (ident_cont(uint8_t(s[j])) && s[j] != '$'))
         ++j;
       if (j >= n || s[j] != '$' || (j > i + 1 && is_digit(uint8_t(s[i + 1]))))
-        return std::nullopt;
+        return false;
       std::string_view tag = s.substr(i, j - i + 1);
       size_t e = s.find(tag, j + 1);
       if (e == std::string_view::npos)
-        return std::nullopt;
+        return false;
       add_const(r, s, last, i, e + tag.size(), true);
       i = e + tag.size();
     } else if (is_digit(c) || (c == '.' && i + 1 < n && is_digit(uint8_t(s[i + 1])))) {
@@ -168,26 +189,31 @@ std::optional<ScanResult> fast_scan(std::string_view s) {
         }
       }
       if (j < n && (ident_start(uint8_t(s[j])) || s[j] == '.'))
-        return std::nullopt; // trailing junk, 0x.., 1.2.3: the real scanner decides
+        return false; // trailing junk, 0x.., 1.2.3: the real scanner decides
       add_const(r, s, last, i, j, false);
       i = j;
     } else if (c == '\\' || c == 0) {
-      return std::nullopt;
+      return false;
     } else {
       ++i;
     }
   }
   r.normalized.append(s.substr(last));
   r.ok = true;
-  return r;
+  return true;
 }
 
 } // namespace
 
+void scan_constants(std::string_view sql, ScanResult &out) {
+  if (!fast_scan(sql, out))
+    out = scan_constants_pg(sql);
+}
+
 ScanResult scan_constants(std::string_view sql) {
-  if (auto fast = fast_scan(sql))
-    return std::move(*fast);
-  return scan_constants_pg(sql);
+  ScanResult r;
+  scan_constants(sql, r);
+  return r;
 }
 
 ScanResult scan_constants_pg(std::string_view sql) {

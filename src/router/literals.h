@@ -25,6 +25,8 @@ struct ScanResult {
 // sql must be NUL-terminated at sql.size() (libpg_query reads C strings). A fast scanner
 // handles ordinary SQL; anything unusual goes to libpg_query's own scanner.
 ScanResult scan_constants(std::string_view sql);
+// The same into `out`, reusing its buffers (the per-query path).
+void scan_constants(std::string_view sql, ScanResult &out);
 // libpg_query's scanner only (the reference the fast path is tested against).
 ScanResult scan_constants_pg(std::string_view sql);
 

@@ -37,24 +37,28 @@ Router::Router(const config::Config &cfg) : tables_(cfg.tables) {
 
 PlannedText Router::plan(std::string_view sql) const {
   PlannedText pt;
-  pt.scan = scan_constants(sql);
+  plan(sql, pt);
+  return pt;
+}
+
+void Router::plan(std::string_view sql, PlannedText &pt) const {
+  scan_constants(sql, pt.scan);
   if (!pt.scan.ok) {
     // The scanner failed (e.g. an unterminated quote): plan without caching.
     pt.analysis = std::make_shared<Analysis>(analyze(sql, tables_, pt.scan.consts));
-    return pt;
+    return;
   }
   auto &cache = plan_cache();
   if (auto it = cache.find(pt.scan.normalized); it != cache.end()) {
     pt.analysis = it->second;
-    return pt;
+    return;
   }
   pt.analysis = std::make_shared<Analysis>(analyze(sql, tables_, pt.scan.consts));
   if (!pt.analysis->parsed)
-    return pt; // never cache a failure: another text of the same shape may be valid
+    return; // never cache a failure: another text of the same shape may be valid
   if (cache.size() >= kPlanCacheMax)
     cache.clear();
   cache.emplace(pt.scan.normalized, pt.analysis);
-  return pt;
 }
 
 namespace {

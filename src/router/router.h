@@ -49,6 +49,8 @@ public:
   // Plans a NUL-terminated text (simple Query or Parse). Never fails: text that does not
   // parse gets a write plan on the default shard, whose server reports the syntax error.
   PlannedText plan(std::string_view sql) const;
+  // The same into `out`, reusing its buffers (the per-query path).
+  void plan(std::string_view sql, PlannedText &out) const;
 
   // Reads the plan's keys from the statement's literals and, for Bind, its parameters.
   Resolved resolve(const StatementPlan &p, std::string_view sql, const ScanResult &scan,
