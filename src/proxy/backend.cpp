@@ -52,6 +52,15 @@ Task<std::unique_ptr<BackendConn>> connect_backend(const Node &node, uint32_t ti
     co_return nullptr;
   }
   sock.set_option(tcp::no_delay(true));
+  // The connect left write interest in the socket's (edge-triggered) epoll registration: every
+  // acknowledged send would then wake the worker for nothing. Register it afresh, reads only.
+  if (auto fd = sock.release(ec); !ec)
+    sock.assign(target.protocol(), fd, ec);
+  if (ec) {
+    fail(errc::backend_closed, "cannot register the connection to " + ep.label() + ": " +
+                                   ec.message());
+    co_return nullptr;
+  }
 
   std::string out;
   // No application_name of our own: the client's (or none) is applied as a session setting.
