@@ -22,12 +22,19 @@
 
 namespace sg::proxy {
 
-// Where a client's running query can be cancelled: set while a backend runs its statement.
+// Where a client's running query can be cancelled: set while a backend is attached. Written
+// by the session's worker on every attach, read by whichever worker gets the CancelRequest,
+// so it is two atomics rather than a lock. A cancel racing a re-attach may pair one backend's
+// node with the next one's pid and key: it then cancels the session's new statement (same
+// node) or matches nothing on the server (PostgreSQL ignores a wrong key), like any late cancel.
 struct CancelSlot {
-  std::mutex mu;
-  const Node *node = nullptr;
-  int32_t pid = 0;
-  int32_t key = 0;
+  void set(const Node *n, int32_t pid, int32_t key) {
+    backend.store((uint64_t(uint32_t(pid)) << 32) | uint32_t(key), std::memory_order_relaxed);
+    node.store(n, std::memory_order_release);
+  }
+  void clear() { node.store(nullptr, std::memory_order_release); }
+  std::atomic<const Node *> node{nullptr};
+  std::atomic<uint64_t> backend{0}; // pid << 32 | key
 };
 
 class CancelRegistry {

@@ -5,6 +5,7 @@
 #include "proxy/errors.h"
 
 #include <algorithm>
+#include <boost/container/small_vector.hpp>
 #include <functional>
 
 namespace sg::proxy {
@@ -349,14 +350,9 @@ Task<void> Session::handle_cancel(std::string_view body) {
   auto slot = sh_.cancels.find(pid, key);
   if (!slot)
     co_return;
-  const Node *node;
-  int32_t bpid, bkey;
-  {
-    std::lock_guard lock(slot->mu);
-    node = slot->node;
-    bpid = slot->pid;
-    bkey = slot->key;
-  }
+  const Node *node = slot->node.load(std::memory_order_acquire);
+  uint64_t backend = slot->backend.load(std::memory_order_relaxed);
+  auto bpid = int32_t(uint32_t(backend >> 32)), bkey = int32_t(uint32_t(backend));
   if (!node)
     co_return;
   auto ex = co_await asio::this_coro::executor;
@@ -507,12 +503,8 @@ BackendConn *Session::adopt(size_t shard, Pool *pool, std::unique_ptr<BackendCon
   a.pool = pool;
   if (attached_count_++ == 0)
     w_.stats.clients_active.fetch_add(1, std::memory_order_relaxed);
-  if (cancel_) {
-    std::lock_guard lock(cancel_->mu);
-    cancel_->node = a.conn->node;
-    cancel_->pid = a.conn->pid;
-    cancel_->key = a.conn->key;
-  }
+  if (cancel_)
+    cancel_->set(a.conn->node, a.conn->pid, a.conn->key);
   return a.conn.get();
 }
 
@@ -621,10 +613,8 @@ void Session::detach_if_idle() {
     if (keep)
       continue;
     release(a);
-    if (cancel_) {
-      std::lock_guard lock(cancel_->mu);
-      cancel_->node = nullptr;
-    }
+    if (cancel_)
+      cancel_->clear();
   }
 }
 
@@ -947,8 +937,12 @@ Task<void> Session::query_loop() {
       size_t avail = 0;
       uint8_t *p = cbuf_.prepare(read_size(f.frame_len, cbuf_.size()), avail);
       ErrorCode ec;
-      size_t n = co_await sock_.async_read_some(asio::buffer(p, avail),
-                                                asio::redirect_error(use_awaitable, ec));
+      // The client's next message is often there already (it was sent while the answer to
+      // the last one was being relayed): read it without a trip through the reactor.
+      size_t n = recv_now(sock_, p, avail, ec);
+      if (!n && !ec)
+        n = co_await sock_.async_read_some(asio::buffer(p, avail),
+                                           asio::redirect_error(use_awaitable, ec));
       if (ec)
         co_return;
       cbuf_.commit(n);
@@ -1483,8 +1477,18 @@ void Session::synthesize_batch(const std::vector<Msg> &batch, const std::string 
 // Statements are kept by the proxy and prepared lazily, under its own names, on whichever
 // backend the batch's Bind routes to.
 Task<bool> Session::on_batch() {
-  std::vector<Msg> batch = std::move(batch_);
-  batch_.clear();
+  // The batch is taken out of batch_ while it runs, and its storage handed back at the end so
+  // that it is allocated once per session, not per batch.
+  std::vector<Msg> batch;
+  batch.swap(batch_);
+  struct GiveBack {
+    std::vector<Msg> &home, &v;
+    ~GiveBack() {
+      v.clear();
+      if (home.empty())
+        home.swap(v);
+    }
+  } give_back{batch_, batch};
   bool ends_sync = batch.back().type == 'S';
 
   struct Item {
@@ -1494,7 +1498,7 @@ Task<bool> Session::on_batch() {
     char target_kind = 0;
     std::string target_name;
   };
-  std::vector<Item> items;
+  boost::container::small_vector<Item, 4> items;
   items.reserve(batch.size());
   std::optional<router::RouteError> rerr;
   int shard = -1;
@@ -1505,7 +1509,7 @@ Task<bool> Session::on_batch() {
   std::vector<std::string> registered;     // names this batch's Parses (re)defined
   const ClientStmt *first_bound = nullptr; // for metrics and the slow-query log
   QueryKind batch_kind = QueryKind::other;
-  std::vector<router::ParamValue> params;
+  std::vector<router::ParamValue> &params = bind_params_;
 
   for (const Msg &m : batch) {
     Item it;
@@ -1547,15 +1551,15 @@ Task<bool> Session::on_batch() {
         break;
       }
       it.st = &sit->second;
-      it.bind = *b;
+      it.bind = std::move(*b);
       ++binds;
       const auto &an = *it.st->planned.analysis;
       if (an.stmts.empty())
         break;
       const router::StatementPlan &sp = an.stmts[0];
       params.clear();
-      for (size_t i = 0; i < b->params.size(); ++i)
-        params.push_back({b->params[i], protocol::bind_param_format(*b, i)});
+      for (size_t i = 0; i < it.bind.params.size(); ++i)
+        params.push_back({it.bind.params[i], protocol::bind_param_format(it.bind, i)});
       router::Resolved r = sh_.router.resolve(sp, it.st->text, it.st->planned.scan, params);
       count_route(w_.stats, r.kind, sp);
       if (!first_bound && r.kind != router::TargetKind::none)

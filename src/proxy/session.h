@@ -136,6 +136,7 @@ private:
   std::unordered_map<std::string, ClientStmt> stmts_;
   uint64_t unnamed_gen_ = 0;
   std::vector<Msg> batch_;
+  std::vector<router::ParamValue> bind_params_; // a Bind's parameters, for routing
   bool skip_until_sync_ = false;
 
   std::vector<Attached> attached_; // by shard
