@@ -116,25 +116,6 @@ inline bool send_now(Socket &sock, std::string_view &data, ErrorCode &ec) {
   return true;
 }
 
-// Reads what the kernel holds right now, without the reactor: 0 with ec clear when nothing is
-// there yet. End of stream is asio::error::eof.
-inline size_t recv_now(Socket &sock, uint8_t *p, size_t n, ErrorCode &ec) {
-  for (;;) {
-    ssize_t r = ::recv(sock.native_handle(), p, n, MSG_DONTWAIT);
-    if (r > 0)
-      return size_t(r);
-    if (r == 0) {
-      ec = asio::error::eof;
-      return 0;
-    }
-    if (errno == EINTR)
-      continue;
-    if (errno != EAGAIN && errno != EWOULDBLOCK)
-      ec = ErrorCode(errno, boost::system::system_category());
-    return 0;
-  }
-}
-
 inline Task<void> write_all(Socket &sock, std::string_view data, ErrorCode &ec) {
   if (send_now(sock, data, ec))
     co_return;

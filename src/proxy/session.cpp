@@ -937,12 +937,8 @@ Task<void> Session::query_loop() {
       size_t avail = 0;
       uint8_t *p = cbuf_.prepare(read_size(f.frame_len, cbuf_.size()), avail);
       ErrorCode ec;
-      // The client's next message is often there already (it was sent while the answer to
-      // the last one was being relayed): read it without a trip through the reactor.
-      size_t n = recv_now(sock_, p, avail, ec);
-      if (!n && !ec)
-        n = co_await sock_.async_read_some(asio::buffer(p, avail),
-                                           asio::redirect_error(use_awaitable, ec));
+      size_t n = co_await sock_.async_read_some(asio::buffer(p, avail),
+                                                asio::redirect_error(use_awaitable, ec));
       if (ec)
         co_return;
       cbuf_.commit(n);
