@@ -59,22 +59,7 @@ scripts/cluster.sh up --dir "$OUT/A" --shards 1 --replicas 0 --base-port "$DB" >
 pgbench -i -q -s 1 -h 127.0.0.1 -p "$DB" -U app app >"$OUT/logs/load.log" 2>&1 || die "pgbench -i failed"
 
 take_ports 1; PB_PORT=$REPLY
-echo '"app" "app-secret"' >"$OUT/pgbouncer/userlist.txt"
-cat >"$OUT/pgbouncer/pgbouncer.ini" <<EOF
-[databases]
-app = host=127.0.0.1 port=$DB dbname=app
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $PB_PORT
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = $OUT/pgbouncer/userlist.txt
-pool_mode = transaction
-default_pool_size = 20
-logfile = $OUT/pgbouncer/pgbouncer.log
-EOF
-chown -R postgres: "$OUT/pgbouncer"
-chmod 600 "$OUT/pgbouncer/userlist.txt"
+pgbouncer_config "$OUT/pgbouncer" "$DB" "$PB_PORT"
 
 take_ports 1; SG_PORT=$REPLY
 cat >"$OUT/shardgate.toml" <<EOF
@@ -107,6 +92,7 @@ measure() { # target mode per_client
   rm -f "$out"
   if [ "$t" = pgbouncer ]; then
     port=$PB_PORT
+    rm -f "$OUT/pgbouncer/pgbouncer.pid"
     runuser -u postgres -- valgrind --tool=callgrind --callgrind-out-file="$out" \
       /usr/sbin/pgbouncer -q "$OUT/pgbouncer/pgbouncer.ini" >"$OUT/logs/$t-$mode-$n.log" 2>&1 &
   else

@@ -47,3 +47,30 @@ $(tail -n 30 "$4")"
 cpu_ticks() { # pidfile: utime + stime of the whole process (fields 14, 15; comm may hold spaces)
   sed 's/.*) //' "/proc/$(cat "$1")/stat" | awk '{print $12 + $13}'
 }
+
+# Writes DIR/pgbouncer.ini and DIR/userlist.txt: PgBouncer on 127.0.0.1:LISTEN in transaction
+# pooling, in front of database app on 127.0.0.1:DB, logging and keeping its pid file in DIR.
+pgbouncer_config() { # dir db-port listen-port
+  local d=$1
+  # A plain-text password in the userlist lets PgBouncer do SCRAM both towards the client and
+  # towards PostgreSQL (whose role has a SCRAM verifier).
+  echo '"app" "app-secret"' >"$d/userlist.txt"
+  cat >"$d/pgbouncer.ini" <<EOF
+[databases]
+app = host=127.0.0.1 port=$2 dbname=app
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $3
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $d/userlist.txt
+pool_mode = transaction
+default_pool_size = 20
+max_client_conn = 200
+logfile = $d/pgbouncer.log
+pidfile = $d/pgbouncer.pid
+EOF
+  chown -R postgres: "$d"
+  chmod 600 "$d/userlist.txt"
+}

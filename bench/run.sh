@@ -156,27 +156,7 @@ if want pgbouncer; then
   take_ports 1; PORT[pgbouncer]=$REPLY
   PB=$OUT/pgbouncer
   mkdir -p "$PB"
-  # A plain-text password in the userlist lets PgBouncer do SCRAM both towards the client and
-  # towards PostgreSQL (whose role has a SCRAM verifier).
-  echo '"app" "app-secret"' >"$PB/userlist.txt"
-  cat >"$PB/pgbouncer.ini" <<EOF
-[databases]
-app = host=127.0.0.1 port=$A_PORT dbname=app
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = ${PORT[pgbouncer]}
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = $PB/userlist.txt
-pool_mode = transaction
-default_pool_size = 20
-max_client_conn = 200
-logfile = $PB/pgbouncer.log
-pidfile = $PB/pgbouncer.pid
-EOF
-  chown -R postgres: "$PB"
-  chmod 600 "$PB/userlist.txt"
+  pgbouncer_config "$PB" "$A_PORT" "${PORT[pgbouncer]}"
   runuser -u postgres -- /usr/sbin/pgbouncer -d -q "$PB/pgbouncer.ini" ||
     die "pgbouncer did not start: $(tail -n 20 "$PB/pgbouncer.log" 2>/dev/null)"
   for ((i = 0; i < 50; i++)); do [ -s "$PB/pgbouncer.pid" ] && break; sleep 0.1; done
