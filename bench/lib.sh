@@ -44,6 +44,11 @@ $(tail -n 30 "$4")"
 $(tail -n 30 "$4")"
 }
 
+switches() { # pidfile: "voluntary involuntary" context switches summed over the process's threads
+  cat /proc/"$(cat "$1")"/task/*/status 2>/dev/null |
+    awk '/^voluntary_ctxt_switches/ {v += $2} /^nonvoluntary_ctxt_switches/ {n += $2} END {print v + 0, n + 0}'
+}
+
 cpu_ticks() { # pidfile: utime + stime of the whole process (fields 14, 15; comm may hold spaces)
   sed 's/.*) //' "/proc/$(cat "$1")/stat" | awk '{print $12 + $13}'
 }

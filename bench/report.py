@@ -2,7 +2,7 @@
 """Numbers for bench/run.sh.
 
   report.py record  --runs RUNS.jsonl --round R --mode M --target T --output PGBENCH.out
-                    --log-prefix PREFIX --rc RC --cpu-us US --keep-logs 0|1
+                    --log-prefix PREFIX --rc RC --cpu-us US --keep-logs 0|1 [--switches "V I"]
       Parses one pgbench run (its output and its per-transaction logs PREFIX.*), appends one JSON
       line to RUNS.jsonl and prints a one-line summary. Deletes the logs unless --keep-logs 1.
 
@@ -76,6 +76,11 @@ def record_run(a):
     r["cpu_us"] = int(a.cpu_us) if a.cpu_us else None
     r["cpu_us_per_query"] = (r["cpu_us"] / r["transactions"]
                              if r["cpu_us"] is not None and r["transactions"] else None)
+    # Context switches of the proxy's threads over the run: sleeps (voluntary: it blocked with
+    # nothing to do) and preemptions (involuntary), each per query.
+    sw = (getattr(a, "switches", "") or "").split()
+    for k, v in zip(("sleeps_per_query", "preempts_per_query"), sw):
+        r[k] = int(v) / r["transactions"] if r["transactions"] else None
     # pgbench exits 2 when clients aborted; its figures then cover only part of the run.
     r["ok"] = a.rc == 0 and bool(r["tps"]) and r["failed"] == 0
     return r
@@ -87,8 +92,10 @@ def cmd_record(a):
         f.write(json.dumps(r) + "\n")
     if r["ok"]:
         cpu = f"{r['cpu_us_per_query']:.1f} µs/q" if r["cpu_us_per_query"] is not None else "-"
+        sw = (f", sleeps {r['sleeps_per_query']:.2f}/q, preemptions {r['preempts_per_query']:.2f}/q"
+              if r.get("sleeps_per_query") is not None else "")
         print(f"bench:   -> {r['tps']:.0f} tps, avg {r['avg_ms']:.3f} ms, "
-              f"p99 {r['p99_ms']:.3f} ms, cpu {cpu}", file=sys.stderr)
+              f"p99 {r['p99_ms']:.3f} ms, cpu {cpu}{sw}", file=sys.stderr)
     else:
         print(f"bench:   -> FAILED (rc {a.rc}): {' | '.join(r['errors']) or 'see ' + a.output}",
               file=sys.stderr)
@@ -116,7 +123,8 @@ def cmd_summary(a):
         good = [r for r in rs if r["ok"]]
         row = {"mode": mode, "target": target, "rounds": len(rs), "ok_rounds": len(good)}
         if good:
-            for k in ("tps", "avg_ms", "p99_ms", "cpu_us_per_query"):
+            for k in ("tps", "avg_ms", "p99_ms", "cpu_us_per_query", "sleeps_per_query",
+                      "preempts_per_query"):
                 row[k] = med(good, k)
         for r in rs:
             if not r["ok"]:
@@ -132,15 +140,19 @@ def cmd_summary(a):
         d = direct.get(row["mode"])
         row["ratio"] = row["tps"] / d if row.get("tps") and d else None
 
-    lines = ["| Mode | Target | tps | ratio to direct | avg latency ms | p99 latency ms | proxy CPU µs/query |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| Mode | Target | tps | ratio to direct | avg latency ms | p99 latency ms | proxy CPU µs/query "
+             "| proxy sleeps · preemptions /query |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in rows:
         if "tps" not in row:
-            lines.append(f"| {row['mode']} | {row['target']} | failed | — | — | — | — |")
+            lines.append(f"| {row['mode']} | {row['target']} | failed | — | — | — | — | — |")
             continue
-        cpu = "—" if row["target"] == "direct" else fmt(row.get("cpu_us_per_query"), ".1f")
+        proxy = row["target"] != "direct"
+        cpu = fmt(row.get("cpu_us_per_query"), ".1f") if proxy else "—"
+        sw = (f"{fmt(row.get('sleeps_per_query'), '.2f')} · {fmt(row.get('preempts_per_query'), '.2f')}"
+              if proxy and row.get("sleeps_per_query") is not None else "—")
         lines.append(f"| {row['mode']} | {row['target']} | {row['tps']:,.0f} | {fmt(row['ratio'], '.2f', '×')} "
-                     f"| {fmt(row['avg_ms'], '.3f')} | {fmt(row['p99_ms'], '.3f')} | {cpu} |")
+                     f"| {fmt(row['avg_ms'], '.3f')} | {fmt(row['p99_ms'], '.3f')} | {cpu} | {sw} |")
     rounds = max((r["rounds"] for r in rows), default=0)
     md = ["# ShardGate benchmark", "",
           f"- Command: `{meta.get('command', '')}`",
@@ -159,7 +171,8 @@ def cmd_summary(a):
            f"2 shards x 1 replica. pgbench scale {meta.get('scale', '?')}.",
            f"- Note: {meta.get('note', '')}",
            f"- Figures are medians over {rounds} round(s); p99 from pgbench's per-transaction log; "
-           "proxy CPU = (utime+stime of the proxy process) / transactions.",
+           "proxy CPU = (utime+stime of the proxy process) / transactions; sleeps and preemptions = "
+           "voluntary and involuntary context switches of the proxy's threads / transactions.",
            "", *lines, ""]
     if notes:
         md += ["Failures:", ""] + [f"- {n}" for n in notes] + [""]
@@ -178,6 +191,7 @@ def main():
     r = sub.add_parser("record")
     for k in ("runs", "mode", "target", "output", "log_prefix", "cpu_us", "keep_logs"):
         r.add_argument("--" + k.replace("_", "-"), required=True)
+    r.add_argument("--switches", default="", help="voluntary and involuntary switches, 'V I'")
     r.add_argument("--round", type=int, required=True)
     r.add_argument("--rc", type=int, required=True)
     s = sub.add_parser("summary")

@@ -794,7 +794,7 @@ Task<bool> Session::relay(BackendConn &b) {
         forward();
         last_tag_.assign(body.data(), body.empty() ? 0 : body.size() - 1);
       }
-      if (body.rfind("DEALLOCATE ALL", 0) == 0 || body.rfind("DISCARD ALL", 0) == 0) {
+      if (body.starts_with("DEALLOCATE ALL") || body.starts_with("DISCARD ALL")) {
         b.prepared.clear(); // the server dropped our statements too
         b.unnamed_owner = 0;
       }
