@@ -1338,10 +1338,21 @@ Task<bool> Session::on_query(const std::string &sql) {
   co_return true;
 }
 
-// DDL on a sharded table: run on every shard's primary; the client sees one result, or an
-// error naming each shard that failed.
+// DDL on a sharded table, sent as a simple query: the client sees one result, or an error
+// naming each shard that failed.
 Task<bool> Session::broadcast(const std::string &sql) {
-  std::string first_capture;
+  std::string first;
+  if (co_await run_on_all_primaries(sql, first))
+    out_ += first;
+  else
+    ready();
+  co_return true;
+}
+
+// Runs one DDL statement on every shard's primary, as a simple query. True when every shard
+// applied it (`first` then holds the first shard's answer, through ReadyForQuery); otherwise an
+// ErrorResponse naming each shard that failed, and where it was applied, is in out_.
+Task<bool> Session::run_on_all_primaries(const std::string &sql, std::string &first_capture) {
   std::vector<std::string> failed, applied;
   protocol::ErrorInfo first_error;
   for (size_t s = 0; s < sh_.cfg.shards.size(); ++s) {
@@ -1402,9 +1413,7 @@ Task<bool> Session::broadcast(const std::string &sql) {
           applied.empty() ? "nothing was changed on any shard"
                           : "it was applied on: " + ok_list +
                                 "; fix the cause and re-run it (e.g. with IF [NOT] EXISTS)");
-    ready();
-  } else {
-    out_ += first_capture;
+    co_return false;
   }
   co_return true;
 }
@@ -1504,6 +1513,7 @@ Task<bool> Session::on_batch() {
   std::vector<std::string> closed;
   std::vector<std::string> registered;     // names this batch's Parses (re)defined
   const ClientStmt *first_bound = nullptr; // for metrics and the slow-query log
+  const ClientStmt *ddl = nullptr;         // a DDL statement to run on every primary
   QueryKind batch_kind = QueryKind::other;
   std::vector<router::ParamValue> &params = bind_params_;
 
@@ -1569,11 +1579,16 @@ Task<bool> Session::on_batch() {
         break;
       }
       if (r.kind == router::TargetKind::all_primaries) {
-        rerr = router::RouteError{"0A000",
-                                  "DDL on a sharded table cannot use the extended query protocol "
-                                  "yet",
-                                  "send it as a simple query (e.g. from psql); it is applied to "
-                                  "every shard"};
+        // DDL on a sharded table (JDBC and migration tools send it this way): run on every
+        // primary once the batch is read, if it is the batch's only statement.
+        if (!ends_sync || in_tx() || batch_shard_ >= 0 || !it.bind.params.empty() || ddl) {
+          rerr = router::RouteError{
+              "0A000", "DDL on a sharded table must be sent alone, outside a transaction",
+              "run it as its own statement in autocommit mode, without parameters and followed "
+              "by Sync; it is applied to every shard"};
+          break;
+        }
+        ddl = it.st;
         break;
       }
       if (r.kind == router::TargetKind::none) {
@@ -1680,6 +1695,37 @@ Task<bool> Session::on_batch() {
                               "end of transaction block",
                               ""};
     co_return co_await finish_error();
+  }
+
+  if (ddl) {
+    if (binds != 1) {
+      rerr = router::RouteError{"0A000",
+                                "DDL on a sharded table must be sent alone, outside a transaction",
+                                "send it in a pipeline of its own, followed by Sync"};
+      co_return co_await finish_error();
+    }
+    std::string first;
+    bool applied = co_await run_on_all_primaries(ddl->text, first);
+    for (auto &n : closed)
+      stmts_.erase(n);
+    if (!applied) {
+      ready();
+      co_return true;
+    }
+    // The first shard answered the simple query with CommandComplete and ReadyForQuery; the
+    // client gets the extended protocol's answers with that command tag.
+    std::string tag;
+    for (size_t pos = 0; pos < first.size();) {
+      auto f = protocol::decode_frame(reinterpret_cast<const uint8_t *>(first.data()) + pos,
+                                      first.size() - pos, 1u << 30);
+      if (f.status != protocol::DecodeStatus::ready)
+        break;
+      if (f.type == 'C' && !f.body_view().empty())
+        tag.assign(f.body_view().data(), f.body_view().size() - 1);
+      pos += f.frame_len;
+    }
+    synthesize_batch(batch, tag);
+    co_return true;
   }
 
   // DEALLOCATE and DISCARD ALL act on the proxy's own statement and settings state; the

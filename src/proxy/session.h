@@ -70,6 +70,7 @@ private:
   Task<bool> on_batch();
   Task<bool> on_function_call(Msg m);
   Task<bool> broadcast(const std::string &sql);
+  Task<bool> run_on_all_primaries(const std::string &sql, std::string &first_capture);
   void synthesize_batch(const std::vector<Msg> &batch, const std::string &tag);
 
   // Backends

@@ -388,6 +388,58 @@ class RoutingTest(ClusterTestCase):
         cur.execute("SELECT 1")
         self.assertEqual(cur.fetchall(), [(1,)])
 
+    def test_ddl_through_extended_protocol_reaches_every_primary(self):
+        # JDBC and migration tools send DDL as Parse/Bind/Describe/Execute/Sync. libpq's
+        # PQexecParams does the same; psycopg's prepare=True adds a named Parse.
+        pq = psycopg.pq
+        pg = self.pg3.pgconn
+        r = pg.exec_params(b"CREATE INDEX accounts_ext_owner_idx ON accounts(owner, id)", None)
+        self.assertEqual(pq.ExecStatus(r.status).name, "COMMAND_OK", (r.error_message or b"").decode())
+        self.assertEqual(r.command_status, b"CREATE INDEX")
+        self.pg3.execute("ALTER TABLE accounts ADD COLUMN ext_col text", prepare=True)
+        c = self.cluster
+        for i in range(c.shards):
+            p = c.primary_port(i)
+            self.assertEqual(c.sql(p, "SELECT count(*) FROM pg_indexes "
+                                      "WHERE indexname = 'accounts_ext_owner_idx'"), [["1"]], f"s{i}")
+            self.assertEqual(c.sql(p, "SELECT count(*) FROM information_schema.columns WHERE "
+                                      "table_name = 'accounts' AND column_name = 'ext_col'"),
+                             [["1"]], f"column on s{i}")
+        # The same connection goes on with routed statements.
+        self.pg3.execute("INSERT INTO accounts (id, owner, ext_col) VALUES (%s, 'ext', 'x')", [777000778])
+        self.assertEqual(self.pg3.execute("SELECT ext_col FROM accounts WHERE id = %s",
+                                          [777000778]).fetchall(), [("x",)])
+
+    def test_ddl_through_extended_protocol_failing_on_one_shard_names_it(self):
+        c = self.cluster
+        c.sql(c.primary_port(0), "CREATE INDEX accounts_ext_dup_idx ON accounts(balance, id)", user="app")
+        pq = psycopg.pq
+        pg = self.pg3.pgconn
+        r = pg.exec_params(b"CREATE INDEX accounts_ext_dup_idx ON accounts(balance, id)", None)
+        self.assertEqual(pq.ExecStatus(r.status).name, "FATAL_ERROR")
+        self.assertEqual(r.error_field(pq.DiagnosticField.SQLSTATE), b"42P07")
+        msg = (r.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) or b"").decode()
+        self.assertIn("s0", msg)
+        self.assertNotRegex(msg, r"\bs1\b", "only s0 failed")
+        self.assertIn("s1", (r.error_field(pq.DiagnosticField.MESSAGE_HINT) or b"").decode())
+        for i in range(c.shards):
+            self.assertEqual(c.sql(c.primary_port(i), "SELECT count(*) FROM pg_indexes "
+                                                      "WHERE indexname = 'accounts_ext_dup_idx'"), [["1"]])
+        self.assertEqual(self.pg3.execute("SELECT 1").fetchall(), [(1,)])
+
+    def test_ddl_through_extended_protocol_in_a_transaction_is_refused(self):
+        conn = psycopg.connect(self.proxy.dsn(), connect_timeout=10)  # not autocommit
+        self.addCleanup(conn.close)
+        with self.assertRaises(psycopg.Error) as cm:
+            conn.execute("CREATE INDEX accounts_ext_tx_idx ON accounts(owner)", prepare=True)
+        self.assertEqual(cm.exception.sqlstate, "0A000", str(cm.exception))
+        conn.rollback()
+        c = self.cluster
+        for i in range(c.shards):
+            self.assertEqual(c.sql(c.primary_port(i), "SELECT count(*) FROM pg_indexes "
+                                                      "WHERE indexname = 'accounts_ext_tx_idx'"), [["0"]])
+        self.assertEqual(conn.execute("SELECT 1").fetchall(), [(1,)])
+
     # ------------------------------------------------------------------ non-sharded tables
 
     def test_non_sharded_table_goes_to_default_shard(self):
