@@ -10,6 +10,7 @@
 #include <boost/asio/signal_set.hpp>
 
 #include <sys/socket.h>
+#include <unistd.h>
 
 namespace sg::proxy {
 
@@ -109,16 +110,50 @@ Task<void> Server::accept_loop(Worker &w) {
         co_return;
       continue; // e.g. EMFILE: keep serving the sessions we have
     }
-    auto session = std::make_shared<Session>(w, std::move(sock));
-    ++g_live_sessions;
-    asio::co_spawn(
-        w.io,
-        [session]() -> Task<void> {
-          co_await session->run();
-          --g_live_sessions;
-        },
-        asio::detached);
+    // The kernel spreads connections over the workers' SO_REUSEPORT listeners by a hash of the
+    // addresses, which can leave one worker with many more clients than another (and short
+    // of its share of the backend pool). The client goes to the worker with fewest sessions.
+    Worker *home = &w;
+    for (auto &o : workers_)
+      if (o->sessions.load(std::memory_order_relaxed) < home->sessions.load(std::memory_order_relaxed))
+        home = o.get();
+    home->sessions.fetch_add(1, std::memory_order_relaxed);
+    if (home == &w) {
+      start_session(w, std::move(sock));
+      continue;
+    }
+    auto protocol = acceptor.local_endpoint(ec).protocol();
+    int fd = ec ? -1 : sock.release(ec);
+    if (ec || fd < 0) {
+      home->sessions.fetch_sub(1, std::memory_order_relaxed);
+      continue;
+    }
+    asio::post(home->io, [home, protocol, fd] {
+      Socket s(home->io);
+      ErrorCode e;
+      s.assign(protocol, fd, e);
+      if (e) {
+        ::close(fd);
+        home->sessions.fetch_sub(1, std::memory_order_relaxed);
+        return;
+      }
+      start_session(*home, std::move(s));
+    });
   }
+}
+
+// Runs a client's session on worker w (which has already counted it in w.sessions).
+void Server::start_session(Worker &w, Socket sock) {
+  auto session = std::make_shared<Session>(w, std::move(sock));
+  ++g_live_sessions;
+  asio::co_spawn(
+      w.io,
+      [session, &w]() -> Task<void> {
+        co_await session->run();
+        --g_live_sessions;
+        w.sessions.fetch_sub(1, std::memory_order_relaxed);
+      },
+      asio::detached);
 }
 
 std::vector<const Worker *> Server::workers() const {

@@ -88,6 +88,9 @@ struct Worker {
   std::unordered_map<std::string, uint32_t> stmt_ids;
   uint32_t next_stmt_id = 1;
   bool stopping = false; // set at shutdown: sessions then drop connections instead of pooling
+  // Sessions living on this worker, counted from the moment one is assigned here; accepting
+  // workers read it to hand new clients to the least loaded worker.
+  std::atomic<int> sessions{0};
   uint32_t intern_statement(const std::string &key);
 };
 
@@ -106,6 +109,7 @@ public:
 
 private:
   Task<void> accept_loop(Worker &w);
+  static void start_session(Worker &w, Socket sock);
   std::unique_ptr<Shared> shared_;
   std::unique_ptr<Monitor> monitor_;
   std::vector<std::unique_ptr<Worker>> workers_;

@@ -83,5 +83,33 @@ class SessionModeTest(harness.ClusterTestCase):
             self.assertEqual(cur.fetchone(), (1,))
 
 
+@unittest.skipIf(psycopg2 is None, "needs Debian's python3-psycopg2")
+class WorkerBalanceTest(harness.ClusterTestCase):
+    SHARDS, REPLICAS = 1, 0
+
+    def test_clients_are_spread_over_workers(self):
+        # Each worker has its share of the pool: one backend connection here. Two clients that
+        # each hold a transaction must land on different workers; the kernel's SO_REUSEPORT
+        # hash alone puts them on the same one about half the time, and the second would then
+        # wait for the pool (53300 after pool_timeout_ms).
+        proxy = harness.Proxy(self.cluster, proxy_options={
+            "workers": 2, "pool_size": 2, "pool_timeout_ms": 1000})
+        self.addCleanup(proxy.stop)
+        for attempt in range(8):
+            with self.subTest(attempt=attempt):
+                a = psycopg2.connect(proxy.dsn(), connect_timeout=10)
+                b = psycopg2.connect(proxy.dsn(), connect_timeout=10)
+                try:
+                    ca, cb = a.cursor(), b.cursor()
+                    ca.execute("SELECT count(*) FROM accounts WHERE id = 1")  # opens a transaction
+                    cb.execute("SELECT count(*) FROM accounts WHERE id = 2")
+                    self.assertEqual(cb.fetchone(), (0,))
+                    a.rollback()
+                    b.rollback()
+                finally:
+                    a.close()
+                    b.close()
+
+
 if __name__ == "__main__":
     unittest.main()
