@@ -75,6 +75,18 @@ class RoutingTest(ClusterTestCase):
                 self.located[(table, k)] = int(name[1:])
         return {k: self.located[(table, k)] for k in keys}
 
+    def count_on_primaries(self, query):
+        """query's single count on each shard's primary, as ints: [s0, s1, ...]."""
+        c = self.cluster
+        return [int(c.sql(c.primary_port(i), query)[0][0]) for i in range(c.shards)]
+
+    def index_count(self, name):
+        return self.count_on_primaries(f"SELECT count(*) FROM pg_indexes WHERE indexname = '{name}'")
+
+    def column_count(self, column):
+        return self.count_on_primaries("SELECT count(*) FROM information_schema.columns WHERE "
+                                       f"table_name = 'accounts' AND column_name = '{column}'")
+
     def primary_rows(self, query):
         """query's rows on each shard's primary: [set of first-column values per shard]."""
         c = self.cluster
@@ -382,9 +394,7 @@ class RoutingTest(ClusterTestCase):
         self.assertNotRegex(msg, r"\bs0\b", "only s1 failed")
         self.assertIn("s0", e.diag.message_hint or "", "the hint says where it was applied")
         # Applied on s0 (the shards now agree), and the session is still usable.
-        for i in range(c.shards):
-            self.assertEqual(c.sql(c.primary_port(i), "SELECT count(*) FROM pg_indexes "
-                                                      "WHERE indexname = 'accounts_balance_idx'"), [["1"]])
+        self.assertEqual(self.index_count("accounts_balance_idx"), [1] * c.shards)
         cur.execute("SELECT 1")
         self.assertEqual(cur.fetchall(), [(1,)])
 
@@ -397,14 +407,9 @@ class RoutingTest(ClusterTestCase):
         self.assertEqual(pq.ExecStatus(r.status).name, "COMMAND_OK", (r.error_message or b"").decode())
         self.assertEqual(r.command_status, b"CREATE INDEX")
         self.pg3.execute("ALTER TABLE accounts ADD COLUMN ext_col text", prepare=True)
-        c = self.cluster
-        for i in range(c.shards):
-            p = c.primary_port(i)
-            self.assertEqual(c.sql(p, "SELECT count(*) FROM pg_indexes "
-                                      "WHERE indexname = 'accounts_ext_owner_idx'"), [["1"]], f"s{i}")
-            self.assertEqual(c.sql(p, "SELECT count(*) FROM information_schema.columns WHERE "
-                                      "table_name = 'accounts' AND column_name = 'ext_col'"),
-                             [["1"]], f"column on s{i}")
+        shards = self.cluster.shards
+        self.assertEqual(self.index_count("accounts_ext_owner_idx"), [1] * shards)
+        self.assertEqual(self.column_count("ext_col"), [1] * shards)
         # The same connection goes on with routed statements.
         self.pg3.execute("INSERT INTO accounts (id, owner, ext_col) VALUES (%s, 'ext', 'x')", [777000778])
         self.assertEqual(self.pg3.execute("SELECT ext_col FROM accounts WHERE id = %s",
@@ -422,9 +427,7 @@ class RoutingTest(ClusterTestCase):
         self.assertIn("s0", msg)
         self.assertNotRegex(msg, r"\bs1\b", "only s0 failed")
         self.assertIn("s1", (r.error_field(pq.DiagnosticField.MESSAGE_HINT) or b"").decode())
-        for i in range(c.shards):
-            self.assertEqual(c.sql(c.primary_port(i), "SELECT count(*) FROM pg_indexes "
-                                                      "WHERE indexname = 'accounts_ext_dup_idx'"), [["1"]])
+        self.assertEqual(self.index_count("accounts_ext_dup_idx"), [1] * c.shards)
         self.assertEqual(self.pg3.execute("SELECT 1").fetchall(), [(1,)])
 
     def test_ddl_through_extended_protocol_in_a_transaction_is_refused(self):
@@ -434,10 +437,7 @@ class RoutingTest(ClusterTestCase):
             conn.execute("CREATE INDEX accounts_ext_tx_idx ON accounts(owner)", prepare=True)
         self.assertEqual(cm.exception.sqlstate, "0A000", str(cm.exception))
         conn.rollback()
-        c = self.cluster
-        for i in range(c.shards):
-            self.assertEqual(c.sql(c.primary_port(i), "SELECT count(*) FROM pg_indexes "
-                                                      "WHERE indexname = 'accounts_ext_tx_idx'"), [["0"]])
+        self.assertEqual(self.index_count("accounts_ext_tx_idx"), [0] * self.cluster.shards)
         self.assertEqual(conn.execute("SELECT 1").fetchall(), [(1,)])
 
     # ------------------------------------------------------------------ non-sharded tables
