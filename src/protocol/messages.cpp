@@ -93,49 +93,6 @@ const char *to_string(Backend t) {
   return "Unknown";
 }
 
-Writer::Writer(Bytes &out, char type) : out_(out) {
-  out_.push_back(type);
-  len_pos_ = out_.size();
-  out_.append(4, '\0');
-}
-
-Writer::Writer(Bytes &out) : out_(out) {
-  len_pos_ = out_.size();
-  out_.append(4, '\0');
-}
-
-Writer &Writer::u8(uint8_t v) {
-  out_.push_back(char(v));
-  return *this;
-}
-Writer &Writer::i16(int16_t v) {
-  out_.push_back(char((uint16_t(v) >> 8) & 0xff));
-  out_.push_back(char(uint16_t(v) & 0xff));
-  return *this;
-}
-Writer &Writer::i32(int32_t v) {
-  uint32_t u = uint32_t(v);
-  char b[4] = {char(u >> 24), char(u >> 16), char(u >> 8), char(u)};
-  out_.append(b, 4);
-  return *this;
-}
-Writer &Writer::cstr(std::string_view s) {
-  out_.append(s);
-  out_.push_back('\0');
-  return *this;
-}
-Writer &Writer::raw(std::string_view s) {
-  out_.append(s);
-  return *this;
-}
-void Writer::finish() {
-  uint32_t len = uint32_t(out_.size() - len_pos_);
-  out_[len_pos_] = char(len >> 24);
-  out_[len_pos_ + 1] = char(len >> 16);
-  out_[len_pos_ + 2] = char(len >> 8);
-  out_[len_pos_ + 3] = char(len);
-}
-
 uint8_t Reader::u8() {
   if (end_ - p_ < 1) {
     ok_ = false;

@@ -60,16 +60,50 @@ const char *to_string(Backend t);
 using Bytes = std::string;
 
 // Appends one framed message to `out`. Usage: Writer w(out, 'Q'); w.cstr(sql); w.finish();
+// Inline: every message the proxy writes goes through it, several per query.
 class Writer {
 public:
-  Writer(Bytes &out, char type);
-  explicit Writer(Bytes &out); // untyped (startup packets)
-  Writer &u8(uint8_t v);
-  Writer &i16(int16_t v);
-  Writer &i32(int32_t v);
-  Writer &cstr(std::string_view s);
-  Writer &raw(std::string_view s);
-  void finish();
+  Writer(Bytes &out, char type) : out_(out) {
+    const char header[5] = {type, 0, 0, 0, 0};
+    out_.append(header, 5);
+    len_pos_ = out_.size() - 4;
+  }
+  explicit Writer(Bytes &out) : out_(out) { // untyped (startup packets)
+    len_pos_ = out_.size();
+    out_.append(4, '\0');
+  }
+  Writer &u8(uint8_t v) {
+    out_.push_back(char(v));
+    return *this;
+  }
+  Writer &i16(int16_t v) {
+    const char b[2] = {char(uint16_t(v) >> 8), char(uint16_t(v))};
+    out_.append(b, 2);
+    return *this;
+  }
+  Writer &i32(int32_t v) {
+    uint32_t u = uint32_t(v);
+    const char b[4] = {char(u >> 24), char(u >> 16), char(u >> 8), char(u)};
+    out_.append(b, 4);
+    return *this;
+  }
+  Writer &cstr(std::string_view s) {
+    out_.append(s);
+    out_.push_back('\0');
+    return *this;
+  }
+  Writer &raw(std::string_view s) {
+    out_.append(s);
+    return *this;
+  }
+  // Writes the length field: everything after the type byte.
+  void finish() {
+    uint32_t len = uint32_t(out_.size() - len_pos_);
+    out_[len_pos_] = char(len >> 24);
+    out_[len_pos_ + 1] = char(len >> 16);
+    out_[len_pos_ + 2] = char(len >> 8);
+    out_[len_pos_ + 3] = char(len);
+  }
 
 private:
   Bytes &out_;
