@@ -34,7 +34,7 @@ NEXT_PORT=${BENCH_BASE_PORT:-58632}
 source "$ROOT/bench/lib.sh"
 
 scripts/setup.sh
-[ -x "$SRC_BIN" ] || die "$SRC_BIN not found; build first (see the README)"
+need_binary "$SRC_BIN"
 command -v valgrind >/dev/null || die "valgrind is missing (scripts/setup.sh installs it)"
 
 teardown() {

@@ -19,6 +19,13 @@ stop_pidfile() { # pidfile expected-comm
   rm -f "$1"
 }
 
+need_binary() { # path: dies with how to build it when it is missing
+  [ -x "$1" ] && return 0
+  die "$1 not found. Build it first:
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release && cmake --build build
+(or point SHARDGATE_BIN at a built binary)"
+}
+
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 take_ports() { # n: sets REPLY to the first of n consecutive free ports at or after NEXT_PORT

@@ -88,14 +88,7 @@ source "$ROOT/bench/lib.sh"
 # --- 1. packages and binary ---
 
 scripts/setup.sh
-if [ ! -x "$SRC_BIN" ]; then
-  cat >&2 <<EOF
-bench-replicas: $SRC_BIN not found. Build it first:
-  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release && cmake --build build
-(or point SHARDGATE_BIN at a built binary)
-EOF
-  exit 1
-fi
+need_binary "$SRC_BIN"
 
 START_DATE=$(date -Is)
 LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)

@@ -20,7 +20,7 @@ import sys
 
 sys.dont_write_bytecode = True  # no __pycache__ in bench/
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from report import fmt, record_run  # noqa: E402
+from report import fmt, record_run, write_report  # noqa: E402
 
 SERVERS = ("primary", "replica0", "replica1")
 ORDER = ("direct", "primary-only", "1-replica", "2-replicas", "2-replicas-mon100")
@@ -198,14 +198,8 @@ def cmd_summary(a):
     md.append("")
     if notes:
         md += ["Failures:", ""] + [f"- {n}" for n in notes] + [""]
-    text = "\n".join(md)
-    with open(a.md, "w") as f:
-        f.write(text)
-    with open(a.json, "w") as f:
-        json.dump({"meta": meta, "summary": [rows[t] for t in targets], "comparisons": cmp,
-                   "proxy_events": events, "runs": runs}, f, indent=2)
-        f.write("\n")
-    print(text)
+    write_report(a, "\n".join(md), {"meta": meta, "summary": [rows[t] for t in targets],
+                                     "comparisons": cmp, "proxy_events": events, "runs": runs})
 
 
 def main():

@@ -176,11 +176,16 @@ def cmd_summary(a):
            "", *lines, ""]
     if notes:
         md += ["Failures:", ""] + [f"- {n}" for n in notes] + [""]
-    text = "\n".join(md)
+    write_report(a, "\n".join(md), {"meta": meta, "summary": rows, "runs": runs})
+
+
+def write_report(a, text, payload):
+    """The summary as Markdown (a.md) and JSON (a.json), and on stdout (shared with
+    replicas_report.py)."""
     with open(a.md, "w") as f:
         f.write(text)
     with open(a.json, "w") as f:
-        json.dump({"meta": meta, "summary": rows, "runs": runs}, f, indent=2)
+        json.dump(payload, f, indent=2)
         f.write("\n")
     print(text)
 

@@ -71,14 +71,7 @@ source "$ROOT/bench/lib.sh"
 # --- 1. packages and binary ---
 
 scripts/setup.sh
-if [ ! -x "$SRC_BIN" ]; then
-  cat >&2 <<EOF
-bench: $SRC_BIN not found. Build it first:
-  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release && cmake --build build
-(or point SHARDGATE_BIN at a built binary)
-EOF
-  exit 1
-fi
+need_binary "$SRC_BIN"
 
 # Another build or test on this small machine skews every figure; say so in the report.
 START_DATE=$(date -Is)

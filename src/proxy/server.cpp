@@ -96,10 +96,6 @@ uint32_t Worker::intern_statement(const std::string &key) {
 Server::Server(config::Config cfg) : shared_(std::make_unique<Shared>(std::move(cfg))) {}
 Server::~Server() = default;
 
-namespace {
-std::atomic<int> g_live_sessions{0};
-}
-
 Task<void> Server::accept_loop(Worker &w) {
   Acceptor &acceptor = *w.acceptor;
   for (;;) {
@@ -145,12 +141,10 @@ Task<void> Server::accept_loop(Worker &w) {
 // Runs a client's session on worker w (which has already counted it in w.sessions).
 void Server::start_session(Worker &w, Socket sock) {
   auto session = std::make_shared<Session>(w, std::move(sock));
-  ++g_live_sessions;
   asio::co_spawn(
       w.io,
       [session, &w]() -> Task<void> {
         co_await session->run();
-        --g_live_sessions;
         w.sessions.fetch_sub(1, std::memory_order_relaxed);
       },
       asio::detached);
@@ -233,12 +227,19 @@ int Server::run(const std::function<void()> &on_ready, const std::function<void(
   }
   signal_io.run();
   // Drain: wait up to 5 s for sessions to end on their own.
-  for (int i = 0; i < 50 && g_live_sessions.load() > 0; ++i)
+  auto live_sessions = [this] {
+    int n = 0;
+    for (auto &w : workers_)
+      n += w->sessions.load();
+    return n;
+  };
+  for (int i = 0; i < 50 && live_sessions() > 0; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   for (auto &w : workers_)
     w->io.stop();
   for (auto &t : threads)
     t.join();
+  int sessions_left = live_sessions(); // still open when the workers stopped
   if (on_stop)
     on_stop();
   // Teardown order: pools (their sockets need the io_context) before the io_context, whose
@@ -250,7 +251,7 @@ int Server::run(const std::function<void()> &on_ready, const std::function<void(
   }
   workers_.clear();
   monitor_.reset();
-  log::info("stopped", {{"sessions_left", std::to_string(g_live_sessions.load())}});
+  log::info("stopped", {{"sessions_left", std::to_string(sessions_left)}});
   return 0;
 }
 

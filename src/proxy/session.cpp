@@ -1341,8 +1341,8 @@ Task<bool> Session::on_query(const std::string &sql) {
 // DDL on a sharded table, sent as a simple query: the client sees one result, or an error
 // naming each shard that failed.
 Task<bool> Session::broadcast(const std::string &sql) {
-  std::string first;
-  if (co_await run_on_all_primaries(sql, first))
+  std::string first, tag;
+  if (co_await run_on_all_primaries(sql, first, tag))
     out_ += first;
   else
     ready();
@@ -1350,9 +1350,11 @@ Task<bool> Session::broadcast(const std::string &sql) {
 }
 
 // Runs one DDL statement on every shard's primary, as a simple query. True when every shard
-// applied it (`first` then holds the first shard's answer, through ReadyForQuery); otherwise an
-// ErrorResponse naming each shard that failed, and where it was applied, is in out_.
-Task<bool> Session::run_on_all_primaries(const std::string &sql, std::string &first_capture) {
+// applied it (`first_capture` then holds the first shard's answer, through ReadyForQuery, and
+// `tag` its command tag); otherwise an ErrorResponse naming each shard that failed, and where it
+// was applied, is in out_.
+Task<bool> Session::run_on_all_primaries(const std::string &sql, std::string &first_capture,
+                                         std::string &tag) {
   std::vector<std::string> failed, applied;
   protocol::ErrorInfo first_error;
   for (size_t s = 0; s < sh_.cfg.shards.size(); ++s) {
@@ -1379,14 +1381,18 @@ Task<bool> Session::run_on_all_primaries(const std::string &sql, std::string &fi
     bool has_error = !ok;
     if (!ok)
       err = {"ERROR", "08006", "shard unreachable or connection lost", "", ""};
+    std::string shard_tag;
     for (size_t pos = 0; pos < capture.size();) {
       auto f = protocol::decode_frame(reinterpret_cast<const uint8_t *>(capture.data()) + pos,
                                       capture.size() - pos, 1u << 30);
       if (f.status != protocol::DecodeStatus::ready)
         break;
+      std::string_view body = f.body_view();
       if (f.type == 'E' && !has_error) {
-        err = protocol::parse_error_response(f.body_view());
+        err = protocol::parse_error_response(body);
         has_error = true;
+      } else if (f.type == 'C' && !body.empty()) {
+        shard_tag.assign(body.data(), body.size() - 1);
       }
       pos += f.frame_len;
     }
@@ -1396,8 +1402,10 @@ Task<bool> Session::run_on_all_primaries(const std::string &sql, std::string &fi
       failed.push_back(name + ": " + err.message);
     } else {
       applied.push_back(name);
-      if (first_capture.empty())
+      if (first_capture.empty()) {
         first_capture = std::move(capture);
+        tag = std::move(shard_tag);
+      }
     }
   }
   tx_ = 'I';
@@ -1704,26 +1712,15 @@ Task<bool> Session::on_batch() {
                                 "send it in a pipeline of its own, followed by Sync"};
       co_return co_await finish_error();
     }
-    std::string first;
-    bool applied = co_await run_on_all_primaries(ddl->text, first);
+    std::string first, tag;
+    bool applied = co_await run_on_all_primaries(ddl->text, first, tag);
     for (auto &n : closed)
       stmts_.erase(n);
     if (!applied) {
       ready();
       co_return true;
     }
-    // The first shard answered the simple query with CommandComplete and ReadyForQuery; the
-    // client gets the extended protocol's answers with that command tag.
-    std::string tag;
-    for (size_t pos = 0; pos < first.size();) {
-      auto f = protocol::decode_frame(reinterpret_cast<const uint8_t *>(first.data()) + pos,
-                                      first.size() - pos, 1u << 30);
-      if (f.status != protocol::DecodeStatus::ready)
-        break;
-      if (f.type == 'C' && !f.body_view().empty())
-        tag.assign(f.body_view().data(), f.body_view().size() - 1);
-      pos += f.frame_len;
-    }
+    // The client gets the extended protocol's answers, with the first shard's command tag.
     synthesize_batch(batch, tag);
     co_return true;
   }

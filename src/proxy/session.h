@@ -70,7 +70,8 @@ private:
   Task<bool> on_batch();
   Task<bool> on_function_call(Msg m);
   Task<bool> broadcast(const std::string &sql);
-  Task<bool> run_on_all_primaries(const std::string &sql, std::string &first_capture);
+  Task<bool> run_on_all_primaries(const std::string &sql, std::string &first_capture,
+                                  std::string &tag);
   void synthesize_batch(const std::vector<Msg> &batch, const std::string &tag);
 
   // Backends
