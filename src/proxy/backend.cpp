@@ -12,14 +12,17 @@ namespace {
 constexpr uint32_t kMaxStartupFrame = 1 << 20;
 }
 
-Task<std::unique_ptr<BackendConn>> connect_backend(const Node &node, uint32_t timeout_ms,
-                                                   ConnectError &err) {
+Task<std::unique_ptr<BackendConn>> connect_backend(Poller &poller, const Node &node,
+                                                   uint32_t timeout_ms, ConnectError &err) {
   auto ex = co_await asio::this_coro::executor;
-  auto conn = std::make_unique<BackendConn>(Socket(ex), node);
-  Socket &sock = conn->sock;
-  Deadline deadline(ex, timeout_ms, [&sock] {
+  auto conn = std::make_unique<BackendConn>(node);
+  // Asio connects; the connection then moves to the worker's poller for the login and after.
+  Socket connecting(ex);
+  Stream &sock = conn->sock;
+  Deadline deadline(ex, timeout_ms, [&] {
     ErrorCode ignored;
-    sock.close(ignored);
+    connecting.close(ignored);
+    sock.close();
   });
   ErrorCode ec;
   const auto &ep = node.endpoint;
@@ -37,7 +40,7 @@ Task<std::unique_ptr<BackendConn>> connect_backend(const Node &node, uint32_t ti
     }
     target = *results.begin();
   }
-  co_await sock.async_connect(target, asio::redirect_error(use_awaitable, ec));
+  co_await connecting.async_connect(target, asio::redirect_error(use_awaitable, ec));
   auto fail = [&](errc code, std::string msg, std::string state = "08006") {
     if (deadline.fired()) {
       err = {make_error_code(errc::connect_timeout),
@@ -51,11 +54,9 @@ Task<std::unique_ptr<BackendConn>> connect_backend(const Node &node, uint32_t ti
     fail(errc::backend_refused, "cannot connect to " + ep.label() + ": " + ec.message(), "08001");
     co_return nullptr;
   }
-  sock.set_option(tcp::no_delay(true));
-  // The connect left write interest in the socket's (edge-triggered) epoll registration: every
-  // acknowledged send would then wake the worker for nothing. Register it afresh, reads only.
-  if (auto fd = sock.release(ec); !ec)
-    sock.assign(target.protocol(), fd, ec);
+  connecting.set_option(tcp::no_delay(true), ec);
+  if (!ec)
+    sock = make_stream(poller, connecting, ec);
   if (ec) {
     fail(errc::backend_closed, "cannot register the connection to " + ep.label() + ": " +
                                    ec.message());

@@ -4,6 +4,7 @@
 
 #include "config/config.h"
 #include "proxy/io.h"
+#include "proxy/poller.h"
 
 #include <map>
 #include <memory>
@@ -30,8 +31,8 @@ struct Node {
 };
 
 struct BackendConn {
-  explicit BackendConn(Socket s, const Node &n) : sock(std::move(s)), node(&n) {}
-  Socket sock;
+  explicit BackendConn(const Node &n) : node(&n) {}
+  Stream sock;
   const Node *node;
   int32_t pid = 0;
   int32_t key = 0;
@@ -53,7 +54,7 @@ struct ConnectError {
 };
 
 // Connects with a deadline and authenticates; nullptr and err on failure.
-Task<std::unique_ptr<BackendConn>> connect_backend(const Node &node, uint32_t timeout_ms,
-                                                   ConnectError &err);
+Task<std::unique_ptr<BackendConn>> connect_backend(Poller &poller, const Node &node,
+                                                   uint32_t timeout_ms, ConnectError &err);
 
 } // namespace sg::proxy

@@ -71,36 +71,14 @@ inline size_t read_size(size_t frame_len, size_t buffered) {
   return rest > 16 * 1024 ? rest : 16 * 1024;
 }
 
-// Reads until one whole typed frame is buffered. On error, status is error and ec is set
-// (ec stays clear for a decode error, whose text is in the view).
-inline Task<protocol::FrameView> read_frame(Socket &sock, Buffer &buf, uint32_t max_len,
-                                            ErrorCode &ec) {
-  for (;;) {
-    protocol::FrameView f = protocol::decode_frame(buf.data(), buf.size(), max_len);
-    if (f.status != protocol::DecodeStatus::need_more)
-      co_return f;
-    size_t avail = 0;
-    uint8_t *p = buf.prepare(read_size(f.frame_len, buf.size()), avail);
-    size_t n = co_await sock.async_read_some(asio::buffer(p, avail),
-                                             asio::redirect_error(use_awaitable, ec));
-    if (ec) {
-      protocol::FrameView e;
-      e.status = protocol::DecodeStatus::error;
-      e.error = "connection closed";
-      co_return e;
-    }
-    buf.commit(n);
-  }
-}
-
 // Sends what the kernel takes right now, straight to the socket and not through the reactor:
 // the usual case for a request or a response, with no handler, queueing or resumption.
 // Returns true when all of `data` went or ec is set; false leaves the unsent rest in `data`
 // (the socket buffer is full), for write_all(). Callers never have another write in flight on
 // the socket.
-inline bool send_now(Socket &sock, std::string_view &data, ErrorCode &ec) {
+inline bool send_now(int fd, std::string_view &data, ErrorCode &ec) {
   while (!data.empty()) {
-    ssize_t n = ::send(sock.native_handle(), data.data(), data.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    ssize_t n = ::send(fd, data.data(), data.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
     if (n > 0) {
       data.remove_prefix(size_t(n));
       continue;
@@ -116,8 +94,9 @@ inline bool send_now(Socket &sock, std::string_view &data, ErrorCode &ec) {
   return true;
 }
 
+// For connections that stay on Asio (a forwarded CancelRequest); see poller.h for the rest.
 inline Task<void> write_all(Socket &sock, std::string_view data, ErrorCode &ec) {
-  if (send_now(sock, data, ec))
+  if (send_now(sock.native_handle(), data, ec))
     co_return;
   co_await asio::async_write(sock, asio::buffer(data.data(), data.size()),
                              asio::redirect_error(use_awaitable, ec));

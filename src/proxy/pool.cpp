@@ -12,9 +12,9 @@ namespace sg::proxy {
 namespace {
 
 // Non-blocking peek: EOF, an error, or unprompted bytes (a FATAL) mean the connection is dead.
-bool still_alive(Socket &s) {
+bool still_alive(const Stream &s) {
   char c;
-  ssize_t n = ::recv(s.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  ssize_t n = ::recv(s.fd(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
   return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
@@ -27,8 +27,8 @@ uint32_t backoff_ms(uint32_t attempt) {
 
 } // namespace
 
-Pool::Pool(const Node &node, size_t max, const config::Proxy &cfg)
-    : node_(node), max_(max), cfg_(cfg) {}
+Pool::Pool(Poller &poller, const Node &node, size_t max, const config::Proxy &cfg)
+    : poller_(poller), node_(node), max_(max), cfg_(cfg) {}
 
 std::unique_ptr<BackendConn> Pool::try_acquire() {
   while (!idle_.empty()) {
@@ -60,7 +60,7 @@ Task<std::unique_ptr<BackendConn>> Pool::acquire(ConnectError &err) {
       ++open_;
       publish();
       for (uint32_t attempt = 0;; ++attempt) {
-        auto conn = co_await connect_backend(node_, cfg_.connect_timeout_ms, err);
+        auto conn = co_await connect_backend(poller_, node_, cfg_.connect_timeout_ms, err);
         if (conn) {
           co_return conn;
         }
@@ -110,8 +110,7 @@ void Pool::release(std::unique_ptr<BackendConn> conn) {
   if (!conn)
     return;
   if (conn->broken || conn->tx_status != 'I' || conn->unsynced) {
-    ErrorCode ec;
-    conn->sock.close(ec);
+    conn->sock.close();
     --open_;
   } else {
     idle_.push_back({std::move(conn), std::chrono::steady_clock::now()});

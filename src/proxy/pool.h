@@ -14,7 +14,7 @@ namespace sg::proxy {
 
 class Pool {
 public:
-  Pool(const Node &node, size_t max, const config::Proxy &cfg);
+  Pool(Poller &poller, const Node &node, size_t max, const config::Proxy &cfg);
   // A ready connection, or nullptr with err set (after retries with backoff and jitter).
   Task<std::unique_ptr<BackendConn>> acquire(ConnectError &err);
   // An idle connection right away, or nullptr (then acquire() waits or connects).
@@ -34,6 +34,7 @@ private:
   };
   void wake_one();
 
+  Poller &poller_;
   const Node &node_;
   size_t max_;
   const config::Proxy &cfg_;

@@ -81,9 +81,17 @@ void Shared::set_server_params(const std::vector<std::pair<std::string, std::str
 }
 
 Worker::Worker(Shared &s, size_t pool_per_node) : shared(s), stats(s.cfg.shards.size()) {
+  poller.start(io);
   for (const auto &n : s.nodes)
-    pools.push_back(std::make_unique<Pool>(n, pool_per_node, s.cfg.proxy));
+    pools.push_back(std::make_unique<Pool>(poller, n, pool_per_node, s.cfg.proxy));
   replica_rr.assign(s.cfg.shards.size(), 0);
+}
+
+// Sessions parked on a connection end first, while io and the pools are alive.
+Worker::~Worker() {
+  stopping = true;
+  poller.shutdown();
+  pools.clear();
 }
 
 uint32_t Worker::intern_statement(const std::string &key) {
@@ -140,7 +148,17 @@ Task<void> Server::accept_loop(Worker &w) {
 
 // Runs a client's session on worker w (which has already counted it in w.sessions).
 void Server::start_session(Worker &w, Socket sock) {
-  auto session = std::make_shared<Session>(w, std::move(sock));
+  ErrorCode ec;
+  sock.set_option(tcp::no_delay(true), ec);
+  std::string peer;
+  if (auto ep = sock.remote_endpoint(ec); !ec)
+    peer = ep.address().to_string() + ":" + std::to_string(ep.port());
+  Stream stream = make_stream(w.poller, sock, ec);
+  if (ec) {
+    w.sessions.fetch_sub(1, std::memory_order_relaxed);
+    return;
+  }
+  auto session = std::make_shared<Session>(w, std::move(stream), std::move(peer));
   asio::co_spawn(
       w.io,
       [session, &w]() -> Task<void> {
@@ -246,6 +264,7 @@ int Server::run(const std::function<void()> &on_ready, const std::function<void(
   // destruction ends the remaining sessions, which then must not touch the pools.
   for (auto &w : workers_) {
     w->stopping = true;
+    w->poller.shutdown();
     w->pools.clear();
     w->acceptor.reset();
   }

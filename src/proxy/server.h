@@ -6,6 +6,7 @@
 #include "protocol/auth.h"
 #include "proxy/backend.h"
 #include "proxy/health.h"
+#include "proxy/poller.h"
 #include "proxy/pool.h"
 #include "proxy/stats.h"
 #include "router/router.h"
@@ -77,7 +78,11 @@ private:
 // One worker thread: its io_context, its pools (one per node) and statement-name interning.
 struct Worker {
   Worker(Shared &s, size_t pool_per_node);
+  ~Worker();
   Shared &shared;
+  // Client and backend connections. Declared before io, so that it outlives io's destruction
+  // (which ends sessions parked on timers, and they close their connections here).
+  Poller poller;
   // Sockets are only ever touched by their own worker thread, so the reactor's per-socket
   // locking is off; the scheduler keeps its lock (shutdown posts here from another thread).
   asio::io_context io{BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO};

@@ -44,16 +44,12 @@ std::string trim(std::string_view s) {
 
 } // namespace
 
-Session::Session(Worker &w, Socket sock)
-    : w_(w), sh_(w.shared), sock_(std::move(sock)), cbuf_(16 * 1024) {
+Session::Session(Worker &w, Stream sock, std::string peer)
+    : w_(w), sh_(w.shared), sock_(std::move(sock)), cbuf_(16 * 1024), peer_(std::move(peer)) {
   attached_.resize(sh_.cfg.shards.size());
   ryw_at_.assign(sh_.cfg.shards.size(), 0);
   session_mode_ = sh_.cfg.proxy.pool_mode == config::PoolMode::session;
   id_ = g_session_ids++;
-  ErrorCode ec;
-  auto ep = sock_.remote_endpoint(ec);
-  if (!ec)
-    peer_ = ep.address().to_string() + ":" + std::to_string(ep.port());
 }
 
 Session::~Session() {
@@ -69,8 +65,6 @@ log::Fields Session::log_fields() const {
 }
 
 Task<void> Session::run() {
-  ErrorCode ec;
-  sock_.set_option(tcp::no_delay(true), ec);
   try {
     if (co_await startup())
       co_await query_loop();
@@ -80,7 +74,7 @@ Task<void> Session::run() {
     log::error("session_exception", f);
   }
   detach_all();
-  sock_.close(ec);
+  sock_.close();
 }
 
 // ---------------------------------------------------------------- replies made by the proxy
@@ -121,6 +115,8 @@ Task<bool> Session::flush() {
   if (!send_now(sock_, rest, ec))
     co_await write_all(sock_, rest, ec);
   out_.clear();
+  if (ec)
+    closing_ = true; // the client is gone: nothing more is said, and no backend is to blame
   co_return !ec;
 }
 
@@ -149,10 +145,7 @@ Task<bool> Session::fatal(const std::string &sqlstate, const std::string &msg,
 
 Task<bool> Session::startup() {
   auto ex = co_await asio::this_coro::executor;
-  Deadline deadline(ex, sh_.cfg.proxy.auth_timeout_ms, [this] {
-    ErrorCode ec;
-    sock_.close(ec);
-  });
+  Deadline deadline(ex, sh_.cfg.proxy.auth_timeout_ms, [this] { sock_.close(); });
   std::vector<std::pair<std::string, std::string>> params;
   for (;;) {
     auto s = protocol::decode_startup(cbuf_.data(), cbuf_.size(), kMaxStartupPacket);
@@ -160,8 +153,7 @@ Task<bool> Session::startup() {
       size_t avail = 0;
       uint8_t *p = cbuf_.prepare(1024, avail);
       ErrorCode ec;
-      size_t n = co_await sock_.async_read_some(asio::buffer(p, avail),
-                                                asio::redirect_error(use_awaitable, ec));
+      size_t n = co_await read_some(sock_, p, avail, ec);
       if (ec)
         co_return false; // closed before a whole startup packet: nothing to answer
       cbuf_.commit(n);
@@ -730,8 +722,14 @@ Task<bool> Session::relay(BackendConn &b) {
       size_t avail = 0;
       uint8_t *p = b.rbuf.prepare(read_size(f.frame_len, b.rbuf.size()), avail);
       ErrorCode ec;
-      size_t n = co_await b.sock.async_read_some(asio::buffer(p, avail),
-                                                 asio::redirect_error(use_awaitable, ec));
+      // The per-query path: the wait inline, with no coroutine frame of its own.
+      size_t n = b.sock.try_read(p, avail, ec);
+      while (n == 0 && !ec) {
+        bool ok = co_await b.sock.wait_in();
+        n = ok ? b.sock.try_read(p, avail, ec) : 0;
+        if (!ok)
+          ec = asio::error::operation_aborted;
+      }
       if (ec) {
         on_backend_lost(b);
         co_return false;
@@ -857,8 +855,7 @@ Task<bool> Session::pump_copy_in(BackendConn &b) {
       }
       size_t avail = 0;
       uint8_t *p = cbuf_.prepare(read_size(f.frame_len, cbuf_.size()), avail);
-      size_t n = co_await sock_.async_read_some(asio::buffer(p, avail),
-                                                asio::redirect_error(use_awaitable, ec));
+      size_t n = co_await read_some(sock_, p, avail, ec);
       if (ec) {
         b.broken = true;
         co_return false;
@@ -937,8 +934,13 @@ Task<void> Session::query_loop() {
       size_t avail = 0;
       uint8_t *p = cbuf_.prepare(read_size(f.frame_len, cbuf_.size()), avail);
       ErrorCode ec;
-      size_t n = co_await sock_.async_read_some(asio::buffer(p, avail),
-                                                asio::redirect_error(use_awaitable, ec));
+      size_t n = sock_.try_read(p, avail, ec);
+      while (n == 0 && !ec) { // as in relay(): the wait inline
+        bool ok = co_await sock_.wait_in();
+        n = ok ? sock_.try_read(p, avail, ec) : 0;
+        if (!ok)
+          ec = asio::error::operation_aborted;
+      }
       if (ec)
         co_return;
       cbuf_.commit(n);

@@ -20,7 +20,7 @@ namespace sg::proxy {
 
 class Session {
 public:
-  Session(Worker &w, Socket sock);
+  Session(Worker &w, Stream sock, std::string peer);
   ~Session();
   Task<void> run();
 
@@ -116,7 +116,7 @@ private:
 
   Worker &w_;
   Shared &sh_;
-  Socket sock_;
+  Stream sock_;
   Buffer cbuf_;
   std::string out_;           // bytes for the client, written at flush()
   std::string *sink_ = &out_; // redirected to a capture during broadcast

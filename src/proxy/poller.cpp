@@ -1,0 +1,246 @@
+// The worker's epoll set for client and backend connections (see poller.h).
+#include "proxy/poller.h"
+
+#include <cerrno>
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+namespace sg::proxy {
+
+namespace {
+constexpr uint32_t kReadEvents = EPOLLIN | EPOLLRDHUP | EPOLLET;
+
+ErrorCode errno_code() { return ErrorCode(errno, boost::system::system_category()); }
+
+uint64_t tag(uint32_t id, uint32_t gen) { return uint64_t(gen) << 32 | id; }
+} // namespace
+
+Poller::Poller() : epfd_(::epoll_create1(EPOLL_CLOEXEC)) {
+  if (epfd_ < 0)
+    throw boost::system::system_error(errno_code(), "epoll_create1");
+}
+
+Poller::~Poller() {
+  shutdown();
+  for (uint32_t id = 0; id < slots_.size(); ++id)
+    if (slots_[id].fd >= 0)
+      ::close(slots_[id].fd);
+  ::close(epfd_);
+}
+
+void Poller::start(asio::io_context &io) {
+  io_ = &io;
+  hub_ = std::make_unique<asio::posix::basic_stream_descriptor<Executor>>(io.get_executor());
+  int dup = ::dup(epfd_); // the descriptor object closes what it holds
+  if (dup < 0)
+    throw boost::system::system_error(errno_code(), "dup");
+  hub_->assign(dup);
+  arm();
+}
+
+void Poller::shutdown() {
+  shut_ = true;
+  hub_.reset(); // cancels the pending wait; its handler is dropped with the io_context
+  // Destroying a handler destroys the coroutine frames it holds, whose destructors may close
+  // other slots (which then drop their waiters at once, see close()).
+  for (;;) {
+    std::vector<WaitHandler> dropped;
+    for (auto &s : slots_)
+      for (auto &w : s.waiter)
+        if (w) {
+          dropped.push_back(std::move(*w));
+          w.reset();
+        }
+    if (dropped.empty())
+      break;
+  }
+}
+
+uint32_t Poller::add(int fd, ErrorCode &ec) {
+  int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0 || ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+    ec = errno_code();
+    ::close(fd);
+    return 0;
+  }
+  uint32_t id;
+  if (!free_.empty()) {
+    id = free_.back();
+    free_.pop_back();
+  } else {
+    id = uint32_t(slots_.size());
+    slots_.emplace_back();
+  }
+  Slot &s = slots_[id];
+  s.fd = fd;
+  s.readable = true;
+  s.want_out = false;
+  epoll_event ev{};
+  ev.events = kReadEvents;
+  ev.data.u64 = tag(id, s.gen);
+  if (::epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev) < 0) {
+    ec = errno_code();
+    close(id);
+  }
+  return id;
+}
+
+void Poller::close(uint32_t id) {
+  Slot &s = slots_[id];
+  if (s.fd < 0)
+    return;
+  ::close(s.fd); // also leaves the epoll set
+  s.fd = -1;
+  ++s.gen;
+  free_.push_back(id);
+  for (auto &w : s.waiter) {
+    if (!w)
+      continue;
+    WaitHandler h = std::move(*w);
+    w.reset();
+    if (shut_ || !io_)
+      continue; // shutting down: the waiting coroutine is destroyed with h
+    // Resumed from the io_context, not from inside close(): the closer may be anything, even
+    // a deadline of the waiting session itself.
+    asio::post(*io_, [h = std::move(h)]() mutable { h(false); });
+  }
+}
+
+size_t Poller::try_read(uint32_t id, uint8_t *p, size_t n, ErrorCode &ec) {
+  Slot &s = slots_[id];
+  if (s.fd < 0) {
+    ec = asio::error::bad_descriptor;
+    return 0;
+  }
+  while (s.readable) {
+    ssize_t got = ::recv(s.fd, p, n, 0);
+    if (got > 0) {
+      // A short read emptied the socket's receive queue: edge-triggered epoll reports the next
+      // data, so there is no point in reading again before that.
+      if (size_t(got) < n)
+        s.readable = false;
+      return size_t(got);
+    }
+    if (got == 0) {
+      ec = asio::error::eof;
+      return 0;
+    }
+    if (errno == EINTR)
+      continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      ec = errno_code();
+      return 0;
+    }
+    s.readable = false;
+  }
+  return 0;
+}
+
+void Poller::park(uint32_t id, Dir d, WaitHandler h) {
+  Slot &s = slots_[id];
+  if (s.fd < 0 || shut_) {
+    asio::post(*io_, [h = std::move(h)]() mutable { h(false); });
+    return;
+  }
+  s.waiter[d].emplace(std::move(h));
+  if (d == out && !s.want_out)
+    set_out_interest(id, true);
+}
+
+void Poller::set_out_interest(uint32_t id, bool on) {
+  Slot &s = slots_[id];
+  epoll_event ev{};
+  ev.events = kReadEvents | (on ? uint32_t(EPOLLOUT) : 0u);
+  ev.data.u64 = tag(id, s.gen);
+  if (::epoll_ctl(epfd_, EPOLL_CTL_MOD, s.fd, &ev) == 0)
+    s.want_out = on;
+}
+
+// Asio re-registers a plain readiness wait with one epoll_ctl; that is the whole cost of
+// watching the set, once per batch of events rather than once per socket operation.
+void Poller::arm() {
+  hub_->async_wait(asio::posix::descriptor_base::wait_read, [this](const ErrorCode &ec) {
+    if (ec || shut_)
+      return;
+    on_events();
+    if (hub_)
+      arm();
+  });
+}
+
+void Poller::on_events() {
+  epoll_event evs[64];
+  int n = ::epoll_wait(epfd_, evs, 64, 0);
+  for (int i = 0; i < n; ++i) {
+    auto id = uint32_t(evs[i].data.u64);
+    auto gen = uint32_t(evs[i].data.u64 >> 32);
+    // A coroutine resumed for an earlier event may have closed (and reused) this slot.
+    if (id >= slots_.size() || slots_[id].gen != gen || slots_[id].fd < 0)
+      continue;
+    uint32_t e = evs[i].events;
+    if (e & (EPOLLOUT | EPOLLERR | EPOLLHUP)) {
+      if (slots_[id].want_out)
+        set_out_interest(id, false); // or every acknowledged send would report here
+      resume(id, out);
+    }
+    if (slots_[id].gen != gen || slots_[id].fd < 0)
+      continue;
+    if (e & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {
+      slots_[id].readable = true;
+      resume(id, in);
+    }
+  }
+}
+
+void Poller::resume(uint32_t id, Dir d) {
+  auto &w = slots_[id].waiter[d];
+  if (!w)
+    return;
+  WaitHandler h = std::move(*w);
+  w.reset();
+  h(true); // runs the coroutine until its next wait; slots_ may grow meanwhile
+}
+
+Stream make_stream(Poller &p, Socket &sock, ErrorCode &ec) {
+  int fd = sock.release(ec);
+  if (ec)
+    return {};
+  uint32_t id = p.add(fd, ec);
+  if (ec)
+    return {};
+  return Stream(p, id);
+}
+
+Task<void> write_all(Stream &s, std::string_view data, ErrorCode &ec) {
+  for (;;) {
+    if (send_now(s, data, ec))
+      co_return;
+    bool ok = co_await s.wait(Poller::out); // not inside a condition (see read_some)
+    if (!ok) {
+      ec = asio::error::operation_aborted;
+      co_return;
+    }
+  }
+}
+
+Task<protocol::FrameView> read_frame(Stream &s, Buffer &buf, uint32_t max_len, ErrorCode &ec) {
+  for (;;) {
+    protocol::FrameView f = protocol::decode_frame(buf.data(), buf.size(), max_len);
+    if (f.status != protocol::DecodeStatus::need_more)
+      co_return f;
+    size_t avail = 0;
+    uint8_t *p = buf.prepare(read_size(f.frame_len, buf.size()), avail);
+    size_t n = co_await read_some(s, p, avail, ec);
+    if (ec) {
+      protocol::FrameView e;
+      e.status = protocol::DecodeStatus::error;
+      e.error = "connection closed";
+      co_return e;
+    }
+    buf.commit(n);
+  }
+}
+
+} // namespace sg::proxy

@@ -1,0 +1,154 @@
+// Readiness for a worker's client and backend connections: one edge-triggered epoll set per
+// worker, which the worker's io_context watches as a single descriptor.
+//
+// Why the hot sockets are not Asio sockets: Asio tries a read before every wait, and on this
+// path the awaited request or response is almost never there yet, so each query paid about 1.5
+// failed recv() calls on top of Asio's per-operation queueing. Here a connection is read only
+// when it had an event since its last short read, and a wait is a stored handler that the
+// event resumes directly. Timers, connects, DNS and the listener stay on Asio.
+#pragma once
+
+#include "proxy/io.h"
+
+#include <boost/asio/posix/stream_descriptor.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string_view>
+#include <vector>
+
+namespace sg::proxy {
+
+class Poller {
+public:
+  enum Dir : uint8_t { in = 0, out = 1 };
+
+  Poller();
+  ~Poller();
+  Poller(const Poller &) = delete;
+  Poller &operator=(const Poller &) = delete;
+
+  // Starts watching on io (the worker's io_context, which then must outlive shutdown()).
+  void start(asio::io_context &io);
+  // Ends every coroutine still waiting on a connection (their frames are destroyed), and stops
+  // watching. Call it while io is alive and no longer running; idempotent.
+  void shutdown();
+
+  // Takes ownership of a connected socket (made non-blocking here); returns its slot. On
+  // failure the socket is closed and ec is set.
+  uint32_t add(int fd, ErrorCode &ec);
+  // Closes the slot's socket. A coroutine waiting on it resumes (later, never inside this call)
+  // with false.
+  void close(uint32_t id);
+  int fd(uint32_t id) const { return slots_[id].fd; }
+
+  // Reads what is there without waiting: > 0 bytes; 0 with ec clear when nothing is there yet;
+  // 0 with ec set at end of stream or on an error.
+  size_t try_read(uint32_t id, uint8_t *p, size_t n, ErrorCode &ec);
+
+  // Completes with true at the slot's next event in that direction (end of stream and errors
+  // count as both), or with false once the slot is closed. One waiter per slot and direction.
+  auto wait(uint32_t id, Dir d) {
+    return asio::async_initiate<const asio::use_awaitable_t<Executor> &, void(bool)>(
+        [this, id, d](WaitHandler h) { park(id, d, std::move(h)); }, use_awaitable);
+  }
+
+private:
+  using WaitHandler =
+      asio::async_result<asio::use_awaitable_t<Executor>, void(bool)>::handler_type;
+  struct Slot {
+    int fd = -1;
+    uint32_t gen = 0;      // bumped on close: stale events for a reused slot are ignored
+    bool readable = true;  // an event (or the start) since the last short read
+    bool want_out = false; // EPOLLOUT is in the registration (only while a writer waits)
+    std::optional<WaitHandler> waiter[2];
+  };
+
+  void park(uint32_t id, Dir d, WaitHandler h);
+  void arm();
+  void on_events();
+  void resume(uint32_t id, Dir d);
+  void set_out_interest(uint32_t id, bool on);
+
+  int epfd_ = -1;
+  asio::io_context *io_ = nullptr;
+  std::unique_ptr<asio::posix::basic_stream_descriptor<Executor>> hub_;
+  std::vector<Slot> slots_;
+  std::vector<uint32_t> free_;
+  bool shut_ = false;
+};
+
+// A connection registered with a Poller; closes it when destroyed. Move-only.
+class Stream {
+public:
+  Stream() = default;
+  Stream(Poller &p, uint32_t id) : p_(&p), id_(id) {}
+  Stream(Stream &&o) noexcept : p_(std::exchange(o.p_, nullptr)), id_(o.id_) {}
+  Stream &operator=(Stream &&o) noexcept {
+    if (this != &o) {
+      close();
+      p_ = std::exchange(o.p_, nullptr);
+      id_ = o.id_;
+    }
+    return *this;
+  }
+  ~Stream() { close(); }
+
+  bool is_open() const { return p_ != nullptr; }
+  int fd() const { return p_ ? p_->fd(id_) : -1; }
+  void close() {
+    if (p_)
+      std::exchange(p_, nullptr)->close(id_);
+  }
+  // See Poller::try_read; a closed stream reads as an error.
+  size_t try_read(uint8_t *p, size_t n, ErrorCode &ec) {
+    if (!p_) {
+      ec = asio::error::bad_descriptor;
+      return 0;
+    }
+    return p_->try_read(id_, p, n, ec);
+  }
+  // Waits for the stream's next event in direction d; false if the stream is (or gets) closed.
+  Task<bool> wait(Poller::Dir d) {
+    if (!p_)
+      co_return false;
+    bool ok = co_await p_->wait(id_, d);
+    co_return ok;
+  }
+  // The wait itself, without a coroutine frame of its own: only on an open stream.
+  auto wait_in() { return p_->wait(id_, Poller::in); }
+
+private:
+  Poller *p_ = nullptr;
+  uint32_t id_ = 0;
+};
+
+// Wraps a connected Asio socket's descriptor (taken from it) in a Stream on p.
+Stream make_stream(Poller &p, Socket &sock, ErrorCode &ec);
+
+// Reads what is there, waiting for it if need be: > 0 bytes, or 0 with ec set at end of
+// stream, on an error, or when the stream was closed meanwhile.
+inline Task<size_t> read_some(Stream &s, uint8_t *p, size_t n, ErrorCode &ec) {
+  for (;;) {
+    size_t got = s.try_read(p, n, ec);
+    if (got || ec)
+      co_return got;
+    bool ok = co_await s.wait_in(); // not inside a condition: GCC 12 miscompiles that here
+    if (!ok) {
+      ec = asio::error::operation_aborted;
+      co_return 0;
+    }
+  }
+}
+
+// Sends what the kernel takes now (see send_now in io.h); waits for room for the rest.
+Task<void> write_all(Stream &s, std::string_view data, ErrorCode &ec);
+inline bool send_now(Stream &s, std::string_view &data, ErrorCode &ec) {
+  return send_now(s.fd(), data, ec);
+}
+
+// Reads until one whole typed frame is buffered (see the Socket version in io.h).
+Task<protocol::FrameView> read_frame(Stream &s, Buffer &buf, uint32_t max_len, ErrorCode &ec);
+
+} // namespace sg::proxy
