@@ -15,6 +15,8 @@
 #include <string_view>
 
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 namespace sg::proxy {
 
@@ -71,6 +73,16 @@ inline size_t read_size(size_t frame_len, size_t buffered) {
   return rest > 16 * 1024 ? rest : 16 * 1024;
 }
 
+// recv() and send() without glibc's wrappers: in a multi-threaded process those are pthread
+// cancellation points, which costs two calls around every system call (about 170 instructions
+// per query, a few percent of the proxy's user time). The proxy never cancels threads.
+inline ssize_t sys_recv(int fd, void *p, size_t n) {
+  return ::syscall(SYS_recvfrom, fd, p, n, 0, nullptr, nullptr);
+}
+inline ssize_t sys_send(int fd, const void *p, size_t n) {
+  return ::syscall(SYS_sendto, fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL, nullptr, 0);
+}
+
 // Sends what the kernel takes right now, straight to the socket and not through the reactor:
 // the usual case for a request or a response, with no handler, queueing or resumption.
 // Returns true when all of `data` went or ec is set; false leaves the unsent rest in `data`
@@ -78,7 +90,7 @@ inline size_t read_size(size_t frame_len, size_t buffered) {
 // the socket.
 inline bool send_now(int fd, std::string_view &data, ErrorCode &ec) {
   while (!data.empty()) {
-    ssize_t n = ::send(fd, data.data(), data.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    ssize_t n = sys_send(fd, data.data(), data.size());
     if (n > 0) {
       data.remove_prefix(size_t(n));
       continue;

@@ -46,7 +46,7 @@ void Poller::shutdown() {
   // Destroying a handler destroys the coroutine frames it holds, whose destructors may close
   // other slots (which then drop their waiters at once, see close()).
   for (;;) {
-    std::vector<WaitHandler> dropped;
+    std::vector<Parked> dropped;
     for (auto &s : slots_)
       for (auto &w : s.waiter)
         if (w) {
@@ -76,6 +76,7 @@ uint32_t Poller::add(int fd, ErrorCode &ec) {
   Slot &s = slots_[id];
   s.fd = fd;
   s.readable = true;
+  s.hup = false;
   s.want_out = false;
   epoll_event ev{};
   ev.events = kReadEvents;
@@ -98,13 +99,13 @@ void Poller::close(uint32_t id) {
   for (auto &w : s.waiter) {
     if (!w)
       continue;
-    WaitHandler h = std::move(*w);
+    Parked t = std::move(*w);
     w.reset();
     if (shut_ || !io_)
-      continue; // shutting down: the waiting coroutine is destroyed with h
+      continue; // shutting down: the waiting coroutine goes with t
     // Resumed from the io_context, not from inside close(): the closer may be anything, even
     // a deadline of the waiting session itself.
-    asio::post(*io_, [h = std::move(h)]() mutable { h(false); });
+    asio::post(*io_, [t = std::move(t)]() mutable { t.resume(); });
   }
 }
 
@@ -115,11 +116,12 @@ size_t Poller::try_read(uint32_t id, uint8_t *p, size_t n, ErrorCode &ec) {
     return 0;
   }
   while (s.readable) {
-    ssize_t got = ::recv(s.fd, p, n, 0);
+    ssize_t got = sys_recv(s.fd, p, n);
     if (got > 0) {
       // A short read emptied the socket's receive queue: edge-triggered epoll reports the next
-      // data, so there is no point in reading again before that.
-      if (size_t(got) < n)
+      // data, so there is no point in reading again before that. Not so after the peer's FIN:
+      // its one event may have come with the data just read, and no other will follow.
+      if (size_t(got) < n && !s.hup)
         s.readable = false;
       return size_t(got);
     }
@@ -134,17 +136,18 @@ size_t Poller::try_read(uint32_t id, uint8_t *p, size_t n, ErrorCode &ec) {
       return 0;
     }
     s.readable = false;
+    return 0;
   }
   return 0;
 }
 
-void Poller::park(uint32_t id, Dir d, WaitHandler h) {
+void Poller::park(uint32_t id, Dir d, Parked t) {
   Slot &s = slots_[id];
   if (s.fd < 0 || shut_) {
-    asio::post(*io_, [h = std::move(h)]() mutable { h(false); });
+    asio::post(*io_, [t = std::move(t)]() mutable { t.resume(); });
     return;
   }
-  s.waiter[d].emplace(std::move(h));
+  s.waiter[d].emplace(std::move(t));
   if (d == out && !s.want_out)
     set_out_interest(id, true);
 }
@@ -189,6 +192,8 @@ void Poller::on_events() {
       continue;
     if (e & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {
       slots_[id].readable = true;
+      if (e & (EPOLLRDHUP | EPOLLERR | EPOLLHUP))
+        slots_[id].hup = true;
       resume(id, in);
     }
   }
@@ -198,9 +203,9 @@ void Poller::resume(uint32_t id, Dir d) {
   auto &w = slots_[id].waiter[d];
   if (!w)
     return;
-  WaitHandler h = std::move(*w);
+  Parked t = std::move(*w);
   w.reset();
-  h(true); // runs the coroutine until its next wait; slots_ may grow meanwhile
+  t.resume(); // runs the coroutine until its next wait; slots_ may grow meanwhile
 }
 
 Stream make_stream(Poller &p, Socket &sock, ErrorCode &ec) {
@@ -214,15 +219,8 @@ Stream make_stream(Poller &p, Socket &sock, ErrorCode &ec) {
 }
 
 Task<void> write_all(Stream &s, std::string_view data, ErrorCode &ec) {
-  for (;;) {
-    if (send_now(s, data, ec))
-      co_return;
-    bool ok = co_await s.wait(Poller::out); // not inside a condition (see read_some)
-    if (!ok) {
-      ec = asio::error::operation_aborted;
-      co_return;
-    }
-  }
+  while (!send_now(s, data, ec)) // a stream closed meanwhile fails the send
+    co_await s.wait(Poller::out);
 }
 
 Task<protocol::FrameView> read_frame(Stream &s, Buffer &buf, uint32_t max_len, ErrorCode &ec) {

@@ -4,13 +4,14 @@
 // Why the hot sockets are not Asio sockets: Asio tries a read before every wait, and on this
 // path the awaited request or response is almost never there yet, so each query paid about 1.5
 // failed recv() calls on top of Asio's per-operation queueing. Here a connection is read only
-// when it had an event since its last short read, and a wait is a stored handler that the
-// event resumes directly. Timers, connects, DNS and the listener stay on Asio.
+// when it had an event since its last short read, and a wait parks the coroutine's stack,
+// which the event resumes directly. Timers, connects, DNS and the listener stay on Asio.
 #pragma once
 
 #include "proxy/io.h"
 
 #include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/version.hpp>
 
 #include <cstdint>
 #include <memory>
@@ -19,6 +20,22 @@
 #include <vector>
 
 namespace sg::proxy {
+
+// A coroutine stack suspended on a connection. A wait goes through Asio's awaitable machinery
+// at its lowest level (the frame hook that async_result<use_awaitable_t> itself uses), so that
+// it costs no coroutine frame and no completion handler: a per-query allocation otherwise.
+// These are internals of Boost.Asio 1.74's impl/awaitable.hpp; recheck them before moving on.
+static_assert(BOOST_VERSION / 100 == 1074, "Parked relies on Boost.Asio 1.74's awaitable internals");
+class Parked : public asio::detail::awaitable_thread<Executor> {
+public:
+  explicit Parked(asio::detail::awaitable_thread<Executor> *t)
+      : asio::detail::awaitable_thread<Executor>(std::move(*t)) {}
+  // Runs the stack from where it waited until it waits again or ends.
+  void resume() {
+    this->top_of_stack_->attach_thread(this);
+    this->pump();
+  }
+};
 
 class Poller {
 public:
@@ -39,7 +56,7 @@ public:
   // failure the socket is closed and ec is set.
   uint32_t add(int fd, ErrorCode &ec);
   // Closes the slot's socket. A coroutine waiting on it resumes (later, never inside this call)
-  // with false.
+  // and finds the connection closed.
   void close(uint32_t id);
   int fd(uint32_t id) const { return slots_[id].fd; }
 
@@ -47,25 +64,31 @@ public:
   // 0 with ec set at end of stream or on an error.
   size_t try_read(uint32_t id, uint8_t *p, size_t n, ErrorCode &ec);
 
-  // Completes with true at the slot's next event in that direction (end of stream and errors
-  // count as both), or with false once the slot is closed. One waiter per slot and direction.
-  auto wait(uint32_t id, Dir d) {
-    return asio::async_initiate<const asio::use_awaitable_t<Executor> &, void(bool)>(
-        [this, id, d](WaitHandler h) { park(id, d, std::move(h)); }, use_awaitable);
-  }
+  // `co_await wait(id, d)` returns at the slot's next event in that direction (end of stream
+  // and errors count as both) or once the slot is closed. One waiter per slot and direction.
+  struct Wait {
+    Poller *p;
+    uint32_t id;
+    Dir d;
+    asio::detail::awaitable_thread<Executor> *
+    operator()(asio::detail::awaitable_frame_base<Executor> *frame) const {
+      p->park(id, d, Parked(frame->detach_thread()));
+      return nullptr;
+    }
+  };
+  Wait wait(uint32_t id, Dir d) { return {this, id, d}; }
 
 private:
-  using WaitHandler =
-      asio::async_result<asio::use_awaitable_t<Executor>, void(bool)>::handler_type;
   struct Slot {
     int fd = -1;
     uint32_t gen = 0;      // bumped on close: stale events for a reused slot are ignored
     bool readable = true;  // an event (or the start) since the last short read
+    bool hup = false;      // the peer closed (or the socket failed): reads never wait again
     bool want_out = false; // EPOLLOUT is in the registration (only while a writer waits)
-    std::optional<WaitHandler> waiter[2];
+    std::optional<Parked> waiter[2];
   };
 
-  void park(uint32_t id, Dir d, WaitHandler h);
+  void park(uint32_t id, Dir d, Parked t);
   void arm();
   void on_events();
   void resume(uint32_t id, Dir d);
@@ -109,15 +132,9 @@ public:
     }
     return p_->try_read(id_, p, n, ec);
   }
-  // Waits for the stream's next event in direction d; false if the stream is (or gets) closed.
-  Task<bool> wait(Poller::Dir d) {
-    if (!p_)
-      co_return false;
-    bool ok = co_await p_->wait(id_, d);
-    co_return ok;
-  }
-  // The wait itself, without a coroutine frame of its own: only on an open stream.
-  auto wait_in() { return p_->wait(id_, Poller::in); }
+  // `co_await s.wait(d)`: see Poller::wait. Only on an open stream; afterwards, the stream may
+  // have been closed meanwhile (try_read and sends then fail).
+  Poller::Wait wait(Poller::Dir d) { return p_->wait(id_, d); }
 
 private:
   Poller *p_ = nullptr;
@@ -134,11 +151,7 @@ inline Task<size_t> read_some(Stream &s, uint8_t *p, size_t n, ErrorCode &ec) {
     size_t got = s.try_read(p, n, ec);
     if (got || ec)
       co_return got;
-    bool ok = co_await s.wait_in(); // not inside a condition: GCC 12 miscompiles that here
-    if (!ok) {
-      ec = asio::error::operation_aborted;
-      co_return 0;
-    }
+    co_await s.wait(Poller::in); // as a statement: GCC 12 miscompiles it inside a condition
   }
 }
 

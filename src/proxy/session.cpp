@@ -725,10 +725,8 @@ Task<bool> Session::relay(BackendConn &b) {
       // The per-query path: the wait inline, with no coroutine frame of its own.
       size_t n = b.sock.try_read(p, avail, ec);
       while (n == 0 && !ec) {
-        bool ok = co_await b.sock.wait_in();
-        n = ok ? b.sock.try_read(p, avail, ec) : 0;
-        if (!ok)
-          ec = asio::error::operation_aborted;
+        co_await b.sock.wait(Poller::in);
+        n = b.sock.try_read(p, avail, ec);
       }
       if (ec) {
         on_backend_lost(b);
@@ -936,10 +934,8 @@ Task<void> Session::query_loop() {
       ErrorCode ec;
       size_t n = sock_.try_read(p, avail, ec);
       while (n == 0 && !ec) { // as in relay(): the wait inline
-        bool ok = co_await sock_.wait_in();
-        n = ok ? sock_.try_read(p, avail, ec) : 0;
-        if (!ok)
-          ec = asio::error::operation_aborted;
+        co_await sock_.wait(Poller::in);
+        n = sock_.try_read(p, avail, ec);
       }
       if (ec)
         co_return;
