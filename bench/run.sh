@@ -225,8 +225,12 @@ fi
 
 CMD_TEMPLATE="pgbench -n -S -c $CLIENTS -j $THREADS -T $DURATION -M MODE -l --log-prefix=PREFIX -h 127.0.0.1 -p PORT -U app app"
 for ((r = 1; r <= ROUNDS; r++)); do
+  # Even rounds run the targets in reverse order, so that no target always runs first after a
+  # mode change or last in a round (a cluster that is still settling would favour one).
+  order=$TARGETS
+  ((r % 2 == 0)) && order=$(printf '%s\n' $TARGETS | tac | tr '\n' ' ')
   for m in $MODES; do
-    for t in $TARGETS; do
+    for t in $order; do
       name=r$r-$m-$t
       args=(-T "$DURATION" -M "$m" -l "--log-prefix=$OUT/runs/$name.tx")
       echo "bench: [round $r/$ROUNDS] $(printf '%q ' pgbench -n -S -c "$CLIENTS" -j "$THREADS" "${args[@]}" -h 127.0.0.1 -p "${PORT[$t]}" -U app app)  # $t" >&2

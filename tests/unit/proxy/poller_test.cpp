@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <list>
 #include <string>
 
 namespace sg::proxy {
@@ -47,6 +48,27 @@ protected:
       io.run_one_for(std::chrono::milliseconds(10));
   }
   template <class F> void spawn(F f) { asio::co_spawn(io, std::move(f), asio::detached); }
+  struct Reader {
+    std::string got;
+    ErrorCode seen; // how the stream ended
+    bool done = false;
+  };
+  // Spawns a reader that collects what arrives until the stream ends or fails.
+  Reader &read_all(Stream &s) {
+    Reader &r = readers.emplace_back();
+    spawn([&s, &r]() -> Task<void> {
+      uint8_t buf[64];
+      for (;;) {
+        size_t n = co_await read_some(s, buf, sizeof buf, r.seen);
+        if (r.seen)
+          break;
+        r.got.append(reinterpret_cast<char *>(buf), n);
+      }
+      r.done = true;
+    });
+    return r;
+  }
+  std::list<Reader> readers;
 
   Poller poller; // declared before io: it must outlive io (see Worker)
   asio::io_context io{1};
@@ -82,19 +104,13 @@ TEST_F(PollerTest, ReadWaitsForDataAndReturnsWhatArrived) {
 TEST_F(PollerTest, EndOfStreamIsAnError) {
   Pair pr;
   Stream s = adopt(pr.ours);
-  ErrorCode seen;
-  bool done = false;
-  spawn([&]() -> Task<void> {
-    uint8_t buf[16];
-    co_await read_some(s, buf, sizeof buf, seen);
-    done = true;
-  });
+  Reader &r = read_all(s);
   io.poll();
   ::close(pr.theirs);
   pr.theirs = -1;
-  run_until([&] { return done; });
-  ASSERT_TRUE(done);
-  EXPECT_EQ(seen, asio::error::eof);
+  run_until([&] { return r.done; });
+  ASSERT_TRUE(r.done);
+  EXPECT_EQ(r.seen, asio::error::eof);
 }
 
 // The peer's last bytes and its FIN come as one edge-triggered event: after the (short) read
@@ -102,45 +118,27 @@ TEST_F(PollerTest, EndOfStreamIsAnError) {
 TEST_F(PollerTest, DataThenCloseInOneEventEndsTheStream) {
   Pair pr;
   Stream s = adopt(pr.ours);
-  std::string got;
-  ErrorCode seen;
-  bool done = false;
-  spawn([&]() -> Task<void> {
-    uint8_t buf[64];
-    for (;;) {
-      size_t n = co_await read_some(s, buf, sizeof buf, seen);
-      if (seen)
-        break;
-      got.append(reinterpret_cast<char *>(buf), n);
-    }
-    done = true;
-  });
+  Reader &r = read_all(s);
   io.poll(); // parked: nothing to read yet
   ASSERT_EQ(::write(pr.theirs, "last", 4), 4);
   ::shutdown(pr.theirs, SHUT_WR);
-  run_until([&] { return done; });
-  ASSERT_TRUE(done);
-  EXPECT_EQ(got, "last");
-  EXPECT_EQ(seen, asio::error::eof);
+  run_until([&] { return r.done; });
+  ASSERT_TRUE(r.done);
+  EXPECT_EQ(r.got, "last");
+  EXPECT_EQ(r.seen, asio::error::eof);
 }
 
 TEST_F(PollerTest, CloseWhileWaitingResumesTheReaderWithAnError) {
   Pair pr;
   Stream s = adopt(pr.ours);
-  ErrorCode seen;
-  bool done = false;
-  spawn([&]() -> Task<void> {
-    uint8_t buf[16];
-    co_await read_some(s, buf, sizeof buf, seen);
-    done = true;
-  });
+  Reader &r = read_all(s);
   io.poll();
-  EXPECT_FALSE(done);
+  EXPECT_FALSE(r.done);
   s.close(); // e.g. a deadline firing: the reader resumes later, not inside close()
-  EXPECT_FALSE(done);
-  run_until([&] { return done; });
-  EXPECT_TRUE(done);
-  EXPECT_TRUE(seen);
+  EXPECT_FALSE(r.done);
+  run_until([&] { return r.done; });
+  EXPECT_TRUE(r.done);
+  EXPECT_TRUE(r.seen);
 }
 
 TEST_F(PollerTest, WriteAllWaitsForRoomAndDeliversEverythingInOrder) {
