@@ -86,3 +86,16 @@ EOF
   chown -R postgres: "$d"
   chmod 600 "$d/userlist.txt"
 }
+
+launch_proxy() { # target: starts $BIN on $OUT/<target>.toml, port ${PORT[target]}; sets PIDF[target]
+  local t=$1 pid
+  # In its own session, as PgBouncer (-d) and PostgreSQL (pg_ctl) are, and as a service would
+  # be: with the kernel's autogroup scheduling, a proxy left in the bench's session would share
+  # one CPU group with pgbench and be preempted by it about twice as often.
+  setsid "$BIN" --config "$OUT/$t.toml" </dev/null >"$OUT/logs/$t.log" 2>&1 &
+  pid=$!
+  echo "$pid" >"$OUT/pids/$t"
+  wait_port "${PORT[$t]}" "$pid" "shardgate ($t)" "$OUT/logs/$t.log"
+  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = shardgate ] || die "pid $pid is not the proxy ($t)"
+  PIDF[$t]=$OUT/pids/$t
+}

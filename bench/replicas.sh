@@ -174,14 +174,10 @@ EOF
 }
 
 start_proxy() { # target, replicas-section, replica ports...
-  local t=$1 pid; shift
+  local t=$1; shift
   take_ports 1; PORT[$t]=$REPLY
   proxy_config "${PORT[$t]}" "$@" >"$OUT/$t.toml"
-  "$BIN" --config "$OUT/$t.toml" </dev/null >"$OUT/logs/$t.log" 2>&1 &
-  pid=$!
-  echo "$pid" >"$OUT/pids/$t"
-  wait_port "${PORT[$t]}" "$pid" "shardgate ($t)" "$OUT/logs/$t.log"
-  PIDF[$t]=$OUT/pids/$t
+  launch_proxy "$t"
 }
 log "starting proxies"
 want primary-only && start_proxy primary-only ""

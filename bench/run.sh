@@ -193,14 +193,10 @@ EOF
 }
 
 start_proxy() { # target, then shard specs for proxy_config
-  local t=$1 pid; shift
+  local t=$1; shift
   take_ports 1; PORT[$t]=$REPLY
   proxy_config "${PORT[$t]}" "$@" >"$OUT/$t.toml"
-  "$BIN" --config "$OUT/$t.toml" </dev/null >"$OUT/logs/$t.log" 2>&1 &
-  pid=$!
-  echo "$pid" >"$OUT/pids/$t"
-  wait_port "${PORT[$t]}" "$pid" "shardgate ($t)" "$OUT/logs/$t.log"
-  PIDF[$t]=$OUT/pids/$t
+  launch_proxy "$t"
 }
 want proxy-1shard && start_proxy proxy-1shard "s0 $A_PORT"
 want proxy-2shard && start_proxy proxy-2shard "s0 $B_S0 $B_S0R" "s1 $B_S1 $B_S1R"
