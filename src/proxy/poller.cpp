@@ -43,19 +43,11 @@ void Poller::start(asio::io_context &io) {
 void Poller::shutdown() {
   shut_ = true;
   hub_.reset(); // cancels the pending wait; its handler is dropped with the io_context
-  // Destroying a handler destroys the coroutine frames it holds, whose destructors may close
-  // other slots (which then drop their waiters at once, see close()).
-  for (;;) {
-    std::vector<Parked> dropped;
-    for (auto &s : slots_)
-      for (auto &w : s.waiter)
-        if (w) {
-          dropped.push_back(std::move(*w));
-          w.reset();
-        }
-    if (dropped.empty())
-      break;
-  }
+  // A dropped stack is posted to io for destruction (Asio's awaitable_thread does that); the
+  // frames' destructors then close their streams here, so this object must outlive io.
+  for (auto &s : slots_)
+    for (auto &w : s.waiter)
+      w.reset();
 }
 
 uint32_t Poller::add(int fd, ErrorCode &ec) {

@@ -2,7 +2,7 @@
 // worker, which the worker's io_context watches as a single descriptor.
 //
 // Why the hot sockets are not Asio sockets: Asio tries a read before every wait, and on this
-// path the awaited request or response is almost never there yet, so each query paid about 1.5
+// path the awaited request or response is almost never there yet, so each query paid about 1.4
 // failed recv() calls on top of Asio's per-operation queueing. Here a connection is read only
 // when it had an event since its last short read, and a wait parks the coroutine's stack,
 // which the event resumes directly. Timers, connects, DNS and the listener stay on Asio.
@@ -48,8 +48,9 @@ public:
 
   // Starts watching on io (the worker's io_context, which then must outlive shutdown()).
   void start(asio::io_context &io);
-  // Ends every coroutine still waiting on a connection (their frames are destroyed), and stops
-  // watching. Call it while io is alive and no longer running; idempotent.
+  // Ends every coroutine still waiting on a connection, and stops watching. Their stacks go to
+  // io, which destroys them when it is destroyed (or runs again). Call it while io is alive and
+  // no longer running; idempotent.
   void shutdown();
 
   // Takes ownership of a connected socket (made non-blocking here); returns its slot. On
