@@ -162,7 +162,8 @@ inline bool send_now(Stream &s, std::string_view &data, ErrorCode &ec) {
   return send_now(s.fd(), data, ec);
 }
 
-// Reads until one whole typed frame is buffered (see the Socket version in io.h).
+// Reads until one whole typed frame is buffered. On error, status is error and ec is set (ec
+// stays clear for a decode error, whose text is in the view).
 Task<protocol::FrameView> read_frame(Stream &s, Buffer &buf, uint32_t max_len, ErrorCode &ec);
 
 } // namespace sg::proxy
