@@ -10,7 +10,6 @@
 #include <boost/asio/signal_set.hpp>
 
 #include <sys/socket.h>
-#include <unistd.h>
 
 namespace sg::proxy {
 
@@ -87,7 +86,10 @@ Worker::Worker(Shared &s, size_t pool_per_node) : shared(s), stats(s.cfg.shards.
   replica_rr.assign(s.cfg.shards.size(), 0);
 }
 
-// Sessions parked on a connection end first, while io and the pools are alive.
+// Teardown order: sessions parked on a connection end first, while io and the pools are alive
+// (their stacks go to io); then the pools; then (members) the acceptor and io, whose
+// destruction ends the remaining sessions, which with `stopping` set do not pool their
+// connections; the poller goes last.
 Worker::~Worker() {
   stopping = true;
   poller.shutdown();
@@ -121,44 +123,33 @@ Task<void> Server::accept_loop(Worker &w) {
     for (auto &o : workers_)
       if (o->sessions.load(std::memory_order_relaxed) < home->sessions.load(std::memory_order_relaxed))
         home = o.get();
+    sock.set_option(tcp::no_delay(true), ec);
+    std::string peer;
+    if (auto ep = sock.remote_endpoint(ec); !ec)
+      peer = ep.address().to_string() + ":" + std::to_string(ep.port());
+    int fd = sock.release(ec); // the session's worker registers it with its own poller
+    if (ec)
+      continue;
     home->sessions.fetch_add(1, std::memory_order_relaxed);
-    if (home == &w) {
-      start_session(w, std::move(sock));
-      continue;
-    }
-    auto protocol = acceptor.local_endpoint(ec).protocol();
-    int fd = ec ? -1 : sock.release(ec);
-    if (ec || fd < 0) {
-      home->sessions.fetch_sub(1, std::memory_order_relaxed);
-      continue;
-    }
-    asio::post(home->io, [home, protocol, fd] {
-      Socket s(home->io);
-      ErrorCode e;
-      s.assign(protocol, fd, e);
-      if (e) {
-        ::close(fd);
-        home->sessions.fetch_sub(1, std::memory_order_relaxed);
-        return;
-      }
-      start_session(*home, std::move(s));
-    });
+    if (home == &w)
+      start_session(w, fd, std::move(peer));
+    else
+      asio::post(home->io, [home, fd, peer = std::move(peer)]() mutable {
+        start_session(*home, fd, std::move(peer));
+      });
   }
 }
 
-// Runs a client's session on worker w (which has already counted it in w.sessions).
-void Server::start_session(Worker &w, Socket sock) {
+// Runs a client's session on worker w (which has already counted it in w.sessions), over the
+// connected socket fd.
+void Server::start_session(Worker &w, int fd, std::string peer) {
   ErrorCode ec;
-  sock.set_option(tcp::no_delay(true), ec);
-  std::string peer;
-  if (auto ep = sock.remote_endpoint(ec); !ec)
-    peer = ep.address().to_string() + ":" + std::to_string(ep.port());
-  Stream stream = make_stream(w.poller, sock, ec);
+  uint32_t id = w.poller.add(fd, ec);
   if (ec) {
     w.sessions.fetch_sub(1, std::memory_order_relaxed);
     return;
   }
-  auto session = std::make_shared<Session>(w, std::move(stream), std::move(peer));
+  auto session = std::make_shared<Session>(w, Stream(w.poller, id), std::move(peer));
   asio::co_spawn(
       w.io,
       [session, &w]() -> Task<void> {
@@ -260,15 +251,7 @@ int Server::run(const std::function<void()> &on_ready, const std::function<void(
   int sessions_left = live_sessions(); // still open when the workers stopped
   if (on_stop)
     on_stop();
-  // Teardown order: pools (their sockets need the io_context) before the io_context, whose
-  // destruction ends the remaining sessions, which then must not touch the pools.
-  for (auto &w : workers_) {
-    w->stopping = true;
-    w->poller.shutdown();
-    w->pools.clear();
-    w->acceptor.reset();
-  }
-  workers_.clear();
+  workers_.clear(); // ~Worker ends the remaining sessions in a safe order
   monitor_.reset();
   log::info("stopped", {{"sessions_left", std::to_string(sessions_left)}});
   return 0;

@@ -114,7 +114,7 @@ public:
 
 private:
   Task<void> accept_loop(Worker &w);
-  static void start_session(Worker &w, Socket sock);
+  static void start_session(Worker &w, int fd, std::string peer);
   std::unique_ptr<Shared> shared_;
   std::unique_ptr<Monitor> monitor_;
   std::vector<std::unique_ptr<Worker>> workers_;
