@@ -1,6 +1,8 @@
 // The worker's epoll set for client and backend connections (see poller.h).
 #include "proxy/poller.h"
 
+#include <boost/asio/detail/scheduler.hpp>
+
 #include <cerrno>
 #include <fcntl.h>
 #include <sys/epoll.h>
@@ -15,6 +17,59 @@ constexpr uint32_t kReadEvents = EPOLLIN | EPOLLRDHUP | EPOLLET;
 ErrorCode errno_code() { return ErrorCode(errno, boost::system::system_category()); }
 
 uint64_t tag(uint32_t id, uint32_t gen) { return uint64_t(gen) << 32 | id; }
+constexpr uint64_t kAsioTag = ~uint64_t(0); // io's own epoll descriptor (no slot has this id)
+
+// --- the io_context's internals that the loop needs (Boost.Asio 1.74, pinned in poller.h) ---
+//
+// An io_context that is only ever poll()ed believes its reactor task is never blocked, so a
+// handler posted from another thread (a client handed over, shutdown, a DNS answer from the
+// resolver's thread) would not wake it. Before the loop blocks, it tells the scheduler that its
+// task is waiting, as run() would; the next post then interrupts the reactor, whose descriptor
+// is in our set. These members are private; an explicit instantiation may name them.
+using Scheduler = asio::detail::scheduler;
+using Reactor = asio::detail::epoll_reactor;
+
+template <class Tag, auto M> struct Expose {
+  friend constexpr auto member(Tag) { return M; }
+};
+struct SchedMutex {
+  friend constexpr auto member(SchedMutex);
+};
+struct SchedQueue {
+  friend constexpr auto member(SchedQueue);
+};
+struct SchedTaskOp {
+  friend constexpr auto member(SchedTaskOp);
+};
+struct SchedInterrupted {
+  friend constexpr auto member(SchedInterrupted);
+};
+struct ReactorFd {
+  friend constexpr auto member(ReactorFd);
+};
+template struct Expose<SchedMutex, &Scheduler::mutex_>;
+template struct Expose<SchedQueue, &Scheduler::op_queue_>;
+template struct Expose<SchedTaskOp, &Scheduler::task_operation_>;
+template struct Expose<SchedInterrupted, &Scheduler::task_interrupted_>;
+template struct Expose<ReactorFd, &Reactor::epoll_fd_>;
+
+int asio_epoll_fd(asio::io_context &io) {
+  return asio::use_service<Reactor>(io).*member(ReactorFd{});
+}
+
+// Marks io's reactor task as blocked, so that the next handler queued for io interrupts it
+// (an epoll_ctl on the reactor's set, which makes its descriptor readable in ours). False when
+// handlers are queued already, so the caller must not block.
+bool expect_wakeup(Scheduler &s) {
+  asio::detail::conditionally_enabled_mutex::scoped_lock lock(s.*member(SchedMutex{}));
+  asio::detail::scheduler_operation *front =
+      asio::detail::op_queue_access::front(s.*member(SchedQueue{}));
+  asio::detail::scheduler_operation *task = &(s.*member(SchedTaskOp{}));
+  if (front && (front != task || asio::detail::op_queue_access::next(front)))
+    return false;
+  s.*member(SchedInterrupted{}) = false;
+  return true;
+}
 } // namespace
 
 Poller::Poller() : epfd_(::epoll_create1(EPOLL_CLOEXEC)) {
@@ -32,17 +87,67 @@ Poller::~Poller() {
 
 void Poller::start(asio::io_context &io) {
   io_ = &io;
-  hub_ = std::make_unique<asio::posix::basic_stream_descriptor<Executor>>(io.get_executor());
-  int dup = ::dup(epfd_); // the descriptor object closes what it holds
-  if (dup < 0)
-    throw boost::system::system_error(errno_code(), "dup");
-  hub_->assign(dup);
-  arm();
+  sched_ = &asio::use_service<Scheduler>(io);
+  epoll_event ev{};
+  ev.events = EPOLLIN; // level-triggered: ready while io's own set has events to collect
+  ev.data.u64 = kAsioTag;
+  if (::epoll_ctl(epfd_, EPOLL_CTL_ADD, asio_epoll_fd(io), &ev) < 0)
+    throw boost::system::system_error(errno_code(), "epoll_ctl(io_context)");
+}
+
+void Poller::run() {
+  // Coroutines resumed from here run outside io's own handler loop: this context lets their
+  // frames and handlers use Asio's per-thread recycled memory all the same.
+  asio::detail::thread_context key;
+  asio::detail::thread_info_base info;
+  asio::detail::thread_context::thread_call_stack::context ctx(&key, info);
+  while (run_once(-1)) {
+  }
+}
+
+bool Poller::run_once(int timeout_ms) {
+  if (asio_due_) {
+    asio_due_ = false;
+    io_->poll();
+  }
+  if (io_->stopped())
+    return false;
+  if (!expect_wakeup(*sched_)) {
+    timeout_ms = 0; // a handler was queued meanwhile (from another thread): run it next turn
+    asio_due_ = true;
+  }
+  epoll_event evs[64];
+  int n = ::epoll_wait(epfd_, evs, 64, timeout_ms);
+  for (int i = 0; i < n; ++i) {
+    if (evs[i].data.u64 == kAsioTag) {
+      asio_due_ = true;
+      continue;
+    }
+    auto id = uint32_t(evs[i].data.u64);
+    auto gen = uint32_t(evs[i].data.u64 >> 32);
+    // A coroutine resumed for an earlier event may have closed (and reused) this slot.
+    if (id >= slots_.size() || slots_[id].gen != gen || slots_[id].fd < 0)
+      continue;
+    uint32_t e = evs[i].events;
+    if (e & (EPOLLOUT | EPOLLERR | EPOLLHUP)) {
+      if (slots_[id].want_out)
+        set_out_interest(id, false); // or every acknowledged send would report here
+      resume(id, out);
+    }
+    if (slots_[id].gen != gen || slots_[id].fd < 0)
+      continue;
+    if (e & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {
+      slots_[id].readable = true;
+      if (e & (EPOLLRDHUP | EPOLLERR | EPOLLHUP))
+        slots_[id].hup = true;
+      resume(id, in);
+    }
+  }
+  return true;
 }
 
 void Poller::shutdown() {
   shut_ = true;
-  hub_.reset(); // cancels the pending wait; its handler is dropped with the io_context
   // A dropped stack is posted to io for destruction (Asio's awaitable_thread does that); the
   // frames' destructors then close their streams here, so this object must outlive io.
   for (auto &s : slots_)
@@ -151,44 +256,6 @@ void Poller::set_out_interest(uint32_t id, bool on) {
   ev.data.u64 = tag(id, s.gen);
   if (::epoll_ctl(epfd_, EPOLL_CTL_MOD, s.fd, &ev) == 0)
     s.want_out = on;
-}
-
-// Asio re-registers a plain readiness wait with one epoll_ctl; that is the whole cost of
-// watching the set, once per batch of events rather than once per socket operation.
-void Poller::arm() {
-  hub_->async_wait(asio::posix::descriptor_base::wait_read, [this](const ErrorCode &ec) {
-    if (ec || shut_)
-      return;
-    on_events();
-    if (hub_)
-      arm();
-  });
-}
-
-void Poller::on_events() {
-  epoll_event evs[64];
-  int n = ::epoll_wait(epfd_, evs, 64, 0);
-  for (int i = 0; i < n; ++i) {
-    auto id = uint32_t(evs[i].data.u64);
-    auto gen = uint32_t(evs[i].data.u64 >> 32);
-    // A coroutine resumed for an earlier event may have closed (and reused) this slot.
-    if (id >= slots_.size() || slots_[id].gen != gen || slots_[id].fd < 0)
-      continue;
-    uint32_t e = evs[i].events;
-    if (e & (EPOLLOUT | EPOLLERR | EPOLLHUP)) {
-      if (slots_[id].want_out)
-        set_out_interest(id, false); // or every acknowledged send would report here
-      resume(id, out);
-    }
-    if (slots_[id].gen != gen || slots_[id].fd < 0)
-      continue;
-    if (e & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {
-      slots_[id].readable = true;
-      if (e & (EPOLLRDHUP | EPOLLERR | EPOLLHUP))
-        slots_[id].hup = true;
-      resume(id, in);
-    }
-  }
 }
 
 void Poller::resume(uint32_t id, Dir d) {

@@ -1,16 +1,19 @@
-// Readiness for a worker's client and backend connections: one edge-triggered epoll set per
-// worker, which the worker's io_context watches as a single descriptor.
+// Readiness for a worker's client and backend connections, and the worker's event loop: one
+// edge-triggered epoll set per worker, which also holds the io_context's own epoll descriptor.
 //
 // Why the hot sockets are not Asio sockets: Asio tries a read before every wait, and on this
 // path the awaited request or response is almost never there yet, so each query paid about 1.4
 // failed recv() calls on top of Asio's per-operation queueing. Here a connection is read only
 // when it had an event since its last short read, and a wait parks the coroutine's stack,
 // which the event resumes directly. Timers, connects, DNS and the listener stay on Asio.
+//
+// Why the loop is ours and Asio's set sits inside it, not the other way round: a worker then
+// blocks in one epoll_wait per batch of events. With our set inside Asio's, each batch cost
+// Asio's wait, ours, an epoll_ctl to re-arm the readiness wait and a completion handler.
 #pragma once
 
 #include "proxy/io.h"
 
-#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/version.hpp>
 
 #include <cstdint>
@@ -46,11 +49,18 @@ public:
   Poller(const Poller &) = delete;
   Poller &operator=(const Poller &) = delete;
 
-  // Starts watching on io (the worker's io_context, which then must outlive shutdown()).
+  // Binds the poller to io (the worker's io_context, which then must outlive shutdown()) and
+  // adds io's own epoll descriptor to the set.
   void start(asio::io_context &io);
-  // Ends every coroutine still waiting on a connection, and stops watching. Their stacks go to
-  // io, which destroys them when it is destroyed (or runs again). Call it while io is alive and
-  // no longer running; idempotent.
+  // The worker's loop: run_once(-1) until io is stopped (io.stop() from any thread ends it).
+  void run();
+  // One turn: runs io's ready handlers if any are due (they were posted, or a timer, the
+  // listener, a connect... is ready), then waits up to timeout_ms (-1: no bound) for events
+  // and resumes the coroutines they are for. False once io is stopped.
+  bool run_once(int timeout_ms);
+  // Ends every coroutine still waiting on a connection. Their stacks go to io, which destroys
+  // them when it is destroyed (or runs again). Call it while io is alive and no longer
+  // running; idempotent.
   void shutdown();
 
   // Takes ownership of a connected socket (made non-blocking here); returns its slot. On
@@ -90,14 +100,13 @@ private:
   };
 
   void park(uint32_t id, Dir d, Parked t);
-  void arm();
-  void on_events();
   void resume(uint32_t id, Dir d);
   void set_out_interest(uint32_t id, bool on);
 
   int epfd_ = -1;
   asio::io_context *io_ = nullptr;
-  std::unique_ptr<asio::posix::basic_stream_descriptor<Executor>> hub_;
+  asio::detail::scheduler *sched_ = nullptr; // io's implementation
+  bool asio_due_ = true; // io may have handlers to run: poll it before waiting
   std::vector<Slot> slots_;
   std::vector<uint32_t> free_;
   bool shut_ = false;

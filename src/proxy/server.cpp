@@ -232,7 +232,7 @@ int Server::run(const std::function<void()> &on_ready, const std::function<void(
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
   for (auto &w : workers_) {
     guards.push_back(asio::make_work_guard(w->io));
-    threads.emplace_back([&w] { w->io.run(); });
+    threads.emplace_back([&w] { w->poller.run(); });
   }
   signal_io.run();
   // Drain: wait up to 5 s for sessions to end on their own.

@@ -11,7 +11,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <list>
+#include <thread>
 #include <string>
 
 namespace sg::proxy {
@@ -42,10 +44,10 @@ protected:
     EXPECT_FALSE(ec) << ec.message();
     return Stream(poller, id);
   }
-  // Runs the io_context until pred holds (or a bound of handler runs passes).
+  // Runs the worker loop until pred holds (or a bound of turns passes).
   template <class Pred> void run_until(Pred pred) {
     for (int i = 0; i < 2000 && !pred(); ++i)
-      io.run_one_for(std::chrono::milliseconds(10));
+      poller.run_once(10);
   }
   template <class F> void spawn(F f) { asio::co_spawn(io, std::move(f), asio::detached); }
   struct Reader {
@@ -91,7 +93,7 @@ TEST_F(PollerTest, ReadWaitsForDataAndReturnsWhatArrived) {
     done = true;
   });
   for (int i = 0; i < 5; ++i)
-    io.poll(); // nothing to read yet: the coroutine must stay parked
+    poller.run_once(0); // nothing to read yet: the coroutine must stay parked
   EXPECT_FALSE(done);
   ASSERT_EQ(::write(pr.theirs, "hello", 5), 5);
   run_until([&] { return got.size() == 5; });
@@ -105,7 +107,7 @@ TEST_F(PollerTest, EndOfStreamIsAnError) {
   Pair pr;
   Stream s = adopt(pr.ours);
   Reader &r = read_all(s);
-  io.poll();
+  poller.run_once(0);
   ::close(pr.theirs);
   pr.theirs = -1;
   run_until([&] { return r.done; });
@@ -119,7 +121,7 @@ TEST_F(PollerTest, DataThenCloseInOneEventEndsTheStream) {
   Pair pr;
   Stream s = adopt(pr.ours);
   Reader &r = read_all(s);
-  io.poll(); // parked: nothing to read yet
+  poller.run_once(0); // parked: nothing to read yet
   ASSERT_EQ(::write(pr.theirs, "last", 4), 4);
   ::shutdown(pr.theirs, SHUT_WR);
   run_until([&] { return r.done; });
@@ -132,7 +134,7 @@ TEST_F(PollerTest, CloseWhileWaitingResumesTheReaderWithAnError) {
   Pair pr;
   Stream s = adopt(pr.ours);
   Reader &r = read_all(s);
-  io.poll();
+  poller.run_once(0);
   EXPECT_FALSE(r.done);
   s.close(); // e.g. a deadline firing: the reader resumes later, not inside close()
   EXPECT_FALSE(r.done);
@@ -186,7 +188,7 @@ TEST_F(PollerTest, AReusedSlotServesItsNewConnection) {
     if (!ec)
       got.assign(reinterpret_cast<char *>(buf), n);
   });
-  io.poll();
+  poller.run_once(0);
   ASSERT_EQ(::write(b.theirs, "new", 3), 3);
   run_until([&] { return !got.empty(); });
   EXPECT_EQ(got, "new");
@@ -202,13 +204,41 @@ TEST_F(PollerTest, ShutdownEndsParkedCoroutinesWithoutLeaks) {
     co_await read_some(*s, buf, sizeof buf, ec);
     finished = true; // never: the coroutine is destroyed while parked
   });
-  io.poll();
+  poller.run_once(0);
   EXPECT_EQ(s.use_count(), 2);
   s.reset();
   poller.shutdown(); // the parked frame (and its copy of the stream) is released via io
   io.restart();
   io.poll();
   EXPECT_FALSE(finished);
+}
+
+// The loop blocks in its own epoll_wait, outside Asio's run(): handlers posted from another
+// thread (a client handed over, shutdown, a resolver's answer), timers and io.stop() must all
+// still reach it.
+TEST_F(PollerTest, RunWakesForPostsFromOtherThreadsTimersAndStop) {
+  std::atomic<int> posted{0};
+  bool timer_fired = false;
+  Timer timer(io.get_executor());
+  auto guard = asio::make_work_guard(io);
+  std::thread loop([&] { poller.run(); });
+  for (int i = 0; i < 3; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50)); // the loop is blocked by now
+    asio::post(io, [&] {
+      ++posted;
+      if (posted == 3) { // a timer set from inside the loop wakes it too
+        timer.expires_after(std::chrono::milliseconds(30));
+        timer.async_wait([&](const ErrorCode &ec) { timer_fired = !ec; });
+      }
+    });
+  }
+  for (int i = 0; i < 200 && posted < 3; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(posted, 3);
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  io.stop(); // ends run() even while it is blocked
+  loop.join();
+  EXPECT_TRUE(timer_fired);
 }
 
 } // namespace
