@@ -48,7 +48,7 @@ void add_const(ScanResult &r, std::string_view sql, size_t &last, size_t start, 
   r.normalized.append(sql.substr(last, start - last));
   r.normalized.append(is_string ? "?s" : "?n");
   last = end;
-  r.consts.push_back({uint32_t(start), uint32_t(end), is_string});
+  r.consts.push_back({uint32_t(start), uint32_t(end), is_string, sql[start]});
 }
 
 // End of a '...' body starting after the opening quote; '' is a quote. With `escapes`
@@ -84,11 +84,87 @@ bool continues_string(std::string_view s, size_t i) {
   return newline && i < s.size() && s[i] == '\'';
 }
 
+// The constant that starts at s[i] as the fast path reads it (i being where a token starts):
+// its end and whether it is a string. npos when s[i] starts no constant, or one the fast path
+// leaves to libpg_query. One function for the scan and for same_shape(), so both read a
+// constant alike.
+struct Lexed {
+  size_t end = std::string_view::npos;
+  bool is_string = false;
+};
+Lexed lex_constant(std::string_view s, size_t i) {
+  const size_t n = s.size();
+  unsigned char c = uint8_t(s[i]);
+  if (c == '\'') { // standard string
+    size_t e = quoted_end(s, i + 1, false);
+    if (e == std::string_view::npos || continues_string(s, e))
+      return {};
+    return {e, true};
+  }
+  if (ident_start(c) && i + 1 < n && s[i + 1] == '\'') {
+    char p = char(c | 0x20);
+    if (p != 'e' && p != 'b' && p != 'x')
+      return {};
+    // E'..', B'..', X'..': one constant from the prefix; B and X are bit strings (B/XCONST)
+    size_t e = quoted_end(s, i + 2, p == 'e');
+    if (e == std::string_view::npos || continues_string(s, e))
+      return {};
+    return {e, p == 'e'};
+  }
+  if (c == '$') { // $tag$ ... $tag$ ($n parameters are not constants)
+    size_t j = i + 1;
+    while (j < n && s[j] != '$' && ident_cont(uint8_t(s[j])))
+      ++j;
+    if (j >= n || s[j] != '$' || (j > i + 1 && is_digit(uint8_t(s[i + 1]))))
+      return {};
+    std::string_view tag = s.substr(i, j - i + 1);
+    size_t e = s.find(tag, j + 1);
+    if (e == std::string_view::npos)
+      return {};
+    return {e + tag.size(), true};
+  }
+  if (is_digit(c) || (c == '.' && i + 1 < n && is_digit(uint8_t(s[i + 1])))) {
+    size_t j = i;
+    while (j < n && is_digit(uint8_t(s[j])))
+      ++j;
+    if (j < n && s[j] == '.' && !(j + 1 < n && s[j + 1] == '.')) {
+      ++j;
+      while (j < n && is_digit(uint8_t(s[j])))
+        ++j;
+    }
+    if (j < n && (s[j] == 'e' || s[j] == 'E')) {
+      size_t k = j + 1;
+      if (k < n && (s[k] == '+' || s[k] == '-'))
+        ++k;
+      if (k < n && is_digit(uint8_t(s[k]))) {
+        j = k;
+        while (j < n && is_digit(uint8_t(s[j])))
+          ++j;
+      }
+    }
+    if (j < n && (ident_start(uint8_t(s[j])) || s[j] == '.'))
+      return {}; // trailing junk, 0x.., 1.2.3: the real scanner decides
+    return {j, false};
+  }
+  return {};
+}
+
+// Appends the constant lexed at i (see lex_constant); false if there is none.
+bool take_constant(ScanResult &r, std::string_view s, size_t &last, size_t &i) {
+  Lexed l = lex_constant(s, i);
+  if (l.end == std::string_view::npos)
+    return false;
+  add_const(r, s, last, i, l.end, l.is_string);
+  i = l.end;
+  return true;
+}
+
 // The fast path: PostgreSQL's lexical rules for what matters here (identifiers, quoted
 // identifiers, comments, strings of every form, dollar quotes, numbers, parameters). Anything
-// unusual returns nullopt and libpg_query's own scanner decides.
+// unusual returns false and libpg_query's own scanner decides.
 bool fast_scan(std::string_view s, ScanResult &r) {
   r.ok = false;
+  r.fast = false;
   r.normalized.clear();
   r.consts.clear();
   r.normalized.reserve(s.size() + 8);
@@ -124,24 +200,18 @@ bool fast_scan(std::string_view s, ScanResult &r) {
       if (e == std::string_view::npos)
         return false;
       i = e + 1;
-    } else if (c == '\'') { // standard string
-      size_t e = quoted_end(s, i + 1, false);
-      if (e == std::string_view::npos || continues_string(s, e))
+    } else if (c == '\'') {
+      if (!take_constant(r, s, last, i))
         return false;
-      add_const(r, s, last, i, e, true);
-      i = e;
     } else if (ident_start(c)) {
       size_t j = i + 1;
       while (j < n && ident_cont(uint8_t(s[j])))
         ++j;
       if (j == i + 1 && j < n && s[j] == '\'') {
-        char p = char(std::tolower(c));
-        if (p == 'e' || p == 'b' || p == 'x') { // E'..', B'..', X'..': one constant from the prefix
-          size_t e = quoted_end(s, j + 1, p == 'e');
-          if (e == std::string_view::npos || continues_string(s, e))
+        char p = char(c | 0x20);
+        if (p == 'e' || p == 'b' || p == 'x') {
+          if (!take_constant(r, s, last, i))
             return false;
-          add_const(r, s, last, i, e, p == 'e'); // B/X are bit strings (BCONST/XCONST)
-          i = e;
           continue;
         }
         if (p == 'u') // U&'..' is written U&, never U'
@@ -158,40 +228,15 @@ bool fast_scan(std::string_view s, ScanResult &r) {
           ++i;
         continue;
       }
-      size_t j = i + 1; // $tag$ ... $tag$
-      while (j < n && s[j] != '$' && (ident_cont(uint8_t(s[j])) && s[j] != '$'))
-        ++j;
-      if (j >= n || s[j] != '$' || (j > i + 1 && is_digit(uint8_t(s[i + 1]))))
+      if (!take_constant(r, s, last, i))
         return false;
-      std::string_view tag = s.substr(i, j - i + 1);
-      size_t e = s.find(tag, j + 1);
-      if (e == std::string_view::npos)
+    } else if (is_digit(c) || c == '.') {
+      if (c == '.' && !(i + 1 < n && is_digit(uint8_t(s[i + 1])))) {
+        ++i;
+        continue;
+      }
+      if (!take_constant(r, s, last, i))
         return false;
-      add_const(r, s, last, i, e + tag.size(), true);
-      i = e + tag.size();
-    } else if (is_digit(c) || (c == '.' && i + 1 < n && is_digit(uint8_t(s[i + 1])))) {
-      size_t j = i;
-      while (j < n && is_digit(uint8_t(s[j])))
-        ++j;
-      if (j < n && s[j] == '.' && !(j + 1 < n && s[j + 1] == '.')) {
-        ++j;
-        while (j < n && is_digit(uint8_t(s[j])))
-          ++j;
-      }
-      if (j < n && (s[j] == 'e' || s[j] == 'E')) {
-        size_t k = j + 1;
-        if (k < n && (s[k] == '+' || s[k] == '-'))
-          ++k;
-        if (k < n && is_digit(uint8_t(s[k]))) {
-          j = k;
-          while (j < n && is_digit(uint8_t(s[j])))
-            ++j;
-        }
-      }
-      if (j < n && (ident_start(uint8_t(s[j])) || s[j] == '.'))
-        return false; // trailing junk, 0x.., 1.2.3: the real scanner decides
-      add_const(r, s, last, i, j, false);
-      i = j;
     } else if (c == '\\' || c == 0) {
       return false;
     } else {
@@ -200,6 +245,7 @@ bool fast_scan(std::string_view s, ScanResult &r) {
   }
   r.normalized.append(s.substr(last));
   r.ok = true;
+  r.fast = true;
   return true;
 }
 
@@ -208,6 +254,39 @@ bool fast_scan(std::string_view s, ScanResult &r) {
 void scan_constants(std::string_view sql, ScanResult &out) {
   if (!fast_scan(sql, out))
     out = scan_constants_pg(sql);
+}
+
+namespace {
+// The scanner treats all digits alike and every other byte a constant starts with on its own.
+char lead_class(char c) {
+  return is_digit(uint8_t(c)) ? '0' : c;
+}
+} // namespace
+
+bool same_shape(std::string_view s, ScanResult &r) {
+  if (!r.ok || !r.fast)
+    return false;
+  std::string_view norm = r.normalized;
+  size_t sp = 0, np = 0, prev_end = 0;
+  for (ConstToken &t : r.consts) {
+    // The text between constants must be the same bytes; then a constant of the same kind,
+    // with a first byte of the same class (so the token before it ends where it did), read
+    // the same way.
+    size_t seg = t.start - prev_end;
+    if (sp + seg >= s.size() || s.compare(sp, seg, norm.substr(np, seg)) != 0 ||
+        lead_class(s[sp + seg]) != lead_class(t.lead))
+      return false;
+    prev_end = t.end;
+    sp += seg;
+    np += seg + 2; // the placeholder
+    Lexed l = lex_constant(s, sp);
+    if (l.end == std::string_view::npos || l.is_string != t.is_string)
+      return false;
+    t.start = uint32_t(sp);
+    t.end = uint32_t(l.end);
+    sp = l.end;
+  }
+  return s.substr(sp) == norm.substr(np);
 }
 
 ScanResult scan_constants(std::string_view sql) {

@@ -14,10 +14,12 @@ struct ConstToken {
   uint32_t start = 0;
   uint32_t end = 0; // exclusive
   bool is_string = false;
+  char lead = 0; // its first byte
 };
 
 struct ScanResult {
   bool ok = false;
+  bool fast = false;      // read by the fast scanner (not libpg_query's)
   std::string normalized; // the text with every constant replaced by '?'
   std::vector<ConstToken> consts;
 };
@@ -27,6 +29,11 @@ struct ScanResult {
 ScanResult scan_constants(std::string_view sql);
 // The same into `out`, reusing its buffers (the per-query path).
 void scan_constants(std::string_view sql, ScanResult &out);
+// True when sql is the statement that `prev` (a scan of the previous statement) describes with
+// other constant values: prev.consts then hold this text's constants, exactly as
+// scan_constants(sql) would give them, and prev.normalized still applies. False: rescan (prev
+// may be changed). Costs a compare of the text between constants instead of a full scan.
+bool same_shape(std::string_view sql, ScanResult &prev);
 // libpg_query's scanner only (the reference the fast path is tested against).
 ScanResult scan_constants_pg(std::string_view sql);
 

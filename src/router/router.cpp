@@ -42,6 +42,10 @@ PlannedText Router::plan(std::string_view sql) const {
 }
 
 void Router::plan(std::string_view sql, PlannedText &pt) const {
+  // A session often sends one statement shape over and over: then its plan stands, and only
+  // the constants' positions change.
+  if (pt.analysis && pt.analysis->parsed && same_shape(sql, pt.scan))
+    return;
   scan_constants(sql, pt.scan);
   if (!pt.scan.ok) {
     // The scanner failed (e.g. an unterminated quote): plan without caching.

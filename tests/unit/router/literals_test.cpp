@@ -80,3 +80,59 @@ TEST(Literals, ConstantValues) {
   EXPECT_EQ(*constant_value(sql, r.consts[2]), "x");
   EXPECT_EQ(*constant_value(sql, r.consts[3]), "42");
 }
+
+namespace {
+// Each constant of sql replaced by `with` (numbers) or `with_str` (strings).
+std::string replace_consts(const std::string &sql, const std::string &num, const std::string &str) {
+  ScanResult r = scan_constants(sql);
+  std::string out;
+  size_t last = 0;
+  for (const auto &t : r.consts) {
+    out += sql.substr(last, t.start - last);
+    out += t.is_string ? str : num;
+    last = t.end;
+  }
+  return out + sql.substr(last);
+}
+} // namespace
+
+// same_shape() must say yes only where a full scan gives the very same normalized text and
+// constant positions; and it must say yes for the plain case of new values.
+TEST(Literals, SameShapeAgreesWithAFullScan) {
+  const std::vector<std::pair<std::string, std::string>> values = {
+      {"7", "'zz'"},        {"123456789", "'a''b'"}, {"1.5", "E'q\\'x'"}, {"2e3", "$$d$$"},
+      {"1'x'", "'x'\n'y'"}, {"-1", "E'"},            {".5", "$t$a$t$"},   {"5a", "'"},
+      {"1..", "e'a'"},      {"0", "B'1'"}};
+  int hits = 0;
+  for (const std::string &a : kCorpus) {
+    ScanResult base = scan_constants(a);
+    for (const auto &[num, str] : values) {
+      for (const std::string &b : {replace_consts(a, num, str), a}) {
+        ScanResult prev = base;
+        if (!same_shape(b, prev))
+          continue;
+        ++hits;
+        ScanResult full = scan_constants(b);
+        ASSERT_TRUE(full.ok) << a << " | " << b;
+        EXPECT_EQ(full.normalized, prev.normalized) << a << " | " << b;
+        ASSERT_EQ(full.consts.size(), prev.consts.size()) << a << " | " << b;
+        for (size_t i = 0; i < full.consts.size(); ++i) {
+          EXPECT_EQ(full.consts[i].start, prev.consts[i].start) << a << " | " << b;
+          EXPECT_EQ(full.consts[i].end, prev.consts[i].end) << a << " | " << b;
+        }
+      }
+    }
+  }
+  EXPECT_GT(hits, 100);
+  ScanResult prev = scan_constants("SELECT abalance FROM pgbench_accounts WHERE aid = 48213;");
+  EXPECT_TRUE(same_shape("SELECT abalance FROM pgbench_accounts WHERE aid = 7;", prev));
+  EXPECT_EQ(prev.consts[0].start, 50u);
+  EXPECT_EQ(prev.consts[0].end, 51u);
+  EXPECT_FALSE(same_shape("SELECT abalance FROM pgbench_accounts WHERE aid = '7';", prev));
+  EXPECT_FALSE(same_shape("SELECT abalance FROM pgbench_branches WHERE aid = 7;", prev));
+  EXPECT_FALSE(same_shape("SELECT abalance FROM pgbench_accounts WHERE aid = 7", prev));
+  EXPECT_FALSE(same_shape("SELECT abalance FROM pgbench_accounts WHERE aid = 7;;", prev));
+  prev = scan_constants("SELECT * FROM t WHERE a = 'x' AND b = 1");
+  EXPECT_FALSE(same_shape("SELECT * FROM t WHERE a = E'x' AND b = 1", prev)) << "other lead byte";
+  EXPECT_FALSE(same_shape("SELECT * FROM t WHERE a = 'x' AND b = 1e", prev));
+}
