@@ -706,15 +706,31 @@ void Session::on_backend_lost(BackendConn &b) {
 Task<bool> Session::relay(BackendConn &b) {
   forwarded_any_ = false;
   last_sqlstate_.clear();
-  for (;;) {
-    while (!exp_.empty() && exp_.front().kind == Expect::synthetic) {
-      sink_->append(exp_.front().synthetic);
-      exp_.pop_front();
+  // Forwarded frames that follow each other in b.rbuf go to the sink in one append: `run` is
+  // the start of the pending stretch. It stays valid until the buffer is read into again.
+  const char *run = nullptr;
+  size_t run_len = 0;
+  auto flush_run = [&] {
+    if (run_len) {
+      sink_->append(run, run_len);
+      run_len = 0;
     }
-    if (exp_.empty())
+  };
+  for (;;) {
+    if (!exp_.empty() && exp_.front().kind == Expect::synthetic) {
+      flush_run();
+      while (!exp_.empty() && exp_.front().kind == Expect::synthetic) {
+        sink_->append(exp_.front().synthetic);
+        exp_.pop_front();
+      }
+    }
+    if (exp_.empty()) {
+      flush_run();
       co_return true;
+    }
     auto f = protocol::decode_frame(b.rbuf.data(), b.rbuf.size(), 1u << 30);
     if (f.status == protocol::DecodeStatus::need_more) {
+      flush_run();
       if (sink_ == &out_ && !out_.empty() && !co_await flush()) {
         b.broken = true; // the client left mid-response: the backend cannot be reused
         co_return false;
@@ -736,13 +752,21 @@ Task<bool> Session::relay(BackendConn &b) {
       continue;
     }
     if (f.status == protocol::DecodeStatus::error) {
+      flush_run();
       on_backend_lost(b);
       co_return false;
     }
     Pending &h = exp_.front();
     std::string_view body = f.body_view();
     auto forward = [&] {
-      sink_->append(reinterpret_cast<const char *>(f.body) - 5, f.frame_len);
+      const char *frame = reinterpret_cast<const char *>(f.body) - 5;
+      if (run_len && run + run_len == frame) {
+        run_len += f.frame_len;
+      } else {
+        flush_run();
+        run = frame;
+        run_len = f.frame_len;
+      }
       forwarded_any_ = true;
     };
     bool copy_in = false;
@@ -752,6 +776,7 @@ Task<bool> Session::relay(BackendConn &b) {
       if ((e.severity == "FATAL" || e.severity == "PANIC") && !forwarded_any_) {
         // The server is closing this connection before answering anything for this request
         // (terminated or restarted while pooled): a lost connection, which a read may retry.
+        flush_run();
         on_backend_lost(b);
         co_return false;
       }
@@ -775,6 +800,7 @@ Task<bool> Session::relay(BackendConn &b) {
       if (h.forward) {
         forward();
         if (side_batch_) {
+          flush_run(); // the status byte below is the sink's last
           // The client's transaction is elsewhere: report its status; an error fails it, as
           // it would have on the server.
           if (!last_sqlstate_.empty() && in_tx())
@@ -788,7 +814,7 @@ Task<bool> Session::relay(BackendConn &b) {
     case 'C':
       if (h.forward) {
         forward();
-        last_tag_.assign(body.data(), body.empty() ? 0 : body.size() - 1);
+        last_rollback_ = body == std::string_view("ROLLBACK", 9); // with its terminator
       }
       if (body.starts_with("DEALLOCATE ALL") || body.starts_with("DISCARD ALL")) {
         b.prepared.clear(); // the server dropped our statements too
@@ -829,8 +855,11 @@ Task<bool> Session::relay(BackendConn &b) {
       break;
     }
     b.rbuf.consume(f.frame_len);
-    if (copy_in && !co_await pump_copy_in(b))
-      co_return false;
+    if (copy_in) {
+      flush_run();
+      if (!co_await pump_copy_in(b))
+        co_return false;
+    }
   }
 }
 
@@ -895,7 +924,7 @@ void Session::fail_transaction_by_proxy() {
 
 // The transaction ended (the client was told 'I'): settings roll back with it if it did.
 void Session::apply_tx_end() {
-  if (last_tag_ == "ROLLBACK") {
+  if (last_rollback_) {
     settings_ = tx_settings_snapshot_;
     rehash_settings();
     for (auto &a : attached_)
@@ -1072,7 +1101,7 @@ Task<bool> Session::on_query(const std::string &sql) {
   if (proxy_failed_) {
     if (single &&
         (first.kind == router::StmtKind::commit || first.kind == router::StmtKind::rollback)) {
-      last_tag_ = "ROLLBACK";
+      last_rollback_ = true;
       if (tx_shard_ >= 0 && attached_[size_t(tx_shard_)].conn) {
         BackendConn &b = *attached_[size_t(tx_shard_)].conn;
         wbuf_.clear();
@@ -1165,9 +1194,9 @@ Task<bool> Session::on_query(const std::string &sql) {
     case router::StmtKind::commit:
     case router::StmtKind::rollback:
       if (in_tx() && !tx_bound) {
-        last_tag_ = (first.kind == router::StmtKind::commit && tx_ != 'E') ? "COMMIT" : "ROLLBACK";
+        last_rollback_ = !(first.kind == router::StmtKind::commit && tx_ != 'E');
         apply_tx_end();
-        synthetic_done(*sink_, last_tag_);
+        synthetic_done(*sink_, last_rollback_ ? "ROLLBACK" : "COMMIT");
         ready();
         co_return true;
       }
@@ -1690,7 +1719,7 @@ Task<bool> Session::on_batch() {
         if (ec || !co_await relay(b))
           b.broken = true;
       }
-      last_tag_ = "ROLLBACK";
+      last_rollback_ = true;
       apply_tx_end();
       detach_if_idle();
       synthesize_batch(batch, "ROLLBACK");
@@ -1785,8 +1814,8 @@ Task<bool> Session::on_batch() {
       case router::StmtKind::commit:
       case router::StmtKind::rollback:
         if (in_tx()) {
-          last_tag_ = (sp.kind == router::StmtKind::commit && tx_ != 'E') ? "COMMIT" : "ROLLBACK";
-          tag = last_tag_;
+          last_rollback_ = !(sp.kind == router::StmtKind::commit && tx_ != 'E');
+          tag = last_rollback_ ? "ROLLBACK" : "COMMIT";
           apply_tx_end();
         } else {
           handled = false;

@@ -150,7 +150,7 @@ private:
   std::deque<Pending> exp_;
   bool forwarded_any_ = false; // backend bytes reached the client for the current request
   std::string last_sqlstate_;  // of the last ErrorResponse relayed
-  std::string last_tag_;       // of the last CommandComplete relayed
+  bool last_rollback_ = false; // the last CommandComplete relayed (or made) said ROLLBACK
   bool session_mode_ = false;
   int attached_count_ = 0;      // backends held now (metrics: active vs idle clients)
   bool counted_ = false;        // counted in the worker's connected clients

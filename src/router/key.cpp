@@ -43,24 +43,40 @@ int hexval(char c) {
 
 } // namespace
 
+std::optional<int64_t> int_key_from_text(KeyType type, std::string_view text) {
+  // PostgreSQL's int input accepts surrounding whitespace and a leading '+'.
+  while (!text.empty() && std::isspace(uint8_t(text.front())))
+    text.remove_prefix(1);
+  while (!text.empty() && std::isspace(uint8_t(text.back())))
+    text.remove_suffix(1);
+  if (!text.empty() && text.front() == '+')
+    text.remove_prefix(1);
+  int64_t v = 0;
+  auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (ec != std::errc() || ptr != text.data() + text.size() || text.empty())
+    return std::nullopt;
+  if (!int_in_range(type, v))
+    return std::nullopt;
+  return v;
+}
+
+uint64_t hash_int_key(int64_t v) {
+  uint8_t le[8];
+  auto u = uint64_t(v);
+  for (int i = 0; i < 8; ++i)
+    le[i] = uint8_t(u >> (8 * i));
+  return XXH3_64bits(le, sizeof le);
+}
+
 std::optional<std::string> canonical_from_text(KeyType type, std::string_view text) {
   switch (type) {
   case KeyType::bigint:
   case KeyType::int_:
   case KeyType::smallint: {
-    // PostgreSQL's int input accepts surrounding whitespace and a leading '+'.
-    while (!text.empty() && std::isspace(uint8_t(text.front())))
-      text.remove_prefix(1);
-    while (!text.empty() && std::isspace(uint8_t(text.back())))
-      text.remove_suffix(1);
-    if (!text.empty() && text.front() == '+')
-      text.remove_prefix(1);
-    int64_t v = 0;
-    auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-    if (ec != std::errc() || ptr != text.data() + text.size() || text.empty() ||
-        !int_in_range(type, v))
+    auto v = int_key_from_text(type, text);
+    if (!v)
       return std::nullopt;
-    return int64_le(v);
+    return int64_le(*v);
   }
   case KeyType::text:
     return std::string(text);

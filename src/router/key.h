@@ -19,4 +19,10 @@ std::optional<std::string> canonical_from_binary(KeyType type, std::string_view 
 
 uint64_t hash_key(std::string_view canonical);
 
+// An integer key (smallint/int/bigint) from its text form, as canonical_from_text reads it.
+// nullopt: not a valid value of the type.
+std::optional<int64_t> int_key_from_text(KeyType type, std::string_view text);
+// hash_key() of an integer key's canonical bytes, without building them.
+uint64_t hash_int_key(int64_t v);
+
 } // namespace sg::router

@@ -107,6 +107,42 @@ std::optional<std::string> param_canonical(const ValueRef &v, const config::Tabl
   return c;
 }
 
+// An integer key written as a plain number literal (most keys): its value, read in place.
+// Anything else (and every error) goes the general way, through canonical_from_text.
+std::optional<int64_t> int_literal(const ValueRef &v, const config::Table &t,
+                                   std::string_view sql, const ScanResult &scan) {
+  if (v.is_param || t.key_type == KeyType::text || t.key_type == KeyType::uuid || v.index < 0 ||
+      size_t(v.index) >= scan.consts.size())
+    return std::nullopt;
+  const ConstToken &c = scan.consts[size_t(v.index)];
+  if (c.is_string || c.end - c.start > 18)
+    return std::nullopt; // '42', and numbers that may not fit, are read the general way
+  int64_t n = 0;
+  for (uint32_t i = c.start; i < c.end; ++i) {
+    auto d = uint8_t(sql[i] - '0');
+    if (d > 9)
+      return std::nullopt; // 1.5, 1e3: the general way reports them
+    n = n * 10 + d;
+  }
+  if (v.negate)
+    n = -n;
+  if ((t.key_type == KeyType::smallint && (n < INT16_MIN || n > INT16_MAX)) ||
+      (t.key_type == KeyType::int_ && (n < INT32_MIN || n > INT32_MAX)))
+    return std::nullopt;
+  return n;
+}
+
+Resolved cross_shard(const config::Table &t) {
+  Resolved r;
+  r.kind = TargetKind::error;
+  r.error = key_error("0A000",
+                      "statement on sharded table \"" + t.name +
+                          "\" has shard keys owned by more than one shard",
+                      "cross-shard statements are not supported yet; send one statement "
+                      "per shard");
+  return r;
+}
+
 } // namespace
 
 Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const ScanResult &scan,
@@ -132,6 +168,13 @@ Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const Sca
   std::optional<size_t> owner;
   for (const ValueRef &v : p.keys) {
     const config::Table &t = tables_[size_t(v.table)];
+    if (auto iv = int_literal(v, t, sql, scan)) { // the common case, without building bytes
+      size_t o = topo.ring.owner(hash_int_key(*iv));
+      if (owner && *owner != o)
+        return cross_shard(t);
+      owner = o;
+      continue;
+    }
     std::string err;
     std::optional<std::string> canon =
         v.is_param ? param_canonical(v, t, params, err) : literal_canonical(v, t, sql, scan, err);
@@ -145,15 +188,8 @@ Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const Sca
       return r;
     }
     size_t o = topo.ring.owner_of_key(*canon);
-    if (owner && *owner != o) {
-      r.kind = TargetKind::error;
-      r.error = key_error("0A000",
-                          "statement on sharded table \"" + t.name +
-                              "\" has shard keys owned by more than one shard",
-                          "cross-shard statements are not supported yet; send one statement "
-                          "per shard");
-      return r;
-    }
+    if (owner && *owner != o)
+      return cross_shard(t);
     owner = o;
   }
   r.kind = TargetKind::by_key;

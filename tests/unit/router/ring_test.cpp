@@ -7,6 +7,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <limits>
 
 using namespace sg::router;
 using sg::config::KeyType;
@@ -131,4 +132,20 @@ TEST(CanonicalKey, UuidForms) {
   EXPECT_EQ(*canonical_from_binary(KeyType::uuid, raw), raw);
   EXPECT_FALSE(canonical_from_text(KeyType::uuid, "a0eebc99"));
   EXPECT_FALSE(canonical_from_text(KeyType::uuid, "g0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"));
+}
+
+// Integer keys hashed without building their bytes (literals, read in place) hash as the
+// canonical bytes do.
+TEST(CanonicalKey, IntegerFastPathAgreesWithCanonicalBytes) {
+  using sg::router::KeyType;
+  for (int64_t v : {int64_t(0), int64_t(1), int64_t(-1), int64_t(48213), int64_t(-32768),
+                    int64_t(2147483647), std::numeric_limits<int64_t>::max()}) {
+    auto canon = sg::router::canonical_from_text(KeyType::bigint, std::to_string(v));
+    ASSERT_TRUE(canon);
+    EXPECT_EQ(sg::router::hash_int_key(v), sg::router::hash_key(*canon)) << v;
+  }
+  EXPECT_EQ(sg::router::int_key_from_text(KeyType::smallint, "-32768"), -32768);
+  EXPECT_FALSE(sg::router::int_key_from_text(KeyType::smallint, "32768"));
+  EXPECT_FALSE(sg::router::int_key_from_text(KeyType::int_, "1.5"));
+  EXPECT_EQ(sg::router::int_key_from_text(KeyType::bigint, " +7 "), 7);
 }
