@@ -100,12 +100,10 @@ void Breaker::failure(Millis now) {
 }
 
 HealthBoard::HealthBoard(const config::Config &cfg, size_t nodes)
-    : policy_(cfg.replicas), fallbacks_(cfg.shards.size()) {
+    : policy_(cfg.replicas), shards_(cfg.shards.size()),
+      fallbacks_(kFallbackSlots * cfg.shards.size()), logged_(cfg.shards.size()) {
   for (size_t i = 0; i < nodes; ++i)
     nodes_.push_back(std::make_unique<NodeHealth>(policy_));
-  for (auto &row : fallbacks_)
-    for (auto &c : row)
-      c = 0;
 }
 
 void HealthBoard::report_failure(size_t node, Millis now) {
@@ -148,13 +146,19 @@ bool HealthBoard::allowed(size_t node, Millis now) {
 }
 
 void HealthBoard::count_fallback(size_t shard, FallbackReason r, const std::string &shard_name) {
-  uint64_t before = fallbacks_[shard][size_t(r)].fetch_add(1, std::memory_order_relaxed);
-  if (before == 0)
+  static std::atomic<size_t> next_slot{0};
+  thread_local size_t slot = next_slot.fetch_add(1, std::memory_order_relaxed) % kFallbackSlots;
+  fallbacks_[slot * shards_ + shard].n[size_t(r)].fetch_add(1, std::memory_order_relaxed);
+  std::atomic<bool> &logged = logged_[shard][size_t(r)];
+  if (!logged.load(std::memory_order_relaxed) && !logged.exchange(true))
     log::warn("read_fallback_to_primary", {{"shard", shard_name}, {"reason", to_string(r)}});
 }
 
 uint64_t HealthBoard::fallbacks(size_t shard, FallbackReason r) const {
-  return fallbacks_[shard][size_t(r)].load(std::memory_order_relaxed);
+  uint64_t sum = 0;
+  for (size_t slot = 0; slot < kFallbackSlots; ++slot)
+    sum += fallbacks_[slot * shards_ + shard].n[size_t(r)].load(std::memory_order_relaxed);
+  return sum;
 }
 
 } // namespace sg::proxy

@@ -118,9 +118,17 @@ public:
   uint64_t fallbacks(size_t shard, FallbackReason r) const;
 
 private:
+  // Counted on every read that has no replica to go to, by every worker: so each thread
+  // counts in a row of its own (a cache line per slot and shard), and a scrape sums the rows.
+  static constexpr size_t kFallbackSlots = 8;
+  struct alignas(64) FallbackRow {
+    std::array<std::atomic<uint64_t>, kFallbackReasons> n{};
+  };
   config::Replicas policy_;
   std::vector<std::unique_ptr<NodeHealth>> nodes_;
-  std::vector<std::array<std::atomic<uint64_t>, kFallbackReasons>> fallbacks_;
+  size_t shards_;
+  std::vector<FallbackRow> fallbacks_;                                // [slot * shards + shard]
+  std::vector<std::array<std::atomic<bool>, kFallbackReasons>> logged_; // [shard]
   std::vector<std::string> names_;
 };
 

@@ -117,7 +117,8 @@ bool Poller::run_once(int timeout_ms) {
     asio_due_ = true;
   }
   epoll_event evs[64];
-  int n = ::epoll_wait(epfd_, evs, 64, timeout_ms);
+  // As recv/send in io.h: the system call itself, not glibc's cancellation-point wrapper.
+  int n = int(::syscall(SYS_epoll_wait, epfd_, evs, 64, timeout_ms));
   for (int i = 0; i < n; ++i) {
     if (evs[i].data.u64 == kAsioTag) {
       asio_due_ = true;

@@ -704,8 +704,64 @@ void Session::on_backend_lost(BackendConn &b) {
 // Forwards backend frames to the client (or the capture sink) until every pending response
 // has arrived, swallowing what the proxy injected and adding what it answers itself.
 Task<bool> Session::relay(BackendConn &b) {
+  relay_begin();
+  return relay_more(b, relay_some(b)); // not a coroutine itself: one frame, relay_more's
+}
+
+void Session::relay_begin() {
   forwarded_any_ = false;
   last_sqlstate_.clear();
+}
+
+// The I/O around relay_some(): streams what is buffered for the client before waiting on the
+// backend, reads, and runs COPY FROM STDIN when the backend asks for it.
+Task<bool> Session::relay_more(BackendConn &b, RelayStep st) {
+  for (;;) {
+    switch (st) {
+    case RelayStep::done:
+      co_return true;
+    case RelayStep::failed:
+      co_return false;
+    case RelayStep::copy_in:
+      if (!co_await pump_copy_in(b))
+        co_return false;
+      break;
+    case RelayStep::need_more:
+      if (sink_ == &out_ && !out_.empty() && !co_await flush()) {
+        b.broken = true; // the client left mid-response: the backend cannot be reused
+        co_return false;
+      }
+      for (;;) {
+        ReadStep r = read_backend(b);
+        if (r == ReadStep::failed)
+          co_return false;
+        if (r == ReadStep::got)
+          break;
+        co_await b.sock.wait(Poller::in); // as a statement: see read_some in poller.h
+      }
+      break;
+    }
+    st = relay_some(b);
+  }
+}
+
+// Reads what the backend has sent into its buffer, without waiting.
+Session::ReadStep Session::read_backend(BackendConn &b) {
+  size_t avail = 0;
+  uint8_t *p = b.rbuf.prepare(read_size(relay_want_, b.rbuf.size()), avail);
+  ErrorCode ec;
+  size_t n = b.sock.try_read(p, avail, ec);
+  if (ec) {
+    on_backend_lost(b);
+    return ReadStep::failed;
+  }
+  b.rbuf.commit(n);
+  return n ? ReadStep::got : ReadStep::nothing;
+}
+
+// Handles the frames buffered from the backend: no I/O, so the per-query path runs it without
+// a coroutine frame of its own.
+Session::RelayStep Session::relay_some(BackendConn &b) {
   // Forwarded frames that follow each other in b.rbuf go to the sink in one append: `run` is
   // the start of the pending stretch. It stays valid until the buffer is read into again.
   const char *run = nullptr;
@@ -726,35 +782,18 @@ Task<bool> Session::relay(BackendConn &b) {
     }
     if (exp_.empty()) {
       flush_run();
-      co_return true;
+      return RelayStep::done;
     }
     auto f = protocol::decode_frame(b.rbuf.data(), b.rbuf.size(), 1u << 30);
     if (f.status == protocol::DecodeStatus::need_more) {
       flush_run();
-      if (sink_ == &out_ && !out_.empty() && !co_await flush()) {
-        b.broken = true; // the client left mid-response: the backend cannot be reused
-        co_return false;
-      }
-      size_t avail = 0;
-      uint8_t *p = b.rbuf.prepare(read_size(f.frame_len, b.rbuf.size()), avail);
-      ErrorCode ec;
-      // The per-query path: the wait inline, with no coroutine frame of its own.
-      size_t n = b.sock.try_read(p, avail, ec);
-      while (n == 0 && !ec) {
-        co_await b.sock.wait(Poller::in);
-        n = b.sock.try_read(p, avail, ec);
-      }
-      if (ec) {
-        on_backend_lost(b);
-        co_return false;
-      }
-      b.rbuf.commit(n);
-      continue;
+      relay_want_ = f.frame_len;
+      return RelayStep::need_more;
     }
     if (f.status == protocol::DecodeStatus::error) {
       flush_run();
       on_backend_lost(b);
-      co_return false;
+      return RelayStep::failed;
     }
     Pending &h = exp_.front();
     std::string_view body = f.body_view();
@@ -778,7 +817,7 @@ Task<bool> Session::relay(BackendConn &b) {
         // (terminated or restarted while pooled): a lost connection, which a read may retry.
         flush_run();
         on_backend_lost(b);
-        co_return false;
+        return RelayStep::failed;
       }
       last_sqlstate_ = e.sqlstate;
       sh_.errors.count(ErrorSource::backend, e.sqlstate);
@@ -857,11 +896,11 @@ Task<bool> Session::relay(BackendConn &b) {
     b.rbuf.consume(f.frame_len);
     if (copy_in) {
       flush_run();
-      if (!co_await pump_copy_in(b))
-        co_return false;
+      return RelayStep::copy_in;
     }
   }
 }
+
 
 // COPY FROM STDIN: client CopyData/CopyDone/CopyFail go to the backend until done or failed.
 Task<bool> Session::pump_copy_in(BackendConn &b) {
@@ -1289,7 +1328,23 @@ Task<bool> Session::on_query(const std::string &sql) {
     std::string_view rest = wbuf_;
     if (!send_now(b->sock, rest, ec))
       co_await write_all(b->sock, rest, ec);
-    bool ok = !ec && co_await relay(*b);
+    // relay(), with the common case inline (the whole response, then nothing more to do):
+    // waiting here costs no coroutine frame per query.
+    RelayStep st = RelayStep::failed;
+    if (!ec) {
+      relay_begin();
+      st = relay_some(*b);
+      while (st == RelayStep::need_more && (sink_ != &out_ || out_.empty())) {
+        ReadStep r = read_backend(*b);
+        if (r == ReadStep::failed)
+          st = RelayStep::failed;
+        else if (r == ReadStep::got)
+          st = relay_some(*b);
+        else
+          co_await b->sock.wait(Poller::in); // as a statement: see read_some in poller.h
+      }
+    }
+    bool ok = st == RelayStep::done || (st != RelayStep::failed && co_await relay_more(*b, st));
     if (ok)
       break;
     if (closing_ || !b->broken)

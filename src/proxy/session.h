@@ -95,6 +95,12 @@ private:
                        const std::string *client_name = nullptr);
   void forget_failed(BackendConn &b, const Pending &p);
   Task<bool> relay(BackendConn &b);
+  enum class RelayStep : uint8_t { done, need_more, copy_in, failed };
+  enum class ReadStep : uint8_t { got, nothing, failed };
+  void relay_begin();
+  RelayStep relay_some(BackendConn &b);
+  Task<bool> relay_more(BackendConn &b, RelayStep st);
+  ReadStep read_backend(BackendConn &b);
   Task<bool> pump_copy_in(BackendConn &b);
   void on_backend_lost(BackendConn &b);
 
@@ -149,6 +155,7 @@ private:
   bool proxy_failed_ = false;      // transaction failed by a proxy-side error
   std::deque<Pending> exp_;
   bool forwarded_any_ = false; // backend bytes reached the client for the current request
+  size_t relay_want_ = 0;      // length of the backend frame relay_some() waits to complete
   std::string last_sqlstate_;  // of the last ErrorResponse relayed
   bool last_rollback_ = false; // the last CommandComplete relayed (or made) said ROLLBACK
   bool session_mode_ = false;
