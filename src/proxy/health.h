@@ -111,6 +111,11 @@ public:
   void set_node_names(std::vector<std::string> names); // "shard/host:port", for logs
   // Fast unless the node is banned: may a session use it now? (one half-open trial)
   bool allowed(size_t node, Millis now);
+  // The same, reading the clock only for a banned node (the per-query check).
+  bool allowed(size_t node) {
+    return nodes_[node]->banned_until.load(std::memory_order_relaxed) == 0 ||
+           allowed(node, now_ms());
+  }
 
   // Reads that went to the primary instead of a replica, by shard and reason; the first of each
   // kind is logged at warn.

@@ -445,7 +445,6 @@ std::optional<size_t> Session::choose_node(size_t shard, bool read, size_t exclu
   HealthBoard &board = sh_.health;
   const auto &replicas = sh_.shard_replicas[shard];
   size_t primary = sh_.shard_primary[shard];
-  Millis now = now_ms();
   if (read && !session_mode_) {
     FallbackReason reason = FallbackReason::no_replicas;
     if (!replicas.empty()) {
@@ -466,7 +465,7 @@ std::optional<size_t> Session::choose_node(size_t shard, bool read, size_t exclu
           saw_ryw = true;
           continue;
         }
-        if (!board.allowed(cand, now))
+        if (!board.allowed(cand))
           continue;
         rr = uint32_t(idx + 1);
         return cand;
@@ -477,8 +476,9 @@ std::optional<size_t> Session::choose_node(size_t shard, bool read, size_t exclu
     }
     board.count_fallback(shard, reason, sh_.cfg.shards[shard].name);
   }
-  if (!board.allowed(primary, now)) {
+  if (!board.allowed(primary)) {
     // The primary is never silently replaced: fail fast while its breaker is open.
+    Millis now = now_ms();
     unreachable(shard, "08006",
                 "its primary " + sh_.nodes[primary].endpoint.label() +
                     " is down (repeated failures; next try in " +
@@ -797,7 +797,7 @@ Session::RelayStep Session::relay_some(BackendConn &b) {
     }
     Pending &h = exp_.front();
     std::string_view body = f.body_view();
-    auto forward = [&] {
+    auto forward = [&]() __attribute__((always_inline)) { // per frame: keep it inline
       const char *frame = reinterpret_cast<const char *>(f.body) - 5;
       if (run_len && run + run_len == frame) {
         run_len += f.frame_len;

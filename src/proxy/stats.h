@@ -24,14 +24,21 @@ constexpr size_t kErrorSources = 3;
 constexpr std::array<double, 14> kLatencyBuckets = {
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0};
 
+// The same bounds in nanoseconds, for the per-query observe().
+constexpr std::array<uint64_t, kLatencyBuckets.size()> kLatencyBucketsNs = [] {
+  std::array<uint64_t, kLatencyBuckets.size()> ns{};
+  for (size_t i = 0; i < ns.size(); ++i)
+    ns[i] = uint64_t(kLatencyBuckets[i] * 1e9 + 0.5);
+  return ns;
+}();
+
 struct Histogram {
   std::array<std::atomic<uint64_t>, kLatencyBuckets.size() + 1> buckets{}; // non-cumulative
   std::atomic<uint64_t> count{0};
   std::atomic<uint64_t> sum_ns{0};
   void observe(uint64_t ns) {
-    double s = double(ns) * 1e-9;
     size_t i = 0;
-    while (i < kLatencyBuckets.size() && s > kLatencyBuckets[i])
+    while (i < kLatencyBucketsNs.size() && ns > kLatencyBucketsNs[i])
       ++i;
     buckets[i].fetch_add(1, std::memory_order_relaxed);
     count.fetch_add(1, std::memory_order_relaxed);

@@ -132,15 +132,13 @@ std::optional<int64_t> int_literal(const ValueRef &v, const config::Table &t,
   return n;
 }
 
-Resolved cross_shard(const config::Table &t) {
-  Resolved r;
+void set_cross_shard(Resolved &r, const config::Table &t) {
   r.kind = TargetKind::error;
   r.error = key_error("0A000",
                       "statement on sharded table \"" + t.name +
                           "\" has shard keys owned by more than one shard",
                       "cross-shard statements are not supported yet; send one statement "
                       "per shard");
-  return r;
 }
 
 } // namespace
@@ -170,8 +168,10 @@ Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const Sca
     const config::Table &t = tables_[size_t(v.table)];
     if (auto iv = int_literal(v, t, sql, scan)) { // the common case, without building bytes
       size_t o = topo.ring.owner(hash_int_key(*iv));
-      if (owner && *owner != o)
-        return cross_shard(t);
+      if (owner && *owner != o) {
+        set_cross_shard(r, t);
+        return r; // one return object throughout: no Resolved (three strings) moved per query
+      }
       owner = o;
       continue;
     }
@@ -188,8 +188,10 @@ Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const Sca
       return r;
     }
     size_t o = topo.ring.owner_of_key(*canon);
-    if (owner && *owner != o)
-      return cross_shard(t);
+    if (owner && *owner != o) {
+      set_cross_shard(r, t);
+      return r;
+    }
     owner = o;
   }
   r.kind = TargetKind::by_key;
