@@ -745,6 +745,19 @@ Task<bool> Session::relay_more(BackendConn &b, RelayStep st) {
   }
 }
 
+// relay() without waiting: reads and handles what the backend has sent while the response is
+// incomplete and nothing waits for the client. True: wait for the backend, then call again.
+// st is left for relay_more() when it is neither done nor failed.
+bool Session::relay_poll(BackendConn &b, RelayStep &st) {
+  while (st == RelayStep::need_more && (sink_ != &out_ || out_.empty())) {
+    ReadStep r = read_backend(b);
+    if (r == ReadStep::nothing)
+      return true;
+    st = r == ReadStep::failed ? RelayStep::failed : relay_some(b);
+  }
+  return false;
+}
+
 // Reads what the backend has sent into its buffer, without waiting.
 Session::ReadStep Session::read_backend(BackendConn &b) {
   size_t avail = 0;
@@ -1027,7 +1040,12 @@ Task<void> Session::query_loop() {
         co_return;
       continue;
     }
-    Msg m{f.type, std::string(f.body_view())};
+    Msg m{f.type, {}};
+    if (!spare_bodies_.empty()) { // a Bind's body outgrows a string's inline room: reuse one
+      m.body = std::move(spare_bodies_.back());
+      spare_bodies_.pop_back();
+    }
+    m.body.assign(f.body_view());
     cbuf_.consume(f.frame_len);
     bool ok = true;
     switch (m.type) {
@@ -1328,21 +1346,13 @@ Task<bool> Session::on_query(const std::string &sql) {
     std::string_view rest = wbuf_;
     if (!send_now(b->sock, rest, ec))
       co_await write_all(b->sock, rest, ec);
-    // relay(), with the common case inline (the whole response, then nothing more to do):
-    // waiting here costs no coroutine frame per query.
+    // relay(), with the common case inline: waiting here costs no coroutine frame per query.
     RelayStep st = RelayStep::failed;
     if (!ec) {
       relay_begin();
       st = relay_some(*b);
-      while (st == RelayStep::need_more && (sink_ != &out_ || out_.empty())) {
-        ReadStep r = read_backend(*b);
-        if (r == ReadStep::failed)
-          st = RelayStep::failed;
-        else if (r == ReadStep::got)
-          st = relay_some(*b);
-        else
-          co_await b->sock.wait(Poller::in); // as a statement: see read_some in poller.h
-      }
+      while (relay_poll(*b, st))
+        co_await b->sock.wait(Poller::in); // as a statement: see read_some in poller.h
     }
     bool ok = st == RelayStep::done || (st != RelayStep::failed && co_await relay_more(*b, st));
     if (ok)
@@ -1573,17 +1583,21 @@ void Session::synthesize_batch(const std::vector<Msg> &batch, const std::string 
 // backend the batch's Bind routes to.
 Task<bool> Session::on_batch() {
   // The batch is taken out of batch_ while it runs, and its storage handed back at the end so
-  // that it is allocated once per session, not per batch.
+  // that it is allocated once per session, not per batch (message bodies too: spare_bodies_).
   std::vector<Msg> batch;
   batch.swap(batch_);
   struct GiveBack {
     std::vector<Msg> &home, &v;
+    std::vector<std::string> &spare;
     ~GiveBack() {
+      for (Msg &m : v)
+        if (m.body.capacity() > 15 && spare.size() < 16) // beyond the inline room
+          spare.push_back(std::move(m.body));
       v.clear();
       if (home.empty())
         home.swap(v);
     }
-  } give_back{batch_, batch};
+  } give_back{batch_, batch, spare_bodies_};
   bool ends_sync = batch.back().type == 'S';
 
   struct Item {
@@ -2006,7 +2020,14 @@ Task<bool> Session::on_batch() {
   if (!send_now(b->sock, rest, ec))
     co_await write_all(b->sock, rest, ec);
   side_batch_ = side;
-  bool ok = !ec && co_await relay(*b);
+  RelayStep st = RelayStep::failed; // relay(), the common case inline (see on_query)
+  if (!ec) {
+    relay_begin();
+    st = relay_some(*b);
+    while (relay_poll(*b, st))
+      co_await b->sock.wait(Poller::in); // as a statement: see read_some in poller.h
+  }
+  bool ok = st == RelayStep::done || (st != RelayStep::failed && co_await relay_more(*b, st));
   side_batch_ = false;
   if (side) {
     detach_if_idle();

@@ -100,6 +100,7 @@ private:
   void relay_begin();
   RelayStep relay_some(BackendConn &b);
   Task<bool> relay_more(BackendConn &b, RelayStep st);
+  bool relay_poll(BackendConn &b, RelayStep &st);
   ReadStep read_backend(BackendConn &b);
   Task<bool> pump_copy_in(BackendConn &b);
   void on_backend_lost(BackendConn &b);
@@ -144,6 +145,7 @@ private:
   std::unordered_map<std::string, ClientStmt> stmts_;
   uint64_t unnamed_gen_ = 0;
   std::vector<Msg> batch_;
+  std::vector<std::string> spare_bodies_; // bodies of finished batches, reused by the next
   std::vector<router::ParamValue> bind_params_; // a Bind's parameters, for routing
   bool skip_until_sync_ = false;
 
