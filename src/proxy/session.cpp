@@ -704,13 +704,14 @@ void Session::on_backend_lost(BackendConn &b) {
 // Forwards backend frames to the client (or the capture sink) until every pending response
 // has arrived, swallowing what the proxy injected and adding what it answers itself.
 Task<bool> Session::relay(BackendConn &b) {
-  relay_begin();
-  return relay_more(b, relay_some(b)); // not a coroutine itself: one frame, relay_more's
+  return relay_more(b, relay_start(b)); // not a coroutine itself: one frame, relay_more's
 }
 
-void Session::relay_begin() {
+// A new request's response: handles what is buffered already.
+Session::RelayStep Session::relay_start(BackendConn &b) {
   forwarded_any_ = false;
   last_sqlstate_.clear();
+  return relay_some(b);
 }
 
 // The I/O around relay_some(): streams what is buffered for the client before waiting on the
@@ -1347,13 +1348,9 @@ Task<bool> Session::on_query(const std::string &sql) {
     if (!send_now(b->sock, rest, ec))
       co_await write_all(b->sock, rest, ec);
     // relay(), with the common case inline: waiting here costs no coroutine frame per query.
-    RelayStep st = RelayStep::failed;
-    if (!ec) {
-      relay_begin();
-      st = relay_some(*b);
-      while (relay_poll(*b, st))
-        co_await b->sock.wait(Poller::in); // as a statement: see read_some in poller.h
-    }
+    RelayStep st = ec ? RelayStep::failed : relay_start(*b);
+    while (relay_poll(*b, st))
+      co_await b->sock.wait(Poller::in); // as a statement: see read_some in poller.h
     bool ok = st == RelayStep::done || (st != RelayStep::failed && co_await relay_more(*b, st));
     if (ok)
       break;
@@ -2020,13 +2017,9 @@ Task<bool> Session::on_batch() {
   if (!send_now(b->sock, rest, ec))
     co_await write_all(b->sock, rest, ec);
   side_batch_ = side;
-  RelayStep st = RelayStep::failed; // relay(), the common case inline (see on_query)
-  if (!ec) {
-    relay_begin();
-    st = relay_some(*b);
-    while (relay_poll(*b, st))
-      co_await b->sock.wait(Poller::in); // as a statement: see read_some in poller.h
-  }
+  RelayStep st = ec ? RelayStep::failed : relay_start(*b); // relay(), inline as in on_query
+  while (relay_poll(*b, st))
+    co_await b->sock.wait(Poller::in); // as a statement: see read_some in poller.h
   bool ok = st == RelayStep::done || (st != RelayStep::failed && co_await relay_more(*b, st));
   side_batch_ = false;
   if (side) {

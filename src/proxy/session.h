@@ -97,7 +97,7 @@ private:
   Task<bool> relay(BackendConn &b);
   enum class RelayStep : uint8_t { done, need_more, copy_in, failed };
   enum class ReadStep : uint8_t { got, nothing, failed };
-  void relay_begin();
+  RelayStep relay_start(BackendConn &b);
   RelayStep relay_some(BackendConn &b);
   Task<bool> relay_more(BackendConn &b, RelayStep st);
   bool relay_poll(BackendConn &b, RelayStep &st);
