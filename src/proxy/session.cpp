@@ -732,6 +732,8 @@ Task<bool> Session::relay_more(BackendConn &b, RelayStep st) {
         b.broken = true; // the client left mid-response: the backend cannot be reused
         co_return false;
       }
+      // Not `while (relay_poll(b, st)) co_await ...` here: inside this switch, GCC 12 built
+      // that into a proxy that crashed under the integration tests (see read_some in poller.h).
       for (;;) {
         ReadStep r = read_backend(b);
         if (r == ReadStep::failed)
@@ -914,7 +916,6 @@ Session::RelayStep Session::relay_some(BackendConn &b) {
     }
   }
 }
-
 
 // COPY FROM STDIN: client CopyData/CopyDone/CopyFail go to the backend until done or failed.
 Task<bool> Session::pump_copy_in(BackendConn &b) {
