@@ -270,7 +270,8 @@ LoadResult load_string(std::string_view text, const std::string &path) {
                    {"listen", "database", "pool_mode", "auth", "default_shard", "workers",
                     "pool_size", "max_message_bytes", "connect_timeout_ms", "query_timeout_ms",
                     "pool_timeout_ms", "auth_timeout_ms", "idle_in_transaction_timeout_ms",
-                    "connect_retries"},
+                    "connect_retries", "pack_interval_ms", "spread_above_percent",
+                    "pack_below_percent"},
                    "[proxy]");
     std::string listen;
     if (r.get_string(*p, "listen", listen) &&
@@ -308,6 +309,14 @@ LoadResult load_string(std::string_view text, const std::string &path) {
     r.get_uint(*p, "idle_in_transaction_timeout_ms", c.proxy.idle_in_transaction_timeout_ms, 0,
                86400000);
     r.get_uint(*p, "connect_retries", c.proxy.connect_retries, 0, 20);
+    r.get_uint(*p, "pack_interval_ms", c.proxy.pack_interval_ms, 0, 60000);
+    r.get_uint(*p, "spread_above_percent", c.proxy.spread_above_percent, 0, 100);
+    r.get_uint(*p, "pack_below_percent", c.proxy.pack_below_percent, 0, 100);
+    if (c.proxy.pack_below_percent >= c.proxy.spread_above_percent && c.proxy.pack_below_percent)
+      r.error(p->get("pack_below_percent") ? p->get("pack_below_percent")
+                                           : p->get("spread_above_percent"),
+              "pack_below_percent must be below spread_above_percent",
+              "otherwise the number of busy workers would flap; e.g. 60 and 45");
   }
 
   std::set<std::string> user_names;

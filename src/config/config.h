@@ -61,6 +61,10 @@ struct Proxy {
   uint32_t auth_timeout_ms = 10000;
   uint32_t idle_in_transaction_timeout_ms = 0;
   uint32_t connect_retries = 2;
+  // Worker packing (transaction mode): sessions gather on as few workers as the load needs.
+  uint32_t pack_interval_ms = 200;    // how often worker load is looked at; 0: no packing
+  uint32_t spread_above_percent = 60; // one more worker when the busy ones average above this
+  uint32_t pack_below_percent = 45;   // one fewer when the load would stay below this on one fewer
 };
 
 struct Ring {

@@ -114,6 +114,23 @@ std::string Exporter::render() const {
       metric({{"state", "idle"}}, std::max(0.0, total - active - waiting), MetricType::Gauge));
   out.push_back(std::move(clients));
 
+  auto per_worker = family("shardgate_worker_clients",
+                           "Client connections served by each worker thread", MetricType::Gauge);
+  for (size_t i = 0; i < workers.size(); ++i)
+    per_worker.metric.push_back(metric({{"worker", std::to_string(i)}},
+                                       double(workers[i]->stats.clients.load()), MetricType::Gauge));
+  out.push_back(std::move(per_worker));
+  auto busy = family("shardgate_workers_taking_clients",
+                     "Worker threads that new clients go to (worker packing)", MetricType::Gauge);
+  busy.metric.push_back(metric({}, double(server_.active_workers()), MetricType::Gauge));
+  out.push_back(std::move(busy));
+  auto moves = family("shardgate_session_moves_total",
+                      "Sessions moved to another worker thread between transactions",
+                      MetricType::Counter);
+  moves.metric.push_back(
+      metric({}, sum([](auto &s) { return s.moves_in.load(); }), MetricType::Counter));
+  out.push_back(std::move(moves));
+
   auto queries =
       family("shardgate_queries_total", "Statements run on backends, by shard, node role and kind",
              MetricType::Counter);
@@ -165,14 +182,14 @@ std::string Exporter::render() const {
   for (const auto &n : sh.nodes) {
     std::vector<ClientMetric::Label> l = {
         {"shard", n.shard_name}, {"node", n.endpoint.label()}, {"role", proxy::to_string(n.role)}};
-    double idle = 0, open = 0, max = 0;
+    double idle = 0, open = 0;
     for (auto *w : workers) {
       if (n.id < w->pools.size() && w->pools[n.id]) {
         idle += w->pools[n.id]->idle_gauge();
         open += w->pools[n.id]->open_gauge();
-        max += double(w->pools[n.id]->max());
       }
     }
+    double max = sh.cfg.proxy.pool_size; // over all workers: the node's budget
     auto with = [&](const char *state) {
       auto ll = l;
       ll.push_back({"state", state});

@@ -207,6 +207,17 @@ void Poller::close(uint32_t id) {
   }
 }
 
+int Poller::release(uint32_t id) {
+  Slot &s = slots_[id];
+  int fd = std::exchange(s.fd, -1);
+  if (fd < 0)
+    return -1;
+  ::epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);
+  ++s.gen;
+  free_.push_back(id);
+  return fd;
+}
+
 size_t Poller::try_read(uint32_t id, uint8_t *p, size_t n, ErrorCode &ec) {
   Slot &s = slots_[id];
   if (s.fd < 0) {

@@ -33,6 +33,9 @@ class Parked : public asio::detail::awaitable_thread<Executor> {
 public:
   explicit Parked(asio::detail::awaitable_thread<Executor> *t)
       : asio::detail::awaitable_thread<Executor>(std::move(*t)) {}
+  // From now on the stack's handlers (timers, posts, its end) run on ex: for a session moving
+  // to another worker. Call it before the stack resumes there.
+  void rebind(const Executor &ex) { this->executor_ = ex; }
   // Runs the stack from where it waited until it waits again or ends.
   void resume() {
     this->top_of_stack_->attach_thread(this);
@@ -69,6 +72,9 @@ public:
   // Closes the slot's socket. A coroutine waiting on it resumes (later, never inside this call)
   // and finds the connection closed.
   void close(uint32_t id);
+  // Takes the slot's socket out of the set without closing it and frees the slot; returns the
+  // descriptor (for another worker's poller). No coroutine may be waiting on the slot.
+  int release(uint32_t id);
   int fd(uint32_t id) const { return slots_[id].fd; }
 
   // Reads what is there without waiting: > 0 bytes; 0 with ec clear when nothing is there yet;
@@ -134,6 +140,8 @@ public:
     if (p_)
       std::exchange(p_, nullptr)->close(id_);
   }
+  // See Poller::release: the open descriptor, now the caller's; the stream is closed.
+  int release() { return p_ ? std::exchange(p_, nullptr)->release(id_) : -1; }
   // See Poller::try_read; a closed stream reads as an error.
   size_t try_read(uint8_t *p, size_t n, ErrorCode &ec) {
     if (!p_) {

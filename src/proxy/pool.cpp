@@ -27,8 +27,42 @@ uint32_t backoff_ms(uint32_t attempt) {
 
 } // namespace
 
-Pool::Pool(Poller &poller, const Node &node, size_t max, const config::Proxy &cfg)
-    : poller_(poller), node_(node), max_(max), cfg_(cfg) {}
+Pool::Pool(Poller &poller, const Node &node, size_t share, std::atomic<uint32_t> &budget,
+           const config::Proxy &cfg)
+    : poller_(poller), node_(node), max_(share), budget_(budget), cfg_(cfg) {}
+
+bool Pool::reserve() {
+  uint32_t v = budget_.load(std::memory_order_relaxed);
+  while (v < cfg_.pool_size)
+    if (budget_.compare_exchange_weak(v, v + 1, std::memory_order_relaxed))
+      return true;
+  return false;
+}
+
+void Pool::closed() {
+  --open_;
+  budget_.fetch_sub(1, std::memory_order_relaxed);
+}
+
+void Pool::set_share(size_t n) {
+  max_ = n;
+  while (open_ > max_ && !idle_.empty()) {
+    idle_.back().conn->sock.close();
+    idle_.pop_back();
+    closed();
+  }
+  publish();
+  wake_one(); // a waiter may now be allowed to connect
+}
+
+void Pool::shed_idle() {
+  while (!idle_.empty()) {
+    idle_.back().conn->sock.close();
+    idle_.pop_back();
+    closed();
+  }
+  publish();
+}
 
 std::unique_ptr<BackendConn> Pool::try_acquire() {
   while (!idle_.empty()) {
@@ -43,7 +77,7 @@ std::unique_ptr<BackendConn> Pool::try_acquire() {
       publish();
       return std::move(it.conn);
     }
-    --open_;
+    closed();
   }
   publish();
   return nullptr;
@@ -56,7 +90,8 @@ Task<std::unique_ptr<BackendConn>> Pool::acquire(ConnectError &err) {
   for (;;) {
     if (auto idle = try_acquire())
       co_return idle;
-    if (open_ < max_) {
+    bool share_left = open_ < max_;
+    if (share_left && reserve()) {
       ++open_;
       publish();
       for (uint32_t attempt = 0;; ++attempt) {
@@ -70,7 +105,7 @@ Task<std::unique_ptr<BackendConn>> Pool::acquire(ConnectError &err) {
         // 57P03: the database system is starting up / shutting down; worth another try.
         retriable |= err.sqlstate == "57P03";
         if (!retriable || attempt >= cfg_.connect_retries) {
-          --open_;
+          closed();
           publish();
           wake_one();
           co_return nullptr;
@@ -89,7 +124,12 @@ Task<std::unique_ptr<BackendConn>> Pool::acquire(ConnectError &err) {
              "53300"};
       co_return nullptr;
     }
-    Timer t(ex, deadline);
+    // Within this pool's share but not the node's budget: another worker's pool holds the
+    // rest, and gives it back as its share shrinks or it sheds; look again shortly.
+    auto until = share_left ? std::min(deadline, std::chrono::steady_clock::now() +
+                                                     std::chrono::milliseconds(10))
+                            : deadline;
+    Timer t(ex, until);
     waiters_.push_back(&t);
     auto me = std::prev(waiters_.end());
     ErrorCode ec;
@@ -109,9 +149,9 @@ void Pool::wake_one() {
 void Pool::release(std::unique_ptr<BackendConn> conn) {
   if (!conn)
     return;
-  if (conn->broken || conn->tx_status != 'I' || conn->unsynced) {
+  if (conn->broken || conn->tx_status != 'I' || conn->unsynced || open_ > max_) {
     conn->sock.close();
-    --open_;
+    closed();
   } else {
     idle_.push_back({std::move(conn), std::chrono::steady_clock::now()});
   }

@@ -1,4 +1,7 @@
-// Per-worker pool of backend connections to one node. Lives on one worker thread: no locks.
+// Per-worker pool of backend connections to one node. Lives on one worker thread: no locks,
+// except the node's budget, shared by every worker's pool for that node, which caps their sum
+// at pool_size. Each pool also has a share of it, which the server moves between workers as
+// sessions are packed onto fewer of them or spread over more (see Server's balancer).
 #pragma once
 
 #include "config/config.h"
@@ -14,7 +17,8 @@ namespace sg::proxy {
 
 class Pool {
 public:
-  Pool(Poller &poller, const Node &node, size_t max, const config::Proxy &cfg);
+  Pool(Poller &poller, const Node &node, size_t share, std::atomic<uint32_t> &budget,
+       const config::Proxy &cfg);
   // A ready connection, or nullptr with err set (after retries with backoff and jitter).
   Task<std::unique_ptr<BackendConn>> acquire(ConnectError &err);
   // An idle connection right away, or nullptr (then acquire() waits or connects).
@@ -25,7 +29,11 @@ public:
   // Readable from other threads (metrics): mirrors of the worker-local counts.
   uint32_t idle_gauge() const { return idle_gauge_.load(std::memory_order_relaxed); }
   uint32_t open_gauge() const { return open_gauge_.load(std::memory_order_relaxed); }
-  size_t max() const { return max_; }
+  // The most this pool opens (within the node's budget). A lower share closes idle
+  // connections above it now and lent ones as they come back.
+  void set_share(size_t n);
+  // Closes every idle connection (a worker left without sessions gives its budget back).
+  void shed_idle();
 
 private:
   struct Idle {
@@ -33,10 +41,13 @@ private:
     std::chrono::steady_clock::time_point since;
   };
   void wake_one();
+  bool reserve(); // one more connection within the node's budget
+  void closed();  // one connection fewer
 
   Poller &poller_;
   const Node &node_;
   size_t max_;
+  std::atomic<uint32_t> &budget_; // open connections to the node, over all workers
   const config::Proxy &cfg_;
   std::vector<Idle> idle_;
   size_t open_ = 0; // idle + lent + connecting

@@ -66,6 +66,7 @@ Shared::Shared(config::Config c)
                     protocol::make_scram_secret(u.password, protocol::random_bytes(16), 4096));
   mock_secret =
       protocol::make_scram_secret(protocol::random_bytes(16), protocol::random_bytes(16), 4096);
+  node_budget = std::make_unique<std::atomic<uint32_t>[]>(nodes.size());
 }
 
 std::optional<std::vector<std::pair<std::string, std::string>>> Shared::server_params() const {
@@ -79,11 +80,21 @@ void Shared::set_server_params(const std::vector<std::pair<std::string, std::str
     server_params_ = p;
 }
 
-Worker::Worker(Shared &s, size_t pool_per_node) : shared(s), stats(s.cfg.shards.size()) {
+Worker::Worker(Shared &s, size_t i, size_t pool_share)
+    : shared(s), stats(s.cfg.shards.size()), index(i) {
   poller.start(io);
   for (const auto &n : s.nodes)
-    pools.push_back(std::make_unique<Pool>(poller, n, pool_per_node, s.cfg.proxy));
+    pools.push_back(
+        std::make_unique<Pool>(poller, n, pool_share, s.node_budget[n.id], s.cfg.proxy));
   replica_rr.assign(s.cfg.shards.size(), 0);
+}
+
+void Worker::set_pool_share(size_t share, bool shed) {
+  for (auto &p : pools) {
+    p->set_share(share);
+    if (shed)
+      p->shed_idle();
+  }
 }
 
 // Teardown order: sessions parked on a connection end first, while io and the pools are alive
@@ -118,11 +129,14 @@ Task<void> Server::accept_loop(Worker &w) {
     }
     // The kernel spreads connections over the workers' SO_REUSEPORT listeners by a hash of the
     // addresses, which can leave one worker with many more clients than another (and short
-    // of its share of the backend pool). The client goes to the worker with fewest sessions.
-    Worker *home = &w;
-    for (auto &o : workers_)
-      if (o->sessions.load(std::memory_order_relaxed) < home->sessions.load(std::memory_order_relaxed))
-        home = o.get();
+    // of its share of the backend pool). The client goes to the busy worker (see balance())
+    // with fewest sessions.
+    size_t active = std::max<size_t>(1, active_.load(std::memory_order_relaxed));
+    Worker *home = workers_[0].get();
+    for (size_t i = 1; i < active && i < workers_.size(); ++i)
+      if (workers_[i]->sessions.load(std::memory_order_relaxed) <
+          home->sessions.load(std::memory_order_relaxed))
+        home = workers_[i].get();
     sock.set_option(tcp::no_delay(true), ec);
     std::string peer;
     if (auto ep = sock.remote_endpoint(ec); !ec)
@@ -152,11 +166,99 @@ void Server::start_session(Worker &w, int fd, std::string peer) {
   auto session = std::make_shared<Session>(w, Stream(w.poller, id), std::move(peer));
   asio::co_spawn(
       w.io,
-      [session, &w]() -> Task<void> {
+      [session]() -> Task<void> {
         co_await session->run();
-        w.sessions.fetch_sub(1, std::memory_order_relaxed);
+        // Where it ended: a session may have moved to another worker meanwhile.
+        session->worker().sessions.fetch_sub(1, std::memory_order_relaxed);
       },
       asio::detached);
+}
+
+// Worker packing. Each worker thread serves its sessions on one core; a core that serves few
+// of them sleeps and wakes more often per query than one that serves many, and the threads it
+// wakes (PostgreSQL backends, clients) preempt it more. So while the load is light, the
+// sessions gather on the first workers: every pack_interval_ms this looks at the CPU time
+// each worker thread used. When the busy workers average above spread_above_percent of a core,
+// one more worker takes clients and a share of the sessions; when the whole load would stay
+// below pack_below_percent on one worker fewer, the last busy worker hands its sessions back.
+// Sessions move between transactions, holding no backend (Session::move); an idle one moves
+// when it next speaks. Each busy worker's pools get an even share of pool_size; the others
+// close their idle connections, giving their part of the node budget back.
+void Server::balance(const std::vector<std::thread> &threads) {
+  const auto &pc = shared_->cfg.proxy;
+  size_t n = workers_.size();
+  auto wall = uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                           std::chrono::steady_clock::now().time_since_epoch())
+                           .count());
+  std::vector<double> busy(n, 0.0); // percent of a core since the last look
+  cpu_ns_.resize(n, 0);
+  for (size_t i = 0; i < n && i < threads.size(); ++i) {
+    clockid_t cid;
+    timespec ts{};
+    auto h = const_cast<std::thread &>(threads[i]).native_handle();
+    if (pthread_getcpuclockid(h, &cid) != 0 || clock_gettime(cid, &ts) != 0)
+      continue;
+    uint64_t cpu = uint64_t(ts.tv_sec) * 1000000000u + uint64_t(ts.tv_nsec);
+    if (wall_ns_ && wall > wall_ns_)
+      busy[i] = 100.0 * double(cpu - cpu_ns_[i]) / double(wall - wall_ns_);
+    cpu_ns_[i] = cpu;
+  }
+  bool first = wall_ns_ == 0;
+  wall_ns_ = wall;
+  size_t k = active_.load(std::memory_order_relaxed);
+  if (!first) {
+    double total = 0, active_load = 0;
+    for (size_t i = 0; i < n; ++i) {
+      total += busy[i];
+      if (i < k)
+        active_load += busy[i];
+    }
+    if (k < n && active_load / double(k) > double(pc.spread_above_percent))
+      ++k;
+    else if (k > 1 && total / double(k - 1) < double(pc.pack_below_percent))
+      --k;
+  }
+  bool changed = k != active_.load(std::memory_order_relaxed);
+  active_.store(k, std::memory_order_relaxed);
+
+  // Which sessions go where: those on idle workers to the busy worker with fewest sessions; a
+  // busy worker with more than its even part hands the extra to the one with fewest.
+  std::vector<int> sess(n);
+  int total_sessions = 0;
+  for (size_t i = 0; i < n; ++i) {
+    sess[i] = workers_[i]->sessions.load(std::memory_order_relaxed);
+    total_sessions += sess[i];
+  }
+  auto fewest = [&] {
+    size_t m = 0;
+    for (size_t i = 1; i < k; ++i)
+      if (sess[i] < sess[m])
+        m = i;
+    return m;
+  };
+  int even = (total_sessions + int(k) - 1) / int(k);
+  for (size_t i = 0; i < n; ++i) {
+    Worker &w = *workers_[i];
+    int out = i >= k ? sess[i] : std::max(0, sess[i] - even);
+    if (i < k && out < 2)
+      out = 0; // close enough: do not move sessions back and forth over one
+    size_t to = fewest();
+    if (to == i)
+      out = 0;
+    w.move_to.store(to, std::memory_order_relaxed);
+    w.move_out.store(out, std::memory_order_relaxed);
+  }
+  size_t share = (pc.pool_size + k - 1) / k;
+  size_t idle_share = (pc.pool_size + n - 1) / n; // for sessions not moved yet
+  for (size_t i = 0; i < n; ++i) {
+    bool busy_worker = i < k;
+    if (busy_worker && !changed)
+      continue;
+    Worker *w = workers_[i].get();
+    asio::post(w->io, [w, busy_worker, share, idle_share] {
+      w->set_pool_share(busy_worker ? share : idle_share, !busy_worker);
+    });
+  }
 }
 
 std::vector<const Worker *> Server::workers() const {
@@ -170,6 +272,8 @@ int Server::run(const std::function<void()> &on_ready, const std::function<void(
   const auto &pc = shared_->cfg.proxy;
   size_t nworkers = pc.workers ? pc.workers : std::max(1u, std::thread::hardware_concurrency());
   size_t per_node = std::max<size_t>(1, (pc.pool_size + nworkers - 1) / nworkers);
+  // Packing needs sessions that can move: not in session mode, where each keeps its backends.
+  bool packing = pc.pack_interval_ms > 0 && nworkers > 1 && pc.pool_mode != config::PoolMode::session;
   ErrorCode ec;
   auto addr = asio::ip::make_address(pc.listen_host, ec);
   if (ec) {
@@ -177,8 +281,9 @@ int Server::run(const std::function<void()> &on_ready, const std::function<void(
     return 2;
   }
   tcp::endpoint ep(addr, pc.listen_port);
+  active_.store(packing ? 1 : nworkers); // packed: the first worker takes the first clients
   for (size_t i = 0; i < nworkers; ++i) {
-    auto w = std::make_unique<Worker>(*shared_, per_node);
+    auto w = std::make_unique<Worker>(*shared_, i, packing && i == 0 ? pc.pool_size : per_node);
     w->acceptor = std::make_unique<Acceptor>(w->io);
     Acceptor &acc = *w->acceptor;
     acc.open(ep.protocol(), ec);
@@ -193,6 +298,7 @@ int Server::run(const std::function<void()> &on_ready, const std::function<void(
       return 1;
     }
     acc.listen(asio::socket_base::max_listen_connections, ec);
+    shared_->workers.push_back(w.get());
     workers_.push_back(std::move(w));
     auto &wk = *workers_.back();
     asio::co_spawn(wk.io, accept_loop(wk), asio::detached);
@@ -220,19 +326,34 @@ int Server::run(const std::function<void()> &on_ready, const std::function<void(
   // SIGTERM/SIGINT: stop accepting, let sessions finish for a bounded time, then stop.
   asio::io_context signal_io;
   asio::signal_set signals(signal_io, SIGINT, SIGTERM);
+  asio::steady_timer balance_timer(signal_io);
+  std::vector<std::thread> threads;
+  std::function<void()> balance_tick = [&] {
+    balance_timer.expires_after(std::chrono::milliseconds(pc.pack_interval_ms));
+    balance_timer.async_wait([&](const ErrorCode &ec) {
+      if (ec)
+        return;
+      balance(threads);
+      balance_tick();
+    });
+  };
   signals.async_wait([&](const ErrorCode &, int sig) {
     log::info("shutdown", {{"signal", std::to_string(sig)}});
+    balance_timer.cancel();
     for (auto &w : workers_)
       asio::post(w->io, [&w] {
         ErrorCode ignored;
         w->acceptor->close(ignored); // ends accept_loop; sessions run on until the drain bound
       });
   });
-  std::vector<std::thread> threads;
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
   for (auto &w : workers_) {
     guards.push_back(asio::make_work_guard(w->io));
     threads.emplace_back([&w] { w->poller.run(); });
+  }
+  if (packing) {
+    balance(threads); // the first look: CPU times so far
+    balance_tick();
   }
   signal_io.run();
   // Drain: wait up to 5 s for sessions to end on their own.
@@ -251,6 +372,15 @@ int Server::run(const std::function<void()> &on_ready, const std::function<void(
   int sessions_left = live_sessions(); // still open when the workers stopped
   if (on_stop)
     on_stop();
+  // A session that moved holds work on the worker it started on (Asio's co_spawn keeps it), so
+  // no worker's io_context goes before every worker's sessions are gone.
+  for (auto &w : workers_) {
+    w->stopping = true;
+    w->poller.shutdown();
+    w->pools.clear();
+  }
+  for (auto &w : workers_)
+    w->io.shutdown();
   workers_.clear(); // ~Worker ends the remaining sessions in a safe order
   monitor_.reset();
   log::info("stopped", {{"sessions_left", std::to_string(sessions_left)}});

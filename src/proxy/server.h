@@ -65,6 +65,9 @@ struct Shared {
   ErrorStats errors;                 // errors by source and SQLSTATE class
   CancelRegistry cancels;
   std::atomic<int32_t> next_pid{1000};
+  // Open connections per node over all workers' pools (capped at pool_size), by node id.
+  std::unique_ptr<std::atomic<uint32_t>[]> node_budget;
+  std::vector<struct Worker *> workers; // set once by the server, before clients are served
 
   // ParameterStatus values learnt from the first backend login, reported to clients.
   std::optional<std::vector<std::pair<std::string, std::string>>> server_params() const;
@@ -77,7 +80,7 @@ private:
 
 // One worker thread: its io_context, its pools (one per node) and statement-name interning.
 struct Worker {
-  Worker(Shared &s, size_t pool_per_node);
+  Worker(Shared &s, size_t index, size_t pool_share);
   ~Worker();
   Shared &shared;
   // Client and backend connections. Declared before io, so that it outlives io's destruction
@@ -85,7 +88,11 @@ struct Worker {
   Poller poller;
   // Sockets are only ever touched by their own worker thread, so the reactor's per-socket
   // locking is off; the scheduler keeps its lock (shutdown posts here from another thread).
-  asio::io_context io{BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO};
+  struct Context : asio::io_context {
+    Context() : asio::io_context(BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO) {}
+    using asio::io_context::shutdown; // destroys every queued handler and parked stack
+  };
+  Context io;
   std::vector<std::unique_ptr<Pool>> pools; // by node id
   std::vector<uint32_t> replica_rr;         // per shard
   WorkerStats stats;                        // this worker's traffic counters
@@ -96,7 +103,14 @@ struct Worker {
   // Sessions living on this worker, counted from the moment one is assigned here; accepting
   // workers read it to hand new clients to the least loaded worker.
   std::atomic<int> sessions{0};
+  size_t index;
+  // Packing: how many of this worker's sessions should move to worker move_to. Set by the
+  // balancer, lowered by the sessions that move (between transactions, see Session::move).
+  alignas(64) std::atomic<int> move_out{0};
+  std::atomic<size_t> move_to{0};
   uint32_t intern_statement(const std::string &key);
+  // On this worker's thread: each pool's share of pool_size, and whether idle connections go.
+  void set_pool_share(size_t share, bool shed);
 };
 
 class Monitor;
@@ -111,10 +125,16 @@ public:
   int run(const std::function<void()> &on_ready = {}, const std::function<void()> &on_stop = {});
   const Shared &shared() const { return *shared_; }
   std::vector<const Worker *> workers() const;
+  size_t active_workers() const { return active_.load(std::memory_order_relaxed); }
 
 private:
   Task<void> accept_loop(Worker &w);
   static void start_session(Worker &w, int fd, std::string peer);
+  // Packs sessions onto as few workers as the load needs; see server.cpp.
+  void balance(const std::vector<std::thread> &threads);
+  std::atomic<size_t> active_{0}; // workers [0, active_) take new clients
+  std::vector<uint64_t> cpu_ns_;  // per worker thread, at the last balance()
+  uint64_t wall_ns_ = 0;
   std::unique_ptr<Shared> shared_;
   std::unique_ptr<Monitor> monitor_;
   std::vector<std::unique_ptr<Worker>> workers_;

@@ -45,7 +45,7 @@ std::string trim(std::string_view s) {
 } // namespace
 
 Session::Session(Worker &w, Stream sock, std::string peer)
-    : w_(w), sh_(w.shared), sock_(std::move(sock)), cbuf_(16 * 1024), peer_(std::move(peer)) {
+    : w_(&w), sh_(w.shared), sock_(std::move(sock)), cbuf_(16 * 1024), peer_(std::move(peer)) {
   attached_.resize(sh_.cfg.shards.size());
   ryw_at_.assign(sh_.cfg.shards.size(), 0);
   session_mode_ = sh_.cfg.proxy.pool_mode == config::PoolMode::session;
@@ -55,7 +55,7 @@ Session::Session(Worker &w, Stream sock, std::string peer)
 Session::~Session() {
   detach_all();
   if (counted_)
-    w_.stats.clients.fetch_sub(1, std::memory_order_relaxed);
+    w_->stats.clients.fetch_sub(1, std::memory_order_relaxed);
   if (pid_)
     sh_.cancels.remove(pid_, key_);
 }
@@ -226,7 +226,7 @@ Task<bool> Session::startup() {
   protocol::backend_key_data(out_, pid_, key_);
   ready();
   counted_ = true;
-  w_.stats.clients.fetch_add(1, std::memory_order_relaxed);
+  w_->stats.clients.fetch_add(1, std::memory_order_relaxed);
   log::debug("client_connected", log_fields());
   co_return co_await flush();
 }
@@ -307,14 +307,14 @@ Task<bool> Session::send_server_params() {
     // Learn them from the default shard's primary (this also proves it is reachable).
     size_t node = sh_.shard_primary[sh_.router.default_shard()];
     ConnectError err;
-    auto conn = co_await w_.pools[node]->acquire(err);
+    auto conn = co_await w_->pools[node]->acquire(err);
     if (!conn)
       co_return co_await fatal(err.sqlstate.empty() ? "08006" : err.sqlstate,
                                "cannot reach the default shard: " + err.message,
                                "check that the backend is running and the config's URL is right");
     sh_.set_server_params(conn->server_params);
     params = conn->server_params;
-    w_.pools[node]->release(std::move(conn));
+    w_->pools[node]->release(std::move(conn));
   }
   for (auto &[k, v] : *params) {
     std::string value = v;
@@ -431,7 +431,7 @@ BackendConn *Session::attach_now(size_t shard, bool read, size_t exclude_node,
   auto node = choose_node(shard, read, exclude_node);
   if (!node)
     return nullptr;
-  Pool *pool = w_.pools[*node].get();
+  Pool *pool = w_->pools[*node].get();
   if (auto conn = pool->try_acquire()) {
     sh_.health.report_success(*node);
     return adopt(shard, pool, std::move(conn));
@@ -450,7 +450,7 @@ std::optional<size_t> Session::choose_node(size_t shard, bool read, size_t exclu
     if (!replicas.empty()) {
       bool saw_ryw = false, saw_lag = false;
       Millis ryw = board.policy().read_your_writes ? ryw_at_[shard] : 0;
-      uint32_t &rr = w_.replica_rr[shard];
+      uint32_t &rr = w_->replica_rr[shard];
       for (size_t i = 0; i < replicas.size(); ++i) {
         size_t idx = (rr + i) % replicas.size();
         size_t cand = replicas[idx];
@@ -494,7 +494,7 @@ BackendConn *Session::adopt(size_t shard, Pool *pool, std::unique_ptr<BackendCon
   a.conn = std::move(conn);
   a.pool = pool;
   if (attached_count_++ == 0)
-    w_.stats.clients_active.fetch_add(1, std::memory_order_relaxed);
+    w_->stats.clients_active.fetch_add(1, std::memory_order_relaxed);
   if (cancel_)
     cancel_->set(a.conn->node, a.conn->pid, a.conn->key);
   return a.conn.get();
@@ -506,12 +506,12 @@ Task<BackendConn *> Session::attach_slow(size_t shard, size_t node) {
   HealthBoard &board = sh_.health;
   size_t primary = sh_.shard_primary[shard];
   ConnectError err;
-  Pool *pool = w_.pools[node].get();
+  Pool *pool = w_->pools[node].get();
   auto waited_from = std::chrono::steady_clock::now();
-  w_.stats.clients_waiting.fetch_add(1, std::memory_order_relaxed);
+  w_->stats.clients_waiting.fetch_add(1, std::memory_order_relaxed);
   auto conn = co_await pool->acquire(err);
-  w_.stats.clients_waiting.fetch_sub(1, std::memory_order_relaxed);
-  w_.stats.pool_waits[shard * 2 + (node == primary ? 0 : 1)].observe(
+  w_->stats.clients_waiting.fetch_sub(1, std::memory_order_relaxed);
+  w_->stats.pool_waits[shard * 2 + (node == primary ? 0 : 1)].observe(
       uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
                    std::chrono::steady_clock::now() - waited_from)
                    .count()));
@@ -529,7 +529,7 @@ Task<BackendConn *> Session::attach_slow(size_t shard, size_t node) {
       board.count_fallback(shard, FallbackReason::down, sh_.cfg.shards[shard].name);
       node = primary;
       if (board.allowed(primary, now_ms())) {
-        pool = w_.pools[node].get();
+        pool = w_->pools[node].get();
         conn = co_await pool->acquire(err);
         if (!conn && node_failed())
           board.report_failure(node, now_ms());
@@ -563,8 +563,8 @@ void Session::record_query(size_t shard, const BackendConn &b, QueryKind kind,
   auto ns = uint64_t(
       std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start)
           .count());
-  w_.stats.count_query(shard, role, kind);
-  w_.stats.durations[shard * 2 + size_t(role)].observe(ns);
+  w_->stats.count_query(shard, role, kind);
+  w_->stats.durations[shard * 2 + size_t(role)].observe(ns);
   uint32_t slow = sh_.cfg.log.slow_query_ms;
   if (slow && ns >= uint64_t(slow) * 1000000) {
     auto f = log_fields();
@@ -588,12 +588,12 @@ void Session::note_write(size_t shard) {
 }
 
 void Session::release(Attached &a) {
-  if (!w_.stopping)
+  if (!w_->stopping)
     a.pool->release(std::move(a.conn));
   a.conn.reset();
   a.pool = nullptr;
   if (--attached_count_ == 0)
-    w_.stats.clients_active.fetch_sub(1, std::memory_order_relaxed);
+    w_->stats.clients_active.fetch_sub(1, std::memory_order_relaxed);
 }
 
 void Session::detach_if_idle() {
@@ -999,6 +999,63 @@ void Session::apply_tx_end() {
 
 // ---------------------------------------------------------------- query loop
 
+bool Session::movable() const {
+  return !session_mode_ && !in_tx() && attached_count_ == 0 && batch_.empty() && exp_.empty() &&
+         out_.empty() && deferred_.empty() && batch_shard_ < 0 && tx_shard_ < 0 && !closing_;
+}
+
+namespace {
+// Suspends the session's stack and resumes it on worker `to`, after `arrive` has run there.
+struct Hop {
+  Worker *to;
+  std::function<void()> arrive;
+  asio::detail::awaitable_thread<Executor> *
+  operator()(asio::detail::awaitable_frame_base<Executor> *frame) {
+    Parked t(frame->detach_thread());
+    t.rebind(to->io.get_executor());
+    asio::post(to->io, [t = std::move(t), arrive = std::move(arrive)]() mutable {
+      arrive();
+      t.resume();
+    });
+    return nullptr;
+  }
+};
+} // namespace
+
+Task<void> Session::move() {
+  Worker &from = *w_;
+  int want = from.move_out.load(std::memory_order_relaxed);
+  size_t to_i = from.move_to.load(std::memory_order_relaxed);
+  if (want <= 0 || to_i >= sh_.workers.size() || sh_.workers[to_i] == &from)
+    co_return;
+  from.move_out.store(want - 1, std::memory_order_relaxed); // only this thread lowers it
+  Worker &to = *sh_.workers[to_i];
+  int fd = sock_.release(); // out of this worker's set; the other one adds it
+  if (counted_)
+    from.stats.clients.fetch_sub(1, std::memory_order_relaxed);
+  to.sessions.fetch_add(1, std::memory_order_relaxed);
+  from.sessions.fetch_sub(1, std::memory_order_relaxed);
+  w_ = &to;
+  co_await Hop{&to, [this, fd] { arrive(fd); }};
+}
+
+// On the new worker's thread, before the session's stack resumes there.
+void Session::arrive(int fd) {
+  if (fd >= 0) {
+    ErrorCode ec;
+    uint32_t id = w_->poller.add(fd, ec); // closes fd on failure: the next read ends the session
+    if (!ec)
+      sock_ = Stream(w_->poller, id);
+  }
+  if (counted_)
+    w_->stats.clients.fetch_add(1, std::memory_order_relaxed);
+  w_->stats.moves_in.fetch_add(1, std::memory_order_relaxed);
+  // Backend-side names are interned per worker: take this worker's for each named statement.
+  for (auto &[name, st] : stmts_)
+    if (st.id)
+      st.id = w_->intern_statement(stmt_key(st.text, st.types));
+}
+
 Task<void> Session::query_loop() {
   for (;;) {
     auto f = protocol::decode_frame(cbuf_.data(), cbuf_.size(), sh_.cfg.proxy.max_message_bytes);
@@ -1030,6 +1087,8 @@ Task<void> Session::query_loop() {
                      "max_message_bytes in [proxy] caps a single message");
       co_return;
     }
+    if (w_->move_out.load(std::memory_order_relaxed) > 0 && movable()) [[unlikely]]
+      co_await move(); // the message waits in cbuf_, which comes along
     if (f.type == 'Q') { // the per-query path: the text goes to a buffer that keeps its room
       std::string_view body = f.body_view();
       if (body.empty() || body.back() != '\0') {
@@ -1188,7 +1247,7 @@ Task<bool> Session::on_query(const std::string &sql) {
   bool all_read = true, none_only = true, broadcast_ddl = false;
   for (const auto &st : stmts) {
     router::Resolved r = sh_.router.resolve(st, sql, planned.scan);
-    count_route(w_.stats, r.kind, st);
+    count_route(w_->stats, r.kind, st);
     if (r.kind == router::TargetKind::error) {
       error(r.error.sqlstate, r.error.message, r.error.hint);
       if (in_tx())
@@ -1642,7 +1701,7 @@ Task<bool> Session::on_batch() {
       if (name.empty())
         st.unnamed_tag = g_unnamed_tags++;
       else
-        st.id = w_.intern_statement(stmt_key(st.text, st.types));
+        st.id = w_->intern_statement(stmt_key(st.text, st.types));
       auto &slot = stmts_[name];
       slot = std::move(st);
       it.st = &slot;
@@ -1669,7 +1728,7 @@ Task<bool> Session::on_batch() {
       for (size_t i = 0; i < it.bind.params.size(); ++i)
         params.push_back({it.bind.params[i], protocol::bind_param_format(it.bind, i)});
       router::Resolved r = sh_.router.resolve(sp, it.st->text, it.st->planned.scan, params);
-      count_route(w_.stats, r.kind, sp);
+      count_route(w_->stats, r.kind, sp);
       if (!first_bound && r.kind != router::TargetKind::none)
         first_bound = it.st;
       QueryKind k = kind_of(sp.kind);

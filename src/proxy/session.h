@@ -23,6 +23,7 @@ public:
   Session(Worker &w, Stream sock, std::string peer);
   ~Session();
   Task<void> run();
+  Worker &worker() const { return *w_; } // the worker it lives on now
 
 private:
   // A statement the client prepared (named, or the unnamed one).
@@ -65,6 +66,11 @@ private:
 
   // Query loop
   Task<void> query_loop();
+  // Packing: between transactions, holding no backend, the session may move to the worker
+  // its own worker is asked to hand sessions to (see Server's balancer).
+  bool movable() const;
+  Task<void> move();
+  void arrive(int fd);
   // sql is query_ (a Query's text), valid until the next message is read.
   Task<bool> on_query(const std::string &sql);
   Task<bool> on_batch();
@@ -121,7 +127,7 @@ private:
   bool in_tx() const { return tx_ != 'I'; }
   log::Fields log_fields() const;
 
-  Worker &w_;
+  Worker *w_; // changes only in move(), between transactions
   Shared &sh_;
   Stream sock_;
   Buffer cbuf_;
