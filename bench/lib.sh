@@ -60,6 +60,10 @@ cpu_ticks() { # pidfile: utime + stime of the whole process (fields 14, 15; comm
   sed 's/.*) //' "/proc/$(cat "$1")/stat" | awk '{print $12 + $13}'
 }
 
+user_ticks() { # pidfile: utime of the whole process
+  sed 's/.*) //' "/proc/$(cat "$1")/stat" | awk '{print $12}'
+}
+
 # Writes DIR/pgbouncer.ini and DIR/userlist.txt: PgBouncer on 127.0.0.1:LISTEN in transaction
 # pooling, in front of database app on 127.0.0.1:DB, logging and keeping its pid file in DIR.
 pgbouncer_config() { # dir db-port listen-port

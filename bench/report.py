@@ -76,6 +76,9 @@ def record_run(a):
     r["cpu_us"] = int(a.cpu_us) if a.cpu_us else None
     r["cpu_us_per_query"] = (r["cpu_us"] / r["transactions"]
                              if r["cpu_us"] is not None and r["transactions"] else None)
+    user = getattr(a, "user_us", "") or ""
+    r["user_us_per_query"] = (int(user) / r["transactions"]
+                              if user and r["transactions"] else None)
     # Context switches of the proxy's threads over the run: sleeps (voluntary: it blocked with
     # nothing to do) and preemptions (involuntary), each per query.
     sw = (getattr(a, "switches", "") or "").split()
@@ -92,6 +95,8 @@ def cmd_record(a):
         f.write(json.dumps(r) + "\n")
     if r["ok"]:
         cpu = f"{r['cpu_us_per_query']:.1f} µs/q" if r["cpu_us_per_query"] is not None else "-"
+        if r.get("user_us_per_query") is not None:
+            cpu += f" (user {r['user_us_per_query']:.1f})"
         sw = (f", sleeps {r['sleeps_per_query']:.2f}/q, preemptions {r['preempts_per_query']:.2f}/q"
               if r.get("sleeps_per_query") is not None else "")
         print(f"bench:   -> {r['tps']:.0f} tps, avg {r['avg_ms']:.3f} ms, "
@@ -123,8 +128,8 @@ def cmd_summary(a):
         good = [r for r in rs if r["ok"]]
         row = {"mode": mode, "target": target, "rounds": len(rs), "ok_rounds": len(good)}
         if good:
-            for k in ("tps", "avg_ms", "p99_ms", "cpu_us_per_query", "sleeps_per_query",
-                      "preempts_per_query"):
+            for k in ("tps", "avg_ms", "p99_ms", "cpu_us_per_query", "user_us_per_query",
+                      "sleeps_per_query", "preempts_per_query"):
                 row[k] = med(good, k)
         for r in rs:
             if not r["ok"]:
@@ -140,7 +145,7 @@ def cmd_summary(a):
         d = direct.get(row["mode"])
         row["ratio"] = row["tps"] / d if row.get("tps") and d else None
 
-    lines = ["| Mode | Target | tps | ratio to direct | avg latency ms | p99 latency ms | proxy CPU µs/query "
+    lines = ["| Mode | Target | tps | ratio to direct | avg latency ms | p99 latency ms | proxy CPU µs/query (user) "
              "| proxy sleeps · preemptions /query |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in rows:
@@ -149,10 +154,35 @@ def cmd_summary(a):
             continue
         proxy = row["target"] != "direct"
         cpu = fmt(row.get("cpu_us_per_query"), ".1f") if proxy else "—"
+        if proxy and row.get("user_us_per_query") is not None:
+            cpu += f" ({row['user_us_per_query']:.1f})"
         sw = (f"{fmt(row.get('sleeps_per_query'), '.2f')} · {fmt(row.get('preempts_per_query'), '.2f')}"
               if proxy and row.get("sleeps_per_query") is not None else "—")
         lines.append(f"| {row['mode']} | {row['target']} | {row['tps']:,.0f} | {fmt(row['ratio'], '.2f', '×')} "
                      f"| {fmt(row['avg_ms'], '.3f')} | {fmt(row['p99_ms'], '.3f')} | {cpu} | {sw} |")
+    # Paired: each proxy target over PgBouncer in the same round and mode (they ran back to
+    # back), which cancels much of the host's drift between rounds.
+    paired = ["| Mode | Target | rounds | tps vs PgBouncer: median (range) "
+              "| CPU per query vs PgBouncer: median (range) |", "| --- | --- | ---: | ---: | ---: |"]
+    for mode, target in keys:
+        if target in ("direct", "pgbouncer"):
+            continue
+        tps_r, cpu_r = [], []
+        for r in runs:
+            if r["mode"] != mode or r["target"] != target or not r["ok"]:
+                continue
+            b = [x for x in runs if x["mode"] == mode and x["target"] == "pgbouncer"
+                 and x["round"] == r["round"] and x["ok"]]
+            if not b:
+                continue
+            tps_r.append(r["tps"] / b[0]["tps"])
+            if r.get("cpu_us_per_query") and b[0].get("cpu_us_per_query"):
+                cpu_r.append(r["cpu_us_per_query"] / b[0]["cpu_us_per_query"])
+        if not tps_r:
+            continue
+        span = lambda v: (f"{statistics.median(v):.2f}× ({min(v):.2f}× to {max(v):.2f}×)"
+                          if v else "—")
+        paired.append(f"| {mode} | {target} | {len(tps_r)} | {span(tps_r)} | {span(cpu_r)} |")
     rounds = max((r["rounds"] for r in rows), default=0)
     md = ["# ShardGate benchmark", "",
           f"- Command: `{meta.get('command', '')}`",
@@ -174,6 +204,8 @@ def cmd_summary(a):
            "proxy CPU = (utime+stime of the proxy process) / transactions; sleeps and preemptions = "
            "voluntary and involuntary context switches of the proxy's threads / transactions.",
            "", *lines, ""]
+    if len(paired) > 2:
+        md += ["Paired with PgBouncer, round by round:", "", *paired, ""]
     if notes:
         md += ["Failures:", ""] + [f"- {n}" for n in notes] + [""]
     write_report(a, "\n".join(md), {"meta": meta, "summary": rows, "runs": runs})
@@ -197,6 +229,7 @@ def main():
     for k in ("runs", "mode", "target", "output", "log_prefix", "cpu_us", "keep_logs"):
         r.add_argument("--" + k.replace("_", "-"), required=True)
     r.add_argument("--switches", default="", help="voluntary and involuntary switches, 'V I'")
+    r.add_argument("--user-us", default="", help="the proxy's user-mode CPU time over the run")
     r.add_argument("--round", type=int, required=True)
     r.add_argument("--rc", type=int, required=True)
     s = sub.add_parser("summary")

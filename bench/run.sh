@@ -232,21 +232,24 @@ for ((r = 1; r <= ROUNDS; r++)); do
       echo "bench: [round $r/$ROUNDS] $(printf '%q ' pgbench -n -S -c "$CLIENTS" -j "$THREADS" "${args[@]}" -h 127.0.0.1 -p "${PORT[$t]}" -U app app)  # $t" >&2
       before="" sw_before=""
       if [ -n "${PIDF[$t]:-}" ]; then
-        before=$(cpu_ticks "${PIDF[$t]}")
+        before="$(cpu_ticks "${PIDF[$t]}") $(user_ticks "${PIDF[$t]}")"
         sw_before=$(switches "${PIDF[$t]}")
       fi
       rc=0
       pgb "$t" "${args[@]}" >"$OUT/runs/$name.out" 2>&1 || rc=$?
-      cpu_us="" sw=""
+      cpu_us="" user_us="" sw=""
       if [ -n "$before" ]; then
-        cpu_us=$(( ($(cpu_ticks "${PIDF[$t]}") - before) * 1000000 / CLK_TCK ))
+        read -r c1 u1 <<<"$(cpu_ticks "${PIDF[$t]}") $(user_ticks "${PIDF[$t]}")"
+        read -r c0 u0 <<<"$before"
+        cpu_us=$(( (c1 - c0) * 1000000 / CLK_TCK ))
+        user_us=$(( (u1 - u0) * 1000000 / CLK_TCK ))
         read -r v1 n1 <<<"$(switches "${PIDF[$t]}")"
         read -r v0 n0 <<<"$sw_before"
         sw="$((v1 - v0)) $((n1 - n0))"
       fi
       "$PYTHON" bench/report.py record --runs "$RUNS" --round "$r" --mode "$m" --target "$t" \
         --output "$OUT/runs/$name.out" --log-prefix "$OUT/runs/$name.tx" --rc "$rc" \
-        --cpu-us "$cpu_us" --switches "$sw" --keep-logs "$KEEP_LOGS"
+        --cpu-us "$cpu_us" --user-us "$user_us" --switches "$sw" --keep-logs "$KEEP_LOGS"
     done
   done
 done

@@ -108,6 +108,7 @@ void Poller::run() {
 bool Poller::run_once(int timeout_ms) {
   if (asio_due_) {
     asio_due_ = false;
+    now_ = std::chrono::steady_clock::now();
     io_->poll();
   }
   if (io_->stopped())
@@ -119,6 +120,8 @@ bool Poller::run_once(int timeout_ms) {
   epoll_event evs[64];
   // As recv/send in io.h: the system call itself, not glibc's cancellation-point wrapper.
   int n = int(::syscall(SYS_epoll_wait, epfd_, evs, 64, timeout_ms));
+  if (n > 0)
+    now_ = std::chrono::steady_clock::now();
   for (int i = 0; i < n; ++i) {
     if (evs[i].data.u64 == kAsioTag) {
       asio_due_ = true;

@@ -16,6 +16,7 @@
 
 #include <boost/version.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -76,6 +77,9 @@ public:
   // descriptor (for another worker's poller). No coroutine may be waiting on the slot.
   int release(uint32_t id);
   int fd(uint32_t id) const { return slots_[id].fd; }
+  // The time this loop turn began (read once per turn, after the wait): for latencies and
+  // idle ages on the per-query path, which need no finer grain than a turn.
+  std::chrono::steady_clock::time_point now() const { return now_; }
 
   // Reads what is there without waiting: > 0 bytes; 0 with ec clear when nothing is there yet;
   // 0 with ec set at end of stream or on an error.
@@ -113,6 +117,7 @@ private:
   asio::io_context *io_ = nullptr;
   asio::detail::scheduler *sched_ = nullptr; // io's implementation
   bool asio_due_ = true; // io may have handlers to run: poll it before waiting
+  std::chrono::steady_clock::time_point now_ = std::chrono::steady_clock::now();
   std::vector<Slot> slots_;
   std::vector<uint32_t> free_;
   bool shut_ = false;

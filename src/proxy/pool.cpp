@@ -72,7 +72,7 @@ std::unique_ptr<BackendConn> Pool::try_acquire() {
     // (one syscall) before handing it out. Busy connections skip this; if one died anyway,
     // its FATAL arrives before any answer and the session treats it as a lost connection
     // (reads are retried).
-    if (std::chrono::steady_clock::now() - it.since < std::chrono::seconds(1) ||
+    if (poller_.now() - it.since < std::chrono::seconds(1) ||
         still_alive(it.conn->sock)) {
       publish();
       return std::move(it.conn);
@@ -153,7 +153,7 @@ void Pool::release(std::unique_ptr<BackendConn> conn) {
     conn->sock.close();
     closed();
   } else {
-    idle_.push_back({std::move(conn), std::chrono::steady_clock::now()});
+    idle_.push_back({std::move(conn), poller_.now()});
   }
   publish();
   wake_one();

@@ -141,3 +141,17 @@ TEST(Config, MissingFileIsADiagnostic) {
   ASSERT_FALSE(r.config);
   EXPECT_NE(r.diagnostics[0].to_string().find("/nonexistent/shardgate.toml"), std::string::npos);
 }
+
+TEST(Config, PackingThresholdsMustNotOverlap) {
+  std::string text(kGood);
+  text.replace(text.find("pool_mode = \"session\""), 21,
+               "pool_mode = \"session\"\nspread_above_percent = 40\npack_below_percent = 50");
+  auto r = load_string(text, "pack.toml");
+  ASSERT_FALSE(r.config);
+  EXPECT_TRUE(has(r, 6, "pack_below_percent must be below spread_above_percent")) << dump(r);
+
+  auto good = load_string(kGood, "good.toml");
+  ASSERT_TRUE(good.config) << dump(good);
+  EXPECT_EQ(good.config->proxy.pack_interval_ms, 200u) << "packing is on by default";
+  EXPECT_LT(good.config->proxy.pack_below_percent, good.config->proxy.spread_above_percent);
+}
