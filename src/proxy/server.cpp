@@ -9,7 +9,9 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/signal_set.hpp>
 
+#include <cstdio>
 #include <sys/socket.h>
+#include <unistd.h>
 
 namespace sg::proxy {
 
@@ -177,31 +179,41 @@ void Server::start_session(Worker &w, int fd, std::string peer) {
 // Worker packing. Each worker thread serves its sessions on one core; a core that serves few
 // of them sleeps and wakes more often per query than one that serves many, and the threads it
 // wakes (PostgreSQL backends, clients) preempt it more. So while the load is light, the
-// sessions gather on the first workers: every pack_interval_ms this looks at the CPU time
-// each worker thread used. When the busy workers average above spread_above_percent of a core,
-// one more worker takes clients and a share of the sessions; when the whole load would stay
-// below pack_below_percent on one worker fewer, the last busy worker hands its sessions back.
+// sessions gather on the first workers: every pack_interval_ms this looks at how long each
+// worker thread ran or waited for a core. When the workers taking clients average above
+// spread_above_percent of a core, one more takes clients and a share of the sessions; when
+// the whole load would stay below pack_below_percent on one worker fewer, the last of them
+// hands its sessions back.
 // Sessions move between transactions, holding no backend (Session::move); an idle one moves
 // when it next speaks. Each busy worker's pools get an even share of pool_size; the others
 // close their idle connections, giving their part of the node budget back.
-void Server::balance(const std::vector<std::thread> &threads) {
+void Server::balance() {
   const auto &pc = shared_->cfg.proxy;
   size_t n = workers_.size();
   auto wall = uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
                            std::chrono::steady_clock::now().time_since_epoch())
                            .count());
+  // Demand: the time a worker thread ran or was ready to run but waited for a core (the
+  // kernel's schedstat). CPU time alone would keep a worker that is starved of a core, on a
+  // host busy with PostgreSQL, looking light while every client waits for it.
   std::vector<double> busy(n, 0.0); // percent of a core since the last look
-  cpu_ns_.resize(n, 0);
-  for (size_t i = 0; i < n && i < threads.size(); ++i) {
-    clockid_t cid;
-    timespec ts{};
-    auto h = const_cast<std::thread &>(threads[i]).native_handle();
-    if (pthread_getcpuclockid(h, &cid) != 0 || clock_gettime(cid, &ts) != 0)
+  demand_ns_.resize(n, 0);
+  for (size_t i = 0; i < n; ++i) {
+    int tid = workers_[i]->tid.load(std::memory_order_relaxed);
+    if (!tid)
       continue;
-    uint64_t cpu = uint64_t(ts.tv_sec) * 1000000000u + uint64_t(ts.tv_nsec);
-    if (wall_ns_ && wall > wall_ns_)
-      busy[i] = 100.0 * double(cpu - cpu_ns_[i]) / double(wall - wall_ns_);
-    cpu_ns_[i] = cpu;
+    std::FILE *f = std::fopen(("/proc/self/task/" + std::to_string(tid) + "/schedstat").c_str(), "r");
+    if (!f)
+      continue;
+    unsigned long long run = 0, wait = 0;
+    int got = std::fscanf(f, "%llu %llu", &run, &wait);
+    std::fclose(f);
+    if (got != 2)
+      continue;
+    uint64_t d = run + wait;
+    if (wall_ns_ && wall > wall_ns_ && d >= demand_ns_[i])
+      busy[i] = 100.0 * double(d - demand_ns_[i]) / double(wall - wall_ns_);
+    demand_ns_[i] = d;
   }
   bool first = wall_ns_ == 0;
   wall_ns_ = wall;
@@ -333,7 +345,7 @@ int Server::run(const std::function<void()> &on_ready, const std::function<void(
     balance_timer.async_wait([&](const ErrorCode &ec) {
       if (ec)
         return;
-      balance(threads);
+      balance();
       balance_tick();
     });
   };
@@ -349,10 +361,13 @@ int Server::run(const std::function<void()> &on_ready, const std::function<void(
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
   for (auto &w : workers_) {
     guards.push_back(asio::make_work_guard(w->io));
-    threads.emplace_back([&w] { w->poller.run(); });
+    threads.emplace_back([&w] {
+      w->tid.store(int(::gettid()), std::memory_order_relaxed);
+      w->poller.run();
+    });
   }
   if (packing) {
-    balance(threads); // the first look: CPU times so far
+    balance(); // the first look: times so far
     balance_tick();
   }
   signal_io.run();

@@ -104,6 +104,7 @@ struct Worker {
   // workers read it to hand new clients to the least loaded worker.
   std::atomic<int> sessions{0};
   size_t index;
+  std::atomic<int> tid{0}; // the worker thread's id, once it runs (for the balancer)
   // Packing: how many of this worker's sessions should move to worker move_to. Set by the
   // balancer, lowered by the sessions that move (between transactions, see Session::move).
   alignas(64) std::atomic<int> move_out{0};
@@ -131,9 +132,9 @@ private:
   Task<void> accept_loop(Worker &w);
   static void start_session(Worker &w, int fd, std::string peer);
   // Packs sessions onto as few workers as the load needs; see server.cpp.
-  void balance(const std::vector<std::thread> &threads);
+  void balance();
   std::atomic<size_t> active_{0}; // workers [0, active_) take new clients
-  std::vector<uint64_t> cpu_ns_;  // per worker thread, at the last balance()
+  std::vector<uint64_t> demand_ns_; // per worker thread: ran + waited to run, at the last look
   uint64_t wall_ns_ = 0;
   std::unique_ptr<Shared> shared_;
   std::unique_ptr<Monitor> monitor_;
