@@ -62,6 +62,9 @@ CONTRACT = {
     "shardgate_pool_size": ("gauge", {"shard", "node", "role"}),
     "shardgate_replica_max_lag_bytes": ("gauge", set()),
     "shardgate_replica_max_lag_seconds": ("gauge", set()),
+    "shardgate_worker_clients": ("gauge", {"worker"}),
+    "shardgate_workers_taking_clients": ("gauge", set()),
+    "shardgate_session_moves_total": ("counter", set()),
 }
 # Labels Prometheus attaches to every scraped series.
 TARGET_LABELS = {"job", "instance"}
@@ -523,6 +526,10 @@ def synthetic_exposition(t):
         [("shardgate_pool_size", {"shard": s, "node": n, "role": r}, 10) for s, n, r in nodes])
     add("shardgate_replica_max_lag_bytes", "gauge", [("shardgate_replica_max_lag_bytes", {}, 1 << 24)])
     add("shardgate_replica_max_lag_seconds", "gauge", [("shardgate_replica_max_lag_seconds", {}, 10)])
+    add("shardgate_worker_clients", "gauge",
+        [("shardgate_worker_clients", {"worker": w}, v) for w, v in (("0", 7), ("1", 2))])
+    add("shardgate_workers_taking_clients", "gauge", [("shardgate_workers_taking_clients", {}, 2)])
+    add("shardgate_session_moves_total", "counter", [("shardgate_session_moves_total", {}, 0.2 * t)])
 
     lines = []
     for name, (kind, samples) in fam.items():
