@@ -44,24 +44,23 @@ void Pool::closed() {
   budget_.fetch_sub(1, std::memory_order_relaxed);
 }
 
-void Pool::set_share(size_t n) {
-  max_ = n;
-  while (open_ > max_ && !idle_.empty()) {
+void Pool::close_idle(size_t n) {
+  for (; n && !idle_.empty(); --n) {
     idle_.back().conn->sock.close();
     idle_.pop_back();
     closed();
   }
   publish();
+}
+
+void Pool::set_share(size_t n) {
+  max_ = n;
+  close_idle(open_ > max_ ? open_ - max_ : 0);
   wake_one(); // a waiter may now be allowed to connect
 }
 
 void Pool::shed_idle() {
-  while (!idle_.empty()) {
-    idle_.back().conn->sock.close();
-    idle_.pop_back();
-    closed();
-  }
-  publish();
+  close_idle(idle_.size());
 }
 
 std::unique_ptr<BackendConn> Pool::try_acquire() {

@@ -43,6 +43,7 @@ private:
   void wake_one();
   bool reserve(); // one more connection within the node's budget
   void closed();  // one connection fewer
+  void close_idle(size_t n); // up to n idle connections, most recently used first
 
   Poller &poller_;
   const Node &node_;

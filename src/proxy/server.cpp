@@ -82,8 +82,7 @@ void Shared::set_server_params(const std::vector<std::pair<std::string, std::str
     server_params_ = p;
 }
 
-Worker::Worker(Shared &s, size_t i, size_t pool_share)
-    : shared(s), stats(s.cfg.shards.size()), index(i) {
+Worker::Worker(Shared &s, size_t pool_share) : shared(s), stats(s.cfg.shards.size()) {
   poller.start(io);
   for (const auto &n : s.nodes)
     pools.push_back(
@@ -104,6 +103,10 @@ void Worker::set_pool_share(size_t share, bool shed) {
 // destruction ends the remaining sessions, which with `stopping` set do not pool their
 // connections; the poller goes last.
 Worker::~Worker() {
+  stop_sessions();
+}
+
+void Worker::stop_sessions() {
   stopping = true;
   poller.shutdown();
   pools.clear();
@@ -257,7 +260,7 @@ void Server::balance() {
     size_t to = fewest();
     if (to == i)
       out = 0;
-    w.move_to.store(to, std::memory_order_relaxed);
+    w.move_to.store(workers_[to].get(), std::memory_order_relaxed);
     w.move_out.store(out, std::memory_order_relaxed);
   }
   size_t share = (pc.pool_size + k - 1) / k;
@@ -295,7 +298,7 @@ int Server::run(const std::function<void()> &on_ready, const std::function<void(
   tcp::endpoint ep(addr, pc.listen_port);
   active_.store(packing ? 1 : nworkers); // packed: the first worker takes the first clients
   for (size_t i = 0; i < nworkers; ++i) {
-    auto w = std::make_unique<Worker>(*shared_, i, packing && i == 0 ? pc.pool_size : per_node);
+    auto w = std::make_unique<Worker>(*shared_, packing && i == 0 ? pc.pool_size : per_node);
     w->acceptor = std::make_unique<Acceptor>(w->io);
     Acceptor &acc = *w->acceptor;
     acc.open(ep.protocol(), ec);
@@ -310,7 +313,6 @@ int Server::run(const std::function<void()> &on_ready, const std::function<void(
       return 1;
     }
     acc.listen(asio::socket_base::max_listen_connections, ec);
-    shared_->workers.push_back(w.get());
     workers_.push_back(std::move(w));
     auto &wk = *workers_.back();
     asio::co_spawn(wk.io, accept_loop(wk), asio::detached);
@@ -389,11 +391,8 @@ int Server::run(const std::function<void()> &on_ready, const std::function<void(
     on_stop();
   // A session that moved holds work on the worker it started on (Asio's co_spawn keeps it), so
   // no worker's io_context goes before every worker's sessions are gone.
-  for (auto &w : workers_) {
-    w->stopping = true;
-    w->poller.shutdown();
-    w->pools.clear();
-  }
+  for (auto &w : workers_)
+    w->stop_sessions();
   for (auto &w : workers_)
     w->io.shutdown();
   workers_.clear(); // ~Worker ends the remaining sessions in a safe order

@@ -67,7 +67,6 @@ struct Shared {
   std::atomic<int32_t> next_pid{1000};
   // Open connections per node over all workers' pools (capped at pool_size), by node id.
   std::unique_ptr<std::atomic<uint32_t>[]> node_budget;
-  std::vector<struct Worker *> workers; // set once by the server, before clients are served
 
   // ParameterStatus values learnt from the first backend login, reported to clients.
   std::optional<std::vector<std::pair<std::string, std::string>>> server_params() const;
@@ -80,8 +79,11 @@ private:
 
 // One worker thread: its io_context, its pools (one per node) and statement-name interning.
 struct Worker {
-  Worker(Shared &s, size_t index, size_t pool_share);
+  Worker(Shared &s, size_t pool_share);
   ~Worker();
+  // The first step of teardown (idempotent): sessions parked on a connection end, and the
+  // pools close. Call it on every worker before any worker's io is shut down.
+  void stop_sessions();
   Shared &shared;
   // Client and backend connections. Declared before io, so that it outlives io's destruction
   // (which ends sessions parked on timers, and they close their connections here).
@@ -103,12 +105,11 @@ struct Worker {
   // Sessions living on this worker, counted from the moment one is assigned here; accepting
   // workers read it to hand new clients to the least loaded worker.
   std::atomic<int> sessions{0};
-  size_t index;
   std::atomic<int> tid{0}; // the worker thread's id, once it runs (for the balancer)
   // Packing: how many of this worker's sessions should move to worker move_to. Set by the
   // balancer, lowered by the sessions that move (between transactions, see Session::move).
   alignas(64) std::atomic<int> move_out{0};
-  std::atomic<size_t> move_to{0};
+  std::atomic<Worker *> move_to{nullptr};
   uint32_t intern_statement(const std::string &key);
   // On this worker's thread: each pool's share of pool_size, and whether idle connections go.
   void set_pool_share(size_t share, bool shed);

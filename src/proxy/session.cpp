@@ -1026,11 +1026,11 @@ struct Hop {
 Task<void> Session::move() {
   Worker &from = *w_;
   int want = from.move_out.load(std::memory_order_relaxed);
-  size_t to_i = from.move_to.load(std::memory_order_relaxed);
-  if (want <= 0 || to_i >= sh_.workers.size() || sh_.workers[to_i] == &from)
+  Worker *to_w = from.move_to.load(std::memory_order_relaxed);
+  if (want <= 0 || !to_w || to_w == &from)
     co_return;
   from.move_out.store(want - 1, std::memory_order_relaxed); // only this thread lowers it
-  Worker &to = *sh_.workers[to_i];
+  Worker &to = *to_w;
   int fd = sock_.release(); // out of this worker's set; the other one adds it
   if (counted_)
     from.stats.clients.fetch_sub(1, std::memory_order_relaxed);
