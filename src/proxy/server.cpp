@@ -183,7 +183,7 @@ void Server::start_session(Worker &w, int fd, std::string peer) {
 // of them sleeps and wakes more often per query than one that serves many, and the threads it
 // wakes (PostgreSQL backends, clients) preempt it more. So while the load is light, the
 // sessions gather on the first workers: every pack_interval_ms this looks at how long each
-// worker thread ran or waited for a core. When the workers taking clients average above
+// worker thread ran on a core. When the workers taking clients average above
 // spread_above_percent of a core, one more takes clients and a share of the sessions; when
 // the whole load would stay below pack_below_percent on one worker fewer, the last of them
 // hands its sessions back.
@@ -196,11 +196,11 @@ void Server::balance() {
   auto wall = uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
                            std::chrono::steady_clock::now().time_since_epoch())
                            .count());
-  // Demand: the time a worker thread ran or was ready to run but waited for a core (the
-  // kernel's schedstat). CPU time alone would keep a worker that is starved of a core, on a
-  // host busy with PostgreSQL, looking light while every client waits for it.
+  // Run time only (the first field of the kernel's schedstat), not the time spent waiting for
+  // a core as well: a worker waits for a core when every core is busy, and a second worker
+  // cannot add one. It only adds sleeps and preemptions (bench/RESULTS.md, sixth session).
   std::vector<double> busy(n, 0.0); // percent of a core since the last look
-  demand_ns_.resize(n, 0);
+  run_ns_.resize(n, 0);
   for (size_t i = 0; i < n; ++i) {
     int tid = workers_[i]->tid.load(std::memory_order_relaxed);
     if (!tid)
@@ -208,15 +208,14 @@ void Server::balance() {
     std::FILE *f = std::fopen(("/proc/self/task/" + std::to_string(tid) + "/schedstat").c_str(), "r");
     if (!f)
       continue;
-    unsigned long long run = 0, wait = 0;
-    int got = std::fscanf(f, "%llu %llu", &run, &wait);
+    unsigned long long run = 0;
+    int got = std::fscanf(f, "%llu", &run);
     std::fclose(f);
-    if (got != 2)
+    if (got != 1)
       continue;
-    uint64_t d = run + wait;
-    if (wall_ns_ && wall > wall_ns_ && d >= demand_ns_[i])
-      busy[i] = 100.0 * double(d - demand_ns_[i]) / double(wall - wall_ns_);
-    demand_ns_[i] = d;
+    if (wall_ns_ && wall > wall_ns_ && run >= run_ns_[i])
+      busy[i] = 100.0 * double(run - run_ns_[i]) / double(wall - wall_ns_);
+    run_ns_[i] = run;
   }
   bool first = wall_ns_ == 0;
   wall_ns_ = wall;

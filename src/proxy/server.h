@@ -135,7 +135,7 @@ private:
   // Packs sessions onto as few workers as the load needs; see server.cpp.
   void balance();
   std::atomic<size_t> active_{0}; // workers [0, active_) take new clients
-  std::vector<uint64_t> demand_ns_; // per worker thread: ran + waited to run, at the last look
+  std::vector<uint64_t> run_ns_; // per worker thread: time it ran on a core, at the last look
   uint64_t wall_ns_ = 0;
   std::unique_ptr<Shared> shared_;
   std::unique_ptr<Monitor> monitor_;
