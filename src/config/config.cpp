@@ -156,8 +156,11 @@ public:
         ok |= (k.str() == a);
       if (!ok) {
         std::string list;
-        for (auto a : allowed)
-          list += (list.empty() ? "" : ", ") + std::string(a);
+        for (auto a : allowed) {
+          if (!list.empty())
+            list += ", ";
+          list += a;
+        }
         Diagnostic d{path_, k.source().begin.line, k.source().begin.column,
                      "unknown key \"" + std::string(k.str()) + "\" in " + std::string(section),
                      "known keys here: " + list};

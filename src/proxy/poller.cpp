@@ -292,6 +292,15 @@ Stream make_stream(Poller &p, Socket &sock, ErrorCode &ec) {
   return Stream(p, id);
 }
 
+Task<size_t> read_some(Stream &s, uint8_t *p, size_t n, ErrorCode &ec) {
+  for (;;) {
+    size_t got = s.try_read(p, n, ec);
+    if (got || ec)
+      co_return got;
+    co_await s.wait(Poller::in); // as a statement: GCC 12 miscompiles it inside a condition
+  }
+}
+
 Task<void> write_all(Stream &s, std::string_view data, ErrorCode &ec) {
   while (!send_now(s, data, ec)) // a stream closed meanwhile fails the send
     co_await s.wait(Poller::out);

@@ -169,14 +169,9 @@ Stream make_stream(Poller &p, Socket &sock, ErrorCode &ec);
 
 // Reads what is there, waiting for it if need be: > 0 bytes, or 0 with ec set at end of
 // stream, on an error, or when the stream was closed meanwhile.
-inline Task<size_t> read_some(Stream &s, uint8_t *p, size_t n, ErrorCode &ec) {
-  for (;;) {
-    size_t got = s.try_read(p, n, ec);
-    if (got || ec)
-      co_return got;
-    co_await s.wait(Poller::in); // as a statement: GCC 12 miscompiles it inside a condition
-  }
-}
+// (Out of line: GCC 12 gives an inline coroutine's frame a different type in each translation
+// unit, which LTO reports as an ODR violation.)
+Task<size_t> read_some(Stream &s, uint8_t *p, size_t n, ErrorCode &ec);
 
 // Sends what the kernel takes now (see send_now in io.h); waits for room for the rest.
 Task<void> write_all(Stream &s, std::string_view data, ErrorCode &ec);
