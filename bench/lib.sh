@@ -64,8 +64,9 @@ user_ticks() { # pidfile: utime of the whole process
   sed 's/.*) //' "/proc/$(cat "$1")/stat" | awk '{print $12}'
 }
 
-# Writes DIR/pgbouncer.ini and DIR/userlist.txt: PgBouncer on 127.0.0.1:LISTEN in transaction
-# pooling, in front of database app on 127.0.0.1:DB, logging and keeping its pid file in DIR.
+# Writes DIR/pgbouncer.ini and DIR/userlist.txt: PgBouncer on 127.0.0.1:LISTEN in front of
+# database app on 127.0.0.1:DB, as "app" in transaction pooling and as "app_session" in session
+# pooling, logging and keeping its pid file in DIR.
 pgbouncer_config() { # dir db-port listen-port
   local d=$1
   # A plain-text password in the userlist lets PgBouncer do SCRAM both towards the client and
@@ -74,6 +75,7 @@ pgbouncer_config() { # dir db-port listen-port
   cat >"$d/pgbouncer.ini" <<EOF
 [databases]
 app = host=127.0.0.1 port=$2 dbname=app
+app_session = host=127.0.0.1 port=$2 dbname=app pool_mode=session
 
 [pgbouncer]
 listen_addr = 127.0.0.1

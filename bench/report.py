@@ -137,7 +137,8 @@ def cmd_summary(a):
                         + (" | ".join(f"`{e}`" for e in r["errors"]) or "no error text"))
                 if target == "pgbouncer" and mode != "simple":
                     note += (" — PgBouncer before 1.21 cannot keep protocol-level prepared statements"
-                             " in transaction pooling (1.21 added max_prepared_statements)")
+                             " in transaction pooling (1.21 added max_prepared_statements);"
+                             " pgbouncer-session is the baseline there")
                 notes.append(note)
         rows.append(row)
     direct = {r["mode"]: r.get("tps") for r in rows if r["target"] == "direct"}
@@ -160,29 +161,32 @@ def cmd_summary(a):
               if proxy and row.get("sleeps_per_query") is not None else "—")
         lines.append(f"| {row['mode']} | {row['target']} | {row['tps']:,.0f} | {fmt(row['ratio'], '.2f', '×')} "
                      f"| {fmt(row['avg_ms'], '.3f')} | {fmt(row['p99_ms'], '.3f')} | {cpu} | {sw} |")
-    # Paired: each proxy target over PgBouncer in the same round and mode (they ran back to
-    # back), which cancels much of the host's drift between rounds.
-    paired = ["| Mode | Target | rounds | tps vs PgBouncer: median (range) "
-              "| CPU per query vs PgBouncer: median (range) |", "| --- | --- | ---: | ---: | ---: |"]
+    # Paired: each ShardGate target over each PgBouncer pooling mode in the same round and mode
+    # (they ran back to back), which cancels much of the host's drift between rounds.
+    paired = ["| Mode | Target | over | rounds | tps ratio: median (range) "
+              "| CPU per query ratio: median (range) |", "| --- | --- | --- | ---: | ---: | ---: |"]
+    baselines = ("pgbouncer", "pgbouncer-session")
     for mode, target in keys:
-        if target in ("direct", "pgbouncer"):
+        if not target.startswith("proxy-"):
             continue
-        tps_r, cpu_r = [], []
-        for r in runs:
-            if r["mode"] != mode or r["target"] != target or not r["ok"]:
+        for base in baselines:
+            tps_r, cpu_r = [], []
+            for r in runs:
+                if r["mode"] != mode or r["target"] != target or not r["ok"]:
+                    continue
+                b = [x for x in runs if x["mode"] == mode and x["target"] == base
+                     and x["round"] == r["round"] and x["ok"]]
+                if not b:
+                    continue
+                tps_r.append(r["tps"] / b[0]["tps"])
+                if r.get("cpu_us_per_query") and b[0].get("cpu_us_per_query"):
+                    cpu_r.append(r["cpu_us_per_query"] / b[0]["cpu_us_per_query"])
+            if not tps_r:
                 continue
-            b = [x for x in runs if x["mode"] == mode and x["target"] == "pgbouncer"
-                 and x["round"] == r["round"] and x["ok"]]
-            if not b:
-                continue
-            tps_r.append(r["tps"] / b[0]["tps"])
-            if r.get("cpu_us_per_query") and b[0].get("cpu_us_per_query"):
-                cpu_r.append(r["cpu_us_per_query"] / b[0]["cpu_us_per_query"])
-        if not tps_r:
-            continue
-        span = lambda v: (f"{statistics.median(v):.2f}× ({min(v):.2f}× to {max(v):.2f}×)"
-                          if v else "—")
-        paired.append(f"| {mode} | {target} | {len(tps_r)} | {span(tps_r)} | {span(cpu_r)} |")
+            span = lambda v: (f"{statistics.median(v):.2f}× ({min(v):.2f}× to {max(v):.2f}×)"
+                              if v else "—")
+            paired.append(f"| {mode} | {target} | {base} | {len(tps_r)} | {span(tps_r)} "
+                          f"| {span(cpu_r)} |")
     rounds = max((r["rounds"] for r in rows), default=0)
     md = ["# ShardGate benchmark", "",
           f"- Command: `{meta.get('command', '')}`",
@@ -197,7 +201,8 @@ def cmd_summary(a):
                   "shared the CPUs, so the figures are noisy.")
     if meta.get("shardgate_extra_toml"):
         md.append(f"- SHARDGATE_EXTRA_TOML: `{meta['shardgate_extra_toml']!r}`")
-    md += [f"- Targets: direct and pgbouncer and proxy-1shard use a 1-shard cluster; proxy-2shard uses "
+    md += [f"- Targets: direct, pgbouncer (transaction pooling), pgbouncer-session (the same PgBouncer, "
+           f"session pooling) and proxy-1shard use a 1-shard cluster; proxy-2shard uses "
            f"2 shards x 1 replica. pgbench scale {meta.get('scale', '?')}.",
            f"- Note: {meta.get('note', '')}",
            f"- Figures are medians over {rounds} round(s); p99 from pgbench's per-transaction log; "
@@ -205,7 +210,8 @@ def cmd_summary(a):
            "voluntary and involuntary context switches of the proxy's threads / transactions.",
            "", *lines, ""]
     if len(paired) > 2:
-        md += ["Paired with PgBouncer, round by round:", "", *paired, ""]
+        md += ["Paired with PgBouncer (transaction pooling, and session pooling), round by round:",
+               "", *paired, ""]
     if notes:
         md += ["Failures:", ""] + [f"- {n}" for n in notes] + [""]
     write_report(a, "\n".join(md), {"meta": meta, "summary": rows, "runs": runs})

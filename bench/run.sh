@@ -2,6 +2,8 @@
 # ShardGate benchmark: pgbench -S (select-only), simple and prepared protocol, against
 #   direct        PostgreSQL primary of cluster A (1 shard, no replica)
 #   pgbouncer     PgBouncer (Debian package), transaction pooling, in front of cluster A
+#   pgbouncer-session  the same PgBouncer, session pooling: PgBouncer 1.18's only pooling
+#                 mode that runs protocol-level prepared statements, so the prepared-mode baseline
 #   proxy-1shard  ShardGate in front of cluster A
 #   proxy-2shard  ShardGate in front of cluster B (2 shards x 1 replica, like the demo)
 # and prints tps, ratio to direct, average and p99 latency and the proxy's CPU per query.
@@ -11,7 +13,7 @@
 # Environment (defaults in brackets):
 #   DURATION [15]  seconds per pgbench run     ROUNDS [1]    repetitions of the whole matrix
 #   CLIENTS [16]   THREADS [2]   SCALE [10]    WARMUP [3]    seconds per target before measuring
-#   MODES ["simple prepared"]   TARGETS ["direct pgbouncer proxy-1shard proxy-2shard"]
+#   MODES ["simple prepared"]   TARGETS ["direct pgbouncer pgbouncer-session proxy-1shard proxy-2shard"]
 #   SHARDGATE_BIN [build/shardgate]   copied to build/bench/bin first, so rebuilds don't disturb a run
 #   SHARDGATE_EXTRA_TOML   appended to both proxy configs, right after [proxy]: bare keys such as
 #                          "workers = 1" land in [proxy]; start a [section] for anything else
@@ -31,7 +33,7 @@ PYTHON=/usr/bin/python3
 DURATION=${DURATION:-15} ROUNDS=${ROUNDS:-1} CLIENTS=${CLIENTS:-16} THREADS=${THREADS:-2}
 SCALE=${SCALE:-10} WARMUP=${WARMUP:-3} KEEP_LOGS=${KEEP_LOGS:-0}
 MODES=${MODES:-simple prepared}
-TARGETS=${TARGETS:-direct pgbouncer proxy-1shard proxy-2shard}
+TARGETS=${TARGETS:-direct pgbouncer pgbouncer-session proxy-1shard proxy-2shard}
 SRC_BIN=${SHARDGATE_BIN:-build/shardgate}
 export PGPASSWORD=app-secret PGCONNECT_TIMEOUT=10
 
@@ -40,7 +42,9 @@ log() { echo "bench: $*" >&2; }
 want() { [[ " $TARGETS " == *" $1 "* ]]; }
 
 for t in $TARGETS; do
-  case $t in direct | pgbouncer | proxy-1shard | proxy-2shard) ;; *) die "unknown target '$t'" ;; esac
+  case $t in direct | pgbouncer | pgbouncer-session | proxy-1shard | proxy-2shard) ;;
+  *) die "unknown target '$t'" ;;
+  esac
 done
 for m in $MODES; do
   case $m in simple | prepared | extended) ;; *) die "unknown mode '$m'" ;; esac
@@ -90,7 +94,7 @@ cp "$SRC_BIN" "$BIN"
 # --- 2. clusters and data ---
 
 NEED_A=0 NEED_B=0
-{ want direct || want pgbouncer || want proxy-1shard; } && NEED_A=1
+{ want direct || want pgbouncer || want pgbouncer-session || want proxy-1shard; } && NEED_A=1
 want proxy-2shard && NEED_B=1
 PRIMARIES=() # ports that get pgbench -i
 if ((NEED_A)); then
@@ -143,10 +147,10 @@ fi
 
 # --- 3. PgBouncer (runs as postgres: it refuses root) ---
 
-declare -A PORT PIDF # per target: port to connect to, pid file of the process whose CPU we count
+declare -A PORT PIDF DB # per target: port and database to connect to, pid file of the process whose CPU we count
 ((NEED_A)) && PORT[direct]=$A_PORT
-if want pgbouncer; then
-  take_ports 1; PORT[pgbouncer]=$REPLY
+if want pgbouncer || want pgbouncer-session; then
+  take_ports 1; PORT[pgbouncer]=$REPLY PORT[pgbouncer-session]=$REPLY DB[pgbouncer-session]=app_session
   PB=$OUT/pgbouncer
   mkdir -p "$PB"
   pgbouncer_config "$PB" "$A_PORT" "${PORT[pgbouncer]}"
@@ -154,7 +158,7 @@ if want pgbouncer; then
     die "pgbouncer did not start: $(tail -n 20 "$PB/pgbouncer.log" 2>/dev/null)"
   for ((i = 0; i < 50; i++)); do [ -s "$PB/pgbouncer.pid" ] && break; sleep 0.1; done
   wait_port "${PORT[pgbouncer]}" "$(cat "$PB/pgbouncer.pid")" pgbouncer "$PB/pgbouncer.log"
-  PIDF[pgbouncer]=$PB/pgbouncer.pid
+  PIDF[pgbouncer]=$PB/pgbouncer.pid PIDF[pgbouncer-session]=$PB/pgbouncer.pid
 fi
 
 # --- 4. ShardGate proxies ---
@@ -209,7 +213,7 @@ RUNS=$OUT/runs.jsonl
 
 pgb() { # target, then extra pgbench args
   local t=$1; shift
-  pgbench -n -S -c "$CLIENTS" -j "$THREADS" "$@" -h 127.0.0.1 -p "${PORT[$t]}" -U app app
+  pgbench -n -S -c "$CLIENTS" -j "$THREADS" "$@" -h 127.0.0.1 -p "${PORT[$t]}" -U app "${DB[$t]:-app}"
 }
 
 if ((WARMUP > 0)); then
@@ -219,7 +223,7 @@ if ((WARMUP > 0)); then
   done
 fi
 
-CMD_TEMPLATE="pgbench -n -S -c $CLIENTS -j $THREADS -T $DURATION -M MODE -l --log-prefix=PREFIX -h 127.0.0.1 -p PORT -U app app"
+CMD_TEMPLATE="pgbench -n -S -c $CLIENTS -j $THREADS -T $DURATION -M MODE -l --log-prefix=PREFIX -h 127.0.0.1 -p PORT -U app DB (DB: app_session for pgbouncer-session, app otherwise)"
 for ((r = 1; r <= ROUNDS; r++)); do
   # Even rounds run the targets in reverse order, so that no target always runs first after a
   # mode change or last in a round (a cluster that is still settling would favour one).
@@ -229,7 +233,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
     for t in $order; do
       name=r$r-$m-$t
       args=(-T "$DURATION" -M "$m" -l "--log-prefix=$OUT/runs/$name.tx")
-      echo "bench: [round $r/$ROUNDS] $(printf '%q ' pgbench -n -S -c "$CLIENTS" -j "$THREADS" "${args[@]}" -h 127.0.0.1 -p "${PORT[$t]}" -U app app)  # $t" >&2
+      echo "bench: [round $r/$ROUNDS] $(printf '%q ' pgbench -n -S -c "$CLIENTS" -j "$THREADS" "${args[@]}" -h 127.0.0.1 -p "${PORT[$t]}" -U app "${DB[$t]:-app}")  # $t" >&2
       before="" sw_before=""
       if [ -n "${PIDF[$t]:-}" ]; then
         before="$(cpu_ticks "${PIDF[$t]}") $(user_ticks "${PIDF[$t]}")"

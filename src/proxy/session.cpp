@@ -646,37 +646,22 @@ void Session::prepare_backend(BackendConn &b, std::string &out, bool with_deferr
 
 void Session::ensure_prepared(BackendConn &b, ClientStmt &st, bool respond, std::string &out,
                               const std::string *client_name) {
-  Pending p(Expect::one, respond);
+  bool have = st.id == 0 ? b.unnamed_owner == st.unnamed_tag : b.prepared.count(st.id) > 0;
+  if (have && !respond)
+    return; // a Bind of a statement this backend has: the per-query case
+  Pending p(have ? Expect::synthetic : Expect::one, respond);
   if (client_name) {
     p.client_parse = true;
     p.client_name = *client_name;
   }
-  if (st.id == 0) {
-    if (b.unnamed_owner == st.unnamed_tag) {
-      if (respond) {
-        Pending s(Expect::synthetic);
-        protocol::parse_complete(s.synthetic);
-        s.client_parse = p.client_parse;
-        s.client_name = p.client_name;
-        exp_.push_back(std::move(s));
-      }
-      return;
-    }
+  if (have) {
+    protocol::parse_complete(p.synthetic); // answered by the proxy
+  } else if (st.id == 0) {
     protocol::parse(out, "", st.text, st.types);
     b.unnamed_owner = st.unnamed_tag;
     p.parse_unnamed = true;
   } else {
-    if (b.prepared.count(st.id)) {
-      if (respond) {
-        Pending s(Expect::synthetic);
-        protocol::parse_complete(s.synthetic);
-        s.client_parse = p.client_parse;
-        s.client_name = p.client_name;
-        exp_.push_back(std::move(s));
-      }
-      return;
-    }
-    protocol::parse(out, "sg_" + std::to_string(st.id), st.text, st.types);
+    protocol::parse(out, st.server_name, st.text, st.types);
     b.prepared.insert(st.id);
     p.parse_id = st.id;
   }
@@ -1054,7 +1039,7 @@ void Session::arrive(int fd) {
   // Backend-side names are interned per worker: take this worker's for each named statement.
   for (auto &[name, st] : stmts_)
     if (st.id)
-      st.id = w_->intern_statement(stmt_key(st.text, st.types));
+      st.set_id(w_->intern_statement(stmt_key(st.text, st.types)));
 }
 
 Task<void> Session::query_loop() {
@@ -1702,7 +1687,7 @@ Task<bool> Session::on_batch() {
       if (name.empty())
         st.unnamed_tag = g_unnamed_tags++;
       else
-        st.id = w_->intern_statement(stmt_key(st.text, st.types));
+        st.set_id(w_->intern_statement(stmt_key(st.text, st.types)));
       auto &slot = stmts_[name];
       slot = std::move(st);
       it.st = &slot;
@@ -2029,14 +2014,13 @@ Task<bool> Session::on_batch() {
       break;
     case 'B':
       ensure_prepared(*b, *it.st, false, wbuf_);
-      protocol::rewrite_bind(wbuf_, it.bind, m.body,
-                             it.st->id ? "sg_" + std::to_string(it.st->id) : std::string());
+      protocol::rewrite_bind(wbuf_, it.bind, m.body, it.st->server_name);
       exp_.emplace_back(Expect::one, true);
       break;
     case 'D':
       if (it.target_kind == 'S') {
         ensure_prepared(*b, *it.st, false, wbuf_);
-        protocol::describe(wbuf_, 'S', it.st->id ? "sg_" + std::to_string(it.st->id) : "");
+        protocol::describe(wbuf_, 'S', it.st->server_name);
         exp_.emplace_back(Expect::describe_stmt, true);
       } else {
         append_frame(wbuf_, 'D', m.body);

@@ -4,11 +4,11 @@
 #pragma once
 
 #include "protocol/messages.h"
+#include "proxy/fifo.h"
 #include "proxy/errors.h"
 #include "proxy/server.h"
 #include "router/router.h"
 
-#include <deque>
 #include <map>
 #include <memory>
 #include <optional>
@@ -28,11 +28,16 @@ public:
 private:
   // A statement the client prepared (named, or the unnamed one).
   struct ClientStmt {
-    uint32_t id = 0; // interned per worker: the backend-side name is "sg_<id>"
+    uint32_t id = 0;         // interned per worker (set_id)
+    std::string server_name; // the backend-side name, "sg_<id>"; empty for the unnamed one
     std::string text;
     std::vector<uint32_t> types;
     router::PlannedText planned;
     uint64_t unnamed_tag = 0; // for the unnamed statement: which Parse this is
+    void set_id(uint32_t i) {
+      id = i;
+      server_name = "sg_" + std::to_string(i);
+    }
   };
 
   // What the proxy expects back from the backend for each message it sent, in order.
@@ -161,7 +166,7 @@ private:
   int batch_shard_ = -1;           // shard holding an extended batch cut by Flush, until Sync
   std::string deferred_;           // BEGIN/SAVEPOINT text not yet sent (no shard chosen yet)
   bool proxy_failed_ = false;      // transaction failed by a proxy-side error
-  std::deque<Pending> exp_;
+  Fifo<Pending> exp_;
   bool forwarded_any_ = false; // backend bytes reached the client for the current request
   size_t relay_want_ = 0;      // length of the backend frame relay_some() waits to complete
   std::string last_sqlstate_;  // of the last ErrorResponse relayed
