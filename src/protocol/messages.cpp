@@ -307,20 +307,28 @@ std::optional<ParseMsg> parse_parse(std::string_view body) {
 }
 
 std::optional<BindMsg> parse_bind(std::string_view body) {
-  Reader r(body);
   BindMsg b;
+  if (!parse_bind(body, b))
+    return std::nullopt;
+  return b;
+}
+
+bool parse_bind(std::string_view body, BindMsg &b) {
+  Reader r(body);
+  b.formats.clear();
+  b.params.clear();
   b.portal = r.cstr();
   b.statement = r.cstr();
   b.after_statement = r.pos();
   int16_t nf = r.i16();
   if (!r.ok() || nf < 0)
-    return std::nullopt;
+    return false;
   b.formats.reserve(size_t(nf));
   for (int i = 0; i < nf; ++i)
     b.formats.push_back(r.i16());
   int16_t np = r.i16();
   if (!r.ok() || np < 0 || (nf > 1 && nf != np))
-    return std::nullopt;
+    return false;
   b.params.reserve(size_t(np));
   for (int i = 0; i < np; ++i) {
     int32_t len = r.i32();
@@ -329,17 +337,17 @@ std::optional<BindMsg> parse_bind(std::string_view body) {
       continue;
     }
     if (len < 0)
-      return std::nullopt;
+      return false;
     b.params.emplace_back(r.bytes(size_t(len)));
   }
   int16_t nr = r.i16();
   if (nr < 0)
-    return std::nullopt;
+    return false;
   for (int i = 0; i < nr; ++i)
     r.i16();
   if (!r.ok() || !r.at_end())
-    return std::nullopt;
-  return b;
+    return false;
+  return true;
 }
 
 int16_t bind_param_format(const BindMsg &b, size_t i) {

@@ -190,6 +190,8 @@ struct BindMsg {
   const char *after_statement = nullptr; // start of the format-codes section in the body
 };
 std::optional<BindMsg> parse_bind(std::string_view body);
+// The same into `out`, reusing its vectors (the per-query path). False: malformed.
+bool parse_bind(std::string_view body, BindMsg &out);
 int16_t bind_param_format(const BindMsg &b, size_t i);
 // Re-frames a Bind with a different statement name, keeping everything else byte for byte.
 void rewrite_bind(Bytes &out, const BindMsg &b, std::string_view body, std::string_view stmt);

@@ -1042,6 +1042,54 @@ void Session::arrive(int fd) {
       st.set_id(w_->intern_statement(stmt_key(st.text, st.types)));
 }
 
+namespace {
+
+QueryKind kind_of(router::StmtKind k) {
+  switch (k) {
+  case router::StmtKind::read:
+    return QueryKind::read;
+  case router::StmtKind::write:
+    return QueryKind::write;
+  case router::StmtKind::ddl:
+    return QueryKind::ddl;
+  default:
+    return QueryKind::other;
+  }
+}
+
+// The kind a query string counts as: its strongest statement (ddl > write > read > other).
+QueryKind kind_of(const std::vector<router::StatementPlan> &stmts) {
+  QueryKind k = QueryKind::other;
+  for (const auto &st : stmts) {
+    QueryKind one = kind_of(st.kind);
+    if (one == QueryKind::ddl || (one == QueryKind::write && k != QueryKind::ddl) ||
+        (one == QueryKind::read && k == QueryKind::other))
+      k = one;
+  }
+  return k;
+}
+
+void count_route(WorkerStats &stats, router::TargetKind kind, const router::StatementPlan &p) {
+  switch (kind) {
+  case router::TargetKind::by_key:
+    stats.count_route(p.keys.size() > 1 ? RouteStat::multi : RouteStat::single);
+    break;
+  case router::TargetKind::default_shard:
+    stats.count_route(RouteStat::default_shard);
+    break;
+  case router::TargetKind::all_primaries:
+    stats.count_route(RouteStat::broadcast);
+    break;
+  case router::TargetKind::error:
+    stats.count_route(RouteStat::error);
+    break;
+  case router::TargetKind::none:
+    break;
+  }
+}
+
+} // namespace
+
 Task<void> Session::query_loop() {
   for (;;) {
     auto f = protocol::decode_frame(cbuf_.data(), cbuf_.size(), sh_.cfg.proxy.max_message_bytes);
@@ -1085,6 +1133,42 @@ Task<void> Session::query_loop() {
       cbuf_.consume(f.frame_len);
       if (!co_await on_query(query_))
         co_return;
+      continue;
+    }
+    FastBatch fb;
+    if (f.type == 'B' && fast_batch(fb)) { // as on_batch() would serve it
+      count_route(w_->stats, fb.route, *fb.sp);
+      auto started = w_->poller.now(); // this loop turn's time: see record_query
+      std::optional<size_t> slow;
+      BackendConn *b = attach_now(fb.shard, fb.read, SIZE_MAX, slow);
+      if (!b && slow)
+        b = co_await attach_slow(fb.shard, *slow);
+      if (!b) {
+        cbuf_.consume(fb.len);
+        if (in_tx())
+          fail_transaction_by_proxy();
+        ready();
+        continue;
+      }
+      char tx_before = tx_;
+      fast_batch_write(fb, *b);
+      ErrorCode ec;
+      std::string_view rest = wbuf_;
+      if (!send_now(b->sock, rest, ec))
+        co_await write_all(b->sock, rest, ec);
+      RelayStep st = ec ? RelayStep::failed : relay_start(*b); // relay(), inline as in on_query
+      while (relay_poll(*b, st))
+        co_await b->sock.wait(Poller::in); // as a statement: see read_some in poller.h
+      bool ok = st == RelayStep::done || (st != RelayStep::failed && co_await relay_more(*b, st));
+      if (!ok) {
+        if (!co_await batch_lost(*b, int(fb.shard), true))
+          co_return;
+        continue;
+      }
+      if (fb.sp->kind != router::StmtKind::read)
+        note_write(fb.shard);
+      record_query(fb.shard, *b, kind_of(fb.sp->kind), started, fb.st->planned.scan.normalized);
+      settle_tx(int(fb.shard), tx_before);
       continue;
     }
     Msg m{f.type, {}};
@@ -1134,53 +1218,6 @@ Task<void> Session::query_loop() {
   }
 }
 
-namespace {
-
-QueryKind kind_of(router::StmtKind k) {
-  switch (k) {
-  case router::StmtKind::read:
-    return QueryKind::read;
-  case router::StmtKind::write:
-    return QueryKind::write;
-  case router::StmtKind::ddl:
-    return QueryKind::ddl;
-  default:
-    return QueryKind::other;
-  }
-}
-
-// The kind a query string counts as: its strongest statement (ddl > write > read > other).
-QueryKind kind_of(const std::vector<router::StatementPlan> &stmts) {
-  QueryKind k = QueryKind::other;
-  for (const auto &st : stmts) {
-    QueryKind one = kind_of(st.kind);
-    if (one == QueryKind::ddl || (one == QueryKind::write && k != QueryKind::ddl) ||
-        (one == QueryKind::read && k == QueryKind::other))
-      k = one;
-  }
-  return k;
-}
-
-void count_route(WorkerStats &stats, router::TargetKind kind, const router::StatementPlan &p) {
-  switch (kind) {
-  case router::TargetKind::by_key:
-    stats.count_route(p.keys.size() > 1 ? RouteStat::multi : RouteStat::single);
-    break;
-  case router::TargetKind::default_shard:
-    stats.count_route(RouteStat::default_shard);
-    break;
-  case router::TargetKind::all_primaries:
-    stats.count_route(RouteStat::broadcast);
-    break;
-  case router::TargetKind::error:
-    stats.count_route(RouteStat::error);
-    break;
-  case router::TargetKind::none:
-    break;
-  }
-}
-
-} // namespace
 
 // A statement the proxy answers itself, with no backend.
 static void synthetic_done(std::string &out, const std::string &tag) {
@@ -1461,15 +1498,7 @@ Task<bool> Session::on_query(const std::string &sql) {
         mark_untracked(*b);
     }
   }
-  if (tx_before == 'I' && tx_ != 'I')
-    tx_settings_snapshot_ = settings_;
-  if (tx_ == 'I') {
-    if (tx_before != 'I')
-      apply_tx_end();
-  } else {
-    tx_shard_ = shard;
-  }
-  detach_if_idle();
+  settle_tx(shard, tx_before);
   co_return true;
 }
 
@@ -1624,6 +1653,128 @@ void Session::synthesize_batch(const std::vector<Msg> &batch, const std::string 
 // An extended-protocol batch, cut at Sync (or Flush): Parse/Bind/Describe/Execute/Close.
 // Statements are kept by the proxy and prepared lazily, under its own names, on whichever
 // backend the batch's Bind routes to.
+// Bind, [Describe portal,] Execute, Sync of a statement the client prepared earlier, all in
+// cbuf_ (the extended protocol's per-query shape), with one read or write statement that
+// routes. Decides where it goes without changing anything; false leaves the messages to the
+// general path (query_loop's batch and on_batch()), which also reports whatever is wrong.
+bool Session::fast_batch(FastBatch &fb) {
+  if (!batch_.empty() || skip_until_sync_ || proxy_failed_ || batch_shard_ >= 0 ||
+      log::enabled(log::Level::debug)) // on_batch() logs each batch
+    return false;
+  const uint8_t *data = cbuf_.data();
+  size_t size = cbuf_.size(), off = 0;
+  auto next = [&](char type, std::string_view &body) {
+    auto f = protocol::decode_frame(data + off, size - off, sh_.cfg.proxy.max_message_bytes);
+    if (f.status != protocol::DecodeStatus::ready || f.type != type)
+      return false;
+    body = f.body_view();
+    off += f.frame_len;
+    return true;
+  };
+  std::string_view sync;
+  if (!next('B', fb.bind))
+    return false;
+  if (next('D', fb.describe)) {
+    auto t = protocol::parse_target(fb.describe);
+    if (!t || t->kind != 'P')
+      return false;
+    fb.has_describe = true;
+  }
+  if (!next('E', fb.execute) || !next('S', sync) || !protocol::parse_bind(fb.bind, bind_))
+    return false;
+  auto sit = stmts_.find(std::string(bind_.statement));
+  if (sit == stmts_.end() || sit->second.planned.analysis->stmts.empty())
+    return false;
+  ClientStmt &st = sit->second;
+  const router::StatementPlan &sp = st.planned.analysis->stmts[0];
+  if (sp.kind != router::StmtKind::read && sp.kind != router::StmtKind::write)
+    return false;
+  bind_params_.clear();
+  for (size_t i = 0; i < bind_.params.size(); ++i)
+    bind_params_.push_back({bind_.params[i], protocol::bind_param_format(bind_, i)});
+  router::Resolved r = sh_.router.resolve(sp, st.text, st.planned.scan, bind_params_);
+  bool tx_bound = tx_shard_ >= 0;
+  if (r.kind == router::TargetKind::by_key ||
+      (r.kind == router::TargetKind::default_shard && !sp.tableless))
+    fb.shard = r.shard;
+  else if (r.kind == router::TargetKind::default_shard) // SELECT 1: wherever the session is
+    fb.shard = tx_bound ? size_t(tx_shard_) : sh_.router.default_shard();
+  else
+    return false;
+  if (tx_bound && int(fb.shard) != tx_shard_)
+    return false; // on_batch() says it touches a second shard
+  fb.read = sp.kind == router::StmtKind::read && (!in_tx() || (tx_read_only_ && !tx_bound));
+  fb.len = off;
+  fb.st = &st;
+  fb.sp = &sp;
+  fb.route = r.kind;
+  return true;
+}
+
+// fast_batch()'s messages, for the backend, into wbuf_; then they leave cbuf_.
+void Session::fast_batch_write(const FastBatch &fb, BackendConn &b) {
+  wbuf_.clear();
+  prepare_backend(b, wbuf_);
+  write_bind(b, *fb.st, bind_, fb.bind);
+  if (fb.has_describe)
+    write_passthrough('D', fb.describe, Expect::one);
+  write_passthrough('E', fb.execute, Expect::execute);
+  write_passthrough('S', {}, Expect::sync);
+  cbuf_.consume(fb.len); // fb's and bind_'s views end here
+}
+
+// A Bind for the backend, under the statement's backend-side name (prepared there first if
+// this backend lacks it).
+void Session::write_bind(BackendConn &b, ClientStmt &st, const protocol::BindMsg &bind,
+                         std::string_view body) {
+  ensure_prepared(b, st, false, wbuf_);
+  protocol::rewrite_bind(wbuf_, bind, body, st.server_name);
+  exp_.emplace_back(Expect::one, true);
+}
+
+void Session::write_passthrough(char type, std::string_view body, Expect expect) {
+  append_frame(wbuf_, type, body);
+  exp_.emplace_back(expect, true);
+}
+
+// The backend went away while it ran an extended-protocol batch bound for `shard`.
+Task<bool> Session::batch_lost(BackendConn &b, int shard, bool ends_sync) {
+  bool was_tx = in_tx() || tx_shard_ >= 0 || batch_shard_ >= 0;
+  if (closing_ || !b.broken)
+    co_return false;
+  if (forwarded_any_)
+    sh_.health.report_failure(b.node->id, now_ms());
+  batch_shard_ = -1;
+  detach_if_idle();
+  if (was_tx)
+    co_return co_await fatal("08006", "lost the connection to shard \"" +
+                                          sh_.cfg.shards[size_t(shard)].name +
+                                          "\" inside a transaction; the transaction is lost");
+  error("08006",
+        "lost the connection to shard \"" + sh_.cfg.shards[size_t(shard)].name +
+            "\" while running the statement",
+        "the statement may or may not have run; retry if it is safe to");
+  if (ends_sync)
+    ready();
+  else
+    skip_until_sync_ = true;
+  co_return true;
+}
+
+// After a request that reached `shard`: the transaction it opened binds there, one it ended
+// settles, and a backend no transaction holds goes back to its pool.
+void Session::settle_tx(int shard, char tx_before) {
+  if (tx_before == 'I' && tx_ != 'I')
+    tx_settings_snapshot_ = settings_;
+  if (tx_ == 'I') {
+    if (tx_before != 'I')
+      apply_tx_end();
+  } else {
+    tx_shard_ = shard;
+  }
+  detach_if_idle();
+}
+
 Task<bool> Session::on_batch() {
   // The batch is taken out of batch_ while it runs, and its storage handed back at the end so
   // that it is allocated once per session, not per batch (message bodies too: spare_bodies_).
@@ -2013,9 +2164,7 @@ Task<bool> Session::on_batch() {
       ensure_prepared(*b, *it.st, true, wbuf_, &it.target_name);
       break;
     case 'B':
-      ensure_prepared(*b, *it.st, false, wbuf_);
-      protocol::rewrite_bind(wbuf_, it.bind, m.body, it.st->server_name);
-      exp_.emplace_back(Expect::one, true);
+      write_bind(*b, *it.st, it.bind, m.body);
       break;
     case 'D':
       if (it.target_kind == 'S') {
@@ -2023,13 +2172,11 @@ Task<bool> Session::on_batch() {
         protocol::describe(wbuf_, 'S', it.st->server_name);
         exp_.emplace_back(Expect::describe_stmt, true);
       } else {
-        append_frame(wbuf_, 'D', m.body);
-        exp_.emplace_back(Expect::one, true);
+        write_passthrough('D', m.body, Expect::one);
       }
       break;
     case 'E':
-      append_frame(wbuf_, 'E', m.body);
-      exp_.emplace_back(Expect::execute, true);
+      write_passthrough('E', m.body, Expect::execute);
       break;
     case 'C':
       if (it.target_kind == 'S') {
@@ -2042,8 +2189,7 @@ Task<bool> Session::on_batch() {
       }
       break;
     case 'S':
-      append_frame(wbuf_, 'S', {});
-      exp_.emplace_back(Expect::sync, true);
+      write_passthrough('S', {}, Expect::sync);
       break;
     case 'H':
       if (side) {
@@ -2080,28 +2226,8 @@ Task<bool> Session::on_batch() {
       skip_until_sync_ = true; // as the server would: discard until the client's Sync
     co_return true;
   }
-  if (!ok) {
-    bool was_tx = in_tx() || tx_bound || batch_shard_ >= 0;
-    if (closing_ || !b->broken)
-      co_return false;
-    if (forwarded_any_)
-      sh_.health.report_failure(b->node->id, now_ms());
-    batch_shard_ = -1;
-    detach_if_idle();
-    if (was_tx)
-      co_return co_await fatal("08006", "lost the connection to shard \"" +
-                                            sh_.cfg.shards[size_t(shard)].name +
-                                            "\" inside a transaction; the transaction is lost");
-    error("08006",
-          "lost the connection to shard \"" + sh_.cfg.shards[size_t(shard)].name +
-              "\" while running the statement",
-          "the statement may or may not have run; retry if it is safe to");
-    if (ends_sync)
-      ready();
-    else
-      skip_until_sync_ = true;
-    co_return true;
-  }
+  if (!ok)
+    co_return co_await batch_lost(*b, shard, ends_sync);
   if (!ends_sync) {
     b->unsynced = true;   // never pooled in this state: an abandoned write must roll back
     batch_shard_ = shard; // the implicit transaction stays open until Sync
@@ -2132,15 +2258,7 @@ Task<bool> Session::on_batch() {
         mark_untracked(*b);
     }
   }
-  if (tx_before == 'I' && tx_ != 'I')
-    tx_settings_snapshot_ = settings_;
-  if (tx_ == 'I') {
-    if (tx_before != 'I')
-      apply_tx_end();
-  } else {
-    tx_shard_ = shard;
-  }
-  detach_if_idle();
+  settle_tx(shard, tx_before);
   co_return true;
 }
 

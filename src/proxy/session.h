@@ -79,6 +79,26 @@ private:
   // sql is query_ (a Query's text), valid until the next message is read.
   Task<bool> on_query(const std::string &sql);
   Task<bool> on_batch();
+  // The extended protocol's per-query shape: Bind, [Describe portal,] Execute, Sync of a
+  // statement prepared earlier, all buffered. query_loop() serves it without on_batch()'s
+  // coroutine frame (allocated per batch) or copies of the messages.
+  struct FastBatch {
+    size_t len = 0;                          // bytes of its messages at the front of cbuf_
+    std::string_view bind, describe, execute; // their bodies, in cbuf_; describe may be empty
+    bool has_describe = false;
+    ClientStmt *st = nullptr;
+    const router::StatementPlan *sp = nullptr;
+    router::TargetKind route = router::TargetKind::none;
+    size_t shard = 0;
+    bool read = false;
+  };
+  bool fast_batch(FastBatch &fb);
+  void fast_batch_write(const FastBatch &fb, BackendConn &b);
+  void write_bind(BackendConn &b, ClientStmt &st, const protocol::BindMsg &bind,
+                  std::string_view body);
+  void write_passthrough(char type, std::string_view body, Expect expect);
+  Task<bool> batch_lost(BackendConn &b, int shard, bool ends_sync);
+  void settle_tx(int shard, char tx_before);
   Task<bool> on_function_call(Msg m);
   Task<bool> broadcast(const std::string &sql);
   Task<bool> run_on_all_primaries(const std::string &sql, std::string &first_capture,
@@ -158,6 +178,7 @@ private:
   std::vector<Msg> batch_;
   std::vector<std::string> spare_bodies_; // bodies of finished batches, reused by the next
   std::vector<router::ParamValue> bind_params_; // a Bind's parameters, for routing
+  protocol::BindMsg bind_;                      // fast_batch()'s Bind (its vectors stay)
   bool skip_until_sync_ = false;
 
   std::vector<Attached> attached_; // by shard

@@ -33,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
+from wire import Raw, frame, parse_error  # noqa: E402
 
 try:
     import asyncpg
@@ -62,6 +63,7 @@ K_POOL_PSYCOPG3 = 8_100_000
 K_CANCEL = 9_100_000
 K_PIPELINE = 9_200_000
 K_RETRY = 9_300_000
+K_PIECES = 9_400_000
 
 _PARAM = re.compile(r"\$(\d+)")
 
@@ -893,6 +895,91 @@ DELETE FROM accounts WHERE id = :tmp;
         res = pg.exec_prepared(b"in_failed_tx", [str(key).encode()])
         check(res, "TUPLES_OK")
         self.assertEqual(res.get_value(0, 0), b"3")
+
+    def test_prepared_bind_execute_sync_whole_or_in_pieces(self):
+        # Bind/[Describe]/Execute/Sync of a statement prepared earlier, as pgbench -M prepared and
+        # most drivers send it: in one write (the proxy's per-query path), one write per message,
+        # or a few bytes at a time (the general path). Each way, rows land on their owner, text and
+        # binary keys route alike, server and proxy errors come back with the session still
+        # usable, and a transaction stays on its shard.
+        r = Raw(self.proxy.port)
+        self._drivers.append(r)
+        r.login()
+
+        def frames_of(data):
+            out = []
+            while data:
+                n = struct.unpack("!I", data[1:5])[0] + 1
+                out.append(data[:n])
+                data = data[n:]
+            return out
+
+        def send(data, how):
+            if how == "whole":
+                r.send(data)
+                return
+            parts = frames_of(data) if how == "frames" else \
+                [data[i:i + 3] for i in range(0, len(data), 3)]
+            for part in parts:
+                r.send(part)
+                time.sleep(0.002)
+
+        def parse(name, sql):
+            r.send(frame(b"P", name + b"\0" + sql + b"\0" + struct.pack("!h", 0)) + frame(b"S"))
+            self.assertEqual([t for t, _ in r.read_until("Z")], ["1", "Z"])
+
+        def bes(name, params, describe=False, binary=False):
+            body = name + b"\0"
+            body = b"\0" + body + (struct.pack("!hh", 1, 1) if binary else struct.pack("!h", 0))
+            body += struct.pack("!h", len(params))
+            for p in params:
+                body += struct.pack("!i", len(p)) + p
+            msgs = frame(b"B", body + struct.pack("!h", 0))
+            if describe:
+                msgs += frame(b"D", b"P\0")
+            return msgs + frame(b"E", b"\0" + struct.pack("!i", 0)) + frame(b"S")
+
+        def run(data, how="whole"):
+            send(data, how)
+            got = r.read_until("Z")
+            errs = [parse_error(b).get("C") for t, b in got if t == "E"]
+            return [t for t, _ in got], errs, got
+
+        parse(b"ins", b"INSERT INTO accounts (id, owner, balance) VALUES ($1, 'pieces', $2)")
+        parse(b"sel", b"SELECT owner, balance FROM accounts WHERE id = $1")
+        keys = self.pick_keys(K_PIECES, 6)
+        expected = {}
+        for i, key in enumerate(keys):
+            how = ("whole", "frames", "bytes")[i % 3]
+            with self.subTest(key=key, how=how):
+                types, errs, _ = run(bes(b"ins", [str(key).encode(), str(i).encode()],
+                                         describe=i % 2 == 1), how)
+                self.assertEqual(types, ["2"] + (["n"] if i % 2 else []) + ["C", "Z"], errs)
+                expected[key] = ("pieces", i)
+                for binary in (False, True):
+                    arg = struct.pack("!q", key) if binary else str(key).encode()
+                    types, errs, got = run(bes(b"sel", [arg], describe=True, binary=binary), how)
+                    self.assertEqual(types, ["2", "T", "D", "C", "Z"], errs)
+                    row = got[2][1]
+                    self.assertIn(b"pieces", row)
+                    self.assertTrue(row.endswith(str(i).encode()), row)
+        # A duplicate key (server error) and an unknown statement (proxy error): each answered,
+        # then the session goes on.
+        types, errs, _ = run(bes(b"ins", [str(keys[0]).encode(), b"0"]))
+        self.assertEqual((types, errs), (["2", "E", "Z"], ["23505"]))
+        types, errs, _ = run(bes(b"nope", [b"1"]))
+        self.assertEqual((types, errs), (["E", "Z"], ["26000"]))
+        # In a transaction: the second shard is refused, and the rollback undoes the first.
+        tx_keys = [self.keys_on(K_PIECES + 5000, s, 1)[0] for s in range(self.SHARDS)]
+        self.assertEqual(r.query("BEGIN")[-1], ("Z", b"T"))
+        types, errs, got = run(bes(b"ins", [str(tx_keys[0]).encode(), b"7"]))
+        self.assertEqual((types, got[-1][1]), (["2", "C", "Z"], b"T"), errs)
+        types, errs, got = run(bes(b"ins", [str(tx_keys[1]).encode(), b"7"]), "frames")
+        self.assertEqual((types, errs, got[-1][1]), (["E", "Z"], ["0A000"], b"E"))
+        self.assertEqual(r.query("ROLLBACK")[-1], ("Z", b"I"))
+        types, errs, _ = run(bes(b"sel", [str(keys[1]).encode()]))
+        self.assertEqual(types, ["2", "D", "C", "Z"], errs)
+        self.assert_placement(K_PIECES, K_PIECES + 9999, expected, who="raw Bind/Execute/Sync")
 
     # ------------------------------------------------------------------ cancel
 
