@@ -1090,6 +1090,11 @@ void count_route(WorkerStats &stats, router::TargetKind kind, const router::Stat
 
 } // namespace
 
+// A statement the proxy answers itself, with no backend.
+static void synthetic_done(std::string &out, const std::string &tag) {
+  protocol::command_complete(out, tag);
+}
+
 Task<void> Session::query_loop() {
   for (;;) {
     auto f = protocol::decode_frame(cbuf_.data(), cbuf_.size(), sh_.cfg.proxy.max_message_bytes);
@@ -1131,8 +1136,44 @@ Task<void> Session::query_loop() {
       }
       query_.assign(body.data(), body.size() - 1);
       cbuf_.consume(f.frame_len);
-      if (!co_await on_query(query_))
-        co_return;
+      QueryRun q;
+      QueryStep step = route_query(query_, q);
+      if (step == QueryStep::end_failed_tx) {
+        co_await end_failed_tx();
+        synthetic_done(*sink_, "ROLLBACK");
+        ready();
+      } else if (step == QueryStep::broadcast) {
+        if (!co_await broadcast(query_))
+          co_return;
+      } else if (step == QueryStep::run) {
+        // Attach, send and relay here: the per-query path costs no coroutine frame.
+        q.started = w_->poller.now(); // this loop turn's time: see record_query
+        q.tx_before = tx_;
+        q.deferred_before = deferred_;
+        std::optional<size_t> slow;
+        BackendConn *b = attach_now(size_t(q.shard), q.read, SIZE_MAX, slow);
+        if (!b && slow)
+          b = co_await attach_slow(size_t(q.shard), *slow);
+        if (!b) {
+          if (in_tx())
+            fail_transaction_by_proxy();
+          ready();
+          continue;
+        }
+        write_query(*b, query_);
+        ErrorCode ec;
+        std::string_view rest = wbuf_;
+        if (!send_now(b->sock, rest, ec))
+          co_await write_all(b->sock, rest, ec);
+        RelayStep st = ec ? RelayStep::failed : relay_start(*b);
+        while (relay_poll(*b, st))
+          co_await b->sock.wait(Poller::in); // as a statement: see read_some in poller.h
+        bool ok = st == RelayStep::done || (st != RelayStep::failed && co_await relay_more(*b, st));
+        if (ok)
+          query_done(q, *b);
+        else if (!co_await query_failed(q, b))
+          co_return;
+      }
       continue;
     }
     FastBatch fb;
@@ -1156,7 +1197,7 @@ Task<void> Session::query_loop() {
       std::string_view rest = wbuf_;
       if (!send_now(b->sock, rest, ec))
         co_await write_all(b->sock, rest, ec);
-      RelayStep st = ec ? RelayStep::failed : relay_start(*b); // relay(), inline as in on_query
+      RelayStep st = ec ? RelayStep::failed : relay_start(*b); // relay(), inline
       while (relay_poll(*b, st))
         co_await b->sock.wait(Poller::in); // as a statement: see read_some in poller.h
       bool ok = st == RelayStep::done || (st != RelayStep::failed && co_await relay_more(*b, st));
@@ -1219,19 +1260,16 @@ Task<void> Session::query_loop() {
 }
 
 
-// A statement the proxy answers itself, with no backend.
-static void synthetic_done(std::string &out, const std::string &tag) {
-  protocol::command_complete(out, tag);
-}
-
-Task<bool> Session::on_query(const std::string &sql) {
+// A simple Query's routing, with no I/O: answered here (errors, statements the proxy serves
+// itself), or what query_loop() must do with it. For `run`, q says where.
+Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
   router::PlannedText &planned = query_plan_;
   sh_.router.plan(sql, planned);
   const auto &stmts = planned.analysis->stmts;
   if (stmts.empty()) {
     protocol::Writer(*sink_, 'I').finish(); // EmptyQueryResponse
     ready();
-    co_return true;
+    return QueryStep::answered;
   }
   auto text_of = [&](const router::StatementPlan &p) {
     return trim(std::string_view(sql).substr(p.location, p.length));
@@ -1242,27 +1280,12 @@ Task<bool> Session::on_query(const std::string &sql) {
   if (proxy_failed_) {
     if (single &&
         (first.kind == router::StmtKind::commit || first.kind == router::StmtKind::rollback)) {
-      last_rollback_ = true;
-      if (tx_shard_ >= 0 && attached_[size_t(tx_shard_)].conn) {
-        BackendConn &b = *attached_[size_t(tx_shard_)].conn;
-        wbuf_.clear();
-        protocol::query(wbuf_, "ROLLBACK");
-        exp_.emplace_back(Expect::query, false);
-        ErrorCode ec;
-        co_await write_all(b.sock, wbuf_, ec);
-        if (ec || !co_await relay(b))
-          b.broken = true;
-      }
-      apply_tx_end();
-      detach_if_idle();
-      synthetic_done(*sink_, "ROLLBACK");
-      ready();
-      co_return true;
+      return QueryStep::end_failed_tx;
     }
     error("25P02",
           "current transaction is aborted, commands ignored until end of transaction block");
     ready();
-    co_return true;
+    return QueryStep::answered;
   }
 
   // Resolve every statement; they must agree on one shard.
@@ -1276,7 +1299,7 @@ Task<bool> Session::on_query(const std::string &sql) {
       if (in_tx())
         fail_transaction_by_proxy();
       ready();
-      co_return true;
+      return QueryStep::answered;
     }
     if (r.kind == router::TargetKind::all_primaries)
       broadcast_ddl = true;
@@ -1294,7 +1317,7 @@ Task<bool> Session::on_query(const std::string &sql) {
         if (in_tx())
           fail_transaction_by_proxy();
         ready();
-        co_return true;
+        return QueryStep::answered;
       }
     }
     if (st.kind != router::StmtKind::read)
@@ -1307,9 +1330,9 @@ Task<bool> Session::on_query(const std::string &sql) {
       if (in_tx())
         fail_transaction_by_proxy();
       ready();
-      co_return true;
+      return QueryStep::answered;
     }
-    co_return co_await broadcast(sql);
+    return QueryStep::broadcast;
   }
 
   bool tx_bound = tx_shard_ >= 0;
@@ -1324,12 +1347,12 @@ Task<bool> Session::on_query(const std::string &sql) {
         tx_ = 'T';
         synthetic_done(*sink_, first.tag);
         ready();
-        co_return true;
+        return QueryStep::answered;
       }
       if (!tx_bound) {
         synthetic_done(*sink_, first.tag);
         ready();
-        co_return true;
+        return QueryStep::answered;
       }
       break;
     case router::StmtKind::commit:
@@ -1339,7 +1362,7 @@ Task<bool> Session::on_query(const std::string &sql) {
         apply_tx_end();
         synthetic_done(*sink_, last_rollback_ ? "ROLLBACK" : "COMMIT");
         ready();
-        co_return true;
+        return QueryStep::answered;
       }
       break;
     case router::StmtKind::savepoint:
@@ -1356,7 +1379,7 @@ Task<bool> Session::on_query(const std::string &sql) {
         }
         synthetic_done(*sink_, first.tag);
         ready();
-        co_return true;
+        return QueryStep::answered;
       }
       break;
     case router::StmtKind::discard_all:
@@ -1364,7 +1387,7 @@ Task<bool> Session::on_query(const std::string &sql) {
         error("25001", "DISCARD ALL cannot run inside a transaction block");
         fail_transaction_by_proxy();
         ready();
-        co_return true;
+        return QueryStep::answered;
       }
       settings_.clear();
       rehash_settings();
@@ -1372,7 +1395,7 @@ Task<bool> Session::on_query(const std::string &sql) {
         it = it->first.empty() ? std::next(it) : stmts_.erase(it);
       synthetic_done(*sink_, first.tag);
       ready();
-      co_return true;
+      return QueryStep::answered;
     case router::StmtKind::deallocate:
       if (first.set_name.empty()) {
         for (auto it = stmts_.begin(); it != stmts_.end();)
@@ -1382,11 +1405,11 @@ Task<bool> Session::on_query(const std::string &sql) {
         if (in_tx())
           fail_transaction_by_proxy();
         ready();
-        co_return true;
+        return QueryStep::answered;
       }
       synthetic_done(*sink_, first.tag);
       ready();
-      co_return true;
+      return QueryStep::answered;
     default:
       break;
     }
@@ -1402,77 +1425,87 @@ Task<bool> Session::on_query(const std::string &sql) {
           "not supported yet");
     fail_transaction_by_proxy();
     ready();
-    co_return true;
+    return QueryStep::answered;
   }
   // Reads outside a transaction, and READ ONLY transactions, may use a replica.
-  bool read = all_read && (!in_tx() || (tx_read_only_ && !tx_bound));
-  auto started = w_->poller.now(); // this loop turn's time: see record_query
-  char tx_before = tx_;
-  std::string deferred_before = deferred_;
-  BackendConn *b = nullptr;
-  size_t failed_node = SIZE_MAX;
+  q.shard = shard;
+  q.all_read = all_read;
+  q.read = all_read && (!in_tx() || (tx_read_only_ && !tx_bound));
+  return QueryStep::run;
+}
+
+// Query text for the backend, after what the session's state needs first.
+void Session::write_query(BackendConn &b, const std::string &sql) {
+  wbuf_.clear();
+  prepare_backend(b, wbuf_);
+  protocol::query(wbuf_, sql);
+  exp_.emplace_back(Expect::query, true);
+}
+
+// The backend serving query_loop()'s attempt at q broke. A read whose answer had not started
+// runs once more on another eligible node; otherwise the client hears what happened.
+Task<bool> Session::query_failed(QueryRun &q, BackendConn *b) {
+  const std::string &sql = query_;
+  const std::string &shard_name = sh_.cfg.shards[size_t(q.shard)].name;
   for (int attempt = 0;; ++attempt) {
-    std::optional<size_t> slow;
-    b = attach_now(size_t(shard), read, failed_node, slow);
-    if (!b && slow)
-      b = co_await attach_slow(size_t(shard), *slow);
-    if (!b) {
-      if (in_tx())
-        fail_transaction_by_proxy();
-      ready();
-      co_return true;
-    }
-    wbuf_.clear();
-    prepare_backend(*b, wbuf_);
-    protocol::query(wbuf_, sql);
-    exp_.emplace_back(Expect::query, true);
-    ErrorCode ec;
-    std::string_view rest = wbuf_;
-    if (!send_now(b->sock, rest, ec))
-      co_await write_all(b->sock, rest, ec);
-    // relay(), with the common case inline: waiting here costs no coroutine frame per query.
-    RelayStep st = ec ? RelayStep::failed : relay_start(*b);
-    while (relay_poll(*b, st))
-      co_await b->sock.wait(Poller::in); // as a statement: see read_some in poller.h
-    bool ok = st == RelayStep::done || (st != RelayStep::failed && co_await relay_more(*b, st));
-    if (ok)
-      break;
     if (closing_ || !b->broken)
       co_return false; // client went away, or the session already ended with a FATAL
     // A pooled connection that died before answering (terminated or restarted server) says
     // nothing about the node; a failure mid-response does.
     if (forwarded_any_)
       sh_.health.report_failure(b->node->id, now_ms());
-    bool was_tx = tx_before != 'I' && deferred_before.empty();
-    bool retry = read && attempt == 0 && !forwarded_any_ && !was_tx;
-    if (retry) {
+    bool was_tx = q.tx_before != 'I' && q.deferred_before.empty();
+    std::string node_label = b->node->endpoint.label(); // b is gone after detach_if_idle()
+    if (q.read && attempt == 0 && !forwarded_any_ && !was_tx) {
       // Nothing reached the client: the read runs once more on another eligible node.
-      failed_node = b->node->id;
-      deferred_ = deferred_before;
-      tx_ = tx_before;
+      size_t failed_node = b->node->id;
+      deferred_ = q.deferred_before;
+      tx_ = q.tx_before;
       detach_if_idle();
+      b = co_await attach(size_t(q.shard), q.read, failed_node);
+      if (!b) {
+        if (in_tx())
+          fail_transaction_by_proxy();
+        ready();
+        co_return true;
+      }
+      write_query(*b, sql);
+      ErrorCode ec;
+      co_await write_all(b->sock, wbuf_, ec);
+      if (!ec && co_await relay(*b)) {
+        query_done(q, *b);
+        co_return true;
+      }
       continue;
     }
     detach_if_idle();
     if (was_tx || forwarded_any_)
-      co_return co_await fatal(
-          "08006", "lost the connection to shard \"" + sh_.cfg.shards[size_t(shard)].name +
-                       (was_tx ? "\" inside a transaction; the transaction is lost"
-                               : "\" in the middle of a result"));
+      co_return co_await fatal("08006", "lost the connection to shard \"" + shard_name +
+                                            (was_tx ? "\" inside a transaction; the transaction is lost"
+                                                    : "\" in the middle of a result"));
     error("08006",
-          "lost the connection to shard \"" + sh_.cfg.shards[size_t(shard)].name + "\" (" +
-              b->node->endpoint.label() + ") while running the statement",
-          read ? "the read was retried once on another node and failed again"
-               : "the statement may or may not have run; writes are never retried blindly");
-    tx_ = tx_before; // a deferred transaction never reached a server: it fails as a whole
+          "lost the connection to shard \"" + shard_name + "\" (" + node_label +
+              ") while running the statement",
+          q.read ? "the read was retried once on another node and failed again"
+                 : "the statement may or may not have run; writes are never retried blindly");
+    tx_ = q.tx_before; // a deferred transaction never reached a server: it fails as a whole
     if (tx_ != 'I')
       fail_transaction_by_proxy();
     ready();
     co_return true;
   }
-  if (!all_read)
-    note_write(size_t(shard));
-  record_query(size_t(shard), *b, kind_of(stmts), started, planned.scan.normalized);
+}
+
+// q ran on b: counters, and the session state its statements changed.
+void Session::query_done(const QueryRun &q, BackendConn &b) {
+  const std::string &sql = query_;
+  const auto &stmts = query_plan_.analysis->stmts;
+  auto text_of = [&](const router::StatementPlan &p) {
+    return trim(std::string_view(sql).substr(p.location, p.length));
+  };
+  if (!q.all_read)
+    note_write(size_t(q.shard));
+  record_query(size_t(q.shard), b, kind_of(stmts), q.started, query_plan_.scan.normalized);
   // Session settings changed by this query string take effect only if it succeeded.
   // (prepare_backend() made the backend's settings the session's, so only a SET or RESET ALL
   // here changes them.)
@@ -1481,7 +1514,7 @@ Task<bool> Session::on_query(const std::string &sql) {
     for (const auto &st : stmts) {
       if (st.kind == router::StmtKind::set) {
         if (!changed)
-          untracked = b->settings.count("\x01untracked") > 0;
+          untracked = b.settings.count("\x01untracked") > 0;
         changed = true;
         untracked |= !set_setting(st.set_name, text_of(st));
       } else if (st.kind == router::StmtKind::reset_all) {
@@ -1492,14 +1525,32 @@ Task<bool> Session::on_query(const std::string &sql) {
       }
     }
     if (changed) {
-      b->settings = settings_;
-      b->settings_hash = settings_hash_;
+      b.settings = settings_;
+      b.settings_hash = settings_hash_;
       if (untracked)
-        mark_untracked(*b);
+        mark_untracked(b);
     }
   }
-  settle_tx(shard, tx_before);
-  co_return true;
+  settle_tx(q.shard, q.tx_before);
+}
+
+
+// COMMIT or ROLLBACK of a transaction the proxy failed: the backend holding it, if any, rolls
+// back, and the client is told ROLLBACK (as PostgreSQL answers COMMIT in a failed transaction).
+Task<void> Session::end_failed_tx() {
+  last_rollback_ = true;
+  if (tx_shard_ >= 0 && attached_[size_t(tx_shard_)].conn) {
+    BackendConn &b = *attached_[size_t(tx_shard_)].conn;
+    wbuf_.clear();
+    protocol::query(wbuf_, "ROLLBACK");
+    exp_.emplace_back(Expect::query, false);
+    ErrorCode ec;
+    co_await write_all(b.sock, wbuf_, ec);
+    if (ec || !co_await relay(b))
+      b.broken = true;
+  }
+  apply_tx_end();
+  detach_if_idle();
 }
 
 // DDL on a sharded table, sent as a simple query: the client sees one result, or an error
@@ -1528,10 +1579,7 @@ Task<bool> Session::run_on_all_primaries(const std::string &sql, std::string &fi
     BackendConn *b = co_await attach(s, false);
     bool ok = false;
     if (b) {
-      wbuf_.clear();
-      prepare_backend(*b, wbuf_);
-      protocol::query(wbuf_, sql);
-      exp_.emplace_back(Expect::query, true);
+      write_query(*b, sql);
       ErrorCode ec;
       co_await write_all(b->sock, wbuf_, ec);
       ok = !ec && co_await relay(*b);
@@ -1972,19 +2020,7 @@ Task<bool> Session::on_batch() {
         (single_none->kind == router::StmtKind::commit ||
          single_none->kind == router::StmtKind::rollback) &&
         ends_sync) {
-      if (tx_shard_ >= 0 && attached_[size_t(tx_shard_)].conn) {
-        BackendConn &b = *attached_[size_t(tx_shard_)].conn;
-        wbuf_.clear();
-        protocol::query(wbuf_, "ROLLBACK");
-        exp_.emplace_back(Expect::query, false);
-        ErrorCode ec;
-        co_await write_all(b.sock, wbuf_, ec);
-        if (ec || !co_await relay(b))
-          b.broken = true;
-      }
-      last_rollback_ = true;
-      apply_tx_end();
-      detach_if_idle();
+      co_await end_failed_tx();
       synthesize_batch(batch, "ROLLBACK");
       co_return true;
     }
@@ -2208,7 +2244,7 @@ Task<bool> Session::on_batch() {
   if (!send_now(b->sock, rest, ec))
     co_await write_all(b->sock, rest, ec);
   side_batch_ = side;
-  RelayStep st = ec ? RelayStep::failed : relay_start(*b); // relay(), inline as in on_query
+  RelayStep st = ec ? RelayStep::failed : relay_start(*b); // relay(), inline
   while (relay_poll(*b, st))
     co_await b->sock.wait(Poller::in); // as a statement: see read_some in poller.h
   bool ok = st == RelayStep::done || (st != RelayStep::failed && co_await relay_more(*b, st));

@@ -76,8 +76,21 @@ private:
   bool movable() const;
   Task<void> move();
   void arrive(int fd);
-  // sql is query_ (a Query's text), valid until the next message is read.
-  Task<bool> on_query(const std::string &sql);
+  // A simple Query: route_query() decides with no I/O; query_loop() runs the common case
+  // itself (no coroutine frame per query). sql is query_, valid until the next message.
+  enum class QueryStep : uint8_t { answered, run, end_failed_tx, broadcast };
+  struct QueryRun {
+    int shard = -1;
+    bool read = false, all_read = true;
+    char tx_before = 'I';
+    std::string deferred_before;
+    std::chrono::steady_clock::time_point started;
+  };
+  QueryStep route_query(const std::string &sql, QueryRun &q);
+  void write_query(BackendConn &b, const std::string &sql);
+  Task<bool> query_failed(QueryRun &q, BackendConn *b);
+  void query_done(const QueryRun &q, BackendConn &b);
+  Task<void> end_failed_tx();
   Task<bool> on_batch();
   // The extended protocol's per-query shape: Bind, [Describe portal,] Execute, Sync of a
   // statement prepared earlier, all buffered. query_loop() serves it without on_batch()'s
