@@ -1128,71 +1128,57 @@ Task<void> Session::query_loop() {
     }
     if (w_->move_out.load(std::memory_order_relaxed) > 0 && movable()) [[unlikely]]
       co_await move(); // the message waits in cbuf_, which comes along
-    if (f.type == 'Q') { // the per-query path: the text goes to a buffer that keeps its room
-      std::string_view body = f.body_view();
-      if (body.empty() || body.back() != '\0') {
-        co_await fatal("08P01", "invalid Query message: missing terminator");
-        co_return;
-      }
-      query_.assign(body.data(), body.size() - 1);
-      cbuf_.consume(f.frame_len);
-      QueryRun q;
-      QueryStep step = route_query(query_, q);
-      if (step == QueryStep::end_failed_tx) {
-        co_await end_failed_tx();
-        synthetic_done(*sink_, "ROLLBACK");
-        ready();
-      } else if (step == QueryStep::broadcast) {
-        if (!co_await broadcast(query_))
+    // The per-query paths: a simple Query (route_query) and a prepared statement's
+    // Bind/[Describe]/Execute/Sync (fast_batch) are attached, sent and relayed here, at no
+    // coroutine frame per query.
+    QueryRun q;
+    FastBatch fb;
+    bool batch = f.type == 'B' && fast_batch(fb, q);
+    if (f.type == 'Q' || batch) {
+      if (batch) {
+        count_route(w_->stats, fb.route, *fb.sp);
+      } else { // the text goes to a buffer that keeps its room
+        std::string_view body = f.body_view();
+        if (body.empty() || body.back() != '\0') {
+          co_await fatal("08P01", "invalid Query message: missing terminator");
           co_return;
-      } else if (step == QueryStep::run) {
-        // Attach, send and relay here: the per-query path costs no coroutine frame.
-        q.started = w_->poller.now(); // this loop turn's time: see record_query
-        q.tx_before = tx_;
-        q.deferred_before = deferred_;
-        std::optional<size_t> slow;
-        BackendConn *b = attach_now(size_t(q.shard), q.read, SIZE_MAX, slow);
-        if (!b && slow)
-          b = co_await attach_slow(size_t(q.shard), *slow);
-        if (!b) {
-          if (in_tx())
-            fail_transaction_by_proxy();
+        }
+        query_.assign(body.data(), body.size() - 1);
+        cbuf_.consume(f.frame_len);
+        QueryStep step = route_query(query_, q);
+        if (step == QueryStep::end_failed_tx) {
+          co_await end_failed_tx();
+          synthetic_done(*sink_, "ROLLBACK");
           ready();
           continue;
         }
-        write_query(*b, query_);
-        ErrorCode ec;
-        std::string_view rest = wbuf_;
-        if (!send_now(b->sock, rest, ec))
-          co_await write_all(b->sock, rest, ec);
-        RelayStep st = ec ? RelayStep::failed : relay_start(*b);
-        while (relay_poll(*b, st))
-          co_await b->sock.wait(Poller::in); // as a statement: see read_some in poller.h
-        bool ok = st == RelayStep::done || (st != RelayStep::failed && co_await relay_more(*b, st));
-        if (ok)
-          query_done(q, *b);
-        else if (!co_await query_failed(q, b))
-          co_return;
+        if (step == QueryStep::broadcast) {
+          if (!co_await broadcast(query_))
+            co_return;
+          continue;
+        }
+        if (step == QueryStep::answered)
+          continue;
+        q.deferred_before = deferred_;
       }
-      continue;
-    }
-    FastBatch fb;
-    if (f.type == 'B' && fast_batch(fb)) { // as on_batch() would serve it
-      count_route(w_->stats, fb.route, *fb.sp);
-      auto started = w_->poller.now(); // this loop turn's time: see record_query
+      q.started = w_->poller.now(); // this loop turn's time: see record_query
+      q.tx_before = tx_;
       std::optional<size_t> slow;
-      BackendConn *b = attach_now(fb.shard, fb.read, SIZE_MAX, slow);
+      BackendConn *b = attach_now(size_t(q.shard), q.read, SIZE_MAX, slow);
       if (!b && slow)
-        b = co_await attach_slow(fb.shard, *slow);
+        b = co_await attach_slow(size_t(q.shard), *slow);
       if (!b) {
-        cbuf_.consume(fb.len);
+        if (batch)
+          cbuf_.consume(fb.len);
         if (in_tx())
           fail_transaction_by_proxy();
         ready();
         continue;
       }
-      char tx_before = tx_;
-      fast_batch_write(fb, *b);
+      if (batch)
+        fast_batch_write(fb, *b);
+      else
+        write_query(*b, query_);
       ErrorCode ec;
       std::string_view rest = wbuf_;
       if (!send_now(b->sock, rest, ec))
@@ -1201,15 +1187,14 @@ Task<void> Session::query_loop() {
       while (relay_poll(*b, st))
         co_await b->sock.wait(Poller::in); // as a statement: see read_some in poller.h
       bool ok = st == RelayStep::done || (st != RelayStep::failed && co_await relay_more(*b, st));
-      if (!ok) {
-        if (!co_await batch_lost(*b, int(fb.shard), true))
-          co_return;
-        continue;
-      }
-      if (fb.sp->kind != router::StmtKind::read)
-        note_write(fb.shard);
-      record_query(fb.shard, *b, kind_of(fb.sp->kind), started, fb.st->planned.scan.normalized);
-      settle_tx(int(fb.shard), tx_before);
+      if (ok && batch)
+        fast_batch_done(fb, q, *b);
+      else if (ok)
+        query_done(q, *b);
+      else if (batch && !co_await batch_lost(*b, q.shard, true))
+        co_return;
+      else if (!batch && !co_await query_failed(q, b))
+        co_return;
       continue;
     }
     Msg m{f.type, {}};
@@ -1258,7 +1243,6 @@ Task<void> Session::query_loop() {
       co_return;
   }
 }
-
 
 // A simple Query's routing, with no I/O: answered here (errors, statements the proxy serves
 // itself), or what query_loop() must do with it. For `run`, q says where.
@@ -1445,7 +1429,6 @@ void Session::write_query(BackendConn &b, const std::string &sql) {
 // The backend serving query_loop()'s attempt at q broke. A read whose answer had not started
 // runs once more on another eligible node; otherwise the client hears what happened.
 Task<bool> Session::query_failed(QueryRun &q, BackendConn *b) {
-  const std::string &sql = query_;
   const std::string &shard_name = sh_.cfg.shards[size_t(q.shard)].name;
   for (int attempt = 0;; ++attempt) {
     if (closing_ || !b->broken)
@@ -1469,7 +1452,7 @@ Task<bool> Session::query_failed(QueryRun &q, BackendConn *b) {
         ready();
         co_return true;
       }
-      write_query(*b, sql);
+      write_query(*b, query_);
       ErrorCode ec;
       co_await write_all(b->sock, wbuf_, ec);
       if (!ec && co_await relay(*b)) {
@@ -1480,9 +1463,10 @@ Task<bool> Session::query_failed(QueryRun &q, BackendConn *b) {
     }
     detach_if_idle();
     if (was_tx || forwarded_any_)
-      co_return co_await fatal("08006", "lost the connection to shard \"" + shard_name +
-                                            (was_tx ? "\" inside a transaction; the transaction is lost"
-                                                    : "\" in the middle of a result"));
+      co_return co_await fatal("08006",
+                               "lost the connection to shard \"" + shard_name +
+                                   (was_tx ? "\" inside a transaction; the transaction is lost"
+                                           : "\" in the middle of a result"));
     error("08006",
           "lost the connection to shard \"" + shard_name + "\" (" + node_label +
               ") while running the statement",
@@ -1533,7 +1517,6 @@ void Session::query_done(const QueryRun &q, BackendConn &b) {
   }
   settle_tx(q.shard, q.tx_before);
 }
-
 
 // COMMIT or ROLLBACK of a transaction the proxy failed: the backend holding it, if any, rolls
 // back, and the client is told ROLLBACK (as PostgreSQL answers COMMIT in a failed transaction).
@@ -1698,14 +1681,11 @@ void Session::synthesize_batch(const std::vector<Msg> &batch, const std::string 
   }
 }
 
-// An extended-protocol batch, cut at Sync (or Flush): Parse/Bind/Describe/Execute/Close.
-// Statements are kept by the proxy and prepared lazily, under its own names, on whichever
-// backend the batch's Bind routes to.
 // Bind, [Describe portal,] Execute, Sync of a statement the client prepared earlier, all in
 // cbuf_ (the extended protocol's per-query shape), with one read or write statement that
 // routes. Decides where it goes without changing anything; false leaves the messages to the
 // general path (query_loop's batch and on_batch()), which also reports whatever is wrong.
-bool Session::fast_batch(FastBatch &fb) {
+bool Session::fast_batch(FastBatch &fb, QueryRun &q) {
   if (!batch_.empty() || skip_until_sync_ || proxy_failed_ || batch_shard_ >= 0 ||
       log::enabled(log::Level::debug)) // on_batch() logs each batch
     return false;
@@ -1726,7 +1706,6 @@ bool Session::fast_batch(FastBatch &fb) {
     auto t = protocol::parse_target(fb.describe);
     if (!t || t->kind != 'P')
       return false;
-    fb.has_describe = true;
   }
   if (!next('E', fb.execute) || !next('S', sync) || !protocol::parse_bind(fb.bind, bind_))
     return false;
@@ -1744,14 +1723,15 @@ bool Session::fast_batch(FastBatch &fb) {
   bool tx_bound = tx_shard_ >= 0;
   if (r.kind == router::TargetKind::by_key ||
       (r.kind == router::TargetKind::default_shard && !sp.tableless))
-    fb.shard = r.shard;
+    q.shard = int(r.shard);
   else if (r.kind == router::TargetKind::default_shard) // SELECT 1: wherever the session is
-    fb.shard = tx_bound ? size_t(tx_shard_) : sh_.router.default_shard();
+    q.shard = tx_bound ? tx_shard_ : int(sh_.router.default_shard());
   else
     return false;
-  if (tx_bound && int(fb.shard) != tx_shard_)
+  if (tx_bound && q.shard != tx_shard_)
     return false; // on_batch() says it touches a second shard
-  fb.read = sp.kind == router::StmtKind::read && (!in_tx() || (tx_read_only_ && !tx_bound));
+  q.all_read = sp.kind == router::StmtKind::read;
+  q.read = q.all_read && (!in_tx() || (tx_read_only_ && !tx_bound));
   fb.len = off;
   fb.st = &st;
   fb.sp = &sp;
@@ -1764,11 +1744,19 @@ void Session::fast_batch_write(const FastBatch &fb, BackendConn &b) {
   wbuf_.clear();
   prepare_backend(b, wbuf_);
   write_bind(b, *fb.st, bind_, fb.bind);
-  if (fb.has_describe)
+  if (!fb.describe.empty()) // a Describe body is never empty
     write_passthrough('D', fb.describe, Expect::one);
   write_passthrough('E', fb.execute, Expect::execute);
   write_passthrough('S', {}, Expect::sync);
   cbuf_.consume(fb.len); // fb's and bind_'s views end here
+}
+
+// fast_batch()'s statement ran on b: counters, and the transaction it may have opened or ended.
+void Session::fast_batch_done(const FastBatch &fb, const QueryRun &q, BackendConn &b) {
+  if (!q.all_read)
+    note_write(size_t(q.shard));
+  record_query(size_t(q.shard), b, kind_of(fb.sp->kind), q.started, fb.st->planned.scan.normalized);
+  settle_tx(q.shard, q.tx_before);
 }
 
 // A Bind for the backend, under the statement's backend-side name (prepared there first if
@@ -1823,6 +1811,9 @@ void Session::settle_tx(int shard, char tx_before) {
   detach_if_idle();
 }
 
+// An extended-protocol batch, cut at Sync (or Flush): Parse/Bind/Describe/Execute/Close.
+// Statements are kept by the proxy and prepared lazily, under its own names, on whichever
+// backend the batch's Bind routes to.
 Task<bool> Session::on_batch() {
   // The batch is taken out of batch_ while it runs, and its storage handed back at the end so
   // that it is allocated once per session, not per batch (message bodies too: spare_bodies_).

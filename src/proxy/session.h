@@ -4,8 +4,8 @@
 #pragma once
 
 #include "protocol/messages.h"
-#include "proxy/fifo.h"
 #include "proxy/errors.h"
+#include "proxy/fifo.h"
 #include "proxy/server.h"
 #include "router/router.h"
 
@@ -95,18 +95,17 @@ private:
   // The extended protocol's per-query shape: Bind, [Describe portal,] Execute, Sync of a
   // statement prepared earlier, all buffered. query_loop() serves it without on_batch()'s
   // coroutine frame (allocated per batch) or copies of the messages.
+  // fast_batch() sets where it runs in a QueryRun, as route_query() does.
   struct FastBatch {
-    size_t len = 0;                          // bytes of its messages at the front of cbuf_
+    size_t len = 0;                           // bytes of its messages at the front of cbuf_
     std::string_view bind, describe, execute; // their bodies, in cbuf_; describe may be empty
-    bool has_describe = false;
     ClientStmt *st = nullptr;
     const router::StatementPlan *sp = nullptr;
     router::TargetKind route = router::TargetKind::none;
-    size_t shard = 0;
-    bool read = false;
   };
-  bool fast_batch(FastBatch &fb);
+  bool fast_batch(FastBatch &fb, QueryRun &q);
   void fast_batch_write(const FastBatch &fb, BackendConn &b);
+  void fast_batch_done(const FastBatch &fb, const QueryRun &q, BackendConn &b);
   void write_bind(BackendConn &b, ClientStmt &st, const protocol::BindMsg &bind,
                   std::string_view body);
   void write_passthrough(char type, std::string_view body, Expect expect);
@@ -169,10 +168,10 @@ private:
   Shared &sh_;
   Stream sock_;
   Buffer cbuf_;
-  std::string out_;           // bytes for the client, written at flush()
-  std::string *sink_ = &out_; // redirected to a capture during broadcast
-  std::string wbuf_;          // bytes for the backend
-  std::string query_;         // the text of the Query being served
+  std::string out_;                // bytes for the client, written at flush()
+  std::string *sink_ = &out_;      // redirected to a capture during broadcast
+  std::string wbuf_;               // bytes for the backend
+  std::string query_;              // the text of the Query being served
   router::PlannedText query_plan_; // its plan (buffers reused from query to query)
   std::string user_;
   std::string peer_;
@@ -189,7 +188,7 @@ private:
   std::unordered_map<std::string, ClientStmt> stmts_;
   uint64_t unnamed_gen_ = 0;
   std::vector<Msg> batch_;
-  std::vector<std::string> spare_bodies_; // bodies of finished batches, reused by the next
+  std::vector<std::string> spare_bodies_;       // bodies of finished batches, reused by the next
   std::vector<router::ParamValue> bind_params_; // a Bind's parameters, for routing
   protocol::BindMsg bind_;                      // fast_batch()'s Bind (its vectors stay)
   bool skip_until_sync_ = false;
