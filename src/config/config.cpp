@@ -274,7 +274,7 @@ LoadResult load_string(std::string_view text, const std::string &path) {
                     "pool_size", "max_message_bytes", "connect_timeout_ms", "query_timeout_ms",
                     "pool_timeout_ms", "auth_timeout_ms", "idle_in_transaction_timeout_ms",
                     "connect_retries", "pack_interval_ms", "spread_above_percent",
-                    "pack_below_percent"},
+                    "pack_below_percent", "pipeline_depth", "pipeline_join_us"},
                    "[proxy]");
     std::string listen;
     if (r.get_string(*p, "listen", listen) &&
@@ -315,6 +315,8 @@ LoadResult load_string(std::string_view text, const std::string &path) {
     r.get_uint(*p, "pack_interval_ms", c.proxy.pack_interval_ms, 0, 60000);
     r.get_uint(*p, "spread_above_percent", c.proxy.spread_above_percent, 0, 100);
     r.get_uint(*p, "pack_below_percent", c.proxy.pack_below_percent, 0, 100);
+    r.get_uint(*p, "pipeline_depth", c.proxy.pipeline_depth, 0, 1024);
+    r.get_uint(*p, "pipeline_join_us", c.proxy.pipeline_join_us, 0, 10000000);
     if (c.proxy.pack_below_percent >= c.proxy.spread_above_percent && c.proxy.pack_below_percent)
       r.error(p->get("pack_below_percent") ? p->get("pack_below_percent")
                                            : p->get("spread_above_percent"),

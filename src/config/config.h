@@ -65,6 +65,11 @@ struct Proxy {
   uint32_t pack_interval_ms = 200;    // how often worker load is looked at; 0: no packing
   uint32_t spread_above_percent = 60; // one more worker when the busy ones average above this
   uint32_t pack_below_percent = 45;   // one fewer when the load would stay below this on one fewer
+  // Pipelined reads (transaction mode, see proxy/mux.h): how many plain autocommit reads of one
+  // worker may share a backend connection (0: off), and for how long after the one in front
+  // started new ones may still queue behind it.
+  uint32_t pipeline_depth = 16;
+  uint32_t pipeline_join_us = 1000;
 };
 
 struct Ring {

@@ -118,18 +118,26 @@ std::string Exporter::render() const {
                            "Client connections served by each worker thread", MetricType::Gauge);
   for (size_t i = 0; i < workers.size(); ++i)
     per_worker.metric.push_back(metric({{"worker", std::to_string(i)}},
-                                       double(workers[i]->stats.clients.load()), MetricType::Gauge));
+                                       double(workers[i]->stats.clients.load()),
+                                       MetricType::Gauge));
   out.push_back(std::move(per_worker));
   auto busy = family("shardgate_workers_taking_clients",
                      "Worker threads that new clients go to (worker packing)", MetricType::Gauge);
   busy.metric.push_back(metric({}, double(server_.active_workers()), MetricType::Gauge));
   out.push_back(std::move(busy));
-  auto moves = family("shardgate_session_moves_total",
-                      "Sessions moved to another worker thread between transactions",
-                      MetricType::Counter);
+  auto moves =
+      family("shardgate_session_moves_total",
+             "Sessions moved to another worker thread between transactions", MetricType::Counter);
   moves.metric.push_back(
       metric({}, sum([](auto &s) { return s.moves_in.load(); }), MetricType::Counter));
   out.push_back(std::move(moves));
+  auto piped = family("shardgate_pipelined_reads_total",
+                      "Plain autocommit reads sent on a backend connection shared with other "
+                      "clients' reads (pipeline_depth in [proxy])",
+                      MetricType::Counter);
+  piped.metric.push_back(
+      metric({}, sum([](auto &s) { return s.pipelined.load(); }), MetricType::Counter));
+  out.push_back(std::move(piped));
 
   auto queries =
       family("shardgate_queries_total", "Statements run on backends, by shard, node role and kind",

@@ -14,9 +14,13 @@ namespace sg::proxy {
 namespace {
 constexpr uint32_t kReadEvents = EPOLLIN | EPOLLRDHUP | EPOLLET;
 
-ErrorCode errno_code() { return ErrorCode(errno, boost::system::system_category()); }
+ErrorCode errno_code() {
+  return ErrorCode(errno, boost::system::system_category());
+}
 
-uint64_t tag(uint32_t id, uint32_t gen) { return uint64_t(gen) << 32 | id; }
+uint64_t tag(uint32_t id, uint32_t gen) {
+  return uint64_t(gen) << 32 | id;
+}
 constexpr uint64_t kAsioTag = ~uint64_t(0); // io's own epoll descriptor (no slot has this id)
 
 // --- the io_context's internals that the loop needs (Boost.Asio 1.74, pinned in poller.h) ---
@@ -113,7 +117,8 @@ bool Poller::run_once(int timeout_ms) {
   }
   if (io_->stopped())
     return false;
-  if (!expect_wakeup(*sched_)) {
+  run_handed();
+  if (!handed_.empty() || !expect_wakeup(*sched_)) {
     timeout_ms = 0; // a handler was queued meanwhile (from another thread): run it next turn
     asio_due_ = true;
   }
@@ -147,11 +152,22 @@ bool Poller::run_once(int timeout_ms) {
       resume(id, in);
     }
   }
+  run_handed(); // a response relayed for one client may have handed the turn to the next
   return true;
+}
+
+void Poller::run_handed() {
+  for (int rounds = 0; !handed_.empty() && !shut_ && rounds < 64; ++rounds) {
+    handing_.swap(handed_);
+    for (auto &t : handing_)
+      t.resume();
+    handing_.clear();
+  }
 }
 
 void Poller::shutdown() {
   shut_ = true;
+  handed_.clear();
   // A dropped stack is posted to io for destruction (Asio's awaitable_thread does that); the
   // frames' destructors then close their streams here, so this object must outlive io.
   for (auto &s : slots_)

@@ -29,7 +29,8 @@ namespace sg::proxy {
 // at its lowest level (the frame hook that async_result<use_awaitable_t> itself uses), so that
 // it costs no coroutine frame and no completion handler: a per-query allocation otherwise.
 // These are internals of Boost.Asio 1.74's impl/awaitable.hpp; recheck them before moving on.
-static_assert(BOOST_VERSION / 100 == 1074, "Parked relies on Boost.Asio 1.74's awaitable internals");
+static_assert(BOOST_VERSION / 100 == 1074,
+              "Parked relies on Boost.Asio 1.74's awaitable internals");
 class Parked : public asio::detail::awaitable_thread<Executor> {
 public:
   explicit Parked(asio::detail::awaitable_thread<Executor> *t)
@@ -99,6 +100,26 @@ public:
   };
   Wait wait(uint32_t id, Dir d) { return {this, id, d}; }
 
+  // A coroutine waiting for another one on this worker to hand it the turn, not for a socket
+  // (see Mux). `co_await hold(slot)` parks it in slot; pass(slot) queues it, and this loop
+  // resumes it within the same turn, never inside pass() itself. Whoever owns the slot drops
+  // it (and so the stack) at shutdown.
+  struct Hold {
+    std::optional<Parked> *slot;
+    asio::detail::awaitable_thread<Executor> *
+    operator()(asio::detail::awaitable_frame_base<Executor> *frame) const {
+      slot->emplace(frame->detach_thread());
+      return nullptr;
+    }
+  };
+  static Hold hold(std::optional<Parked> &slot) { return {&slot}; }
+  void pass(std::optional<Parked> &slot) {
+    if (slot) {
+      handed_.push_back(std::move(*slot));
+      slot.reset();
+    }
+  }
+
 private:
   struct Slot {
     int fd = -1;
@@ -112,14 +133,16 @@ private:
   void park(uint32_t id, Dir d, Parked t);
   void resume(uint32_t id, Dir d);
   void set_out_interest(uint32_t id, bool on);
+  void run_handed(); // resumes what pass() queued, and what those pass on in turn
 
   int epfd_ = -1;
   asio::io_context *io_ = nullptr;
   asio::detail::scheduler *sched_ = nullptr; // io's implementation
-  bool asio_due_ = true; // io may have handlers to run: poll it before waiting
+  bool asio_due_ = true;                     // io may have handlers to run: poll it before waiting
   std::chrono::steady_clock::time_point now_ = std::chrono::steady_clock::now();
   std::vector<Slot> slots_;
   std::vector<uint32_t> free_;
+  std::vector<Parked> handed_, handing_; // pass()ed stacks; the batch being resumed
   bool shut_ = false;
 };
 

@@ -87,6 +87,9 @@ Worker::Worker(Shared &s, size_t pool_share) : shared(s), stats(s.cfg.shards.siz
   for (const auto &n : s.nodes)
     pools.push_back(
         std::make_unique<Pool>(poller, n, pool_share, s.node_budget[n.id], s.cfg.proxy));
+  muxes.resize(s.nodes.size());
+  for (size_t i = 0; i < muxes.size(); ++i)
+    muxes[i].pool = pools[i].get();
   replica_rr.assign(s.cfg.shards.size(), 0);
 }
 
@@ -109,6 +112,8 @@ Worker::~Worker() {
 void Worker::stop_sessions() {
   stopping = true;
   poller.shutdown();
+  for (auto &m : muxes)
+    m.drop();
   pools.clear();
 }
 
@@ -205,7 +210,8 @@ void Server::balance() {
     int tid = workers_[i]->tid.load(std::memory_order_relaxed);
     if (!tid)
       continue;
-    std::FILE *f = std::fopen(("/proc/self/task/" + std::to_string(tid) + "/schedstat").c_str(), "r");
+    std::FILE *f =
+        std::fopen(("/proc/self/task/" + std::to_string(tid) + "/schedstat").c_str(), "r");
     if (!f)
       continue;
     unsigned long long run = 0;
@@ -287,7 +293,8 @@ int Server::run(const std::function<void()> &on_ready, const std::function<void(
   size_t nworkers = pc.workers ? pc.workers : std::max(1u, std::thread::hardware_concurrency());
   size_t per_node = std::max<size_t>(1, (pc.pool_size + nworkers - 1) / nworkers);
   // Packing needs sessions that can move: not in session mode, where each keeps its backends.
-  bool packing = pc.pack_interval_ms > 0 && nworkers > 1 && pc.pool_mode != config::PoolMode::session;
+  bool packing =
+      pc.pack_interval_ms > 0 && nworkers > 1 && pc.pool_mode != config::PoolMode::session;
   ErrorCode ec;
   auto addr = asio::ip::make_address(pc.listen_host, ec);
   if (ec) {

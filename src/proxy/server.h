@@ -6,6 +6,7 @@
 #include "protocol/auth.h"
 #include "proxy/backend.h"
 #include "proxy/health.h"
+#include "proxy/mux.h"
 #include "proxy/poller.h"
 #include "proxy/pool.h"
 #include "proxy/stats.h"
@@ -96,6 +97,7 @@ struct Worker {
   };
   Context io;
   std::vector<std::unique_ptr<Pool>> pools; // by node id
+  std::vector<Mux> muxes;                   // by node id: pipelined reads
   std::vector<uint32_t> replica_rr;         // per shard
   WorkerStats stats;                        // this worker's traffic counters
   std::unique_ptr<Acceptor> acceptor;
@@ -135,7 +137,7 @@ private:
   // Packs sessions onto as few workers as the load needs; see server.cpp.
   void balance();
   std::atomic<size_t> active_{0}; // workers [0, active_) take new clients
-  std::vector<uint64_t> run_ns_; // per worker thread: time it ran on a core, at the last look
+  std::vector<uint64_t> run_ns_;  // per worker thread: time it ran on a core, at the last look
   uint64_t wall_ns_ = 0;
   std::unique_ptr<Shared> shared_;
   std::unique_ptr<Monitor> monitor_;

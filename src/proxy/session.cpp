@@ -1163,8 +1163,66 @@ Task<void> Session::query_loop() {
       }
       q.started = w_->poller.now(); // this loop turn's time: see record_query
       q.tx_before = tx_;
+      size_t exclude = SIZE_MAX; // a node that just failed this read
+      if (!batch && pipelinable(q)) {
+        std::optional<size_t> node = choose_node(size_t(q.shard), true, SIZE_MAX);
+        if (!node) {
+          ready();
+          continue;
+        }
+        if (Mux *m = mux_join(*node)) { // see mux.h
+          BackendConn *b = m->conn.get();
+          bool lost = false;
+          m->queue.emplace_back().lost = &lost;
+          ErrorCode ec;
+          std::string_view rest = wbuf_;
+          if (!send_now(b->sock, rest, ec) && !ec) {
+            m->writing = true; // nobody joins (or writes) until this query is all out
+            co_await write_all(b->sock, rest, ec);
+            m->writing = false;
+            if (lost && m->queue.empty()) // it broke meanwhile: the connection waited for us
+              mux_release(*m);
+          }
+          if (ec && !lost)
+            b->broken = true;
+          if (!lost && m->queue.front().lost != &lost)
+            co_await Poller::hold(m->queue.back().turn); // until the ones in front are done
+          if (!lost) {
+            if (cancel_)
+              cancel_->set(b->node, b->pid, b->key);
+            RelayStep st = b->broken ? RelayStep::failed : relay_start(*b); // as below
+            while (relay_poll(*b, st))
+              co_await b->sock.wait(Poller::in); // as a statement: see read_some in poller.h
+            bool ok =
+                st == RelayStep::done || (st != RelayStep::failed && co_await relay_more(*b, st));
+            if (cancel_)
+              cancel_->clear();
+            if (ok) {
+              query_done(q, *b);
+              mux_leave(*m, false);
+              continue;
+            }
+            size_t failed_node = b->node->id;
+            if (forwarded_any_)
+              sh_.health.report_failure(failed_node, now_ms());
+            mux_leave(*m, true); // b is gone
+            if (closing_)
+              co_return;
+            if (forwarded_any_) {
+              co_await fatal("08006", "lost the connection to shard \"" +
+                                          sh_.cfg.shards[size_t(q.shard)].name +
+                                          "\" in the middle of a result");
+              co_return;
+            }
+            exclude = failed_node;
+          }
+          exp_.clear(); // nothing reached the client: the read runs once more, unshared
+          if (exclude == SIZE_MAX)
+            exclude = *node;
+        }
+      }
       std::optional<size_t> slow;
-      BackendConn *b = attach_now(size_t(q.shard), q.read, SIZE_MAX, slow);
+      BackendConn *b = attach_now(size_t(q.shard), q.read, exclude, slow);
       if (!b && slow)
         b = co_await attach_slow(size_t(q.shard), *slow);
       if (!b) {
@@ -1242,6 +1300,73 @@ Task<void> Session::query_loop() {
     if (!ok)
       co_return;
   }
+}
+
+// Whether q (a routed simple Query) may share a backend connection with other clients' reads
+// (see mux.h): a lone plain read in autocommit, from a session that holds no connection of its
+// own on that shard. (mux_join() matches the session's settings with the connection's.)
+bool Session::pipelinable(const QueryRun &q) const {
+  const auto &stmts = query_plan_.analysis->stmts;
+  return sh_.cfg.proxy.pipeline_depth > 0 && !session_mode_ && q.read && !in_tx() &&
+         tx_shard_ < 0 && batch_shard_ < 0 && deferred_.empty() && exp_.empty() && sink_ == &out_ &&
+         stmts.size() == 1 && stmts[0].pipelinable && !attached_[size_t(q.shard)].conn;
+}
+
+// The node's shared connection with query_ written for it into wbuf_ (after what a freshly
+// lent connection needs first), or nullptr: the read then takes the usual path. It joins only
+// a queue that is short enough and whose front started recently, so that a slow read holds
+// up few others.
+Mux *Session::mux_join(size_t node) {
+  Mux &m = w_->muxes[node];
+  if (m.writing)
+    return nullptr;
+  wbuf_.clear();
+  if (m.conn) {
+    auto waited =
+        std::chrono::duration_cast<std::chrono::microseconds>(w_->poller.now() - m.front_since);
+    if (m.conn->broken || m.conn->settings_hash != settings_hash_ ||
+        m.queue.size() >= sh_.cfg.proxy.pipeline_depth ||
+        waited.count() > int64_t(sh_.cfg.proxy.pipeline_join_us))
+      return nullptr;
+  } else {
+    auto conn = m.pool->try_acquire();
+    if (!conn)
+      return nullptr;
+    sh_.health.report_success(node);
+    m.conn = std::move(conn);
+    m.front_since = w_->poller.now();
+    prepare_backend(*m.conn, wbuf_, false);
+  }
+  protocol::query(wbuf_, query_);
+  exp_.emplace_back(Expect::query, true);
+  w_->stats.pipelined.fetch_add(1, std::memory_order_relaxed);
+  return &m;
+}
+
+// The front of m's queue is done. Its turn goes to the next; or, if the connection broke
+// (`failed`), every read still queued learns it lost its answer and runs again elsewhere.
+void Session::mux_leave(Mux &m, bool failed) {
+  m.queue.pop_front();
+  if (failed) {
+    m.conn->broken = true;
+    while (!m.queue.empty()) {
+      *m.queue.front().lost = true;
+      w_->poller.pass(m.queue.front().turn);
+      m.queue.pop_front();
+    }
+  } else if (!m.queue.empty()) {
+    m.front_since = w_->poller.now();
+    w_->poller.pass(m.queue.front().turn);
+    return;
+  }
+  if (!m.writing) // else the writer still sends on it, and releases it after
+    mux_release(m);
+}
+
+void Session::mux_release(Mux &m) {
+  if (!w_->stopping)
+    m.pool->release(std::move(m.conn));
+  m.conn.reset();
 }
 
 // A simple Query's routing, with no I/O: answered here (errors, statements the proxy serves

@@ -87,6 +87,11 @@ private:
     std::chrono::steady_clock::time_point started;
   };
   QueryStep route_query(const std::string &sql, QueryRun &q);
+  // Pipelined reads (see mux.h).
+  bool pipelinable(const QueryRun &q) const;
+  Mux *mux_join(size_t node);
+  void mux_leave(Mux &m, bool failed);
+  void mux_release(Mux &m);
   void write_query(BackendConn &b, const std::string &sql);
   Task<bool> query_failed(QueryRun &q, BackendConn *b);
   void query_done(const QueryRun &q, BackendConn &b);

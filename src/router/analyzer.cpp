@@ -30,6 +30,7 @@ struct Facts {
   bool locking = false;
   int dml = 0; // Insert/Update/Delete nodes
   bool volatile_fn = false;
+  bool calls = false; // any function call at all
 };
 
 bool is_volatile_function(std::string_view name) {
@@ -70,6 +71,7 @@ void walk(const ProtobufCMessage *m, Facts &f, int depth = 0) {
     f.ctes.insert(reinterpret_cast<const PgQuery__CommonTableExpr *>(m)->ctename);
   else if (d == &pg_query__func_call__descriptor) {
     auto *fc = reinterpret_cast<const PgQuery__FuncCall *>(m);
+    f.calls = true;
     if (fc->n_funcname > 0) {
       const Node *last = fc->funcname[fc->n_funcname - 1];
       if (last->node_case == PG_QUERY__NODE__NODE_STRING &&
@@ -317,6 +319,7 @@ private:
   void plan_select(StatementPlan &p, const PgQuery__SelectStmt *s, const Facts &f) const {
     p.kind = (f.locking || f.dml > 0 || f.volatile_fn || s->into_clause) ? StmtKind::write
                                                                          : StmtKind::read;
+    p.pipelinable = p.kind == StmtKind::read && !f.calls;
     if (s->op != PG_QUERY__SET_OPERATION__SETOP_NONE) {
       // UNION etc.: only fine when no sharded table is involved.
       route_by_where(p, f, {}, nullptr);

@@ -60,6 +60,9 @@ struct StatementPlan {
   bool read_only_tx = false; // BEGIN READ ONLY
   std::string tag;           // command tag the proxy answers with when it answers itself
   bool tableless = false;    // touches no table at all (SELECT 1, SHOW): any shard can run it
+  // A plain SELECT that calls no function: it leaves nothing behind on the connection (no
+  // lock, setting, sequence or advisory state), so it may share one with other clients' reads.
+  bool pipelinable = false;
   bool replica_ok() const { return kind == StmtKind::read; }
 };
 
