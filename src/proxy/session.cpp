@@ -1164,14 +1164,25 @@ Task<void> Session::query_loop() {
       q.started = w_->poller.now(); // this loop turn's time: see record_query
       q.tx_before = tx_;
       size_t exclude = SIZE_MAX; // a node that just failed this read
-      if (!batch && pipelinable(q)) {
+      bool shareable = !std::exchange(mux_retry_, false) &&
+                       (batch ? pipelinable(q, *fb.sp, fb.st->id != 0)
+                              : pipelinable(q, query_plan_.analysis->stmts[0],
+                                            query_plan_.analysis->stmts.size() == 1));
+      if (shareable) {
         std::optional<size_t> node = choose_node(size_t(q.shard), true, SIZE_MAX);
         if (!node) {
+          if (batch)
+            cbuf_.consume(fb.len);
           ready();
           continue;
         }
         if (Mux *m = mux_join(*node)) { // see mux.h
           BackendConn *b = m->conn.get();
+          if (batch)
+            fast_batch_write(fb, *b, false); // cbuf_ keeps the batch until it is answered
+          else
+            write_query(*b, query_);
+          w_->stats.pipelined.fetch_add(1, std::memory_order_relaxed);
           bool lost = false;
           m->queue.emplace_back().lost = &lost;
           ErrorCode ec;
@@ -1198,7 +1209,12 @@ Task<void> Session::query_loop() {
             if (cancel_)
               cancel_->clear();
             if (ok) {
-              query_done(q, *b);
+              if (batch) {
+                cbuf_.consume(fb.len);
+                fast_batch_done(fb, q, *b);
+              } else {
+                query_done(q, *b);
+              }
               mux_leave(*m, false);
               continue;
             }
@@ -1217,6 +1233,10 @@ Task<void> Session::query_loop() {
             exclude = failed_node;
           }
           exp_.clear(); // nothing reached the client: the read runs once more, unshared
+          if (batch) {
+            mux_retry_ = true; // its messages are still in cbuf_: served again from the top
+            continue;
+          }
           if (exclude == SIZE_MAX)
             exclude = *node;
         }
@@ -1305,22 +1325,19 @@ Task<void> Session::query_loop() {
 // Whether q (a routed simple Query) may share a backend connection with other clients' reads
 // (see mux.h): a lone plain read in autocommit, from a session that holds no connection of its
 // own on that shard. (mux_join() matches the session's settings with the connection's.)
-bool Session::pipelinable(const QueryRun &q) const {
-  const auto &stmts = query_plan_.analysis->stmts;
+bool Session::pipelinable(const QueryRun &q, const router::StatementPlan &sp, bool alone) const {
   return sh_.cfg.proxy.pipeline_depth > 0 && !session_mode_ && q.read && !in_tx() &&
          tx_shard_ < 0 && batch_shard_ < 0 && deferred_.empty() && exp_.empty() && sink_ == &out_ &&
-         stmts.size() == 1 && stmts[0].pipelinable && !attached_[size_t(q.shard)].conn;
+         alone && sp.pipelinable && !attached_[size_t(q.shard)].conn;
 }
 
-// The node's shared connection with query_ written for it into wbuf_ (after what a freshly
-// lent connection needs first), or nullptr: the read then takes the usual path. It joins only
+// The node's shared connection, or nullptr: the read then takes the usual path. It joins only
 // a queue that is short enough and whose front started recently, so that a slow read holds
 // up few others.
 Mux *Session::mux_join(size_t node) {
   Mux &m = w_->muxes[node];
   if (m.writing)
     return nullptr;
-  wbuf_.clear();
   if (m.conn) {
     auto waited =
         std::chrono::duration_cast<std::chrono::microseconds>(w_->poller.now() - m.front_since);
@@ -1334,12 +1351,8 @@ Mux *Session::mux_join(size_t node) {
       return nullptr;
     sh_.health.report_success(node);
     m.conn = std::move(conn);
-    m.front_since = w_->poller.now();
-    prepare_backend(*m.conn, wbuf_, false);
+    m.front_since = w_->poller.now(); // the request's writer brings its settings in line
   }
-  protocol::query(wbuf_, query_);
-  exp_.emplace_back(Expect::query, true);
-  w_->stats.pipelined.fetch_add(1, std::memory_order_relaxed);
   return &m;
 }
 
@@ -1865,7 +1878,7 @@ bool Session::fast_batch(FastBatch &fb, QueryRun &q) {
 }
 
 // fast_batch()'s messages, for the backend, into wbuf_; then they leave cbuf_.
-void Session::fast_batch_write(const FastBatch &fb, BackendConn &b) {
+void Session::fast_batch_write(const FastBatch &fb, BackendConn &b, bool consume) {
   wbuf_.clear();
   prepare_backend(b, wbuf_);
   write_bind(b, *fb.st, bind_, fb.bind);
@@ -1873,7 +1886,8 @@ void Session::fast_batch_write(const FastBatch &fb, BackendConn &b) {
     write_passthrough('D', fb.describe, Expect::one);
   write_passthrough('E', fb.execute, Expect::execute);
   write_passthrough('S', {}, Expect::sync);
-  cbuf_.consume(fb.len); // fb's and bind_'s views end here
+  if (consume)
+    cbuf_.consume(fb.len); // fb's and bind_'s views end here
 }
 
 // fast_batch()'s statement ran on b: counters, and the transaction it may have opened or ended.

@@ -88,7 +88,7 @@ private:
   };
   QueryStep route_query(const std::string &sql, QueryRun &q);
   // Pipelined reads (see mux.h).
-  bool pipelinable(const QueryRun &q) const;
+  bool pipelinable(const QueryRun &q, const router::StatementPlan &sp, bool alone) const;
   Mux *mux_join(size_t node);
   void mux_leave(Mux &m, bool failed);
   void mux_release(Mux &m);
@@ -109,7 +109,7 @@ private:
     router::TargetKind route = router::TargetKind::none;
   };
   bool fast_batch(FastBatch &fb, QueryRun &q);
-  void fast_batch_write(const FastBatch &fb, BackendConn &b);
+  void fast_batch_write(const FastBatch &fb, BackendConn &b, bool consume = true);
   void fast_batch_done(const FastBatch &fb, const QueryRun &q, BackendConn &b);
   void write_bind(BackendConn &b, ClientStmt &st, const protocol::BindMsg &bind,
                   std::string_view body);
@@ -197,6 +197,7 @@ private:
   std::vector<router::ParamValue> bind_params_; // a Bind's parameters, for routing
   protocol::BindMsg bind_;                      // fast_batch()'s Bind (its vectors stay)
   bool skip_until_sync_ = false;
+  bool mux_retry_ = false; // the request at the front of cbuf_ lost a shared connection
 
   std::vector<Attached> attached_; // by shard
   char tx_ = 'I';                  // transaction status the client has been told
