@@ -132,8 +132,8 @@ std::string Exporter::render() const {
       metric({}, sum([](auto &s) { return s.moves_in.load(); }), MetricType::Counter));
   out.push_back(std::move(moves));
   auto piped = family("shardgate_pipelined_reads_total",
-                      "Plain autocommit reads sent on a backend connection shared with other "
-                      "clients' reads (pipeline_depth in [proxy])",
+                      "Plain autocommit reads sent behind other clients' reads on a shared backend "
+                      "connection (pipeline_depth in [proxy])",
                       MetricType::Counter);
   piped.metric.push_back(
       metric({}, sum([](auto &s) { return s.pipelined.load(); }), MetricType::Counter));

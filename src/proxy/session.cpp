@@ -693,6 +693,13 @@ Task<bool> Session::relay(BackendConn &b) {
   return relay_more(b, relay_start(b)); // not a coroutine itself: one frame, relay_more's
 }
 
+// The request could not be sent: the connection is as lost as when a read fails. (Left
+// unbroken, callers took the failure for the client's and ended the session without a word.)
+Session::RelayStep Session::send_failed(BackendConn &b) {
+  on_backend_lost(b);
+  return RelayStep::failed;
+}
+
 // A new request's response: handles what is buffered already.
 Session::RelayStep Session::relay_start(BackendConn &b) {
   forwarded_any_ = false;
@@ -1182,7 +1189,8 @@ Task<void> Session::query_loop() {
             fast_batch_write(fb, *b, false); // cbuf_ keeps the batch until it is answered
           else
             write_query(*b, query_);
-          w_->stats.pipelined.fetch_add(1, std::memory_order_relaxed);
+          if (!m->queue.empty()) // it goes behind other clients' reads
+            w_->stats.pipelined.fetch_add(1, std::memory_order_relaxed);
           bool lost = false;
           m->queue.emplace_back().lost = &lost;
           ErrorCode ec;
@@ -1261,7 +1269,7 @@ Task<void> Session::query_loop() {
       std::string_view rest = wbuf_;
       if (!send_now(b->sock, rest, ec))
         co_await write_all(b->sock, rest, ec);
-      RelayStep st = ec ? RelayStep::failed : relay_start(*b); // relay(), inline
+      RelayStep st = ec ? send_failed(*b) : relay_start(*b); // relay(), inline
       while (relay_poll(*b, st))
         co_await b->sock.wait(Poller::in); // as a statement: see read_some in poller.h
       bool ok = st == RelayStep::done || (st != RelayStep::failed && co_await relay_more(*b, st));
@@ -1593,7 +1601,9 @@ Task<bool> Session::query_failed(QueryRun &q, BackendConn *b) {
       write_query(*b, query_);
       ErrorCode ec;
       co_await write_all(b->sock, wbuf_, ec);
-      if (!ec && co_await relay(*b)) {
+      if (ec)
+        send_failed(*b);
+      else if (co_await relay(*b)) {
         query_done(q, *b);
         co_return true;
       }
@@ -2374,7 +2384,7 @@ Task<bool> Session::on_batch() {
   if (!send_now(b->sock, rest, ec))
     co_await write_all(b->sock, rest, ec);
   side_batch_ = side;
-  RelayStep st = ec ? RelayStep::failed : relay_start(*b); // relay(), inline
+  RelayStep st = ec ? send_failed(*b) : relay_start(*b); // relay(), inline
   while (relay_poll(*b, st))
     co_await b->sock.wait(Poller::in); // as a statement: see read_some in poller.h
   bool ok = st == RelayStep::done || (st != RelayStep::failed && co_await relay_more(*b, st));

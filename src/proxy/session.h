@@ -146,6 +146,7 @@ private:
   enum class RelayStep : uint8_t { done, need_more, copy_in, failed };
   enum class ReadStep : uint8_t { got, nothing, failed };
   RelayStep relay_start(BackendConn &b);
+  RelayStep send_failed(BackendConn &b);
   RelayStep relay_some(BackendConn &b);
   Task<bool> relay_more(BackendConn &b, RelayStep st);
   bool relay_poll(BackendConn &b, RelayStep &st);

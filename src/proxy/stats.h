@@ -59,7 +59,7 @@ struct WorkerStats {
   std::atomic<int64_t> clients_active{0};  // holding a backend
   std::atomic<int64_t> clients_waiting{0}; // waiting for a pooled connection
   std::atomic<uint64_t> moves_in{0};       // sessions moved here from another worker
-  std::atomic<uint64_t> pipelined{0};      // reads sent on a shared connection (mux.h)
+  std::atomic<uint64_t> pipelined{0};      // reads queued behind others' on a shared connection
 
   static size_t qi(size_t shard, int role, QueryKind k) {
     return (shard * 2 + size_t(role)) * kQueryKinds + size_t(k);
