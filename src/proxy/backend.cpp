@@ -58,8 +58,8 @@ Task<std::unique_ptr<BackendConn>> connect_backend(Poller &poller, const Node &n
   if (!ec)
     sock = make_stream(poller, connecting, ec);
   if (ec) {
-    fail(errc::backend_closed, "cannot register the connection to " + ep.label() + ": " +
-                                   ec.message());
+    fail(errc::backend_closed,
+         "cannot register the connection to " + ep.label() + ": " + ec.message());
     co_return nullptr;
   }
 

@@ -132,7 +132,7 @@ private:
   config::Replicas policy_;
   std::vector<std::unique_ptr<NodeHealth>> nodes_;
   size_t shards_;
-  std::vector<FallbackRow> fallbacks_;                                // [slot * shards + shard]
+  std::vector<FallbackRow> fallbacks_;                                  // [slot * shards + shard]
   std::vector<std::array<std::atomic<bool>, kFallbackReasons>> logged_; // [shard]
   std::vector<std::string> names_;
 };

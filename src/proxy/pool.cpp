@@ -71,8 +71,7 @@ std::unique_ptr<BackendConn> Pool::try_acquire() {
     // (one syscall) before handing it out. Busy connections skip this; if one died anyway,
     // its FATAL arrives before any answer and the session treats it as a lost connection
     // (reads are retried).
-    if (poller_.now() - it.since < std::chrono::seconds(1) ||
-        still_alive(it.conn->sock)) {
+    if (poller_.now() - it.since < std::chrono::seconds(1) || still_alive(it.conn->sock)) {
       publish();
       return std::move(it.conn);
     }
@@ -125,9 +124,10 @@ Task<std::unique_ptr<BackendConn>> Pool::acquire(ConnectError &err) {
     }
     // Within this pool's share but not the node's budget: another worker's pool holds the
     // rest, and gives it back as its share shrinks or it sheds; look again shortly.
-    auto until = share_left ? std::min(deadline, std::chrono::steady_clock::now() +
-                                                     std::chrono::milliseconds(10))
-                            : deadline;
+    auto until =
+        share_left
+            ? std::min(deadline, std::chrono::steady_clock::now() + std::chrono::milliseconds(10))
+            : deadline;
     Timer t(ex, until);
     waiters_.push_back(&t);
     auto me = std::prev(waiters_.end());

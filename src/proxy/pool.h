@@ -41,8 +41,8 @@ private:
     std::chrono::steady_clock::time_point since;
   };
   void wake_one();
-  bool reserve(); // one more connection within the node's budget
-  void closed();  // one connection fewer
+  bool reserve();            // one more connection within the node's budget
+  void closed();             // one connection fewer
   void close_idle(size_t n); // up to n idle connections, most recently used first
 
   Poller &poller_;

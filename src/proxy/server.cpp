@@ -88,8 +88,6 @@ Worker::Worker(Shared &s, size_t pool_share) : shared(s), stats(s.cfg.shards.siz
     pools.push_back(
         std::make_unique<Pool>(poller, n, pool_share, s.node_budget[n.id], s.cfg.proxy));
   muxes.resize(s.nodes.size());
-  for (size_t i = 0; i < muxes.size(); ++i)
-    muxes[i].pool = pools[i].get();
   replica_rr.assign(s.cfg.shards.size(), 0);
 }
 

@@ -424,11 +424,11 @@ Task<BackendConn *> Session::attach(size_t shard, bool read, size_t exclude_node
 // Without suspending: the attached connection or an idle pooled one. Otherwise nullptr, with
 // slow_node set to the node attach_slow() must wait for or connect to (unset: error sent).
 BackendConn *Session::attach_now(size_t shard, bool read, size_t exclude_node,
-                                 std::optional<size_t> &slow_node) {
+                                 std::optional<size_t> &slow_node, std::optional<size_t> chosen) {
   slow_node.reset();
   if (attached_[shard].conn)
     return attached_[shard].conn.get();
-  auto node = choose_node(shard, read, exclude_node);
+  auto node = chosen ? chosen : choose_node(shard, read, exclude_node);
   if (!node)
     return nullptr;
   Pool *pool = w_->pools[*node].get();
@@ -1170,7 +1170,8 @@ Task<void> Session::query_loop() {
       }
       q.started = w_->poller.now(); // this loop turn's time: see record_query
       q.tx_before = tx_;
-      size_t exclude = SIZE_MAX; // a node that just failed this read
+      size_t exclude = SIZE_MAX;    // a node that just failed this read
+      std::optional<size_t> chosen; // the node picked for it already
       bool shareable = !std::exchange(mux_retry_, false) &&
                        (batch ? pipelinable(q, *fb.sp, fb.st->id != 0)
                               : pipelinable(q, query_plan_.analysis->stmts[0],
@@ -1183,7 +1184,9 @@ Task<void> Session::query_loop() {
           ready();
           continue;
         }
-        if (Mux *m = mux_join(*node)) { // see mux.h
+        chosen = node;                      // (a second choice would count a fallback twice)
+        if (MuxLane *m = mux_join(*node)) { // see mux.h
+          chosen.reset();
           BackendConn *b = m->conn.get();
           if (batch)
             fast_batch_write(fb, *b, false); // cbuf_ keeps the batch until it is answered
@@ -1250,7 +1253,7 @@ Task<void> Session::query_loop() {
         }
       }
       std::optional<size_t> slow;
-      BackendConn *b = attach_now(size_t(q.shard), q.read, exclude, slow);
+      BackendConn *b = attach_now(size_t(q.shard), q.read, exclude, slow, chosen);
       if (!b && slow)
         b = co_await attach_slow(size_t(q.shard), *slow);
       if (!b) {
@@ -1339,34 +1342,40 @@ bool Session::pipelinable(const QueryRun &q, const router::StatementPlan &sp, bo
          alone && sp.pipelinable && !attached_[size_t(q.shard)].conn;
 }
 
-// The node's shared connection, or nullptr: the read then takes the usual path. It joins only
-// a queue that is short enough and whose front started recently, so that a slow read holds
-// up few others.
-Mux *Session::mux_join(size_t node) {
-  Mux &m = w_->muxes[node];
-  if (m.writing)
-    return nullptr;
-  if (m.conn) {
+// A lane of the node's (see mux.h) that this read may join, or nullptr: the read then takes
+// the usual path. It joins only a queue that is short enough and whose front started
+// recently, so that a slow read holds up few others; else it opens a lane of its own.
+MuxLane *Session::mux_join(size_t node) {
+  Mux &mux = w_->muxes[node];
+  MuxLane *spare = nullptr;
+  for (auto &l : mux.lanes) {
+    if (!l->conn) {
+      spare = spare ? spare : l.get();
+      continue;
+    }
     auto waited =
-        std::chrono::duration_cast<std::chrono::microseconds>(w_->poller.now() - m.front_since);
-    if (m.conn->broken || m.conn->settings_hash != settings_hash_ ||
-        m.queue.size() >= sh_.cfg.proxy.pipeline_depth ||
-        waited.count() > int64_t(sh_.cfg.proxy.pipeline_join_us))
-      return nullptr;
-  } else {
-    auto conn = m.pool->try_acquire();
-    if (!conn)
-      return nullptr;
-    sh_.health.report_success(node);
-    m.conn = std::move(conn);
-    m.front_since = w_->poller.now(); // the request's writer brings its settings in line
+        std::chrono::duration_cast<std::chrono::microseconds>(w_->poller.now() - l->front_since);
+    if (!l->writing && !l->conn->broken && l->conn->settings_hash == settings_hash_ &&
+        l->queue.size() < sh_.cfg.proxy.pipeline_depth &&
+        waited.count() <= int64_t(sh_.cfg.proxy.pipeline_join_us))
+      return l.get();
   }
-  return &m;
+  Pool *pool = w_->pools[node].get();
+  auto conn = pool->try_acquire();
+  if (!conn)
+    return nullptr;
+  sh_.health.report_success(node);
+  if (!spare)
+    spare = mux.lanes.emplace_back(std::make_unique<MuxLane>()).get();
+  spare->conn = std::move(conn); // the request's writer brings its settings in line
+  spare->pool = pool;
+  spare->front_since = w_->poller.now();
+  return spare;
 }
 
 // The front of m's queue is done. Its turn goes to the next; or, if the connection broke
 // (`failed`), every read still queued learns it lost its answer and runs again elsewhere.
-void Session::mux_leave(Mux &m, bool failed) {
+void Session::mux_leave(MuxLane &m, bool failed) {
   m.queue.pop_front();
   if (failed) {
     m.conn->broken = true;
@@ -1384,7 +1393,7 @@ void Session::mux_leave(Mux &m, bool failed) {
     mux_release(m);
 }
 
-void Session::mux_release(Mux &m) {
+void Session::mux_release(MuxLane &m) {
   if (!w_->stopping)
     m.pool->release(std::move(m.conn));
   m.conn.reset();

@@ -89,9 +89,9 @@ private:
   QueryStep route_query(const std::string &sql, QueryRun &q);
   // Pipelined reads (see mux.h).
   bool pipelinable(const QueryRun &q, const router::StatementPlan &sp, bool alone) const;
-  Mux *mux_join(size_t node);
-  void mux_leave(Mux &m, bool failed);
-  void mux_release(Mux &m);
+  MuxLane *mux_join(size_t node);
+  void mux_leave(MuxLane &m, bool failed);
+  void mux_release(MuxLane &m);
   void write_query(BackendConn &b, const std::string &sql);
   Task<bool> query_failed(QueryRun &q, BackendConn *b);
   void query_done(const QueryRun &q, BackendConn &b);
@@ -127,7 +127,8 @@ private:
   // (no coroutine: the common case), or attach_slow() to wait or connect.
   Task<BackendConn *> attach(size_t shard, bool read, size_t exclude_node = SIZE_MAX);
   BackendConn *attach_now(size_t shard, bool read, size_t exclude_node,
-                          std::optional<size_t> &slow_node);
+                          std::optional<size_t> &slow_node,
+                          std::optional<size_t> chosen = std::nullopt);
   std::optional<size_t> choose_node(size_t shard, bool read, size_t exclude_node);
   BackendConn *adopt(size_t shard, Pool *pool, std::unique_ptr<BackendConn> conn);
   Task<BackendConn *> attach_slow(size_t shard, size_t node);
