@@ -165,11 +165,13 @@ def cmd_summary(a):
     # (they ran back to back), which cancels much of the host's drift between rounds.
     paired = ["| Mode | Target | over | rounds | tps ratio: median (range) "
               "| CPU per query ratio: median (range) |", "| --- | --- | --- | ---: | ---: | ---: |"]
-    baselines = ("pgbouncer", "pgbouncer-session")
+    baselines = ("pgbouncer", "pgbouncer-session", "proxy-1shard-unshared")
     for mode, target in keys:
         if not target.startswith("proxy-"):
             continue
         for base in baselines:
+            if base == target or (base.startswith("proxy-") and target != "proxy-1shard"):
+                continue  # pipelined reads on or off: the same 1-shard config
             tps_r, cpu_r = [], []
             for r in runs:
                 if r["mode"] != mode or r["target"] != target or not r["ok"]:
@@ -202,7 +204,8 @@ def cmd_summary(a):
     if meta.get("shardgate_extra_toml"):
         md.append(f"- SHARDGATE_EXTRA_TOML: `{meta['shardgate_extra_toml']!r}`")
     md += [f"- Targets: direct, pgbouncer (transaction pooling), pgbouncer-session (the same PgBouncer, "
-           f"session pooling) and proxy-1shard use a 1-shard cluster; proxy-2shard uses "
+           f"session pooling), proxy-1shard and proxy-1shard-unshared (pipeline_depth = 0) use a "
+           f"1-shard cluster; proxy-2shard uses "
            f"2 shards x 1 replica. pgbench scale {meta.get('scale', '?')}.",
            f"- Note: {meta.get('note', '')}",
            f"- Figures are medians over {rounds} round(s); p99 from pgbench's per-transaction log; "

@@ -5,6 +5,8 @@
 #   pgbouncer-session  the same PgBouncer, session pooling: PgBouncer 1.18's only pooling
 #                 mode that runs protocol-level prepared statements, so the prepared-mode baseline
 #   proxy-1shard  ShardGate in front of cluster A
+#   proxy-1shard-unshared  the same with pipeline_depth = 0: every read on a connection of its
+#                 own, as PgBouncer pools (not in the default TARGETS)
 #   proxy-2shard  ShardGate in front of cluster B (2 shards x 1 replica, like the demo)
 # and prints tps, ratio to direct, average and p99 latency and the proxy's CPU per query.
 #
@@ -42,7 +44,7 @@ log() { echo "bench: $*" >&2; }
 want() { [[ " $TARGETS " == *" $1 "* ]]; }
 
 for t in $TARGETS; do
-  case $t in direct | pgbouncer | pgbouncer-session | proxy-1shard | proxy-2shard) ;;
+  case $t in direct | pgbouncer | pgbouncer-session | proxy-1shard | proxy-1shard-unshared | proxy-2shard) ;;
   *) die "unknown target '$t'" ;;
   esac
 done
@@ -56,6 +58,7 @@ done
 
 teardown() {
   stop_pidfile "$OUT/pids/proxy-1shard" shardgate
+  stop_pidfile "$OUT/pids/proxy-1shard-unshared" shardgate
   stop_pidfile "$OUT/pids/proxy-2shard" shardgate
   stop_pidfile "$OUT/pgbouncer/pgbouncer.pid" pgbouncer
   local c
@@ -94,7 +97,8 @@ cp "$SRC_BIN" "$BIN"
 # --- 2. clusters and data ---
 
 NEED_A=0 NEED_B=0
-{ want direct || want pgbouncer || want pgbouncer-session || want proxy-1shard; } && NEED_A=1
+{ want direct || want pgbouncer || want pgbouncer-session || want proxy-1shard ||
+  want proxy-1shard-unshared; } && NEED_A=1
 want proxy-2shard && NEED_B=1
 PRIMARIES=() # ports that get pgbench -i
 if ((NEED_A)); then
@@ -203,6 +207,9 @@ start_proxy() { # target, then shard specs for proxy_config
   launch_proxy "$t"
 }
 want proxy-1shard && start_proxy proxy-1shard "s0 $A_PORT"
+want proxy-1shard-unshared &&
+  SHARDGATE_EXTRA_TOML="pipeline_depth = 0${SHARDGATE_EXTRA_TOML:+$'\n'$SHARDGATE_EXTRA_TOML}" \
+    start_proxy proxy-1shard-unshared "s0 $A_PORT"
 want proxy-2shard && start_proxy proxy-2shard "s0 $B_S0 $B_S0R" "s1 $B_S1 $B_S1R"
 
 # --- 5./6. the runs ---

@@ -68,7 +68,7 @@ struct Proxy {
   // Pipelined reads (transaction mode, see proxy/mux.h): how many plain autocommit reads of one
   // worker may share a backend connection (0: off), and for how long after the one in front
   // started new ones may still queue behind it.
-  uint32_t pipeline_depth = 16;
+  uint32_t pipeline_depth = 8;
   uint32_t pipeline_join_us = 1000;
 };
 
