@@ -65,6 +65,7 @@ CONTRACT = {
     "shardgate_worker_clients": ("gauge", {"worker"}),
     "shardgate_workers_taking_clients": ("gauge", set()),
     "shardgate_session_moves_total": ("counter", set()),
+    "shardgate_pipelined_reads_total": ("counter", set()),
 }
 # Labels Prometheus attaches to every scraped series.
 TARGET_LABELS = {"job", "instance"}
@@ -530,6 +531,8 @@ def synthetic_exposition(t):
         [("shardgate_worker_clients", {"worker": w}, v) for w, v in (("0", 7), ("1", 2))])
     add("shardgate_workers_taking_clients", "gauge", [("shardgate_workers_taking_clients", {}, 2)])
     add("shardgate_session_moves_total", "counter", [("shardgate_session_moves_total", {}, 0.2 * t)])
+    add("shardgate_pipelined_reads_total", "counter",
+        [("shardgate_pipelined_reads_total", {}, 50.0 * t)])
 
     lines = []
     for name, (kind, samples) in fam.items():
