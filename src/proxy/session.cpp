@@ -1206,7 +1206,7 @@ Task<void> Session::query_loop() {
               mux_release(*m);
           }
           if (ec && !lost)
-            b->broken = true;
+            send_failed(*b); // the front, or this read at its turn, finds the lane broken
           if (!lost && m->queue.front().lost != &lost)
             co_await Poller::hold(m->queue.back().turn); // until the ones in front are done
           if (!lost) {
@@ -1365,10 +1365,11 @@ MuxLane *Session::mux_join(size_t node) {
   if (!conn)
     return nullptr;
   sh_.health.report_success(node);
-  if (!spare)
+  if (!spare) {
     spare = mux.lanes.emplace_back(std::make_unique<MuxLane>()).get();
+    spare->pool = pool;
+  }
   spare->conn = std::move(conn); // the request's writer brings its settings in line
-  spare->pool = pool;
   spare->front_since = w_->poller.now();
   return spare;
 }
