@@ -3,6 +3,7 @@
 
 #include "protocol/auth.h"
 #include "proxy/errors.h"
+#include "proxy/session_util.h"
 
 #include <algorithm>
 #include <boost/container/small_vector.hpp>
@@ -15,7 +16,6 @@ namespace {
 constexpr uint32_t kMaxStartupPacket = 10000; // as PostgreSQL's MAX_STARTUP_PACKET_LENGTH
 constexpr size_t kMaxBatchMessages = 100000;
 std::atomic<uint64_t> g_session_ids{1};
-std::atomic<uint64_t> g_unnamed_tags{1};
 
 std::string lower(std::string_view s) {
   std::string o(s);
@@ -30,19 +30,12 @@ bool safe_guc_name(std::string_view n) {
   });
 }
 
-void append_frame(std::string &out, char type, std::string_view body) {
-  protocol::Writer(out, type).raw(body).finish();
-}
-
-std::string trim(std::string_view s) {
-  while (!s.empty() && (std::isspace(uint8_t(s.front())) || s.front() == ';'))
-    s.remove_prefix(1);
-  while (!s.empty() && (std::isspace(uint8_t(s.back())) || s.back() == ';'))
-    s.remove_suffix(1);
-  return std::string(s);
-}
-
 } // namespace
+
+using detail::append_frame;
+using detail::count_route;
+using detail::kind_of;
+using detail::trim;
 
 Session::Session(Worker &w, Stream sock, std::string peer)
     : w_(&w), sh_(w.shared), sock_(std::move(sock)), cbuf_(16 * 1024), peer_(std::move(peer)) {
@@ -215,6 +208,7 @@ Task<bool> Session::startup() {
     settings_[name] = "SET " + name + " TO " + router::quote_e_literal(v);
     startup_params_.emplace_back(name, v);
   }
+  startup_settings_ = settings_;
   rehash_settings();
 
   if (!co_await send_server_params())
@@ -386,9 +380,41 @@ bool Session::set_setting(const std::string &name, const std::string &stmt) {
   auto canon = router::canonical_set(stmt);
   if (!canon)
     return false;
-  settings_[name] = *canon;
+  if (canon->starts_with("RESET ")) {
+    // RESET goes back to the value the client connected with, as in PostgreSQL.
+    if (auto it = startup_settings_.find(name); it != startup_settings_.end())
+      settings_[name] = it->second;
+    else
+      settings_.erase(name);
+  } else {
+    settings_[name] = *canon;
+  }
   rehash_settings();
   return true;
+}
+
+// After a SET, RESET or RESET ALL (sp, text) succeeded on b: the session's settings change,
+// and b holds them, except what a RESET gave the server's default where the session has a
+// startup value (set again before b serves next).
+void Session::settings_ran(BackendConn &b, const router::StatementPlan &sp,
+                           const std::string &text) {
+  bool untracked = b.settings.count("\x01untracked") > 0;
+  if (sp.kind == router::StmtKind::reset_all) {
+    settings_ = startup_settings_;
+    rehash_settings();
+    b.settings.clear(); // the server's defaults, untracked ones too
+    b.settings_hash = 0;
+    return;
+  }
+  untracked |= !set_setting(sp.set_name, text);
+  b.settings = settings_;
+  b.settings_hash = settings_hash_;
+  if (sp.tag == "RESET" && startup_settings_.count(sp.set_name)) {
+    b.settings.erase(sp.set_name);
+    b.settings_hash = 1;
+  }
+  if (untracked)
+    mark_untracked(b);
 }
 
 // The backend holds a setting the proxy does not track: the next checkout sends RESET ALL.
@@ -633,6 +659,7 @@ void Session::prepare_backend(BackendConn &b, std::string &out, bool with_deferr
     if (!q.empty()) {
       protocol::query(out, q);
       exp_.emplace_back(Expect::query, false);
+      b.unnamed_owner = 0; // a simple Query drops the unnamed statement
     }
     b.settings = settings_;
     b.settings_hash = settings_hash_;
@@ -641,22 +668,17 @@ void Session::prepare_backend(BackendConn &b, std::string &out, bool with_deferr
     protocol::query(out, deferred_);
     exp_.emplace_back(Expect::query, false);
     deferred_.clear();
+    b.unnamed_owner = 0;
   }
 }
 
-void Session::ensure_prepared(BackendConn &b, ClientStmt &st, bool respond, std::string &out,
-                              const std::string *client_name) {
-  bool have = st.id == 0 ? b.unnamed_owner == st.unnamed_tag : b.prepared.count(st.id) > 0;
-  if (have && !respond)
-    return; // a Bind of a statement this backend has: the per-query case
-  Pending p(have ? Expect::synthetic : Expect::one, respond);
-  if (client_name) {
-    p.client_parse = true;
-    p.client_name = *client_name;
-  }
-  if (have) {
-    protocol::parse_complete(p.synthetic); // answered by the proxy
-  } else if (st.id == 0) {
+// The client's statement, on b under its backend-side name, before a Bind or Describe of it:
+// prepared there first (its success swallowed) when b lacks it.
+void Session::ensure_prepared(BackendConn &b, const ClientStmt &st, std::string &out) {
+  if (st.id == 0 ? b.unnamed_owner == st.unnamed_tag : b.prepared.count(st.id) > 0)
+    return; // the per-query case
+  Pending p(Expect::one, false);
+  if (st.id == 0) {
     protocol::parse(out, "", st.text, st.types);
     b.unnamed_owner = st.unnamed_tag;
     p.parse_unnamed = true;
@@ -668,15 +690,39 @@ void Session::ensure_prepared(BackendConn &b, ClientStmt &st, bool respond, std:
   exp_.push_back(std::move(p));
 }
 
-// A Parse that failed, or that the server skipped after an earlier error, created nothing:
-// neither the backend's statement nor the client's name.
+// A Parse that failed, or that the server skipped after an earlier error, created nothing on
+// the backend.
 void Session::forget_failed(BackendConn &b, const Pending &p) {
   if (p.parse_id)
     b.prepared.erase(p.parse_id);
   if (p.parse_unnamed)
     b.unnamed_owner = 0;
-  if (p.client_parse)
-    stmts_.erase(p.client_name);
+}
+
+// The backend reported an error for the request at the front of exp_: it now discards every
+// message until Sync, and so do the expectations. The client's Parses and Closes among them
+// are undone newest first, so each name holds again what it held before; the Parse that
+// failed itself leaves its name empty (PostgreSQL drops the unnamed statement before parsing).
+void Session::forget_skipped(BackendConn &b) {
+  boost::container::small_vector<Pending, 4> undo;
+  bool first = true;
+  while (!exp_.empty() && exp_.front().kind != Expect::sync && exp_.front().kind != Expect::query) {
+    Pending &p = exp_.front();
+    forget_failed(b, p);
+    if (p.undo) {
+      if (first && !p.synthetic.size())
+        p.prev.reset(); // it failed itself: the name is left empty
+      undo.push_back(std::move(p));
+    }
+    first = false;
+    exp_.pop_front();
+  }
+  for (auto it = undo.rbegin(); it != undo.rend(); ++it) {
+    if (it->prev)
+      stmts_[it->client_name] = std::move(it->prev);
+    else
+      stmts_.erase(it->client_name);
+  }
 }
 
 void Session::on_backend_lost(BackendConn &b) {
@@ -828,18 +874,23 @@ Session::RelayStep Session::relay_some(BackendConn &b) {
         on_backend_lost(b);
         return RelayStep::failed;
       }
-      last_sqlstate_ = e.sqlstate;
-      sh_.errors.count(ErrorSource::backend, e.sqlstate);
-      forward(); // errors always reach the client, even for injected statements
-      if (h.kind == Expect::one || h.kind == Expect::describe_stmt || h.kind == Expect::execute) {
-        // The backend now discards messages until Sync; so do our expectations, forgetting
-        // every Parse that will not happen.
-        while (!exp_.empty() && exp_.front().kind != Expect::sync &&
-               exp_.front().kind != Expect::query) {
-          forget_failed(b, exp_.front());
-          exp_.pop_front();
+      if (h.fail) {
+        // The proxy's own error, raised at this point of the batch: the client sees it in
+        // place of the backend's (a poisoning failure shows nothing).
+        flush_run();
+        if (!h.synthetic.empty()) {
+          sink_->append(h.synthetic);
+          forwarded_any_ = true;
+          last_sqlstate_ =
+              protocol::parse_error_response(std::string_view(h.synthetic).substr(5)).sqlstate;
         }
+      } else {
+        last_sqlstate_ = e.sqlstate;
+        sh_.errors.count(ErrorSource::backend, e.sqlstate);
+        forward(); // errors always reach the client, even for injected statements
       }
+      if (h.kind == Expect::one || h.kind == Expect::describe_stmt || h.kind == Expect::execute)
+        forget_skipped(b); // h is gone
       break;
     }
     case 'Z':
@@ -868,8 +919,11 @@ Session::RelayStep Session::relay_some(BackendConn &b) {
         b.prepared.clear(); // the server dropped our statements too
         b.unnamed_owner = 0;
       }
-      if (h.kind == Expect::execute)
+      if (h.kind == Expect::execute) {
+        if (h.exec) [[unlikely]] // a statement that may change session settings
+          track_set(b, *h.exec);
         exp_.pop_front();
+      }
       break;
     case 'I':
     case 's':
@@ -1045,57 +1099,9 @@ void Session::arrive(int fd) {
   w_->stats.moves_in.fetch_add(1, std::memory_order_relaxed);
   // Backend-side names are interned per worker: take this worker's for each named statement.
   for (auto &[name, st] : stmts_)
-    if (st.id)
-      st.set_id(w_->intern_statement(stmt_key(st.text, st.types)));
+    if (st->id)
+      st->set_id(w_->intern_statement(stmt_key(st->text, st->types)));
 }
-
-namespace {
-
-QueryKind kind_of(router::StmtKind k) {
-  switch (k) {
-  case router::StmtKind::read:
-    return QueryKind::read;
-  case router::StmtKind::write:
-    return QueryKind::write;
-  case router::StmtKind::ddl:
-    return QueryKind::ddl;
-  default:
-    return QueryKind::other;
-  }
-}
-
-// The kind a query string counts as: its strongest statement (ddl > write > read > other).
-QueryKind kind_of(const std::vector<router::StatementPlan> &stmts) {
-  QueryKind k = QueryKind::other;
-  for (const auto &st : stmts) {
-    QueryKind one = kind_of(st.kind);
-    if (one == QueryKind::ddl || (one == QueryKind::write && k != QueryKind::ddl) ||
-        (one == QueryKind::read && k == QueryKind::other))
-      k = one;
-  }
-  return k;
-}
-
-void count_route(WorkerStats &stats, router::TargetKind kind, const router::StatementPlan &p) {
-  switch (kind) {
-  case router::TargetKind::by_key:
-    stats.count_route(p.keys.size() > 1 ? RouteStat::multi : RouteStat::single);
-    break;
-  case router::TargetKind::default_shard:
-    stats.count_route(RouteStat::default_shard);
-    break;
-  case router::TargetKind::all_primaries:
-    stats.count_route(RouteStat::broadcast);
-    break;
-  case router::TargetKind::error:
-    stats.count_route(RouteStat::error);
-    break;
-  case router::TargetKind::none:
-    break;
-  }
-}
-
-} // namespace
 
 // A statement the proxy answers itself, with no backend.
 static void synthetic_done(std::string &out, const std::string &tag) {
@@ -1403,6 +1409,11 @@ void Session::mux_release(MuxLane &m) {
 // A simple Query's routing, with no I/O: answered here (errors, statements the proxy serves
 // itself), or what query_loop() must do with it. For `run`, q says where.
 Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
+  // As in PostgreSQL, a simple Query ends the unnamed statement and the unnamed portal.
+  if (!stmts_.empty()) [[unlikely]]
+    stmts_.erase(std::string());
+  if (!portals_.empty()) [[unlikely]]
+    portals_.erase(std::string());
   router::PlannedText &planned = query_plan_;
   sh_.router.plan(sql, planned);
   const auto &stmts = planned.analysis->stmts;
@@ -1514,7 +1525,7 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
         if (first.kind == router::StmtKind::set)
           set_setting(first.set_name, text_of(first));
         else if (first.kind == router::StmtKind::reset_all) {
-          settings_.clear();
+          settings_ = startup_settings_;
           rehash_settings();
         }
         synthetic_done(*sink_, first.tag);
@@ -1529,7 +1540,7 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
         ready();
         return QueryStep::answered;
       }
-      settings_.clear();
+      settings_ = startup_settings_;
       rehash_settings();
       for (auto it = stmts_.begin(); it != stmts_.end();)
         it = it->first.empty() ? std::next(it) : stmts_.erase(it);
@@ -1580,6 +1591,7 @@ void Session::write_query(BackendConn &b, const std::string &sql) {
   prepare_backend(b, wbuf_);
   protocol::query(wbuf_, sql);
   exp_.emplace_back(Expect::query, true);
+  b.unnamed_owner = 0;
 }
 
 // The backend serving query_loop()'s attempt at q broke. A read whose answer had not started
@@ -1651,28 +1663,10 @@ void Session::query_done(const QueryRun &q, BackendConn &b) {
   // Session settings changed by this query string take effect only if it succeeded.
   // (prepare_backend() made the backend's settings the session's, so only a SET or RESET ALL
   // here changes them.)
-  if (last_sqlstate_.empty()) {
-    bool changed = false, untracked = false;
-    for (const auto &st : stmts) {
-      if (st.kind == router::StmtKind::set) {
-        if (!changed)
-          untracked = b.settings.count("\x01untracked") > 0;
-        changed = true;
-        untracked |= !set_setting(st.set_name, text_of(st));
-      } else if (st.kind == router::StmtKind::reset_all) {
-        settings_.clear();
-        rehash_settings();
-        changed = true;
-        untracked = false;
-      }
-    }
-    if (changed) {
-      b.settings = settings_;
-      b.settings_hash = settings_hash_;
-      if (untracked)
-        mark_untracked(b);
-    }
-  }
+  if (last_sqlstate_.empty())
+    for (const auto &st : stmts)
+      if (st.kind == router::StmtKind::set || st.kind == router::StmtKind::reset_all)
+        settings_ran(b, st, text_of(st));
   settle_tx(q.shard, q.tx_before);
 }
 
@@ -1685,6 +1679,7 @@ Task<void> Session::end_failed_tx() {
     wbuf_.clear();
     protocol::query(wbuf_, "ROLLBACK");
     exp_.emplace_back(Expect::query, false);
+    b.unnamed_owner = 0;
     ErrorCode ec;
     co_await write_all(b.sock, wbuf_, ec);
     if (ec || !co_await relay(b))
@@ -1805,646 +1800,6 @@ Task<bool> Session::on_function_call(Msg m) {
   else
     tx_shard_ = int(shard);
   detach_if_idle();
-  co_return true;
-}
-
-// Answers a whole extended batch without a backend (deferred BEGIN, COMMIT of an empty
-// transaction, Close of a statement...), message for message as the server would.
-void Session::synthesize_batch(const std::vector<Msg> &batch, const std::string &tag) {
-  for (const Msg &m : batch) {
-    switch (m.type) {
-    case 'P':
-      protocol::parse_complete(*sink_);
-      break;
-    case 'B':
-      protocol::bind_complete(*sink_);
-      break;
-    case 'D':
-      if (!m.body.empty() && m.body[0] == 'S')
-        protocol::Writer(*sink_, 't').i16(0).finish(); // ParameterDescription: no parameters
-      protocol::no_data(*sink_);
-      break;
-    case 'E':
-      protocol::command_complete(*sink_, tag);
-      break;
-    case 'C':
-      protocol::close_complete(*sink_);
-      break;
-    case 'S':
-      ready();
-      break;
-    default:
-      break;
-    }
-  }
-}
-
-// Bind, [Describe portal,] Execute, Sync of a statement the client prepared earlier, all in
-// cbuf_ (the extended protocol's per-query shape), with one read or write statement that
-// routes. Decides where it goes without changing anything; false leaves the messages to the
-// general path (query_loop's batch and on_batch()), which also reports whatever is wrong.
-bool Session::fast_batch(FastBatch &fb, QueryRun &q) {
-  if (!batch_.empty() || skip_until_sync_ || proxy_failed_ || batch_shard_ >= 0 ||
-      log::enabled(log::Level::debug)) // on_batch() logs each batch
-    return false;
-  const uint8_t *data = cbuf_.data();
-  size_t size = cbuf_.size(), off = 0;
-  auto next = [&](char type, std::string_view &body) {
-    auto f = protocol::decode_frame(data + off, size - off, sh_.cfg.proxy.max_message_bytes);
-    if (f.status != protocol::DecodeStatus::ready || f.type != type)
-      return false;
-    body = f.body_view();
-    off += f.frame_len;
-    return true;
-  };
-  std::string_view sync;
-  if (!next('B', fb.bind))
-    return false;
-  if (next('D', fb.describe)) {
-    auto t = protocol::parse_target(fb.describe);
-    if (!t || t->kind != 'P')
-      return false;
-  }
-  if (!next('E', fb.execute) || !next('S', sync) || !protocol::parse_bind(fb.bind, bind_))
-    return false;
-  auto sit = stmts_.find(std::string(bind_.statement));
-  if (sit == stmts_.end() || sit->second.planned.analysis->stmts.empty())
-    return false;
-  ClientStmt &st = sit->second;
-  const router::StatementPlan &sp = st.planned.analysis->stmts[0];
-  if (sp.kind != router::StmtKind::read && sp.kind != router::StmtKind::write)
-    return false;
-  bind_params_.clear();
-  for (size_t i = 0; i < bind_.params.size(); ++i)
-    bind_params_.push_back({bind_.params[i], protocol::bind_param_format(bind_, i)});
-  router::Resolved r = sh_.router.resolve(sp, st.text, st.planned.scan, bind_params_);
-  bool tx_bound = tx_shard_ >= 0;
-  if (r.kind == router::TargetKind::by_key ||
-      (r.kind == router::TargetKind::default_shard && !sp.tableless))
-    q.shard = int(r.shard);
-  else if (r.kind == router::TargetKind::default_shard) // SELECT 1: wherever the session is
-    q.shard = tx_bound ? tx_shard_ : int(sh_.router.default_shard());
-  else
-    return false;
-  if (tx_bound && q.shard != tx_shard_)
-    return false; // on_batch() says it touches a second shard
-  q.all_read = sp.kind == router::StmtKind::read;
-  q.read = q.all_read && (!in_tx() || (tx_read_only_ && !tx_bound));
-  fb.len = off;
-  fb.st = &st;
-  fb.sp = &sp;
-  fb.route = r.kind;
-  return true;
-}
-
-// fast_batch()'s messages, for the backend, into wbuf_; then they leave cbuf_.
-void Session::fast_batch_write(const FastBatch &fb, BackendConn &b, bool consume) {
-  wbuf_.clear();
-  prepare_backend(b, wbuf_);
-  write_bind(b, *fb.st, bind_, fb.bind);
-  if (!fb.describe.empty()) // a Describe body is never empty
-    write_passthrough('D', fb.describe, Expect::one);
-  write_passthrough('E', fb.execute, Expect::execute);
-  write_passthrough('S', {}, Expect::sync);
-  if (consume)
-    cbuf_.consume(fb.len); // fb's and bind_'s views end here
-}
-
-// fast_batch()'s statement ran on b: counters, and the transaction it may have opened or ended.
-void Session::fast_batch_done(const FastBatch &fb, const QueryRun &q, BackendConn &b) {
-  if (!q.all_read)
-    note_write(size_t(q.shard));
-  record_query(size_t(q.shard), b, kind_of(fb.sp->kind), q.started, fb.st->planned.scan.normalized);
-  settle_tx(q.shard, q.tx_before);
-}
-
-// A Bind for the backend, under the statement's backend-side name (prepared there first if
-// this backend lacks it).
-void Session::write_bind(BackendConn &b, ClientStmt &st, const protocol::BindMsg &bind,
-                         std::string_view body) {
-  ensure_prepared(b, st, false, wbuf_);
-  protocol::rewrite_bind(wbuf_, bind, body, st.server_name);
-  exp_.emplace_back(Expect::one, true);
-}
-
-void Session::write_passthrough(char type, std::string_view body, Expect expect) {
-  append_frame(wbuf_, type, body);
-  exp_.emplace_back(expect, true);
-}
-
-// The backend went away while it ran an extended-protocol batch bound for `shard`.
-Task<bool> Session::batch_lost(BackendConn &b, int shard, bool ends_sync) {
-  bool was_tx = in_tx() || tx_shard_ >= 0 || batch_shard_ >= 0;
-  if (closing_ || !b.broken)
-    co_return false;
-  if (forwarded_any_)
-    sh_.health.report_failure(b.node->id, now_ms());
-  batch_shard_ = -1;
-  detach_if_idle();
-  if (was_tx)
-    co_return co_await fatal("08006", "lost the connection to shard \"" +
-                                          sh_.cfg.shards[size_t(shard)].name +
-                                          "\" inside a transaction; the transaction is lost");
-  error("08006",
-        "lost the connection to shard \"" + sh_.cfg.shards[size_t(shard)].name +
-            "\" while running the statement",
-        "the statement may or may not have run; retry if it is safe to");
-  if (ends_sync)
-    ready();
-  else
-    skip_until_sync_ = true;
-  co_return true;
-}
-
-// After a request that reached `shard`: the transaction it opened binds there, one it ended
-// settles, and a backend no transaction holds goes back to its pool.
-void Session::settle_tx(int shard, char tx_before) {
-  if (tx_before == 'I' && tx_ != 'I')
-    tx_settings_snapshot_ = settings_;
-  if (tx_ == 'I') {
-    if (tx_before != 'I')
-      apply_tx_end();
-  } else {
-    tx_shard_ = shard;
-  }
-  detach_if_idle();
-}
-
-// An extended-protocol batch, cut at Sync (or Flush): Parse/Bind/Describe/Execute/Close.
-// Statements are kept by the proxy and prepared lazily, under its own names, on whichever
-// backend the batch's Bind routes to.
-Task<bool> Session::on_batch() {
-  // The batch is taken out of batch_ while it runs, and its storage handed back at the end so
-  // that it is allocated once per session, not per batch (message bodies too: spare_bodies_).
-  std::vector<Msg> batch;
-  batch.swap(batch_);
-  struct GiveBack {
-    std::vector<Msg> &home, &v;
-    std::vector<std::string> &spare;
-    ~GiveBack() {
-      for (Msg &m : v)
-        if (m.body.capacity() > 15 && spare.size() < 16) // beyond the inline room
-          spare.push_back(std::move(m.body));
-      v.clear();
-      if (home.empty())
-        home.swap(v);
-    }
-  } give_back{batch_, batch, spare_bodies_};
-  bool ends_sync = batch.back().type == 'S';
-
-  struct Item {
-    const Msg *m = nullptr;
-    ClientStmt *st = nullptr;
-    protocol::BindMsg bind;
-    char target_kind = 0;
-    std::string target_name;
-  };
-  boost::container::small_vector<Item, 4> items;
-  items.reserve(batch.size());
-  std::optional<router::RouteError> rerr;
-  int shard = -1;
-  bool any_bind = false, all_read = true;
-  const router::StatementPlan *single_none = nullptr; // the lone Bind, if it has no shard
-  int binds = 0;
-  std::vector<std::string> closed;
-  std::vector<std::string> registered;     // names this batch's Parses (re)defined
-  const ClientStmt *first_bound = nullptr; // for metrics and the slow-query log
-  const ClientStmt *ddl = nullptr;         // a DDL statement to run on every primary
-  QueryKind batch_kind = QueryKind::other;
-  std::vector<router::ParamValue> &params = bind_params_;
-
-  for (const Msg &m : batch) {
-    Item it;
-    it.m = &m;
-    switch (m.type) {
-    case 'P': {
-      auto p = protocol::parse_parse(m.body);
-      if (!p)
-        co_return co_await fatal("08P01", "invalid Parse message");
-      std::string name(p->name);
-      if (!name.empty() && stmts_.count(name)) {
-        rerr =
-            router::RouteError{"42P05", "prepared statement \"" + name + "\" already exists", ""};
-        break;
-      }
-      it.target_name = name;
-      registered.push_back(name);
-      ClientStmt st;
-      st.text = std::string(p->query);
-      st.types = p->param_types;
-      st.planned = sh_.router.plan(st.text);
-      if (name.empty())
-        st.unnamed_tag = g_unnamed_tags++;
-      else
-        st.set_id(w_->intern_statement(stmt_key(st.text, st.types)));
-      auto &slot = stmts_[name];
-      slot = std::move(st);
-      it.st = &slot;
-      break;
-    }
-    case 'B': {
-      auto b = protocol::parse_bind(m.body);
-      if (!b)
-        co_return co_await fatal("08P01", "invalid Bind message");
-      auto sit = stmts_.find(std::string(b->statement));
-      if (sit == stmts_.end()) {
-        rerr = router::RouteError{
-            "26000", "prepared statement \"" + std::string(b->statement) + "\" does not exist", ""};
-        break;
-      }
-      it.st = &sit->second;
-      it.bind = std::move(*b);
-      ++binds;
-      const auto &an = *it.st->planned.analysis;
-      if (an.stmts.empty())
-        break;
-      const router::StatementPlan &sp = an.stmts[0];
-      params.clear();
-      for (size_t i = 0; i < it.bind.params.size(); ++i)
-        params.push_back({it.bind.params[i], protocol::bind_param_format(it.bind, i)});
-      router::Resolved r = sh_.router.resolve(sp, it.st->text, it.st->planned.scan, params);
-      count_route(w_->stats, r.kind, sp);
-      if (!first_bound && r.kind != router::TargetKind::none)
-        first_bound = it.st;
-      QueryKind k = kind_of(sp.kind);
-      if (k == QueryKind::ddl || (k == QueryKind::write && batch_kind != QueryKind::ddl) ||
-          (k == QueryKind::read && batch_kind == QueryKind::other))
-        batch_kind = k;
-      if (r.kind == router::TargetKind::error) {
-        rerr = r.error;
-        break;
-      }
-      if (r.kind == router::TargetKind::all_primaries) {
-        // DDL on a sharded table (JDBC and migration tools send it this way): run on every
-        // primary once the batch is read, if it is the batch's only statement.
-        if (!ends_sync || in_tx() || batch_shard_ >= 0 || !it.bind.params.empty() || ddl) {
-          rerr = router::RouteError{
-              "0A000", "DDL on a sharded table must be sent alone, outside a transaction",
-              "run it as its own statement in autocommit mode, without parameters and followed "
-              "by Sync; it is applied to every shard"};
-          break;
-        }
-        ddl = it.st;
-        break;
-      }
-      if (r.kind == router::TargetKind::none) {
-        single_none = &sp;
-      } else if (r.kind == router::TargetKind::default_shard && sp.tableless) {
-        any_bind = true; // runs on whatever shard the batch or transaction holds
-      } else {
-        any_bind = true;
-        if (shard < 0)
-          shard = int(r.shard);
-        else if (shard != int(r.shard))
-          rerr =
-              router::RouteError{"0A000", "this pipeline touches more than one shard before Sync",
-                                 "send a Sync between statements for different shards; "
-                                 "cross-shard transactions are not supported yet"};
-      }
-      if (sp.kind != router::StmtKind::read)
-        all_read = false;
-      break;
-    }
-    case 'D':
-    case 'C': {
-      auto t = protocol::parse_target(m.body);
-      if (!t)
-        co_return co_await fatal("08P01", std::string("invalid ") +
-                                              (m.type == 'D' ? "Describe" : "Close") + " message");
-      it.target_kind = t->kind;
-      it.target_name = std::string(t->name);
-      if (t->kind == 'S') {
-        auto sit = stmts_.find(it.target_name);
-        if (m.type == 'D') {
-          if (sit == stmts_.end()) {
-            rerr = router::RouteError{
-                "26000", "prepared statement \"" + it.target_name + "\" does not exist", ""};
-            break;
-          }
-          it.st = &sit->second;
-        } else {
-          closed.push_back(it.target_name);
-        }
-      }
-      break;
-    }
-    default:
-      break;
-    }
-    if (rerr)
-      break;
-    items.push_back(std::move(it));
-  }
-
-  auto finish_error = [&]() -> Task<bool> {
-    for (auto &n : registered)
-      stmts_.erase(n); // nothing of this batch ran
-    error(rerr->sqlstate, rerr->message, rerr->hint);
-    if (in_tx())
-      fail_transaction_by_proxy();
-    if (!ends_sync) {
-      skip_until_sync_ = true;
-      co_return true;
-    }
-    if (batch_shard_ >= 0 && attached_[size_t(batch_shard_)].conn) {
-      // The backend holds the first half of this batch: close it with a Sync.
-      BackendConn &b = *attached_[size_t(batch_shard_)].conn;
-      wbuf_.clear();
-      protocol::sync(wbuf_);
-      exp_.emplace_back(Expect::sync, false);
-      ErrorCode ec;
-      co_await write_all(b.sock, wbuf_, ec);
-      if (ec || !co_await relay(b))
-        b.broken = true;
-      batch_shard_ = -1;
-      detach_if_idle();
-    }
-    ready();
-    co_return true;
-  };
-  if (rerr)
-    co_return co_await finish_error();
-
-  if (proxy_failed_) {
-    if (binds == 1 && single_none &&
-        (single_none->kind == router::StmtKind::commit ||
-         single_none->kind == router::StmtKind::rollback) &&
-        ends_sync) {
-      co_await end_failed_tx();
-      synthesize_batch(batch, "ROLLBACK");
-      co_return true;
-    }
-    rerr = router::RouteError{"25P02",
-                              "current transaction is aborted, commands ignored until "
-                              "end of transaction block",
-                              ""};
-    co_return co_await finish_error();
-  }
-
-  if (ddl) {
-    if (binds != 1) {
-      rerr = router::RouteError{"0A000",
-                                "DDL on a sharded table must be sent alone, outside a transaction",
-                                "send it in a pipeline of its own, followed by Sync"};
-      co_return co_await finish_error();
-    }
-    std::string first, tag;
-    bool applied = co_await run_on_all_primaries(ddl->text, first, tag);
-    for (auto &n : closed)
-      stmts_.erase(n);
-    if (!applied) {
-      ready();
-      co_return true;
-    }
-    // The client gets the extended protocol's answers, with the first shard's command tag.
-    synthesize_batch(batch, tag);
-    co_return true;
-  }
-
-  // DEALLOCATE and DISCARD ALL act on the proxy's own statement and settings state; the
-  // server-side statements are shared and stay (psycopg 3 sends DEALLOCATE ALL after ROLLBACK).
-  if (binds == 1 && single_none && ends_sync &&
-      (single_none->kind == router::StmtKind::deallocate ||
-       single_none->kind == router::StmtKind::discard_all)) {
-    const router::StatementPlan &sp = *single_none;
-    if (sp.kind == router::StmtKind::discard_all && in_tx())
-      rerr = router::RouteError{"25001", "DISCARD ALL cannot run inside a transaction block", ""};
-    else if (sp.kind == router::StmtKind::deallocate && !sp.set_name.empty() &&
-             !stmts_.count(sp.set_name))
-      rerr = router::RouteError{"26000",
-                                "prepared statement \"" + sp.set_name + "\" does not exist", ""};
-    if (rerr)
-      co_return co_await finish_error();
-    std::string tag = sp.tag;
-    if (sp.kind == router::StmtKind::deallocate && !sp.set_name.empty()) {
-      stmts_.erase(sp.set_name);
-    } else {
-      for (auto it = stmts_.begin(); it != stmts_.end();)
-        it = it->first.empty() ? std::next(it) : stmts_.erase(it);
-      if (sp.kind == router::StmtKind::discard_all) {
-        settings_.clear();
-        rehash_settings();
-      }
-    }
-    synthesize_batch(batch, tag);
-    co_return true;
-  }
-
-  bool tx_bound = tx_shard_ >= 0;
-  bool needs_backend = binds > 0 || std::any_of(items.begin(), items.end(), [](const Item &i) {
-                         return i.m->type == 'P' || (i.m->type == 'D' && i.target_kind == 'S') ||
-                                i.m->type == 'E' || (i.m->type == 'D' && i.target_kind == 'P');
-                       });
-  // Transaction control with no shard yet is answered by the proxy and sent later.
-  if (ends_sync && batch_shard_ < 0 && !tx_bound && !any_bind) {
-    if (binds == 0 && !needs_backend) {
-      for (auto &n : closed)
-        stmts_.erase(n);
-      synthesize_batch(batch, "");
-      co_return true;
-    }
-    if (binds == 1 && single_none) {
-      const auto &sp = *single_none;
-      std::string text;
-      for (auto &it : items)
-        if (it.m->type == 'B')
-          text = trim(it.st->text);
-      bool handled = true;
-      std::string tag = sp.tag;
-      switch (sp.kind) {
-      case router::StmtKind::begin:
-        if (!in_tx()) {
-          tx_settings_snapshot_ = settings_;
-          deferred_ = text;
-          tx_read_only_ = sp.read_only_tx;
-          tx_ = 'T';
-        }
-        break;
-      case router::StmtKind::commit:
-      case router::StmtKind::rollback:
-        if (in_tx()) {
-          last_rollback_ = !(sp.kind == router::StmtKind::commit && tx_ != 'E');
-          tag = last_rollback_ ? "ROLLBACK" : "COMMIT";
-          apply_tx_end();
-        } else {
-          handled = false;
-        }
-        break;
-      case router::StmtKind::savepoint:
-      case router::StmtKind::set_local:
-      case router::StmtKind::set:
-        if (in_tx()) {
-          deferred_ += ";" + text;
-          if (sp.kind == router::StmtKind::set)
-            set_setting(sp.set_name, text);
-        } else {
-          handled = false;
-        }
-        break;
-      default:
-        handled = false;
-      }
-      if (handled) {
-        for (auto &n : closed)
-          stmts_.erase(n);
-        synthesize_batch(batch, tag);
-        co_return true;
-      }
-    }
-  }
-
-  if (shard < 0)
-    shard = batch_shard_ >= 0 ? batch_shard_
-            : tx_bound        ? tx_shard_
-                              : int(sh_.router.default_shard());
-  if ((tx_bound && shard != tx_shard_) || (batch_shard_ >= 0 && shard != batch_shard_)) {
-    int held = tx_bound ? tx_shard_ : batch_shard_;
-    rerr = router::RouteError{"0A000",
-                              "transaction touches a second shard (\"" +
-                                  sh_.cfg.shards[size_t(shard)].name + "\" after \"" +
-                                  sh_.cfg.shards[size_t(held)].name + "\")",
-                              "keep each transaction on one shard key's shard; cross-shard "
-                              "transactions (2PC) are not supported yet"};
-    co_return co_await finish_error();
-  }
-  bool read =
-      any_bind && all_read && batch_shard_ < 0 && (!in_tx() || (tx_read_only_ && !tx_bound));
-  // Parse/Describe with no Bind/Execute, when no shard is held (asyncpg prepares this way, cut
-  // by Flush): describe on a connection of its own, outside any transaction, and close it with
-  // our own Sync, so that it pins no shard; the Bind that follows routes by its key.
-  bool side =
-      binds == 0 && batch_shard_ < 0 && !tx_bound && needs_backend &&
-      std::none_of(items.begin(), items.end(), [](const Item &i) { return i.m->type == 'E'; });
-  if (log::enabled(log::Level::debug)) {
-    std::string types;
-    for (auto &m : batch)
-      types.push_back(m.type);
-    auto f = log_fields();
-    f.insert(f.end(), {{"messages", types},
-                       {"shard", std::to_string(shard)},
-                       {"tx", std::string(1, tx_)},
-                       {"side", side ? "yes" : "no"}});
-    log::debug("batch", f);
-  }
-  auto started = w_->poller.now(); // this loop turn's time: see record_query
-  std::optional<size_t> slow;
-  BackendConn *b = attach_now(size_t(shard), read, SIZE_MAX, slow);
-  if (!b && slow)
-    b = co_await attach_slow(size_t(shard), *slow);
-  if (!b) {
-    if (in_tx())
-      fail_transaction_by_proxy();
-    if (ends_sync)
-      ready();
-    else
-      skip_until_sync_ = true;
-    co_return true;
-  }
-  char tx_before = tx_;
-  wbuf_.clear();
-  prepare_backend(*b, wbuf_, !side);
-  for (Item &it : items) {
-    const Msg &m = *it.m;
-    switch (m.type) {
-    case 'P':
-      ensure_prepared(*b, *it.st, true, wbuf_, &it.target_name);
-      break;
-    case 'B':
-      write_bind(*b, *it.st, it.bind, m.body);
-      break;
-    case 'D':
-      if (it.target_kind == 'S') {
-        ensure_prepared(*b, *it.st, false, wbuf_);
-        protocol::describe(wbuf_, 'S', it.st->server_name);
-        exp_.emplace_back(Expect::describe_stmt, true);
-      } else {
-        write_passthrough('D', m.body, Expect::one);
-      }
-      break;
-    case 'E':
-      write_passthrough('E', m.body, Expect::execute);
-      break;
-    case 'C':
-      if (it.target_kind == 'S') {
-        Pending s(Expect::synthetic);
-        protocol::close_complete(s.synthetic); // backend copies stay, shared by name
-        exp_.push_back(std::move(s));
-      } else {
-        append_frame(wbuf_, 'C', m.body);
-        exp_.emplace_back(Expect::one, true);
-      }
-      break;
-    case 'S':
-      write_passthrough('S', {}, Expect::sync);
-      break;
-    case 'H':
-      if (side) {
-        append_frame(wbuf_, 'S', {});
-        exp_.emplace_back(Expect::sync, false);
-      } else {
-        append_frame(wbuf_, 'H', {});
-      }
-      break;
-    }
-  }
-  for (auto &n : closed)
-    stmts_.erase(n);
-  ErrorCode ec;
-  std::string_view rest = wbuf_;
-  if (!send_now(b->sock, rest, ec))
-    co_await write_all(b->sock, rest, ec);
-  side_batch_ = side;
-  RelayStep st = ec ? send_failed(*b) : relay_start(*b); // relay(), inline
-  while (relay_poll(*b, st))
-    co_await b->sock.wait(Poller::in); // as a statement: see read_some in poller.h
-  bool ok = st == RelayStep::done || (st != RelayStep::failed && co_await relay_more(*b, st));
-  side_batch_ = false;
-  if (side) {
-    detach_if_idle();
-    if (!ok && !b->broken)
-      co_return false;
-    if (!ok) {
-      error("08006", "lost the connection to the backend while describing a statement");
-      if (ends_sync)
-        ready();
-    }
-    if (!ends_sync && (!ok || !last_sqlstate_.empty()))
-      skip_until_sync_ = true; // as the server would: discard until the client's Sync
-    co_return true;
-  }
-  if (!ok)
-    co_return co_await batch_lost(*b, shard, ends_sync);
-  if (!ends_sync) {
-    b->unsynced = true;   // never pooled in this state: an abandoned write must roll back
-    batch_shard_ = shard; // the implicit transaction stays open until Sync
-    if (!last_sqlstate_.empty())
-      skip_until_sync_ = true;
-    co_return true;
-  }
-  batch_shard_ = -1;
-  if (any_bind && !all_read)
-    note_write(size_t(shard));
-  if (first_bound)
-    record_query(size_t(shard), *b, batch_kind, started, first_bound->planned.scan.normalized);
-  if (last_sqlstate_.empty()) {
-    bool changed = false, untracked = false;
-    for (auto &it : items)
-      if (it.m->type == 'B' && !it.st->planned.analysis->stmts.empty()) {
-        const auto &sp = it.st->planned.analysis->stmts[0];
-        if (sp.kind == router::StmtKind::set) {
-          untracked |= !set_setting(sp.set_name, trim(it.st->text));
-          changed = true;
-        }
-      }
-    if (changed) {
-      untracked |= b->settings.count("\x01untracked") > 0;
-      b->settings = settings_;
-      b->settings_hash = settings_hash_;
-      if (untracked)
-        mark_untracked(*b);
-    }
-  }
-  settle_tx(shard, tx_before);
   co_return true;
 }
 

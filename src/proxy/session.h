@@ -40,16 +40,28 @@ private:
     }
   };
 
+  // Statements are shared: the name a Parse defines may be redefined or closed later in the
+  // same batch, while earlier Binds still refer to the statement they named at their turn.
+  using StmtRef = std::shared_ptr<ClientStmt>;
+
   // What the proxy expects back from the backend for each message it sent, in order.
   enum class Expect : uint8_t { one, describe_stmt, execute, sync, query, synthetic };
   struct Pending {
     Pending(Expect k, bool fwd = true) : kind(k), forward(fwd) {}
     Expect kind;
-    bool forward = true;   // false: swallow the success responses (proxy-injected)
-    uint32_t parse_id = 0; // for an injected/forwarded Parse: forget it on error
+    bool forward = true; // false: swallow the success responses (proxy-injected)
     bool parse_unnamed = false;
-    bool client_parse = false; // answers the client's own Parse of client_name
+    // A client Parse or Close of client_name that the server may skip after an earlier
+    // error: undone then (the name goes back to `prev`, or away when prev is empty).
+    bool undo = false;
+    // An injected Parse that fails on purpose, so that the backend fails the implicit or open
+    // transaction exactly where the proxy raised an error of its own; the backend's error is
+    // replaced by `synthetic` (or swallowed when that is empty).
+    bool fail = false;
+    uint32_t parse_id = 0; // for an injected/forwarded Parse: forget it on error
     std::string client_name;
+    StmtRef prev;
+    StmtRef exec;          // an Execute: the statement its portal runs (SET tracking)
     std::string synthetic; // bytes the proxy answers with itself
   };
 
@@ -97,6 +109,19 @@ private:
   void query_done(const QueryRun &q, BackendConn &b);
   Task<void> end_failed_tx();
   Task<bool> on_batch();
+  struct BatchItem;
+  struct BatchPlan;
+  static bool deferrable(const ClientStmt &st);
+  static bool changes_settings(const ClientStmt &st);
+  static bool pure_read(const ClientStmt &st);
+  bool plan_batch(const std::vector<Msg> &batch, BatchPlan &bp);
+  bool synthesizable(const BatchPlan &bp) const;
+  void synthesize_items(BatchPlan &bp);
+  void write_items(BackendConn &b, BatchPlan &bp, bool side);
+  void write_parse(BackendConn &b, const BatchItem &it);
+  void write_failure(BackendConn &b, const std::string &synthetic);
+  void track_set(BackendConn &b, const ClientStmt &st);
+  void undo_name(const Pending &p, bool failed_itself);
   // The extended protocol's per-query shape: Bind, [Describe portal,] Execute, Sync of a
   // statement prepared earlier, all buffered. query_loop() serves it without on_batch()'s
   // coroutine frame (allocated per batch) or copies of the messages.
@@ -105,13 +130,14 @@ private:
     size_t len = 0;                           // bytes of its messages at the front of cbuf_
     std::string_view bind, describe, execute; // their bodies, in cbuf_; describe may be empty
     ClientStmt *st = nullptr;
+    const StmtRef *ref = nullptr; // st's entry in stmts_
     const router::StatementPlan *sp = nullptr;
     router::TargetKind route = router::TargetKind::none;
   };
   bool fast_batch(FastBatch &fb, QueryRun &q);
   void fast_batch_write(const FastBatch &fb, BackendConn &b, bool consume = true);
   void fast_batch_done(const FastBatch &fb, const QueryRun &q, BackendConn &b);
-  void write_bind(BackendConn &b, ClientStmt &st, const protocol::BindMsg &bind,
+  void write_bind(BackendConn &b, const ClientStmt &st, const protocol::BindMsg &bind,
                   std::string_view body);
   void write_passthrough(char type, std::string_view body, Expect expect);
   Task<bool> batch_lost(BackendConn &b, int shard, bool ends_sync);
@@ -140,9 +166,9 @@ private:
                     std::chrono::steady_clock::time_point start, std::string_view shape);
   void detach_all();
   void prepare_backend(BackendConn &b, std::string &out, bool with_deferred = true);
-  void ensure_prepared(BackendConn &b, ClientStmt &st, bool respond, std::string &out,
-                       const std::string *client_name = nullptr);
+  void ensure_prepared(BackendConn &b, const ClientStmt &st, std::string &out);
   void forget_failed(BackendConn &b, const Pending &p);
+  void forget_skipped(BackendConn &b);
   Task<bool> relay(BackendConn &b);
   enum class RelayStep : uint8_t { done, need_more, copy_in, failed };
   enum class ReadStep : uint8_t { got, nothing, failed };
@@ -166,6 +192,7 @@ private:
   void apply_tx_end();
   bool set_setting(const std::string &name, const std::string &stmt);
   static void mark_untracked(BackendConn &b);
+  void settings_ran(BackendConn &b, const router::StatementPlan &sp, const std::string &text);
   void rehash_settings();
   std::string stmt_key(const std::string &text, const std::vector<uint32_t> &types) const;
   bool in_tx() const { return tx_ != 'I'; }
@@ -192,7 +219,10 @@ private:
   uint64_t settings_hash_ = 0;
   std::map<std::string, std::string> tx_settings_snapshot_;
 
-  std::unordered_map<std::string, ClientStmt> stmts_;
+  std::unordered_map<std::string, StmtRef> stmts_;
+  // The statement each portal runs, as far as the proxy saw it bound (this transaction).
+  std::unordered_map<std::string, StmtRef> portals_;
+  std::map<std::string, std::string> startup_settings_; // what RESET restores
   uint64_t unnamed_gen_ = 0;
   std::vector<Msg> batch_;
   std::vector<std::string> spare_bodies_;       // bodies of finished batches, reused by the next

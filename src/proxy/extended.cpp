@@ -1,0 +1,855 @@
+// The extended protocol: Parse/Bind/Describe/Execute/Close batches cut at Sync or Flush, the
+// per-query Bind/Execute/Sync path, and how client statements and portals map onto backend
+// ones in stream order. See session.h.
+#include "proxy/session.h"
+
+#include "proxy/session_util.h"
+
+#include <algorithm>
+#include <boost/container/small_vector.hpp>
+
+namespace sg::proxy {
+
+using detail::append_frame;
+using detail::count_route;
+using detail::kind_of;
+using detail::trim;
+
+// Answers a whole extended batch without a backend (deferred BEGIN, COMMIT of an empty
+// transaction, Close of a statement...), message for message as the server would.
+void Session::synthesize_batch(const std::vector<Msg> &batch, const std::string &tag) {
+  for (const Msg &m : batch) {
+    switch (m.type) {
+    case 'P':
+      protocol::parse_complete(*sink_);
+      break;
+    case 'B':
+      protocol::bind_complete(*sink_);
+      break;
+    case 'D':
+      if (!m.body.empty() && m.body[0] == 'S')
+        protocol::Writer(*sink_, 't').i16(0).finish(); // ParameterDescription: no parameters
+      protocol::no_data(*sink_);
+      break;
+    case 'E':
+      protocol::command_complete(*sink_, tag);
+      break;
+    case 'C':
+      protocol::close_complete(*sink_);
+      break;
+    case 'S':
+      ready();
+      break;
+    default:
+      break;
+    }
+  }
+}
+
+// Bind, [Describe portal,] Execute, Sync of a statement the client prepared earlier, all in
+// cbuf_ (the extended protocol's per-query shape), with one read or write statement that
+// routes. Decides where it goes without changing anything; false leaves the messages to the
+// general path (query_loop's batch and on_batch()), which also reports whatever is wrong.
+bool Session::fast_batch(FastBatch &fb, QueryRun &q) {
+  if (!batch_.empty() || skip_until_sync_ || proxy_failed_ || batch_shard_ >= 0 ||
+      log::enabled(log::Level::debug)) // on_batch() logs each batch
+    return false;
+  const uint8_t *data = cbuf_.data();
+  size_t size = cbuf_.size(), off = 0;
+  auto next = [&](char type, std::string_view &body) {
+    auto f = protocol::decode_frame(data + off, size - off, sh_.cfg.proxy.max_message_bytes);
+    if (f.status != protocol::DecodeStatus::ready || f.type != type)
+      return false;
+    body = f.body_view();
+    off += f.frame_len;
+    return true;
+  };
+  std::string_view sync;
+  if (!next('B', fb.bind))
+    return false;
+  if (next('D', fb.describe)) {
+    auto t = protocol::parse_target(fb.describe);
+    if (!t || t->kind != 'P')
+      return false;
+  }
+  if (!next('E', fb.execute) || !next('S', sync) || !protocol::parse_bind(fb.bind, bind_))
+    return false;
+  auto sit = stmts_.find(std::string(bind_.statement));
+  if (sit == stmts_.end() || sit->second->planned.analysis->stmts.empty())
+    return false;
+  ClientStmt &st = *sit->second;
+  const router::StatementPlan &sp = st.planned.analysis->stmts[0];
+  if (sp.kind != router::StmtKind::read && sp.kind != router::StmtKind::write)
+    return false;
+  bind_params_.clear();
+  for (size_t i = 0; i < bind_.params.size(); ++i)
+    bind_params_.push_back({bind_.params[i], protocol::bind_param_format(bind_, i)});
+  router::Resolved r = sh_.router.resolve(sp, st.text, st.planned.scan, bind_params_);
+  bool tx_bound = tx_shard_ >= 0;
+  if (r.kind == router::TargetKind::by_key ||
+      (r.kind == router::TargetKind::default_shard && !sp.tableless))
+    q.shard = int(r.shard);
+  else if (r.kind == router::TargetKind::default_shard) // SELECT 1: wherever the session is
+    q.shard = tx_bound ? tx_shard_ : int(sh_.router.default_shard());
+  else
+    return false;
+  if (tx_bound && q.shard != tx_shard_)
+    return false; // on_batch() says it touches a second shard
+  q.all_read = sp.kind == router::StmtKind::read;
+  q.read = q.all_read && (!in_tx() || (tx_read_only_ && !tx_bound));
+  fb.len = off;
+  fb.st = &st;
+  fb.ref = &sit->second;
+  fb.sp = &sp;
+  fb.route = r.kind;
+  return true;
+}
+
+// fast_batch()'s messages, for the backend, into wbuf_; then they leave cbuf_.
+void Session::fast_batch_write(const FastBatch &fb, BackendConn &b, bool consume) {
+  wbuf_.clear();
+  prepare_backend(b, wbuf_);
+  if (tx_ != 'I') // a portal can outlive the batch only inside a transaction
+    portals_[std::string(bind_.portal)] = *fb.ref;
+  write_bind(b, *fb.st, bind_, fb.bind);
+  if (!fb.describe.empty()) // a Describe body is never empty
+    write_passthrough('D', fb.describe, Expect::one);
+  write_passthrough('E', fb.execute, Expect::execute);
+  write_passthrough('S', {}, Expect::sync);
+  if (consume)
+    cbuf_.consume(fb.len); // fb's and bind_'s views end here
+}
+
+// fast_batch()'s statement ran on b: counters, and the transaction it may have opened or ended.
+void Session::fast_batch_done(const FastBatch &fb, const QueryRun &q, BackendConn &b) {
+  if (!q.all_read)
+    note_write(size_t(q.shard));
+  record_query(size_t(q.shard), b, kind_of(fb.sp->kind), q.started, fb.st->planned.scan.normalized);
+  settle_tx(q.shard, q.tx_before);
+}
+
+// A Bind for the backend, under the statement's backend-side name (prepared there first if
+// this backend lacks it).
+void Session::write_bind(BackendConn &b, const ClientStmt &st, const protocol::BindMsg &bind,
+                         std::string_view body) {
+  ensure_prepared(b, st, wbuf_);
+  protocol::rewrite_bind(wbuf_, bind, body, st.server_name);
+  exp_.emplace_back(Expect::one, true);
+}
+
+void Session::write_passthrough(char type, std::string_view body, Expect expect) {
+  append_frame(wbuf_, type, body);
+  exp_.emplace_back(expect, true);
+}
+
+// The backend went away while it ran an extended-protocol batch bound for `shard`.
+Task<bool> Session::batch_lost(BackendConn &b, int shard, bool ends_sync) {
+  bool was_tx = in_tx() || tx_shard_ >= 0 || batch_shard_ >= 0;
+  if (closing_ || !b.broken)
+    co_return false;
+  if (forwarded_any_)
+    sh_.health.report_failure(b.node->id, now_ms());
+  batch_shard_ = -1;
+  detach_if_idle();
+  if (was_tx)
+    co_return co_await fatal("08006", "lost the connection to shard \"" +
+                                          sh_.cfg.shards[size_t(shard)].name +
+                                          "\" inside a transaction; the transaction is lost");
+  error("08006",
+        "lost the connection to shard \"" + sh_.cfg.shards[size_t(shard)].name +
+            "\" while running the statement",
+        "the statement may or may not have run; retry if it is safe to");
+  if (ends_sync)
+    ready();
+  else
+    skip_until_sync_ = true;
+  co_return true;
+}
+
+// After a request that reached `shard`: the transaction it opened binds there, one it ended
+// settles, and a backend no transaction holds goes back to its pool.
+void Session::settle_tx(int shard, char tx_before) {
+  if (tx_before == 'I' && tx_ != 'I')
+    tx_settings_snapshot_ = settings_;
+  if (tx_ == 'I') {
+    if (tx_before != 'I')
+      apply_tx_end();
+    if (!portals_.empty()) [[unlikely]]
+      portals_.clear(); // portals end with their transaction
+  } else {
+    tx_shard_ = shard;
+  }
+  detach_if_idle();
+}
+
+// ---------------------------------------------------------------- the general batch path
+//
+// An extended-protocol batch is cut at Sync (or Flush) and handled in three steps:
+//  1. plan_batch() walks its messages in order, as the server will: each Parse, Close and
+//     Bind changes the statement and portal names at its turn, so a Bind refers to the
+//     statement its name held then, even when a later Parse in the batch redefines it. The
+//     first error the proxy raises itself (an unknown or duplicate name, a statement it cannot
+//     route) ends the walk, as an error ends the server's.
+//  2. on_batch() picks where it runs: on the shard a transaction or a cut batch holds, else on
+//     the shard of its first Bind that routes; answered by the proxy itself when it only
+//     carries transaction control that waits for the transaction's first statement (BEGIN,
+//     SET LOCAL...); or on a side connection that pins no shard, for Parse and Describe and
+//     for reads that touch no table.
+//  3. Every message goes to that backend in order; the proxy's own error takes its place in the
+//     stream as a Parse that fails on purpose, so the backend skips the rest and ends (or
+//     fails) the transaction exactly as PostgreSQL would have.
+
+namespace {
+std::atomic<uint64_t> g_unnamed_tags{1};
+
+std::string missing_statement(std::string_view name) {
+  return name.empty() ? std::string("unnamed prepared statement does not exist")
+                      : "prepared statement \"" + std::string(name) + "\" does not exist";
+}
+} // namespace
+
+struct Session::BatchItem {
+  const Msg *m = nullptr;
+  StmtRef st;            // P: the new statement; B, D S: the one named; D P, E: the portal's
+  StmtRef prev;          // P, C S, E of DEALLOCATE name: what `name` held before (undo)
+  std::string name;      // P, C S: statement name; B, D P, C P, E: portal name
+  std::string undo_name; // E of DEALLOCATE name: the statement it drops
+  char target = 0;       // D, C: 'S' or 'P'
+  protocol::BindMsg bind;
+  bool special = false; // E of DEALLOCATE / DISCARD ALL: the proxy answers it (tag)
+  bool again = false;   // E: the portal was executed earlier in this batch
+  std::string tag;
+  std::optional<router::RouteError> error; // the proxy's own error here: the walk's last item
+};
+
+struct Session::BatchPlan {
+  std::vector<BatchItem> items;
+  bool ends_sync = false;
+  bool error = false;
+  int shard = -1; // of the first Bind that routes to one
+  bool any_bind = false, all_read = true, any_exec = false;
+  int binds = 0;
+  StmtRef first_bound; // for metrics and the slow-query log
+  StmtRef ddl;         // a DDL statement to run on every primary (the batch's only Bind)
+  QueryKind kind = QueryKind::other;
+};
+
+// Transaction control and session state that the proxy can answer itself while no shard is
+// chosen: it travels in front of the transaction's first statement.
+bool Session::deferrable(const ClientStmt &st) {
+  const auto &an = *st.planned.analysis;
+  if (!an.parsed || an.stmts.size() != 1 || !st.types.empty())
+    return false;
+  switch (an.stmts[0].kind) {
+  case router::StmtKind::begin:
+  case router::StmtKind::commit:
+  case router::StmtKind::rollback:
+  case router::StmtKind::savepoint:
+  case router::StmtKind::set_local:
+  case router::StmtKind::set:
+    return true;
+  default:
+    return false;
+  }
+}
+
+bool Session::changes_settings(const ClientStmt &st) {
+  const auto &an = *st.planned.analysis;
+  return an.parsed && an.stmts.size() == 1 &&
+         (an.stmts[0].kind == router::StmtKind::set ||
+          an.stmts[0].kind == router::StmtKind::reset_all);
+}
+
+// A read of no table that calls no function: any shard answers it alike, outside any
+// transaction (a side connection).
+bool Session::pure_read(const ClientStmt &st) {
+  const auto &an = *st.planned.analysis;
+  return an.parsed && an.stmts.size() == 1 && an.stmts[0].kind == router::StmtKind::read &&
+         an.stmts[0].tableless && an.stmts[0].pipelinable;
+}
+
+// Step 1 (see above). False: a malformed message (the caller ends the session).
+bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
+  bp.ends_sync = batch.back().type == 'S';
+  int total_binds =
+      int(std::count_if(batch.begin(), batch.end(), [](const Msg &m) { return m.type == 'B'; }));
+  bool failed_tx = tx_ == 'E';
+  int held = tx_shard_ >= 0 ? tx_shard_ : batch_shard_;
+  boost::container::small_vector<std::string_view, 4> executed;
+  std::vector<router::ParamValue> &params = bind_params_;
+  bp.items.reserve(batch.size());
+  for (const Msg &m : batch) {
+    BatchItem &it = bp.items.emplace_back();
+    it.m = &m;
+    auto fail = [&](std::string sqlstate, std::string msg, std::string hint = {}) {
+      it.error = router::RouteError{std::move(sqlstate), std::move(msg), std::move(hint)};
+      bp.error = true;
+    };
+    switch (m.type) {
+    case 'P': {
+      auto p = protocol::parse_parse(m.body);
+      if (!p)
+        return false;
+      it.name = std::string(p->name);
+      if (!it.name.empty() && stmts_.count(it.name)) {
+        fail("42P05", "prepared statement \"" + it.name + "\" already exists");
+        break;
+      }
+      auto st = std::make_shared<ClientStmt>();
+      st->text = std::string(p->query);
+      st->types = p->param_types;
+      st->planned = sh_.router.plan(st->text);
+      if (it.name.empty())
+        st->unnamed_tag = g_unnamed_tags++;
+      else
+        st->set_id(w_->intern_statement(stmt_key(st->text, st->types)));
+      StmtRef &slot = stmts_[it.name];
+      it.prev = std::move(slot);
+      slot = st;
+      it.st = std::move(st);
+      break;
+    }
+    case 'B': {
+      if (!protocol::parse_bind(m.body, it.bind))
+        return false;
+      it.name = std::string(it.bind.portal);
+      auto sit = stmts_.find(std::string(it.bind.statement));
+      if (sit == stmts_.end()) {
+        fail("26000", missing_statement(it.bind.statement));
+        break;
+      }
+      it.st = sit->second;
+      portals_[it.name] = it.st;
+      ++bp.binds;
+      const auto &an = *it.st->planned.analysis;
+      // In a failed transaction the server answers every statement itself (25P02); a
+      // statement that did not parse failed at its Parse, so the server skips its Bind.
+      if (failed_tx || !an.parsed || an.stmts.empty())
+        break;
+      const router::StatementPlan &sp = an.stmts[0];
+      params.clear();
+      for (size_t i = 0; i < it.bind.params.size(); ++i)
+        params.push_back({it.bind.params[i], protocol::bind_param_format(it.bind, i)});
+      router::Resolved r = sh_.router.resolve(sp, it.st->text, it.st->planned.scan, params);
+      count_route(w_->stats, r.kind, sp);
+      if (!bp.first_bound && r.kind != router::TargetKind::none)
+        bp.first_bound = it.st;
+      bp.kind = detail::stronger(bp.kind, kind_of(sp.kind));
+      if (r.kind == router::TargetKind::error) {
+        fail(r.error.sqlstate, r.error.message, r.error.hint);
+        break;
+      }
+      if (r.kind == router::TargetKind::all_primaries) {
+        // DDL on a sharded table (JDBC and migration tools send it this way): run on every
+        // primary, if it is the batch's only statement.
+        if (bp.ends_sync && !in_tx() && held < 0 && total_binds == 1 && it.bind.params.empty())
+          bp.ddl = it.st;
+        else
+          fail("0A000", "DDL on a sharded table must be sent alone, outside a transaction",
+               "run it as its own statement in autocommit mode, without parameters and followed "
+               "by Sync; it is applied to every shard");
+        break;
+      }
+      if (sp.kind != router::StmtKind::read)
+        bp.all_read = false;
+      if (r.kind == router::TargetKind::none)
+        break;
+      bp.any_bind = true;
+      if (r.kind == router::TargetKind::default_shard && sp.tableless)
+        break; // SELECT 1: runs wherever the batch or transaction runs
+      int s = int(r.shard);
+      if (held >= 0 && s != held)
+        fail("0A000",
+             "transaction touches a second shard (\"" + sh_.cfg.shards[size_t(s)].name +
+                 "\" after \"" + sh_.cfg.shards[size_t(held)].name + "\")",
+             "keep each transaction on one shard key's shard; cross-shard transactions (2PC) "
+             "are not supported yet");
+      else if (bp.shard >= 0 && s != bp.shard)
+        fail("0A000", "this pipeline touches more than one shard before Sync",
+             "send a Sync between statements for different shards; cross-shard transactions "
+             "are not supported yet");
+      else
+        bp.shard = s;
+      break;
+    }
+    case 'D':
+    case 'C': {
+      auto t = protocol::parse_target(m.body);
+      if (!t)
+        return false;
+      it.target = t->kind;
+      it.name = std::string(t->name);
+      if (t->kind == 'S') {
+        auto sit = stmts_.find(it.name);
+        if (m.type == 'D') {
+          if (sit == stmts_.end())
+            fail("26000", missing_statement(it.name));
+          else
+            it.st = sit->second;
+        } else if (sit != stmts_.end()) { // closing a name that does not exist is no error
+          it.prev = std::move(sit->second);
+          stmts_.erase(sit);
+        }
+      } else if (auto pit = portals_.find(it.name); pit != portals_.end()) {
+        if (m.type == 'D')
+          it.st = pit->second;
+        else
+          portals_.erase(pit);
+      }
+      break;
+    }
+    case 'E': {
+      protocol::Reader r(m.body);
+      it.name = std::string(r.cstr());
+      if (!r.ok())
+        return false;
+      bp.any_exec = true;
+      it.again = std::find(executed.begin(), executed.end(), it.name) != executed.end();
+      executed.push_back(it.m->body.data()); // the portal name, NUL-terminated in the body
+      if (auto pit = portals_.find(it.name); pit != portals_.end())
+        it.st = pit->second;
+      if (!it.st || failed_tx)
+        break;
+      const auto &an = *it.st->planned.analysis;
+      if (!an.parsed || an.stmts.size() != 1)
+        break;
+      const router::StatementPlan &sp = an.stmts[0];
+      // DEALLOCATE and DISCARD ALL act on the proxy's own statement and settings state; the
+      // server-side statements are shared and stay (psycopg 3 sends DEALLOCATE ALL after
+      // ROLLBACK).
+      if (sp.kind == router::StmtKind::deallocate) {
+        if (!sp.set_name.empty() && !stmts_.count(sp.set_name)) {
+          fail("26000", missing_statement(sp.set_name));
+          break;
+        }
+        it.special = true;
+        it.tag = sp.tag;
+        if (!sp.set_name.empty()) {
+          it.undo_name = sp.set_name;
+          auto sit = stmts_.find(sp.set_name);
+          it.prev = std::move(sit->second);
+          stmts_.erase(sit);
+        } else {
+          for (auto s = stmts_.begin(); s != stmts_.end();)
+            s = s->first.empty() ? std::next(s) : stmts_.erase(s);
+        }
+      } else if (sp.kind == router::StmtKind::discard_all) {
+        if (in_tx()) {
+          fail("25001", "DISCARD ALL cannot run inside a transaction block");
+          break;
+        }
+        it.special = true;
+        it.tag = sp.tag;
+        for (auto s = stmts_.begin(); s != stmts_.end();)
+          s = s->first.empty() ? std::next(s) : stmts_.erase(s);
+        settings_ = startup_settings_;
+        rehash_settings();
+      }
+      break;
+    }
+    default: // Sync, Flush
+      break;
+    }
+    if (it.error)
+      break;
+  }
+  return true;
+}
+
+// Whether the proxy can answer every message of bp itself, exactly as the server would: only
+// transaction control and settings that wait for the transaction's first statement, and
+// what names them. The states walk as the messages would change them.
+bool Session::synthesizable(const BatchPlan &bp) const {
+  if (tx_ == 'E')
+    return false;
+  bool tx = in_tx();
+  for (const BatchItem &it : bp.items) {
+    if (it.error)
+      return true; // nothing after it runs
+    switch (it.m->type) {
+    case 'P':
+      if (!deferrable(*it.st))
+        return false;
+      break;
+    case 'B':
+      if (!deferrable(*it.st) || !it.bind.params.empty())
+        return false;
+      break;
+    case 'D':
+      if (!it.st || !deferrable(*it.st))
+        return false;
+      break;
+    case 'E': {
+      if (it.special)
+        break;
+      if (!it.st || !deferrable(*it.st) || it.again)
+        return false;
+      switch (it.st->planned.analysis->stmts[0].kind) {
+      case router::StmtKind::begin:
+        if (tx)
+          return false; // PostgreSQL warns: let it
+        tx = true;
+        break;
+      case router::StmtKind::commit:
+      case router::StmtKind::rollback:
+        if (!tx)
+          return false; // likewise
+        tx = false;
+        break;
+      default: // SAVEPOINT, SET LOCAL, SET: deferred only inside a transaction
+        if (!tx)
+          return false;
+        break;
+      }
+      break;
+    }
+    default: // Close, Sync, Flush
+      break;
+    }
+  }
+  return true;
+}
+
+// Answers bp's messages without a backend (see synthesizable()).
+void Session::synthesize_items(BatchPlan &bp) {
+  for (BatchItem &it : bp.items) {
+    if (it.error) {
+      error(it.error->sqlstate, it.error->message, it.error->hint);
+      if (in_tx())
+        fail_transaction_by_proxy();
+      if (bp.ends_sync)
+        ready();
+      else
+        skip_until_sync_ = true;
+      return;
+    }
+    switch (it.m->type) {
+    case 'P':
+      protocol::parse_complete(*sink_);
+      break;
+    case 'B':
+      protocol::bind_complete(*sink_);
+      break;
+    case 'D':
+      if (it.target == 'S')
+        protocol::Writer(*sink_, 't').i16(0).finish(); // ParameterDescription: no parameters
+      protocol::no_data(*sink_);
+      break;
+    case 'E': {
+      if (it.special) {
+        protocol::command_complete(*sink_, it.tag);
+        break;
+      }
+      const router::StatementPlan &sp = it.st->planned.analysis->stmts[0];
+      std::string text = trim(it.st->text), tag = sp.tag;
+      switch (sp.kind) {
+      case router::StmtKind::begin:
+        tx_settings_snapshot_ = settings_;
+        deferred_ = text;
+        tx_read_only_ = sp.read_only_tx;
+        tx_ = 'T';
+        break;
+      case router::StmtKind::commit:
+      case router::StmtKind::rollback:
+        last_rollback_ = !(sp.kind == router::StmtKind::commit && tx_ != 'E');
+        tag = last_rollback_ ? "ROLLBACK" : "COMMIT";
+        apply_tx_end();
+        break;
+      case router::StmtKind::set:
+        deferred_ += ";" + text;
+        set_setting(sp.set_name, text);
+        break;
+      default: // SAVEPOINT, SET LOCAL
+        deferred_ += ";" + text;
+        break;
+      }
+      protocol::command_complete(*sink_, tag);
+      break;
+    }
+    case 'C':
+      protocol::close_complete(*sink_);
+      break;
+    case 'S':
+      ready();
+      if (tx_ == 'I')
+        portals_.clear();
+      break;
+    default: // Flush
+      break;
+    }
+  }
+}
+
+// The client's Parse, always sent (so that its errors, in an aborted transaction too, and its
+// effects are the server's): under the statement's backend-side name, or into the unnamed
+// statement when the backend has that name already (statements with one text share it).
+void Session::write_parse(BackendConn &b, const BatchItem &it) {
+  const ClientStmt &st = *it.st;
+  Pending p(Expect::one, true);
+  p.undo = true;
+  p.client_name = it.name;
+  p.prev = it.prev;
+  if (st.id != 0 && !b.prepared.count(st.id)) {
+    protocol::parse(wbuf_, st.server_name, st.text, st.types);
+    b.prepared.insert(st.id);
+    p.parse_id = st.id;
+  } else {
+    protocol::parse(wbuf_, "", st.text, st.types);
+    b.unnamed_owner = st.id == 0 ? st.unnamed_tag : 0;
+    p.parse_unnamed = true;
+  }
+  exp_.push_back(std::move(p));
+}
+
+// A Parse that fails on the backend (a syntax error), so that the backend skips to Sync and
+// rolls back or fails the transaction where the proxy raised `synthetic`, its own
+// ErrorResponse (empty: nothing is shown).
+void Session::write_failure(BackendConn &b, const std::string &synthetic) {
+  (void)b;
+  protocol::parse(wbuf_, "sg_fail", "SHARDGATE FAILS HERE", {});
+  Pending p(Expect::one, false);
+  p.fail = true;
+  p.synthetic = synthetic;
+  exp_.push_back(std::move(p));
+}
+
+// Step 3: bp's messages for b, in order, into wbuf_.
+void Session::write_items(BackendConn &b, BatchPlan &bp, bool side) {
+  for (BatchItem &it : bp.items) {
+    const Msg &m = *it.m;
+    if (it.error) {
+      std::string err;
+      sink_ = &err;
+      error(it.error->sqlstate, it.error->message, it.error->hint);
+      sink_ = &out_;
+      write_failure(b, err);
+      if (bp.ends_sync)
+        write_passthrough('S', {}, Expect::sync);
+      return;
+    }
+    switch (m.type) {
+    case 'P':
+      write_parse(b, it);
+      break;
+    case 'B':
+      write_bind(b, *it.st, it.bind, m.body);
+      break;
+    case 'D':
+      if (it.target == 'S') {
+        ensure_prepared(b, *it.st, wbuf_);
+        protocol::describe(wbuf_, 'S', it.st->server_name);
+        exp_.emplace_back(Expect::describe_stmt, true);
+      } else {
+        write_passthrough('D', m.body, Expect::one);
+      }
+      break;
+    case 'E':
+      if (it.special) {
+        Pending s(Expect::synthetic);
+        protocol::command_complete(s.synthetic, it.tag);
+        if (!it.undo_name.empty()) {
+          s.undo = true;
+          s.client_name = it.undo_name;
+          s.prev = it.prev;
+        }
+        exp_.push_back(std::move(s));
+      } else {
+        append_frame(wbuf_, 'E', m.body);
+        Pending &p = exp_.emplace_back(Expect::execute, true);
+        if (it.st && changes_settings(*it.st))
+          p.exec = it.st; // a SET takes effect for the session when it completes
+      }
+      break;
+    case 'C':
+      if (it.target == 'S') {
+        Pending s(Expect::synthetic);
+        protocol::close_complete(s.synthetic); // backend copies stay, shared by name
+        s.undo = true;
+        s.client_name = it.name;
+        s.prev = it.prev;
+        exp_.push_back(std::move(s));
+      } else {
+        write_passthrough('C', m.body, Expect::one);
+      }
+      break;
+    case 'S':
+      write_passthrough('S', {}, Expect::sync);
+      break;
+    case 'H':
+      if (side) { // the side connection answers everything now, and keeps nothing open
+        append_frame(wbuf_, 'S', {});
+        exp_.emplace_back(Expect::sync, false);
+      } else {
+        append_frame(wbuf_, 'H', {});
+      }
+      break;
+    }
+  }
+}
+
+// A SET or RESET the client ran with the extended protocol completed on b.
+void Session::track_set(BackendConn &b, const ClientStmt &st) {
+  const router::StatementPlan &sp = st.planned.analysis->stmts[0];
+  if (sp.kind == router::StmtKind::set || sp.kind == router::StmtKind::reset_all)
+    settings_ran(b, sp, trim(st.text));
+}
+
+Task<bool> Session::on_batch() {
+  // The batch is taken out of batch_ while it runs, and its storage handed back at the end so
+  // that it is allocated once per session, not per batch (message bodies too: spare_bodies_).
+  std::vector<Msg> batch;
+  batch.swap(batch_);
+  struct GiveBack {
+    std::vector<Msg> &home, &v;
+    std::vector<std::string> &spare;
+    ~GiveBack() {
+      for (Msg &m : v)
+        if (m.body.capacity() > 15 && spare.size() < 16) // beyond the inline room
+          spare.push_back(std::move(m.body));
+      v.clear();
+      if (home.empty())
+        home.swap(v);
+    }
+  } give_back{batch_, batch, spare_bodies_};
+
+  BatchPlan bp;
+  if (!plan_batch(batch, bp))
+    co_return co_await fatal("08P01", "invalid extended-protocol message");
+  bool ends_sync = bp.ends_sync;
+
+  if (bp.ddl) {
+    std::string first, tag;
+    bool applied = co_await run_on_all_primaries(bp.ddl->text, first, tag);
+    if (!applied) {
+      ready();
+      co_return true;
+    }
+    // The client gets the extended protocol's answers, with the first shard's command tag.
+    synthesize_batch(batch, tag);
+    co_return true;
+  }
+
+  // Step 2: where the batch runs.
+  int held = tx_shard_ >= 0 ? tx_shard_ : batch_shard_;
+  bool poison = proxy_failed_; // the proxy failed the transaction: the backend must fail too
+  bool side = false;
+  int shard;
+  if (held >= 0 || poison || bp.shard >= 0) {
+    shard = held >= 0 ? held : bp.shard >= 0 ? bp.shard : int(sh_.router.default_shard());
+  } else if (synthesizable(bp)) {
+    synthesize_items(bp);
+    co_return true;
+  } else {
+    shard = int(sh_.router.default_shard());
+    // Nothing in the batch needs a shard: Parse and Describe (asyncpg prepares this way, cut
+    // by Flush), and reads of no table. They run on a connection of their own, closed with our
+    // own Sync (and, inside a transaction whose BEGIN waits, in a copy of it rolled back), so
+    // that they pin no shard; a later Bind routes by its key.
+    side = tx_ != 'E' && std::all_of(bp.items.begin(), bp.items.end(), [](const BatchItem &it) {
+             char t = it.m->type;
+             if (it.error || it.special || t == 'P' || t == 'D' || t == 'C' || t == 'S' || t == 'H')
+               return true;
+             if (t == 'B')
+               return pure_read(*it.st) || !it.st->planned.analysis->parsed;
+             return !it.st || pure_read(*it.st); // Execute
+           });
+  }
+  bool side_tx = side && in_tx() && bp.any_exec; // runs inside a copy of the waiting BEGIN
+  if (log::enabled(log::Level::debug)) {
+    std::string types;
+    for (auto &m : batch)
+      types.push_back(m.type);
+    auto f = log_fields();
+    f.insert(f.end(), {{"messages", types},
+                       {"shard", std::to_string(shard)},
+                       {"tx", std::string(1, tx_)},
+                       {"side", side ? "yes" : "no"}});
+    log::debug("batch", f);
+  }
+  bool read =
+      !poison && !side && bp.any_bind && bp.all_read && held < 0 && (!in_tx() || tx_read_only_);
+  auto started = w_->poller.now(); // this loop turn's time: see record_query
+  std::optional<size_t> slow;
+  BackendConn *b = attach_now(size_t(shard), read, SIZE_MAX, slow);
+  if (!b && slow)
+    b = co_await attach_slow(size_t(shard), *slow);
+  if (!b) {
+    if (in_tx())
+      fail_transaction_by_proxy();
+    if (ends_sync)
+      ready();
+    else
+      skip_until_sync_ = true;
+    co_return true;
+  }
+  char tx_before = tx_;
+  wbuf_.clear();
+  prepare_backend(*b, wbuf_, !side);
+  if (side_tx) {
+    protocol::query(wbuf_, deferred_);
+    exp_.emplace_back(Expect::query, false);
+    b->unnamed_owner = 0;
+  }
+  if (poison) {
+    write_failure(*b, {});
+    append_frame(wbuf_, 'S', {});
+    exp_.emplace_back(Expect::sync, false);
+  }
+  write_items(*b, bp, side);
+  if (side_tx) {
+    protocol::query(wbuf_, "ROLLBACK");
+    exp_.emplace_back(Expect::query, false);
+  }
+  if (poison) { // the backend holds the failed transaction from here on
+    proxy_failed_ = false;
+    tx_shard_ = shard;
+  }
+  ErrorCode ec;
+  std::string_view rest = wbuf_;
+  if (!send_now(b->sock, rest, ec))
+    co_await write_all(b->sock, rest, ec);
+  side_batch_ = side;
+  RelayStep st = ec ? send_failed(*b) : relay_start(*b); // relay(), inline
+  while (relay_poll(*b, st))
+    co_await b->sock.wait(Poller::in); // as a statement: see read_some in poller.h
+  bool ok = st == RelayStep::done || (st != RelayStep::failed && co_await relay_more(*b, st));
+  side_batch_ = false;
+  if (side) {
+    if (side_tx)
+      mark_untracked(*b); // the copy's SETs were rolled back there
+    detach_if_idle();
+    if (!ok && !b->broken)
+      co_return false;
+    if (!ok) {
+      error("08006", "lost the connection to the backend while describing a statement");
+      if (ends_sync)
+        ready();
+    }
+    if (!ends_sync && (!ok || !last_sqlstate_.empty())) {
+      if (in_tx())
+        fail_transaction_by_proxy(); // as the server would have failed it
+      skip_until_sync_ = true;       // and discarded messages until the client's Sync
+    }
+    if (ends_sync && tx_ == 'I')
+      portals_.clear();
+    co_return true;
+  }
+  if (!ok)
+    co_return co_await batch_lost(*b, shard, ends_sync);
+  if (!ends_sync) {
+    b->unsynced = true;   // never pooled in this state: an abandoned write must roll back
+    batch_shard_ = shard; // the implicit transaction stays open until Sync
+    if (!last_sqlstate_.empty())
+      skip_until_sync_ = true;
+    co_return true;
+  }
+  batch_shard_ = -1;
+  if (bp.any_bind && !bp.all_read)
+    note_write(size_t(shard));
+  if (bp.first_bound)
+    record_query(size_t(shard), *b, bp.kind, started, bp.first_bound->planned.scan.normalized);
+  settle_tx(shard, tx_before);
+  co_return true;
+}
+
+} // namespace sg::proxy
