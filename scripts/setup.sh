@@ -10,6 +10,7 @@ PKGS=(
   prometheus-cpp-dev libgtest-dev libgmock-dev libssl-dev
   postgresql-15 postgresql-client-15 pgbouncer
   python3 python3-psycopg2 python3-psycopg python3-asyncpg python3-yaml
+  default-jdk-headless libpostgresql-jdbc-java
   prometheus curl clang-14 libclang-rt-14-dev valgrind
   procps iproute2 util-linux
 )

@@ -320,6 +320,8 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
       }
       it.st = sit->second;
       portals_[it.name] = it.st;
+      executed.erase(std::remove(executed.begin(), executed.end(), std::string_view(it.name)),
+                     executed.end()); // a new portal under that name
       ++bp.binds;
       const auto &an = *it.st->planned.analysis;
       // In a failed transaction the server answers every statement itself (25P02); a
