@@ -1,0 +1,347 @@
+// JDBC (pgjdbc) scenarios for tests/integration/test_jdbc.py. No build tool: the test compiles
+// this file with `javac -cp /usr/share/java/postgresql.jar` and runs it with `java -cp`.
+//
+// Usage: java -cp <classes>:/usr/share/java/postgresql.jar JdbcChecks JOB...
+//   JOB = LABEL|JDBC_URL|SCENARIO|KEY[,KEY...]
+//
+// Each job opens its own connection to JDBC_URL, runs SCENARIO on the given accounts keys and
+// prints one JSON line on stdout:
+//   {"label": LABEL, "scenario": SCENARIO, "steps": [[STEP, VALUE], ...], "error": null}
+// VALUE is an update count, a list of rows (each a list of column values), a SQLSTATE that the
+// scenario expects to see, or "ok". A failure that the scenario does not expect ends the job and
+// is reported in "error" as {"step", "sqlstate", "message"}; the next job still runs. Values
+// never include the keys, so the same scenario gives the same steps on any key and any target
+// (the proxy, or a shard's primary directly), and the test compares them.
+//
+// The exit status is 0 when every job ran (whatever it printed), 2 on bad arguments.
+
+import java.sql.Connection;
+import java.sql.DriverManager;
+import java.sql.PreparedStatement;
+import java.sql.ResultSet;
+import java.sql.ResultSetMetaData;
+import java.sql.SQLException;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+
+public final class JdbcChecks {
+    private static final String INSERT =
+        "INSERT INTO accounts (id, owner, balance) VALUES (?, ?, ?)";
+    private static final String SELECT = "SELECT owner, balance FROM accounts WHERE id = ?";
+
+    /** The steps of one job so far, and the step that is running (named in an error). */
+    private static final class Job {
+        final List<Object[]> steps = new ArrayList<>();
+        String current = "connect";
+
+        void step(String name) {
+            current = name;
+        }
+
+        void record(Object value) {
+            steps.add(new Object[] {current, value});
+        }
+    }
+
+    /** Thrown by expectError when the statement that should fail did not. */
+    private static final class UnexpectedSuccess extends RuntimeException {
+        private static final long serialVersionUID = 1L;
+
+        UnexpectedSuccess(String what) {
+            super(what);
+        }
+    }
+
+    public static void main(String[] args) throws Exception {
+        if (args.length == 0) {
+            System.err.println("usage: JdbcChecks LABEL|JDBC_URL|SCENARIO|KEY[,KEY...] ...");
+            System.exit(2);
+        }
+        Class.forName("org.postgresql.Driver");
+        for (String arg : args) {
+            String[] f = arg.split("\\|", -1);
+            if (f.length != 4) {
+                System.err.println("bad job (want LABEL|URL|SCENARIO|KEYS): " + arg);
+                System.exit(2);
+            }
+            String label = f[0], url = f[1], scenario = f[2];
+            long[] keys = Arrays.stream(f[3].split(",")).mapToLong(Long::parseLong).toArray();
+            Job job = new Job();
+            Object error = null;
+            try (Connection c = DriverManager.getConnection(url)) {
+                run(scenario, c, keys, job);
+            } catch (SQLException e) {
+                error = errorJson(job.current, e.getSQLState(), e.getMessage());
+            } catch (RuntimeException e) {
+                error = errorJson(job.current, null, e.toString());
+            }
+            StringBuilder out = new StringBuilder("{\"label\": ").append(json(label))
+                .append(", \"scenario\": ").append(json(scenario)).append(", \"steps\": [");
+            for (int i = 0; i < job.steps.size(); i++) {
+                Object[] s = job.steps.get(i);
+                out.append(i == 0 ? "" : ", ").append('[').append(json(s[0])).append(", ")
+                    .append(json(s[1])).append(']');
+            }
+            out.append("], \"error\": ").append(error == null ? "null" : error).append('}');
+            System.out.println(out);
+            System.out.flush();
+        }
+    }
+
+    private static void run(String scenario, Connection c, long[] k, Job job) throws SQLException {
+        switch (scenario) {
+            case "tx_commit": txCommit(c, k[0], job); break;
+            case "tx_rollback": txRollback(c, k[0], job); break;
+            case "tx_repeat": txRepeat(c, k[0], job); break;
+            case "batch_autocommit": batch(c, k, false, job); break;
+            case "batch_tx": batch(c, k, true, job); break;
+            case "error_recovery": errorRecovery(c, k[0], k[1], job); break;
+            default: throw new IllegalArgumentException("unknown scenario " + scenario);
+        }
+    }
+
+    // INSERT, UPDATE and SELECT of one key with PreparedStatements in a transaction, committed.
+    private static void txCommit(Connection c, long k, Job job) throws SQLException {
+        job.step("autocommit_off");
+        c.setAutoCommit(false);
+        job.step("insert");
+        job.record(insert(c, k, "jdbc-commit", 1));
+        job.step("update");
+        try (PreparedStatement ps = c.prepareStatement(
+                "UPDATE accounts SET balance = balance + ? WHERE id = ?")) {
+            ps.setLong(1, 10);
+            ps.setLong(2, k);
+            job.record(ps.executeUpdate());
+        }
+        job.step("select");
+        job.record(select(c, k));
+        job.step("commit");
+        c.commit();
+        job.record("ok");
+    }
+
+    // The same, rolled back: the transaction saw its row, and nothing is left afterwards.
+    private static void txRollback(Connection c, long k, Job job) throws SQLException {
+        job.step("autocommit_off");
+        c.setAutoCommit(false);
+        job.step("insert");
+        job.record(insert(c, k, "jdbc-rollback", 1));
+        job.step("update");
+        try (PreparedStatement ps = c.prepareStatement(
+                "UPDATE accounts SET balance = balance + ? WHERE id = ?")) {
+            ps.setLong(1, 10);
+            ps.setLong(2, k);
+            job.record(ps.executeUpdate());
+        }
+        job.step("select");
+        job.record(select(c, k));
+        job.step("rollback");
+        c.rollback();
+        job.record("ok");
+        // A new transaction (on the primary) does not see the row.
+        job.step("select_after_rollback");
+        job.record(select(c, k));
+        job.step("commit_after_rollback");
+        c.commit();
+        job.record("ok");
+    }
+
+    // One PreparedStatement executed 10 times in a transaction (past prepareThreshold, so pgjdbc
+    // switches to a named server-side statement), then 10 more times in a second transaction.
+    private static void txRepeat(Connection c, long k, Job job) throws SQLException {
+        job.step("autocommit_off");
+        c.setAutoCommit(false);
+        job.step("insert");
+        job.record(insert(c, k, "jdbc-repeat", 0));
+        try (PreparedStatement ps = c.prepareStatement(
+                "UPDATE accounts SET balance = balance + 1 WHERE id = ? RETURNING balance")) {
+            for (int tx = 1; tx <= 2; tx++) {
+                List<Object> balances = new ArrayList<>();
+                job.step("repeat_tx" + tx);
+                for (int i = 0; i < 10; i++) {
+                    ps.setLong(1, k);
+                    try (ResultSet rs = ps.executeQuery()) {
+                        while (rs.next()) {
+                            balances.add(rs.getLong(1));
+                        }
+                    }
+                }
+                job.record(balances);
+                job.step("server_prepared_tx" + tx);
+                job.record(ps.unwrap(org.postgresql.PGStatement.class).isUseServerPrepare());
+                job.step("select_tx" + tx);
+                job.record(select(c, k));
+                job.step("commit_tx" + tx);
+                c.commit();
+                job.record("ok");
+            }
+        }
+    }
+
+    // A batch of INSERTs (with reWriteBatchedInserts=true in the URL pgjdbc sends 5 rows as one
+    // statement of 4 rows and one of 1 row, before one Sync), in autocommit or in a transaction.
+    private static void batch(Connection c, long[] keys, boolean tx, Job job) throws SQLException {
+        if (tx) {
+            job.step("autocommit_off");
+            c.setAutoCommit(false);
+        }
+        job.step("execute_batch");
+        try (PreparedStatement ps = c.prepareStatement(INSERT)) {
+            for (long k : keys) {
+                ps.setLong(1, k);
+                ps.setString(2, tx ? "jdbc-batch-tx" : "jdbc-batch");
+                ps.setLong(3, 5);
+                ps.addBatch();
+            }
+            List<Object> counts = new ArrayList<>();
+            for (int n : ps.executeBatch()) {
+                counts.add(n);
+            }
+            job.record(counts);
+        }
+        if (tx) {
+            // Read them back in the same transaction: one statement whose keys are on one shard.
+            job.step("count_in_tx");
+            StringBuilder in = new StringBuilder();
+            for (int i = 0; i < keys.length; i++) {
+                in.append(i == 0 ? "?" : ", ?");
+            }
+            try (PreparedStatement ps = c.prepareStatement(
+                    "SELECT count(*), sum(balance) FROM accounts WHERE id IN (" + in + ")")) {
+                for (int i = 0; i < keys.length; i++) {
+                    ps.setLong(i + 1, keys[i]);
+                }
+                job.record(rows(ps));
+            }
+            job.step("commit");
+            c.commit();
+            job.record("ok");
+        }
+    }
+
+    // A unique violation inside a transaction, the rollback, then a transaction that succeeds,
+    // all on one connection. k1 and k2 are on the same shard.
+    private static void errorRecovery(Connection c, long k1, long k2, Job job) throws SQLException {
+        job.step("insert_autocommit");
+        job.record(insert(c, k1, "jdbc-first", 1));
+        job.step("autocommit_off");
+        c.setAutoCommit(false);
+        job.step("insert_tx1");
+        job.record(insert(c, k2, "jdbc-rolled-back", 1));
+        job.step("duplicate");
+        job.record(expectError(() -> insert(c, k1, "jdbc-duplicate", 1)));
+        job.step("after_error");
+        job.record(expectError(() -> select(c, k2)));
+        job.step("rollback");
+        c.rollback();
+        job.record("ok");
+        job.step("insert_tx2");
+        job.record(insert(c, k2, "jdbc-second", 2));
+        job.step("update_tx2");
+        try (PreparedStatement ps = c.prepareStatement(
+                "UPDATE accounts SET balance = balance + 1 WHERE id = ?")) {
+            ps.setLong(1, k1);
+            job.record(ps.executeUpdate());
+        }
+        job.step("select_tx2");
+        List<Object> both = new ArrayList<>();
+        both.add(select(c, k1));
+        both.add(select(c, k2));
+        job.record(both);
+        job.step("commit");
+        c.commit();
+        job.record("ok");
+    }
+
+    private interface Sql {
+        Object run() throws SQLException;
+    }
+
+    /** Runs a statement that must fail and returns its SQLSTATE. */
+    private static String expectError(Sql body) throws SQLException {
+        try {
+            body.run();
+        } catch (SQLException e) {
+            return e.getSQLState();
+        }
+        throw new UnexpectedSuccess("the statement succeeded, an error was expected");
+    }
+
+    private static int insert(Connection c, long k, String owner, long balance) throws SQLException {
+        try (PreparedStatement ps = c.prepareStatement(INSERT)) {
+            ps.setLong(1, k);
+            ps.setString(2, owner);
+            ps.setLong(3, balance);
+            return ps.executeUpdate();
+        }
+    }
+
+    private static List<Object> select(Connection c, long k) throws SQLException {
+        try (PreparedStatement ps = c.prepareStatement(SELECT)) {
+            ps.setLong(1, k);
+            return rows(ps);
+        }
+    }
+
+    private static List<Object> rows(PreparedStatement ps) throws SQLException {
+        List<Object> out = new ArrayList<>();
+        try (ResultSet rs = ps.executeQuery()) {
+            ResultSetMetaData md = rs.getMetaData();
+            while (rs.next()) {
+                List<Object> row = new ArrayList<>();
+                for (int i = 1; i <= md.getColumnCount(); i++) {
+                    row.add(rs.getObject(i));
+                }
+                out.add(row);
+            }
+        }
+        return out;
+    }
+
+    private static String errorJson(String step, String sqlstate, String message) {
+        return "{\"step\": " + json(step) + ", \"sqlstate\": " + json(sqlstate)
+            + ", \"message\": " + json(message) + "}";
+    }
+
+    /** JSON for null, booleans, numbers, strings and lists of those. */
+    private static String json(Object v) {
+        if (v == null) {
+            return "null";
+        }
+        if (v instanceof Boolean || v instanceof Integer || v instanceof Long
+                || v instanceof Short) {
+            return v.toString();
+        }
+        if (v instanceof java.math.BigDecimal || v instanceof java.math.BigInteger) {
+            return v.toString();
+        }
+        if (v instanceof List) {
+            StringBuilder b = new StringBuilder("[");
+            List<?> l = (List<?>) v;
+            for (int i = 0; i < l.size(); i++) {
+                b.append(i == 0 ? "" : ", ").append(json(l.get(i)));
+            }
+            return b.append(']').toString();
+        }
+        String s = v.toString();
+        StringBuilder b = new StringBuilder("\"");
+        for (int i = 0; i < s.length(); i++) {
+            char ch = s.charAt(i);
+            switch (ch) {
+                case '"': b.append("\\\""); break;
+                case '\\': b.append("\\\\"); break;
+                case '\n': b.append("\\n"); break;
+                case '\r': b.append("\\r"); break;
+                case '\t': b.append("\\t"); break;
+                default:
+                    if (ch < 0x20) {
+                        b.append(String.format("\\u%04x", (int) ch));
+                    } else {
+                        b.append(ch);
+                    }
+            }
+        }
+        return b.append('"').toString();
+    }
+}
