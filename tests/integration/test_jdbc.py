@@ -71,10 +71,12 @@ EXPECTED_STEPS = {
                        ["update_tx2", 1],
                        ["select_tx2", [[["jdbc-first", 2]], [["jdbc-second", 2]]]],
                        ["commit", "ok"]],
+    "set_local_first": [["set_local", "ok"], ["insert", 1], ["show_in_tx", "7s"],
+                        ["commit", "ok"]],
 }
 # How many keys each scenario takes (all on one shard).
 NKEYS = {"tx_commit": 1, "tx_rollback": 1, "tx_repeat": 1, "batch_autocommit": 5,
-         "batch_tx": 5, "error_recovery": 2}
+         "batch_tx": 5, "error_recovery": 2, "set_local_first": 1}
 # Rows each scenario leaves behind: key index -> (owner, balance); missing indexes: no row.
 EXPECTED_ROWS = {
     "tx_commit": {0: ("jdbc-commit", 11)},
@@ -83,6 +85,7 @@ EXPECTED_ROWS = {
     "batch_autocommit": {i: ("jdbc-batch", 5) for i in range(5)},
     "batch_tx": {i: ("jdbc-batch-tx", 5) for i in range(5)},
     "error_recovery": {0: ("jdbc-first", 2), 1: ("jdbc-second", 2)},
+    "set_local_first": {0: ("jdbc-set-local", 1)},
 }
 # Scenarios whose connection needs reWriteBatchedInserts=true.
 REWRITE = {"batch_autocommit", "batch_tx"}

@@ -21,6 +21,7 @@ import java.sql.PreparedStatement;
 import java.sql.ResultSet;
 import java.sql.ResultSetMetaData;
 import java.sql.SQLException;
+import java.sql.Statement;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
@@ -97,6 +98,7 @@ public final class JdbcChecks {
             case "batch_autocommit": batch(c, k, false, job); break;
             case "batch_tx": batch(c, k, true, job); break;
             case "error_recovery": errorRecovery(c, k[0], k[1], job); break;
+            case "set_local_first": setLocalFirst(c, k[0], job); break;
             default: throw new IllegalArgumentException("unknown scenario " + scenario);
         }
     }
@@ -116,6 +118,28 @@ public final class JdbcChecks {
         }
         job.step("select");
         job.record(select(c, k));
+        job.step("commit");
+        c.commit();
+        job.record("ok");
+    }
+
+    // SET LOCAL as a transaction's first statement (pgjdbc sends BEGIN and it as two unnamed
+    // statements before one Sync), then statements on the key: they must not be pinned to the
+    // default shard by the SET LOCAL, and the setting holds inside the transaction only.
+    private static void setLocalFirst(Connection c, long k, Job job) throws SQLException {
+        c.setAutoCommit(false);
+        job.step("set_local");
+        try (Statement st = c.createStatement()) {
+            st.execute("SET LOCAL statement_timeout = '7s'");
+            job.record("ok");
+        }
+        job.step("insert");
+        job.record(insert(c, k, "jdbc-set-local", 1));
+        job.step("show_in_tx");
+        try (Statement st = c.createStatement(); ResultSet rs = st.executeQuery("SHOW statement_timeout")) {
+            rs.next();
+            job.record(rs.getString(1));
+        }
         job.step("commit");
         c.commit();
         job.record("ok");
