@@ -144,8 +144,8 @@ std::string_view Reader::bytes(size_t n) {
 }
 
 // ErrorResponse: { Byte1 field code, String value }*, Byte1 0.
-void error_response(Bytes &out, const ErrorInfo &e) {
-  Writer w(out, 'E');
+static void error_fields(Bytes &out, char type, const ErrorInfo &e) {
+  Writer w(out, type);
   w.u8('S').cstr(e.severity).u8('V').cstr(e.severity).u8('C').cstr(e.sqlstate);
   w.u8('M').cstr(e.message);
   if (!e.detail.empty())
@@ -154,6 +154,14 @@ void error_response(Bytes &out, const ErrorInfo &e) {
     w.u8('H').cstr(e.hint);
   w.u8(0);
   w.finish();
+}
+
+void error_response(Bytes &out, const ErrorInfo &e) {
+  error_fields(out, 'E', e);
+}
+
+void notice_response(Bytes &out, const ErrorInfo &e) {
+  error_fields(out, 'N', e);
 }
 
 ErrorInfo parse_error_response(std::string_view body) {

@@ -138,6 +138,7 @@ struct ErrorInfo {
   std::string hint;
 };
 void error_response(Bytes &out, const ErrorInfo &e);
+void notice_response(Bytes &out, const ErrorInfo &e); // NoticeResponse: the same fields
 ErrorInfo parse_error_response(std::string_view body);
 
 // ---- Backend-side builders (what the proxy says to clients) ----

@@ -81,6 +81,9 @@ bool Session::fast_batch(FastBatch &fb, QueryRun &q) {
   const router::StatementPlan &sp = st.planned.analysis->stmts[0];
   if (sp.kind != router::StmtKind::read && sp.kind != router::StmtKind::write)
     return false;
+  if (!params_cover_keys(sp, bind_) ||
+      (!portals_.empty() && !bind_.portal.empty() && portals_.count(std::string(bind_.portal))))
+    return false; // the general path says what is wrong
   bind_params_.clear();
   for (size_t i = 0; i < bind_.params.size(); ++i)
     bind_params_.push_back({bind_.params[i], protocol::bind_param_format(bind_, i)});
@@ -170,12 +173,18 @@ Task<bool> Session::batch_lost(BackendConn &b, int shard, bool ends_sync) {
 // settles, and a backend no transaction holds goes back to its pool.
 void Session::settle_tx(int shard, char tx_before) {
   if (tx_before == 'I' && tx_ != 'I')
-    tx_settings_snapshot_ = settings_;
+    tx_settings_snapshot_ = settings_before_ ? std::move(*settings_before_) : settings_;
+  else if (tx_ == 'I' && request_error_ && settings_before_)
+    restore_settings(); // the implicit transaction failed: its SETs are undone
+  settings_before_.reset();
+  request_error_ = false;
   if (tx_ == 'I') {
     if (tx_before != 'I')
       apply_tx_end();
-    if (!portals_.empty()) [[unlikely]]
+    if (!portals_.empty()) [[unlikely]] {
       portals_.clear(); // portals end with their transaction
+      virtual_portals_.clear();
+    }
   } else {
     tx_shard_ = shard;
   }
@@ -202,6 +211,61 @@ void Session::settle_tx(int shard, char tx_before) {
 namespace {
 std::atomic<uint64_t> g_unnamed_tags{1};
 
+// The value PostgreSQL reports in ParameterStatus after a SET that the proxy answers itself:
+// only application_name with a plain literal is answered so (its report is that literal).
+// Other reported settings (DateStyle, TimeZone, ...) are normalized by the server, so a SET of
+// one of them never waits: nullopt. Empty: the setting is not reported, any SET may wait.
+std::optional<std::string> app_literal(std::string_view canon);
+
+std::optional<std::string> reported_value(const router::StatementPlan &sp, std::string_view text) {
+  static const char *const reported[] = {"client_encoding",
+                                         "datestyle",
+                                         "default_transaction_read_only",
+                                         "in_hot_standby",
+                                         "integer_datetimes",
+                                         "intervalstyle",
+                                         "is_superuser",
+                                         "server_encoding",
+                                         "server_version",
+                                         "session_authorization",
+                                         "standard_conforming_strings",
+                                         "timezone"};
+  if (sp.set_name != "application_name") {
+    for (const char *r : reported)
+      if (sp.set_name == r)
+        return std::nullopt;
+    return std::string();
+  }
+  auto canon = router::canonical_set(trim(text));
+  if (!canon)
+    return std::nullopt;
+  return app_literal(*canon);
+}
+
+// The value of a canonical `SET application_name TO E'...'` (see router::canonical_set), when
+// PostgreSQL would keep it as it is; nullopt otherwise.
+std::optional<std::string> app_literal(std::string_view canon) {
+  const std::string_view prefix = "SET application_name TO E'";
+  if (!canon.starts_with(prefix) || canon.back() != '\'')
+    return std::nullopt;
+  std::string v;
+  std::string_view lit(canon);
+  lit = lit.substr(prefix.size(), lit.size() - prefix.size() - 1);
+  for (size_t i = 0; i < lit.size(); ++i) {
+    char c = lit[i];
+    if ((c == '\'' || c == '\\') && i + 1 < lit.size() && lit[i + 1] == c)
+      ++i;
+    else if (c == '\'' || c == '\\')
+      return std::nullopt; // not one literal
+    if (c < 32 || c > 126)
+      return std::nullopt; // PostgreSQL would replace it
+    v.push_back(c);
+  }
+  if (v.empty() || v.size() > 63)
+    return std::nullopt; // PostgreSQL would truncate it
+  return v;
+}
+
 std::string missing_statement(std::string_view name) {
   return name.empty() ? std::string("unnamed prepared statement does not exist")
                       : "prepared statement \"" + std::string(name) + "\" does not exist";
@@ -218,6 +282,8 @@ struct Session::BatchItem {
   protocol::BindMsg bind;
   bool special = false; // E of DEALLOCATE / DISCARD ALL: the proxy answers it (tag)
   bool again = false;   // E: the portal was executed earlier in this batch
+  bool virt = false;    // D P, E: the portal lives on no backend (see virtual_portals_)
+  int32_t max_rows = 0; // E: its row limit (0: all)
   std::string tag;
   std::optional<router::RouteError> error; // the proxy's own error here: the walk's last item
 };
@@ -246,8 +312,9 @@ bool Session::deferrable(const ClientStmt &st) {
   case router::StmtKind::rollback:
   case router::StmtKind::savepoint:
   case router::StmtKind::set_local:
-  case router::StmtKind::set:
     return true;
+  case router::StmtKind::set:
+    return reported_value(an.stmts[0], st.text).has_value();
   default:
     return false;
   }
@@ -260,12 +327,32 @@ bool Session::changes_settings(const ClientStmt &st) {
           an.stmts[0].kind == router::StmtKind::reset_all);
 }
 
+// COMMIT or ROLLBACK: what a failed transaction still accepts.
+bool Session::ends_tx(const ClientStmt &st) {
+  const auto &an = *st.planned.analysis;
+  return an.parsed && an.stmts.size() == 1 &&
+         (an.stmts[0].kind == router::StmtKind::commit ||
+          an.stmts[0].kind == router::StmtKind::rollback);
+}
+
+// Whether a Bind carries every parameter the statement's key comes from; if not, PostgreSQL
+// rejects it (08P01), and the proxy must not take the missing key for a NULL one.
+bool Session::params_cover_keys(const router::StatementPlan &sp, const protocol::BindMsg &bind) {
+  for (const auto &k : sp.keys)
+    if (k.is_param && size_t(k.index) > bind.params.size())
+      return false;
+  return true;
+}
+
 // A read of no table that calls no function: any shard answers it alike, outside any
 // transaction (a side connection).
 bool Session::pure_read(const ClientStmt &st) {
   const auto &an = *st.planned.analysis;
-  return an.parsed && an.stmts.size() == 1 && an.stmts[0].kind == router::StmtKind::read &&
-         an.stmts[0].tableless && an.stmts[0].pipelinable;
+  if (!an.parsed || an.stmts.size() != 1)
+    return false;
+  const router::StatementPlan &sp = an.stmts[0];
+  return sp.kind == router::StmtKind::read && sp.tableless &&
+         (sp.pipelinable || sp.tag == "SHOW"); // SHOW reads settings, which the copy has
 }
 
 // Step 1 (see above). False: a malformed message (the caller ends the session).
@@ -275,6 +362,7 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
       int(std::count_if(batch.begin(), batch.end(), [](const Msg &m) { return m.type == 'B'; }));
   bool failed_tx = tx_ == 'E';
   int held = tx_shard_ >= 0 ? tx_shard_ : batch_shard_;
+  bool virtual_gone = false; // a COMMIT or ROLLBACK earlier in the batch ended their portals
   boost::container::small_vector<std::string_view, 4> executed;
   std::vector<router::ParamValue> &params = bind_params_;
   bp.items.reserve(batch.size());
@@ -291,14 +379,17 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
       if (!p)
         return false;
       it.name = std::string(p->name);
-      if (!it.name.empty() && stmts_.count(it.name)) {
-        fail("42P05", "prepared statement \"" + it.name + "\" already exists");
-        break;
-      }
       auto st = std::make_shared<ClientStmt>();
       st->text = std::string(p->query);
       st->types = p->param_types;
       st->planned = sh_.router.plan(st->text);
+      // A syntax error comes first; in a failed transaction 25P02 comes before the name is
+      // looked at, except for the statements that end the transaction.
+      if (!it.name.empty() && stmts_.count(it.name) && st->planned.analysis->parsed &&
+          (!failed_tx || ends_tx(*st))) {
+        fail("42P05", "prepared statement \"" + it.name + "\" already exists");
+        break;
+      }
       if (it.name.empty())
         st->unnamed_tag = g_unnamed_tags++;
       else
@@ -319,7 +410,14 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
         break;
       }
       it.st = sit->second;
+      if (!failed_tx && !virtual_gone && !it.name.empty() && virtual_portals_.count(it.name) &&
+          !(deferrable(*it.st) && !it.bind.params.empty())) { // (that is 08P01 first)
+        // A named portal is not replaced; where it lives on no backend, the proxy says so.
+        fail("42P03", "portal \"" + it.name + "\" already exists");
+        break;
+      }
       portals_[it.name] = it.st;
+      virtual_portals_.erase(it.name); // it lives where this batch runs
       executed.erase(std::remove(executed.begin(), executed.end(), std::string_view(it.name)),
                      executed.end()); // a new portal under that name
       ++bp.binds;
@@ -329,6 +427,8 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
       if (failed_tx || !an.parsed || an.stmts.empty())
         break;
       const router::StatementPlan &sp = an.stmts[0];
+      if (!params_cover_keys(sp, it.bind))
+        break; // the server rejects the Bind (08P01): nothing to route by
       params.clear();
       for (size_t i = 0; i < it.bind.params.size(); ++i)
         params.push_back({it.bind.params[i], protocol::bind_param_format(it.bind, i)});
@@ -393,16 +493,20 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
           stmts_.erase(sit);
         }
       } else if (auto pit = portals_.find(it.name); pit != portals_.end()) {
-        if (m.type == 'D')
+        it.virt = virtual_portals_.count(it.name) > 0;
+        if (m.type == 'D') {
           it.st = pit->second;
-        else
+        } else {
           portals_.erase(pit);
+          virtual_portals_.erase(it.name);
+        }
       }
       break;
     }
     case 'E': {
       protocol::Reader r(m.body);
       it.name = std::string(r.cstr());
+      it.max_rows = r.i32();
       if (!r.ok())
         return false;
       bp.any_exec = true;
@@ -410,6 +514,16 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
       executed.push_back(it.m->body.data()); // the portal name, NUL-terminated in the body
       if (auto pit = portals_.find(it.name); pit != portals_.end())
         it.st = pit->second;
+      if (it.st && ends_tx(*it.st)) {
+        virtual_gone = true;
+        if (failed_tx) {
+          // The failed transaction ends here; what follows is routed again, and must run
+          // where this batch runs (the transaction's shard).
+          failed_tx = false;
+          held = tx_shard_ >= 0 ? tx_shard_ : int(sh_.router.default_shard());
+        }
+        break;
+      }
       if (!it.st || failed_tx)
         break;
       const auto &an = *it.st->planned.analysis;
@@ -458,61 +572,144 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
   return true;
 }
 
-// Whether the proxy can answer every message of bp itself, exactly as the server would: only
-// transaction control and settings that wait for the transaction's first statement, and
-// what names them. The states walk as the messages would change them.
-bool Session::synthesizable(const BatchPlan &bp) const {
+// Where a batch that holds no shard and routes to none runs:
+//  - synth: the proxy answers every message itself, exactly as the server would: only
+//    transaction control and settings that wait for the transaction's first statement, and
+//    what names them;
+//  - side: a connection of its own that pins no shard (see on_batch), when the batch holds
+//    besides only Parse, Describe and Close of anything, and reads of no table that call no
+//    function; the waiting statements are then answered in their turn among the server's;
+//  - backend: the default shard, which then holds the transaction or cut batch.
+// The transaction state walks as the messages would change it.
+Session::BatchMode Session::batch_mode(const BatchPlan &bp) const {
   if (tx_ == 'E')
-    return false;
-  bool tx = in_tx();
+    return BatchMode::backend;
+  bool tx = in_tx(), synth = true;
+  boost::container::small_vector<std::string_view, 4> named; // portals bound in the batch
   for (const BatchItem &it : bp.items) {
     if (it.error)
-      return true; // nothing after it runs
+      break; // nothing after it runs
     switch (it.m->type) {
     case 'P':
-      if (!deferrable(*it.st))
-        return false;
+      synth &= deferrable(*it.st);
       break;
     case 'B':
-      if (!deferrable(*it.st) || !it.bind.params.empty())
-        return false;
+      if (!it.name.empty()) { // bound twice: the server refuses the second (42P03)
+        synth &= std::find(named.begin(), named.end(), it.name) == named.end();
+        named.push_back(it.name);
+      }
+      if (deferrable(*it.st) && it.bind.params.empty())
+        break;
+      if (!pure_read(*it.st) && it.st->planned.analysis->parsed)
+        return BatchMode::backend;
+      synth = false;
       break;
     case 'D':
-      if (!it.st || !deferrable(*it.st))
-        return false;
+      synth &= it.st && deferrable(*it.st);
       break;
-    case 'E': {
+    case 'E':
       if (it.special)
         break;
-      if (!it.st || !deferrable(*it.st) || it.again)
-        return false;
-      switch (it.st->planned.analysis->stmts[0].kind) {
-      case router::StmtKind::begin:
-        if (tx)
-          return false; // PostgreSQL warns: let it
-        tx = true;
-        break;
-      case router::StmtKind::commit:
-      case router::StmtKind::rollback:
-        if (!tx)
-          return false; // likewise
-        tx = false;
-        break;
-      default: // SAVEPOINT, SET LOCAL, SET: deferred only inside a transaction
-        if (!tx)
-          return false;
+      if (it.st && deferrable(*it.st) && !it.again) {
+        switch (it.st->planned.analysis->stmts[0].kind) {
+        case router::StmtKind::begin:
+          tx = true; // inside one already: PostgreSQL's warning, then BEGIN
+          break;
+        case router::StmtKind::commit:
+        case router::StmtKind::rollback:
+          tx = false; // outside one: PostgreSQL's warning, then the tag
+          break;
+        default: // SAVEPOINT, SET LOCAL, SET: they wait only inside a transaction
+          if (!tx)
+            return BatchMode::backend;
+          break;
+        }
         break;
       }
+      if (it.st && !pure_read(*it.st))
+        return BatchMode::backend;
+      // (A portal suspended by its row limit ends with the side connection's batch: see the
+      // README's limits.)
+      synth = false;
       break;
-    }
     default: // Close, Sync, Flush
       break;
     }
   }
-  return true;
+  return synth ? BatchMode::synth : BatchMode::side;
 }
 
-// Answers bp's messages without a backend (see synthesizable()).
+// A SET inside a transaction that no statement bound yet: it waits with the BEGIN, counts for
+// the session at once, and its report (application_name) goes out with the next
+// ReadyForQuery, as PostgreSQL sends it.
+bool Session::can_defer_set(const router::StatementPlan &sp, const std::string &text) {
+  return reported_value(sp, text).has_value();
+}
+
+void Session::defer_set(const router::StatementPlan &sp, const std::string &text) {
+  deferred_ += ";" + text;
+  set_setting(sp.set_name, text);
+  if (auto v = reported_value(sp, text); v && !v->empty()) {
+    pending_app_ = *v;
+    app_deferred_ = true;
+  }
+}
+
+// application_name in a settings map (as the proxy keeps them), else as the client connected.
+std::string Session::app_value(const std::map<std::string, std::string> &settings) const {
+  auto it = settings.find("application_name");
+  if (it != settings.end())
+    if (auto v = app_literal(it->second))
+      return *v;
+  return reported_at_startup_;
+}
+
+// The effect of transaction control or a SET that waits for the transaction's first
+// statement, and the server's answer to it.
+void Session::run_deferred(const ClientStmt &st) {
+  const router::StatementPlan &sp = st.planned.analysis->stmts[0];
+  std::string text = trim(st.text), tag = sp.tag;
+  switch (sp.kind) {
+  case router::StmtKind::begin:
+    if (in_tx()) {
+      already_in_tx();
+      break;
+    }
+    tx_settings_snapshot_ = settings_;
+    deferred_ = text;
+    tx_read_only_ = sp.read_only_tx;
+    tx_ = 'T';
+    break;
+  case router::StmtKind::commit:
+  case router::StmtKind::rollback:
+    if (!in_tx()) { // PostgreSQL warns, and answers with the statement's own tag
+      protocol::ErrorInfo n;
+      n.severity = "WARNING";
+      n.sqlstate = "25P01";
+      n.message = "there is no transaction in progress";
+      protocol::notice_response(*sink_, n);
+      tag = sp.kind == router::StmtKind::commit ? "COMMIT" : "ROLLBACK";
+      portals_.clear(); // the implicit transaction ends, and its portals
+      virtual_portals_.clear();
+      break;
+    }
+    last_rollback_ = !(sp.kind == router::StmtKind::commit && tx_ != 'E');
+    tag = last_rollback_ ? "ROLLBACK" : "COMMIT";
+    apply_tx_end();
+    portals_.clear(); // the transaction's portals end with it
+    virtual_portals_.clear();
+    break;
+  case router::StmtKind::set:
+    defer_set(sp, text);
+    break;
+  default: // SAVEPOINT, SET LOCAL
+    deferred_ += ";" + text;
+    break;
+  }
+  protocol::command_complete(*sink_, tag);
+}
+
+// Answers bp's messages without a backend (see batch_mode()).
 void Session::synthesize_items(BatchPlan &bp) {
   for (BatchItem &it : bp.items) {
     if (it.error) {
@@ -531,8 +728,21 @@ void Session::synthesize_items(BatchPlan &bp) {
       break;
     case 'B':
       protocol::bind_complete(*sink_);
+      virtual_portals_.insert(it.name);
       break;
     case 'D':
+      if (it.target == 'P' && !virtual_portals_.count(it.name)) {
+        // A COMMIT or ROLLBACK earlier in the batch ended the portal.
+        it.error = router::RouteError{"34000", "portal \"" + it.name + "\" does not exist", ""};
+        error(it.error->sqlstate, it.error->message);
+        if (in_tx())
+          fail_transaction_by_proxy();
+        if (bp.ends_sync)
+          ready();
+        else
+          skip_until_sync_ = true;
+        return;
+      }
       if (it.target == 'S')
         protocol::Writer(*sink_, 't').i16(0).finish(); // ParameterDescription: no parameters
       protocol::no_data(*sink_);
@@ -542,30 +752,7 @@ void Session::synthesize_items(BatchPlan &bp) {
         protocol::command_complete(*sink_, it.tag);
         break;
       }
-      const router::StatementPlan &sp = it.st->planned.analysis->stmts[0];
-      std::string text = trim(it.st->text), tag = sp.tag;
-      switch (sp.kind) {
-      case router::StmtKind::begin:
-        tx_settings_snapshot_ = settings_;
-        deferred_ = text;
-        tx_read_only_ = sp.read_only_tx;
-        tx_ = 'T';
-        break;
-      case router::StmtKind::commit:
-      case router::StmtKind::rollback:
-        last_rollback_ = !(sp.kind == router::StmtKind::commit && tx_ != 'E');
-        tag = last_rollback_ ? "ROLLBACK" : "COMMIT";
-        apply_tx_end();
-        break;
-      case router::StmtKind::set:
-        deferred_ += ";" + text;
-        set_setting(sp.set_name, text);
-        break;
-      default: // SAVEPOINT, SET LOCAL
-        deferred_ += ";" + text;
-        break;
-      }
-      protocol::command_complete(*sink_, tag);
+      run_deferred(*it.st);
       break;
     }
     case 'C':
@@ -573,8 +760,10 @@ void Session::synthesize_items(BatchPlan &bp) {
       break;
     case 'S':
       ready();
-      if (tx_ == 'I')
+      if (tx_ == 'I') {
         portals_.clear();
+        virtual_portals_.clear();
+      }
       break;
     default: // Flush
       break;
@@ -597,6 +786,7 @@ void Session::write_parse(BackendConn &b, const BatchItem &it) {
     p.parse_id = st.id;
   } else {
     protocol::parse(wbuf_, "", st.text, st.types);
+    p.prev_owner = b.unnamed_owner;
     b.unnamed_owner = st.id == 0 ? st.unnamed_tag : 0;
     p.parse_unnamed = true;
   }
@@ -625,8 +815,12 @@ void Session::write_items(BackendConn &b, BatchPlan &bp, bool side) {
       error(it.error->sqlstate, it.error->message, it.error->hint);
       sink_ = &out_;
       write_failure(b, err);
-      if (bp.ends_sync)
+      if (bp.ends_sync) {
         write_passthrough('S', {}, Expect::sync);
+      } else if (side) { // the side connection keeps nothing open
+        append_frame(wbuf_, 'S', {});
+        exp_.emplace_back(Expect::sync, false);
+      }
       return;
     }
     switch (m.type) {
@@ -641,12 +835,21 @@ void Session::write_items(BackendConn &b, BatchPlan &bp, bool side) {
         ensure_prepared(b, *it.st, wbuf_);
         protocol::describe(wbuf_, 'S', it.st->server_name);
         exp_.emplace_back(Expect::describe_stmt, true);
+      } else if (it.st && deferrable(*it.st) && it.virt) {
+        Pending s(Expect::synthetic); // a portal the proxy answered for: no rows
+        protocol::no_data(s.synthetic);
+        exp_.push_back(std::move(s));
       } else {
         write_passthrough('D', m.body, Expect::one);
       }
       break;
     case 'E':
-      if (it.special) {
+      if (side && it.st && deferrable(*it.st) && !it.again) {
+        Pending s(Expect::synthetic); // answered at its turn, its effect applied then
+        s.deferred = true;
+        s.exec = it.st;
+        exp_.push_back(std::move(s));
+      } else if (it.special) {
         Pending s(Expect::synthetic);
         protocol::command_complete(s.synthetic, it.tag);
         if (!it.undo_name.empty()) {
@@ -714,6 +917,10 @@ Task<bool> Session::on_batch() {
     }
   } give_back{batch_, batch, spare_bodies_};
 
+  if (batch_shard_ < 0) { // a new request (not the rest of one cut by Flush)
+    request_error_ = false;
+    settings_before_.reset();
+  }
   BatchPlan bp;
   if (!plan_batch(batch, bp))
     co_return co_await fatal("08P01", "invalid extended-protocol message");
@@ -738,23 +945,18 @@ Task<bool> Session::on_batch() {
   int shard;
   if (held >= 0 || poison || bp.shard >= 0) {
     shard = held >= 0 ? held : bp.shard >= 0 ? bp.shard : int(sh_.router.default_shard());
-  } else if (synthesizable(bp)) {
-    synthesize_items(bp);
-    co_return true;
   } else {
+    BatchMode mode = batch_mode(bp);
+    if (mode == BatchMode::synth) {
+      synthesize_items(bp);
+      co_return true;
+    }
+    // Nothing in the batch needs a shard (Parse and Describe, as asyncpg prepares cut by
+    // Flush; reads of no table; transaction control that waits): it runs on a connection of
+    // its own, closed with our own Sync (and, inside a transaction whose BEGIN waits, in a
+    // copy of it rolled back after), so that it pins no shard; a later Bind routes by its key.
     shard = int(sh_.router.default_shard());
-    // Nothing in the batch needs a shard: Parse and Describe (asyncpg prepares this way, cut
-    // by Flush), and reads of no table. They run on a connection of their own, closed with our
-    // own Sync (and, inside a transaction whose BEGIN waits, in a copy of it rolled back), so
-    // that they pin no shard; a later Bind routes by its key.
-    side = tx_ != 'E' && std::all_of(bp.items.begin(), bp.items.end(), [](const BatchItem &it) {
-             char t = it.m->type;
-             if (it.error || it.special || t == 'P' || t == 'D' || t == 'C' || t == 'S' || t == 'H')
-               return true;
-             if (t == 'B')
-               return pure_read(*it.st) || !it.st->planned.analysis->parsed;
-             return !it.st || pure_read(*it.st); // Execute
-           });
+    side = mode == BatchMode::side;
   }
   bool side_tx = side && in_tx() && bp.any_exec; // runs inside a copy of the waiting BEGIN
   if (log::enabled(log::Level::debug)) {
@@ -786,13 +988,19 @@ Task<bool> Session::on_batch() {
   }
   char tx_before = tx_;
   wbuf_.clear();
-  prepare_backend(*b, wbuf_, !side);
-  if (side_tx) {
-    protocol::query(wbuf_, deferred_);
-    exp_.emplace_back(Expect::query, false);
-    b->unnamed_owner = 0;
-  }
+  prepare_backend(*b, wbuf_, !side || side_tx, side_tx);
   if (poison) {
+    // Statements the batch names that this backend lacks are prepared before the
+    // transaction fails there (a failed transaction refuses a Parse), so that the server
+    // answers for them as it would (wrong parameter counts, 25P02).
+    size_t n = 0;
+    for (auto &[name, st] : stmts_) {
+      bool here = std::any_of(bp.items.begin(), bp.items.end(), [&](const BatchItem &p) {
+        return p.m->type == 'P' && p.st == st; // parsed by this batch: its Parse is the client's
+      });
+      if (!here && st->planned.analysis->parsed && n++ < 64)
+        ensure_prepared(*b, *st, wbuf_);
+    }
     write_failure(*b, {});
     append_frame(wbuf_, 'S', {});
     exp_.emplace_back(Expect::sync, false);
@@ -817,8 +1025,10 @@ Task<bool> Session::on_batch() {
   bool ok = st == RelayStep::done || (st != RelayStep::failed && co_await relay_more(*b, st));
   side_batch_ = false;
   if (side) {
-    if (side_tx)
-      mark_untracked(*b); // the copy's SETs were rolled back there
+    if (side_tx) { // the copy rolled back: the backend holds what the transaction began with
+      b->settings = tx_settings_snapshot_;
+      b->settings_hash = hash_settings(b->settings);
+    }
     detach_if_idle();
     if (!ok && !b->broken)
       co_return false;
@@ -832,8 +1042,14 @@ Task<bool> Session::on_batch() {
         fail_transaction_by_proxy(); // as the server would have failed it
       skip_until_sync_ = true;       // and discarded messages until the client's Sync
     }
-    if (ends_sync && tx_ == 'I')
+    if (ends_sync && tx_ == 'I') {
       portals_.clear();
+      virtual_portals_.clear();
+    } else {
+      for (const BatchItem &it : bp.items) // they lived on the side connection only
+        if (it.m->type == 'B' && !it.error)
+          virtual_portals_.insert(it.name);
+    }
     co_return true;
   }
   if (!ok)

@@ -97,7 +97,19 @@ void Session::error(const std::string &sqlstate, const std::string &msg, const s
 }
 
 void Session::ready() {
+  if (pending_app_) [[unlikely]]
+    report_app();
   protocol::ready_for_query(*sink_, tx_);
+}
+
+// The ParameterStatus the proxy owes (see pending_app_), if the value changed: PostgreSQL
+// reports a setting at ReadyForQuery when it differs from what it reported last.
+void Session::report_app() {
+  if (*pending_app_ != reported_app_) {
+    protocol::parameter_status(*sink_, "application_name", *pending_app_);
+    reported_app_ = *pending_app_;
+  }
+  pending_app_.reset();
 }
 
 Task<bool> Session::flush() {
@@ -322,6 +334,8 @@ Task<bool> Session::send_server_params() {
                     : sv;
     }
     protocol::parameter_status(out_, k, value);
+    if (lk == "application_name")
+      reported_app_ = reported_at_startup_ = value;
   }
   co_return true;
 }
@@ -363,15 +377,17 @@ Task<void> Session::handle_cancel(std::string_view body) {
 
 // ---------------------------------------------------------------- settings
 
-void Session::rehash_settings() {
-  if (settings_.empty()) {
-    settings_hash_ = 0;
-    return;
-  }
+uint64_t Session::hash_settings(const std::map<std::string, std::string> &s) {
+  if (s.empty())
+    return 0;
   std::string all;
-  for (auto &[k, v] : settings_)
+  for (auto &[k, v] : s)
     all += k + '\n' + v + '\n';
-  settings_hash_ = std::hash<std::string>{}(all) | 1;
+  return std::hash<std::string>{}(all) | 1;
+}
+
+void Session::rehash_settings() {
+  settings_hash_ = hash_settings(settings_);
 }
 
 // Records a SET the client ran, in canonical form; false when the proxy cannot rebuild it, in
@@ -380,6 +396,7 @@ bool Session::set_setting(const std::string &name, const std::string &stmt) {
   auto canon = router::canonical_set(stmt);
   if (!canon)
     return false;
+  note_settings_change();
   if (canon->starts_with("RESET ")) {
     // RESET goes back to the value the client connected with, as in PostgreSQL.
     if (auto it = startup_settings_.find(name); it != startup_settings_.end())
@@ -400,6 +417,7 @@ void Session::settings_ran(BackendConn &b, const router::StatementPlan &sp,
                            const std::string &text) {
   bool untracked = b.settings.count("\x01untracked") > 0;
   if (sp.kind == router::StmtKind::reset_all) {
+    note_settings_change();
     settings_ = startup_settings_;
     rehash_settings();
     b.settings.clear(); // the server's defaults, untracked ones too
@@ -644,14 +662,23 @@ void Session::detach_all() {
 }
 
 // Settings and deferred transaction statements travel in front of the client's messages.
-void Session::prepare_backend(BackendConn &b, std::string &out, bool with_deferred) {
-  if (b.settings_hash != settings_hash_) {
+//
+// While a transaction waits for its first statement, the SETs inside it are in settings_ and
+// in deferred_: the backend first gets the settings the transaction began with, then deferred_
+// inside the transaction, so that a rollback takes them back on the server too. keep_deferred:
+// a copy of the waiting transaction (a side connection), deferred_ stays.
+void Session::prepare_backend(BackendConn &b, std::string &out, bool with_deferred,
+                              bool keep_deferred) {
+  bool send_deferred = with_deferred && !deferred_.empty();
+  const auto &base = send_deferred && in_tx() ? tx_settings_snapshot_ : settings_;
+  uint64_t base_hash = &base == &settings_ ? settings_hash_ : hash_settings(base);
+  if (b.settings_hash != base_hash) {
     std::string q;
     bool reset = std::any_of(b.settings.begin(), b.settings.end(),
-                             [&](auto &kv) { return !settings_.count(kv.first); });
+                             [&](auto &kv) { return !base.count(kv.first); });
     if (reset)
       q = "RESET ALL;";
-    for (auto &[k, v] : settings_) {
+    for (auto &[k, v] : base) {
       auto it = b.settings.find(k);
       if (reset || it == b.settings.end() || it->second != v)
         q += v + ";";
@@ -661,14 +688,19 @@ void Session::prepare_backend(BackendConn &b, std::string &out, bool with_deferr
       exp_.emplace_back(Expect::query, false);
       b.unnamed_owner = 0; // a simple Query drops the unnamed statement
     }
-    b.settings = settings_;
-    b.settings_hash = settings_hash_;
+    b.settings = base;
+    b.settings_hash = base_hash;
   }
-  if (with_deferred && !deferred_.empty()) {
+  if (send_deferred) {
     protocol::query(out, deferred_);
     exp_.emplace_back(Expect::query, false);
-    deferred_.clear();
     b.unnamed_owner = 0;
+    b.settings = settings_;
+    b.settings_hash = settings_hash_;
+    if (!keep_deferred) {
+      deferred_.clear();
+      app_deferred_ = false; // the server reports it from here on
+    }
   }
 }
 
@@ -690,34 +722,34 @@ void Session::ensure_prepared(BackendConn &b, const ClientStmt &st, std::string 
   exp_.push_back(std::move(p));
 }
 
-// A Parse that failed, or that the server skipped after an earlier error, created nothing on
-// the backend.
-void Session::forget_failed(BackendConn &b, const Pending &p) {
-  if (p.parse_id)
-    b.prepared.erase(p.parse_id);
-  if (p.parse_unnamed)
-    b.unnamed_owner = 0;
-}
-
 // The backend reported an error for the request at the front of exp_: it now discards every
-// message until Sync, and so do the expectations. The client's Parses and Closes among them
-// are undone newest first, so each name holds again what it held before; the Parse that
-// failed itself leaves its name empty (PostgreSQL drops the unnamed statement before parsing).
+// message until Sync, and so do the expectations. What the skipped Parses and Closes would
+// have changed is undone newest first: each client name holds again what it held before, and
+// so does the backend's unnamed statement; a failed Parse of the unnamed statement leaves
+// none (PostgreSQL drops the unnamed statement before parsing).
 void Session::forget_skipped(BackendConn &b) {
   boost::container::small_vector<Pending, 4> undo;
   bool first = true;
   while (!exp_.empty() && exp_.front().kind != Expect::sync && exp_.front().kind != Expect::query) {
     Pending &p = exp_.front();
-    forget_failed(b, p);
-    if (p.undo) {
-      if (first && !p.synthetic.size())
-        p.prev.reset(); // it failed itself: the name is left empty
+    if (p.parse_id)
+      b.prepared.erase(p.parse_id); // never created
+    if (p.undo || p.parse_unnamed) {
+      if (first && p.parse_unnamed) {
+        p.prev_owner = 0;
+        if (p.undo && p.client_name.empty())
+          p.prev.reset();
+      }
       undo.push_back(std::move(p));
     }
     first = false;
     exp_.pop_front();
   }
   for (auto it = undo.rbegin(); it != undo.rend(); ++it) {
+    if (it->parse_unnamed)
+      b.unnamed_owner = it->prev_owner;
+    if (!it->undo)
+      continue;
     if (it->prev)
       stmts_[it->client_name] = std::move(it->prev);
     else
@@ -831,7 +863,10 @@ Session::RelayStep Session::relay_some(BackendConn &b) {
     if (!exp_.empty() && exp_.front().kind == Expect::synthetic) {
       flush_run();
       while (!exp_.empty() && exp_.front().kind == Expect::synthetic) {
-        sink_->append(exp_.front().synthetic);
+        if (exp_.front().deferred) [[unlikely]]
+          run_deferred(*exp_.front().exec); // its effect and its answer, at its turn
+        else
+          sink_->append(exp_.front().synthetic);
         exp_.pop_front();
       }
     }
@@ -883,9 +918,11 @@ Session::RelayStep Session::relay_some(BackendConn &b) {
           forwarded_any_ = true;
           last_sqlstate_ =
               protocol::parse_error_response(std::string_view(h.synthetic).substr(5)).sqlstate;
+          request_error_ = true;
         }
       } else {
         last_sqlstate_ = e.sqlstate;
+        request_error_ = true;
         sh_.errors.count(ErrorSource::backend, e.sqlstate);
         forward(); // errors always reach the client, even for injected statements
       }
@@ -897,13 +934,17 @@ Session::RelayStep Session::relay_some(BackendConn &b) {
       b.tx_status = body.empty() ? 'I' : body[0];
       b.unsynced = false;
       if (h.forward) {
+        // The client's transaction is elsewhere from a side connection: an error there fails
+        // it, as it would have on the server, and the client hears its status.
+        if (side_batch_ && !last_sqlstate_.empty() && in_tx())
+          fail_transaction_by_proxy();
+        if (pending_app_) [[unlikely]] { // a deferred SET's report comes first
+          flush_run();
+          report_app();
+        }
         forward();
         if (side_batch_) {
           flush_run(); // the status byte below is the sink's last
-          // The client's transaction is elsewhere: report its status; an error fails it, as
-          // it would have on the server.
-          if (!last_sqlstate_.empty() && in_tx())
-            fail_transaction_by_proxy();
           sink_->back() = tx_;
         } else
           tx_ = b.tx_status;
@@ -950,6 +991,13 @@ Session::RelayStep Session::relay_some(BackendConn &b) {
     case 'G':
       forward();
       copy_in = true;
+      break;
+    case 'S': // ParameterStatus: what the client was told of application_name
+      if (h.forward) {
+        forward();
+        if (body.starts_with(std::string_view("application_name", 17))) [[unlikely]]
+          reported_app_.assign(body.substr(17, body.size() > 18 ? body.size() - 18 : 0));
+      }
       break;
     default: // DataRow, ParameterDescription, notices, ParameterStatus, copy-out data...
       if (h.forward)
@@ -1021,10 +1069,41 @@ Task<bool> Session::pump_copy_in(BackendConn &b) {
 void Session::fail_transaction_by_proxy() {
   tx_ = 'E';
   proxy_failed_ = true;
+  if (app_deferred_ && tx_shard_ < 0) // PostgreSQL reports the value the failure restores
+    pending_app_ = app_value(tx_settings_snapshot_);
+}
+
+// Before the first settings change of a request that began outside a transaction.
+void Session::note_settings_change() {
+  if (!in_tx() && !settings_before_)
+    settings_before_ = settings_;
+}
+
+// The implicit transaction of a request failed: the SETs it ran are undone, on the server too.
+void Session::restore_settings() {
+  settings_ = std::move(*settings_before_);
+  rehash_settings();
+  for (auto &a : attached_)
+    if (a.conn) {
+      a.conn->settings = settings_;
+      a.conn->settings_hash = settings_hash_;
+    }
+}
+
+// BEGIN inside a transaction, answered by the proxy: PostgreSQL's warning comes first.
+void Session::already_in_tx() {
+  protocol::ErrorInfo n;
+  n.severity = "WARNING";
+  n.sqlstate = "25001";
+  n.message = "there is already a transaction in progress";
+  protocol::notice_response(*sink_, n);
 }
 
 // The transaction ended (the client was told 'I'): settings roll back with it if it did.
 void Session::apply_tx_end() {
+  if (last_rollback_ && app_deferred_) // PostgreSQL reports the value the rollback restores
+    pending_app_ = app_value(tx_settings_snapshot_);
+  app_deferred_ = false;
   if (last_rollback_) {
     settings_ = tx_settings_snapshot_;
     rehash_settings();
@@ -1409,6 +1488,9 @@ void Session::mux_release(MuxLane &m) {
 // A simple Query's routing, with no I/O: answered here (errors, statements the proxy serves
 // itself), or what query_loop() must do with it. For `run`, q says where.
 Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
+  request_error_ = false;
+  if (settings_before_) [[unlikely]]
+    settings_before_.reset();
   // As in PostgreSQL, a simple Query ends the unnamed statement and the unnamed portal.
   if (!stmts_.empty()) [[unlikely]]
     stmts_.erase(std::string());
@@ -1433,10 +1515,20 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
         (first.kind == router::StmtKind::commit || first.kind == router::StmtKind::rollback)) {
       return QueryStep::end_failed_tx;
     }
-    error("25P02",
-          "current transaction is aborted, commands ignored until end of transaction block");
+    if (!planned.analysis->parsed) // PostgreSQL parses first: a syntax error is reported as such
+      error("42601", planned.analysis->parse_error);
+    else
+      error("25P02",
+            "current transaction is aborted, commands ignored until end of transaction block");
     ready();
     return QueryStep::answered;
+  }
+
+  if ((tx_ == 'E' || !planned.analysis->parsed) && tx_shard_ >= 0) {
+    // A failed transaction on its backend: PostgreSQL answers everything there (25P02, or
+    // the end of the transaction); nothing is routed. So does a syntax error in a transaction.
+    q.shard = tx_shard_;
+    return QueryStep::run;
   }
 
   // Resolve every statement; they must agree on one shard.
@@ -1501,6 +1593,7 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
         return QueryStep::answered;
       }
       if (!tx_bound) {
+        already_in_tx();
         synthetic_done(*sink_, first.tag);
         ready();
         return QueryStep::answered;
@@ -1520,11 +1613,13 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
     case router::StmtKind::set_local:
     case router::StmtKind::set:
     case router::StmtKind::reset_all:
-      if (in_tx() && !tx_bound) {
-        deferred_ += ";" + text_of(first);
+      if (in_tx() && !tx_bound &&
+          (first.kind != router::StmtKind::set || can_defer_set(first, text_of(first)))) {
         if (first.kind == router::StmtKind::set)
-          set_setting(first.set_name, text_of(first));
-        else if (first.kind == router::StmtKind::reset_all) {
+          defer_set(first, text_of(first));
+        else
+          deferred_ += ";" + text_of(first);
+        if (first.kind == router::StmtKind::reset_all) {
           settings_ = startup_settings_;
           rehash_settings();
         }

@@ -14,6 +14,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 namespace sg::proxy {
@@ -51,6 +52,7 @@ private:
     Expect kind;
     bool forward = true; // false: swallow the success responses (proxy-injected)
     bool parse_unnamed = false;
+    uint64_t prev_owner = 0; // parse_unnamed: the backend's unnamed statement before it
     // A client Parse or Close of client_name that the server may skip after an earlier
     // error: undone then (the name goes back to `prev`, or away when prev is empty).
     bool undo = false;
@@ -62,6 +64,8 @@ private:
     std::string client_name;
     StmtRef prev;
     StmtRef exec;          // an Execute: the statement its portal runs (SET tracking)
+    bool deferred = false; // a synthetic answer to `exec`, transaction control that waits
+                           // for the transaction's first statement: applied at its turn
     std::string synthetic; // bytes the proxy answers with itself
   };
 
@@ -114,8 +118,14 @@ private:
   static bool deferrable(const ClientStmt &st);
   static bool changes_settings(const ClientStmt &st);
   static bool pure_read(const ClientStmt &st);
+  static bool ends_tx(const ClientStmt &st);
+  static bool params_cover_keys(const router::StatementPlan &sp, const protocol::BindMsg &bind);
   bool plan_batch(const std::vector<Msg> &batch, BatchPlan &bp);
-  bool synthesizable(const BatchPlan &bp) const;
+  enum class BatchMode : uint8_t { synth, side, backend };
+  BatchMode batch_mode(const BatchPlan &bp) const;
+  void run_deferred(const ClientStmt &st);
+  static bool can_defer_set(const router::StatementPlan &sp, const std::string &text);
+  void defer_set(const router::StatementPlan &sp, const std::string &text);
   void synthesize_items(BatchPlan &bp);
   void write_items(BackendConn &b, BatchPlan &bp, bool side);
   void write_parse(BackendConn &b, const BatchItem &it);
@@ -165,9 +175,10 @@ private:
   void record_query(size_t shard, const BackendConn &b, QueryKind kind,
                     std::chrono::steady_clock::time_point start, std::string_view shape);
   void detach_all();
-  void prepare_backend(BackendConn &b, std::string &out, bool with_deferred = true);
+  void prepare_backend(BackendConn &b, std::string &out, bool with_deferred = true,
+                       bool keep_deferred = false);
+  static uint64_t hash_settings(const std::map<std::string, std::string> &s);
   void ensure_prepared(BackendConn &b, const ClientStmt &st, std::string &out);
-  void forget_failed(BackendConn &b, const Pending &p);
   void forget_skipped(BackendConn &b);
   Task<bool> relay(BackendConn &b);
   enum class RelayStep : uint8_t { done, need_more, copy_in, failed };
@@ -190,6 +201,9 @@ private:
                    const std::string &hint = {});
   void fail_transaction_by_proxy();
   void apply_tx_end();
+  void note_settings_change();
+  void restore_settings();
+  void already_in_tx();
   bool set_setting(const std::string &name, const std::string &stmt);
   static void mark_untracked(BackendConn &b);
   void settings_ran(BackendConn &b, const router::StatementPlan &sp, const std::string &text);
@@ -222,7 +236,23 @@ private:
   std::unordered_map<std::string, StmtRef> stmts_;
   // The statement each portal runs, as far as the proxy saw it bound (this transaction).
   std::unordered_map<std::string, StmtRef> portals_;
+  // Named portals the client bound that live on no backend (answered by the proxy, or bound on
+  // a side connection since closed): a second Bind of the name is the proxy's to refuse.
+  std::unordered_set<std::string> virtual_portals_;
+  // application_name as last reported to the client in ParameterStatus, and a report the
+  // proxy owes it at the next ReadyForQuery (a SET it answered itself, or its rollback).
+  std::string reported_app_;
+  std::string reported_at_startup_;
+  std::optional<std::string> pending_app_;
+  bool app_deferred_ = false; // a waiting transaction holds a SET application_name
+  void report_app();
+  std::string app_value(const std::map<std::string, std::string> &settings) const;
   std::map<std::string, std::string> startup_settings_; // what RESET restores
+  // The settings before a SET of the current request that began outside a transaction: an
+  // implicit transaction that fails takes its SETs back, and a BEGIN in the request takes
+  // this as the transaction's snapshot.
+  std::optional<std::map<std::string, std::string>> settings_before_;
+  bool request_error_ = false; // an error was relayed since the request began
   uint64_t unnamed_gen_ = 0;
   std::vector<Msg> batch_;
   std::vector<std::string> spare_bodies_;       // bodies of finished batches, reused by the next

@@ -531,6 +531,7 @@ StatementPlan Analyzer::plan(const Node *stmt) {
   case PG_QUERY__NODE__NODE_VARIABLE_SHOW_STMT:
     p.kind = StmtKind::read;
     p.target = TargetKind::default_shard;
+    p.tag = "SHOW";
     break;
   case PG_QUERY__NODE__NODE_DISCARD_STMT:
     if (stmt->discard_stmt->target == PG_QUERY__DISCARD_MODE__DISCARD_ALL) {
