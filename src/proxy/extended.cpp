@@ -191,6 +191,44 @@ void Session::settle_tx(int shard, char tx_before) {
   detach_if_idle();
 }
 
+// A simple Query that reads no table and calls no function (SELECT 1, SHOW) inside a
+// transaction whose BEGIN waits for its first statement: it runs on a connection of its own,
+// in a copy of the waiting transaction rolled back after, so that it chooses no shard.
+Task<bool> Session::side_query() {
+  size_t shard = sh_.router.default_shard();
+  BackendConn *b = co_await attach(shard, false);
+  if (!b) {
+    fail_transaction_by_proxy();
+    ready();
+    co_return true;
+  }
+  wbuf_.clear();
+  prepare_backend(*b, wbuf_, true, true);
+  protocol::query(wbuf_, query_);
+  exp_.emplace_back(Expect::query, true);
+  protocol::query(wbuf_, "ROLLBACK");
+  exp_.emplace_back(Expect::query, false);
+  ErrorCode ec;
+  co_await write_all(b->sock, wbuf_, ec);
+  if (ec)
+    send_failed(*b);
+  side_batch_ = true;
+  bool ok = !ec && co_await relay(*b);
+  side_batch_ = false;
+  b->settings = tx_settings_snapshot_; // the copy rolled back
+  b->settings_hash = hash_settings(b->settings);
+  if (!ok && !b->broken)
+    co_return false;
+  detach_if_idle();
+  if (!ok) {
+    error("08006", "lost the connection to the backend while running a statement",
+          "the statement reads no table; retry it");
+    fail_transaction_by_proxy();
+    ready();
+  }
+  co_return true;
+}
+
 // ---------------------------------------------------------------- the general batch path
 //
 // An extended-protocol batch is cut at Sync (or Flush) and handled in three steps:
@@ -283,6 +321,7 @@ struct Session::BatchItem {
   bool special = false; // E of DEALLOCATE / DISCARD ALL: the proxy answers it (tag)
   bool again = false;   // E: the portal was executed earlier in this batch
   bool virt = false;    // D P, E: the portal lives on no backend (see virtual_portals_)
+  std::string rebind;   // D P, E: the Bind that makes it again on this batch's backend
   int32_t max_rows = 0; // E: its row limit (0: all)
   std::string tag;
   std::optional<router::RouteError> error; // the proxy's own error here: the walk's last item
@@ -294,6 +333,7 @@ struct Session::BatchPlan {
   bool error = false;
   int shard = -1; // of the first Bind that routes to one
   bool any_bind = false, all_read = true, any_exec = false;
+  bool side_deferred = false; // transaction control ran on the side connection
   int binds = 0;
   StmtRef first_bound; // for metrics and the slow-query log
   StmtRef ddl;         // a DDL statement to run on every primary (the batch's only Bind)
@@ -493,7 +533,11 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
           stmts_.erase(sit);
         }
       } else if (auto pit = portals_.find(it.name); pit != portals_.end()) {
-        it.virt = virtual_portals_.count(it.name) > 0;
+        if (auto v = virtual_portals_.find(it.name); v != virtual_portals_.end()) {
+          it.virt = true;
+          if (m.type == 'D' && v->second.size() > 1)
+            it.rebind = v->second.substr(1); // described through a copy (see write_items)
+        }
         if (m.type == 'D') {
           it.st = pit->second;
         } else {
@@ -514,13 +558,21 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
       executed.push_back(it.m->body.data()); // the portal name, NUL-terminated in the body
       if (auto pit = portals_.find(it.name); pit != portals_.end())
         it.st = pit->second;
+      if (auto v = virtual_portals_.find(it.name); v != virtual_portals_.end()) {
+        it.virt = true;
+        if (v->second.size() > 1 && v->second[0] == 'N') { // not run yet: made again here
+          it.rebind = v->second.substr(1);
+          virtual_portals_.erase(v);
+        }
+      }
       if (it.st && ends_tx(*it.st)) {
         virtual_gone = true;
         if (failed_tx) {
           // The failed transaction ends here; what follows is routed again, and must run
-          // where this batch runs (the transaction's shard).
+          // where this batch runs: the transaction's shard, or (a transaction no statement
+          // bound yet) the first shard a later Bind routes to, which also gets the failure.
           failed_tx = false;
-          held = tx_shard_ >= 0 ? tx_shard_ : int(sh_.router.default_shard());
+          held = tx_shard_ >= 0 ? tx_shard_ : batch_shard_;
         }
         break;
       }
@@ -591,6 +643,8 @@ Session::BatchMode Session::batch_mode(const BatchPlan &bp) const {
       break; // nothing after it runs
     switch (it.m->type) {
     case 'P':
+      if (!it.st->planned.analysis->parsed)
+        return BatchMode::side; // the server fails this Parse: nothing after it runs
       synth &= deferrable(*it.st);
       break;
     case 'B':
@@ -665,10 +719,14 @@ std::string Session::app_value(const std::map<std::string, std::string> &setting
 }
 
 // The effect of transaction control or a SET that waits for the transaction's first
-// statement, and the server's answer to it.
-void Session::run_deferred(const ClientStmt &st) {
+// statement, and (reply) the server's answer to it. Without reply, a side connection ran it
+// and answered.
+void Session::run_deferred(const ClientStmt &st, bool reply) {
   const router::StatementPlan &sp = st.planned.analysis->stmts[0];
   std::string text = trim(st.text), tag = sp.tag;
+  std::string ignored, *sink = sink_;
+  if (!reply)
+    sink_ = &ignored;
   switch (sp.kind) {
   case router::StmtKind::begin:
     if (in_tx()) {
@@ -707,6 +765,7 @@ void Session::run_deferred(const ClientStmt &st) {
     break;
   }
   protocol::command_complete(*sink_, tag);
+  sink_ = sink;
 }
 
 // Answers bp's messages without a backend (see batch_mode()).
@@ -728,7 +787,7 @@ void Session::synthesize_items(BatchPlan &bp) {
       break;
     case 'B':
       protocol::bind_complete(*sink_);
-      virtual_portals_.insert(it.name);
+      virtual_portals_[it.name].clear();
       break;
     case 'D':
       if (it.target == 'P' && !virtual_portals_.count(it.name)) {
@@ -809,6 +868,31 @@ void Session::write_failure(BackendConn &b, const std::string &synthetic) {
 void Session::write_items(BackendConn &b, BatchPlan &bp, bool side) {
   for (BatchItem &it : bp.items) {
     const Msg &m = *it.m;
+    protocol::BindMsg rebind;
+    if (!it.rebind.empty() && it.st && protocol::parse_bind(it.rebind, rebind)) {
+      // A portal of a read of no table that lives on no backend, made again here from its
+      // Bind: to be run, under its own name; to be described, as a copy closed after, so
+      // that one already run is not run again from its start.
+      ensure_prepared(b, *it.st, wbuf_);
+      if (m.type == 'E') {
+        protocol::rewrite_bind(wbuf_, rebind, it.rebind, it.st->server_name);
+        exp_.emplace_back(Expect::one, false);
+      } else {
+        std::string_view rest(rebind.after_statement,
+                              size_t(it.rebind.data() + it.rebind.size() - rebind.after_statement));
+        protocol::Writer(wbuf_, 'B')
+            .cstr("sg_describe")
+            .cstr(it.st->server_name)
+            .raw(rest)
+            .finish();
+        exp_.emplace_back(Expect::one, false);
+        protocol::describe(wbuf_, 'P', "sg_describe");
+        exp_.emplace_back(Expect::one, true);
+        protocol::close(wbuf_, 'P', "sg_describe");
+        exp_.emplace_back(Expect::one, false);
+        continue;
+      }
+    }
     if (it.error) {
       std::string err;
       sink_ = &err;
@@ -845,10 +929,13 @@ void Session::write_items(BackendConn &b, BatchPlan &bp, bool side) {
       break;
     case 'E':
       if (side && it.st && deferrable(*it.st) && !it.again) {
-        Pending s(Expect::synthetic); // answered at its turn, its effect applied then
-        s.deferred = true;
-        s.exec = it.st;
-        exp_.push_back(std::move(s));
+        // It runs on the side connection too, so that what follows there sees it; its effect
+        // for the session applies when it completes.
+        append_frame(wbuf_, 'E', m.body);
+        Pending &p = exp_.emplace_back(Expect::execute, true);
+        p.exec = it.st;
+        p.deferred = true;
+        bp.side_deferred = true;
       } else if (it.special) {
         Pending s(Expect::synthetic);
         protocol::command_complete(s.synthetic, it.tag);
@@ -1006,7 +1093,7 @@ Task<bool> Session::on_batch() {
     exp_.emplace_back(Expect::sync, false);
   }
   write_items(*b, bp, side);
-  if (side_tx) {
+  if (side_tx || bp.side_deferred) { // the side connection keeps no transaction open
     protocol::query(wbuf_, "ROLLBACK");
     exp_.emplace_back(Expect::query, false);
   }
@@ -1025,7 +1112,9 @@ Task<bool> Session::on_batch() {
   bool ok = st == RelayStep::done || (st != RelayStep::failed && co_await relay_more(*b, st));
   side_batch_ = false;
   if (side) {
-    if (side_tx) { // the copy rolled back: the backend holds what the transaction began with
+    if (bp.side_deferred) { // a COMMIT there may have kept SETs of the copy
+      mark_untracked(*b);
+    } else if (side_tx) { // the copy rolled back: it holds what the transaction began with
       b->settings = tx_settings_snapshot_;
       b->settings_hash = hash_settings(b->settings);
     }
@@ -1046,9 +1135,17 @@ Task<bool> Session::on_batch() {
       portals_.clear();
       virtual_portals_.clear();
     } else {
-      for (const BatchItem &it : bp.items) // they lived on the side connection only
-        if (it.m->type == 'B' && !it.error)
-          virtual_portals_.insert(it.name);
+      // They lived on the side connection only; one not yet run can be made again.
+      for (size_t i = 0; i < bp.items.size(); ++i) {
+        const BatchItem &it = bp.items[i];
+        if (it.m->type != 'B' || it.error)
+          continue;
+        bool run =
+            std::any_of(bp.items.begin() + std::ptrdiff_t(i) + 1, bp.items.end(),
+                        [&](const BatchItem &e) { return e.m->type == 'E' && e.name == it.name; });
+        virtual_portals_[it.name] =
+            pure_read(*it.st) ? (run ? "R" : "N") + it.m->body : std::string();
+      }
     }
     co_return true;
   }

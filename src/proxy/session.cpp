@@ -863,10 +863,7 @@ Session::RelayStep Session::relay_some(BackendConn &b) {
     if (!exp_.empty() && exp_.front().kind == Expect::synthetic) {
       flush_run();
       while (!exp_.empty() && exp_.front().kind == Expect::synthetic) {
-        if (exp_.front().deferred) [[unlikely]]
-          run_deferred(*exp_.front().exec); // its effect and its answer, at its turn
-        else
-          sink_->append(exp_.front().synthetic);
+        sink_->append(exp_.front().synthetic);
         exp_.pop_front();
       }
     }
@@ -961,8 +958,12 @@ Session::RelayStep Session::relay_some(BackendConn &b) {
         b.unnamed_owner = 0;
       }
       if (h.kind == Expect::execute) {
-        if (h.exec) [[unlikely]] // a statement that may change session settings
-          track_set(b, *h.exec);
+        if (h.exec) [[unlikely]] { // a statement that may change session state
+          if (h.deferred)
+            run_deferred(*h.exec, false);
+          else
+            track_set(b, *h.exec);
+        }
         exp_.pop_front();
       }
       break;
@@ -1251,6 +1252,11 @@ Task<void> Session::query_loop() {
         }
         if (step == QueryStep::answered)
           continue;
+        if (step == QueryStep::side) {
+          if (!co_await side_query())
+            co_return;
+          continue;
+        }
         q.deferred_before = deferred_;
       }
       q.started = w_->poller.now(); // this loop turn's time: see record_query
@@ -1579,6 +1585,9 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
   }
 
   bool tx_bound = tx_shard_ >= 0;
+  if (single && in_tx() && !tx_bound && first.kind == router::StmtKind::read && first.tableless &&
+      (first.pipelinable || first.tag == "SHOW"))
+    return QueryStep::side; // SELECT 1, SHOW: chooses no shard for the waiting transaction
   if (single && none_only) {
     // Transaction control and session state with no shard of their own.
     switch (first.kind) {

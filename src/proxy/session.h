@@ -64,8 +64,8 @@ private:
     std::string client_name;
     StmtRef prev;
     StmtRef exec;          // an Execute: the statement its portal runs (SET tracking)
-    bool deferred = false; // a synthetic answer to `exec`, transaction control that waits
-                           // for the transaction's first statement: applied at its turn
+    bool deferred = false; // `exec` is transaction control that waits for the transaction's
+                           // first statement, run on a side connection: applied when done
     std::string synthetic; // bytes the proxy answers with itself
   };
 
@@ -94,7 +94,7 @@ private:
   void arrive(int fd);
   // A simple Query: route_query() decides with no I/O; query_loop() runs the common case
   // itself (no coroutine frame per query). sql is query_, valid until the next message.
-  enum class QueryStep : uint8_t { answered, run, end_failed_tx, broadcast };
+  enum class QueryStep : uint8_t { answered, run, end_failed_tx, broadcast, side };
   struct QueryRun {
     int shard = -1;
     bool read = false, all_read = true;
@@ -123,7 +123,8 @@ private:
   bool plan_batch(const std::vector<Msg> &batch, BatchPlan &bp);
   enum class BatchMode : uint8_t { synth, side, backend };
   BatchMode batch_mode(const BatchPlan &bp) const;
-  void run_deferred(const ClientStmt &st);
+  void run_deferred(const ClientStmt &st, bool reply = true);
+  Task<bool> side_query();
   static bool can_defer_set(const router::StatementPlan &sp, const std::string &text);
   void defer_set(const router::StatementPlan &sp, const std::string &text);
   void synthesize_items(BatchPlan &bp);
@@ -236,9 +237,11 @@ private:
   std::unordered_map<std::string, StmtRef> stmts_;
   // The statement each portal runs, as far as the proxy saw it bound (this transaction).
   std::unordered_map<std::string, StmtRef> portals_;
-  // Named portals the client bound that live on no backend (answered by the proxy, or bound on
-  // a side connection since closed): a second Bind of the name is the proxy's to refuse.
-  std::unordered_set<std::string> virtual_portals_;
+  // Portals the client bound that live on no backend (answered by the proxy, or bound on a
+  // side connection since closed), with the Bind that makes one again where it is used next:
+  // 'N' (not run yet) or 'R' (run) and the Bind's body, or empty when it cannot be made again
+  // (transaction control). A second Bind of a name here is the proxy's to refuse.
+  std::unordered_map<std::string, std::string> virtual_portals_;
   // application_name as last reported to the client in ParameterStatus, and a report the
   // proxy owes it at the next ReadyForQuery (a SET it answered itself, or its rollback).
   std::string reported_app_;
