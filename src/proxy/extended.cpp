@@ -322,6 +322,7 @@ struct Session::BatchItem {
   bool again = false;   // E: the portal was executed earlier in this batch
   bool virt = false;    // D P, E: the portal lives on no backend (see virtual_portals_)
   std::string rebind;   // D P, E: the Bind that makes it again on this batch's backend
+  uint64_t rerun = 0;   // E with rebind: rows the client has had from it
   int32_t max_rows = 0; // E: its row limit (0: all)
   std::string tag;
   std::optional<router::RouteError> error; // the proxy's own error here: the walk's last item
@@ -535,8 +536,8 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
       } else if (auto pit = portals_.find(it.name); pit != portals_.end()) {
         if (auto v = virtual_portals_.find(it.name); v != virtual_portals_.end()) {
           it.virt = true;
-          if (m.type == 'D' && v->second.size() > 1)
-            it.rebind = v->second.substr(1); // described through a copy (see write_items)
+          if (m.type == 'D' && !v->second.bind.empty())
+            it.rebind = v->second.bind; // described through a copy (see write_items)
         }
         if (m.type == 'D') {
           it.st = pit->second;
@@ -560,8 +561,9 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
         it.st = pit->second;
       if (auto v = virtual_portals_.find(it.name); v != virtual_portals_.end()) {
         it.virt = true;
-        if (v->second.size() > 1 && v->second[0] == 'N') { // not run yet: made again here
-          it.rebind = v->second.substr(1);
+        if (!v->second.bind.empty() && !v->second.done) { // made again here, past its rows
+          it.rebind = std::move(v->second.bind);
+          it.rerun = v->second.sent;
           virtual_portals_.erase(v);
         }
       }
@@ -787,7 +789,7 @@ void Session::synthesize_items(BatchPlan &bp) {
       break;
     case 'B':
       protocol::bind_complete(*sink_);
-      virtual_portals_[it.name].clear();
+      virtual_portals_[it.name] = VirtualPortal{};
       break;
     case 'D':
       if (it.target == 'P' && !virtual_portals_.count(it.name)) {
@@ -866,6 +868,7 @@ void Session::write_failure(BackendConn &b, const std::string &synthetic) {
 
 // Step 3: bp's messages for b, in order, into wbuf_.
 void Session::write_items(BackendConn &b, BatchPlan &bp, bool side) {
+  exec_counts_.clear();
   for (BatchItem &it : bp.items) {
     const Msg &m = *it.m;
     protocol::BindMsg rebind;
@@ -877,6 +880,16 @@ void Session::write_items(BackendConn &b, BatchPlan &bp, bool side) {
       if (m.type == 'E') {
         protocol::rewrite_bind(wbuf_, rebind, it.rebind, it.st->server_name);
         exp_.emplace_back(Expect::one, false);
+        int32_t limit =
+            it.max_rows > 0
+                ? int32_t(std::min<uint64_t>(uint64_t(it.max_rows) + it.rerun, INT32_MAX))
+                : 0;
+        protocol::Writer(wbuf_, 'E').cstr(it.name).i32(limit).finish();
+        Pending &p = exp_.emplace_back(Expect::execute, true);
+        p.skip = p.rerun = it.rerun;
+        p.count = int32_t(exec_counts_.size());
+        exec_counts_.emplace_back(0, false);
+        continue;
       } else {
         std::string_view rest(rebind.after_statement,
                               size_t(it.rebind.data() + it.rebind.size() - rebind.after_statement));
@@ -950,6 +963,10 @@ void Session::write_items(BackendConn &b, BatchPlan &bp, bool side) {
         Pending &p = exp_.emplace_back(Expect::execute, true);
         if (it.st && changes_settings(*it.st))
           p.exec = it.st; // a SET takes effect for the session when it completes
+        if (side) {       // its rows are counted, for a portal made again later
+          p.count = int32_t(exec_counts_.size());
+          exec_counts_.emplace_back(0, false);
+        }
       }
       break;
     case 'C':
@@ -1135,17 +1152,33 @@ Task<bool> Session::on_batch() {
       portals_.clear();
       virtual_portals_.clear();
     } else {
-      // They lived on the side connection only; one not yet run can be made again.
-      for (size_t i = 0; i < bp.items.size(); ++i) {
-        const BatchItem &it = bp.items[i];
-        if (it.m->type != 'B' || it.error)
-          continue;
-        bool run =
-            std::any_of(bp.items.begin() + std::ptrdiff_t(i) + 1, bp.items.end(),
-                        [&](const BatchItem &e) { return e.m->type == 'E' && e.name == it.name; });
-        virtual_portals_[it.name] =
-            pure_read(*it.st) ? (run ? "R" : "N") + it.m->body : std::string();
+      // The portals lived on the side connection only: what each gave the client is kept,
+      // to make it again where it is used next (see virtual_portals_).
+      std::unordered_map<std::string, VirtualPortal> here;
+      size_t slot = 0;
+      for (const BatchItem &it : bp.items) {
+        if (it.error)
+          break;
+        char t = it.m->type;
+        if (t == 'B') {
+          here[it.name] = VirtualPortal{pure_read(*it.st) ? it.m->body : std::string()};
+        } else if (t == 'C' && it.target == 'P') {
+          here.erase(it.name);
+        } else if (t == 'E' && (!it.rebind.empty() ||
+                                (!(it.st && deferrable(*it.st) && !it.again) && !it.special))) {
+          if (!it.rebind.empty())
+            here[it.name] = VirtualPortal{it.rebind, it.rerun};
+          if (slot < exec_counts_.size()) {
+            auto [rows, done] = exec_counts_[slot++];
+            if (auto h = here.find(it.name); h != here.end()) {
+              h->second.sent += rows;
+              h->second.done |= done;
+            }
+          }
+        }
       }
+      for (auto &[name, v] : here)
+        virtual_portals_[name] = std::move(v);
     }
     co_return true;
   }

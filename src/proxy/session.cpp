@@ -949,6 +949,18 @@ Session::RelayStep Session::relay_some(BackendConn &b) {
       exp_.pop_front();
       break;
     case 'C':
+      if (h.kind == Expect::execute && h.count >= 0) [[unlikely]] {
+        exec_counts_[size_t(h.count)].second = true;
+        if (h.rerun && h.forward && body.starts_with("SELECT ")) {
+          // A portal made again: the count is of this Execute's rows only.
+          flush_run();
+          uint64_t n = std::strtoull(body.data() + 7, nullptr, 10);
+          protocol::command_complete(*sink_, "SELECT " + std::to_string(n - std::min(n, h.rerun)));
+          forwarded_any_ = true;
+          exp_.pop_front();
+          break;
+        }
+      }
       if (h.forward) {
         forward();
         last_rollback_ = body == std::string_view("ROLLBACK", 9); // with its terminator
@@ -973,6 +985,17 @@ Session::RelayStep Session::relay_some(BackendConn &b) {
         forward();
       if (h.kind == Expect::execute)
         exp_.pop_front();
+      break;
+    case 'D': // DataRow
+      if (h.count >= 0) [[unlikely]] {
+        if (h.skip) { // a row of a portal made again that the client had already
+          --h.skip;
+          break;
+        }
+        ++exec_counts_[size_t(h.count)].first;
+      }
+      if (h.forward)
+        forward();
       break;
     case 'T':
     case 'n':

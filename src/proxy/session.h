@@ -64,6 +64,9 @@ private:
     std::string client_name;
     StmtRef prev;
     StmtRef exec;          // an Execute: the statement its portal runs (SET tracking)
+    int32_t count = -1;    // an Execute whose rows are counted (exec_counts_ index)
+    uint64_t skip = 0;     // rows of a portal made again that the client had: dropped
+    uint64_t rerun = 0;    // the same, taken off the CommandComplete count
     bool deferred = false; // `exec` is transaction control that waits for the transaction's
                            // first statement, run on a side connection: applied when done
     std::string synthetic; // bytes the proxy answers with itself
@@ -238,10 +241,18 @@ private:
   // The statement each portal runs, as far as the proxy saw it bound (this transaction).
   std::unordered_map<std::string, StmtRef> portals_;
   // Portals the client bound that live on no backend (answered by the proxy, or bound on a
-  // side connection since closed), with the Bind that makes one again where it is used next:
-  // 'N' (not run yet) or 'R' (run) and the Bind's body, or empty when it cannot be made again
-  // (transaction control). A second Bind of a name here is the proxy's to refuse.
-  std::unordered_map<std::string, std::string> virtual_portals_;
+  // side connection since closed). A read of no table is deterministic, so such a portal is
+  // made again from its Bind where it is used next, and run past the rows the client has had
+  // already. `bind` is empty when it cannot be made again (transaction control). A second
+  // Bind of a name here is the proxy's to refuse.
+  struct VirtualPortal {
+    std::string bind;
+    uint64_t sent = 0; // rows the client has had from it
+    bool done = false; // it ran to completion
+  };
+  std::unordered_map<std::string, VirtualPortal> virtual_portals_;
+  // Rows each counted Execute of the current batch relayed (Pending::count), and if it ended.
+  std::vector<std::pair<uint64_t, bool>> exec_counts_;
   // application_name as last reported to the client in ParameterStatus, and a report the
   // proxy owes it at the next ReadyForQuery (a SET it answered itself, or its rollback).
   std::string reported_app_;
