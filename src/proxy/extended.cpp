@@ -92,7 +92,9 @@ bool Session::fast_batch(FastBatch &fb, QueryRun &q) {
   if (r.kind == router::TargetKind::by_key ||
       (r.kind == router::TargetKind::default_shard && !sp.tableless))
     q.shard = int(r.shard);
-  else if (r.kind == router::TargetKind::default_shard) // SELECT 1: wherever the session is
+  else if (r.kind == router::TargetKind::default_shard && (tx_bound || !in_tx()))
+    // SELECT 1: anywhere; but as the first statement of a waiting transaction it must not
+    // bind it (on_batch() runs it on a side connection).
     q.shard = tx_bound ? tx_shard_ : int(sh_.router.default_shard());
   else
     return false;
@@ -368,6 +370,18 @@ bool Session::changes_settings(const ClientStmt &st) {
           an.stmts[0].kind == router::StmtKind::reset_all);
 }
 
+// Whether a Bind gives as many parameters as the statement takes, as far as the proxy can
+// tell (PostgreSQL checks that, 08P01, before it refuses a portal name in use): as many as the
+// Bind of the same statement that made portal v, or none for transaction control.
+bool Session::same_param_count(const protocol::BindMsg &bind, const VirtualPortal &v,
+                               const ClientStmt &st) {
+  if (deferrable(st))
+    return bind.params.empty();
+  protocol::BindMsg old;
+  return v.st.get() != &st || !protocol::parse_bind(v.bind, old) ||
+         old.params.size() == bind.params.size();
+}
+
 // COMMIT or ROLLBACK: what a failed transaction still accepts.
 bool Session::ends_tx(const ClientStmt &st) {
   const auto &an = *st.planned.analysis;
@@ -452,7 +466,7 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
       }
       it.st = sit->second;
       if (!failed_tx && !virtual_gone && !it.name.empty() && virtual_portals_.count(it.name) &&
-          !(deferrable(*it.st) && !it.bind.params.empty())) { // (that is 08P01 first)
+          same_param_count(it.bind, virtual_portals_[it.name], *it.st)) {
         // A named portal is not replaced; where it lives on no backend, the proxy says so.
         fail("42P03", "portal \"" + it.name + "\" already exists");
         break;
@@ -675,7 +689,8 @@ Session::BatchMode Session::batch_mode(const BatchPlan &bp) const {
         case router::StmtKind::rollback:
           tx = false; // outside one: PostgreSQL's warning, then the tag
           break;
-        default: // SAVEPOINT, SET LOCAL, SET: they wait only inside a transaction
+        default: // SAVEPOINT, SET LOCAL, SET: they wait only inside a transaction (outside
+                 // one, SET LOCAL lasts until Sync: the server keeps it)
           if (!tx)
             return BatchMode::backend;
           break;
@@ -762,7 +777,18 @@ void Session::run_deferred(const ClientStmt &st, bool reply) {
   case router::StmtKind::set:
     defer_set(sp, text);
     break;
-  default: // SAVEPOINT, SET LOCAL
+  case router::StmtKind::set_local:
+    if (!in_tx()) { // PostgreSQL warns, and the setting does nothing
+      protocol::ErrorInfo n;
+      n.severity = "WARNING";
+      n.sqlstate = "25P01";
+      n.message = "SET LOCAL can only be used in transaction blocks";
+      protocol::notice_response(*sink_, n);
+      break;
+    }
+    deferred_ += ";" + text;
+    break;
+  default: // SAVEPOINT
     deferred_ += ";" + text;
     break;
   }
@@ -777,10 +803,15 @@ void Session::synthesize_items(BatchPlan &bp) {
       error(it.error->sqlstate, it.error->message, it.error->hint);
       if (in_tx())
         fail_transaction_by_proxy();
-      if (bp.ends_sync)
-        ready();
-      else
+      if (!bp.ends_sync) {
         skip_until_sync_ = true;
+        return;
+      }
+      ready();
+      if (tx_ == 'I') { // the implicit transaction ends, and its portals
+        portals_.clear();
+        virtual_portals_.clear();
+      }
       return;
     }
     switch (it.m->type) {
@@ -1044,10 +1075,22 @@ Task<bool> Session::on_batch() {
 
   // Step 2: where the batch runs.
   int held = tx_shard_ >= 0 ? tx_shard_ : batch_shard_;
+  if (proxy_failed_ && held < 0 &&
+      std::all_of(bp.items.begin(), bp.items.end(), [](const BatchItem &it) {
+        return it.m->type == 'S' || it.m->type == 'H' || it.m->type == 'C';
+      })) {
+    synthesize_items(bp); // a bare Sync (or Close) of a failed waiting transaction: 'E'
+    co_return true;
+  }
   bool poison = proxy_failed_; // the proxy failed the transaction: the backend must fail too
   bool side = false;
   int shard;
-  if (held >= 0 || poison || bp.shard >= 0) {
+  if (poison && held < 0 && bp.shard < 0) {
+    // A failed transaction that no statement bound: it is failed in a copy on a side
+    // connection, where PostgreSQL answers the batch, so that it still binds no shard.
+    shard = int(sh_.router.default_shard());
+    side = true;
+  } else if (held >= 0 || poison || bp.shard >= 0) {
     shard = held >= 0 ? held : bp.shard >= 0 ? bp.shard : int(sh_.router.default_shard());
   } else {
     BatchMode mode = batch_mode(bp);
@@ -1062,7 +1105,8 @@ Task<bool> Session::on_batch() {
     shard = int(sh_.router.default_shard());
     side = mode == BatchMode::side;
   }
-  bool side_tx = side && in_tx() && bp.any_exec; // runs inside a copy of the waiting BEGIN
+  // A side batch runs inside a copy of the waiting BEGIN when it runs anything.
+  bool side_tx = side && in_tx() && (bp.any_exec || poison);
   if (log::enabled(log::Level::debug)) {
     std::string types;
     for (auto &m : batch)
@@ -1114,7 +1158,7 @@ Task<bool> Session::on_batch() {
     protocol::query(wbuf_, "ROLLBACK");
     exp_.emplace_back(Expect::query, false);
   }
-  if (poison) { // the backend holds the failed transaction from here on
+  if (poison && !side) { // the backend holds the failed transaction from here on
     proxy_failed_ = false;
     tx_shard_ = shard;
   }
@@ -1161,19 +1205,24 @@ Task<bool> Session::on_batch() {
           break;
         char t = it.m->type;
         if (t == 'B') {
-          here[it.name] = VirtualPortal{pure_read(*it.st) ? it.m->body : std::string()};
+          here[it.name] = VirtualPortal{pure_read(*it.st) ? it.m->body : std::string(), it.st};
         } else if (t == 'C' && it.target == 'P') {
           here.erase(it.name);
-        } else if (t == 'E' && (!it.rebind.empty() ||
-                                (!(it.st && deferrable(*it.st) && !it.again) && !it.special))) {
+        } else if (t == 'E') {
+          bool counted =
+              !it.rebind.empty() || (!(it.st && deferrable(*it.st) && !it.again) && !it.special);
+          std::pair<uint64_t, bool> rows{0, false};
+          if (counted && slot < exec_counts_.size())
+            rows = exec_counts_[slot++];
+          if (it.st && ends_tx(*it.st)) {
+            here.clear(); // the transaction's portals ended with it
+            continue;
+          }
           if (!it.rebind.empty())
-            here[it.name] = VirtualPortal{it.rebind, it.rerun};
-          if (slot < exec_counts_.size()) {
-            auto [rows, done] = exec_counts_[slot++];
-            if (auto h = here.find(it.name); h != here.end()) {
-              h->second.sent += rows;
-              h->second.done |= done;
-            }
+            here[it.name] = VirtualPortal{it.rebind, it.st, it.rerun};
+          if (auto h = here.find(it.name); counted && h != here.end()) {
+            h->second.sent += rows.first;
+            h->second.done |= rows.second;
           }
         }
       }

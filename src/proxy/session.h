@@ -122,6 +122,9 @@ private:
   static bool changes_settings(const ClientStmt &st);
   static bool pure_read(const ClientStmt &st);
   static bool ends_tx(const ClientStmt &st);
+  struct VirtualPortal;
+  static bool same_param_count(const protocol::BindMsg &bind, const VirtualPortal &v,
+                               const ClientStmt &st);
   static bool params_cover_keys(const router::StatementPlan &sp, const protocol::BindMsg &bind);
   bool plan_batch(const std::vector<Msg> &batch, BatchPlan &bp);
   enum class BatchMode : uint8_t { synth, side, backend };
@@ -247,6 +250,7 @@ private:
   // Bind of a name here is the proxy's to refuse.
   struct VirtualPortal {
     std::string bind;
+    StmtRef st;        // the statement it runs
     uint64_t sent = 0; // rows the client has had from it
     bool done = false; // it ran to completion
   };
