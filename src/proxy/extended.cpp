@@ -337,6 +337,10 @@ struct Session::BatchPlan {
   int shard = -1; // of the first Bind that routes to one
   bool any_bind = false, all_read = true, any_exec = false;
   bool side_deferred = false; // transaction control ran on the side connection
+  // The batch ends a transaction that holds a shard, and more follows: the messages after
+  // `split` run as a batch of their own (maybe elsewhere), as PostgreSQL runs them in a new
+  // transaction; the first part is closed by our own Sync.
+  size_t split = 0;
   int binds = 0;
   StmtRef first_bound; // for metrics and the slow-query log
   StmtRef ddl;         // a DDL statement to run on every primary (the batch's only Bind)
@@ -422,6 +426,8 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
   std::vector<router::ParamValue> &params = bind_params_;
   bp.items.reserve(batch.size());
   for (const Msg &m : batch) {
+    if (bp.split)
+      break;
     BatchItem &it = bp.items.emplace_back();
     it.m = &m;
     auto fail = [&](std::string sqlstate, std::string msg, std::string hint = {}) {
@@ -583,6 +589,11 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
       }
       if (it.st && ends_tx(*it.st)) {
         virtual_gone = true;
+        size_t next = bp.items.size();
+        if (held >= 0 && next + 1 < batch.size()) {
+          bp.split = next;
+          break;
+        }
         if (failed_tx) {
           // The failed transaction ends here; what follows is routed again, and must run
           // where this batch runs: the transaction's shard, or (a transaction no statement
@@ -1025,6 +1036,10 @@ void Session::write_items(BackendConn &b, BatchPlan &bp, bool side) {
       break;
     }
   }
+  if (bp.split) { // our own Sync closes the first part; the client hears its status later
+    append_frame(wbuf_, 'S', {});
+    exp_.emplace_back(Expect::sync, false).status = true;
+  }
 }
 
 // A SET or RESET the client ran with the extended protocol completed on b.
@@ -1059,6 +1074,13 @@ Task<bool> Session::on_batch() {
   BatchPlan bp;
   if (!plan_batch(batch, bp))
     co_return co_await fatal("08P01", "invalid extended-protocol message");
+  std::vector<Msg> after; // after a transaction's end (see BatchPlan::split)
+  if (bp.split) {
+    after.assign(std::make_move_iterator(batch.begin() + std::ptrdiff_t(bp.split)),
+                std::make_move_iterator(batch.end()));
+    batch.erase(batch.begin() + std::ptrdiff_t(bp.split), batch.end()); // bp's items stay
+    bp.ends_sync = true;
+  }
   bool ends_sync = bp.ends_sync;
 
   if (bp.ddl) {
@@ -1245,8 +1267,19 @@ Task<bool> Session::on_batch() {
     note_write(size_t(shard));
   if (bp.first_bound)
     record_query(size_t(shard), *b, bp.kind, started, bp.first_bound->planned.scan.normalized);
+  bool failed = !last_sqlstate_.empty();
   settle_tx(shard, tx_before);
-  co_return true;
+  if (after.empty())
+    co_return true;
+  if (failed) { // the server skips what follows to the client's Sync
+    if (after.back().type == 'S')
+      ready();
+    else
+      skip_until_sync_ = true;
+    co_return true;
+  }
+  batch_ = std::move(after);
+  co_return co_await on_batch();
 }
 
 } // namespace sg::proxy

@@ -945,6 +945,8 @@ Session::RelayStep Session::relay_some(BackendConn &b) {
           sink_->back() = tx_;
         } else
           tx_ = b.tx_status;
+      } else if (h.status) {
+        tx_ = b.tx_status;
       }
       exp_.pop_front();
       break;

@@ -67,6 +67,7 @@ private:
     int32_t count = -1;    // an Execute whose rows are counted (exec_counts_ index)
     uint64_t skip = 0;     // rows of a portal made again that the client had: dropped
     uint64_t rerun = 0;    // the same, taken off the CommandComplete count
+    bool status = false;   // a swallowed ReadyForQuery whose status the client takes on
     bool deferred = false; // `exec` is transaction control that waits for the transaction's
                            // first statement, run on a side connection: applied when done
     std::string synthetic; // bytes the proxy answers with itself
