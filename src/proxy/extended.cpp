@@ -210,6 +210,7 @@ Task<bool> Session::side_query() {
   exp_.emplace_back(Expect::query, true);
   protocol::query(wbuf_, "ROLLBACK");
   exp_.emplace_back(Expect::query, false);
+  b->unnamed_owner = 0; // a simple Query drops the unnamed statement
   ErrorCode ec;
   co_await write_all(b->sock, wbuf_, ec);
   if (ec)
@@ -279,11 +280,15 @@ std::optional<std::string> reported_value(const router::StatementPlan &sp, std::
   auto canon = router::canonical_set(trim(text));
   if (!canon)
     return std::nullopt;
-  return app_literal(*canon);
+  auto v = app_literal(*canon);
+  if (!v || v->empty() || v->size() > 63 ||
+      std::any_of(v->begin(), v->end(), [](char c) { return c < 32 || c > 126; }))
+    return std::nullopt; // (kept simple: what PostgreSQL keeps exactly as given)
+  return v;
 }
 
-// The value of a canonical `SET application_name TO E'...'` (see router::canonical_set), when
-// PostgreSQL would keep it as it is; nullopt otherwise.
+// The value of a canonical `SET application_name TO E'...'` (see router::canonical_set) as
+// PostgreSQL keeps it: other than printable ASCII becomes '?', cut to 63 bytes.
 std::optional<std::string> app_literal(std::string_view canon) {
   const std::string_view prefix = "SET application_name TO E'";
   if (!canon.starts_with(prefix) || canon.back() != '\'')
@@ -297,12 +302,10 @@ std::optional<std::string> app_literal(std::string_view canon) {
       ++i;
     else if (c == '\'' || c == '\\')
       return std::nullopt; // not one literal
-    if (c < 32 || c > 126)
-      return std::nullopt; // PostgreSQL would replace it
-    v.push_back(c);
+    v.push_back(c < 32 || c > 126 ? '?' : c);
   }
-  if (v.empty() || v.size() > 63)
-    return std::nullopt; // PostgreSQL would truncate it
+  if (v.size() > 63)
+    v.resize(63);
   return v;
 }
 
@@ -723,7 +726,7 @@ Session::BatchMode Session::batch_mode(const BatchPlan &bp) const {
 
 // A SET inside a transaction that no statement bound yet: it waits with the BEGIN, counts for
 // the session at once, and its report (application_name) goes out with the next
-// ReadyForQuery, as PostgreSQL sends it.
+// ReadyForQuery (see report_app), as PostgreSQL sends it.
 bool Session::can_defer_set(const router::StatementPlan &sp, const std::string &text) {
   return reported_value(sp, text).has_value();
 }
@@ -731,10 +734,6 @@ bool Session::can_defer_set(const router::StatementPlan &sp, const std::string &
 void Session::defer_set(const router::StatementPlan &sp, const std::string &text) {
   deferred_ += ";" + text;
   set_setting(sp.set_name, text);
-  if (auto v = reported_value(sp, text); v && !v->empty()) {
-    pending_app_ = *v;
-    app_deferred_ = true;
-  }
 }
 
 // application_name in a settings map (as the proxy keeps them), else as the client connected.
@@ -1077,7 +1076,7 @@ Task<bool> Session::on_batch() {
   std::vector<Msg> after; // after a transaction's end (see BatchPlan::split)
   if (bp.split) {
     after.assign(std::make_move_iterator(batch.begin() + std::ptrdiff_t(bp.split)),
-                std::make_move_iterator(batch.end()));
+                 std::make_move_iterator(batch.end()));
     batch.erase(batch.begin() + std::ptrdiff_t(bp.split), batch.end()); // bp's items stay
     bp.ends_sync = true;
   }
@@ -1179,6 +1178,7 @@ Task<bool> Session::on_batch() {
   if (side_tx || bp.side_deferred) { // the side connection keeps no transaction open
     protocol::query(wbuf_, "ROLLBACK");
     exp_.emplace_back(Expect::query, false);
+    b->unnamed_owner = 0; // a simple Query drops the unnamed statement
   }
   if (poison && !side) { // the backend holds the failed transaction from here on
     proxy_failed_ = false;

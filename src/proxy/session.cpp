@@ -97,19 +97,27 @@ void Session::error(const std::string &sqlstate, const std::string &msg, const s
 }
 
 void Session::ready() {
-  if (pending_app_) [[unlikely]]
-    report_app();
+  if (app_check_) [[unlikely]]
+    report_app(tx_, tx_);
   protocol::ready_for_query(*sink_, tx_);
 }
 
-// The ParameterStatus the proxy owes (see pending_app_), if the value changed: PostgreSQL
-// reports a setting at ReadyForQuery when it differs from what it reported last.
-void Session::report_app() {
-  if (*pending_app_ != reported_app_) {
-    protocol::parameter_status(*sink_, "application_name", *pending_app_);
-    reported_app_ = *pending_app_;
+// application_name as PostgreSQL reports it: at ReadyForQuery (with status `status`), when the
+// session's value differs from the one reported last. A backend's own report reaches the client
+// only when it tells it something new; the proxy reports what backends cannot: SETs that wait
+// with a BEGIN, or a value a pooled backend reported to another client already. A failed
+// transaction's value is the one it began with, and a failed implicit one takes back its SETs.
+void Session::report_app(char status, char before) {
+  app_check_ = false;
+  const auto &began = settings_before_ ? *settings_before_ : settings_; // this request's start
+  const auto &now = status == 'E' ? before == 'I' ? began : tx_settings_snapshot_
+                    : status == 'I' && request_error_ ? began
+                                                      : settings_;
+  std::string v = app_value(now);
+  if (v != reported_app_) {
+    protocol::parameter_status(*sink_, "application_name", v);
+    reported_app_ = std::move(v);
   }
-  pending_app_.reset();
 }
 
 Task<bool> Session::flush() {
@@ -388,6 +396,7 @@ uint64_t Session::hash_settings(const std::map<std::string, std::string> &s) {
 
 void Session::rehash_settings() {
   settings_hash_ = hash_settings(settings_);
+  app_check_ = true;
 }
 
 // Records a SET the client ran, in canonical form; false when the proxy cannot rebuild it, in
@@ -699,7 +708,6 @@ void Session::prepare_backend(BackendConn &b, std::string &out, bool with_deferr
     b.settings_hash = settings_hash_;
     if (!keep_deferred) {
       deferred_.clear();
-      app_deferred_ = false; // the server reports it from here on
     }
   }
 }
@@ -935,9 +943,9 @@ Session::RelayStep Session::relay_some(BackendConn &b) {
         // it, as it would have on the server, and the client hears its status.
         if (side_batch_ && !last_sqlstate_.empty() && in_tx())
           fail_transaction_by_proxy();
-        if (pending_app_) [[unlikely]] { // a deferred SET's report comes first
+        if (app_check_) [[unlikely]] { // a change of application_name is reported first
           flush_run();
-          report_app();
+          report_app(side_batch_ ? tx_ : b.tx_status, tx_);
         }
         forward();
         if (side_batch_) {
@@ -1018,12 +1026,20 @@ Session::RelayStep Session::relay_some(BackendConn &b) {
       forward();
       copy_in = true;
       break;
-    case 'S': // ParameterStatus: what the client was told of application_name
-      if (h.forward) {
-        forward();
-        if (body.starts_with(std::string_view("application_name", 17))) [[unlikely]]
-          reported_app_.assign(body.substr(17, body.size() > 18 ? body.size() - 18 : 0));
+    case 'S': // ParameterStatus
+      if (body.starts_with(std::string_view("application_name", 17))) [[unlikely]] {
+        std::string_view v = body.substr(17, body.size() > 18 ? body.size() - 18 : 0);
+        if (!h.forward) {
+          app_check_ = true; // see report_app()
+          break;
+        }
+        app_check_ = false; // the backend's report is this moment's truth
+        if (v == reported_app_)
+          break;
+        reported_app_.assign(v);
       }
+      if (h.forward)
+        forward();
       break;
     default: // DataRow, ParameterDescription, notices, ParameterStatus, copy-out data...
       if (h.forward)
@@ -1095,8 +1111,7 @@ Task<bool> Session::pump_copy_in(BackendConn &b) {
 void Session::fail_transaction_by_proxy() {
   tx_ = 'E';
   proxy_failed_ = true;
-  if (app_deferred_ && tx_shard_ < 0) // PostgreSQL reports the value the failure restores
-    pending_app_ = app_value(tx_settings_snapshot_);
+  app_check_ = true; // the failure restores the settings the transaction began with
 }
 
 // Before the first settings change of a request that began outside a transaction.
@@ -1127,9 +1142,7 @@ void Session::already_in_tx() {
 
 // The transaction ended (the client was told 'I'): settings roll back with it if it did.
 void Session::apply_tx_end() {
-  if (last_rollback_ && app_deferred_) // PostgreSQL reports the value the rollback restores
-    pending_app_ = app_value(tx_settings_snapshot_);
-  app_deferred_ = false;
+  app_check_ = true;
   if (last_rollback_) {
     settings_ = tx_settings_snapshot_;
     rehash_settings();

@@ -262,9 +262,8 @@ private:
   // proxy owes it at the next ReadyForQuery (a SET it answered itself, or its rollback).
   std::string reported_app_;
   std::string reported_at_startup_;
-  std::optional<std::string> pending_app_;
-  bool app_deferred_ = false; // a waiting transaction holds a SET application_name
-  void report_app();
+  bool app_check_ = false; // settings or the transaction changed: see report_app()
+  void report_app(char status, char before);
   std::string app_value(const std::map<std::string, std::string> &settings) const;
   std::map<std::string, std::string> startup_settings_; // what RESET restores
   // The settings before a SET of the current request that began outside a transaction: an
