@@ -703,8 +703,9 @@ Session::BatchMode Session::batch_mode(const BatchPlan &bp) const {
         case router::StmtKind::rollback:
           tx = false; // outside one: PostgreSQL's warning, then the tag
           break;
-        default: // SAVEPOINT, SET LOCAL, SET: they wait only inside a transaction (outside
-                 // one, SET LOCAL lasts until Sync: the server keeps it)
+        case router::StmtKind::set_local:
+          break; // outside one: PostgreSQL's warning; it lasts until Sync (implicit_local_)
+        default: // SAVEPOINT, SET: they wait only inside a transaction
           if (!tx)
             return BatchMode::backend;
           break;
@@ -762,6 +763,8 @@ void Session::run_deferred(const ClientStmt &st, bool reply) {
     }
     tx_settings_snapshot_ = settings_;
     deferred_ = text;
+    for (auto &s : implicit_local_) // the implicit transaction's SET LOCALs go on in the block
+      deferred_ += ";" + s;
     tx_read_only_ = sp.read_only_tx;
     tx_ = 'T';
     break;
@@ -788,12 +791,13 @@ void Session::run_deferred(const ClientStmt &st, bool reply) {
     defer_set(sp, text);
     break;
   case router::StmtKind::set_local:
-    if (!in_tx()) { // PostgreSQL warns, and the setting does nothing
+    if (!in_tx()) { // PostgreSQL warns, and keeps it until Sync
       protocol::ErrorInfo n;
       n.severity = "WARNING";
       n.sqlstate = "25P01";
       n.message = "SET LOCAL can only be used in transaction blocks";
       protocol::notice_response(*sink_, n);
+      implicit_local_.push_back(text);
       break;
     }
     deferred_ += ";" + text;
@@ -1041,6 +1045,33 @@ void Session::write_items(BackendConn &b, BatchPlan &bp, bool side) {
   }
 }
 
+// The SET LOCALs of the implicit transaction the proxy answered itself (implicit_local_), on
+// b: in a copy of a transaction block for a side connection (rolled back after), or run in the
+// implicit transaction the batch starts there, answers swallowed.
+void Session::write_implicit_local(BackendConn &b, bool copy) {
+  if (copy) {
+    std::string q = "BEGIN";
+    for (auto &s : implicit_local_)
+      q += ";" + s;
+    protocol::query(wbuf_, q);
+    exp_.emplace_back(Expect::query, false);
+    b.unnamed_owner = 0;
+    return;
+  }
+  for (auto &s : implicit_local_) {
+    protocol::parse(wbuf_, "sg_local", s, {});
+    exp_.emplace_back(Expect::one, false);
+    protocol::Writer(wbuf_, 'B').cstr("sg_local").cstr("sg_local").i16(0).i16(0).i16(0).finish();
+    exp_.emplace_back(Expect::one, false);
+    protocol::Writer(wbuf_, 'E').cstr("sg_local").i32(0).finish();
+    exp_.emplace_back(Expect::execute, false);
+    protocol::close(wbuf_, 'P', "sg_local");
+    exp_.emplace_back(Expect::one, false);
+    protocol::close(wbuf_, 'S', "sg_local");
+    exp_.emplace_back(Expect::one, false);
+  }
+}
+
 // A SET or RESET the client ran with the extended protocol completed on b.
 void Session::track_set(BackendConn &b, const ClientStmt &st) {
   const router::StatementPlan &sp = st.planned.analysis->stmts[0];
@@ -1066,13 +1097,15 @@ Task<bool> Session::on_batch() {
     }
   } give_back{batch_, batch, spare_bodies_};
 
-  if (batch_shard_ < 0) { // a new request (not the rest of one cut by Flush)
+  if (batch_shard_ < 0 && !implicit_open_) { // a new request (not the rest of one cut by Flush)
     request_error_ = false;
     settings_before_.reset();
+    implicit_local_.clear();
   }
   BatchPlan bp;
   if (!plan_batch(batch, bp))
     co_return co_await fatal("08P01", "invalid extended-protocol message");
+  implicit_open_ = !bp.ends_sync && !in_tx();
   std::vector<Msg> after; // after a transaction's end (see BatchPlan::split)
   if (bp.split) {
     after.assign(std::make_move_iterator(batch.begin() + std::ptrdiff_t(bp.split)),
@@ -1127,7 +1160,7 @@ Task<bool> Session::on_batch() {
     side = mode == BatchMode::side;
   }
   // A side batch runs inside a copy of the waiting BEGIN when it runs anything.
-  bool side_tx = side && in_tx() && (bp.any_exec || poison);
+  bool side_tx = side && (in_tx() || !implicit_local_.empty()) && (bp.any_exec || poison);
   if (log::enabled(log::Level::debug)) {
     std::string types;
     for (auto &m : batch)
@@ -1158,6 +1191,8 @@ Task<bool> Session::on_batch() {
   char tx_before = tx_;
   wbuf_.clear();
   prepare_backend(*b, wbuf_, !side || side_tx, side_tx);
+  if (!in_tx() && !implicit_local_.empty() && (side_tx || (!side && held < 0)))
+    write_implicit_local(*b, side_tx);
   if (poison) {
     // Statements the batch names that this backend lacks are prepared before the
     // transaction fails there (a failed transaction refuses a Parse), so that the server

@@ -138,6 +138,7 @@ private:
   void write_items(BackendConn &b, BatchPlan &bp, bool side);
   void write_parse(BackendConn &b, const BatchItem &it);
   void write_failure(BackendConn &b, const std::string &synthetic);
+  void write_implicit_local(BackendConn &b, bool copy);
   void track_set(BackendConn &b, const ClientStmt &st);
   void undo_name(const Pending &p, bool failed_itself);
   // The extended protocol's per-query shape: Bind, [Describe portal,] Execute, Sync of a
@@ -271,6 +272,11 @@ private:
   // this as the transaction's snapshot.
   std::optional<std::map<std::string, std::string>> settings_before_;
   bool request_error_ = false; // an error was relayed since the request began
+  // SET LOCAL outside a transaction block lasts until Sync (PostgreSQL warns, and keeps it for
+  // the implicit transaction). Those the proxy answered itself (no shard chosen yet) go to the
+  // implicit transaction's backend when one is chosen, and into side connections' copies.
+  std::vector<std::string> implicit_local_;
+  bool implicit_open_ = false; // the last batch ended with Flush: its implicit transaction goes on
   uint64_t unnamed_gen_ = 0;
   std::vector<Msg> batch_;
   std::vector<std::string> spare_bodies_;       // bodies of finished batches, reused by the next
