@@ -1006,7 +1006,7 @@ void Session::write_items(BackendConn &b, BatchPlan &bp, bool side) {
       } else {
         append_frame(wbuf_, 'E', m.body);
         Pending &p = exp_.emplace_back(Expect::execute, true);
-        if (it.st && changes_settings(*it.st))
+        if (it.st && (changes_settings(*it.st) || ends_tx(*it.st)))
           p.exec = it.st; // a SET takes effect for the session when it completes
         if (side) {       // its rows are counted, for a portal made again later
           p.count = int32_t(exec_counts_.size());
@@ -1075,8 +1075,14 @@ void Session::write_implicit_local(BackendConn &b, bool copy) {
 // A SET or RESET the client ran with the extended protocol completed on b.
 void Session::track_set(BackendConn &b, const ClientStmt &st) {
   const router::StatementPlan &sp = st.planned.analysis->stmts[0];
-  if (sp.kind == router::StmtKind::set || sp.kind == router::StmtKind::reset_all)
+  if (sp.kind == router::StmtKind::set || sp.kind == router::StmtKind::reset_all) {
     settings_ran(b, sp, trim(st.text));
+  } else if (sp.kind == router::StmtKind::rollback && !in_tx() && settings_before_) {
+    // ROLLBACK outside a transaction block rolls back the implicit transaction, and the SETs
+    // the request ran in it.
+    restore_settings();
+    settings_before_.reset();
+  }
 }
 
 Task<bool> Session::on_batch() {

@@ -110,10 +110,15 @@ void Session::ready() {
 void Session::report_app(char status, char before) {
   app_check_ = false;
   const auto &began = settings_before_ ? *settings_before_ : settings_; // this request's start
-  const auto &now = status == 'E' ? before == 'I' ? began : tx_settings_snapshot_
-                    : status == 'I' && request_error_ ? began
-                                                      : settings_;
-  std::string v = app_value(now);
+  // (The proxy's own bookkeeping of a transaction's end comes after its ReadyForQuery.)
+  const std::map<std::string, std::string> *now = &settings_;
+  if (status == 'E')
+    now = before == 'I' ? &began : &tx_settings_snapshot_;
+  else if (status == 'I' && before != 'I' && last_rollback_)
+    now = &tx_settings_snapshot_; // rolled back
+  else if (status == 'I' && request_error_)
+    now = &began; // a failed implicit transaction
+  std::string v = app_value(*now);
   if (v != reported_app_) {
     protocol::parameter_status(*sink_, "application_name", v);
     reported_app_ = std::move(v);
@@ -1160,6 +1165,10 @@ void Session::apply_tx_end() {
   tx_shard_ = -1;
   deferred_.clear();
   proxy_failed_ = false;
+  if (!portals_.empty()) { // portals end with their transaction
+    portals_.clear();
+    virtual_portals_.clear();
+  }
 }
 
 // ---------------------------------------------------------------- query loop
