@@ -878,23 +878,30 @@ void Session::synthesize_items(BatchPlan &bp) {
 }
 
 // The client's Parse, always sent (so that its errors, in an aborted transaction too, and its
-// effects are the server's): under the statement's backend-side name, or into the unnamed
-// statement when the backend has that name already (statements with one text share it).
+// effects are the server's): under the statement's backend-side name, or, when the backend has
+// that name already (statements with one text share it), under a name of its own closed at
+// once (the unnamed statement may hold one of the client's).
 void Session::write_parse(BackendConn &b, const BatchItem &it) {
   const ClientStmt &st = *it.st;
   Pending p(Expect::one, true);
   p.undo = true;
   p.client_name = it.name;
   p.prev = it.prev;
-  if (st.id != 0 && !b.prepared.count(st.id)) {
+  if (st.id == 0) {
+    protocol::parse(wbuf_, "", st.text, st.types);
+    p.prev_owner = b.unnamed_owner;
+    b.unnamed_owner = st.unnamed_tag;
+    p.parse_unnamed = true;
+  } else if (!b.prepared.count(st.id)) {
     protocol::parse(wbuf_, st.server_name, st.text, st.types);
     b.prepared.insert(st.id);
     p.parse_id = st.id;
-  } else {
-    protocol::parse(wbuf_, "", st.text, st.types);
-    p.prev_owner = b.unnamed_owner;
-    b.unnamed_owner = st.id == 0 ? st.unnamed_tag : 0;
-    p.parse_unnamed = true;
+  } else { // the backend has it: parsed once more under a name of its own, closed at once
+    protocol::parse(wbuf_, "sg_check", st.text, st.types);
+    exp_.push_back(std::move(p));
+    protocol::close(wbuf_, 'S', "sg_check");
+    exp_.emplace_back(Expect::one, false);
+    return;
   }
   exp_.push_back(std::move(p));
 }
