@@ -328,6 +328,7 @@ struct Session::BatchItem {
   bool virt = false;    // D P, E: the portal lives on no backend (see virtual_portals_)
   std::string rebind;   // D P, E: the Bind that makes it again on this batch's backend
   uint64_t rerun = 0;   // E with rebind: rows the client has had from it
+  StmtRef prev_portal;  // B: what the portal ran before
   int32_t max_rows = 0; // E: its row limit (0: all)
   std::string tag;
   std::optional<router::RouteError> error; // the proxy's own error here: the walk's last item
@@ -480,6 +481,8 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
         fail("42P03", "portal \"" + it.name + "\" already exists");
         break;
       }
+      if (auto old = portals_.find(it.name); old != portals_.end())
+        it.prev_portal = old->second;
       portals_[it.name] = it.st;
       virtual_portals_.erase(it.name); // it lives where this batch runs
       executed.erase(std::remove(executed.begin(), executed.end(), std::string_view(it.name)),
@@ -976,9 +979,19 @@ void Session::write_items(BackendConn &b, BatchPlan &bp, bool side) {
     case 'P':
       write_parse(b, it);
       break;
-    case 'B':
-      write_bind(b, *it.st, it.bind, m.body);
+    case 'B': {
+      ensure_prepared(b, *it.st, wbuf_);
+      protocol::rewrite_bind(wbuf_, it.bind, m.body, it.st->server_name);
+      Pending &p = exp_.emplace_back(Expect::one, true);
+      p.portal_undo = true;
+      p.client_name = it.name;
+      p.prev = it.prev_portal;
+      if (side) { // whether it took place decides what the portal is later
+        p.count = int32_t(exec_counts_.size());
+        exec_counts_.emplace_back(0, false);
+      }
       break;
+    }
     case 'D':
       if (it.target == 'S') {
         ensure_prepared(b, *it.st, wbuf_);
@@ -1211,13 +1224,18 @@ Task<bool> Session::on_batch() {
     // transaction fails there (a failed transaction refuses a Parse), so that the server
     // answers for them as it would (wrong parameter counts, 25P02).
     size_t n = 0;
-    for (auto &[name, st] : stmts_) {
+    auto prepare = [&](const StmtRef &st) {
       bool here = std::any_of(bp.items.begin(), bp.items.end(), [&](const BatchItem &p) {
         return p.m->type == 'P' && p.st == st; // parsed by this batch: its Parse is the client's
       });
       if (!here && st->planned.analysis->parsed && n++ < 64)
         ensure_prepared(*b, *st, wbuf_);
-    }
+    };
+    for (const BatchItem &it : bp.items) // what the batch names (a later Parse may rename it)
+      if (it.st && (it.m->type == 'B' || (it.m->type == 'D' && it.target == 'S')))
+        prepare(it.st);
+    for (auto &[name, st] : stmts_)
+      prepare(st);
     write_failure(*b, {});
     append_frame(wbuf_, 'S', {});
     exp_.emplace_back(Expect::sync, false);
@@ -1275,6 +1293,8 @@ Task<bool> Session::on_batch() {
           break;
         char t = it.m->type;
         if (t == 'B') {
+          if (slot < exec_counts_.size() && !exec_counts_[slot++].second)
+            continue; // skipped after an error: the portal is what it was
           here[it.name] = VirtualPortal{pure_read(*it.st) ? it.m->body : std::string(), it.st};
         } else if (t == 'C' && it.target == 'P') {
           here.erase(it.name);

@@ -747,7 +747,7 @@ void Session::forget_skipped(BackendConn &b) {
     Pending &p = exp_.front();
     if (p.parse_id)
       b.prepared.erase(p.parse_id); // never created
-    if (p.undo || p.parse_unnamed) {
+    if (p.undo || p.parse_unnamed || p.portal_undo) {
       if (first && p.parse_unnamed) {
         p.prev_owner = 0;
         if (p.undo && p.client_name.empty())
@@ -761,6 +761,13 @@ void Session::forget_skipped(BackendConn &b) {
   for (auto it = undo.rbegin(); it != undo.rend(); ++it) {
     if (it->parse_unnamed)
       b.unnamed_owner = it->prev_owner;
+    if (it->portal_undo) { // a Bind that did not happen: the portal is what it was
+      if (it->prev)
+        portals_[it->client_name] = std::move(it->prev);
+      else
+        portals_.erase(it->client_name);
+      continue;
+    }
     if (!it->undo)
       continue;
     if (it->prev)
@@ -1024,6 +1031,8 @@ Session::RelayStep Session::relay_some(BackendConn &b) {
     case '3':
       if (h.forward)
         forward();
+      if (h.count >= 0) [[unlikely]] // a side connection's Bind took place
+        exec_counts_[size_t(h.count)].second = true;
       if (h.kind == Expect::one)
         exp_.pop_front();
       break;
@@ -1544,11 +1553,14 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
   request_error_ = false;
   if (settings_before_) [[unlikely]]
     settings_before_.reset();
-  // As in PostgreSQL, a simple Query ends the unnamed statement and the unnamed portal.
+  // As in PostgreSQL, a simple Query ends the unnamed statement, and the unnamed portal too
+  // unless a failed transaction refuses it before it makes its own.
   if (!stmts_.empty()) [[unlikely]]
     stmts_.erase(std::string());
-  if (!portals_.empty()) [[unlikely]]
+  if (!portals_.empty() && tx_ != 'E') [[unlikely]] {
     portals_.erase(std::string());
+    virtual_portals_.erase(std::string());
+  }
   router::PlannedText &planned = query_plan_;
   sh_.router.plan(sql, planned);
   const auto &stmts = planned.analysis->stmts;

@@ -52,7 +52,8 @@ private:
     Expect kind;
     bool forward = true; // false: swallow the success responses (proxy-injected)
     bool parse_unnamed = false;
-    uint64_t prev_owner = 0; // parse_unnamed: the backend's unnamed statement before it
+    bool portal_undo = false; // a client Bind of portal client_name, which held `prev`
+    uint64_t prev_owner = 0;  // parse_unnamed: the backend's unnamed statement before it
     // A client Parse or Close of client_name that the server may skip after an earlier
     // error: undone then (the name goes back to `prev`, or away when prev is empty).
     bool undo = false;
