@@ -180,6 +180,7 @@ void Session::settle_tx(int shard, char tx_before) {
     restore_settings(); // the implicit transaction failed: its SETs are undone
   settings_before_.reset();
   request_error_ = false;
+  end_seen_ = false;
   if (tx_ == 'I') {
     if (tx_before != 'I')
       apply_tx_end();
@@ -426,6 +427,10 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
   bool failed_tx = tx_ == 'E';
   int held = tx_shard_ >= 0 ? tx_shard_ : batch_shard_;
   bool virtual_gone = false; // a COMMIT or ROLLBACK earlier in the batch ended their portals
+  boost::container::small_vector<std::string, 4> bound_here; // portals this batch binds
+  auto here = [&](const std::string &n) {
+    return std::find(bound_here.begin(), bound_here.end(), n) != bound_here.end();
+  };
   boost::container::small_vector<std::string_view, 4> executed;
   std::vector<router::ParamValue> &params = bind_params_;
   bp.items.reserve(batch.size());
@@ -476,7 +481,7 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
       }
       it.st = sit->second;
       if (!failed_tx && !virtual_gone && !it.name.empty() && virtual_portals_.count(it.name) &&
-          same_param_count(it.bind, virtual_portals_[it.name], *it.st)) {
+          !here(it.name) && same_param_count(it.bind, virtual_portals_[it.name], *it.st)) {
         // A named portal is not replaced; where it lives on no backend, the proxy says so.
         fail("42P03", "portal \"" + it.name + "\" already exists");
         break;
@@ -484,7 +489,7 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
       if (auto old = portals_.find(it.name); old != portals_.end())
         it.prev_portal = old->second;
       portals_[it.name] = it.st;
-      virtual_portals_.erase(it.name); // it lives where this batch runs
+      bound_here.push_back(it.name); // it lives where this batch runs, once the Bind is done
       executed.erase(std::remove(executed.begin(), executed.end(), std::string_view(it.name)),
                      executed.end()); // a new portal under that name
       ++bp.binds;
@@ -560,7 +565,8 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
           stmts_.erase(sit);
         }
       } else if (auto pit = portals_.find(it.name); pit != portals_.end()) {
-        if (auto v = virtual_portals_.find(it.name); v != virtual_portals_.end()) {
+        if (auto v = virtual_portals_.find(it.name);
+            v != virtual_portals_.end() && !here(it.name)) {
           it.virt = true;
           if (m.type == 'D' && !v->second.bind.empty())
             it.rebind = v->second.bind; // described through a copy (see write_items)
@@ -585,7 +591,7 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
       executed.push_back(it.m->body.data()); // the portal name, NUL-terminated in the body
       if (auto pit = portals_.find(it.name); pit != portals_.end())
         it.st = pit->second;
-      if (auto v = virtual_portals_.find(it.name); v != virtual_portals_.end()) {
+      if (auto v = virtual_portals_.find(it.name); v != virtual_portals_.end() && !here(it.name)) {
         it.virt = true;
         if (!v->second.bind.empty() && !v->second.done) { // made again here, past its rows
           it.rebind = std::move(v->second.bind);
@@ -1125,6 +1131,7 @@ Task<bool> Session::on_batch() {
 
   if (batch_shard_ < 0 && !implicit_open_) { // a new request (not the rest of one cut by Flush)
     request_error_ = false;
+    end_seen_ = false;
     settings_before_.reset();
     implicit_local_.clear();
   }

@@ -985,7 +985,16 @@ Session::RelayStep Session::relay_some(BackendConn &b) {
       }
       if (h.forward) {
         forward();
-        last_rollback_ = body == std::string_view("ROLLBACK", 9); // with its terminator
+        // The first end of a transaction in a request decides it: a COMMIT after a ROLLBACK
+        // in the same batch is one outside a transaction, which changes nothing.
+        bool rb = body == std::string_view("ROLLBACK", 9); // with its terminator
+        if (rb || body == std::string_view("COMMIT", 7)) {
+          if (!end_seen_)
+            last_rollback_ = rb;
+          end_seen_ = true;
+        } else if (!end_seen_) {
+          last_rollback_ = false;
+        }
       }
       if (body.starts_with("DEALLOCATE ALL") || body.starts_with("DISCARD ALL")) {
         b.prepared.clear(); // the server dropped our statements too
@@ -1033,6 +1042,8 @@ Session::RelayStep Session::relay_some(BackendConn &b) {
         forward();
       if (h.count >= 0) [[unlikely]] // a side connection's Bind took place
         exec_counts_[size_t(h.count)].second = true;
+      if (h.portal_undo && f.type == '2') [[unlikely]] // the portal lives on this backend now
+        virtual_portals_.erase(h.client_name);
       if (h.kind == Expect::one)
         exp_.pop_front();
       break;
@@ -1551,6 +1562,7 @@ void Session::mux_release(MuxLane &m) {
 // itself), or what query_loop() must do with it. For `run`, q says where.
 Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
   request_error_ = false;
+  end_seen_ = false;
   if (settings_before_) [[unlikely]]
     settings_before_.reset();
   // As in PostgreSQL, a simple Query ends the unnamed statement, and the unnamed portal too

@@ -273,6 +273,7 @@ private:
   // this as the transaction's snapshot.
   std::optional<std::map<std::string, std::string>> settings_before_;
   bool request_error_ = false; // an error was relayed since the request began
+  bool end_seen_ = false;      // a COMMIT or ROLLBACK was relayed since the request began
   // SET LOCAL outside a transaction block lasts until Sync (PostgreSQL warns, and keeps it for
   // the implicit transaction). Those the proxy answered itself (no shard chosen yet) go to the
   // implicit transaction's backend when one is chosen, and into side connections' copies.
