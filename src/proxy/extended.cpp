@@ -918,8 +918,7 @@ void Session::write_parse(BackendConn &b, const BatchItem &it) {
 // A Parse that fails on the backend (a syntax error), so that the backend skips to Sync and
 // rolls back or fails the transaction where the proxy raised `synthetic`, its own
 // ErrorResponse (empty: nothing is shown).
-void Session::write_failure(BackendConn &b, const std::string &synthetic) {
-  (void)b;
+void Session::write_failure(const std::string &synthetic) {
   protocol::parse(wbuf_, "sg_fail", "SHARDGATE FAILS HERE", {});
   Pending p(Expect::one, false);
   p.fail = true;
@@ -972,7 +971,7 @@ void Session::write_items(BackendConn &b, BatchPlan &bp, bool side) {
       sink_ = &err;
       error(it.error->sqlstate, it.error->message, it.error->hint);
       sink_ = &out_;
-      write_failure(b, err);
+      write_failure(err);
       if (bp.ends_sync) {
         write_passthrough('S', {}, Expect::sync);
       } else if (side) { // the side connection keeps nothing open
@@ -1243,7 +1242,7 @@ Task<bool> Session::on_batch() {
         prepare(it.st);
     for (auto &[name, st] : stmts_)
       prepare(st);
-    write_failure(*b, {});
+    write_failure({});
     append_frame(wbuf_, 'S', {});
     exp_.emplace_back(Expect::sync, false);
   }

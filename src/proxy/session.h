@@ -138,7 +138,7 @@ private:
   void synthesize_items(BatchPlan &bp);
   void write_items(BackendConn &b, BatchPlan &bp, bool side);
   void write_parse(BackendConn &b, const BatchItem &it);
-  void write_failure(BackendConn &b, const std::string &synthetic);
+  void write_failure(const std::string &synthetic);
   void write_implicit_local(BackendConn &b, bool copy);
   void track_set(BackendConn &b, const ClientStmt &st);
   void undo_name(const Pending &p, bool failed_itself);
