@@ -174,6 +174,15 @@ Task<bool> Session::batch_lost(BackendConn &b, int shard, bool ends_sync) {
 // After a request that reached `shard`: the transaction it opened binds there, one it ended
 // settles, and a backend no transaction holds goes back to its pool.
 void Session::settle_tx(int shard, char tx_before) {
+  if (tx_before == 'I' && tx_ == 'I' && !settings_before_ && !request_error_ && !end_seen_ &&
+      portals_.empty()) [[likely]] { // an autocommit request that changed no state
+    detach_if_idle();
+    return;
+  }
+  settle_tx_slow(shard, tx_before);
+}
+
+void Session::settle_tx_slow(int shard, char tx_before) {
   if (tx_before == 'I' && tx_ != 'I')
     tx_settings_snapshot_ = settings_before_ ? std::move(*settings_before_) : settings_;
   else if (tx_ == 'I' && request_error_ && settings_before_)

@@ -1764,7 +1764,7 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
 void Session::write_query(BackendConn &b, const std::string &sql) {
   wbuf_.clear();
   prepare_backend(b, wbuf_);
-  protocol::query(wbuf_, sql);
+  protocol::Writer(wbuf_, 'Q').cstr(sql).finish(); // protocol::query(), inline: per query
   exp_.emplace_back(Expect::query, true);
   b.unnamed_owner = 0;
 }

@@ -162,6 +162,7 @@ private:
   void write_passthrough(char type, std::string_view body, Expect expect);
   Task<bool> batch_lost(BackendConn &b, int shard, bool ends_sync);
   void settle_tx(int shard, char tx_before);
+  void settle_tx_slow(int shard, char tx_before);
   Task<bool> on_function_call(Msg m);
   Task<bool> broadcast(const std::string &sql);
   Task<bool> run_on_all_primaries(const std::string &sql, std::string &first_capture,
