@@ -228,8 +228,7 @@ Task<bool> Session::side_query() {
   side_batch_ = true;
   bool ok = !ec && co_await relay(*b);
   side_batch_ = false;
-  b->settings = tx_settings_snapshot_; // the copy rolled back
-  b->settings_hash = hash_settings(b->settings);
+  mark_untracked(*b); // the copy rolled back; its next user resets it first
   if (!ok && !b->broken)
     co_return false;
   detach_if_idle();
@@ -1276,12 +1275,8 @@ Task<bool> Session::on_batch() {
   bool ok = st == RelayStep::done || (st != RelayStep::failed && co_await relay_more(*b, st));
   side_batch_ = false;
   if (side) {
-    if (bp.side_deferred) { // a COMMIT there may have kept SETs of the copy
-      mark_untracked(*b);
-    } else if (side_tx) { // the copy rolled back: it holds what the transaction began with
-      b->settings = tx_settings_snapshot_;
-      b->settings_hash = hash_settings(b->settings);
-    }
+    if (side_tx || bp.side_deferred) // what a copy of a transaction left there is not
+      mark_untracked(*b);            // tracked: the next user resets it first
     detach_if_idle();
     if (!ok && !b->broken)
       co_return false;

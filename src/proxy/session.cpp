@@ -992,6 +992,8 @@ Session::RelayStep Session::relay_some(BackendConn &b) {
           if (!end_seen_)
             last_rollback_ = rb;
           end_seen_ = true;
+          if (!rb && settings_before_) // committed: a later failure takes none of it back
+            settings_before_.reset();
         } else if (!end_seen_) {
           last_rollback_ = false;
         }
