@@ -722,7 +722,8 @@ Session::BatchMode Session::batch_mode(const BatchPlan &bp) const {
           break;
         case router::StmtKind::set_local:
           break; // outside one: PostgreSQL's warning; it lasts until Sync (implicit_local_)
-        default: // SAVEPOINT, SET: they wait only inside a transaction
+        default: // SAVEPOINT, SET: they wait only inside a transaction (a SET outside one
+                 // runs where the batch runs: see src/README.md, what is left)
           if (!tx)
             return BatchMode::backend;
           break;
@@ -778,7 +779,7 @@ void Session::run_deferred(const ClientStmt &st, bool reply) {
       already_in_tx();
       break;
     }
-    tx_settings_snapshot_ = settings_;
+    tx_settings_snapshot_ = settings_before_ ? *settings_before_ : settings_;
     deferred_ = text;
     for (auto &s : implicit_local_) // the implicit transaction's SET LOCALs go on in the block
       deferred_ += ";" + s;
@@ -832,12 +833,15 @@ void Session::synthesize_items(BatchPlan &bp) {
   for (BatchItem &it : bp.items) {
     if (it.error) {
       error(it.error->sqlstate, it.error->message, it.error->hint);
+      request_error_ = true;
       if (in_tx())
         fail_transaction_by_proxy();
       if (!bp.ends_sync) {
         skip_until_sync_ = true;
         return;
       }
+      if (tx_ == 'I' && settings_before_)
+        restore_settings(); // the implicit transaction failed: its SETs are undone
       ready();
       if (tx_ == 'I') { // the implicit transaction ends, and its portals
         portals_.clear();
@@ -882,6 +886,8 @@ void Session::synthesize_items(BatchPlan &bp) {
       protocol::close_complete(*sink_);
       break;
     case 'S':
+      if (tx_ == 'I' && request_error_ && settings_before_)
+        restore_settings(); // an earlier part of the implicit transaction failed
       ready();
       if (tx_ == 'I') {
         portals_.clear();
@@ -1078,19 +1084,9 @@ void Session::write_items(BackendConn &b, BatchPlan &bp, bool side) {
   }
 }
 
-// The SET LOCALs of the implicit transaction the proxy answered itself (implicit_local_), on
-// b: in a copy of a transaction block for a side connection (rolled back after), or run in the
-// implicit transaction the batch starts there, answers swallowed.
-void Session::write_implicit_local(BackendConn &b, bool copy) {
-  if (copy) {
-    std::string q = "BEGIN";
-    for (auto &s : implicit_local_)
-      q += ";" + s;
-    protocol::query(wbuf_, q);
-    exp_.emplace_back(Expect::query, false);
-    b.unnamed_owner = 0;
-    return;
-  }
+// The SET LOCALs and SETs of the implicit transaction that ran elsewhere (implicit_local_),
+// run in the implicit transaction the batch starts on its backend, answers swallowed.
+void Session::write_implicit_local() {
   for (auto &s : implicit_local_) {
     protocol::parse(wbuf_, "sg_local", s, {});
     exp_.emplace_back(Expect::one, false);
@@ -1106,10 +1102,14 @@ void Session::write_implicit_local(BackendConn &b, bool copy) {
 }
 
 // A SET or RESET the client ran with the extended protocol completed on b.
-void Session::track_set(BackendConn &b, const ClientStmt &st) {
+// `side`: it ran on a side connection, outside a transaction block: a BEGIN later in the same
+// implicit transaction takes it into the transaction (implicit_local_), as PostgreSQL does.
+void Session::track_set(BackendConn &b, const ClientStmt &st, bool side) {
   const router::StatementPlan &sp = st.planned.analysis->stmts[0];
   if (sp.kind == router::StmtKind::set || sp.kind == router::StmtKind::reset_all) {
     settings_ran(b, sp, trim(st.text));
+    if (side)
+      implicit_local_.push_back(trim(st.text));
   } else if (sp.kind == router::StmtKind::rollback && !in_tx() && settings_before_) {
     // ROLLBACK outside a transaction block rolls back the implicit transaction, and the SETs
     // the request ran in it.
@@ -1232,7 +1232,7 @@ Task<bool> Session::on_batch() {
   wbuf_.clear();
   prepare_backend(*b, wbuf_, !side || side_tx, side_tx);
   if (!in_tx() && !implicit_local_.empty() && (side_tx || (!side && held < 0)))
-    write_implicit_local(*b, side_tx);
+    write_implicit_local(); // (a BEGIN later in the batch then opens a block as usual)
   if (poison) {
     // Statements the batch names that this backend lacks are prepared before the
     // transaction fails there (a failed transaction refuses a Parse), so that the server
@@ -1275,6 +1275,8 @@ Task<bool> Session::on_batch() {
   bool ok = st == RelayStep::done || (st != RelayStep::failed && co_await relay_more(*b, st));
   side_batch_ = false;
   if (side) {
+    if (ends_sync && tx_ == 'I' && request_error_ && settings_before_)
+      restore_settings();            // the implicit transaction failed: its SETs are undone
     if (side_tx || bp.side_deferred) // what a copy of a transaction left there is not
       mark_untracked(*b);            // tracked: the next user resets it first
     detach_if_idle();

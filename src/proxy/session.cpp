@@ -1004,10 +1004,11 @@ Session::RelayStep Session::relay_some(BackendConn &b) {
       }
       if (h.kind == Expect::execute) {
         if (h.exec) [[unlikely]] { // a statement that may change session state
-          if (h.deferred)
+          if (h.deferred &&
+              !(!in_tx() && h.exec->planned.analysis->stmts[0].kind == router::StmtKind::set))
             run_deferred(*h.exec, false);
           else
-            track_set(b, *h.exec);
+            track_set(b, *h.exec, h.deferred);
         }
         exp_.pop_front();
       }

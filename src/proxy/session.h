@@ -139,8 +139,8 @@ private:
   void write_items(BackendConn &b, BatchPlan &bp, bool side);
   void write_parse(BackendConn &b, const BatchItem &it);
   void write_failure(const std::string &synthetic);
-  void write_implicit_local(BackendConn &b, bool copy);
-  void track_set(BackendConn &b, const ClientStmt &st);
+  void write_implicit_local();
+  void track_set(BackendConn &b, const ClientStmt &st, bool side = false);
   void undo_name(const Pending &p, bool failed_itself);
   // The extended protocol's per-query shape: Bind, [Describe portal,] Execute, Sync of a
   // statement prepared earlier, all buffered. query_loop() serves it without on_batch()'s
