@@ -399,7 +399,7 @@ int Server::run(const std::function<void()> &on_ready, const std::function<void(
     w->stop_sessions();
   for (auto &w : workers_)
     w->io.shutdown();
-  guards.clear(); // they point into the workers' io_contexts: before the workers go (ASan)
+  guards.clear();   // they point into the workers' io_contexts: before the workers go (ASan)
   workers_.clear(); // ~Worker ends the remaining sessions in a safe order
   monitor_.reset();
   log::info("stopped", {{"sessions_left", std::to_string(sessions_left)}});

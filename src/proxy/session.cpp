@@ -991,6 +991,21 @@ Session::RelayStep Session::relay_some(BackendConn &b) {
         if (rb || body == std::string_view("COMMIT", 7)) {
           if (!end_seen_)
             last_rollback_ = rb;
+          if (rb && !end_seen_ && h.kind == Expect::execute) {
+            // The transaction's SETs go now, not at the request's end: SETs later in the
+            // same batch run in a new transaction, and stay (on the server too).
+            const auto &to = tx_ != 'I'         ? tx_settings_snapshot_
+                             : settings_before_ ? *settings_before_
+                                                : settings_;
+            if (&to != &settings_) {
+              settings_ = to;
+              rehash_settings();
+            }
+            b.settings = settings_;
+            b.settings_hash = settings_hash_;
+            settings_before_.reset();
+            last_rollback_ = false; // done: apply_tx_end() has nothing to take back
+          }
           end_seen_ = true;
           if (!rb && settings_before_) // committed: a later failure takes none of it back
             settings_before_.reset();
