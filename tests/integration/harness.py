@@ -409,3 +409,29 @@ class ClusterTestCase(unittest.TestCase):
         for i in range(cls.SHARDS):
             cls.cluster.sql(cls.cluster.primary_port(i), ACCOUNTS_DDL, user="app")
         cls.cluster.wait_replicas_caught_up()
+
+    # ---- shared by the suites that drive the proxy of their class (self.proxy)
+
+    def owner(self, key):
+        """Index of the shard owning accounts key (from `shardgate --locate`), cached per class."""
+        cache = vars(type(self)).get("_owner_cache")
+        if cache is None:
+            cache = type(self)._owner_cache = {}
+        if key not in cache:
+            name = self.proxy.locate("accounts", key)
+            self.assertRegex(name, r"^s\d+$")
+            cache[key] = int(name[1:])
+        return cache[key]
+
+    def failed_so_far(self):
+        """True if this test (or one of its subtests) has failed so far."""
+        result = getattr(getattr(self, "_outcome", None), "result", None)
+        return any(t is self or getattr(t, "test_case", None) is self
+                   for t, _ in getattr(result, "failures", []) + getattr(result, "errors", []))
+
+    def print_proxy_log(self, since, lines=40):
+        """On failure, the proxy's log lines written since offset `since`, to stderr."""
+        new = self.proxy.log()[since:].splitlines()
+        if new:
+            print(f"\n--- proxy log during {self.id()} (last {lines} of {len(new)} lines) ---\n"
+                  + "\n".join(new[-lines:]), file=sys.stderr)

@@ -218,7 +218,6 @@ class ClientsTest(harness.ClusterTestCase):
         cls.proxy = harness.Proxy(cls.cluster, tables=(("accounts", "id", "bigint"),),
                                   pool_mode="transaction")
         cls.addClassCleanup(cls.proxy.stop)
-        cls._owners = {}
         cls.pg_env = dict(os.environ, PGPASSWORD="app-secret", PGCONNECT_TIMEOUT="10",
                           PGSSLMODE="disable")
 
@@ -232,33 +231,18 @@ class ClientsTest(harness.ClusterTestCase):
         for d in self._drivers:
             with contextlib.suppress(Exception):
                 d.close()
-        if self._failed():
-            new = self.proxy.log()[self._log_start:].splitlines()
-            if new:
-                print(f"\n--- proxy log during {self.id()} (last 40 of {len(new)} lines) ---\n"
-                      + "\n".join(new[-40:]), file=sys.stderr)
+        if self.failed_so_far():
+            self.print_proxy_log(self._log_start, 40)
         self.assertTrue(self.proxy.alive(), f"the proxy died:\n{self.proxy.log()[-3000:]}")
 
     # ------------------------------------------------------------------ helpers
 
-    def _failed(self):
-        """True if this test (or one of its subtests) has failed so far."""
-        result = getattr(getattr(self, "_outcome", None), "result", None)
-        return any(t is self or getattr(t, "test_case", None) is self
-                   for t, _ in getattr(result, "failures", []) + getattr(result, "errors", []))
 
     def driver(self, factory, *a, **kw):
         d = factory(*a, **kw)
         self._drivers.append(d)
         return d
 
-    def owner(self, key):
-        """Index of the shard owning accounts key (from `shardgate --locate`)."""
-        if key not in self._owners:
-            name = self.proxy.locate("accounts", key)
-            self.assertRegex(name, r"^s\d+$")
-            self._owners[key] = int(name[1:])
-        return self._owners[key]
 
     def pick_keys(self, base, n):
         """n keys from base up, alternating between the shards (s0, s1, s0, ...)."""

@@ -112,7 +112,6 @@ class JdbcTest(harness.ClusterTestCase):
         super().setUpClass()
         cls.proxy = harness.Proxy(cls.cluster)
         cls.addClassCleanup(cls.proxy.stop)
-        cls._owners = {}
         CLASSES.mkdir(parents=True, exist_ok=True)
         p = subprocess.run([JAVAC, "-Xlint:all", "-cp", str(JAR), "-d", str(CLASSES),
                             str(SOURCE)], capture_output=True, text=True, timeout=120)
@@ -129,13 +128,6 @@ class JdbcTest(harness.ClusterTestCase):
 
     # ------------------------------------------------------------------ helpers
 
-    def owner(self, key):
-        """Index of the shard owning accounts key (from `shardgate --locate`)."""
-        if key not in self._owners:
-            name = self.proxy.locate("accounts", key)
-            self.assertRegex(name, r"^s\d+$")
-            self._owners[key] = int(name[1:])
-        return self._owners[key]
 
     def keys_on(self, start, shard, n):
         """n keys from start up that shard owns, and the key after the last one tried."""

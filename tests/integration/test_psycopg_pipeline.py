@@ -61,7 +61,6 @@ class PsycopgPipelineTest(harness.ClusterTestCase):
         super().setUpClass()
         cls.proxy = harness.Proxy(cls.cluster)
         cls.addClassCleanup(cls.proxy.stop)
-        cls._owners = {}
         cls._next_key = K_START
 
     def setUp(self):
@@ -70,27 +69,13 @@ class PsycopgPipelineTest(harness.ClusterTestCase):
 
     def tearDown(self):
         faulthandler.cancel_dump_traceback_later()
-        if self._failed():
-            new = self.proxy.log()[self._log_start:].splitlines()
-            if new:
-                print(f"\n--- proxy log during {self.id()} (last 30 of {len(new)} lines) ---\n"
-                      + "\n".join(new[-30:]), file=sys.stderr)
+        if self.failed_so_far():
+            self.print_proxy_log(self._log_start, 30)
         self.assertTrue(self.proxy.alive(), f"the proxy died:\n{self.proxy.log()[-3000:]}")
 
     # ------------------------------------------------------------------ helpers
 
-    def _failed(self):
-        result = getattr(getattr(self, "_outcome", None), "result", None)
-        return any(t is self or getattr(t, "test_case", None) is self
-                   for t, _ in getattr(result, "failures", []) + getattr(result, "errors", []))
 
-    def owner(self, key):
-        """Index of the shard owning accounts key (from `shardgate --locate`)."""
-        if key not in self._owners:
-            name = self.proxy.locate("accounts", key)
-            self.assertRegex(name, r"^s\d+$")
-            self._owners[key] = int(name[1:])
-        return self._owners[key]
 
     def fresh_keys(self, shard, n):
         """n keys never handed out before that shard owns."""
