@@ -684,14 +684,18 @@ Session::BatchMode Session::batch_mode(const BatchPlan &bp) const {
   if (tx_ == 'E')
     return BatchMode::backend;
   bool tx = in_tx(), synth = true;
+  // A SET outside a transaction block waits only for a BEGIN later in the same implicit
+  // transaction, which takes it into the block (implicit_local_); one that no BEGIN follows
+  // runs where the batch runs, committed at its Sync as on the server.
+  bool set_waits = false;
   boost::container::small_vector<std::string_view, 4> named; // portals bound in the batch
   for (const BatchItem &it : bp.items) {
     if (it.error)
       break; // nothing after it runs
     switch (it.m->type) {
     case 'P':
-      if (!it.st->planned.analysis->parsed)
-        return BatchMode::side; // the server fails this Parse: nothing after it runs
+      if (!it.st->planned.analysis->parsed) // the server fails this Parse: nothing after it runs
+        return set_waits ? BatchMode::backend : BatchMode::side;
       synth &= deferrable(*it.st);
       break;
     case 'B':
@@ -715,15 +719,20 @@ Session::BatchMode Session::batch_mode(const BatchPlan &bp) const {
         switch (it.st->planned.analysis->stmts[0].kind) {
         case router::StmtKind::begin:
           tx = true; // inside one already: PostgreSQL's warning, then BEGIN
+          set_waits = false;
           break;
         case router::StmtKind::commit:
         case router::StmtKind::rollback:
+          if (set_waits) // outside a block it ends the implicit transaction and its SETs
+            return BatchMode::backend;
           tx = false; // outside one: PostgreSQL's warning, then the tag
           break;
         case router::StmtKind::set_local:
           break; // outside one: PostgreSQL's warning; it lasts until Sync (implicit_local_)
-        default: // SAVEPOINT, SET: they wait only inside a transaction (a SET outside one
-                 // runs where the batch runs: see src/README.md, what is left)
+        case router::StmtKind::set:
+          set_waits |= !tx;
+          break;
+        default: // SAVEPOINT waits only inside a transaction
           if (!tx)
             return BatchMode::backend;
           break;
@@ -740,6 +749,8 @@ Session::BatchMode Session::batch_mode(const BatchPlan &bp) const {
       break;
     }
   }
+  if (set_waits && bp.ends_sync) // else the rest of its implicit transaction takes it along
+    return BatchMode::backend;
   return synth ? BatchMode::synth : BatchMode::side;
 }
 
@@ -795,6 +806,14 @@ void Session::run_deferred(const ClientStmt &st, bool reply) {
       n.message = "there is no transaction in progress";
       protocol::notice_response(*sink_, n);
       tag = sp.kind == router::StmtKind::commit ? "COMMIT" : "ROLLBACK";
+      // It ends the implicit transaction: a ROLLBACK takes back the SETs that waited in it
+      // (a COMMIT keeps them), and a BEGIN after it takes none of them in.
+      if (sp.kind == router::StmtKind::rollback && settings_before_) {
+        restore_settings();
+        app_check_ = true;
+      }
+      settings_before_.reset();
+      implicit_local_.clear();
       portals_.clear(); // the implicit transaction ends, and its portals
       virtual_portals_.clear();
       break;
@@ -806,6 +825,11 @@ void Session::run_deferred(const ClientStmt &st, bool reply) {
     virtual_portals_.clear();
     break;
   case router::StmtKind::set:
+    if (!in_tx()) { // a BEGIN later in this implicit transaction takes it in (batch_mode)
+      set_setting(sp.set_name, text);
+      implicit_local_.push_back(text);
+      break;
+    }
     defer_set(sp, text);
     break;
   case router::StmtKind::set_local:
@@ -1230,8 +1254,9 @@ Task<bool> Session::on_batch() {
   }
   char tx_before = tx_;
   wbuf_.clear();
-  prepare_backend(*b, wbuf_, !side || side_tx, side_tx);
-  if (!in_tx() && !implicit_local_.empty() && (side_tx || (!side && held < 0)))
+  bool replay = !in_tx() && !implicit_local_.empty() && (side_tx || (!side && held < 0));
+  prepare_backend(*b, wbuf_, !side || side_tx, side_tx, replay);
+  if (replay)
     write_implicit_local(); // (a BEGIN later in the batch then opens a block as usual)
   if (poison) {
     // Statements the batch names that this backend lacks are prepared before the

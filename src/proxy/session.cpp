@@ -681,10 +681,15 @@ void Session::detach_all() {
 // in deferred_: the backend first gets the settings the transaction began with, then deferred_
 // inside the transaction, so that a rollback takes them back on the server too. keep_deferred:
 // a copy of the waiting transaction (a side connection), deferred_ stays.
+// `implicit`: the implicit transaction's waiting SETs (implicit_local_) follow inside it, so
+// the backend starts from the settings before them and holds the session's after them (a
+// failure takes them back on both: restore_settings).
 void Session::prepare_backend(BackendConn &b, std::string &out, bool with_deferred,
-                              bool keep_deferred) {
+                              bool keep_deferred, bool implicit) {
   bool send_deferred = with_deferred && !deferred_.empty();
-  const auto &base = send_deferred && in_tx() ? tx_settings_snapshot_ : settings_;
+  const auto &base = send_deferred && in_tx()        ? tx_settings_snapshot_
+                     : implicit && settings_before_ ? *settings_before_
+                                                     : settings_;
   uint64_t base_hash = &base == &settings_ ? settings_hash_ : hash_settings(base);
   if (b.settings_hash != base_hash) {
     std::string q;
@@ -704,6 +709,10 @@ void Session::prepare_backend(BackendConn &b, std::string &out, bool with_deferr
     }
     b.settings = base;
     b.settings_hash = base_hash;
+  }
+  if (implicit && &base != &settings_) {
+    b.settings = settings_;
+    b.settings_hash = settings_hash_;
   }
   if (send_deferred) {
     protocol::query(out, deferred_);
@@ -1003,7 +1012,9 @@ Session::RelayStep Session::relay_some(BackendConn &b) {
             }
             b.settings = settings_;
             b.settings_hash = settings_hash_;
-            settings_before_.reset();
+            // A new implicit transaction starts here (the session's status changes only at
+            // ReadyForQuery): if it fails, its SETs go back to these.
+            settings_before_ = settings_;
             last_rollback_ = false; // done: apply_tx_end() has nothing to take back
           }
           end_seen_ = true;
@@ -1164,8 +1175,9 @@ void Session::note_settings_change() {
 }
 
 // The implicit transaction of a request failed: the SETs it ran are undone, on the server too.
+// settings_before_ stays as it was: the ReadyForQuery's report still reads it (report_app).
 void Session::restore_settings() {
-  settings_ = std::move(*settings_before_);
+  settings_ = *settings_before_;
   rehash_settings();
   for (auto &a : attached_)
     if (a.conn) {

@@ -187,7 +187,7 @@ private:
                     std::chrono::steady_clock::time_point start, std::string_view shape);
   void detach_all();
   void prepare_backend(BackendConn &b, std::string &out, bool with_deferred = true,
-                       bool keep_deferred = false);
+                       bool keep_deferred = false, bool implicit = false);
   static uint64_t hash_settings(const std::map<std::string, std::string> &s);
   void ensure_prepared(BackendConn &b, const ClientStmt &st, std::string &out);
   void forget_skipped(BackendConn &b);
