@@ -7,6 +7,7 @@ PKGS=(
   build-essential cmake ninja-build pkg-config git
   libboost1.74-dev libboost-system1.74-dev libboost-coroutine1.74-dev
   libpqxx-dev libpq-dev libpg-query-dev libprotobuf-c-dev libxxhash-dev libtomlplusplus-dev
+  nlohmann-json3-dev
   prometheus-cpp-dev libgtest-dev libgmock-dev libssl-dev
   postgresql-15 postgresql-client-15 pgbouncer
   python3 python3-psycopg2 python3-psycopg python3-asyncpg python3-yaml
@@ -14,6 +15,11 @@ PKGS=(
   prometheus curl clang-14 libclang-rt-14-dev valgrind
   procps iproute2 util-linux
 )
+# Node.js and npm run the OpenAPI check in tests/integration/openapi. Ask Debian only for what
+# the machine lacks: a Node.js from another origin (NodeSource's nodejs bundles npm and conflicts
+# with Debian's npm package) must stay as it is.
+command -v node >/dev/null || PKGS+=(nodejs)
+command -v npm >/dev/null || PKGS+=(npm)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -1,14 +1,18 @@
 // shardgate: a PostgreSQL sharding proxy. Thin main: arguments, config, then the server.
+#include "admin/server.h"
 #include "config/config.h"
 #include "metrics/exporter.h"
 #include "proxy/errors.h"
 #include "proxy/server.h"
 #include "router/router.h"
+#include "topology/store.h"
+#include "topology/watcher.h"
 
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <memory>
+#include <mutex>
 
 namespace {
 
@@ -18,6 +22,48 @@ void usage(std::ostream &os) {
         "  --check              validate the config and exit\n"
         "  --locate TABLE KEY   print the shard that owns KEY of sharded TABLE, and exit\n"
         "  --version            print the version\n";
+}
+
+namespace log = sg::proxy::log;
+
+// On start the stored topology wins over the TOML's [[shards]], which only seed an empty
+// metadata database. Returns the epoch the proxy starts on (0: the metadata database was
+// unreachable, so the TOML's topology is used until it is back).
+uint64_t load_topology(sg::config::Config &cfg) {
+  auto toml = sg::topology::from_config(cfg);
+  auto where = sg::topology::metadata_endpoint(cfg);
+  try {
+    sg::topology::Store store(where, "shardgate-control");
+    store.ensure_schema();
+    bool seeded = false;
+    auto stored = store.seed(toml, seeded);
+    if (seeded) {
+      log::info("topology_seeded", {{"epoch", "1"}, {"metadata", where.label()}});
+      return 1;
+    }
+    if (!(stored == toml))
+      log::warn("topology_toml_differs",
+                {{"epoch", std::to_string(stored.epoch)},
+                 {"detail", "the metadata database's topology is used; the TOML's [[shards]] "
+                            "and [[tables]] only seed an empty metadata database"}});
+    std::string err;
+    if (!sg::topology::apply_to(stored, cfg, err)) {
+      log::error("topology_stored_invalid", {{"epoch", std::to_string(stored.epoch)},
+                                             {"error", err}});
+      std::exit(1);
+    }
+    log::info("topology_loaded", {{"epoch", std::to_string(stored.epoch)},
+                                  {"shards", std::to_string(stored.shards.size())},
+                                  {"metadata", where.label()}});
+    return stored.epoch;
+  } catch (const std::exception &e) {
+    log::warn("metadata_unreachable_at_start",
+              {{"metadata", where.label()},
+               {"error", e.what()},
+               {"detail", "serving the TOML's topology; writes to sharded tables stop after "
+                          "[metadata] fence_timeout_ms unless it comes back"}});
+    return 0;
+  }
 }
 
 } // namespace
@@ -84,11 +130,67 @@ int main(int argc, char **argv) {
                                        : log::Level::info);
   if (const char *lvl = std::getenv("SHARDGATE_LOG_LEVEL"); lvl && std::strcmp(lvl, "debug") == 0)
     log::set_level(log::Level::debug);
-  auto metrics_cfg = loaded.config->metrics;
-  sg::proxy::Server server(std::move(*loaded.config));
+  sg::config::Config &cfg = *loaded.config;
+  uint64_t epoch = cfg.metadata.enabled ? load_topology(cfg) : 0;
+  struct Running { // the topology this proxy runs on (its epoch moves when an equal one is stored)
+    std::mutex mu;
+    sg::topology::Topology t;
+  } running;
+  running.t = sg::topology::from_config(cfg);
+  running.t.epoch = epoch;
+  auto metrics_cfg = cfg.metrics;
+  auto admin_cfg = cfg.admin;
+  auto meta_cfg = cfg;
+  std::string instance = sg::topology::instance_id(cfg);
+  std::string address = cfg.proxy.listen_host + ":" + std::to_string(cfg.proxy.listen_port);
+  sg::proxy::Server server(std::move(cfg));
   std::unique_ptr<sg::metrics::Exporter> exporter;
+  std::unique_ptr<sg::topology::Watcher> watcher;
+  std::unique_ptr<sg::admin::Server> admin;
   int rc = server.run(
       [&] {
+        if (meta_cfg.metadata.enabled) {
+          sg::topology::Watcher::Hooks hooks;
+          hooks.on_fence = [&](bool on) { server.set_write_fence(on); };
+          hooks.on_epoch = [&](const sg::topology::Topology &t) -> uint64_t {
+            std::lock_guard lk(running.mu);
+            sg::topology::Topology same = t;
+            same.epoch = running.t.epoch;
+            if (same == running.t) { // nothing this proxy runs on changed
+              running.t.epoch = t.epoch;
+              return t.epoch;
+            }
+            log::warn("topology_change_not_applied",
+                      {{"stored_epoch", std::to_string(t.epoch)},
+                       {"applied_epoch", std::to_string(running.t.epoch)},
+                       {"detail", "restart the proxy to run on it; live reconfiguration is "
+                                  "not built yet"}});
+            return running.t.epoch;
+          };
+          watcher = std::make_unique<sg::topology::Watcher>(meta_cfg, instance, address, epoch,
+                                                            std::move(hooks));
+          watcher->start();
+        }
+        if (admin_cfg.listen_port != 0) {
+          sg::admin::Sources src;
+          src.token = admin_cfg.token;
+          src.topology = [&] {
+            std::lock_guard lk(running.mu);
+            return running.t;
+          };
+          src.watch = [&] { return watcher->status(); };
+          src.proxy = &server.shared();
+          src.openapi = sg::admin::openapi_document();
+          admin = std::make_unique<sg::admin::Server>(std::move(src));
+          std::string err;
+          if (!admin->start(admin_cfg.listen_host, admin_cfg.listen_port, err)) {
+            log::error("admin_listen_failed", {{"error", err}});
+            std::exit(1);
+          }
+          log::info("admin_listening", {{"listen", admin_cfg.listen_host + ":" +
+                                                       std::to_string(admin_cfg.listen_port)},
+                                        {"token", admin_cfg.token.empty() ? "none" : "required"}});
+        }
         if (metrics_cfg.listen_port == 0)
           return;
         exporter = std::make_unique<sg::metrics::Exporter>(server);
@@ -100,6 +202,10 @@ int main(int argc, char **argv) {
         log::info("metrics_listening", {{"listen", metrics_cfg.listen_host + ":" +
                                                        std::to_string(metrics_cfg.listen_port)}});
       },
-      [&] { exporter.reset(); });
+      [&] {
+        admin.reset();
+        watcher.reset();
+        exporter.reset();
+      });
   return rc;
 }

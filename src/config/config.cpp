@@ -4,6 +4,7 @@
 #include <libpq-fe.h>
 #include <toml++/toml.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -38,6 +39,20 @@ std::optional<KeyType> key_type_from_string(std::string_view s) {
   if (s == "uuid")
     return KeyType::uuid;
   return std::nullopt;
+}
+
+std::string Endpoint::conninfo() const {
+  auto q = [](const std::string &v) {
+    std::string o = "'";
+    for (char c : v) {
+      if (c == '\'' || c == '\\')
+        o.push_back('\\');
+      o.push_back(c);
+    }
+    return o + "'";
+  };
+  return "host=" + q(host) + " port=" + std::to_string(port) + " user=" + q(user) +
+         " password=" + q(password) + " dbname=" + q(dbname.empty() ? user : dbname);
 }
 
 size_t Config::default_shard_index() const {
@@ -198,6 +213,18 @@ public:
     return true;
   }
 
+  bool get_bool(const toml::table &t, std::string_view key, bool &out) {
+    const toml::node *n = t.get(key);
+    if (!n)
+      return false;
+    if (auto b = n->value<bool>()) {
+      out = *b;
+      return true;
+    }
+    error(n, "\"" + std::string(key) + "\" must be true or false", "write it without quotes");
+    return false;
+  }
+
   const toml::table *table(const toml::table &root, std::string_view key) {
     const toml::node *n = root.get(key);
     if (!n)
@@ -265,7 +292,9 @@ LoadResult load_string(std::string_view text, const std::string &path) {
   Reader r(path, d);
   Config c;
   c.path = path;
-  r.unknown_keys(root, {"proxy", "users", "ring", "replicas", "metrics", "log", "shards", "tables"},
+  r.unknown_keys(root,
+                 {"proxy", "users", "ring", "replicas", "metrics", "metadata", "admin", "log",
+                  "shards", "tables"},
                  "the top level");
 
   if (auto *p = r.table(root, "proxy")) {
@@ -375,6 +404,64 @@ LoadResult load_string(std::string_view text, const std::string &path) {
       if (!split_listen(listen, c.metrics.listen_host, c.metrics.listen_port))
         r.error(mt->get("listen"), "\"listen\" must be host:port", "e.g. \"127.0.0.1:9930\"");
     }
+  }
+  if (auto *md = r.table(root, "metadata")) {
+    r.unknown_keys(*md, {"enabled", "url", "fence_timeout_ms", "heartbeat_ms", "instance"},
+                   "[metadata]");
+    r.get_bool(*md, "enabled", c.metadata.enabled);
+    if (r.get_string(*md, "url", c.metadata.url)) {
+      std::string err;
+      if (!parse_endpoint(c.metadata.url, err))
+        r.error(md->get("url"), "bad metadata URL: " + err,
+                "use postgresql://user:password@host:port/dbname, or leave it out to use the "
+                "default shard's primary");
+    }
+    r.get_uint(*md, "fence_timeout_ms", c.metadata.fence_timeout_ms, 100, 3600000);
+    r.get_uint(*md, "heartbeat_ms", c.metadata.heartbeat_ms, 50, 600000);
+    r.get_string(*md, "instance", c.metadata.instance);
+    if (c.metadata.heartbeat_ms * 2 > c.metadata.fence_timeout_ms)
+      r.error(md->get("heartbeat_ms"), "\"heartbeat_ms\" must be at most half of fence_timeout_ms",
+              "a proxy's heartbeat must be fresh well within the fence timeout");
+  }
+  if (auto *ad = r.table(root, "admin")) {
+    r.unknown_keys(*ad, {"listen", "token_file", "allow_no_token"}, "[admin]");
+    std::string listen;
+    if (r.get_string(*ad, "listen", listen) &&
+        !split_listen(listen, c.admin.listen_host, c.admin.listen_port))
+      r.error(ad->get("listen"), "\"listen\" must be host:port", "e.g. \"127.0.0.1:6480\"");
+    r.get_bool(*ad, "allow_no_token", c.admin.allow_no_token);
+    if (r.get_string(*ad, "token_file", c.admin.token_file)) {
+      std::ifstream tf(c.admin.token_file, std::ios::binary);
+      std::stringstream ss;
+      if (tf)
+        ss << tf.rdbuf();
+      std::string tok = ss.str();
+      while (!tok.empty() && (tok.back() == '\n' || tok.back() == '\r' || tok.back() == ' '))
+        tok.pop_back();
+      if (!tf)
+        r.error(ad->get("token_file"), "cannot read the admin token file \"" +
+                                           c.admin.token_file + "\"",
+                "create it (e.g. head -c 24 /dev/urandom | base64 > FILE) or fix the path");
+      else if (tok.size() < 16)
+        r.error(ad->get("token_file"), "the admin token in \"" + c.admin.token_file +
+                                           "\" is shorter than 16 characters",
+                "use a long random token");
+      else
+        c.admin.token = tok;
+    }
+    if (c.admin.token.empty())
+      if (const char *env = std::getenv("SHARDGATE_ADMIN_TOKEN"); env && *env)
+        c.admin.token = env;
+    bool loopback = c.admin.listen_host == "127.0.0.1" || c.admin.listen_host == "::1" ||
+                    c.admin.listen_host == "localhost";
+    if (!c.admin.listen_host.empty() && c.admin.token.empty() &&
+        !(loopback && c.admin.allow_no_token))
+      r.error(ad->get("listen"), "the admin API has no token",
+              "set [admin] token_file or SHARDGATE_ADMIN_TOKEN; only a loopback listen address "
+              "may run without one, with allow_no_token = true");
+    if (!c.admin.listen_host.empty() && !c.metadata.enabled)
+      r.error(ad->get("listen"), "the admin API needs the metadata database",
+              "remove [metadata] enabled = false");
   }
   if (auto *lg = r.table(root, "log")) {
     r.unknown_keys(*lg, {"format", "level", "slow_query_ms"}, "[log]");

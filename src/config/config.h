@@ -25,6 +25,8 @@ struct Endpoint {
   std::string password;
   std::string dbname;
   std::string label() const { return host + ":" + std::to_string(port); }
+  // A libpq conninfo (host, port, user, password, dbname; values quoted) to append options to.
+  std::string conninfo() const;
 };
 
 struct Shard {
@@ -94,6 +96,24 @@ struct Metrics {
   uint16_t listen_port = 0;
 };
 
+// The metadata database ([metadata]): topology epochs, proxy instances, migration journals.
+struct Metadata {
+  bool enabled = true;
+  std::string url;                      // empty: the default shard's primary
+  uint32_t fence_timeout_ms = 10000;    // cut off this long: writes to sharded tables refused
+  uint32_t heartbeat_ms = 1000;         // how often this proxy records its applied epoch
+  std::string instance;                 // this proxy's id; empty: "<hostname>:<listen port>"
+};
+
+// The admin REST API ([admin]).
+struct Admin {
+  std::string listen_host; // empty: no admin API
+  uint16_t listen_port = 0;
+  std::string token_file;      // read at load; or SHARDGATE_ADMIN_TOKEN
+  bool allow_no_token = false; // only with a loopback listen address
+  std::string token;           // resolved (never logged)
+};
+
 enum class LogFormat { json, text };
 struct Log {
   LogFormat format = LogFormat::json;
@@ -108,6 +128,8 @@ struct Config {
   Ring ring;
   Replicas replicas;
   Metrics metrics;
+  Metadata metadata;
+  Admin admin;
   Log log;
   std::vector<Shard> shards;
   std::vector<Table> tables;

@@ -521,6 +521,13 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
         fail(r.error.sqlstate, r.error.message, r.error.hint);
         break;
       }
+      if ((r.kind == router::TargetKind::by_key && sp.kind != router::StmtKind::read) ||
+          r.kind == router::TargetKind::all_primaries) {
+        if (auto f = sh_.fenced_write()) {
+          fail(f->sqlstate, f->message, f->hint);
+          break;
+        }
+      }
       if (r.kind == router::TargetKind::all_primaries) {
         // DDL on a sharded table (JDBC and migration tools send it this way): run on every
         // primary, if it is the batch's only statement.

@@ -46,20 +46,8 @@ int64_t now_ns() {
 using ConnPtr = std::unique_ptr<pqxx::connection>;
 
 std::string conninfo(const Node &n, const config::Replicas &p) {
-  auto q = [](const std::string &v) {
-    std::string o = "'";
-    for (char c : v) {
-      if (c == '\'' || c == '\\')
-        o.push_back('\\');
-      o.push_back(c);
-    }
-    return o + "'";
-  };
-  const auto &e = n.endpoint;
   uint32_t connect_s = std::max<uint32_t>(2, (p.probe_timeout_ms + 999) / 1000);
-  return "host=" + q(e.host) + " port=" + std::to_string(e.port) + " user=" + q(e.user) +
-         " password=" + q(e.password) + " dbname=" + q(e.dbname.empty() ? e.user : e.dbname) +
-         " connect_timeout=" + std::to_string(connect_s) +
+  return n.endpoint.conninfo() + " connect_timeout=" + std::to_string(connect_s) +
          " application_name='shardgate-monitor' options='-c statement_timeout=" +
          std::to_string(p.probe_timeout_ms) + "'";
 }

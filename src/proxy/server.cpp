@@ -123,6 +123,28 @@ uint32_t Worker::intern_statement(const std::string &key) {
 }
 
 Server::Server(config::Config cfg) : shared_(std::make_unique<Shared>(std::move(cfg))) {}
+
+const char *Shared::node_state(size_t id) const {
+  auto &h = const_cast<HealthBoard &>(health).node(id);
+  Millis banned = h.banned_until.load(std::memory_order_relaxed);
+  if (banned != 0 && now_ms() < banned)
+    return "banned";
+  if (!h.up.load(std::memory_order_relaxed))
+    return "down";
+  if (nodes[id].role == Role::replica && !h.serving.load(std::memory_order_relaxed))
+    return "lagging";
+  return "up";
+}
+
+std::optional<router::RouteError> Shared::fenced_write() const {
+  if (!write_fence.load(std::memory_order_relaxed)) [[likely]]
+    return std::nullopt;
+  return router::RouteError{
+      "40001",
+      "writes to sharded tables are paused: this proxy has lost the metadata database "
+      "(fencing)",
+      "retry the transaction; writes resume when the proxy reaches the metadata database again"};
+}
 Server::~Server() = default;
 
 Task<void> Server::accept_loop(Worker &w) {

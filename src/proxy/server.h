@@ -66,6 +66,15 @@ struct Shared {
   ErrorStats errors;                 // errors by source and SQLSTATE class
   CancelRegistry cancels;
   std::atomic<int32_t> next_pid{1000};
+  // Set by the control plane while this proxy is cut off from the metadata database for
+  // longer than [metadata] fence_timeout_ms: writes to sharded tables are refused (40001), so
+  // that a proxy on a stale topology never writes to a key's former owner.
+  std::atomic<bool> write_fence{false};
+  // A node as operators see it: "up", "lagging" (a replica the lag gate holds back), "banned"
+  // (the circuit breaker is open) or "down" (its last probe failed).
+  const char *node_state(size_t id) const;
+  // The error a fenced write gets, or nullopt (one relaxed load per write to a sharded table).
+  std::optional<router::RouteError> fenced_write() const;
   // Open connections per node over all workers' pools (capped at pool_size), by node id.
   std::unique_ptr<std::atomic<uint32_t>[]> node_budget;
 
@@ -128,6 +137,7 @@ public:
   // on_stop runs after the workers stopped, before their pools are torn down.
   int run(const std::function<void()> &on_ready = {}, const std::function<void()> &on_stop = {});
   const Shared &shared() const { return *shared_; }
+  void set_write_fence(bool on) { shared_->write_fence.store(on, std::memory_order_relaxed); }
   std::vector<const Worker *> workers() const;
   size_t active_workers() const { return active_.load(std::memory_order_relaxed); }
 

@@ -1651,6 +1651,16 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
       ready();
       return QueryStep::answered;
     }
+    if ((r.kind == router::TargetKind::by_key && st.kind != router::StmtKind::read) ||
+        r.kind == router::TargetKind::all_primaries) {
+      if (auto f = sh_.fenced_write()) {
+        error(f->sqlstate, f->message, f->hint);
+        if (in_tx())
+          fail_transaction_by_proxy();
+        ready();
+        return QueryStep::answered;
+      }
+    }
     if (r.kind == router::TargetKind::all_primaries)
       broadcast_ddl = true;
     if (r.kind == router::TargetKind::default_shard && st.tableless) {

@@ -309,7 +309,10 @@ def proxy_toml(cluster, port, tables=(("accounts", "id", "bigint"),), pool_mode=
     """shardgate's config (same shape as deploy/examples/demo.toml) for cluster, listening on port.
     proxy_options: extra [proxy] keys, as a dict ({"workers": 1, "auth": "md5"}) or raw TOML
     lines ('workers = 1\nauth = "md5"'). extra_toml is appended
-    verbatim, so it may add whole tables (e.g. "[replicas]") but not keys of tables written here."""
+    verbatim, so it may add whole tables (e.g. "[replicas]") but not keys of tables written here.
+    Unless extra_toml has a [metadata] table, the metadata database is off: suites start proxies
+    with different [[shards]] on one cluster, and a shared metadata database would make the
+    first one's topology win for all (test_admin.py tests the metadata database)."""
     c = cluster
     dsn = lambda p: _toml_str(f"postgresql://app:app-secret@127.0.0.1:{p}/app")
     out = ["[proxy]", f'listen = "127.0.0.1:{port}"', 'database = "app"',
@@ -330,6 +333,8 @@ def proxy_toml(cluster, port, tables=(("accounts", "id", "bigint"),), pool_mode=
     for name, key, key_type in tables:
         out += ["[[tables]]", f"name = {_toml_str(name)}", f"key = {_toml_str(key)}",
                 f"key_type = {_toml_str(key_type)}", ""]
+    if "[metadata]" not in extra_toml:
+        extra_toml += "\n[metadata]\nenabled = false\n"
     return "\n".join(out) + "\n" + extra_toml + ("\n" if extra_toml else "")
 
 

@@ -1,0 +1,158 @@
+#include "topology/store.h"
+
+#include <pqxx/pqxx>
+
+namespace sg::topology {
+
+namespace {
+
+const char *kSchema = R"sql(
+CREATE SCHEMA IF NOT EXISTS shardgate;
+CREATE TABLE IF NOT EXISTS shardgate.epochs(
+  epoch bigint PRIMARY KEY,
+  topology jsonb NOT NULL,
+  reason text NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS shardgate.proxies(
+  id text PRIMARY KEY,
+  address text NOT NULL,
+  applied_epoch bigint NOT NULL,
+  started_at timestamptz NOT NULL,
+  last_heartbeat timestamptz NOT NULL);
+)sql";
+
+// One key for every schema change of ours (pg_advisory_xact_lock's bigint).
+constexpr long long kSchemaLock = 0x5347'4d45'5441; // "SGMETA"
+
+const char *kRfc3339 = R"(to_char(%s AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))";
+
+std::string rfc3339(const char *col) {
+  char buf[160];
+  std::snprintf(buf, sizeof buf, kRfc3339, col);
+  return buf;
+}
+
+std::optional<Topology> parse_row(const pqxx::row &r) {
+  std::string err;
+  auto t = from_json(r[1].c_str(), err);
+  if (!t)
+    throw std::runtime_error("stored topology of epoch " + std::string(r[0].c_str()) +
+                             " does not parse: " + err);
+  t->epoch = r[0].as<uint64_t>();
+  return t;
+}
+
+} // namespace
+
+config::Endpoint metadata_endpoint(const config::Config &c) {
+  std::string err;
+  if (!c.metadata.url.empty())
+    if (auto e = config::parse_endpoint(c.metadata.url, err))
+      return *e;
+  return c.shards[c.default_shard_index()].primary;
+}
+
+// Wakes wait() when a notification on kChannel arrives.
+struct Receiver : pqxx::notification_receiver {
+  Receiver(pqxx::connection_base &c, bool &flag)
+      : pqxx::notification_receiver(c, kChannel), hit(flag) {}
+  void operator()(const std::string &, int) override { hit = true; }
+  bool &hit;
+};
+
+struct Store::Conn {
+  explicit Conn(const std::string &ci) : c(ci) {}
+  pqxx::connection c;
+  bool hit = false;
+  std::unique_ptr<Receiver> rx;
+};
+
+Store::Store(const config::Endpoint &where, const std::string &application_name)
+    : c_(std::make_unique<Conn>(where.conninfo() + " connect_timeout=2" + " application_name='" +
+                                application_name + "'")) {}
+
+void Store::listen() { c_->rx = std::make_unique<Receiver>(c_->c, c_->hit); }
+
+bool Store::wait(uint32_t ms) {
+  if (!c_->hit)
+    c_->c.await_notification(long(ms / 1000), long(ms % 1000) * 1000);
+  c_->c.get_notifs();
+  bool hit = c_->hit;
+  c_->hit = false;
+  return hit;
+}
+
+Store::~Store() = default;
+
+void Store::ensure_schema() {
+  pqxx::work w(c_->c);
+  w.exec_params("SELECT pg_advisory_xact_lock($1)", kSchemaLock);
+  w.exec(kSchema);
+  w.commit();
+}
+
+std::optional<Topology> Store::latest() {
+  pqxx::read_transaction w(c_->c);
+  auto r = w.exec("SELECT epoch, topology::text FROM shardgate.epochs ORDER BY epoch DESC LIMIT 1");
+  if (r.empty())
+    return std::nullopt;
+  return parse_row(r[0]);
+}
+
+Topology Store::seed(Topology t, bool &seeded) {
+  seeded = false;
+  pqxx::work w(c_->c);
+  w.exec_params("SELECT pg_advisory_xact_lock($1)", kSchemaLock);
+  auto r = w.exec("SELECT epoch, topology::text FROM shardgate.epochs ORDER BY epoch DESC LIMIT 1");
+  if (!r.empty())
+    return *parse_row(r[0]);
+  t.epoch = 1;
+  w.exec_params("INSERT INTO shardgate.epochs(epoch, topology, reason) VALUES (1, $1::jsonb, $2)",
+                to_json(t, false), "seeded from the TOML config");
+  w.exec_params("SELECT pg_notify($1, '1')", kChannel);
+  w.commit();
+  seeded = true;
+  return t;
+}
+
+std::optional<Topology> Store::commit(Topology next, uint64_t expected, const std::string &reason) {
+  pqxx::work w(c_->c);
+  auto r = w.exec("SELECT max(epoch) FROM shardgate.epochs");
+  if (r[0][0].is_null() || r[0][0].as<uint64_t>() != expected)
+    return std::nullopt;
+  next.epoch = expected + 1;
+  auto ins = w.exec_params("INSERT INTO shardgate.epochs(epoch, topology, reason) "
+                           "VALUES ($1, $2::jsonb, $3) ON CONFLICT (epoch) DO NOTHING",
+                           next.epoch, to_json(next, false), reason);
+  if (ins.affected_rows() != 1)
+    return std::nullopt; // a concurrent change took the epoch
+  w.exec_params("SELECT pg_notify($1, $2)", kChannel, std::to_string(next.epoch));
+  w.commit();
+  return next;
+}
+
+void Store::heartbeat(const std::string &id, const std::string &address, uint64_t applied,
+                      bool first) {
+  pqxx::work w(c_->c);
+  w.exec_params("INSERT INTO shardgate.proxies AS p(id, address, applied_epoch, started_at, "
+                "last_heartbeat) VALUES ($1, $2, $3, now(), now()) ON CONFLICT (id) DO UPDATE "
+                "SET address = $2, applied_epoch = $3, last_heartbeat = now(), started_at = "
+                "CASE WHEN $4 THEN now() ELSE p.started_at END",
+                id, address, applied, first);
+  w.commit();
+}
+
+std::vector<ProxyRow> Store::proxies() {
+  pqxx::read_transaction w(c_->c);
+  auto r = w.exec("SELECT id, address, applied_epoch, " + rfc3339("started_at") + ", " +
+                  rfc3339("last_heartbeat") +
+                  ", (extract(epoch FROM clock_timestamp() - last_heartbeat) * 1000)::bigint "
+                  "FROM shardgate.proxies ORDER BY id");
+  std::vector<ProxyRow> out;
+  for (auto row : r)
+    out.push_back({row[0].c_str(), row[1].c_str(), row[2].as<uint64_t>(), row[3].c_str(),
+                   row[4].c_str(), row[5].as<int64_t>()});
+  return out;
+}
+
+} // namespace sg::topology

@@ -1,0 +1,65 @@
+// The metadata database (schema `shardgate`): the topology of every epoch, the proxy instances
+// with their applied epoch and heartbeat. libpqxx, control plane only: never called from a
+// thread that runs client sessions.
+//
+//   shardgate.epochs(epoch bigint PK, topology jsonb, reason text, created_at timestamptz)
+//     insert-only: a change is a new row with epoch = newest + 1, so two concurrent changes
+//     conflict on the key and the second is refused (the admin API's 409).
+//   shardgate.proxies(id text PK, address, applied_epoch, started_at, last_heartbeat)
+// Every committed change is followed by NOTIFY shardgate_topology, '<epoch>' (in its
+// transaction, so listeners never see a notification before the row).
+#pragma once
+
+#include "config/config.h"
+#include "topology/topology.h"
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace sg::topology {
+
+constexpr const char *kChannel = "shardgate_topology";
+
+struct ProxyRow {
+  std::string id;
+  std::string address;
+  uint64_t applied_epoch = 0;
+  std::string started_at;     // RFC 3339, UTC
+  std::string last_heartbeat; // RFC 3339, UTC
+  int64_t heartbeat_age_ms = 0;
+};
+
+class Store {
+public:
+  // Connects (pqxx::broken_connection and friends on failure).
+  explicit Store(const config::Endpoint &where, const std::string &application_name);
+  ~Store();
+  // Creates the schema and tables if missing (serialised by an advisory lock).
+  void ensure_schema();
+  // The newest stored topology, or nullopt when none is stored yet.
+  std::optional<Topology> latest();
+  // Stores t as epoch 1 when nothing is stored yet. Returns the newest stored topology and
+  // sets `seeded` when it was t.
+  Topology seed(Topology t, bool &seeded);
+  // Stores next as epoch `expected + 1` and notifies. nullopt: another change took that epoch
+  // (or the newest is not `expected`).
+  std::optional<Topology> commit(Topology next, uint64_t expected, const std::string &reason);
+  // Records this proxy's applied epoch and heartbeat (`first`: it also (re)sets started_at).
+  void heartbeat(const std::string &id, const std::string &address, uint64_t applied, bool first);
+  std::vector<ProxyRow> proxies();
+  // LISTENs on kChannel; then wait() blocks up to `ms` and says whether a notification came.
+  // (Notifications only wake the waiter early: the stored epoch is what counts.)
+  void listen();
+  bool wait(uint32_t ms);
+
+private:
+  struct Conn; // libpqxx stays in store.cpp
+  std::unique_ptr<Conn> c_;
+};
+
+// Where the metadata lives: [metadata] url, else the default shard's primary.
+config::Endpoint metadata_endpoint(const config::Config &c);
+
+} // namespace sg::topology

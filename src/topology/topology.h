@@ -1,0 +1,56 @@
+// The topology as the control plane stores and serves it: one immutable value per epoch
+// ({epoch, ring, shards, tables}), with its JSON form (the metadata database keeps it as
+// jsonb; the admin API serves it with passwords masked). No I/O here.
+#pragma once
+
+#include "config/config.h"
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace sg::topology {
+
+struct ShardSpec {
+  std::string name;
+  std::string primary;               // a libpq URL or conninfo, as configured
+  std::vector<std::string> replicas; // the same
+  uint32_t weight = 1;
+  std::string state = "active";
+};
+
+struct TableSpec {
+  std::string name;
+  std::string key;
+  config::KeyType key_type = config::KeyType::bigint;
+};
+
+struct Topology {
+  uint64_t epoch = 0; // 0: not stored yet (taken from the TOML)
+  uint32_t vnodes = 150;
+  std::vector<ShardSpec> shards;
+  std::vector<TableSpec> tables;
+
+  const ShardSpec *find_shard(std::string_view name) const;
+  // What placement depends on (names, weights, vnodes, tables): equal means the same ring.
+  bool same_placement(const Topology &o) const;
+  bool operator==(const Topology &o) const;
+};
+
+// The [[shards]], [[tables]] and [ring] of a config (epoch 0).
+Topology from_config(const config::Config &c);
+// Puts t's shards, tables and ring into c (on start, the stored topology wins over the TOML's).
+// Returns false with `error` when a URL does not parse.
+bool apply_to(const Topology &t, config::Config &c, std::string &error);
+
+// JSON text. `masked`: passwords in URLs replaced by "***" (the admin API); else verbatim (the
+// metadata database).
+std::string to_json(const Topology &t, bool masked);
+// Parses what to_json wrote; nullopt with `error` on anything else.
+std::optional<Topology> from_json(std::string_view text, std::string &error);
+
+// A URL or conninfo with its password replaced by "***".
+std::string mask_password(const std::string &url);
+
+} // namespace sg::topology

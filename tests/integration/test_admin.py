@@ -1,0 +1,474 @@
+"""The admin REST API and the durable, shared topology (issue 16), against real PostgreSQL.
+
+One two-shard cluster (a replica each) and, for the metadata, a PostgreSQL of its own, so that
+it can be killed without touching the shards. Two proxies share that metadata database.
+Proved here:
+- auth: no token, a wrong one, the right one; every error is JSON {"error": {"code", "message"}};
+- a batch of bad requests (not JSON, wrong types, unknown fields, unknown shard, a 2 MiB body)
+  each gets its 4xx while SQL through the same proxy keeps being answered;
+- both proxies register in the metadata database and report their applied epoch;
+- a restarted proxy runs on the stored epoch, not on the TOML's [[shards]] (its reads reach
+  the servers the stored topology names);
+- the metadata database killed: reads go on; writes to sharded tables work until the fence
+  timeout and then get 40001; when it is back, writes flow again;
+- the OpenAPI document validates with a real validator (npm, pinned) and lists every route
+  this test called;
+- `tools/shardgatectl` drives the API (tables, --json, exit codes).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import unittest
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+from harness import ClusterTestCase, Proxy  # noqa: E402
+
+try:
+    import psycopg2
+except ImportError:  # pragma: no cover - reported as skips
+    psycopg2 = None
+
+TOKEN = "test-admin-token-0123456789"
+FENCE_MS = 2000
+HEARTBEAT_MS = 200
+CTL = harness.REPO / "tools" / "shardgatectl"
+OPENAPI_DIR = harness.REPO / "tests" / "integration" / "openapi"
+
+
+def connect(dsn):
+    c = psycopg2.connect(dsn, connect_timeout=10)
+    c.autocommit = True
+    return c
+
+
+class Api:
+    """An HTTP client of one proxy's admin API; records the routes it called."""
+
+    called = set()  # (method, path template) over the whole module
+
+    def __init__(self, port, token=TOKEN):
+        self.base = f"http://127.0.0.1:{port}"
+        self.token = token
+
+    def call(self, method, path, body=None, token=None, raw=None, template=None):
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        tok = self.token if token is None else token
+        if tok:
+            req.add_header("Authorization", f"Bearer {tok}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        Api.called.add((method, template or path))
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+
+class AdminTest(ClusterTestCase):
+    SHARDS, REPLICAS = 2, 1
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.meta = harness.Cluster("meta", 1, 0)
+        cls.addClassCleanup(cls.meta.stop)
+        cls.meta_port = cls.meta.primary_port(0)
+        cls.token_file = cls.cluster.dir / "admin.token"
+        cls.token_file.write_text(TOKEN + "\n")
+        cls.a, cls.api_a = cls.start_proxy("a")
+        cls.b, cls.api_b = cls.start_proxy("b")
+        cls.proxy = cls.a
+
+    @classmethod
+    def start_proxy(cls, name):
+        port = harness.free_port_block(1)
+        extra = (f'[admin]\nlisten = "127.0.0.1:{port}"\ntoken_file = "{cls.token_file}"\n'
+                 f'[metadata]\nurl = "postgresql://app:app-secret@127.0.0.1:{cls.meta_port}/app"\n'
+                 f'fence_timeout_ms = {FENCE_MS}\nheartbeat_ms = {HEARTBEAT_MS}\n'
+                 f'instance = "proxy-{name}"\n'
+                 "[replicas]\nhealth_interval_ms = 200\n")
+        p = Proxy(cls.cluster, extra_toml=extra)
+        cls.addClassCleanup(p.stop)
+        harness.wait_port(port, 10)
+        return p, Api(port)
+
+    def setUp(self):
+        if psycopg2 is None:
+            self.skipTest("psycopg2 not installed")
+        self.since_a = self.a.log().__len__()
+
+    def tearDown(self):
+        if self.failed_so_far():
+            self.print_proxy_log(self.since_a)
+
+    def meta_sql(self, q):
+        return self.meta.sql(self.meta_port, q)
+
+    def wait_for(self, what, fn, timeout=10):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = fn()
+            if last:
+                return last
+            time.sleep(0.05)
+        self.fail(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+    def key_on(self, shard, start=1):
+        k = start
+        while self.owner(str(k)) != shard:
+            k += 1
+        return k
+
+    # ---------------------------------------------------------------- auth and errors
+
+    def test_token_none_wrong_right(self):
+        for tok, want in (("", 401), ("wrong-token", 401), (TOKEN, 200)):
+            st, body = self.api_a.call("GET", "/api/v1/topology", token=tok or "")
+            self.assertEqual(st, want, body)
+            if want == 401:
+                self.assertEqual(body["error"]["code"], "unauthorized")
+                self.assertIsInstance(body["error"]["message"], str)
+        # no Authorization header at all
+        req = urllib.request.Request(self.api_a.base + "/api/v1/status")
+        with self.assertRaises(urllib.error.HTTPError) as cm:
+            urllib.request.urlopen(req, timeout=10)
+        self.assertEqual(cm.exception.code, 401)
+        self.assertEqual(cm.exception.headers["Content-Type"], "application/json")
+        self.assertEqual(json.loads(cm.exception.read())["error"]["code"], "unauthorized")
+
+    def test_bad_requests_get_4xx_while_sql_is_served(self):
+        key = self.key_on(1)
+        stop, seen, errors = threading.Event(), [0], []
+
+        def sql_loop():
+            c = connect(self.a.dsn())
+            cur = c.cursor()
+            cur.execute("INSERT INTO accounts (id, owner) VALUES (%s, 'sql') "
+                        "ON CONFLICT (id) DO NOTHING", (key,))
+            while not stop.is_set():
+                try:
+                    cur.execute("SELECT owner FROM accounts WHERE id = %s", (key,))
+                    if cur.fetchone() != ("sql",):
+                        errors.append("wrong row")
+                    seen[0] += 1
+                except Exception as e:  # noqa: BLE001 - any failure is the finding
+                    errors.append(repr(e))
+            c.close()
+
+        t = threading.Thread(target=sql_loop)
+        t.start()
+        try:
+            s, r = "/api/v1/shards/s0/replicas", "/api/v1/shards/{name}/replicas"
+            cases = [
+                ("POST", s, b"{not json", 400, "bad_request"),
+                ("POST", s, b"[1, 2]", 400, "bad_request"),
+                ("POST", s, b'{"url": 42}', 400, "bad_request"),
+                ("POST", s, b'{"url": "postgresql://h:1/d", "color": "red"}', 400, "bad_request"),
+                ("POST", s, b"{}", 400, "bad_request"),
+                ("POST", s, b'{"url": "postgresql://[oops"}', 400, "bad_request"),
+                ("POST", "/api/v1/shards/nope/replicas", b'{"url": "postgresql://h:1/d"}', 404,
+                 "not_found"),
+                ("DELETE", "/api/v1/shards/s0/replicas/10.9.9.9:1", None, 404, "not_found"),
+                ("PATCH", "/api/v1/shards/s0", b'{"weight": 5}', 409, "conflict"),
+                ("PATCH", "/api/v1/shards/nope", b'{"primary": "postgresql://h/d"}', 404,
+                 "not_found"),
+                ("POST", s, b"x" * (2 << 20), 413, "payload_too_large"),
+                ("GET", "/api/v1/no/such/thing", None, 404, "not_found"),
+                ("DELETE", "/api/v1/topology", None, 405, "method_not_allowed"),
+                ("GET", "/api/v1/migrations/m-unknown", None, 404, "not_found"),
+            ]
+            templates = {s: r, "/api/v1/shards/nope/replicas": r,
+                         "/api/v1/shards/s0/replicas/10.9.9.9:1": r + "/{hostport}",
+                         "/api/v1/shards/s0": "/api/v1/shards/{name}",
+                         "/api/v1/shards/nope": "/api/v1/shards/{name}",
+                         "/api/v1/migrations/m-unknown": "/api/v1/migrations/{id}"}
+            for method, path, raw, status, code in cases:
+                with self.subTest(method=method, path=path, body=(raw or b"")[:40]):
+                    st, body = self.api_a.call(method, path, raw=raw,
+                                               template=templates.get(path))
+                    self.assertEqual(st, status, body)
+                    self.assertEqual(body["error"]["code"], code)
+            time.sleep(0.2)
+        finally:
+            stop.set()
+            t.join(10)
+        self.assertEqual(errors, [])
+        self.assertGreater(seen[0], 20, "the SQL client was starved")
+
+    def test_changes_not_built_yet_answer_501(self):
+        for method, path, body, tmpl in (
+                ("POST", "/api/v1/shards/s0/replicas", {"url": "postgresql://app@127.0.0.1:9/app"},
+                 "/api/v1/shards/{name}/replicas"),
+                ("POST", "/api/v1/shards", {"name": "s9", "primary": "postgresql://h/d"},
+                 "/api/v1/shards"),
+                ("DELETE", "/api/v1/shards/s1", None, "/api/v1/shards/{name}")):
+            st, r = self.api_a.call(method, path, body, template=tmpl)
+            self.assertEqual(st, 501, r)
+            self.assertEqual(r["error"]["code"], "not_implemented")
+        # ... and the topology did not change
+        st, topo = self.api_a.call("GET", "/api/v1/topology")
+        self.assertEqual([s["name"] for s in topo["shards"]], ["s0", "s1"])
+
+    # ---------------------------------------------------------------- topology and status
+
+    def test_topology_is_stored_and_served_masked(self):
+        st, topo = self.api_a.call("GET", "/api/v1/topology")
+        self.assertEqual(st, 200)
+        stored = int(self.meta_sql("SELECT max(epoch) FROM shardgate.epochs")[0][0])
+        self.assertEqual(topo["epoch"], stored)
+        self.assertEqual(topo["ring"], {"vnodes": 150})
+        self.assertEqual(topo["tables"], [{"name": "accounts", "key": "id", "key_type": "bigint"}])
+        s0 = topo["shards"][0]
+        self.assertEqual(s0["primary"],
+                         f"postgresql://app:***@127.0.0.1:{self.cluster.primary_port(0)}/app")
+        self.assertNotIn("app-secret", json.dumps(topo))
+        st_b, topo_b = self.api_b.call("GET", "/api/v1/topology")
+        self.assertEqual(topo_b, topo)
+
+    def test_status_lists_both_proxies_and_every_node(self):
+        def both():
+            st, s = self.api_a.call("GET", "/api/v1/status")
+            ids = {p["id"]: p for p in s["proxies"]}
+            fresh = all(ids[i]["heartbeat_age_ms"] < 5 * HEARTBEAT_MS
+                        for i in ("proxy-a", "proxy-b") if i in ids)
+            connected = s["proxy"]["metadata"] == "connected"
+            return s if {"proxy-a", "proxy-b"} <= set(ids) and fresh and connected else None
+        s = self.wait_for("both proxies heartbeating", both)
+        self.assertEqual(s["proxy"]["id"], "proxy-a")
+        self.assertEqual(s["proxy"]["metadata"], "connected")
+        self.assertFalse(s["proxy"]["fenced"])
+        for p in s["proxies"]:
+            if p["id"] in ("proxy-a", "proxy-b"):
+                self.assertEqual(p["applied_epoch"], s["proxy"]["applied_epoch"])
+                self.assertRegex(p["last_heartbeat"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+        roles = sorted((n["shard"], n["role"]) for n in s["nodes"])
+        self.assertEqual(roles, [("s0", "primary"), ("s0", "replica"),
+                                 ("s1", "primary"), ("s1", "replica")])
+        self.assertTrue(all(n["state"] == "up" for n in s["nodes"]), s["nodes"])
+        self.assertEqual(s["migrations"], [])
+
+    def test_restart_runs_on_the_stored_epoch_not_the_toml(self):
+        key = self.key_on(0, start=2000)
+        c = connect(self.a.dsn())
+        c.cursor().execute("INSERT INTO accounts (id, owner) VALUES (%s, 'r') "
+                           "ON CONFLICT (id) DO NOTHING", (key,))
+        c.close()
+        self.cluster.wait_replicas_caught_up()
+        before = int(self.meta_sql("SELECT max(epoch) FROM shardgate.epochs")[0][0])
+        # A new epoch without s0's replica, written as another tool would, then NOTIFY.
+        self.meta_sql("INSERT INTO shardgate.epochs(epoch, topology, reason) "
+                      "SELECT epoch + 1, jsonb_set(topology, '{shards,0,replicas}', '[]'), "
+                      "'test: s0 without its replica' FROM shardgate.epochs "
+                      "ORDER BY epoch DESC LIMIT 1; NOTIFY shardgate_topology")
+
+        def restore():
+            self.meta_sql("INSERT INTO shardgate.epochs(epoch, topology, reason) "
+                          f"SELECT max(epoch) + 1, (SELECT topology FROM shardgate.epochs "
+                          f"WHERE epoch = {before}), 'test: restored' FROM shardgate.epochs")
+        self.addCleanup(restore)
+        # The running proxy sees the new epoch but does not run on it (no live changes yet).
+        def seen():
+            st, s = self.api_a.call("GET", "/api/v1/status")
+            return s["proxy"] if s["proxy"]["stored_epoch"] == before + 1 else None
+        me = self.wait_for("proxy a to see the new epoch", seen, timeout=2)
+        self.assertEqual(me["applied_epoch"], before)
+        # A proxy started now runs on it: reads of s0's keys reach s0's primary.
+        port = harness.free_port_block(1)
+        extra = (f'[admin]\nlisten = "127.0.0.1:{port}"\ntoken_file = "{self.token_file}"\n'
+                 f'[metadata]\nurl = "postgresql://app:app-secret@127.0.0.1:{self.meta_port}/app"\n'
+                 'instance = "proxy-restarted"\n')
+        p = Proxy(self.cluster, extra_toml=extra)
+        self.addCleanup(p.stop)
+        harness.wait_port(port, 10)
+        st, topo = Api(port).call("GET", "/api/v1/topology")
+        self.assertEqual(topo["epoch"], before + 1)
+        self.assertEqual(topo["shards"][0]["replicas"], [])
+        self.assertEqual(len(topo["shards"][1]["replicas"]), 1)
+        self.assertIn("topology_toml_differs", p.log())
+        c = connect(p.dsn())
+        cur = c.cursor()
+        ports = set()
+        for _ in range(6):
+            cur.execute("SELECT inet_server_port() FROM accounts WHERE id = %s", (key,))
+            ports.add(cur.fetchone()[0])
+        c.close()
+        self.assertEqual(ports, {self.cluster.primary_port(0)})
+        # while the old proxy (TOML's topology, epoch `before`) still reads from the replica
+        c = connect(self.a.dsn())
+        cur = c.cursor()
+        ports = set()
+        for _ in range(6):
+            cur.execute("SELECT inet_server_port() FROM accounts WHERE id = %s", (key,))
+            ports.add(cur.fetchone()[0])
+        c.close()
+        self.assertIn(self.cluster.replica_port(0, 0), ports)
+
+    def test_default_metadata_is_the_default_shards_primary(self):
+        p = Proxy(self.cluster, extra_toml='[metadata]\nheartbeat_ms = 200\ninstance = "dflt"\n')
+        self.addCleanup(p.stop)
+        primary = self.cluster.primary_port(0)
+        rows = self.wait_for("the proxy's heartbeat on s0's primary", lambda: self.cluster.sql(
+            primary, "SELECT id, applied_epoch FROM shardgate.proxies WHERE id = 'dflt'"))
+        self.assertEqual(rows, [["dflt", "1"]])
+        self.assertEqual(self.cluster.sql(primary, "SELECT epoch, reason FROM shardgate.epochs"),
+                         [["1", "seeded from the TOML config"]])
+        self.assertIn("topology_seeded", p.log())
+
+    # ---------------------------------------------------------------- fencing
+
+    def test_metadata_down_reads_go_on_writes_fence_then_resume(self):
+        key = self.key_on(1, start=1000)
+        ca, cb = connect(self.a.dsn()), connect(self.b.dsn())
+        for c in (ca, cb):
+            c.cursor().execute("INSERT INTO accounts (id, owner, balance) VALUES (%s, 'f', 0) "
+                               "ON CONFLICT (id) DO NOTHING", (key,))
+        self.addCleanup(lambda: self.meta.alive(self.meta_port) or self.meta.restart(self.meta_port))
+        self.meta.kill9(self.meta_port)
+        killed = time.monotonic()
+        # Within the fence timeout writes still work (both proxies).
+        for c in (ca, cb):
+            c.cursor().execute("UPDATE accounts SET balance = balance + 1 WHERE id = %s", (key,))
+        self.assertLess(time.monotonic() - killed, FENCE_MS / 1000 - 0.5,
+                        "the writes before the fence were too slow to prove anything")
+
+        def fenced(c):
+            try:
+                c.cursor().execute("UPDATE accounts SET balance = balance + 1 WHERE id = %s",
+                                   (key,))
+                return None
+            except psycopg2.Error as e:
+                return e
+        for c in (ca, cb):
+            err = self.wait_for("the write fence", lambda: fenced(c), timeout=FENCE_MS / 1000 + 5)
+            self.assertEqual(err.pgcode, "40001", err)
+            self.assertIn("metadata", str(err))
+        self.assertGreaterEqual(time.monotonic() - killed, FENCE_MS / 1000 - 0.3)
+        # Reads go on, and the admin API says why.
+        for c in (ca, cb):
+            cur = c.cursor()
+            cur.execute("SELECT owner FROM accounts WHERE id = %s", (key,))
+            self.assertEqual(cur.fetchone(), ("f",))
+        st, s = self.api_a.call("GET", "/api/v1/status")
+        self.assertEqual((s["proxy"]["metadata"], s["proxy"]["fenced"]), ("disconnected", True))
+        self.assertIn("metadata_fenced", self.a.log())
+        # Back: writes flow again on both.
+        self.meta.restart(self.meta_port)
+        for c in (ca, cb):
+            self.wait_for("writes after the metadata came back", lambda: fenced(c) is None,
+                          timeout=15)
+        st, s = self.api_a.call("GET", "/api/v1/status")
+        self.assertEqual((s["proxy"]["metadata"], s["proxy"]["fenced"]), ("connected", False))
+        for c in (ca, cb):
+            c.close()
+
+    # ---------------------------------------------------------------- the CLI
+
+    def ctl(self, *args, token=TOKEN):
+        env = dict(os.environ, SHARDGATE_ADMIN_TOKEN=token)
+        return subprocess.run([sys.executable, str(CTL), "--url", self.api_a.base, *args],
+                              capture_output=True, text=True, timeout=30, env=env)
+
+    def test_shardgatectl(self):
+        p = self.ctl("topology")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("s0", p.stdout)
+        self.assertNotIn("app-secret", p.stdout)
+        p = self.ctl("status", "--json")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("proxy-a", {x["id"] for x in json.loads(p.stdout)["proxies"]})
+        p = self.ctl("topology", token="wrong-token")
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("unauthorized", p.stderr)
+        p = self.ctl("replica", "add", "s0", "postgresql://app@127.0.0.1:9/app")
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("not_implemented", p.stderr)
+        p = self.ctl("migration", "show", "m-none")
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("not_found", p.stderr)
+
+    # ---------------------------------------------------------------- the OpenAPI document
+
+    def test_zz_openapi_validates_and_lists_every_route_called(self):
+        st, doc = self.api_a.call("GET", "/api/v1/openapi.json")
+        self.assertEqual(st, 200)
+        Api.called.update({("GET", "/api/v1/topology"), ("GET", "/api/v1/status"),
+                           ("GET", "/api/v1/migrations")})
+        for method, path in sorted(Api.called):
+            if path.startswith("/api/v1/no/such") or path == "/api/v1/topology" and method != "GET":
+                continue  # deliberately unknown routes and methods
+            with self.subTest(method=method, path=path):
+                self.assertIn(path, doc["paths"])
+                self.assertIn(method.lower(), doc["paths"][path])
+        if not (OPENAPI_DIR / "node_modules").exists():
+            npm = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=OPENAPI_DIR,
+                                 capture_output=True, text=True, timeout=300)
+            self.assertEqual(npm.returncode, 0, npm.stdout + npm.stderr)
+        served = self.cluster.dir / "openapi.served.json"
+        served.write_text(json.dumps(doc))
+        v = subprocess.run(["node", "validate.js", str(served)], cwd=OPENAPI_DIR,
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(v.returncode, 0, v.stdout + v.stderr)
+        # the validator can fail: a document with a dangling $ref
+        broken = dict(doc, paths=dict(doc["paths"]))
+        broken["paths"]["/api/v1/broken"] = {"get": {"responses": {"200": {
+            "$ref": "#/components/responses/NoSuchThing"}}}}
+        bad = self.cluster.dir / "openapi.broken.json"
+        bad.write_text(json.dumps(broken))
+        v = subprocess.run(["node", "validate.js", str(bad)], cwd=OPENAPI_DIR,
+                           capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(v.returncode, 0, v.stdout)
+
+
+class AdminConfigTest(unittest.TestCase):
+    """Config diagnostics for [admin] and [metadata] (no cluster needed)."""
+
+    def check(self, extra, env=None):
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "c.toml"
+            path.write_text('[[users]]\nname = "app"\npassword = "x"\n[[shards]]\nname = "s0"\n'
+                            'primary = "postgresql://app:x@127.0.0.1:5432/app"\n' + extra)
+            e = dict(os.environ)
+            e.pop("SHARDGATE_ADMIN_TOKEN", None)
+            e.update(env or {})
+            return subprocess.run([str(harness.SHARDGATE_BIN), "--config", str(path), "--check"],
+                                  capture_output=True, text=True, timeout=30, env=e), path
+
+    def test_admin_without_token_refuses_to_start(self):
+        p, path = self.check('[admin]\nlisten = "0.0.0.0:6480"\n')
+        self.assertEqual(p.returncode, 2)
+        self.assertIn(f"{path}:8:", p.stderr)  # the listen line
+        self.assertIn("the admin API has no token", p.stderr)
+        p, _ = self.check('[admin]\nlisten = "0.0.0.0:6480"\nallow_no_token = true\n')
+        self.assertEqual(p.returncode, 2, "allow_no_token is for loopback only")
+        p, _ = self.check('[admin]\nlisten = "127.0.0.1:6480"\nallow_no_token = true\n')
+        self.assertEqual(p.returncode, 0, p.stderr)
+        p, _ = self.check('[admin]\nlisten = "0.0.0.0:6480"\n',
+                          env={"SHARDGATE_ADMIN_TOKEN": "from-the-environment-123"})
+        self.assertEqual(p.returncode, 0, p.stderr)
+
+    def test_bad_token_file_and_metadata_settings(self):
+        p, path = self.check('[admin]\nlisten = "127.0.0.1:6480"\ntoken_file = "/nonexistent"\n')
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("cannot read the admin token file", p.stderr)
+        p, path = self.check('[metadata]\nurl = "postgresql://[bad"\nfence_timeout_ms = 1000\n'
+                             'heartbeat_ms = 900\n')
+        self.assertEqual(p.returncode, 2)
+        self.assertIn(f"{path}:8:", p.stderr)  # the url line
+        self.assertIn("bad metadata URL", p.stderr)
+        self.assertIn("at most half of fence_timeout_ms", p.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
