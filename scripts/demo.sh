@@ -5,7 +5,8 @@
 #   scripts/demo.sh status            show the servers and the proxy
 #   scripts/demo.sh down [--purge]    stop the proxy and the cluster (--purge also deletes the data)
 #
-# Everything lives in .local/demo: server data dirs, shardgate.toml, shardgate.log, shardgate.pid.
+# Everything lives in .local/demo: server data dirs, shardgate.toml, shardgate.log, shardgate.pid,
+# admin.token. Metrics and /health on 127.0.0.1:9930, the admin API on 127.0.0.1:6480.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,6 +17,7 @@ PIDFILE=$DEMO/shardgate.pid
 LOG=$DEMO/shardgate.log
 BIN=${SHARDGATE_BIN:-build/shardgate}
 PORT=6432
+ADMIN_PORT=6480
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 
 die() { echo "demo.sh: error: $*" >&2; exit 1; }
@@ -84,6 +86,20 @@ cmd_up() {
   fi
   scripts/cluster.sh up --dir "$DEMO" --shards 2 --replicas 1 --base-port 55432
   cp deploy/examples/demo.toml "$CONFIG"
+  # Metrics, /health and the admin API; the admin token is made once and kept.
+  local token=$ROOT/$DEMO/admin.token
+  if [ ! -s "$token" ]; then
+    (umask 077 && head -c 24 /dev/urandom | base64 >"$token")
+  fi
+  cat >>"$CONFIG" <<EOF
+
+[metrics]
+listen = "127.0.0.1:9930"
+
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+token_file = "$token"
+EOF
   # The demo table, owned by app, on both primaries (replicas get it by streaming replication).
   local p
   for p in 0 1; do
@@ -97,6 +113,11 @@ ShardGate is up. Connect with:
   psql "postgresql://app:app-secret@127.0.0.1:$PORT/app"
 Which shard owns accounts row 42:
   $BIN --config $CONFIG --locate accounts 42
+Metrics and health:
+  curl -s http://127.0.0.1:9930/health
+The admin API (token in $DEMO/admin.token):
+  curl -s -H "Authorization: Bearer \$(cat $DEMO/admin.token)" http://127.0.0.1:$ADMIN_PORT/api/v1/topology
+  SHARDGATE_ADMIN_TOKEN=\$(cat $DEMO/admin.token) tools/shardgatectl --url http://127.0.0.1:$ADMIN_PORT status
 Stop with: scripts/demo.sh down
 EOF
 }

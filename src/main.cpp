@@ -160,11 +160,22 @@ int main(int argc, char **argv) {
               running.t.epoch = t.epoch;
               return t.epoch;
             }
+            std::string err;
+            sg::config::Config next = meta_cfg;
+            if (!t.same_placement(running.t)) {
+              err = "its shards, weights, tables or ring differ: that needs a migration "
+                    "(issue 17) or a restart";
+            } else if (sg::topology::apply_to(t, next, err) &&
+                       server.apply_placement(next.shards, t.epoch, err)) {
+              log::info("topology_applied", {{"epoch", std::to_string(t.epoch)},
+                                             {"previous", std::to_string(running.t.epoch)}});
+              running.t = t;
+              return t.epoch;
+            }
             log::warn("topology_change_not_applied",
                       {{"stored_epoch", std::to_string(t.epoch)},
                        {"applied_epoch", std::to_string(running.t.epoch)},
-                       {"detail", "restart the proxy to run on it; live reconfiguration is "
-                                  "not built yet"}});
+                       {"reason", err}});
             return running.t.epoch;
           };
           watcher = std::make_unique<sg::topology::Watcher>(meta_cfg, instance, address, epoch,
@@ -181,6 +192,7 @@ int main(int argc, char **argv) {
           src.watch = [&] { return watcher->status(); };
           src.proxy = &server.shared();
           src.openapi = sg::admin::openapi_document();
+          src.metadata = sg::topology::metadata_endpoint(meta_cfg);
           admin = std::make_unique<sg::admin::Server>(std::move(src));
           std::string err;
           if (!admin->start(admin_cfg.listen_host, admin_cfg.listen_port, err)) {

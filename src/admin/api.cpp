@@ -1,10 +1,15 @@
 #include "admin/api.h"
 
+#include "topology/store.h"
+
 #include <nlohmann/json.hpp>
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 
+#include <algorithm>
+#include <chrono>
 #include <set>
+#include <thread>
 
 namespace sg::admin {
 
@@ -85,7 +90,11 @@ json status_json(const Sources &src) {
   }
   if (src.proxy) {
     const proxy::Shared &sh = *src.proxy;
-    for (auto &n : sh.nodes) {
+    auto place = sh.placement();
+    for (size_t id = 0; id < sh.node_count(); ++id) {
+      const proxy::Node &n = sh.node(id);
+      if (!place->has(id))
+        continue;
       auto &h = const_cast<proxy::HealthBoard &>(sh.health).node(n.id);
       json lb = nullptr, lm = nullptr;
       if (n.role == proxy::Role::replica) {
@@ -110,12 +119,82 @@ json status_json(const Sources &src) {
 
 Response not_built(std::string_view what) {
   return error(501, "not_implemented",
-               std::string(what) +
-                   " is not built yet: the topology is stored and served, but changes through "
-                   "the API come with live reconfiguration (see src/admin/README.md)");
+               std::string(what) + " is an online migration, which is not built yet (issue 17)");
 }
 
-// /api/v1/shards...: validation first (400, 404, 409), then what the change needs.
+json shard_json(const topology::ShardSpec &s) {
+  json reps = json::array();
+  for (auto &r : s.replicas)
+    reps.push_back(topology::mask_password(r));
+  return {{"name", s.name},
+          {"primary", topology::mask_password(s.primary)},
+          {"replicas", reps},
+          {"weight", s.weight},
+          {"state", s.state}};
+}
+
+std::string label_of(const std::string &url) {
+  std::string err;
+  auto e = config::parse_endpoint(url, err);
+  return e ? e->label() : url;
+}
+
+// One topology change: read the newest stored epoch, check and change `shard` in it
+// (`mutate` returns the error to answer, if any), store it as the next epoch and wait (up to
+// 2 s) for this proxy to run on it. 503 without the metadata database; 409 when another change
+// took the epoch first.
+template <class F>
+Response change(const Sources &src, const std::string &shard, const std::string &reason,
+                int status, F mutate) {
+  if (!src.metadata)
+    return error(503, "unavailable", "no metadata database: changes are stored there");
+  std::optional<topology::Topology> next;
+  try {
+    topology::Store store(*src.metadata, "shardgate-admin");
+    auto t = store.latest();
+    if (!t)
+      return error(503, "unavailable", "the metadata database holds no topology yet");
+    topology::ShardSpec *sp = nullptr;
+    for (auto &s : t->shards)
+      if (s.name == shard)
+        sp = &s;
+    if (!sp)
+      return error(404, "not_found", "no shard named \"" + shard + "\"");
+    if (auto e = mutate(*sp))
+      return *e;
+    next = store.commit(*t, t->epoch, reason);
+    if (!next)
+      return error(409, "conflict",
+                   "another topology change was stored first (epoch " +
+                       std::to_string(t->epoch + 1) + "); read the topology and try again");
+  } catch (const std::exception &e) {
+    return error(503, "unavailable", std::string("the metadata database: ") + e.what());
+  }
+  bool applied = false;
+  for (int i = 0; i < 200 && src.watch && !applied; ++i) {
+    applied = src.watch().applied_epoch >= next->epoch;
+    if (!applied)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return ok(status, {{"epoch", next->epoch},
+                     {"applied", applied},
+                     {"shard", shard_json(*next->find_shard(shard))}});
+}
+
+// A node the API is asked to add: reachable, and in recovery (a replica) or not (a primary).
+std::optional<Response> probe(const config::Endpoint &e, bool want_replica) {
+  std::string err;
+  auto rec = topology::probe_in_recovery(e, err);
+  if (!rec)
+    return error(422, "unprocessable", "cannot reach " + e.label() + ": " + err);
+  if (*rec != want_replica)
+    return error(422, "unprocessable",
+                 e.label() + (want_replica ? " is not in recovery: it is no replica"
+                                           : " is still in recovery: promote it first"));
+  return std::nullopt;
+}
+
+// /api/v1/shards...: the body and the running topology first (400, 404, 409), then the change.
 Response shards(const Request &req, const std::vector<std::string> &p, const Sources &src) {
   topology::Topology t = src.topology ? src.topology() : topology::Topology{};
   const topology::ShardSpec *shard = p.size() >= 2 ? t.find_shard(p[1]) : nullptr;
@@ -136,7 +215,7 @@ Response shards(const Request &req, const std::vector<std::string> &p, const Sou
       return *e;
     if (t.find_shard(name))
       return error(409, "conflict", "a shard named \"" + name + "\" exists already");
-    return not_built("adding a shard (an online migration)");
+    return not_built("adding a shard");
   }
   if (p.size() == 2) { // /shards/{name}
     if (req.method == "DELETE") {
@@ -144,7 +223,7 @@ Response shards(const Request &req, const std::vector<std::string> &p, const Sou
         return unknown();
       if (t.shards.size() == 1)
         return error(409, "conflict", "cannot remove the last shard");
-      return not_built("removing a shard (an online migration)");
+      return not_built("removing a shard");
     }
     if (req.method != "PATCH")
       return error(405, "method_not_allowed", "use PATCH or DELETE on a shard");
@@ -159,9 +238,23 @@ Response shards(const Request &req, const std::vector<std::string> &p, const Sou
     if (auto e = string_field(body, "primary", true, primary))
       return *e;
     std::string err;
-    if (!config::parse_endpoint(primary, err))
+    auto ep = config::parse_endpoint(primary, err);
+    if (!ep)
       return error(400, "bad_request", "bad primary URL: " + err);
-    return not_built("switching a shard's primary");
+    if (!src.metadata)
+      return error(503, "unavailable", "no metadata database: changes are stored there");
+    if (auto e = probe(*ep, false))
+      return *e;
+    return change(src, p[1], "primary of " + p[1] + " -> " + ep->label(), 200,
+                  [&](topology::ShardSpec &s) -> std::optional<Response> {
+                    if (label_of(s.primary) == ep->label())
+                      return error(409, "conflict", ep->label() + " is the primary already");
+                    // A promoted replica is no replica any more.
+                    std::erase_if(s.replicas,
+                                  [&](const std::string &r) { return label_of(r) == ep->label(); });
+                    s.primary = primary;
+                    return std::nullopt;
+                  });
   }
   if (p.size() >= 3 && p[2] == "replicas") {
     if (p.size() == 3) {
@@ -178,24 +271,48 @@ Response shards(const Request &req, const std::vector<std::string> &p, const Sou
         return error(400, "bad_request", "bad replica URL: " + err);
       if (!shard)
         return unknown();
-      for (auto &r : shard->replicas)
-        if (auto have = config::parse_endpoint(r, err); have && have->label() == ep->label())
-          return error(409, "conflict", ep->label() + " is already a replica of " + shard->name);
-      return not_built("adding a replica");
+      auto taken = [&](const topology::ShardSpec &s) -> std::optional<Response> {
+        for (auto &r : s.replicas)
+          if (label_of(r) == ep->label())
+            return error(409, "conflict", ep->label() + " is already a replica of " + s.name);
+        if (label_of(s.primary) == ep->label())
+          return error(409, "conflict", ep->label() + " is the primary of " + s.name);
+        return std::nullopt;
+      };
+      if (auto e = taken(*shard))
+        return *e;
+      if (!src.metadata)
+        return error(503, "unavailable", "no metadata database: changes are stored there");
+      if (auto e = probe(*ep, true))
+        return *e;
+      return change(src, p[1], "replica " + ep->label() + " added to " + p[1], 201,
+                    [&](topology::ShardSpec &s) -> std::optional<Response> {
+                      if (auto e = taken(s))
+                        return e;
+                      s.replicas.push_back(url);
+                      return std::nullopt;
+                    });
     }
     if (p.size() == 4) {
       if (req.method != "DELETE")
         return error(405, "method_not_allowed", "use DELETE to remove a replica");
       if (!shard)
         return unknown();
-      std::string err;
-      bool found = false;
-      for (auto &r : shard->replicas)
-        if (auto have = config::parse_endpoint(r, err); have && have->label() == p[3])
-          found = true;
-      if (!found)
-        return error(404, "not_found", "shard \"" + shard->name + "\" has no replica " + p[3]);
-      return not_built("removing a replica");
+      auto missing = [&](const topology::ShardSpec &s) {
+        return error(404, "not_found", "shard \"" + s.name + "\" has no replica " + p[3]);
+      };
+      if (std::none_of(shard->replicas.begin(), shard->replicas.end(),
+                       [&](const std::string &r) { return label_of(r) == p[3]; }))
+        return missing(*shard);
+      return change(src, p[1], "replica " + p[3] + " removed from " + p[1], 200,
+                    [&](topology::ShardSpec &s) -> std::optional<Response> {
+                      size_t before = s.replicas.size();
+                      std::erase_if(s.replicas,
+                                    [&](const std::string &r) { return label_of(r) == p[3]; });
+                      if (s.replicas.size() == before)
+                        return missing(s);
+                      return std::nullopt;
+                    });
     }
   }
   return error(404, "not_found", "no such route: " + req.target);

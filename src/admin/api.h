@@ -33,6 +33,7 @@ struct Sources {
   std::function<topology::WatchStatus()> watch;     // the control plane's state
   const proxy::Shared *proxy = nullptr;             // node health
   std::string_view openapi;                         // the OpenAPI document
+  std::optional<config::Endpoint> metadata;         // changes are committed there
 };
 
 Response handle(const Request &req, const Sources &src);

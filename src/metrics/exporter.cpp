@@ -187,14 +187,18 @@ std::string Exporter::render() const {
   auto lag_seconds = family("shardgate_replica_lag_seconds",
                             "Replay delay while behind (+Inf when unknown)", MetricType::Gauge);
   proxy::Millis now = proxy::now_ms();
-  for (const auto &n : sh.nodes) {
+  auto place = sh.placement();
+  for (size_t id = 0; id < sh.node_count(); ++id) {
+    const proxy::Node &n = sh.node(id);
+    if (!place->has(id))
+      continue; // a node that left the placement (its pools close)
     std::vector<ClientMetric::Label> l = {
         {"shard", n.shard_name}, {"node", n.endpoint.label()}, {"role", proxy::to_string(n.role)}};
     double idle = 0, open = 0;
     for (auto *w : workers) {
-      if (n.id < w->pools.size() && w->pools[n.id]) {
-        idle += w->pools[n.id]->idle_gauge();
-        open += w->pools[n.id]->open_gauge();
+      if (const proxy::Pool *p = w->pool_view[n.id].load(std::memory_order_acquire)) {
+        idle += p->idle_gauge();
+        open += p->open_gauge();
       }
     }
     double max = sh.cfg.proxy.pool_size; // over all workers: the node's budget
@@ -281,10 +285,11 @@ std::pair<int, std::string> Exporter::health() const {
   const proxy::Shared &sh = server_.shared();
   proxy::Millis now = proxy::now_ms();
   bool ok = true;
+  auto place = sh.placement();
   std::string body = "{\"shards\":[";
   for (size_t s = 0; s < sh.cfg.shards.size(); ++s) {
     auto node_json = [&](size_t id) {
-      const proxy::Node &n = sh.nodes[id];
+      const proxy::Node &n = sh.node(id);
       auto &h = const_cast<proxy::HealthBoard &>(sh.health).node(id);
       proxy::Millis banned = h.banned_until.load();
       bool not_banned = banned == 0 || now >= banned;
@@ -298,13 +303,13 @@ std::pair<int, std::string> Exporter::health() const {
         j += ",\"lag_bytes\":" + std::to_string(h.lag_bytes.load());
       return std::make_pair(j + "}", serving);
     };
-    auto [pj, pserving] = node_json(sh.shard_primary[s]);
+    auto [pj, pserving] = node_json(place->primary[s]);
     ok = ok && pserving;
     body += std::string(s ? "," : "") + "{\"name\":\"" +
             proxy::log::escape_json(sh.cfg.shards[s].name) + "\",\"primary\":" + pj +
             ",\"replicas\":[";
-    for (size_t i = 0; i < sh.shard_replicas[s].size(); ++i)
-      body += std::string(i ? "," : "") + node_json(sh.shard_replicas[s][i]).first;
+    for (size_t i = 0; i < place->replicas[s].size(); ++i)
+      body += std::string(i ? "," : "") + node_json(place->replicas[s][i]).first;
     body += "]}";
   }
   body =

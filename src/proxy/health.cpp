@@ -104,6 +104,7 @@ HealthBoard::HealthBoard(const config::Config &cfg, size_t nodes)
       fallbacks_(kFallbackSlots * cfg.shards.size()), logged_(cfg.shards.size()) {
   for (size_t i = 0; i < nodes; ++i)
     nodes_.push_back(std::make_unique<NodeHealth>(policy_));
+  names_.resize(nodes);
 }
 
 void HealthBoard::report_failure(size_t node, Millis now) {
@@ -117,12 +118,12 @@ void HealthBoard::report_failure(size_t node, Millis now) {
     n.banned_until = after;
   }
   if (after != before && after != 0)
-    log::warn("node_banned", {{"node", node < names_.size() ? names_[node] : std::to_string(node)},
+    log::warn("node_banned", {{"node", names_[node].empty() ? std::to_string(node) : names_[node]},
                               {"ban_ms", std::to_string(after - now)}});
 }
 
-void HealthBoard::set_node_names(std::vector<std::string> names) {
-  names_ = std::move(names);
+void HealthBoard::set_node_name(size_t node, std::string name) {
+  names_[node] = std::move(name);
 }
 
 void HealthBoard::report_success(size_t node) {

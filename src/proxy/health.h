@@ -108,7 +108,8 @@ public:
   // The breaker: connect or I/O outcomes from sessions and the monitor.
   void report_failure(size_t node, Millis now);
   void report_success(size_t node);
-  void set_node_names(std::vector<std::string> names); // "shard/host:port", for logs
+  // "shard/host:port", for logs; set before the node is published (Shared::node_for).
+  void set_node_name(size_t node, std::string name);
   // Fast unless the node is banned: may a session use it now? (one half-open trial)
   bool allowed(size_t node, Millis now);
   // The same, reading the clock only for a banned node (the per-query check).

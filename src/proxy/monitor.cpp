@@ -2,6 +2,8 @@
 // replay delay and WAL receiver. See DESIGN "Replicas, lag, read-your-writes".
 #include "proxy/monitor.h"
 
+#include "proxy/server.h"
+
 #include "proxy/errors.h"
 
 #include <pqxx/pqxx>
@@ -77,10 +79,10 @@ pqxx::row Monitor::query1(void *slot, const Node &n, const char *sql) {
   return tx.exec1(sql);
 }
 
-Monitor::Monitor(const config::Config &cfg, const std::vector<Node> &nodes, HealthBoard &board)
-    : cfg_(cfg), nodes_(nodes), board_(board) {
-  for (size_t i = 0; i < cfg.shards.size(); ++i)
+Monitor::Monitor(const Shared &shared, HealthBoard &board) : shared_(shared), board_(board) {
+  for (size_t i = 0; i < shared.cfg.shards.size(); ++i)
     samples_.push_back(std::make_unique<Samples>());
+  threads_.resize(Shared::kMaxNodes);
 }
 
 Monitor::~Monitor() {
@@ -90,12 +92,28 @@ Monitor::~Monitor() {
 }
 
 void Monitor::start() {
-  for (size_t i = 0; i < nodes_.size(); ++i)
-    threads_.emplace_back([this, i](std::stop_token st) { run(st, i); });
+  auto p = shared_.placement();
+  for (size_t id = 0; id < shared_.node_count(); ++id)
+    if (p->has(id))
+      watch(id);
+}
+
+void Monitor::watch(size_t node) {
+  if (threads_[node].joinable() && !threads_[node].get_stop_token().stop_requested())
+    return;
+  // (Move-assigning a jthread stops and joins the one it replaces: a node that left and came
+  // back waits here for its old prober to finish its probe.)
+  threads_[node] = std::jthread([this, node](std::stop_token st) { run(st, node); });
+}
+
+void Monitor::unwatch(size_t node) {
+  threads_[node].request_stop();
+  NodeHealth &h = board_.node(node);
+  h.serving = false; // it serves nothing now; if it comes back, it is probed in again
 }
 
 void Monitor::run(std::stop_token st, size_t node) {
-  const Node &n = nodes_[node];
+  const Node &n = shared_.node(node);
   ConnPtr conn;
   std::mutex mu;
   std::condition_variable_any cv;
@@ -191,10 +209,7 @@ void Monitor::probe_replica(const Node &n, void *slot, bool again) {
   p.replay_age_ms.reset();
   if (first_ahead_ns)
     p.replay_age_ms = double(now_ns() - first_ahead_ns) / 1e6;
-  const NodeHealth *primary = nullptr;
-  for (auto &pn : nodes_)
-    if (pn.shard == n.shard && pn.role == Role::primary)
-      primary = &board_.node(pn.id);
+  const NodeHealth *primary = &board_.node(shared_.placement()->primary[n.shard]);
   // No primary sample taken before this probe: nothing to measure against. If the primary is
   // up (its first sample came just after this probe began), probe again at once; if it has not
   // been probed yet, wait for it; if it is down, the lag is unknown (infinite).

@@ -16,11 +16,16 @@
 
 namespace sg::proxy {
 
+struct Shared;
+
 class Monitor {
 public:
-  Monitor(const config::Config &cfg, const std::vector<Node> &nodes, HealthBoard &board);
+  Monitor(const Shared &shared, HealthBoard &board);
   ~Monitor(); // stops and joins the probe threads
-  void start();
+  void start(); // probes every node of the current placement
+  // A node that joined the placement, or left it (control plane's thread).
+  void watch(size_t node);
+  void unwatch(size_t node);
 
 private:
   void run(std::stop_token st, size_t node);
@@ -34,8 +39,7 @@ private:
     std::mutex mu;
     std::deque<std::pair<int64_t, uint64_t>> s;
   };
-  const config::Config &cfg_;
-  const std::vector<Node> &nodes_;
+  const Shared &shared_;
   HealthBoard &board_;
   std::vector<std::unique_ptr<Samples>> samples_;
   std::vector<std::jthread> threads_;

@@ -148,7 +148,7 @@ void Pool::wake_one() {
 void Pool::release(std::unique_ptr<BackendConn> conn) {
   if (!conn)
     return;
-  if (conn->broken || conn->tx_status != 'I' || conn->unsynced || open_ > max_) {
+  if (conn->broken || conn->tx_status != 'I' || conn->unsynced || open_ > max_ || retired_) {
     conn->sock.close();
     closed();
   } else {

@@ -34,6 +34,13 @@ public:
   void set_share(size_t n);
   // Closes every idle connection (a worker left without sessions gives its budget back).
   void shed_idle();
+  // A node the placement no longer names: idle connections close now, lent ones as they come
+  // back. Cleared when it returns.
+  void set_retired(bool r) {
+    retired_ = r;
+    if (r)
+      shed_idle();
+  }
 
 private:
   struct Idle {
@@ -52,6 +59,7 @@ private:
   const config::Proxy &cfg_;
   std::vector<Idle> idle_;
   size_t open_ = 0; // idle + lent + connecting
+  bool retired_ = false;
   std::list<Timer *> waiters_;
   std::atomic<uint32_t> idle_gauge_{0};
   std::atomic<uint32_t> open_gauge_{0};

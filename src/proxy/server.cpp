@@ -29,46 +29,110 @@ std::shared_ptr<CancelSlot> CancelRegistry::find(int32_t pid, int32_t key) {
   return it == map_.end() ? nullptr : it->second.lock();
 }
 
-Shared::Shared(config::Config c)
-    : cfg(std::move(c)), router(cfg), health(cfg, [&] {
-        size_t n = 0;
-        for (auto &s : cfg.shards)
-          n += 1 + s.replicas.size();
-        return n;
-      }()) {
-  for (size_t s = 0; s < cfg.shards.size(); ++s) {
-    const auto &sh = cfg.shards[s];
-    Node p;
-    p.id = nodes.size();
-    p.shard = s;
-    p.role = Role::primary;
-    p.endpoint = sh.primary;
-    p.shard_name = sh.name;
-    shard_primary.push_back(p.id);
-    nodes.push_back(p);
-    shard_replicas.emplace_back();
-    for (const auto &r : sh.replicas) {
-      Node n;
-      n.id = nodes.size();
-      n.shard = s;
-      n.role = Role::replica;
-      n.endpoint = r;
-      n.shard_name = sh.name;
-      shard_replicas[s].push_back(n.id);
-      nodes.push_back(n);
-    }
+bool Placement::has(size_t node) const {
+  for (size_t s = 0; s < primary.size(); ++s) {
+    if (primary[s] == node)
+      return true;
+    for (size_t r : replicas[s])
+      if (r == node)
+        return true;
   }
-  std::vector<std::string> names;
-  for (const auto &n : nodes)
-    names.push_back(n.label());
-  health.set_node_names(std::move(names));
+  return false;
+}
+
+Shared::Shared(config::Config c)
+    : cfg(std::move(c)), router(cfg), health(cfg, kMaxNodes),
+      node_slots_(std::make_unique<Node[]>(kMaxNodes)) {
+  std::vector<size_t> joined, left;
+  std::string err;
+  if (!apply_placement(cfg.shards, router.topology().epoch, joined, left, err))
+    throw std::runtime_error(err);
   // SCRAM secrets are derived once (PBKDF2 is slow by design), with a fresh salt per start.
   for (const auto &u : cfg.users)
     secrets.emplace(u.name,
                     protocol::make_scram_secret(u.password, protocol::random_bytes(16), 4096));
   mock_secret =
       protocol::make_scram_secret(protocol::random_bytes(16), protocol::random_bytes(16), 4096);
-  node_budget = std::make_unique<std::atomic<uint32_t>[]>(nodes.size());
+  node_budget = std::make_unique<std::atomic<uint32_t>[]>(kMaxNodes);
+}
+
+std::shared_ptr<const Placement> Shared::placement() const {
+  std::lock_guard lock(placement_mu_);
+  return placement_;
+}
+
+// The id of the node with this role and endpoint in this shard, made if there is none yet.
+size_t Shared::node_for(size_t shard, Role role, const config::Endpoint &e) {
+  size_t n = node_count();
+  for (size_t id = 0; id < n; ++id) {
+    const Node &x = node_slots_[id];
+    if (x.shard == shard && x.role == role && x.endpoint.label() == e.label() &&
+        x.endpoint.raw == e.raw)
+      return id;
+  }
+  if (n == kMaxNodes)
+    return kMaxNodes;
+  Node &x = node_slots_[n];
+  x.id = n;
+  x.shard = shard;
+  x.role = role;
+  x.endpoint = e;
+  x.shard_name = cfg.shards[shard].name;
+  health.set_node_name(n, x.label());
+  node_count_.store(n + 1, std::memory_order_release); // readers see the node whole
+  return n;
+}
+
+bool Shared::apply_placement(const std::vector<config::Shard> &shards, uint64_t epoch,
+                             std::vector<size_t> &joined, std::vector<size_t> &left,
+                             std::string &error) {
+  if (shards.size() != cfg.shards.size()) {
+    error = "the shards changed (" + std::to_string(cfg.shards.size()) + " -> " +
+            std::to_string(shards.size()) + "): that is a migration, not a placement change";
+    return false;
+  }
+  for (size_t s = 0; s < shards.size(); ++s)
+    if (shards[s].name != cfg.shards[s].name) {
+      error = "shard " + std::to_string(s) + " is \"" + shards[s].name + "\", not \"" +
+              cfg.shards[s].name + "\": that is a migration, not a placement change";
+      return false;
+    }
+  auto next = std::make_shared<Placement>();
+  next->epoch = epoch;
+  for (size_t s = 0; s < shards.size(); ++s) {
+    size_t p = node_for(s, Role::primary, shards[s].primary);
+    next->primary.push_back(p);
+    next->replicas.emplace_back();
+    for (auto &r : shards[s].replicas)
+      next->replicas.back().push_back(node_for(s, Role::replica, r));
+  }
+  for (size_t id : next->primary)
+    if (id == kMaxNodes) {
+      error = "more than " + std::to_string(kMaxNodes) + " nodes over this process's life";
+      return false;
+    }
+  for (auto &rs : next->replicas)
+    for (size_t id : rs)
+      if (id == kMaxNodes) {
+        error = "more than " + std::to_string(kMaxNodes) + " nodes over this process's life";
+        return false;
+      }
+  auto prev = placement();
+  joined.clear();
+  left.clear();
+  for (size_t id = 0; id < node_count(); ++id) {
+    bool now = next->has(id), before = prev && prev->has(id);
+    if (now && !before)
+      joined.push_back(id);
+    if (before && !now)
+      left.push_back(id);
+  }
+  {
+    std::lock_guard lock(placement_mu_);
+    placement_ = std::move(next);
+  }
+  placement_version.fetch_add(1, std::memory_order_release);
+  return true;
 }
 
 std::optional<std::vector<std::pair<std::string, std::string>>> Shared::server_params() const {
@@ -82,17 +146,40 @@ void Shared::set_server_params(const std::vector<std::pair<std::string, std::str
     server_params_ = p;
 }
 
-Worker::Worker(Shared &s, size_t pool_share) : shared(s), stats(s.cfg.shards.size()) {
+Worker::Worker(Shared &s, size_t pool_share)
+    : shared(s), stats(s.cfg.shards.size()), pool_share_(pool_share) {
   poller.start(io);
-  for (const auto &n : s.nodes)
-    pools.push_back(
-        std::make_unique<Pool>(poller, n, pool_share, s.node_budget[n.id], s.cfg.proxy));
-  muxes.resize(s.nodes.size());
+  pools.resize(Shared::kMaxNodes);
+  pool_view = std::make_unique<std::atomic<const Pool *>[]>(Shared::kMaxNodes);
+  muxes.resize(Shared::kMaxNodes);
   replica_rr.assign(s.cfg.shards.size(), 0);
+  placement_version_ = s.placement_version.load(std::memory_order_acquire);
+  placement_ = s.placement();
+}
+
+Pool *Worker::make_pool(size_t node) {
+  auto &p = pools[node];
+  p = std::make_unique<Pool>(poller, shared.node(node), pool_share_, shared.node_budget[node],
+                             shared.cfg.proxy);
+  if (!placement_->has(node))
+    p->set_retired(true); // a transaction's backend on a node that has just left
+  pool_view[node].store(p.get(), std::memory_order_release);
+  return p.get();
+}
+
+void Worker::refresh_placement() {
+  placement_version_ = shared.placement_version.load(std::memory_order_acquire);
+  placement_ = shared.placement();
+  for (size_t id = 0; id < pools.size(); ++id)
+    if (pools[id])
+      pools[id]->set_retired(!placement_->has(id));
 }
 
 void Worker::set_pool_share(size_t share, bool shed) {
+  pool_share_ = share;
   for (auto &p : pools) {
+    if (!p)
+      continue;
     p->set_share(share);
     if (shed)
       p->shed_idle();
@@ -112,6 +199,8 @@ void Worker::stop_sessions() {
   poller.shutdown();
   for (auto &m : muxes)
     m.drop();
+  for (size_t id = 0; id < pools.size(); ++id)
+    pool_view[id].store(nullptr, std::memory_order_release);
   pools.clear();
 }
 
@@ -124,6 +213,32 @@ uint32_t Worker::intern_statement(const std::string &key) {
 
 Server::Server(config::Config cfg) : shared_(std::make_unique<Shared>(std::move(cfg))) {}
 
+bool Server::apply_placement(const std::vector<config::Shard> &shards, uint64_t epoch,
+                             std::string &error) {
+  std::lock_guard lock(apply_mu_); // one change at a time, also against start-up and shutdown
+  std::vector<size_t> joined, left;
+  if (!shared_->apply_placement(shards, epoch, joined, left, error))
+    return false;
+  auto label = [&](size_t id) { return shared_->node(id).label(); };
+  for (size_t id : joined) {
+    log::info("node_joined", {{"node", label(id)},
+                              {"role", to_string(shared_->node(id).role)},
+                              {"epoch", std::to_string(epoch)}});
+    if (monitor_)
+      monitor_->watch(id);
+  }
+  for (size_t id : left) {
+    log::info("node_left", {{"node", label(id)},
+                            {"role", to_string(shared_->node(id).role)},
+                            {"epoch", std::to_string(epoch)}});
+    if (monitor_)
+      monitor_->unwatch(id);
+  }
+  for (auto &w : workers_) // idle workers too: their idle connections to nodes that left go
+    asio::post(w->io, [wk = w.get()] { wk->refresh_placement(); });
+  return true;
+}
+
 const char *Shared::node_state(size_t id) const {
   auto &h = const_cast<HealthBoard &>(health).node(id);
   Millis banned = h.banned_until.load(std::memory_order_relaxed);
@@ -131,7 +246,7 @@ const char *Shared::node_state(size_t id) const {
     return "banned";
   if (!h.up.load(std::memory_order_relaxed))
     return "down";
-  if (nodes[id].role == Role::replica && !h.serving.load(std::memory_order_relaxed))
+  if (node(id).role == Role::replica && !h.serving.load(std::memory_order_relaxed))
     return "lagging";
   return "up";
 }
@@ -344,12 +459,12 @@ int Server::run(const std::function<void()> &on_ready, const std::function<void(
     asio::co_spawn(wk.io, accept_loop(wk), asio::detached);
   }
   // Health first: the first probe round decides which replicas serve from the start.
-  monitor_ = std::make_unique<Monitor>(shared_->cfg, shared_->nodes, shared_->health);
+  monitor_ = std::make_unique<Monitor>(*shared_, shared_->health);
   monitor_->start();
   for (int i = 0; i < 300; ++i) {
     bool all = true;
-    for (auto &n : shared_->nodes)
-      all = all && shared_->health.node(n.id).probed.load();
+    for (size_t id = 0; id < shared_->node_count(); ++id)
+      all = all && shared_->health.node(id).probed.load();
     if (all)
       break;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));

@@ -53,13 +53,36 @@ private:
   std::unordered_map<uint64_t, std::weak_ptr<CancelSlot>> map_;
 };
 
+// Which node serves each shard now. Immutable once published: a new topology epoch publishes a
+// new one (Shared::apply_placement); sessions read it through their worker (Worker::place()).
+struct Placement {
+  uint64_t epoch = 0;
+  std::vector<size_t> primary;               // node id per shard
+  std::vector<std::vector<size_t>> replicas; // node ids per shard
+  bool has(size_t node) const;
+};
+
 struct Shared {
   explicit Shared(config::Config c);
   config::Config cfg;
   router::Router router;
-  std::vector<Node> nodes;           // every backend node
-  std::vector<size_t> shard_primary; // node id per shard
-  std::vector<std::vector<size_t>> shard_replicas;
+  // Every node this process has served, by id. Ids are never reused and never move, so pools,
+  // health slots and metrics index by them from any thread; a node the placement no longer
+  // names gets no new statements. At most kMaxNodes over the process's life.
+  static constexpr size_t kMaxNodes = 256;
+  const Node &node(size_t id) const { return node_slots_[id]; }
+  size_t node_count() const { return node_count_.load(std::memory_order_acquire); }
+  // The current placement (a copy of the pointer, under a lock: for the control plane and
+  // metrics; sessions use Worker::place()).
+  std::shared_ptr<const Placement> placement() const;
+  // Bumped on every new placement; workers compare it with theirs once per statement.
+  std::atomic<uint64_t> placement_version{1};
+  // Publishes a placement for these shards (the same names, in the configured order: adding
+  // or removing shards is a migration). New endpoints get new node ids; nodes that drop out
+  // keep theirs (and get them back if they return). On the control plane's thread. Returns
+  // the ids that joined and left, or false with `error`.
+  bool apply_placement(const std::vector<config::Shard> &shards, uint64_t epoch,
+                       std::vector<size_t> &joined, std::vector<size_t> &left, std::string &error);
   std::unordered_map<std::string, protocol::ScramSecret> secrets; // per configured user
   protocol::ScramSecret mock_secret; // for unknown users: fail like a bad password
   HealthBoard health;                // node state: monitor and sessions
@@ -83,8 +106,13 @@ struct Shared {
   void set_server_params(const std::vector<std::pair<std::string, std::string>> &p);
 
 private:
+  size_t node_for(size_t shard, Role role, const config::Endpoint &e); // control plane only
   mutable std::mutex params_mu_;
   std::optional<std::vector<std::pair<std::string, std::string>>> server_params_;
+  std::unique_ptr<Node[]> node_slots_;
+  std::atomic<size_t> node_count_{0};
+  mutable std::mutex placement_mu_;
+  std::shared_ptr<const Placement> placement_;
 };
 
 // One worker thread: its io_context, its pools (one per node) and statement-name interning.
@@ -105,8 +133,23 @@ struct Worker {
     using asio::io_context::shutdown; // destroys every queued handler and parked stack
   };
   Context io;
-  std::vector<std::unique_ptr<Pool>> pools; // by node id
-  std::vector<Mux> muxes;                   // by node id: pipelined reads
+  // By node id (Shared::kMaxNodes slots), made on first use: see pool(). pool_view mirrors
+  // them for other threads (metrics).
+  std::vector<std::unique_ptr<Pool>> pools;
+  std::unique_ptr<std::atomic<const Pool *>[]> pool_view;
+  std::vector<Mux> muxes; // by node id: pipelined reads
+  Pool *pool(size_t node) {
+    auto &p = pools[node];
+    return p ? p.get() : make_pool(node);
+  }
+  // This worker's view of the placement, refreshed when the shared one has moved on: one
+  // atomic load per call. A refresh also closes idle connections to nodes that left.
+  const Placement &place() {
+    if (placement_version_ != shared.placement_version.load(std::memory_order_acquire))
+      [[unlikely]] refresh_placement();
+    return *placement_;
+  }
+  void refresh_placement();
   std::vector<uint32_t> replica_rr;         // per shard
   WorkerStats stats;                        // this worker's traffic counters
   std::unique_ptr<Acceptor> acceptor;
@@ -122,6 +165,10 @@ struct Worker {
   alignas(64) std::atomic<int> move_out{0};
   std::atomic<Worker *> move_to{nullptr};
   uint32_t intern_statement(const std::string &key);
+  Pool *make_pool(size_t node);
+  size_t pool_share_ = 0;
+  std::shared_ptr<const Placement> placement_;
+  uint64_t placement_version_ = 0;
   // On this worker's thread: each pool's share of pool_size, and whether idle connections go.
   void set_pool_share(size_t share, bool shed);
 };
@@ -138,6 +185,10 @@ public:
   int run(const std::function<void()> &on_ready = {}, const std::function<void()> &on_stop = {});
   const Shared &shared() const { return *shared_; }
   void set_write_fence(bool on) { shared_->write_fence.store(on, std::memory_order_relaxed); }
+  // A new placement (see Shared::apply_placement): the monitor probes the nodes that joined and
+  // stops probing those that left; each worker closes its idle connections to those that left.
+  bool apply_placement(const std::vector<config::Shard> &shards, uint64_t epoch,
+                       std::string &error);
   std::vector<const Worker *> workers() const;
   size_t active_workers() const { return active_.load(std::memory_order_relaxed); }
 
@@ -151,6 +202,7 @@ private:
   uint64_t wall_ns_ = 0;
   std::unique_ptr<Shared> shared_;
   std::unique_ptr<Monitor> monitor_;
+  std::mutex apply_mu_;
   std::vector<std::unique_ptr<Worker>> workers_;
 };
 

@@ -324,16 +324,16 @@ Task<bool> Session::send_server_params() {
   auto params = sh_.server_params();
   if (!params) {
     // Learn them from the default shard's primary (this also proves it is reachable).
-    size_t node = sh_.shard_primary[sh_.router.default_shard()];
+    size_t node = w_->place().primary[sh_.router.default_shard()];
     ConnectError err;
-    auto conn = co_await w_->pools[node]->acquire(err);
+    auto conn = co_await w_->pool(node)->acquire(err);
     if (!conn)
       co_return co_await fatal(err.sqlstate.empty() ? "08006" : err.sqlstate,
                                "cannot reach the default shard: " + err.message,
                                "check that the backend is running and the config's URL is right");
     sh_.set_server_params(conn->server_params);
     params = conn->server_params;
-    w_->pools[node]->release(std::move(conn));
+    w_->pool(node)->release(std::move(conn));
   }
   for (auto &[k, v] : *params) {
     std::string value = v;
@@ -489,7 +489,7 @@ BackendConn *Session::attach_now(size_t shard, bool read, size_t exclude_node,
   auto node = chosen ? chosen : choose_node(shard, read, exclude_node);
   if (!node)
     return nullptr;
-  Pool *pool = w_->pools[*node].get();
+  Pool *pool = w_->pool(*node);
   if (auto conn = pool->try_acquire()) {
     sh_.health.report_success(*node);
     return adopt(shard, pool, std::move(conn));
@@ -501,8 +501,9 @@ BackendConn *Session::attach_now(size_t shard, bool read, size_t exclude_node,
 // The node a statement goes to, or nullopt (with the error sent) when the primary is banned.
 std::optional<size_t> Session::choose_node(size_t shard, bool read, size_t exclude_node) {
   HealthBoard &board = sh_.health;
-  const auto &replicas = sh_.shard_replicas[shard];
-  size_t primary = sh_.shard_primary[shard];
+  const Placement &place = w_->place();
+  const auto &replicas = place.replicas[shard];
+  size_t primary = place.primary[shard];
   if (read && !session_mode_) {
     FallbackReason reason = FallbackReason::no_replicas;
     if (!replicas.empty()) {
@@ -538,7 +539,7 @@ std::optional<size_t> Session::choose_node(size_t shard, bool read, size_t exclu
     // The primary is never silently replaced: fail fast while its breaker is open.
     Millis now = now_ms();
     unreachable(shard, "08006",
-                "its primary " + sh_.nodes[primary].endpoint.label() +
+                "its primary " + sh_.node(primary).endpoint.label() +
                     " is down (repeated failures; next try in " +
                     std::to_string(std::max<Millis>(0, board.node(primary).banned_until - now)) +
                     " ms)");
@@ -562,9 +563,9 @@ BackendConn *Session::adopt(size_t shard, Pool *pool, std::unique_ptr<BackendCon
 // to the primary instead (counted), a primary that cannot be reached is an error.
 Task<BackendConn *> Session::attach_slow(size_t shard, size_t node) {
   HealthBoard &board = sh_.health;
-  size_t primary = sh_.shard_primary[shard];
+  size_t primary = w_->place().primary[shard];
   ConnectError err;
-  Pool *pool = w_->pools[node].get();
+  Pool *pool = w_->pool(node);
   auto waited_from = std::chrono::steady_clock::now();
   w_->stats.clients_waiting.fetch_add(1, std::memory_order_relaxed);
   auto conn = co_await pool->acquire(err);
@@ -587,7 +588,7 @@ Task<BackendConn *> Session::attach_slow(size_t shard, size_t node) {
       board.count_fallback(shard, FallbackReason::down, sh_.cfg.shards[shard].name);
       node = primary;
       if (board.allowed(primary, now_ms())) {
-        pool = w_->pools[node].get();
+        pool = w_->pool(node);
         conn = co_await pool->acquire(err);
         if (!conn && node_failed())
           board.report_failure(node, now_ms());
@@ -1548,7 +1549,7 @@ MuxLane *Session::mux_join(size_t node) {
         waited.count() <= int64_t(sh_.cfg.proxy.pipeline_join_us))
       return l.get();
   }
-  Pool *pool = w_->pools[node].get();
+  Pool *pool = w_->pool(node);
   auto conn = pool->try_acquire();
   if (!conn)
     return nullptr;

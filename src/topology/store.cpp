@@ -44,6 +44,19 @@ std::optional<Topology> parse_row(const pqxx::row &r) {
 
 } // namespace
 
+std::optional<bool> probe_in_recovery(const config::Endpoint &node, std::string &error) {
+  try {
+    pqxx::connection c(node.conninfo() + " connect_timeout=2 application_name='shardgate-admin'");
+    pqxx::nontransaction w(c);
+    return w.exec("SELECT pg_is_in_recovery()")[0][0].as<bool>();
+  } catch (const std::exception &e) {
+    error = e.what();
+    while (!error.empty() && error.back() == '\n')
+      error.pop_back();
+    return std::nullopt;
+  }
+}
+
 config::Endpoint metadata_endpoint(const config::Config &c) {
   std::string err;
   if (!c.metadata.url.empty())

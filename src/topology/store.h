@@ -59,6 +59,10 @@ private:
   std::unique_ptr<Conn> c_;
 };
 
+// Connects to a node as the proxy would and asks pg_is_in_recovery(): nullopt with `error`
+// when it cannot be reached (the admin API's 422).
+std::optional<bool> probe_in_recovery(const config::Endpoint &node, std::string &error);
+
 // Where the metadata lives: [metadata] url, else the default shard's primary.
 config::Endpoint metadata_endpoint(const config::Config &c);
 

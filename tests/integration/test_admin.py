@@ -206,10 +206,8 @@ class AdminTest(ClusterTestCase):
         self.assertEqual(errors, [])
         self.assertGreater(seen[0], 20, "the SQL client was starved")
 
-    def test_changes_not_built_yet_answer_501(self):
+    def test_shard_add_remove_answer_501_until_migrations(self):
         for method, path, body, tmpl in (
-                ("POST", "/api/v1/shards/s0/replicas", {"url": "postgresql://app@127.0.0.1:9/app"},
-                 "/api/v1/shards/{name}/replicas"),
                 ("POST", "/api/v1/shards", {"name": "s9", "primary": "postgresql://h/d"},
                  "/api/v1/shards"),
                 ("DELETE", "/api/v1/shards/s1", None, "/api/v1/shards/{name}")):
@@ -275,14 +273,13 @@ class AdminTest(ClusterTestCase):
         def restore():
             self.meta_sql("INSERT INTO shardgate.epochs(epoch, topology, reason) "
                           f"SELECT max(epoch) + 1, (SELECT topology FROM shardgate.epochs "
-                          f"WHERE epoch = {before}), 'test: restored' FROM shardgate.epochs")
-        self.addCleanup(restore)
-        # The running proxy sees the new epoch but does not run on it (no live changes yet).
-        def seen():
-            st, s = self.api_a.call("GET", "/api/v1/status")
-            return s["proxy"] if s["proxy"]["stored_epoch"] == before + 1 else None
-        me = self.wait_for("proxy a to see the new epoch", seen, timeout=2)
-        self.assertEqual(me["applied_epoch"], before)
+                          f"WHERE epoch = {before}), 'test: restored' FROM shardgate.epochs; "
+                          "NOTIFY shardgate_topology")
+        # The running proxies apply it live (an epoch stored by hand, with a NOTIFY).
+        def applied():
+            st, s = self.api_b.call("GET", "/api/v1/status")
+            return s["proxy"] if s["proxy"]["applied_epoch"] == before + 1 else None
+        self.wait_for("proxy b to run on the new epoch", applied, timeout=2)
         # A proxy started now runs on it: reads of s0's keys reach s0's primary.
         port = harness.free_port_block(1)
         extra = (f'[admin]\nlisten = "127.0.0.1:{port}"\ntoken_file = "{self.token_file}"\n'
@@ -304,15 +301,17 @@ class AdminTest(ClusterTestCase):
             ports.add(cur.fetchone()[0])
         c.close()
         self.assertEqual(ports, {self.cluster.primary_port(0)})
-        # while the old proxy (TOML's topology, epoch `before`) still reads from the replica
-        c = connect(self.a.dsn())
-        cur = c.cursor()
-        ports = set()
-        for _ in range(6):
-            cur.execute("SELECT inet_server_port() FROM accounts WHERE id = %s", (key,))
-            ports.add(cur.fetchone()[0])
-        c.close()
-        self.assertIn(self.cluster.replica_port(0, 0), ports)
+        # Restored (a new epoch with the replica back): every proxy reads from it again.
+        restore()
+        for proxy in (self.a, p):
+            def back():
+                c = connect(proxy.dsn())
+                cur = c.cursor()
+                cur.execute("SELECT inet_server_port() FROM accounts WHERE id = %s", (key,))
+                port = cur.fetchone()[0]
+                c.close()
+                return port == self.cluster.replica_port(0, 0)
+            self.wait_for(f"{proxy} to read from the restored replica", back, timeout=3)
 
     def test_default_metadata_is_the_default_shards_primary(self):
         p = Proxy(self.cluster, extra_toml='[metadata]\nheartbeat_ms = 200\ninstance = "dflt"\n')
@@ -392,6 +391,9 @@ class AdminTest(ClusterTestCase):
         self.assertIn("unauthorized", p.stderr)
         p = self.ctl("replica", "add", "s0", "postgresql://app@127.0.0.1:9/app")
         self.assertEqual(p.returncode, 1)
+        self.assertIn("unprocessable", p.stderr)  # nothing listens on port 9
+        p = self.ctl("shard", "add", "s9", "--primary", "postgresql://app@127.0.0.1:9/app")
+        self.assertEqual(p.returncode, 1)
         self.assertIn("not_implemented", p.stderr)
         p = self.ctl("migration", "show", "m-none")
         self.assertEqual(p.returncode, 1)
@@ -428,6 +430,160 @@ class AdminTest(ClusterTestCase):
         v = subprocess.run(["node", "validate.js", str(bad)], cwd=OPENAPI_DIR,
                            capture_output=True, text=True, timeout=60)
         self.assertNotEqual(v.returncode, 0, v.stdout)
+
+
+class LiveTopologyTest(ClusterTestCase):
+    """Replica add/remove and a primary switch through the API, live on two proxies that share
+    the default metadata database (s0's primary): no restart, and the other proxy follows."""
+
+    SHARDS, REPLICAS = 2, 2
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.token_file = cls.cluster.dir / "admin.token"
+        cls.token_file.write_text(TOKEN + "\n")
+        cls.a, cls.api_a = cls.start_proxy("a")
+        cls.b, cls.api_b = cls.start_proxy("b")
+        cls.proxy = cls.a
+
+    @classmethod
+    def start_proxy(cls, name):
+        port = harness.free_port_block(1)
+        extra = (f'[admin]\nlisten = "127.0.0.1:{port}"\ntoken_file = "{cls.token_file}"\n'
+                 f'[metadata]\nheartbeat_ms = {HEARTBEAT_MS}\ninstance = "live-{name}"\n'
+                 "[replicas]\nhealth_interval_ms = 100\n")
+        p = Proxy(cls.cluster, extra_toml=extra)
+        cls.addClassCleanup(p.stop)
+        harness.wait_port(port, 10)
+        return p, Api(port)
+
+    def setUp(self):
+        if psycopg2 is None:
+            self.skipTest("psycopg2 not installed")
+        self.since_a = self.a.log().__len__()
+
+    def tearDown(self):
+        if self.failed_so_far():
+            self.print_proxy_log(self.since_a)
+            print("--- proxy b ---\n" + self.b.log()[-3000:], file=sys.stderr)
+
+    key_on = AdminTest.key_on
+    wait_for = AdminTest.wait_for
+
+    def url(self, port):
+        return f"postgresql://app:app-secret@127.0.0.1:{port}/app"
+
+    def read_ports(self, proxy, key, n=12):
+        c = connect(proxy.dsn())
+        cur = c.cursor()
+        ports = []
+        for _ in range(n):
+            cur.execute("SELECT inet_server_port() FROM accounts WHERE id = %s", (key,))
+            ports.append(cur.fetchone()[0])
+        c.close()
+        return set(ports)
+
+    def proxy_conns(self, port):
+        """Client connections of the proxies (not their health probes) on one server."""
+        return int(self.cluster.sql(port, "SELECT count(*) FROM pg_stat_activity WHERE "
+                                          "usename = 'app' AND backend_type = 'client backend' "
+                                          "AND application_name <> 'shardgate-monitor'")[0][0])
+
+    def test_remove_and_add_a_replica_live_on_both_proxies(self):
+        c = self.cluster
+        r0, r1 = c.replica_port(0, 0), c.replica_port(0, 1)
+        key = self.key_on(0)
+        conn = connect(self.a.dsn())
+        conn.cursor().execute("INSERT INTO accounts (id, owner) VALUES (%s, 'live') "
+                              "ON CONFLICT (id) DO NOTHING", (key,))
+        conn.close()
+        c.wait_replicas_caught_up()
+        self.wait_for("proxy b's reads on both replicas",
+                      lambda: self.read_ports(self.b, key, 20) == {r0, r1})
+        # Remove r1 through proxy A.
+        t0 = time.monotonic()
+        st, r = self.api_a.call("DELETE", f"/api/v1/shards/s0/replicas/127.0.0.1:{r1}",
+                                template="/api/v1/shards/{name}/replicas/{hostport}")
+        self.assertEqual(st, 200, r)
+        self.assertTrue(r["applied"], r)
+        self.assertEqual(r["shard"]["replicas"], [f"postgresql://app:***@127.0.0.1:{r0}/app"])
+        epoch = r["epoch"]
+
+        def b_applied():
+            st, s = self.api_b.call("GET", "/api/v1/status")
+            return s["proxy"]["applied_epoch"] >= epoch
+        self.wait_for("proxy b to apply the removal", b_applied, timeout=2)
+        removal_ms = (time.monotonic() - t0) * 1000
+        for p in (self.a, self.b):
+            self.assertEqual(self.read_ports(p, key, 20), {r0}, "a read reached the removed replica")
+        self.wait_for("the proxies' connections to the removed replica to close",
+                      lambda: self.proxy_conns(r1) == 0, timeout=5)
+        st, topo = self.api_b.call("GET", "/api/v1/topology")
+        self.assertEqual((topo["epoch"], len(topo["shards"][0]["replicas"])), (epoch, 1))
+        # Add it back through proxy B; proxy A's reads reach it within 2 s.
+        t0 = time.monotonic()
+        st, r = self.api_b.call("POST", "/api/v1/shards/s0/replicas", {"url": self.url(r1)},
+                                template="/api/v1/shards/{name}/replicas")
+        self.assertEqual(st, 201, r)
+        self.assertEqual(r["epoch"], epoch + 1)
+        self.wait_for("proxy a's reads to reach the added replica",
+                      lambda: r1 in self.read_ports(self.a, key, 6), timeout=2)
+        add_ms = (time.monotonic() - t0) * 1000
+        st, s = self.api_a.call("GET", "/api/v1/status")
+        self.assertIn(f"postgresql://app:***@127.0.0.1:{r1}/app",
+                      [n["url"] for n in s["nodes"] if n["role"] == "replica"])
+        print(f"\n[live topology] removal applied on the second proxy in {removal_ms:.0f} ms; "
+              f"an added replica served the other proxy's reads after {add_ms:.0f} ms",
+              file=sys.stderr)
+
+    def test_bad_changes_are_refused(self):
+        c = self.cluster
+        closed = harness.free_port_block(1)
+        cases = [
+            ({"url": self.url(closed)}, 422),                   # nothing listens there
+            ({"url": self.url(c.primary_port(1))}, 422),        # a primary, not a replica
+            ({"url": self.url(c.replica_port(0, 0))}, 409),     # already a replica of s0
+            ({"url": self.url(c.primary_port(0))}, 409),        # s0's own primary
+        ]
+        for body, want in cases:
+            with self.subTest(body=body):
+                st, r = self.api_a.call("POST", "/api/v1/shards/s0/replicas", body,
+                                        template="/api/v1/shards/{name}/replicas")
+                self.assertEqual(st, want, r)
+        st, r = self.api_a.call("PATCH", "/api/v1/shards/s1",
+                                {"primary": self.url(c.replica_port(1, 0))},
+                                template="/api/v1/shards/{name}")
+        self.assertEqual(st, 422, r)
+        self.assertIn("promote it first", r["error"]["message"])
+
+    def test_zz_planned_primary_switch(self):
+        """The operator promotes s1's second replica, then tells the API: writes follow."""
+        c = self.cluster
+        new = c.replica_port(1, 1)
+        key = self.key_on(1, start=5000)
+        harness._run(harness.AS_PG + [harness.PGBIN / "pg_ctl", "promote", "-w", "-D",
+                                      c.data_dir(new)])
+        st, r = self.api_a.call("PATCH", "/api/v1/shards/s1", {"primary": self.url(new)},
+                                template="/api/v1/shards/{name}")
+        self.assertEqual(st, 200, r)
+        self.assertEqual(r["shard"]["primary"], f"postgresql://app:***@127.0.0.1:{new}/app")
+        self.assertNotIn(f"postgresql://app:***@127.0.0.1:{new}/app", r["shard"]["replicas"])
+
+        def b_applied():
+            st, s = self.api_b.call("GET", "/api/v1/status")
+            return s["proxy"]["applied_epoch"] >= r["epoch"]
+        self.wait_for("proxy b to apply the switch", b_applied, timeout=2)
+        for p in (self.a, self.b):
+            conn = connect(p.dsn())
+            cur = conn.cursor()
+            cur.execute("INSERT INTO accounts (id, owner) VALUES (%s, 'after-switch') "
+                        "ON CONFLICT (id) DO UPDATE SET owner = 'after-switch' "
+                        "RETURNING inet_server_port()", (key,))
+            self.assertEqual(cur.fetchone()[0], new)
+            conn.close()
+        self.assertEqual(c.sql(new, f"SELECT owner FROM accounts WHERE id = {key}"),
+                         [["after-switch"]])
 
 
 class AdminConfigTest(unittest.TestCase):

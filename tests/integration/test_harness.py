@@ -21,6 +21,9 @@ class ProxyTomlTest(unittest.TestCase):
         fake = types.SimpleNamespace(shards=2, replicas=1, primary_port=lambda i: 55432 + 2 * i,
                                      replica_port=lambda i, j: 55433 + 2 * i + j)
         ours = tomllib.loads(proxy_toml(fake, 6432))
+        # The harness turns the metadata database off unless a suite asks for it (see
+        # proxy_toml); the demo keeps the default (on, in s0's primary).
+        self.assertEqual(ours.pop("metadata"), {"enabled": False})
         demo = tomllib.loads((REPO / "deploy/examples/demo.toml").read_text())
         self.assertEqual(ours, demo)
         extra = tomllib.loads(proxy_toml(fake, 6432, extra_toml="[admin]\nlisten = \"x\""))

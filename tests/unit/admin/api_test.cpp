@@ -91,14 +91,20 @@ TEST(AdminApi, BadBodiesGetTheRight4xx) {
   EXPECT_EQ(call("DELETE", "/api/v1/shards/s9").status, 404);
 }
 
-TEST(AdminApi, ChangesNotBuiltYetSay501) {
-  auto r = call("POST", "/api/v1/shards/s0/replicas", R"({"url": "postgresql://h:7/d"})");
+TEST(AdminApi, ShardAddRemoveSay501UntilMigrations) {
+  auto r = call("POST", "/api/v1/shards", R"({"name": "s2", "primary": "postgresql://h/d"})");
   EXPECT_EQ(r.status, 501);
   EXPECT_EQ(code_of(r), "not_implemented");
-  EXPECT_EQ(call("DELETE", "/api/v1/shards/s0/replicas/127.0.0.1:5433").status, 501);
-  EXPECT_EQ(call("POST", "/api/v1/shards", R"({"name": "s2", "primary": "postgresql://h/d"})")
-                .status,
-            501);
+  EXPECT_EQ(call("DELETE", "/api/v1/shards/s1").status, 501);
+}
+
+TEST(AdminApi, ValidChangesNeedTheMetadataDatabase) {
+  auto r = call("POST", "/api/v1/shards/s0/replicas", R"({"url": "postgresql://h:7/d"})");
+  EXPECT_EQ(r.status, 503);
+  EXPECT_EQ(code_of(r), "unavailable");
+  EXPECT_EQ(call("DELETE", "/api/v1/shards/s0/replicas/127.0.0.1:5433").status, 503);
+  EXPECT_EQ(call("PATCH", "/api/v1/shards/s1", R"({"primary": "postgresql://h:9/d"})").status,
+            503);
 }
 
 TEST(AdminApi, MigrationsRoutes) {
