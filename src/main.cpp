@@ -26,6 +26,48 @@ void usage(std::ostream &os) {
 
 namespace log = sg::proxy::log;
 
+void apply_log(const sg::config::Log &lc) {
+  log::set_json(lc.format == sg::config::LogFormat::json);
+  log::set_level(lc.level == "debug"   ? log::Level::debug
+                 : lc.level == "warn"  ? log::Level::warn
+                 : lc.level == "error" ? log::Level::error
+                                       : log::Level::info);
+  if (const char *lvl = std::getenv("SHARDGATE_LOG_LEVEL"); lvl && std::strcmp(lvl, "debug") == 0)
+    log::set_level(log::Level::debug);
+}
+
+// SIGHUP: reads the file again. Users and passwords, [log] and slow_query_ms take effect now;
+// anything else that changed is named in a warning (it needs a restart, or, for the topology,
+// the admin API). A bad file changes nothing.
+void reload(const std::string &path, const sg::config::Config &started, sg::proxy::Server &server) {
+  auto loaded = sg::config::load_file(path);
+  if (!loaded.config) {
+    for (auto &d : loaded.diagnostics)
+      log::error("reload_failed", {{"problem", d.to_string()}});
+    return;
+  }
+  const auto &n = *loaded.config;
+  server.reload(n);
+  apply_log(n.log);
+  std::string restart;
+  auto changed = [&](bool same, const char *what) {
+    if (!same)
+      restart += std::string(restart.empty() ? "" : ", ") + what;
+  };
+  changed(n.proxy == started.proxy, "[proxy]");
+  changed(n.replicas == started.replicas, "[replicas]");
+  changed(n.metrics == started.metrics, "[metrics]");
+  changed(n.metadata == started.metadata, "[metadata]");
+  changed(n.admin == started.admin, "[admin]");
+  changed(n.shards == started.shards && n.tables == started.tables && n.ring == started.ring,
+          "[[shards]]/[[tables]]/[ring] (the topology: change it through the admin API)");
+  log::info("reloaded", {{"users", std::to_string(n.users.size())},
+                         {"log_level", n.log.level},
+                         {"slow_query_ms", std::to_string(n.log.slow_query_ms)}});
+  if (!restart.empty())
+    log::warn("reload_needs_restart", {{"changed", restart}});
+}
+
 // On start the stored topology wins over the TOML's [[shards]], which only seed an empty
 // metadata database. Returns the epoch the proxy starts on (0: the metadata database was
 // unreachable, so the TOML's topology is used until it is back).
@@ -121,15 +163,7 @@ int main(int argc, char **argv) {
     std::cout << router.topology().shard_names[*shard] << "\n";
     return 0;
   }
-  const auto &lc = loaded.config->log;
-  namespace log = sg::proxy::log;
-  log::set_json(lc.format == sg::config::LogFormat::json);
-  log::set_level(lc.level == "debug"   ? log::Level::debug
-                 : lc.level == "warn"  ? log::Level::warn
-                 : lc.level == "error" ? log::Level::error
-                                       : log::Level::info);
-  if (const char *lvl = std::getenv("SHARDGATE_LOG_LEVEL"); lvl && std::strcmp(lvl, "debug") == 0)
-    log::set_level(log::Level::debug);
+  apply_log(loaded.config->log);
   sg::config::Config &cfg = *loaded.config;
   uint64_t epoch = cfg.metadata.enabled ? load_topology(cfg) : 0;
   struct Running { // the topology this proxy runs on (its epoch moves when an equal one is stored)
@@ -141,6 +175,7 @@ int main(int argc, char **argv) {
   auto metrics_cfg = cfg.metrics;
   auto admin_cfg = cfg.admin;
   auto meta_cfg = cfg;
+  auto started_cfg = sg::config::load_file(config_path).config.value_or(cfg); // as written
   std::string instance = sg::topology::instance_id(cfg);
   std::string address = cfg.proxy.listen_host + ":" + std::to_string(cfg.proxy.listen_port);
   sg::proxy::Server server(std::move(cfg));
@@ -152,6 +187,15 @@ int main(int argc, char **argv) {
         if (meta_cfg.metadata.enabled) {
           sg::topology::Watcher::Hooks hooks;
           hooks.on_fence = [&](bool on) { server.set_write_fence(on); };
+          hooks.on_status = [&](const sg::topology::WatchStatus &s) {
+            auto &c = server.control();
+            c.connected = s.connected;
+            c.applied_epoch = s.applied_epoch;
+            c.stored_epoch = s.stored_epoch;
+            c.reconnects = s.reconnects;
+          };
+          server.control().enabled = true;
+          server.control().applied_epoch = epoch;
           hooks.on_epoch = [&](const sg::topology::Topology &t) -> uint64_t {
             std::lock_guard lk(running.mu);
             sg::topology::Topology same = t;
@@ -218,6 +262,7 @@ int main(int argc, char **argv) {
         admin.reset();
         watcher.reset();
         exporter.reset();
-      });
+      },
+      [&] { reload(config_path, started_cfg, server); });
   return rc;
 }

@@ -27,6 +27,7 @@ struct Endpoint {
   std::string label() const { return host + ":" + std::to_string(port); }
   // A libpq conninfo (host, port, user, password, dbname; values quoted) to append options to.
   std::string conninfo() const;
+  bool operator==(const Endpoint &) const = default;
 };
 
 struct Shard {
@@ -34,17 +35,20 @@ struct Shard {
   Endpoint primary;
   std::vector<Endpoint> replicas;
   uint32_t weight = 1;
+  bool operator==(const Shard &) const = default;
 };
 
 struct Table {
   std::string name;
   std::string key;
   KeyType key_type = KeyType::bigint;
+  bool operator==(const Table &) const = default;
 };
 
 struct User {
   std::string name;
   std::string password;
+  bool operator==(const User &) const = default;
 };
 
 struct Proxy {
@@ -72,10 +76,12 @@ struct Proxy {
   // started new ones may still queue behind it.
   uint32_t pipeline_depth = 8;
   uint32_t pipeline_join_us = 1000;
+  bool operator==(const Proxy &) const = default;
 };
 
 struct Ring {
   uint32_t vnodes = 150;
+  bool operator==(const Ring &) const = default;
 };
 
 // Replica health, lag and read-your-writes ([replicas]).
@@ -89,11 +95,13 @@ struct Replicas {
   uint32_t failures_to_ban = 3;      // consecutive connect/I-O failures that open the breaker
   uint32_t ban_base_ms = 1000;       // first ban; doubles per re-ban
   uint32_t ban_max_ms = 30000;       // ban cap
+  bool operator==(const Replicas &) const = default;
 };
 
 struct Metrics {
   std::string listen_host; // empty: no metrics endpoint
   uint16_t listen_port = 0;
+  bool operator==(const Metrics &) const = default;
 };
 
 // The metadata database ([metadata]): topology epochs, proxy instances, migration journals.
@@ -103,6 +111,7 @@ struct Metadata {
   uint32_t fence_timeout_ms = 10000;    // cut off this long: writes to sharded tables refused
   uint32_t heartbeat_ms = 1000;         // how often this proxy records its applied epoch
   std::string instance;                 // this proxy's id; empty: "<hostname>:<listen port>"
+  bool operator==(const Metadata &) const = default;
 };
 
 // The admin REST API ([admin]).
@@ -112,6 +121,7 @@ struct Admin {
   std::string token_file;      // read at load; or SHARDGATE_ADMIN_TOKEN
   bool allow_no_token = false; // only with a loopback listen address
   std::string token;           // resolved (never logged)
+  bool operator==(const Admin &) const = default;
 };
 
 enum class LogFormat { json, text };
@@ -119,6 +129,7 @@ struct Log {
   LogFormat format = LogFormat::json;
   std::string level = "info";   // debug | info | warn | error
   uint32_t slow_query_ms = 500; // 0: off
+  bool operator==(const Log &) const = default;
 };
 
 struct Config {

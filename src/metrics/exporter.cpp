@@ -278,6 +278,33 @@ std::string Exporter::render() const {
       metric({}, double(sh.cfg.replicas.max_lag_ms) / 1000.0, MetricType::Gauge));
   out.push_back(std::move(max_lag_s));
 
+  const auto &cp = sh.control;
+  if (cp.enabled.load()) {
+    auto gauge = [&](const char *name, const char *help, double v) {
+      auto f = family(name, help, MetricType::Gauge);
+      f.metric.push_back(metric({}, v, MetricType::Gauge));
+      out.push_back(std::move(f));
+    };
+    gauge("shardgate_metadata_up", "1 while the metadata database is reachable",
+          cp.connected.load() ? 1 : 0);
+    gauge("shardgate_writes_fenced",
+          "1 while writes to sharded tables are refused (metadata database lost too long)",
+          sh.write_fence.load() ? 1 : 0);
+    auto rc = family("shardgate_metadata_reconnects_total",
+                     "Reconnections to the metadata database", MetricType::Counter);
+    rc.metric.push_back(metric({}, double(cp.reconnects.load()), MetricType::Counter));
+    out.push_back(std::move(rc));
+    auto ep = family("shardgate_topology_epoch",
+                     "Topology epoch this proxy runs on (applied) and the newest it has seen "
+                     "in the metadata database (stored)",
+                     MetricType::Gauge);
+    ep.metric.push_back(metric({{"kind", "applied"}}, double(cp.applied_epoch.load()),
+                               MetricType::Gauge));
+    ep.metric.push_back(
+        metric({{"kind", "stored"}}, double(cp.stored_epoch.load()), MetricType::Gauge));
+    out.push_back(std::move(ep));
+  }
+
   return prometheus::TextSerializer().Serialize(out);
 }
 
@@ -312,8 +339,14 @@ std::pair<int, std::string> Exporter::health() const {
       body += std::string(i ? "," : "") + node_json(place->replicas[s][i]).first;
     body += "]}";
   }
-  body =
-      std::string("{\"status\":\"") + (ok ? "ok" : "unavailable") + "\"," + body.substr(1) + "]}";
+  std::string meta;
+  if (sh.control.enabled.load())
+    meta = std::string(",\"metadata\":{\"connected\":") +
+           (sh.control.connected.load() ? "true" : "false") +
+           ",\"writes_fenced\":" + (sh.write_fence.load() ? "true" : "false") +
+           ",\"applied_epoch\":" + std::to_string(sh.control.applied_epoch.load()) + "}";
+  body = std::string("{\"status\":\"") + (ok ? "ok" : "unavailable") + "\"," + body.substr(1) +
+         "]" + meta + "}";
   return {ok ? 200 : 503, body};
 }
 

@@ -47,13 +47,29 @@ Shared::Shared(config::Config c)
   std::string err;
   if (!apply_placement(cfg.shards, router.topology().epoch, joined, left, err))
     throw std::runtime_error(err);
-  // SCRAM secrets are derived once (PBKDF2 is slow by design), with a fresh salt per start.
-  for (const auto &u : cfg.users)
-    secrets.emplace(u.name,
-                    protocol::make_scram_secret(u.password, protocol::random_bytes(16), 4096));
+  set_users(cfg.users);
+  slow_query_ms = cfg.log.slow_query_ms;
   mock_secret =
       protocol::make_scram_secret(protocol::random_bytes(16), protocol::random_bytes(16), 4096);
   node_budget = std::make_unique<std::atomic<uint32_t>[]>(kMaxNodes);
+}
+
+std::shared_ptr<const Shared::Credentials> Shared::credentials() const {
+  std::lock_guard lock(credentials_mu_);
+  return credentials_;
+}
+
+// SCRAM secrets are derived once per user and load (PBKDF2 is slow by design), with a fresh
+// salt each time.
+void Shared::set_users(const std::vector<config::User> &users) {
+  auto c = std::make_shared<Credentials>();
+  for (const auto &u : users) {
+    c->scram.emplace(u.name,
+                     protocol::make_scram_secret(u.password, protocol::random_bytes(16), 4096));
+    c->passwords.emplace(u.name, u.password);
+  }
+  std::lock_guard lock(credentials_mu_);
+  credentials_ = std::move(c);
 }
 
 std::shared_ptr<const Placement> Shared::placement() const {
@@ -212,6 +228,11 @@ uint32_t Worker::intern_statement(const std::string &key) {
 }
 
 Server::Server(config::Config cfg) : shared_(std::make_unique<Shared>(std::move(cfg))) {}
+
+void Server::reload(const config::Config &next) {
+  shared_->set_users(next.users);
+  shared_->slow_query_ms.store(next.log.slow_query_ms, std::memory_order_relaxed);
+}
 
 bool Server::apply_placement(const std::vector<config::Shard> &shards, uint64_t epoch,
                              std::string &error) {
@@ -423,7 +444,8 @@ std::vector<const Worker *> Server::workers() const {
   return out;
 }
 
-int Server::run(const std::function<void()> &on_ready, const std::function<void()> &on_stop) {
+int Server::run(const std::function<void()> &on_ready, const std::function<void()> &on_stop,
+                const std::function<void()> &on_reload) {
   const auto &pc = shared_->cfg.proxy;
   size_t nworkers = pc.workers ? pc.workers : std::max(1u, std::thread::hardware_concurrency());
   size_t per_node = std::max<size_t>(1, (pc.pool_size + nworkers - 1) / nworkers);
@@ -481,6 +503,18 @@ int Server::run(const std::function<void()> &on_ready, const std::function<void(
   // SIGTERM/SIGINT: stop accepting, let sessions finish for a bounded time, then stop.
   asio::io_context signal_io;
   asio::signal_set signals(signal_io, SIGINT, SIGTERM);
+  asio::signal_set hup(signal_io, SIGHUP);
+  std::function<void()> hup_wait = [&] {
+    hup.async_wait([&](const ErrorCode &ec, int) {
+      if (ec)
+        return;
+      log::info("reload", {{"signal", "SIGHUP"}, {"config", shared_->cfg.path}});
+      if (on_reload)
+        on_reload();
+      hup_wait();
+    });
+  };
+  hup_wait();
   asio::steady_timer balance_timer(signal_io);
   std::vector<std::thread> threads;
   std::function<void()> balance_tick = [&] {
@@ -495,6 +529,8 @@ int Server::run(const std::function<void()> &on_ready, const std::function<void(
   signals.async_wait([&](const ErrorCode &, int sig) {
     log::info("shutdown", {{"signal", std::to_string(sig)}});
     balance_timer.cancel();
+    ErrorCode ignored;
+    hup.cancel(ignored);
     for (auto &w : workers_)
       asio::post(w->io, [&w] {
         ErrorCode ignored;

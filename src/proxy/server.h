@@ -83,7 +83,16 @@ struct Shared {
   // the ids that joined and left, or false with `error`.
   bool apply_placement(const std::vector<config::Shard> &shards, uint64_t epoch,
                        std::vector<size_t> &joined, std::vector<size_t> &left, std::string &error);
-  std::unordered_map<std::string, protocol::ScramSecret> secrets; // per configured user
+  // Who may log in: immutable, replaced as a whole by a reload (SIGHUP). A login holds the
+  // snapshot it started with.
+  struct Credentials {
+    std::unordered_map<std::string, protocol::ScramSecret> scram; // per configured user
+    std::unordered_map<std::string, std::string> passwords;      // md5 needs the password
+  };
+  std::shared_ptr<const Credentials> credentials() const;
+  void set_users(const std::vector<config::User> &users);
+  // [log] slow_query_ms, reloadable.
+  std::atomic<uint32_t> slow_query_ms{0};
   protocol::ScramSecret mock_secret; // for unknown users: fail like a bad password
   HealthBoard health;                // node state: monitor and sessions
   ErrorStats errors;                 // errors by source and SQLSTATE class
@@ -93,6 +102,12 @@ struct Shared {
   // longer than [metadata] fence_timeout_ms: writes to sharded tables are refused (40001), so
   // that a proxy on a stale topology never writes to a key's former owner.
   std::atomic<bool> write_fence{false};
+  // The control plane's state, for metrics and /health (written by its thread).
+  struct ControlPlane {
+    std::atomic<bool> enabled{false}, connected{false};
+    std::atomic<uint64_t> applied_epoch{0}, stored_epoch{0}, reconnects{0};
+  };
+  ControlPlane control;
   // A node as operators see it: "up", "lagging" (a replica the lag gate holds back), "banned"
   // (the circuit breaker is open) or "down" (its last probe failed).
   const char *node_state(size_t id) const;
@@ -113,6 +128,8 @@ private:
   std::atomic<size_t> node_count_{0};
   mutable std::mutex placement_mu_;
   std::shared_ptr<const Placement> placement_;
+  mutable std::mutex credentials_mu_;
+  std::shared_ptr<const Credentials> credentials_;
 };
 
 // One worker thread: its io_context, its pools (one per node) and statement-name interning.
@@ -182,9 +199,14 @@ public:
   // Runs until SIGINT/SIGTERM; returns the process exit code. on_ready runs once the workers
   // exist and the first health probes are done, before clients are served.
   // on_stop runs after the workers stopped, before their pools are torn down.
-  int run(const std::function<void()> &on_ready = {}, const std::function<void()> &on_stop = {});
+  // on_reload runs on SIGHUP (on the signal thread).
+  int run(const std::function<void()> &on_ready = {}, const std::function<void()> &on_stop = {},
+          const std::function<void()> &on_reload = {});
+  // What a reload may change while running: users and passwords, [log] slow_query_ms.
+  void reload(const config::Config &next);
   const Shared &shared() const { return *shared_; }
   void set_write_fence(bool on) { shared_->write_fence.store(on, std::memory_order_relaxed); }
+  Shared::ControlPlane &control() { return shared_->control; }
   // A new placement (see Shared::apply_placement): the monitor probes the nodes that joined and
   // stops probing those that left; each worker closes its idle connections to those that left.
   bool apply_placement(const std::vector<config::Shard> &shards, uint64_t epoch,

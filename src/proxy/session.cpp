@@ -251,8 +251,9 @@ Task<bool> Session::startup() {
 }
 
 Task<bool> Session::authenticate(const std::string &user) {
-  auto it = sh_.secrets.find(user);
-  bool known = it != sh_.secrets.end();
+  auto creds = sh_.credentials(); // this login's view, whatever a reload does meanwhile
+  auto it = creds->scram.find(user);
+  bool known = it != creds->scram.end();
   const uint32_t max = 64 * 1024;
   auto failed = [&]() -> Task<bool> {
     co_return co_await fatal("28P01", "password authentication failed for user \"" + user + "\"");
@@ -282,15 +283,7 @@ Task<bool> Session::authenticate(const std::string &user) {
     protocol::Reader r(body);
     std::string_view got = r.cstr();
     if (!known || !r.ok() ||
-        got != protocol::md5_password(
-                   user,
-                   [&] {
-                     for (auto &u : sh_.cfg.users)
-                       if (u.name == user)
-                         return u.password;
-                     return std::string();
-                   }(),
-                   salt))
+        got != protocol::md5_password(user, creds->passwords.at(user), salt))
       co_return co_await failed();
   } else {
     const protocol::ScramSecret &secret = known ? it->second : sh_.mock_secret;
@@ -625,7 +618,7 @@ void Session::record_query(size_t shard, const BackendConn &b, QueryKind kind,
       std::chrono::duration_cast<std::chrono::nanoseconds>(w_->poller.now() - start).count());
   w_->stats.count_query(shard, role, kind);
   w_->stats.durations[shard * 2 + size_t(role)].observe(ns);
-  uint32_t slow = sh_.cfg.log.slow_query_ms;
+  uint32_t slow = sh_.slow_query_ms.load(std::memory_order_relaxed);
   if (slow && ns >= uint64_t(slow) * 1000000) {
     auto f = log_fields();
     f.insert(f.end(), {{"shard", b.node->shard_name},

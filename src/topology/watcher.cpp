@@ -68,6 +68,11 @@ bool Watcher::sleep_for(int ms) {
 
 namespace log = proxy::log;
 
+void Watcher::report() {
+  if (hooks_.on_status)
+    hooks_.on_status(status());
+}
+
 // While cut off: past the fence timeout, writes to sharded tables stop.
 void Watcher::check_fence() {
   std::string err;
@@ -157,6 +162,7 @@ void Watcher::run() {
           if (stop_)
             return;
         }
+        report();
         store.wait(policy_.heartbeat_ms); // a notification, or one heartbeat period
       }
     } catch (const std::exception &e) {
@@ -172,6 +178,7 @@ void Watcher::run() {
                                            {"error", status().last_error},
                                            {"retry_ms", std::to_string(backoff_ms)}});
       announced = true;
+      report();
     }
     // Back off, checking the fence in small steps.
     for (int waited = 0; waited < backoff_ms; waited += 50) {

@@ -37,6 +37,8 @@ public:
     std::function<void(bool fenced)> on_fence; // from the watcher thread
     // A newer stored epoch than the applied one; returns the epoch now applied.
     std::function<uint64_t(const Topology &)> on_epoch;
+    // After every heartbeat and every failed attempt.
+    std::function<void(const WatchStatus &)> on_status;
   };
   Watcher(const config::Config &cfg, std::string instance, std::string address,
           uint64_t applied_epoch, Hooks hooks);
@@ -50,6 +52,7 @@ private:
   void run();
   bool sleep_for(int ms); // false when stopping
   void check_fence();
+  void report();
   config::Endpoint where_;
   config::Metadata policy_;
   std::string instance_, address_;

@@ -91,16 +91,35 @@ class AdminTest(ClusterTestCase):
 
     @classmethod
     def start_proxy(cls, name):
-        port = harness.free_port_block(1)
+        port, mport = harness.free_port_block(1), harness.free_port_block(1)
         extra = (f'[admin]\nlisten = "127.0.0.1:{port}"\ntoken_file = "{cls.token_file}"\n'
                  f'[metadata]\nurl = "postgresql://app:app-secret@127.0.0.1:{cls.meta_port}/app"\n'
                  f'fence_timeout_ms = {FENCE_MS}\nheartbeat_ms = {HEARTBEAT_MS}\n'
                  f'instance = "proxy-{name}"\n'
+                 f'[metrics]\nlisten = "127.0.0.1:{mport}"\n'
                  "[replicas]\nhealth_interval_ms = 200\n")
         p = Proxy(cls.cluster, extra_toml=extra)
         cls.addClassCleanup(p.stop)
         harness.wait_port(port, 10)
+        p.metrics_port = mport
         return p, Api(port)
+
+    def metrics(self, proxy):
+        """{name{labels}: value} of the proxy's /metrics, and its /health body."""
+        base = f"http://127.0.0.1:{proxy.metrics_port}"
+        with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                k, v = line.rsplit(" ", 1)
+                out[k] = float(v)
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=10) as r:
+                health = json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            health = json.loads(e.read())
+        return out, health
 
     def setUp(self):
         if psycopg2 is None:
@@ -361,6 +380,11 @@ class AdminTest(ClusterTestCase):
         st, s = self.api_a.call("GET", "/api/v1/status")
         self.assertEqual((s["proxy"]["metadata"], s["proxy"]["fenced"]), ("disconnected", True))
         self.assertIn("metadata_fenced", self.a.log())
+        m, health = self.metrics(self.a)
+        self.assertEqual((m["shardgate_metadata_up"], m["shardgate_writes_fenced"]), (0, 1))
+        self.assertEqual(health["metadata"]["connected"], False)
+        self.assertEqual(health["metadata"]["writes_fenced"], True)
+        reconnects = m["shardgate_metadata_reconnects_total"]
         # Back: writes flow again on both.
         self.meta.restart(self.meta_port)
         for c in (ca, cb):
@@ -368,8 +392,47 @@ class AdminTest(ClusterTestCase):
                           timeout=15)
         st, s = self.api_a.call("GET", "/api/v1/status")
         self.assertEqual((s["proxy"]["metadata"], s["proxy"]["fenced"]), ("connected", False))
+        m, health = self.metrics(self.a)
+        self.assertEqual((m["shardgate_metadata_up"], m["shardgate_writes_fenced"]), (1, 0))
+        self.assertGreater(m["shardgate_metadata_reconnects_total"], reconnects)
+        self.assertEqual(m['shardgate_topology_epoch{kind="applied"}'],
+                         s["proxy"]["applied_epoch"])
+        self.assertEqual(health["metadata"]["writes_fenced"], False)
         for c in (ca, cb):
             c.close()
+
+    # ---------------------------------------------------------------- SIGHUP
+
+    def test_sighup_reloads_users_and_names_what_needs_a_restart(self):
+        import signal
+        p = Proxy(self.cluster, extra_toml=f'[metadata]\nurl = "postgresql://app:app-secret@'
+                  f'127.0.0.1:{self.meta_port}/app"\ninstance = "hup"\n')
+        self.addCleanup(p.stop)
+        ops = p.dsn(user="ops", password="ops-secret-1")
+
+        def login(dsn):
+            try:
+                psycopg2.connect(dsn, connect_timeout=5).close()
+                return None
+            except psycopg2.Error as e:  # (psycopg2 gives no pgcode for a failed login)
+                return str(e)
+        self.assertIn("password authentication failed", login(ops))
+        text = p.config.read_text()
+        p.config.write_text(text.replace("[[users]]", '[[users]]\nname = "ops"\n'
+                                         'password = "ops-secret-1"\n\n[[users]]', 1)
+                            .replace("[proxy]", "[proxy]\npool_size = 7", 1))
+        p.proc.send_signal(signal.SIGHUP)
+        self.wait_for("the reload", lambda: "reloaded" in p.log())
+        self.assertIsNone(login(ops))
+        self.assertIsNone(login(p.dsn()))  # app is still there
+        self.assertIn("reload_needs_restart", p.log())
+        self.assertIn("[proxy]", p.log().split("reload_needs_restart", 1)[1].split("\n", 1)[0])
+        # A broken file changes nothing.
+        p.config.write_text("this is [not toml")
+        p.proc.send_signal(signal.SIGHUP)
+        self.wait_for("the failed reload", lambda: "reload_failed" in p.log())
+        self.assertIsNone(login(ops))
+        self.assertTrue(p.alive())
 
     # ---------------------------------------------------------------- the CLI
 
@@ -404,6 +467,10 @@ class AdminTest(ClusterTestCase):
     def test_zz_openapi_validates_and_lists_every_route_called(self):
         st, doc = self.api_a.call("GET", "/api/v1/openapi.json")
         self.assertEqual(st, 200)
+        for action in ("abort", "cutover", "cleanup"):
+            st, r = self.api_a.call("POST", f"/api/v1/migrations/m-none/{action}",
+                                    template=f"/api/v1/migrations/{{id}}/{action}")
+            self.assertEqual(st, 404, r)
         Api.called.update({("GET", "/api/v1/topology"), ("GET", "/api/v1/status"),
                            ("GET", "/api/v1/migrations")})
         for method, path in sorted(Api.called):
