@@ -55,7 +55,10 @@ void reload(const std::string &path, const sg::config::Config &started, sg::prox
       restart += std::string(restart.empty() ? "" : ", ") + what;
   };
   changed(n.proxy == started.proxy, "[proxy]");
-  changed(n.replicas == started.replicas, "[replicas]");
+  auto other_replicas = n.replicas; // the lag thresholds reload; the rest does not
+  other_replicas.max_lag_bytes = started.replicas.max_lag_bytes;
+  other_replicas.max_lag_ms = started.replicas.max_lag_ms;
+  changed(other_replicas == started.replicas, "[replicas] (except max_lag_bytes, max_lag_ms)");
   changed(n.metrics == started.metrics, "[metrics]");
   changed(n.metadata == started.metadata, "[metadata]");
   changed(n.admin == started.admin, "[admin]");
@@ -63,6 +66,8 @@ void reload(const std::string &path, const sg::config::Config &started, sg::prox
           "[[shards]]/[[tables]]/[ring] (the topology: change it through the admin API)");
   log::info("reloaded", {{"users", std::to_string(n.users.size())},
                          {"log_level", n.log.level},
+                         {"max_lag_bytes", std::to_string(n.replicas.max_lag_bytes)},
+                         {"max_lag_ms", std::to_string(n.replicas.max_lag_ms)},
                          {"slow_query_ms", std::to_string(n.log.slow_query_ms)}});
   if (!restart.empty())
     log::warn("reload_needs_restart", {{"changed", restart}});

@@ -69,6 +69,35 @@ std::optional<Response> string_field(const json &j, const char *name, bool requi
   return std::nullopt;
 }
 
+json migration_json(const topology::MigrationRow &m) {
+  json j = {{"id", m.id}, {"kind", m.kind}, {"shard", m.shard}, {"phase", m.phase}};
+  json progress = json::parse(m.progress, nullptr, false);
+  if (progress.is_object())
+    for (auto &[k, v] : progress.items())
+      j[k] = v;
+  j["error"] = m.error ? json(*m.error) : json(nullptr);
+  j["started_at"] = m.started_at;
+  j["updated_at"] = m.updated_at;
+  return j;
+}
+
+// The journaled migrations (src/topology/store.h), read for every request.
+std::optional<std::vector<topology::MigrationRow>> journal(const Sources &src,
+                                                           const std::string &id,
+                                                           Response &err) {
+  if (!src.metadata) {
+    err = error(503, "unavailable", "no metadata database: migrations are journaled there");
+    return std::nullopt;
+  }
+  try {
+    topology::Store store(*src.metadata, "shardgate-admin");
+    return store.migrations(id);
+  } catch (const std::exception &e) {
+    err = error(503, "unavailable", std::string("the metadata database: ") + e.what());
+    return std::nullopt;
+  }
+}
+
 json status_json(const Sources &src) {
   json proxy_j = json::object(), proxies = json::array(), nodes = json::array();
   if (src.watch) {
@@ -111,10 +140,13 @@ json status_json(const Sources &src) {
                        {"lag_ms", lm}});
     }
   }
-  return {{"proxy", proxy_j},
-          {"proxies", proxies},
-          {"nodes", nodes},
-          {"migrations", json::array()}};
+  json open = json::array();
+  Response err;
+  if (auto rows = src.metadata ? journal(src, "", err) : std::nullopt)
+    for (auto &m : *rows)
+      if (m.phase != "DONE" && m.phase != "ABORTED" && m.phase != "FAILED")
+        open.push_back(migration_json(m));
+  return {{"proxy", proxy_j}, {"proxies", proxies}, {"nodes", nodes}, {"migrations", open}};
 }
 
 Response not_built(std::string_view what) {
@@ -318,22 +350,30 @@ Response shards(const Request &req, const std::vector<std::string> &p, const Sou
   return error(404, "not_found", "no such route: " + req.target);
 }
 
-Response migrations(const Request &req, const std::vector<std::string> &p) {
-  if (p.size() == 1) {
-    if (req.method != "GET")
-      return error(405, "method_not_allowed", "use GET to list migrations");
-    return ok(200, {{"migrations", json::array()}});
-  }
+Response migrations(const Request &req, const std::vector<std::string> &p, const Sources &src) {
   static const std::set<std::string> actions{"abort", "cutover", "cleanup"};
-  if (p.size() == 2 && req.method != "GET")
-    return error(405, "method_not_allowed", "use GET to read a migration");
-  if (p.size() == 3 && !actions.count(p[2]))
+  if (p.size() > 3 || (p.size() == 3 && !actions.count(p[2])))
     return error(404, "not_found", "no such route: " + req.target);
-  if (p.size() == 3 && req.method != "POST")
-    return error(405, "method_not_allowed", "use POST for " + p[2]);
-  if (p.size() > 3)
-    return error(404, "not_found", "no such route: " + req.target);
-  return error(404, "not_found", "no migration \"" + p[1] + "\"");
+  const char *want = p.size() == 3 ? "POST" : "GET";
+  if (req.method != want)
+    return error(405, "method_not_allowed",
+                 std::string("use ") + want + (p.size() == 3 ? " for " + p[2] : std::string()));
+  Response err;
+  auto rows = journal(src, p.size() >= 2 ? p[1] : "", err);
+  if (!rows)
+    return err;
+  if (p.size() == 1) {
+    json list = json::array();
+    for (auto &m : *rows)
+      list.push_back(migration_json(m));
+    return ok(200, {{"migrations", list}});
+  }
+  if (rows->empty())
+    return error(404, "not_found", "no migration \"" + p[1] + "\"");
+  if (p.size() == 2)
+    return ok(200, migration_json(rows->front()));
+  return error(501, "not_implemented",
+               "steering a migration (" + p[2] + ") comes with the migration runner (issue 17)");
 }
 
 } // namespace
@@ -391,7 +431,7 @@ Response handle(const Request &req, const Sources &src) {
   if (top == "shards")
     return shards(req, p, src);
   if (top == "migrations")
-    return migrations(req, p);
+    return migrations(req, p, src);
   return error(404, "not_found", "no such route: " + std::string(path));
 }
 

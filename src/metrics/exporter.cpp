@@ -270,12 +270,12 @@ std::string Exporter::render() const {
   out.push_back(std::move(build));
   auto max_lag = family("shardgate_replica_max_lag_bytes", "Configured [replicas] max_lag_bytes",
                         MetricType::Gauge);
-  max_lag.metric.push_back(metric({}, double(sh.cfg.replicas.max_lag_bytes), MetricType::Gauge));
+  max_lag.metric.push_back(metric({}, double(sh.health.max_lag_bytes()), MetricType::Gauge));
   out.push_back(std::move(max_lag));
   auto max_lag_s = family("shardgate_replica_max_lag_seconds",
                           "Configured [replicas] max_lag_ms, in seconds", MetricType::Gauge);
   max_lag_s.metric.push_back(
-      metric({}, double(sh.cfg.replicas.max_lag_ms) / 1000.0, MetricType::Gauge));
+      metric({}, double(sh.health.max_lag_ms()) / 1000.0, MetricType::Gauge));
   out.push_back(std::move(max_lag_s));
 
   const auto &cp = sh.control;

@@ -100,7 +100,8 @@ void Breaker::failure(Millis now) {
 }
 
 HealthBoard::HealthBoard(const config::Config &cfg, size_t nodes)
-    : policy_(cfg.replicas), shards_(cfg.shards.size()),
+    : policy_(cfg.replicas), max_lag_bytes_(cfg.replicas.max_lag_bytes),
+      max_lag_ms_(cfg.replicas.max_lag_ms), shards_(cfg.shards.size()),
       fallbacks_(kFallbackSlots * cfg.shards.size()), logged_(cfg.shards.size()) {
   for (size_t i = 0; i < nodes; ++i)
     nodes_.push_back(std::make_unique<NodeHealth>(policy_));
@@ -120,6 +121,21 @@ void HealthBoard::report_failure(size_t node, Millis now) {
   if (after != before && after != 0)
     log::warn("node_banned", {{"node", names_[node].empty() ? std::to_string(node) : names_[node]},
                               {"ban_ms", std::to_string(after - now)}});
+}
+
+void HealthBoard::set_lag_thresholds(uint64_t max_lag_bytes, uint32_t max_lag_ms) {
+  max_lag_bytes_.store(max_lag_bytes, std::memory_order_relaxed);
+  max_lag_ms_.store(max_lag_ms, std::memory_order_relaxed);
+  lag_generation_.fetch_add(1, std::memory_order_release);
+}
+
+void HealthBoard::sync_gate(NodeHealth &n) const {
+  uint32_t g = lag_generation_.load(std::memory_order_acquire);
+  if (g == n.gate_generation)
+    return;
+  n.gate_generation = g;
+  n.gate_policy.max_lag_bytes = max_lag_bytes();
+  n.gate_policy.max_lag_ms = max_lag_ms();
 }
 
 void HealthBoard::set_node_name(size_t node, std::string name) {

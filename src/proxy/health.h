@@ -84,7 +84,7 @@ const char *to_string(FallbackReason r);
 // Shared per-node state. Sessions read the atomics without locks; the breaker is locked only
 // when a node fails, recovers, or its ban has expired.
 struct NodeHealth {
-  explicit NodeHealth(const config::Replicas &p) : gate(p), breaker(p) {}
+  explicit NodeHealth(const config::Replicas &p) : gate_policy(p), gate(gate_policy), breaker(p) {}
   std::atomic<bool> serving{false};   // replica: admitted by the lag gate
   std::atomic<bool> up{false};        // last probe answered
   std::atomic<int64_t> lag_bytes{-1}; // -1: unknown
@@ -93,6 +93,8 @@ struct NodeHealth {
   std::atomic<Millis> banned_until{0};  // 0: breaker closed
   std::atomic<uint64_t> primary_lsn{0}; // primary: last sampled insert LSN
   std::atomic<bool> probed{false};      // the monitor has finished a first probe
+  config::Replicas gate_policy;         // monitor thread only: the gate's thresholds
+  uint32_t gate_generation = 0;         // monitor thread only: of the board's thresholds
   LagGate gate;                         // monitor thread only
   uint32_t no_receiver_streak = 0;      // monitor thread only
   std::mutex mu;
@@ -104,6 +106,13 @@ public:
   HealthBoard(const config::Config &cfg, size_t nodes);
   NodeHealth &node(size_t id) { return *nodes_[id]; }
   const config::Replicas &policy() const { return policy_; }
+
+  // The lag thresholds, changed by a reload (SIGHUP) on another thread; each node's monitor
+  // thread copies them into its gate before a probe is judged (sync_gate).
+  void set_lag_thresholds(uint64_t max_lag_bytes, uint32_t max_lag_ms);
+  void sync_gate(NodeHealth &n) const;
+  uint64_t max_lag_bytes() const { return max_lag_bytes_.load(std::memory_order_relaxed); }
+  uint32_t max_lag_ms() const { return max_lag_ms_.load(std::memory_order_relaxed); }
 
   // The breaker: connect or I/O outcomes from sessions and the monitor.
   void report_failure(size_t node, Millis now);
@@ -131,6 +140,9 @@ private:
     std::array<std::atomic<uint64_t>, kFallbackReasons> n{};
   };
   config::Replicas policy_;
+  std::atomic<uint64_t> max_lag_bytes_;
+  std::atomic<uint32_t> max_lag_ms_;
+  std::atomic<uint32_t> lag_generation_{0};
   std::vector<std::unique_ptr<NodeHealth>> nodes_;
   size_t shards_;
   std::vector<FallbackRow> fallbacks_;                                  // [slot * shards + shard]

@@ -229,6 +229,7 @@ void Monitor::probe_replica(const Node &n, void *slot, bool again) {
     h.no_receiver_streak = 0;
   }
   LagReading r = measure_lag(p, primary_lsn, !primary || primary->up.load());
+  board_.sync_gate(h); // thresholds changed by a reload
   bool was_serving = h.serving.load();
   bool serving = h.gate.observe(r);
   h.lag_bytes = r.known ? int64_t(r.bytes) : -1;

@@ -232,6 +232,7 @@ Server::Server(config::Config cfg) : shared_(std::make_unique<Shared>(std::move(
 void Server::reload(const config::Config &next) {
   shared_->set_users(next.users);
   shared_->slow_query_ms.store(next.log.slow_query_ms, std::memory_order_relaxed);
+  shared_->health.set_lag_thresholds(next.replicas.max_lag_bytes, next.replicas.max_lag_ms);
 }
 
 bool Server::apply_placement(const std::vector<config::Shard> &shards, uint64_t epoch,

@@ -202,7 +202,8 @@ public:
   // on_reload runs on SIGHUP (on the signal thread).
   int run(const std::function<void()> &on_ready = {}, const std::function<void()> &on_stop = {},
           const std::function<void()> &on_reload = {});
-  // What a reload may change while running: users and passwords, [log] slow_query_ms.
+  // What a reload may change while running: users and passwords, [log] slow_query_ms, the lag
+  // thresholds ([replicas] max_lag_bytes, max_lag_ms).
   void reload(const config::Config &next);
   const Shared &shared() const { return *shared_; }
   void set_write_fence(bool on) { shared_->write_fence.store(on, std::memory_order_relaxed); }

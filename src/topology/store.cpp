@@ -19,6 +19,15 @@ CREATE TABLE IF NOT EXISTS shardgate.proxies(
   applied_epoch bigint NOT NULL,
   started_at timestamptz NOT NULL,
   last_heartbeat timestamptz NOT NULL);
+CREATE TABLE IF NOT EXISTS shardgate.migrations(
+  id text PRIMARY KEY,
+  kind text NOT NULL CHECK (kind IN ('add_shard', 'remove_shard')),
+  shard text NOT NULL,
+  phase text NOT NULL,
+  progress jsonb NOT NULL DEFAULT '{}',
+  error text,
+  started_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now());
 )sql";
 
 // One key for every schema change of ours (pg_advisory_xact_lock's bigint).
@@ -83,6 +92,21 @@ struct Store::Conn {
 Store::Store(const config::Endpoint &where, const std::string &application_name)
     : c_(std::make_unique<Conn>(where.conninfo() + " connect_timeout=2" + " application_name='" +
                                 application_name + "'")) {}
+
+std::vector<MigrationRow> Store::migrations(const std::string &id) {
+  pqxx::read_transaction w(c_->c);
+  auto r = w.exec_params("SELECT id, kind, shard, phase, progress::text, error, " +
+                             rfc3339("started_at") + ", " + rfc3339("updated_at") +
+                             " FROM shardgate.migrations WHERE $1 = '' OR id = $1 "
+                             "ORDER BY started_at, id",
+                         id);
+  std::vector<MigrationRow> out;
+  for (auto row : r)
+    out.push_back({row[0].c_str(), row[1].c_str(), row[2].c_str(), row[3].c_str(), row[4].c_str(),
+                   row[5].is_null() ? std::optional<std::string>() : row[5].c_str(),
+                   row[6].c_str(), row[7].c_str()});
+  return out;
+}
 
 void Store::listen() { c_->rx = std::make_unique<Receiver>(c_->c, c_->hit); }
 

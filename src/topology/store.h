@@ -6,6 +6,8 @@
 //     insert-only: a change is a new row with epoch = newest + 1, so two concurrent changes
 //     conflict on the key and the second is refused (the admin API's 409).
 //   shardgate.proxies(id text PK, address, applied_epoch, started_at, last_heartbeat)
+//   shardgate.migrations(id PK, kind, shard, phase, progress jsonb, error, started_at,
+//     updated_at): the migration journal (written by the migration runner, issue 17)
 // Every committed change is followed by NOTIFY shardgate_topology, '<epoch>' (in its
 // transaction, so listeners never see a notification before the row).
 #pragma once
@@ -31,6 +33,13 @@ struct ProxyRow {
   int64_t heartbeat_age_ms = 0;
 };
 
+struct MigrationRow {
+  std::string id, kind, shard, phase;
+  std::string progress; // JSON object: moves, rows_copied, verify, ...
+  std::optional<std::string> error;
+  std::string started_at, updated_at; // RFC 3339, UTC
+};
+
 class Store {
 public:
   // Connects (pqxx::broken_connection and friends on failure).
@@ -49,6 +58,8 @@ public:
   // Records this proxy's applied epoch and heartbeat (`first`: it also (re)sets started_at).
   void heartbeat(const std::string &id, const std::string &address, uint64_t applied, bool first);
   std::vector<ProxyRow> proxies();
+  // Every journaled migration, oldest first, or the one with this id.
+  std::vector<MigrationRow> migrations(const std::string &id = "");
   // LISTENs on kChannel; then wait() blocks up to `ms` and says whether a notification came.
   // (Notifications only wake the waiter early: the stored epoch is what counts.)
   void listen();

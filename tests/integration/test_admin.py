@@ -343,6 +343,25 @@ class AdminTest(ClusterTestCase):
                          [["1", "seeded from the TOML config"]])
         self.assertIn("topology_seeded", p.log())
 
+    def test_migrations_are_read_from_the_journal(self):
+        self.meta_sql("INSERT INTO shardgate.migrations(id, kind, shard, phase, progress) "
+                      "VALUES ('m-test', 'add_shard', 's2', 'BACKFILL', "
+                      "'{\"rows_copied\": 10, \"rows_estimated\": 40}')")
+        self.addCleanup(lambda: self.meta_sql("DELETE FROM shardgate.migrations"))
+        st, r = self.api_a.call("GET", "/api/v1/migrations")
+        self.assertEqual(st, 200)
+        self.assertEqual([m["id"] for m in r["migrations"]], ["m-test"])
+        st, m = self.api_b.call("GET", "/api/v1/migrations/m-test",
+                                template="/api/v1/migrations/{id}")
+        self.assertEqual(st, 200, m)
+        self.assertEqual((m["kind"], m["shard"], m["phase"], m["rows_copied"], m["error"]),
+                         ("add_shard", "s2", "BACKFILL", 10, None))
+        st, s = self.api_a.call("GET", "/api/v1/status")
+        self.assertEqual([x["id"] for x in s["migrations"]], ["m-test"])
+        st, r = self.api_a.call("POST", "/api/v1/migrations/m-test/abort",
+                                template="/api/v1/migrations/{id}/abort")
+        self.assertEqual((st, r["error"]["code"]), (501, "not_implemented"))
+
     # ---------------------------------------------------------------- fencing
 
     def test_metadata_down_reads_go_on_writes_fence_then_resume(self):
@@ -420,13 +439,17 @@ class AdminTest(ClusterTestCase):
         text = p.config.read_text()
         p.config.write_text(text.replace("[[users]]", '[[users]]\nname = "ops"\n'
                                          'password = "ops-secret-1"\n\n[[users]]', 1)
-                            .replace("[proxy]", "[proxy]\npool_size = 7", 1))
+                            .replace("[proxy]", "[proxy]\npool_size = 7", 1)
+                            + "\n[replicas]\nmax_lag_bytes = 4096\n")
         p.proc.send_signal(signal.SIGHUP)
         self.wait_for("the reload", lambda: "reloaded" in p.log())
         self.assertIsNone(login(ops))
         self.assertIsNone(login(p.dsn()))  # app is still there
         self.assertIn("reload_needs_restart", p.log())
-        self.assertIn("[proxy]", p.log().split("reload_needs_restart", 1)[1].split("\n", 1)[0])
+        warning = p.log().split("reload_needs_restart", 1)[1].split("\n", 1)[0]
+        self.assertIn("[proxy]", warning)
+        self.assertNotIn("[replicas]", warning)  # the lag thresholds reload
+        self.assertIn('"max_lag_bytes":"4096"', p.log())
         # A broken file changes nothing.
         p.config.write_text("this is [not toml")
         p.proc.send_signal(signal.SIGHUP)
