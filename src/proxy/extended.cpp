@@ -730,8 +730,9 @@ Session::BatchMode Session::batch_mode(const BatchPlan &bp) const {
           break;
         case router::StmtKind::commit:
         case router::StmtKind::rollback:
-          if (set_waits) // outside a block it ends the implicit transaction and its SETs
-            return BatchMode::backend;
+          // (Outside a block it ends the implicit transaction: the SETs that waited in it are
+          // taken back or kept in its turn, see run_deferred.)
+          set_waits = false;
           tx = false; // outside one: PostgreSQL's warning, then the tag
           break;
         case router::StmtKind::set_local:
@@ -835,6 +836,7 @@ void Session::run_deferred(const ClientStmt &st, bool reply) {
     if (!in_tx()) { // a BEGIN later in this implicit transaction takes it in (batch_mode)
       set_setting(sp.set_name, text);
       implicit_local_.push_back(text);
+      app_check_ = true; // reported at ReadyForQuery, if it still holds then
       break;
     }
     defer_set(sp, text);
@@ -887,6 +889,7 @@ void Session::synthesize_items(BatchPlan &bp) {
     case 'B':
       protocol::bind_complete(*sink_);
       virtual_portals_[it.name] = VirtualPortal{};
+      portals_[it.name] = it.st; // again: a COMMIT or ROLLBACK before it cleared them
       break;
     case 'D':
       if (it.target == 'P' && !virtual_portals_.count(it.name)) {
@@ -1167,7 +1170,9 @@ Task<bool> Session::on_batch() {
     }
   } give_back{batch_, batch, spare_bodies_};
 
-  if (batch_shard_ < 0 && !implicit_open_) { // a new request (not the rest of one cut by Flush)
+  // A new request, not the rest of one cut by Flush. (Whether the last part left an implicit
+  // transaction open is known only now: a COMMIT or ROLLBACK in it may have ended a block.)
+  if (batch_shard_ < 0 && !(implicit_open_ && !in_tx())) {
     request_error_ = false;
     end_seen_ = false;
     settings_before_.reset();
@@ -1176,7 +1181,7 @@ Task<bool> Session::on_batch() {
   BatchPlan bp;
   if (!plan_batch(batch, bp))
     co_return co_await fatal("08P01", "invalid extended-protocol message");
-  implicit_open_ = !bp.ends_sync && !in_tx();
+  implicit_open_ = !bp.ends_sync;
   std::vector<Msg> after; // after a transaction's end (see BatchPlan::split)
   if (bp.split) {
     after.assign(std::make_move_iterator(batch.begin() + std::ptrdiff_t(bp.split)),
@@ -1360,8 +1365,13 @@ Task<bool> Session::on_batch() {
           }
         }
       }
-      for (auto &[name, v] : here)
+      // (A COMMIT or ROLLBACK answered in its turn cleared portals_, which the plan had filled
+      // for the whole batch: the portals made after it are put back.)
+      for (auto &[name, v] : here) {
+        if (v.st)
+          portals_[name] = v.st;
         virtual_portals_[name] = std::move(v);
+      }
     }
     co_return true;
   }

@@ -279,7 +279,8 @@ private:
   // the implicit transaction). Those the proxy answered itself (no shard chosen yet) go to the
   // implicit transaction's backend when one is chosen, and into side connections' copies.
   std::vector<std::string> implicit_local_;
-  bool implicit_open_ = false; // the last batch ended with Flush: its implicit transaction goes on
+  bool implicit_open_ = false; // the last batch ended with Flush: an implicit transaction it
+                               // left (outside a block) goes on
   uint64_t unnamed_gen_ = 0;
   std::vector<Msg> batch_;
   std::vector<std::string> spare_bodies_;       // bodies of finished batches, reused by the next
