@@ -488,6 +488,18 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
         break;
       }
       it.st = sit->second;
+      if (const auto &an = *it.st->planned.analysis; an.parsed) {
+        // PostgreSQL checks the count before anything else of the Bind (08P01), also in a
+        // failed transaction and before a portal name in use.
+        size_t need = std::max(it.st->types.size(), size_t(an.max_param));
+        if (it.bind.params.size() != need) {
+          fail("08P01", "bind message supplies " + std::to_string(it.bind.params.size()) +
+                            " parameters, but prepared statement \"" +
+                            std::string(it.bind.statement) + "\" requires " +
+                            std::to_string(need));
+          break;
+        }
+      }
       if (!failed_tx && !virtual_gone && !it.name.empty() && virtual_portals_.count(it.name) &&
           !here(it.name) && same_param_count(it.bind, virtual_portals_[it.name], *it.st)) {
         // A named portal is not replaced; where it lives on no backend, the proxy says so.

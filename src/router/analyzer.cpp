@@ -600,6 +600,35 @@ StatementPlan Analyzer::plan(const Node *stmt) {
   return p;
 }
 
+// The highest $n under m: every message field is walked through protobuf-c's descriptors (only
+// the member set of a oneof, such as Node's).
+int max_param_ref(const ProtobufCMessage *m) {
+  if (!m)
+    return 0;
+  const ProtobufCMessageDescriptor *d = m->descriptor;
+  int best = d == &pg_query__param_ref__descriptor
+                 ? reinterpret_cast<const PgQuery__ParamRef *>(m)->number
+                 : 0;
+  const char *base = reinterpret_cast<const char *>(m);
+  for (unsigned i = 0; i < d->n_fields; ++i) {
+    const ProtobufCFieldDescriptor &f = d->fields[i];
+    if (f.type != PROTOBUF_C_TYPE_MESSAGE)
+      continue;
+    if (f.label == PROTOBUF_C_LABEL_REPEATED) {
+      size_t n = *reinterpret_cast<const size_t *>(base + f.quantifier_offset);
+      auto items = *reinterpret_cast<ProtobufCMessage *const *const *>(base + f.offset);
+      for (size_t k = 0; k < n; ++k)
+        best = std::max(best, max_param_ref(items[k]));
+      continue;
+    }
+    if ((f.flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+        *reinterpret_cast<const uint32_t *>(base + f.quantifier_offset) != f.id)
+      continue;
+    best = std::max(best, max_param_ref(*reinterpret_cast<ProtobufCMessage *const *>(base + f.offset)));
+  }
+  return best;
+}
+
 } // namespace
 
 Analysis analyze(std::string_view sql, const std::vector<config::Table> &tables,
@@ -630,6 +659,7 @@ Analysis analyze(std::string_view sql, const std::vector<config::Table> &tables,
     if (!raw->stmt)
       continue;
     StatementPlan p = an.plan(raw->stmt);
+    a.max_param = std::max(a.max_param, max_param_ref(&raw->stmt->base));
     p.location = uint32_t(std::max(0, raw->stmt_location));
     p.length = raw->stmt_len > 0 ? uint32_t(raw->stmt_len) : uint32_t(sql.size()) - p.location;
     a.stmts.push_back(std::move(p));

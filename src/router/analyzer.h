@@ -17,6 +17,7 @@ struct Analysis {
   bool parsed = false;
   std::string parse_error;
   std::vector<StatementPlan> stmts;
+  int max_param = 0; // the highest $n the text refers to (0: none)
 };
 
 // sql must be NUL-terminated at sql.size(). consts are the text's constants in order (from

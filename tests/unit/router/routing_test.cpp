@@ -1,4 +1,5 @@
 // Routing decisions, table-driven: SQL text (and Bind parameters) to a target.
+#include "router/analyzer.h"
 #include "router/router.h"
 
 #include <gtest/gtest.h>
@@ -250,4 +251,22 @@ TEST(CanonicalSet, RebuildsWithSafeQuoting) {
   EXPECT_FALSE(canonical_set("SET work_mem FROM CURRENT"));
   EXPECT_FALSE(canonical_set("SELECT 1"));
   EXPECT_EQ(quote_e_literal("x'; DROP TABLE t; --\\"), "E'x''; DROP TABLE t; --\\\\'");
+}
+
+// The highest $n a statement refers to: PostgreSQL's parameter count (with the Parse's types).
+TEST(Analysis, MaxParamWalksTheWholeTree) {
+  auto max_param = [](const char *sql) {
+    auto a = sg::router::analyze(sql, {}, {});
+    EXPECT_TRUE(a.parsed) << sql;
+    return a.max_param;
+  };
+  EXPECT_EQ(max_param("SELECT 1"), 0);
+  EXPECT_EQ(max_param("SELECT $2::int + $1"), 2);
+  EXPECT_EQ(max_param("SELECT '$4', $$ $7 $$"), 0); // inside strings: no parameter
+  EXPECT_EQ(max_param("INSERT INTO t (a, b) VALUES ($1, $5) ON CONFLICT (a) DO UPDATE SET b = $6"),
+            6);
+  EXPECT_EQ(max_param("SELECT * FROM t WHERE a IN (SELECT b FROM u WHERE c = lower($3)) "
+                      "ORDER BY coalesce($2, 0) LIMIT $4"),
+            4);
+  EXPECT_EQ(max_param("UPDATE t SET a = a + 1 WHERE id = ANY($9::bigint[])"), 9);
 }
