@@ -432,7 +432,9 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
   bp.ends_sync = batch.back().type == 'S';
   int total_binds =
       int(std::count_if(batch.begin(), batch.end(), [](const Msg &m) { return m.type == 'B'; }));
-  bool failed_tx = tx_ == 'E';
+  // (A COMMIT or ROLLBACK earlier in this request, before a Flush, ended the failed block
+  // already, though the client hears of it only at ReadyForQuery.)
+  bool failed_tx = tx_ == 'E' && !end_seen_;
   int held = tx_shard_ >= 0 ? tx_shard_ : batch_shard_;
   bool virtual_gone = false; // a COMMIT or ROLLBACK earlier in the batch ended their portals
   boost::container::small_vector<std::string, 4> bound_here; // portals this batch binds
