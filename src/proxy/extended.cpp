@@ -502,7 +502,8 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
           break;
         }
       }
-      if (!failed_tx && !virtual_gone && !it.name.empty() && virtual_portals_.count(it.name) &&
+      if ((!failed_tx || ends_tx(*it.st)) && !virtual_gone && !it.name.empty() &&
+          virtual_portals_.count(it.name) &&
           !here(it.name) && same_param_count(it.bind, virtual_portals_[it.name], *it.st)) {
         // A named portal is not replaced; where it lives on no backend, the proxy says so.
         fail("42P03", "portal \"" + it.name + "\" already exists");

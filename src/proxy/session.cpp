@@ -994,6 +994,8 @@ Session::RelayStep Session::relay_some(BackendConn &b) {
         if (rb || body == std::string_view("COMMIT", 7)) {
           if (!end_seen_)
             last_rollback_ = rb;
+          if (h.kind == Expect::execute)
+            virtual_portals_.clear(); // the transaction's portals that lived on no backend end
           if (rb && !end_seen_ && h.kind == Expect::execute) {
             // The transaction's SETs go now, not at the request's end: SETs later in the
             // same batch run in a new transaction, and stay (on the server too).
