@@ -1,6 +1,7 @@
 #include "admin/server.h"
 
 #include "proxy/errors.h"
+#include "proxy/listen.h"
 
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
@@ -28,38 +29,13 @@ Server::Server(Sources src) : src_(std::move(src)), impl_(std::make_unique<Impl>
 Server::~Server() { stop(); }
 
 bool Server::start(const std::string &host, uint16_t port, std::string &error) {
-  boost::system::error_code ec;
-  auto addr = asio::ip::make_address(host == "localhost" ? "127.0.0.1" : host, ec);
-  if (ec) {
-    error = "bad [admin] listen host \"" + host + "\"";
+  if (!proxy::listen_tcp(impl_->acceptor, host, port, "[admin] listen", error))
     return false;
-  }
-  tcp::endpoint ep(addr, port);
-  impl_->acceptor.open(ep.protocol(), ec);
-  if (!ec)
-    impl_->acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
-  if (!ec)
-    impl_->acceptor.bind(ep, ec);
-  if (!ec)
-    impl_->acceptor.listen(64, ec);
-  if (ec) {
-    error = "cannot listen on " + host + ":" + std::to_string(port) + ": " + ec.message();
-    return false;
-  }
   thread_ = std::thread([this] { serve(); });
   return true;
 }
 
-void Server::stop() {
-  if (!thread_.joinable())
-    return;
-  asio::post(impl_->io, [this] {
-    boost::system::error_code ec;
-    impl_->acceptor.close(ec);
-  });
-  impl_->io.stop();
-  thread_.join();
-}
+void Server::stop() { proxy::stop_serving(impl_->io, impl_->acceptor, thread_); }
 
 namespace {
 

@@ -2,6 +2,7 @@
 #include "metrics/exporter.h"
 
 #include "proxy/errors.h"
+#include "proxy/listen.h"
 
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
@@ -351,36 +352,13 @@ std::pair<int, std::string> Exporter::health() const {
 }
 
 bool Exporter::start(const std::string &host, uint16_t port, std::string &error) {
-  boost::system::error_code ec;
-  auto addr = asio::ip::make_address(host, ec);
-  if (ec) {
-    error = "bad [metrics] listen host \"" + host + "\"";
+  if (!proxy::listen_tcp(impl_->acceptor, host, port, "[metrics] listen", error))
     return false;
-  }
-  tcp::endpoint ep(addr, port);
-  impl_->acceptor.open(ep.protocol(), ec);
-  impl_->acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
-  impl_->acceptor.bind(ep, ec);
-  if (!ec)
-    impl_->acceptor.listen(64, ec);
-  if (ec) {
-    error = "cannot listen on " + host + ":" + std::to_string(port) + ": " + ec.message();
-    return false;
-  }
   thread_ = std::thread([this] { serve(); });
   return true;
 }
 
-void Exporter::stop() {
-  if (!thread_.joinable())
-    return;
-  asio::post(impl_->io, [this] {
-    boost::system::error_code ec;
-    impl_->acceptor.close(ec);
-  });
-  impl_->io.stop();
-  thread_.join();
-}
+void Exporter::stop() { proxy::stop_serving(impl_->io, impl_->acceptor, thread_); }
 
 // One request per connection, answered synchronously on this thread: scrapes are rare and
 // small, and a slow client is cut off by a receive timeout.

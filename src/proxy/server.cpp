@@ -122,17 +122,10 @@ bool Shared::apply_placement(const std::vector<config::Shard> &shards, uint64_t 
     for (auto &r : shards[s].replicas)
       next->replicas.back().push_back(node_for(s, Role::replica, r));
   }
-  for (size_t id : next->primary)
-    if (id == kMaxNodes) {
-      error = "more than " + std::to_string(kMaxNodes) + " nodes over this process's life";
-      return false;
-    }
-  for (auto &rs : next->replicas)
-    for (size_t id : rs)
-      if (id == kMaxNodes) {
-        error = "more than " + std::to_string(kMaxNodes) + " nodes over this process's life";
-        return false;
-      }
+  if (next->has(kMaxNodes)) { // node_for found no free slot
+    error = "more than " + std::to_string(kMaxNodes) + " nodes over this process's life";
+    return false;
+  }
   auto prev = placement();
   joined.clear();
   left.clear();

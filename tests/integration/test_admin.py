@@ -74,7 +74,48 @@ class Api:
             return e.code, json.loads(e.read() or b"null")
 
 
-class AdminTest(ClusterTestCase):
+class TwoProxyCase(ClusterTestCase):
+    """Shared by the classes that run two proxies with the admin API on one cluster (a, b)."""
+
+    @classmethod
+    def start_admin_proxy(cls, metadata_toml, extra=""):
+        """A proxy with the admin API (token file cls.token_file) and this [metadata] body."""
+        port = harness.free_port_block(1)
+        p = Proxy(cls.cluster, extra_toml=(f'[admin]\nlisten = "127.0.0.1:{port}"\n'
+                                           f'token_file = "{cls.token_file}"\n'
+                                           f"[metadata]\n{metadata_toml}{extra}"))
+        cls.addClassCleanup(p.stop)
+        harness.wait_port(port, 10)
+        return p, Api(port)
+
+    def setUp(self):
+        if psycopg2 is None:
+            self.skipTest("psycopg2 not installed")
+        self.since_a = self.a.log().__len__()
+
+    def tearDown(self):
+        if self.failed_so_far():
+            self.print_proxy_log(self.since_a)
+            print("--- proxy b ---\n" + self.b.log()[-3000:], file=sys.stderr)
+
+    def wait_for(self, what, fn, timeout=10):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = fn()
+            if last:
+                return last
+            time.sleep(0.05)
+        self.fail(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+    def key_on(self, shard, start=1):
+        k = start
+        while self.owner(str(k)) != shard:
+            k += 1
+        return k
+
+
+class AdminTest(TwoProxyCase):
     SHARDS, REPLICAS = 2, 1
 
     @classmethod
@@ -91,18 +132,14 @@ class AdminTest(ClusterTestCase):
 
     @classmethod
     def start_proxy(cls, name):
-        port, mport = harness.free_port_block(1), harness.free_port_block(1)
-        extra = (f'[admin]\nlisten = "127.0.0.1:{port}"\ntoken_file = "{cls.token_file}"\n'
-                 f'[metadata]\nurl = "postgresql://app:app-secret@127.0.0.1:{cls.meta_port}/app"\n'
-                 f'fence_timeout_ms = {FENCE_MS}\nheartbeat_ms = {HEARTBEAT_MS}\n'
-                 f'instance = "proxy-{name}"\n'
-                 f'[metrics]\nlisten = "127.0.0.1:{mport}"\n'
-                 "[replicas]\nhealth_interval_ms = 200\n")
-        p = Proxy(cls.cluster, extra_toml=extra)
-        cls.addClassCleanup(p.stop)
-        harness.wait_port(port, 10)
+        mport = harness.free_port_block(1)
+        p, api = cls.start_admin_proxy(
+            f'url = "postgresql://app:app-secret@127.0.0.1:{cls.meta_port}/app"\n'
+            f'fence_timeout_ms = {FENCE_MS}\nheartbeat_ms = {HEARTBEAT_MS}\n'
+            f'instance = "proxy-{name}"\n',
+            f'[metrics]\nlisten = "127.0.0.1:{mport}"\n[replicas]\nhealth_interval_ms = 200\n')
         p.metrics_port = mport
-        return p, Api(port)
+        return p, api
 
     def metrics(self, proxy):
         """{name{labels}: value} of the proxy's /metrics, and its /health body."""
@@ -121,33 +158,8 @@ class AdminTest(ClusterTestCase):
             health = json.loads(e.read())
         return out, health
 
-    def setUp(self):
-        if psycopg2 is None:
-            self.skipTest("psycopg2 not installed")
-        self.since_a = self.a.log().__len__()
-
-    def tearDown(self):
-        if self.failed_so_far():
-            self.print_proxy_log(self.since_a)
-
     def meta_sql(self, q):
         return self.meta.sql(self.meta_port, q)
-
-    def wait_for(self, what, fn, timeout=10):
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            last = fn()
-            if last:
-                return last
-            time.sleep(0.05)
-        self.fail(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-
-    def key_on(self, shard, start=1):
-        k = start
-        while self.owner(str(k)) != shard:
-            k += 1
-        return k
 
     # ---------------------------------------------------------------- auth and errors
 
@@ -522,7 +534,7 @@ class AdminTest(ClusterTestCase):
         self.assertNotEqual(v.returncode, 0, v.stdout)
 
 
-class LiveTopologyTest(ClusterTestCase):
+class LiveTopologyTest(TwoProxyCase):
     """Replica add/remove and a primary switch through the API, live on two proxies that share
     the default metadata database (s0's primary): no restart, and the other proxy follows."""
 
@@ -539,27 +551,8 @@ class LiveTopologyTest(ClusterTestCase):
 
     @classmethod
     def start_proxy(cls, name):
-        port = harness.free_port_block(1)
-        extra = (f'[admin]\nlisten = "127.0.0.1:{port}"\ntoken_file = "{cls.token_file}"\n'
-                 f'[metadata]\nheartbeat_ms = {HEARTBEAT_MS}\ninstance = "live-{name}"\n'
-                 "[replicas]\nhealth_interval_ms = 100\n")
-        p = Proxy(cls.cluster, extra_toml=extra)
-        cls.addClassCleanup(p.stop)
-        harness.wait_port(port, 10)
-        return p, Api(port)
-
-    def setUp(self):
-        if psycopg2 is None:
-            self.skipTest("psycopg2 not installed")
-        self.since_a = self.a.log().__len__()
-
-    def tearDown(self):
-        if self.failed_so_far():
-            self.print_proxy_log(self.since_a)
-            print("--- proxy b ---\n" + self.b.log()[-3000:], file=sys.stderr)
-
-    key_on = AdminTest.key_on
-    wait_for = AdminTest.wait_for
+        return cls.start_admin_proxy(f'heartbeat_ms = {HEARTBEAT_MS}\ninstance = "live-{name}"\n',
+                                     "[replicas]\nhealth_interval_ms = 100\n")
 
     def url(self, port):
         return f"postgresql://app:app-secret@127.0.0.1:{port}/app"
