@@ -73,10 +73,28 @@ void reload(const std::string &path, const sg::config::Config &started, sg::prox
     log::warn("reload_needs_restart", {{"changed", restart}});
 }
 
+// What a topology epoch asks of the data path. False with `error` when a URL does not parse.
+bool placement_spec(const sg::topology::Topology &t, const sg::config::Config &base,
+                    sg::proxy::PlacementSpec &spec, std::string &error) {
+  sg::config::Config c = base;
+  if (!sg::topology::apply_to(t, c, error))
+    return false;
+  spec = {};
+  spec.epoch = t.epoch;
+  spec.vnodes = t.vnodes;
+  for (size_t i = 0; i < t.shards.size(); ++i)
+    spec.shards.push_back({c.shards[i], t.shards[i].in_ring(), t.shards[i].in_next()});
+  if (t.migration) {
+    spec.migration = t.migration->id;
+    spec.pause = t.migration->pause;
+  }
+  return true;
+}
+
 // On start the stored topology wins over the TOML's [[shards]], which only seed an empty
 // metadata database. Returns the epoch the proxy starts on (0: the metadata database was
 // unreachable, so the TOML's topology is used until it is back).
-uint64_t load_topology(sg::config::Config &cfg) {
+uint64_t load_topology(sg::config::Config &cfg, sg::topology::Topology &running) {
   auto toml = sg::topology::from_config(cfg);
   auto where = sg::topology::metadata_endpoint(cfg);
   try {
@@ -84,6 +102,7 @@ uint64_t load_topology(sg::config::Config &cfg) {
     store.ensure_schema();
     bool seeded = false;
     auto stored = store.seed(toml, seeded);
+    running = stored;
     if (seeded) {
       log::info("topology_seeded", {{"epoch", "1"}, {"metadata", where.label()}});
       return 1;
@@ -170,12 +189,12 @@ int main(int argc, char **argv) {
   }
   apply_log(loaded.config->log);
   sg::config::Config &cfg = *loaded.config;
-  uint64_t epoch = cfg.metadata.enabled ? load_topology(cfg) : 0;
   struct Running { // the topology this proxy runs on (its epoch moves when an equal one is stored)
     std::mutex mu;
     sg::topology::Topology t;
   } running;
   running.t = sg::topology::from_config(cfg);
+  uint64_t epoch = cfg.metadata.enabled ? load_topology(cfg, running.t) : 0;
   running.t.epoch = epoch;
   auto metrics_cfg = cfg.metrics;
   auto admin_cfg = cfg.admin;
@@ -189,6 +208,16 @@ int main(int argc, char **argv) {
   std::unique_ptr<sg::admin::Server> admin;
   int rc = server.run(
       [&] {
+        if (running.t.epoch != 0) { // the stored epoch may have shards off the ring, a migration
+          sg::proxy::PlacementSpec spec;
+          std::string err;
+          if (!placement_spec(running.t, meta_cfg, spec, err) ||
+              !server.apply_placement(spec, err)) {
+            log::error("topology_stored_invalid", {{"epoch", std::to_string(epoch)},
+                                                   {"error", err}});
+            std::exit(1);
+          }
+        }
         if (meta_cfg.metadata.enabled) {
           sg::topology::Watcher::Hooks hooks;
           hooks.on_fence = [&](bool on) { server.set_write_fence(on); };
@@ -210,12 +239,11 @@ int main(int argc, char **argv) {
               return t.epoch;
             }
             std::string err;
-            sg::config::Config next = meta_cfg;
-            if (!t.same_placement(running.t)) {
-              err = "its shards, weights, tables or ring differ: that needs a migration "
-                    "(issue 17) or a restart";
-            } else if (sg::topology::apply_to(t, next, err) &&
-                       server.apply_placement(next.shards, t.epoch, err)) {
+            sg::proxy::PlacementSpec spec;
+            if (t.vnodes != running.t.vnodes || !(t.tables == running.t.tables)) {
+              err = "its tables or ring parameters differ: that needs a restart";
+            } else if (placement_spec(t, meta_cfg, spec, err) &&
+                       server.apply_placement(spec, err)) {
               log::info("topology_applied", {{"epoch", std::to_string(t.epoch)},
                                              {"previous", std::to_string(running.t.epoch)}});
               running.t = t;

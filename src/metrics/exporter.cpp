@@ -95,7 +95,9 @@ Exporter::~Exporter() {
 std::string Exporter::render() const {
   const proxy::Shared &sh = server_.shared();
   auto workers = server_.workers();
-  const auto &shards = sh.cfg.shards;
+  std::vector<std::string> shards; // every shard this process has served, by index
+  for (size_t s = 0; s < sh.shard_count(); ++s)
+    shards.push_back(sh.shard_name(s));
   std::vector<MetricFamily> out;
   auto sum = [&](auto get) {
     double v = 0;
@@ -156,12 +158,12 @@ std::string Exporter::render() const {
           return st.queries[proxy::WorkerStats::qi(s, r, proxy::QueryKind(k))].load();
         });
         queries.metric.push_back(
-            metric({{"shard", shards[s].name}, {"role", roles[r]}, {"kind", kinds[k]}}, v,
+            metric({{"shard", shards[s]}, {"role", roles[r]}, {"kind", kinds[k]}}, v,
                    MetricType::Counter));
       }
-      durations.metric.push_back(histogram({{"shard", shards[s].name}, {"role", roles[r]}}, workers,
+      durations.metric.push_back(histogram({{"shard", shards[s]}, {"role", roles[r]}}, workers,
                                            &proxy::WorkerStats::durations, s * 2 + size_t(r)));
-      waits.metric.push_back(histogram({{"shard", shards[s].name}, {"role", roles[r]}}, workers,
+      waits.metric.push_back(histogram({{"shard", shards[s]}, {"role", roles[r]}}, workers,
                                        &proxy::WorkerStats::pool_waits, s * 2 + size_t(r)));
     }
   }
@@ -241,7 +243,7 @@ std::string Exporter::render() const {
   for (size_t s = 0; s < shards.size(); ++s)
     for (size_t r = 0; r < proxy::kFallbackReasons; ++r)
       fallbacks.metric.push_back(metric(
-          {{"shard", shards[s].name}, {"reason", proxy::to_string(proxy::FallbackReason(r))}},
+          {{"shard", shards[s]}, {"reason", proxy::to_string(proxy::FallbackReason(r))}},
           double(sh.health.fallbacks(s, proxy::FallbackReason(r))), MetricType::Counter));
   out.push_back(std::move(fallbacks));
 
@@ -315,7 +317,10 @@ std::pair<int, std::string> Exporter::health() const {
   bool ok = true;
   auto place = sh.placement();
   std::string body = "{\"shards\":[";
-  for (size_t s = 0; s < sh.cfg.shards.size(); ++s) {
+  bool first = true;
+  for (size_t s = 0; s < place->primary.size(); ++s) {
+    if (!place->serves(s))
+      continue;
     auto node_json = [&](size_t id) {
       const proxy::Node &n = sh.node(id);
       auto &h = const_cast<proxy::HealthBoard &>(sh.health).node(id);
@@ -333,9 +338,10 @@ std::pair<int, std::string> Exporter::health() const {
     };
     auto [pj, pserving] = node_json(place->primary[s]);
     ok = ok && pserving;
-    body += std::string(s ? "," : "") + "{\"name\":\"" +
-            proxy::log::escape_json(sh.cfg.shards[s].name) + "\",\"primary\":" + pj +
+    body += std::string(first ? "" : ",") + "{\"name\":\"" +
+            proxy::log::escape_json(sh.shard_name(s)) + "\",\"primary\":" + pj +
             ",\"replicas\":[";
+    first = false;
     for (size_t i = 0; i < place->replicas[s].size(); ++i)
       body += std::string(i ? "," : "") + node_json(place->replicas[s][i]).first;
     body += "]}";

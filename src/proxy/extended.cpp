@@ -87,7 +87,8 @@ bool Session::fast_batch(FastBatch &fb, QueryRun &q) {
   bind_params_.clear();
   for (size_t i = 0; i < bind_.params.size(); ++i)
     bind_params_.push_back({bind_.params[i], protocol::bind_param_format(bind_, i)});
-  router::Resolved r = sh_.router.resolve(sp, st.text, st.planned.scan, bind_params_);
+  router::Resolved r = sh_.router.resolve(sp, st.text, st.planned.scan, bind_params_,
+                                          w_->place().keys.get());
   bool tx_bound = tx_shard_ >= 0;
   if (r.kind == router::TargetKind::by_key ||
       (r.kind == router::TargetKind::default_shard && !sp.tableless))
@@ -158,10 +159,10 @@ Task<bool> Session::batch_lost(BackendConn &b, int shard, bool ends_sync) {
   detach_if_idle();
   if (was_tx)
     co_return co_await fatal("08006", "lost the connection to shard \"" +
-                                          sh_.cfg.shards[size_t(shard)].name +
+                                          sh_.shard_name(size_t(shard)) +
                                           "\" inside a transaction; the transaction is lost");
   error("08006",
-        "lost the connection to shard \"" + sh_.cfg.shards[size_t(shard)].name +
+        "lost the connection to shard \"" + sh_.shard_name(size_t(shard)) +
             "\" while running the statement",
         "the statement may or may not have run; retry if it is safe to");
   if (ends_sync)
@@ -527,7 +528,8 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
       params.clear();
       for (size_t i = 0; i < it.bind.params.size(); ++i)
         params.push_back({it.bind.params[i], protocol::bind_param_format(it.bind, i)});
-      router::Resolved r = sh_.router.resolve(sp, it.st->text, it.st->planned.scan, params);
+      router::Resolved r = sh_.router.resolve(sp, it.st->text, it.st->planned.scan,
+                                              params, w_->place().keys.get());
       count_route(w_->stats, r.kind, sp);
       if (!bp.first_bound && r.kind != router::TargetKind::none)
         bp.first_bound = it.st;
@@ -564,8 +566,8 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
       int s = int(r.shard);
       if (held >= 0 && s != held)
         fail("0A000",
-             "transaction touches a second shard (\"" + sh_.cfg.shards[size_t(s)].name +
-                 "\" after \"" + sh_.cfg.shards[size_t(held)].name + "\")",
+             "transaction touches a second shard (\"" + sh_.shard_name(size_t(s)) +
+                 "\" after \"" + sh_.shard_name(size_t(held)) + "\")",
              "keep each transaction on one shard key's shard; cross-shard transactions (2PC) "
              "are not supported yet");
       else if (bp.shard >= 0 && s != bp.shard)

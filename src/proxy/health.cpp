@@ -99,10 +99,10 @@ void Breaker::failure(Millis now) {
   }
 }
 
-HealthBoard::HealthBoard(const config::Config &cfg, size_t nodes)
+HealthBoard::HealthBoard(const config::Config &cfg, size_t nodes, size_t shards)
     : policy_(cfg.replicas), max_lag_bytes_(cfg.replicas.max_lag_bytes),
-      max_lag_ms_(cfg.replicas.max_lag_ms), shards_(cfg.shards.size()),
-      fallbacks_(kFallbackSlots * cfg.shards.size()), logged_(cfg.shards.size()) {
+      max_lag_ms_(cfg.replicas.max_lag_ms), shards_(shards),
+      fallbacks_(kFallbackSlots * shards), logged_(shards) {
   for (size_t i = 0; i < nodes; ++i)
     nodes_.push_back(std::make_unique<NodeHealth>(policy_));
   names_.resize(nodes);

@@ -103,7 +103,7 @@ struct NodeHealth {
 
 class HealthBoard {
 public:
-  HealthBoard(const config::Config &cfg, size_t nodes);
+  HealthBoard(const config::Config &cfg, size_t nodes, size_t shards);
   NodeHealth &node(size_t id) { return *nodes_[id]; }
   const config::Replicas &policy() const { return policy_; }
 

@@ -80,7 +80,7 @@ pqxx::row Monitor::query1(void *slot, const Node &n, const char *sql) {
 }
 
 Monitor::Monitor(const Shared &shared, HealthBoard &board) : shared_(shared), board_(board) {
-  for (size_t i = 0; i < shared.cfg.shards.size(); ++i)
+  for (size_t i = 0; i < Shared::kMaxShards; ++i)
     samples_.push_back(std::make_unique<Samples>());
   threads_.resize(Shared::kMaxNodes);
 }

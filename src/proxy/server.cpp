@@ -31,7 +31,7 @@ std::shared_ptr<CancelSlot> CancelRegistry::find(int32_t pid, int32_t key) {
 
 bool Placement::has(size_t node) const {
   for (size_t s = 0; s < primary.size(); ++s) {
-    if (primary[s] == node)
+    if (primary[s] == node && node != npos)
       return true;
     for (size_t r : replicas[s])
       if (r == node)
@@ -41,11 +41,17 @@ bool Placement::has(size_t node) const {
 }
 
 Shared::Shared(config::Config c)
-    : cfg(std::move(c)), router(cfg), health(cfg, kMaxNodes),
+    : cfg(std::move(c)), router(cfg), health(cfg, kMaxNodes, kMaxShards),
+      shard_names_(std::make_unique<std::string[]>(kMaxShards)),
       node_slots_(std::make_unique<Node[]>(kMaxNodes)) {
   std::vector<size_t> joined, left;
   std::string err;
-  if (!apply_placement(cfg.shards, router.topology().epoch, joined, left, err))
+  PlacementSpec spec;
+  spec.epoch = router.topology().epoch;
+  spec.vnodes = cfg.ring.vnodes;
+  for (auto &s : cfg.shards)
+    spec.shards.push_back({s});
+  if (!apply_placement(spec, joined, left, err))
     throw std::runtime_error(err);
   set_users(cfg.users);
   slow_query_ms = cfg.log.slow_query_ms;
@@ -93,35 +99,69 @@ size_t Shared::node_for(size_t shard, Role role, const config::Endpoint &e) {
   x.shard = shard;
   x.role = role;
   x.endpoint = e;
-  x.shard_name = cfg.shards[shard].name;
+  x.shard_name = shard_names_[shard];
   health.set_node_name(n, x.label());
   node_count_.store(n + 1, std::memory_order_release); // readers see the node whole
   return n;
 }
 
-bool Shared::apply_placement(const std::vector<config::Shard> &shards, uint64_t epoch,
-                             std::vector<size_t> &joined, std::vector<size_t> &left,
-                             std::string &error) {
-  if (shards.size() != cfg.shards.size()) {
-    error = "the shards changed (" + std::to_string(cfg.shards.size()) + " -> " +
-            std::to_string(shards.size()) + "): that is a migration, not a placement change";
-    return false;
-  }
-  for (size_t s = 0; s < shards.size(); ++s)
-    if (shards[s].name != cfg.shards[s].name) {
-      error = "shard " + std::to_string(s) + " is \"" + shards[s].name + "\", not \"" +
-              cfg.shards[s].name + "\": that is a migration, not a placement change";
+size_t Shared::shard_slot(const std::string &name) {
+  size_t n = shard_count();
+  for (size_t s = 0; s < n; ++s)
+    if (shard_names_[s] == name)
+      return s;
+  if (n == kMaxShards)
+    return kMaxShards;
+  shard_names_[n] = name;
+  shard_count_.store(n + 1, std::memory_order_release);
+  return n;
+}
+
+bool Shared::apply_placement(const PlacementSpec &spec, std::vector<size_t> &joined,
+                             std::vector<size_t> &left, std::string &error) {
+  auto next = std::make_shared<Placement>();
+  next->epoch = spec.epoch;
+  auto keys = std::make_shared<router::Topology>();
+  keys->epoch = spec.epoch;
+  keys->migration = spec.migration;
+  keys->pause = spec.pause;
+  std::vector<router::RingMember> now, then;
+  for (const auto &ss : spec.shards) {
+    const config::Shard &sh = ss.shard;
+    size_t s = shard_slot(sh.name);
+    if (s == kMaxShards) {
+      error = "more than " + std::to_string(kMaxShards) + " shards over this process's life";
       return false;
     }
-  auto next = std::make_shared<Placement>();
-  next->epoch = epoch;
-  for (size_t s = 0; s < shards.size(); ++s) {
-    size_t p = node_for(s, Role::primary, shards[s].primary);
-    next->primary.push_back(p);
-    next->replicas.emplace_back();
-    for (auto &r : shards[s].replicas)
-      next->replicas.back().push_back(node_for(s, Role::replica, r));
+    if (next->primary.size() <= s) {
+      next->primary.resize(s + 1, Placement::npos);
+      next->replicas.resize(s + 1);
+    }
+    next->primary[s] = node_for(s, Role::primary, sh.primary);
+    for (auto &r : sh.replicas)
+      next->replicas[s].push_back(node_for(s, Role::replica, r));
+    if (ss.in_ring) {
+      now.push_back({sh.name, sh.weight});
+      keys->ring_shard.push_back(s);
+    }
+    if (ss.in_next) {
+      then.push_back({sh.name, sh.weight});
+      keys->next_shard.push_back(s);
+    }
   }
+  if (now.empty() || then.empty()) {
+    error = "no shard owns keys";
+    return false;
+  }
+  for (size_t s = 0; s < shard_count(); ++s)
+    keys->shard_names.push_back(shard_names_[s]);
+  keys->ring = router::Ring(now, spec.vnodes);
+  keys->next = router::Ring(then, spec.vnodes);
+  if (!next->serves(router.default_shard())) {
+    error = "the default shard \"" + shard_names_[router.default_shard()] + "\" is missing";
+    return false;
+  }
+  next->keys = std::move(keys);
   if (next->has(kMaxNodes)) { // node_for found no free slot
     error = "more than " + std::to_string(kMaxNodes) + " nodes over this process's life";
     return false;
@@ -156,12 +196,12 @@ void Shared::set_server_params(const std::vector<std::pair<std::string, std::str
 }
 
 Worker::Worker(Shared &s, size_t pool_share)
-    : shared(s), stats(s.cfg.shards.size()), pool_share_(pool_share) {
+    : shared(s), stats(Shared::kMaxShards), pool_share_(pool_share) {
   poller.start(io);
   pools.resize(Shared::kMaxNodes);
   pool_view = std::make_unique<std::atomic<const Pool *>[]>(Shared::kMaxNodes);
   muxes.resize(Shared::kMaxNodes);
-  replica_rr.assign(s.cfg.shards.size(), 0);
+  replica_rr.assign(Shared::kMaxShards, 0);
   placement_version_ = s.placement_version.load(std::memory_order_acquire);
   placement_ = s.placement();
 }
@@ -228,11 +268,11 @@ void Server::reload(const config::Config &next) {
   shared_->health.set_lag_thresholds(next.replicas.max_lag_bytes, next.replicas.max_lag_ms);
 }
 
-bool Server::apply_placement(const std::vector<config::Shard> &shards, uint64_t epoch,
-                             std::string &error) {
+bool Server::apply_placement(const PlacementSpec &spec, std::string &error) {
   std::lock_guard lock(apply_mu_); // one change at a time, also against start-up and shutdown
   std::vector<size_t> joined, left;
-  if (!shared_->apply_placement(shards, epoch, joined, left, error))
+  uint64_t epoch = spec.epoch;
+  if (!shared_->apply_placement(spec, joined, left, error))
     return false;
   auto label = [&](size_t id) { return shared_->node(id).label(); };
   for (size_t id : joined) {

@@ -56,16 +56,39 @@ private:
 // Which node serves each shard now. Immutable once published: a new topology epoch publishes a
 // new one (Shared::apply_placement); sessions read it through their worker (Worker::place()).
 struct Placement {
+  static constexpr size_t npos = SIZE_MAX;
   uint64_t epoch = 0;
-  std::vector<size_t> primary;               // node id per shard
-  std::vector<std::vector<size_t>> replicas; // node ids per shard
+  std::vector<size_t> primary;               // node id per shard index; npos: not in the topology
+  std::vector<std::vector<size_t>> replicas; // node ids per shard index
+  std::shared_ptr<const router::Topology> keys; // where keys live (the ring), for this epoch
   bool has(size_t node) const;
+  bool serves(size_t shard) const { return shard < primary.size() && primary[shard] != npos; }
+};
+
+// What a topology epoch asks of the data path (main converts the control plane's topology).
+struct PlacementSpec {
+  struct ShardSpec {
+    config::Shard shard;
+    bool in_ring = true; // owns keys now
+    bool in_next = true; // owns keys once the running migration's cutover is done
+  };
+  uint64_t epoch = 0;
+  uint32_t vnodes = 150;
+  std::vector<ShardSpec> shards;
+  std::string migration; // id of the running migration, or empty
+  bool pause = false;    // its cutover: writes to moving keys wait
 };
 
 struct Shared {
   explicit Shared(config::Config c);
   config::Config cfg;
   router::Router router;
+  // Shard indices: a shard keeps its index for the process's life (the configured shards
+  // first, in order; shards added by migrations after them), so per-shard state (a session's
+  // backends, counters, health) is indexed by it from any thread. Never reused.
+  static constexpr size_t kMaxShards = 64;
+  const std::string &shard_name(size_t shard) const { return shard_names_[shard]; }
+  size_t shard_count() const { return shard_count_.load(std::memory_order_acquire); }
   // Every node this process has served, by id. Ids are never reused and never move, so pools,
   // health slots and metrics index by them from any thread; a node the placement no longer
   // names gets no new statements. At most kMaxNodes over the process's life.
@@ -77,12 +100,12 @@ struct Shared {
   std::shared_ptr<const Placement> placement() const;
   // Bumped on every new placement; workers compare it with theirs once per statement.
   std::atomic<uint64_t> placement_version{1};
-  // Publishes a placement for these shards (the same names, in the configured order: adding
-  // or removing shards is a migration). New endpoints get new node ids; nodes that drop out
-  // keep theirs (and get them back if they return). On the control plane's thread. Returns
-  // the ids that joined and left, or false with `error`.
-  bool apply_placement(const std::vector<config::Shard> &shards, uint64_t epoch,
-                       std::vector<size_t> &joined, std::vector<size_t> &left, std::string &error);
+  // Publishes a placement: shards (new names get new indices), their nodes (new endpoints get
+  // new node ids; nodes that drop out keep theirs and get them back if they return) and the
+  // ring. On the control plane's thread. Returns the node ids that joined and left, or false
+  // with `error`.
+  bool apply_placement(const PlacementSpec &spec, std::vector<size_t> &joined,
+                       std::vector<size_t> &left, std::string &error);
   // Who may log in: immutable, replaced as a whole by a reload (SIGHUP). A login holds the
   // snapshot it started with.
   struct Credentials {
@@ -122,6 +145,9 @@ struct Shared {
 
 private:
   size_t node_for(size_t shard, Role role, const config::Endpoint &e); // control plane only
+  size_t shard_slot(const std::string &name);                           // the same
+  std::unique_ptr<std::string[]> shard_names_;
+  std::atomic<size_t> shard_count_{0};
   mutable std::mutex params_mu_;
   std::optional<std::vector<std::pair<std::string, std::string>>> server_params_;
   std::unique_ptr<Node[]> node_slots_;
@@ -210,8 +236,7 @@ public:
   Shared::ControlPlane &control() { return shared_->control; }
   // A new placement (see Shared::apply_placement): the monitor probes the nodes that joined and
   // stops probing those that left; each worker closes its idle connections to those that left.
-  bool apply_placement(const std::vector<config::Shard> &shards, uint64_t epoch,
-                       std::string &error);
+  bool apply_placement(const PlacementSpec &spec, std::string &error);
   std::vector<const Worker *> workers() const;
   size_t active_workers() const { return active_.load(std::memory_order_relaxed); }
 

@@ -27,8 +27,8 @@ using detail::trim;
 
 Session::Session(Worker &w, Stream sock, std::string peer)
     : w_(&w), sh_(w.shared), sock_(std::move(sock)), cbuf_(16 * 1024), peer_(std::move(peer)) {
-  attached_.resize(sh_.cfg.shards.size());
-  ryw_at_.assign(sh_.cfg.shards.size(), 0);
+  attached_.resize(sh_.shard_count()); // grown by attach_now() for shards added later
+  ryw_at_.assign(sh_.shard_count(), 0);
   session_mode_ = sh_.cfg.proxy.pool_mode == config::PoolMode::session;
   id_ = g_session_ids++;
 }
@@ -351,7 +351,7 @@ Task<void> Session::query_loop() {
               co_return;
             if (forwarded_any_) {
               co_await fatal("08006", "lost the connection to shard \"" +
-                                          sh_.cfg.shards[size_t(q.shard)].name +
+                                          sh_.shard_name(size_t(q.shard)) +
                                           "\" in the middle of a result");
               co_return;
             }
@@ -502,7 +502,7 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
   int shard = -1;
   bool all_read = true, none_only = true, broadcast_ddl = false;
   for (const auto &st : stmts) {
-    router::Resolved r = sh_.router.resolve(st, sql, planned.scan);
+    router::Resolved r = sh_.router.resolve(st, sql, planned.scan, {}, w_->place().keys.get());
     count_route(w_->stats, r.kind, st);
     if (r.kind == router::TargetKind::error) {
       error(r.error.sqlstate, r.error.message, r.error.hint);
@@ -645,8 +645,8 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
     shard = tx_bound ? tx_shard_ : int(sh_.router.default_shard());
   if (tx_bound && shard != tx_shard_) {
     error("0A000",
-          "transaction touches a second shard (\"" + sh_.cfg.shards[size_t(shard)].name +
-              "\" after \"" + sh_.cfg.shards[size_t(tx_shard_)].name + "\")",
+          "transaction touches a second shard (\"" + sh_.shard_name(size_t(shard)) +
+              "\" after \"" + sh_.shard_name(size_t(tx_shard_)) + "\")",
           "keep each transaction on one shard key's shard; cross-shard transactions (2PC) are "
           "not supported yet");
     fail_transaction_by_proxy();
@@ -672,7 +672,7 @@ void Session::write_query(BackendConn &b, const std::string &sql) {
 // The backend serving query_loop()'s attempt at q broke. A read whose answer had not started
 // runs once more on another eligible node; otherwise the client hears what happened.
 Task<bool> Session::query_failed(QueryRun &q, BackendConn *b) {
-  const std::string &shard_name = sh_.cfg.shards[size_t(q.shard)].name;
+  const std::string &shard_name = sh_.shard_name(size_t(q.shard));
   for (int attempt = 0;; ++attempt) {
     if (closing_ || !b->broken)
       co_return false; // client went away, or the session already ended with a FATAL
@@ -783,8 +783,15 @@ Task<bool> Session::run_on_all_primaries(const std::string &sql, std::string &fi
                                          std::string &tag) {
   std::vector<std::string> failed, applied;
   protocol::ErrorInfo first_error;
-  for (size_t s = 0; s < sh_.cfg.shards.size(); ++s) {
-    const std::string &name = sh_.cfg.shards[s].name;
+  std::vector<size_t> shards; // every shard of this epoch (DDL waits while a migration runs)
+  {
+    const Placement &place = w_->place();
+    for (size_t s = 0; s < place.primary.size(); ++s)
+      if (place.serves(s))
+        shards.push_back(s);
+  }
+  for (size_t s : shards) {
+    const std::string &name = sh_.shard_name(s);
     std::string capture;
     sink_ = &capture;
     BackendConn *b = co_await attach(s, false);
@@ -840,7 +847,7 @@ Task<bool> Session::run_on_all_primaries(const std::string &sql, std::string &fi
       ok_list += (ok_list.empty() ? "" : ", ") + a;
     error(first_error.sqlstate.empty() ? "XX000" : first_error.sqlstate,
           "DDL failed on " + std::to_string(failed.size()) + " of " +
-              std::to_string(sh_.cfg.shards.size()) + " shards: " + list,
+              std::to_string(shards.size()) + " shards: " + list,
           applied.empty() ? "nothing was changed on any shard"
                           : "it was applied on: " + ok_list +
                                 "; fix the cause and re-run it (e.g. with IF [NOT] EXISTS)");

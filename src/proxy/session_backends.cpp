@@ -28,6 +28,8 @@ Task<BackendConn *> Session::attach(size_t shard, bool read, size_t exclude_node
 BackendConn *Session::attach_now(size_t shard, bool read, size_t exclude_node,
                                  std::optional<size_t> &slow_node, std::optional<size_t> chosen) {
   slow_node.reset();
+  if (shard >= attached_.size()) [[unlikely]] // a shard added since the session began
+    attached_.resize(shard + 1);
   if (attached_[shard].conn)
     return attached_[shard].conn.get();
   auto node = chosen ? chosen : choose_node(shard, read, exclude_node);
@@ -46,6 +48,13 @@ BackendConn *Session::attach_now(size_t shard, bool read, size_t exclude_node,
 std::optional<size_t> Session::choose_node(size_t shard, bool read, size_t exclude_node) {
   HealthBoard &board = sh_.health;
   const Placement &place = w_->place();
+  if (!place.serves(shard)) [[unlikely]] { // left the topology since the statement was routed
+    unreachable(shard, "40001", "it has left the topology (epoch " +
+                                    std::to_string(place.epoch) + "); retry the transaction");
+    return std::nullopt;
+  }
+  if (shard >= ryw_at_.size()) [[unlikely]] // a shard added since the session began
+    ryw_at_.resize(shard + 1, 0);
   const auto &replicas = place.replicas[shard];
   size_t primary = place.primary[shard];
   if (read && !session_mode_) {
@@ -77,7 +86,7 @@ std::optional<size_t> Session::choose_node(size_t shard, bool read, size_t exclu
                : saw_lag ? FallbackReason::lag
                          : FallbackReason::down;
     }
-    board.count_fallback(shard, reason, sh_.cfg.shards[shard].name);
+    board.count_fallback(shard, reason, sh_.shard_name(shard));
   }
   if (!board.allowed(primary)) {
     // The primary is never silently replaced: fail fast while its breaker is open.
@@ -129,7 +138,7 @@ Task<BackendConn *> Session::attach_slow(size_t shard, size_t node) {
     if (node_failed())
       board.report_failure(node, now_ms());
     if (node != primary) {
-      board.count_fallback(shard, FallbackReason::down, sh_.cfg.shards[shard].name);
+      board.count_fallback(shard, FallbackReason::down, sh_.shard_name(shard));
       node = primary;
       if (board.allowed(primary, now_ms())) {
         pool = w_->pool(node);
@@ -148,7 +157,7 @@ Task<BackendConn *> Session::attach_slow(size_t shard, size_t node) {
 }
 
 void Session::unreachable(size_t shard, const std::string &sqlstate, const std::string &msg) {
-  const std::string &shard_name = sh_.cfg.shards[shard].name;
+  const std::string &shard_name = sh_.shard_name(shard);
   error(sqlstate, "cannot reach shard \"" + shard_name + "\": " + msg,
         "check that the shard's server is running; the proxy retries with backoff and bans a "
         "failing node for a while");

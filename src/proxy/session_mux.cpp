@@ -12,7 +12,8 @@ namespace sg::proxy {
 bool Session::pipelinable(const QueryRun &q, const router::StatementPlan &sp, bool alone) const {
   return sh_.cfg.proxy.pipeline_depth > 0 && !session_mode_ && q.read && !in_tx() &&
          tx_shard_ < 0 && batch_shard_ < 0 && deferred_.empty() && exp_.empty() && sink_ == &out_ &&
-         alone && sp.pipelinable && !attached_[size_t(q.shard)].conn;
+         alone && sp.pipelinable &&
+         (size_t(q.shard) >= attached_.size() || !attached_[size_t(q.shard)].conn);
 }
 
 // A lane of the node's (see mux.h) that this read may join, or nullptr: the read then takes

@@ -27,6 +27,7 @@ Router::Router(const config::Config &cfg) : tables_(cfg.tables) {
   auto topo = std::make_shared<Topology>();
   std::vector<RingMember> members;
   for (auto &s : cfg.shards) {
+    topo->ring_shard.push_back(topo->shard_names.size());
     topo->shard_names.push_back(s.name);
     members.push_back({s.name, s.weight});
   }
@@ -144,8 +145,9 @@ void set_cross_shard(Resolved &r, const config::Table &t) {
 } // namespace
 
 Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const ScanResult &scan,
-                         const std::vector<ParamValue> &params) const {
+                         const std::vector<ParamValue> &params, const Topology *placement) const {
   Resolved r;
+  const Topology &topo = placement ? *placement : *topology_;
   switch (p.target) {
   case TargetKind::none:
   case TargetKind::default_shard:
@@ -154,6 +156,14 @@ Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const Sca
     return r;
   case TargetKind::all_primaries:
     r.kind = p.target;
+    if (!topo.migration.empty()) [[unlikely]] {
+      r.kind = TargetKind::error;
+      r.error = key_error("55000",
+                          "cannot change a sharded table while migration " + topo.migration +
+                              " moves rows between shards",
+                          "run the statement when the migration is DONE or ABORTED (GET "
+                          "/api/v1/migrations/" + topo.migration + ")");
+    }
     return r;
   case TargetKind::error:
     r.kind = TargetKind::error;
@@ -162,12 +172,28 @@ Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const Sca
   case TargetKind::by_key:
     break;
   }
-  const Topology &topo = *topology_;
   std::optional<size_t> owner;
+  // During a cutover, a write to a key that changes owner waits for the flip (refused here,
+  // retriably; reads go on, the old owner stays complete).
+  auto moving = [&](uint64_t h, size_t o) {
+    if (!topo.pause || p.kind == StmtKind::read || topo.next_owner(h) == o) [[likely]]
+      return false;
+    r.kind = TargetKind::error;
+    r.error = key_error("40001",
+                        "the key is moving to shard \"" + topo.shard_names[topo.next_owner(h)] +
+                            "\": writes to it pause for migration " + topo.migration +
+                            "'s cutover",
+                        "retry the transaction; the cutover lasts at most [migrations] "
+                        "cutover_pause_ms");
+    return true;
+  };
   for (const ValueRef &v : p.keys) {
     const config::Table &t = tables_[size_t(v.table)];
     if (auto iv = int_literal(v, t, sql, scan)) { // the common case, without building bytes
-      size_t o = topo.ring.owner(hash_int_key(*iv));
+      uint64_t h = hash_int_key(*iv);
+      size_t o = topo.owner(h);
+      if (moving(h, o)) [[unlikely]]
+        return r;
       if (owner && *owner != o) {
         set_cross_shard(r, t);
         return r; // one return object throughout: no Resolved (three strings) moved per query
@@ -187,7 +213,10 @@ Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const Sca
                               " value for the shard key");
       return r;
     }
-    size_t o = topo.ring.owner_of_key(*canon);
+    uint64_t h = hash_key(*canon);
+    size_t o = topo.owner(h);
+    if (moving(h, o)) [[unlikely]]
+      return r;
     if (owner && *owner != o) {
       set_cross_shard(r, t);
       return r;
@@ -210,7 +239,7 @@ std::optional<size_t> Router::locate(std::string_view table, std::string_view ke
               std::string(key) + "\"";
       return std::nullopt;
     }
-    return topology_->ring.owner_of_key(*c);
+    return topology_->owner(hash_key(*c));
   }
   error = "table \"" + std::string(table) + "\" is not a sharded table in the config";
   return std::nullopt;

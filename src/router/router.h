@@ -35,11 +35,22 @@ struct Resolved {
   RouteError error;
 };
 
-// Placement: the ring over the configured shards, swappable as a whole (epoch) later.
+// Placement of keys: the ring and the shard index (slot) each of its members is. Immutable; a
+// new topology epoch makes a new one (proxy::Placement holds it). Shard indices are stable for
+// the process's life, so a shard that is not on the ring (joining, or left) keeps its index.
 struct Topology {
   uint64_t epoch = 1;
-  std::vector<std::string> shard_names;
+  std::vector<std::string> shard_names; // by shard index
   Ring ring;
+  std::vector<size_t> ring_shard; // ring member -> shard index
+  // While a migration runs: its id (DDL on sharded tables is refused, 55000). During its
+  // cutover (`pause`), writes to keys whose owner differs on `next` are refused (40001).
+  std::string migration;
+  bool pause = false;
+  Ring next;
+  std::vector<size_t> next_shard;
+  size_t owner(uint64_t hash) const { return ring_shard[ring.owner(hash)]; }
+  size_t next_owner(uint64_t hash) const { return next_shard[next.owner(hash)]; }
 };
 
 class Router {
@@ -53,8 +64,11 @@ public:
   void plan(std::string_view sql, PlannedText &out) const;
 
   // Reads the plan's keys from the statement's literals and, for Bind, its parameters.
+  // `topo`: the placement to resolve against (the session's current epoch); null: the
+  // configured one.
   Resolved resolve(const StatementPlan &p, std::string_view sql, const ScanResult &scan,
-                   const std::vector<ParamValue> &params = {}) const;
+                   const std::vector<ParamValue> &params = {},
+                   const Topology *topo = nullptr) const;
 
   // Where a key given as text lives (for --locate and tests): shard index or error text.
   std::optional<size_t> locate(std::string_view table, std::string_view key,

@@ -35,7 +35,7 @@ bool Topology::operator==(const Topology &o) const {
     if (shards[i].primary != o.shards[i].primary || shards[i].replicas != o.shards[i].replicas ||
         shards[i].state != o.shards[i].state)
       return false;
-  return true;
+  return migration == o.migration;
 }
 
 Topology from_config(const config::Config &c) {
@@ -111,7 +111,10 @@ std::string to_json(const Topology &t, bool masked) {
   json j = {{"epoch", t.epoch},
             {"ring", {{"vnodes", t.vnodes}}},
             {"shards", shards},
-            {"tables", tables}};
+            {"tables", tables},
+            {"migration", nullptr}};
+  if (t.migration)
+    j["migration"] = {{"id", t.migration->id}, {"pause", t.migration->pause}};
   return j.dump();
 }
 
@@ -138,6 +141,8 @@ std::optional<Topology> from_json(std::string_view text, std::string &error) {
       }
       t.tables.push_back({tb.at("name").get<std::string>(), tb.at("key").get<std::string>(), *kt});
     }
+    if (auto m = j.find("migration"); m != j.end() && m->is_object())
+      t.migration = MigrationRef{m->at("id").get<std::string>(), m->value("pause", false)};
     return t;
   } catch (const json::exception &e) {
     error = e.what();

@@ -12,18 +12,33 @@
 
 namespace sg::topology {
 
+// A shard's state: "active" (owns keys), "joining" (the target of a running add: owns keys
+// after its cutover), "leaving" (the source of a running remove: owns keys until its
+// cutover), "removed" (left the ring; its moved rows are cleaned up, then it goes).
 struct ShardSpec {
   std::string name;
   std::string primary;               // a libpq URL or conninfo, as configured
   std::vector<std::string> replicas; // the same
   uint32_t weight = 1;
   std::string state = "active";
+  bool in_ring() const { return state == "active" || state == "leaving"; }
+  bool in_next() const { return state == "active" || state == "joining"; }
+};
+
+// The migration that moves rows now, as every proxy must know it (its journal, in
+// shardgate.migrations, has the rest): DDL on sharded tables waits for it, and during its
+// cutover (`pause`) writes to the keys that change owner wait.
+struct MigrationRef {
+  std::string id;
+  bool pause = false;
+  bool operator==(const MigrationRef &) const = default;
 };
 
 struct TableSpec {
   std::string name;
   std::string key;
   config::KeyType key_type = config::KeyType::bigint;
+  bool operator==(const TableSpec &) const = default;
 };
 
 struct Topology {
@@ -31,6 +46,7 @@ struct Topology {
   uint32_t vnodes = 150;
   std::vector<ShardSpec> shards;
   std::vector<TableSpec> tables;
+  std::optional<MigrationRef> migration;
 
   const ShardSpec *find_shard(std::string_view name) const;
   // What placement depends on (names, weights, vnodes, tables): equal means the same ring.

@@ -117,7 +117,7 @@ TEST(Breaker, BansAfterRepeatedFailuresWithCappedBackoffAndOneTrial) {
 TEST(Board, FallbacksCountByShardAndReason) {
   sg::config::Config cfg;
   cfg.shards.resize(2);
-  HealthBoard board(cfg, 4);
+  HealthBoard board(cfg, 4, cfg.shards.size());
   board.count_fallback(1, FallbackReason::lag, "s1");
   board.count_fallback(1, FallbackReason::lag, "s1");
   board.count_fallback(0, FallbackReason::read_your_writes, "s0");
