@@ -2,6 +2,7 @@
 #include "admin/server.h"
 #include "config/config.h"
 #include "metrics/exporter.h"
+#include "migrations/runner.h"
 #include "proxy/errors.h"
 #include "proxy/server.h"
 #include "router/router.h"
@@ -205,6 +206,7 @@ int main(int argc, char **argv) {
   sg::proxy::Server server(std::move(cfg));
   std::unique_ptr<sg::metrics::Exporter> exporter;
   std::unique_ptr<sg::topology::Watcher> watcher;
+  std::unique_ptr<sg::migrations::Runner> runner;
   std::unique_ptr<sg::admin::Server> admin;
   int rc = server.run(
       [&] {
@@ -258,6 +260,9 @@ int main(int argc, char **argv) {
           watcher = std::make_unique<sg::topology::Watcher>(meta_cfg, instance, address, epoch,
                                                             std::move(hooks));
           watcher->start();
+          // Every proxy runs a runner; the one holding the metadata lock runs the migration.
+          runner = std::make_unique<sg::migrations::Runner>(meta_cfg, instance);
+          runner->start();
         }
         if (admin_cfg.listen_port != 0) {
           sg::admin::Sources src;
@@ -293,6 +298,7 @@ int main(int argc, char **argv) {
       },
       [&] {
         admin.reset();
+        runner.reset();
         watcher.reset();
         exporter.reset();
       },

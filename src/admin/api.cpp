@@ -1,5 +1,6 @@
 #include "admin/api.h"
 
+#include "migrations/start.h"
 #include "topology/store.h"
 
 #include <nlohmann/json.hpp>
@@ -69,12 +70,27 @@ std::optional<Response> string_field(const json &j, const char *name, bool requi
   return std::nullopt;
 }
 
+// A migration as the API documents it: the journal row with its progress, the runner's
+// internal bookkeeping (backfill positions) left out.
 json migration_json(const topology::MigrationRow &m) {
   json j = {{"id", m.id}, {"kind", m.kind}, {"shard", m.shard}, {"phase", m.phase}};
   json progress = json::parse(m.progress, nullptr, false);
-  if (progress.is_object())
-    for (auto &[k, v] : progress.items())
+  if (!progress.is_object())
+    progress = json::object();
+  for (auto [k, dflt] : std::initializer_list<std::pair<const char *, json>>{
+           {"moves", json::array()},
+           {"rows_copied", 0},
+           {"rows_estimated", 0},
+           {"rows_per_second", 0},
+           {"eta_seconds", nullptr},
+           {"verify", {{"rows_checked", 0}, {"mismatches", 0}, {"repaired", 0}}},
+           {"target_write_failures", 0}})
+    j[k] = progress.value(k, dflt);
+  for (auto &[k, v] : progress.items())
+    if (!j.contains(k) && k != "backfill" && k != "updated" && k != "before" && k != "after")
       j[k] = v;
+  if (!m.request.empty())
+    j["request"] = m.request;
   j["error"] = m.error ? json(*m.error) : json(nullptr);
   j["started_at"] = m.started_at;
   j["updated_at"] = m.updated_at;
@@ -149,9 +165,64 @@ json status_json(const Sources &src) {
   return {{"proxy", proxy_j}, {"proxies", proxies}, {"nodes", nodes}, {"migrations", open}};
 }
 
-Response not_built(std::string_view what) {
-  return error(501, "not_implemented",
-               std::string(what) + " is an online migration, which is not built yet (issue 17)");
+// Starts a migration (the runner of whichever proxy holds the lock runs it): 202, or 409
+// while another one runs or another change took the epoch.
+Response start_migration(const Sources &src, const topology::Topology &t,
+                         const migrations::Planned &pl) {
+  try {
+    topology::Store store(*src.metadata, "shardgate-admin");
+    std::string busy;
+    auto next = store.begin_migration(pl.next, t.epoch, pl.row, busy);
+    if (!next && !busy.empty())
+      return error(409, "conflict",
+                   "migration " + busy + " is running; one migration at a time (GET "
+                   "/api/v1/migrations/" + busy + ")");
+    if (!next)
+      return error(409, "conflict",
+                   "another topology change was stored first (epoch " +
+                       std::to_string(t.epoch + 1) + "); read the topology and try again");
+    auto rows = store.migrations(pl.row.id);
+    return ok(202, {{"migration", migration_json(rows.at(0))}, {"epoch", next->epoch}});
+  } catch (const std::exception &e) {
+    return error(503, "unavailable", std::string("the metadata database: ") + e.what());
+  }
+}
+
+// The body's migration options; else the 400 to answer.
+std::optional<Response> migration_options(const json &body, migrations::Options &o) {
+  if (body.contains("cutover")) {
+    if (!body["cutover"].is_string() ||
+        (body["cutover"] != "auto" && body["cutover"] != "manual"))
+      return error(400, "bad_request", "\"cutover\" must be \"auto\" or \"manual\"");
+    o.cutover = body["cutover"].get<std::string>();
+  }
+  for (auto [name, out] : {std::pair<const char *, uint64_t *>{"cleanup_after_s", &o.cleanup_after_s},
+                           {"max_rows_per_second", &o.max_rows_per_second}})
+    if (body.contains(name)) {
+      if (!body[name].is_number_unsigned())
+        return error(400, "bad_request",
+                     std::string("\"") + name + "\" must be a non-negative integer");
+      *out = body[name].get<uint64_t>();
+    }
+  return std::nullopt;
+}
+
+// The newest stored topology (changes are planned on it, not on what this proxy runs).
+std::optional<topology::Topology> stored(const Sources &src, Response &err) {
+  if (!src.metadata) {
+    err = error(503, "unavailable", "no metadata database: changes are stored there");
+    return std::nullopt;
+  }
+  try {
+    topology::Store store(*src.metadata, "shardgate-admin");
+    auto t = store.latest();
+    if (!t)
+      err = error(503, "unavailable", "the metadata database holds no topology yet");
+    return t;
+  } catch (const std::exception &e) {
+    err = error(503, "unavailable", std::string("the metadata database: ") + e.what());
+    return std::nullopt;
+  }
 }
 
 json shard_json(const topology::ShardSpec &s) {
@@ -245,9 +316,49 @@ Response shards(const Request &req, const std::vector<std::string> &p, const Sou
       return *e;
     if (auto e = string_field(body, "primary", true, primary))
       return *e;
-    if (t.find_shard(name))
+    topology::ShardSpec spec{name, primary, {}, 1, "joining"};
+    if (body.contains("replicas")) {
+      if (!body["replicas"].is_array())
+        return error(400, "bad_request", "\"replicas\" must be an array of URLs");
+      for (auto &r : body["replicas"]) {
+        if (!r.is_string())
+          return error(400, "bad_request", "\"replicas\" must be an array of URLs");
+        spec.replicas.push_back(r.get<std::string>());
+      }
+    }
+    if (body.contains("weight")) {
+      if (!body["weight"].is_number_unsigned() || body["weight"].get<uint64_t>() < 1 ||
+          body["weight"].get<uint64_t>() > 1000)
+        return error(400, "bad_request", "\"weight\" must be an integer from 1 to 1000");
+      spec.weight = body["weight"].get<uint32_t>();
+    }
+    migrations::Options opt;
+    if (auto e = migration_options(body, opt))
+      return *e;
+    std::string err;
+    auto ep = config::parse_endpoint(primary, err);
+    if (!ep)
+      return error(400, "bad_request", "bad primary URL: " + err);
+    for (auto &r : spec.replicas)
+      if (!config::parse_endpoint(r, err))
+        return error(400, "bad_request", "bad replica URL: " + err);
+    Response serr;
+    auto cur = stored(src, serr);
+    if (!cur)
+      return serr;
+    if (cur->find_shard(name))
       return error(409, "conflict", "a shard named \"" + name + "\" exists already");
-    return not_built("adding a shard");
+    if (cur->migration)
+      return error(409, "conflict", "migration " + cur->migration->id +
+                                        " is running; one migration at a time");
+    if (auto e = probe(*ep, false))
+      return *e;
+    for (auto &r : spec.replicas)
+      if (auto e = probe(*config::parse_endpoint(r, err), true))
+        return *e;
+    if (auto why = migrations::check_tables(*cur, &spec))
+      return error(422, "unprocessable", *why);
+    return start_migration(src, *cur, migrations::plan_add(*cur, spec, opt));
   }
   if (p.size() == 2) { // /shards/{name}
     if (req.method == "DELETE") {
@@ -255,7 +366,44 @@ Response shards(const Request &req, const std::vector<std::string> &p, const Sou
         return unknown();
       if (t.shards.size() == 1)
         return error(409, "conflict", "cannot remove the last shard");
-      return not_built("removing a shard");
+      migrations::Options opt;
+      if (!req.body.empty()) {
+        if (auto e = parse_body(req.body, {"cutover", "cleanup_after_s", "max_rows_per_second"},
+                                body))
+          return *e;
+        if (auto e = migration_options(body, opt))
+          return *e;
+      }
+      Response serr;
+      auto cur = stored(src, serr);
+      if (!cur)
+        return serr;
+      const topology::ShardSpec *gone = cur->find_shard(p[1]);
+      if (!gone)
+        return unknown();
+      if (cur->migration)
+        return error(409, "conflict", "migration " + cur->migration->id +
+                                          " is running; one migration at a time");
+      size_t active = 0;
+      for (auto &s : cur->shards)
+        active += s.state == "active";
+      if (active <= 1)
+        return error(409, "conflict", "cannot remove the last shard");
+      if (src.proxy && src.proxy->shard_name(src.proxy->router.default_shard()) == p[1]) {
+        std::string list;
+        try {
+          for (auto &n : migrations::unsharded_tables(*cur, p[1]))
+            list += (list.empty() ? "" : ", ") + n;
+        } catch (const std::exception &) {
+        }
+        return error(422, "unprocessable",
+                     "\"" + p[1] + "\" is the default shard: statements on no sharded table " +
+                         "run there" + (list.empty() ? "" : " (its tables: " + list + ")") +
+                         "; moving the default shard is not supported yet");
+      }
+      if (auto why = migrations::check_tables(*cur, nullptr))
+        return error(422, "unprocessable", *why);
+      return start_migration(src, *cur, migrations::plan_remove(*cur, p[1], opt));
     }
     if (req.method != "PATCH")
       return error(405, "method_not_allowed", "use PATCH or DELETE on a shard");
@@ -372,8 +520,19 @@ Response migrations(const Request &req, const std::vector<std::string> &p, const
     return error(404, "not_found", "no migration \"" + p[1] + "\"");
   if (p.size() == 2)
     return ok(200, migration_json(rows->front()));
-  return error(501, "not_implemented",
-               "steering a migration (" + p[2] + ") comes with the migration runner (issue 17)");
+  try {
+    topology::Store store(*src.metadata, "shardgate-admin");
+    std::string phase;
+    if (!store.request(p[1], p[2], phase))
+      return error(409, "conflict",
+                   "migration " + p[1] + " is in phase " + phase + ": " + p[2] +
+                       (p[2] == "abort"     ? " is possible only before CLEANUP"
+                        : p[2] == "cutover" ? " is possible only in READY (cutover \"manual\")"
+                                            : " is possible only in REVERSE_DUAL_WRITE"));
+    return ok(202, {{"migration", migration_json(store.migrations(p[1]).at(0))}});
+  } catch (const std::exception &e) {
+    return error(503, "unavailable", std::string("the metadata database: ") + e.what());
+  }
 }
 
 } // namespace

@@ -293,8 +293,8 @@ LoadResult load_string(std::string_view text, const std::string &path) {
   Config c;
   c.path = path;
   r.unknown_keys(root,
-                 {"proxy", "users", "ring", "replicas", "metrics", "metadata", "admin", "log",
-                  "shards", "tables"},
+                 {"proxy", "users", "ring", "replicas", "metrics", "metadata", "migrations", "admin",
+                  "log", "shards", "tables"},
                  "the top level");
 
   if (auto *p = r.table(root, "proxy")) {
@@ -422,6 +422,13 @@ LoadResult load_string(std::string_view text, const std::string &path) {
     if (c.metadata.heartbeat_ms * 2 > c.metadata.fence_timeout_ms)
       r.error(md->get("heartbeat_ms"), "\"heartbeat_ms\" must be at most half of fence_timeout_ms",
               "a proxy's heartbeat must be fresh well within the fence timeout");
+  }
+  if (auto *mg = r.table(root, "migrations")) {
+    r.unknown_keys(*mg, {"max_rows_per_second", "cutover_pause_ms", "batch_rows"},
+                   "[migrations]");
+    r.get_uint(*mg, "max_rows_per_second", c.migrations.max_rows_per_second, 0, 100000000);
+    r.get_uint(*mg, "cutover_pause_ms", c.migrations.cutover_pause_ms, 10, 60000);
+    r.get_uint(*mg, "batch_rows", c.migrations.batch_rows, 1, 100000);
   }
   if (auto *ad = r.table(root, "admin")) {
     r.unknown_keys(*ad, {"listen", "token_file", "allow_no_token"}, "[admin]");

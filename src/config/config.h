@@ -114,6 +114,14 @@ struct Metadata {
   bool operator==(const Metadata &) const = default;
 };
 
+// Moving rows between shards ([migrations]).
+struct Migrations {
+  uint32_t max_rows_per_second = 0; // backfill rate cap; 0: unlimited
+  uint32_t cutover_pause_ms = 500;  // longest write pause on moving keys; over it, retry later
+  uint32_t batch_rows = 1000;       // rows per backfill, verify and cleanup page
+  bool operator==(const Migrations &) const = default;
+};
+
 // The admin REST API ([admin]).
 struct Admin {
   std::string listen_host; // empty: no admin API
@@ -140,6 +148,7 @@ struct Config {
   Replicas replicas;
   Metrics metrics;
   Metadata metadata;
+  Migrations migrations;
   Admin admin;
   Log log;
   std::vector<Shard> shards;

@@ -1,5 +1,7 @@
 #include "topology/store.h"
 
+#include <algorithm>
+
 #include <pqxx/pqxx>
 
 namespace sg::topology {
@@ -28,7 +30,10 @@ CREATE TABLE IF NOT EXISTS shardgate.migrations(
   error text,
   started_at timestamptz NOT NULL DEFAULT now(),
   updated_at timestamptz NOT NULL DEFAULT now());
+ALTER TABLE shardgate.migrations ADD COLUMN IF NOT EXISTS request text;
 )sql";
+
+const char *kActive = "phase NOT IN ('DONE', 'ABORTED', 'FAILED')";
 
 // One key for every schema change of ours (pg_advisory_xact_lock's bigint).
 constexpr long long kSchemaLock = 0x5347'4d45'5441; // "SGMETA"
@@ -97,14 +102,116 @@ std::vector<MigrationRow> Store::migrations(const std::string &id) {
   pqxx::read_transaction w(c_->c);
   auto r = w.exec_params("SELECT id, kind, shard, phase, progress::text, error, " +
                              rfc3339("started_at") + ", " + rfc3339("updated_at") +
-                             " FROM shardgate.migrations WHERE $1 = '' OR id = $1 "
+                             ", coalesce(request, '') FROM shardgate.migrations "
+                             "WHERE $1 = '' OR id = $1 "
                              "ORDER BY started_at, id",
                          id);
   std::vector<MigrationRow> out;
   for (auto row : r)
     out.push_back({row[0].c_str(), row[1].c_str(), row[2].c_str(), row[3].c_str(), row[4].c_str(),
                    row[5].is_null() ? std::optional<std::string>() : row[5].c_str(),
-                   row[6].c_str(), row[7].c_str()});
+                   row[6].c_str(), row[7].c_str(), row[8].c_str()});
+  return out;
+}
+
+std::optional<Topology> Store::begin_migration(Topology next, uint64_t expected,
+                                               const MigrationRow &m, std::string &busy) {
+  pqxx::work w(c_->c);
+  w.exec_params("SELECT pg_advisory_xact_lock($1)", kSchemaLock); // one start at a time
+  auto a = w.exec(std::string("SELECT id FROM shardgate.migrations WHERE ") + kActive);
+  if (!a.empty()) {
+    busy = a[0][0].c_str();
+    return std::nullopt;
+  }
+  auto r = w.exec("SELECT max(epoch) FROM shardgate.epochs");
+  if (r[0][0].is_null() || r[0][0].as<uint64_t>() != expected)
+    return std::nullopt;
+  next.epoch = expected + 1;
+  w.exec_params("INSERT INTO shardgate.epochs(epoch, topology, reason) VALUES ($1, $2::jsonb, $3)",
+                next.epoch, to_json(next, false), m.kind + " " + m.shard + " (" + m.id + ")");
+  w.exec_params("INSERT INTO shardgate.migrations(id, kind, shard, phase, progress) "
+                "VALUES ($1, $2, $3, $4, $5::jsonb)",
+                m.id, m.kind, m.shard, m.phase, m.progress);
+  w.exec_params("SELECT pg_notify($1, $2)", kChannel, std::to_string(next.epoch));
+  w.commit();
+  return next;
+}
+
+bool Store::journal(const std::string &id, const std::string &phase, const std::string &progress,
+                    const std::optional<std::string> &error, const Topology *next,
+                    uint64_t expected, const std::string &reason) {
+  pqxx::work w(c_->c);
+  if (next) {
+    Topology t = *next;
+    t.epoch = expected + 1;
+    auto ins = w.exec_params("INSERT INTO shardgate.epochs(epoch, topology, reason) "
+                             "SELECT $1, $2::jsonb, $3 WHERE (SELECT max(epoch) FROM "
+                             "shardgate.epochs) = $4 ON CONFLICT (epoch) DO NOTHING",
+                             t.epoch, to_json(t, false), reason, expected);
+    if (ins.affected_rows() != 1)
+      return false;
+    w.exec_params("SELECT pg_notify($1, $2)", kChannel, std::to_string(t.epoch));
+  }
+  w.exec_params("UPDATE shardgate.migrations SET phase = $2, progress = $3::jsonb, error = $4, "
+                "updated_at = now(), request = CASE WHEN phase = $2 THEN request END "
+                "WHERE id = $1",
+                id, phase, progress, error);
+  w.commit();
+  return true;
+}
+
+bool Store::request(const std::string &id, const std::string &action, std::string &phase) {
+  pqxx::work w(c_->c);
+  auto r = w.exec_params("SELECT phase FROM shardgate.migrations WHERE id = $1 FOR UPDATE", id);
+  if (r.empty()) {
+    phase.clear();
+    return false;
+  }
+  phase = r[0][0].c_str();
+  static const std::vector<std::string> abortable = {"PREPARE", "DUAL_WRITE", "BACKFILL",
+                                                     "VERIFY", "READY", "CUTOVER",
+                                                     "REVERSE_DUAL_WRITE"};
+  bool ok = action == "abort"     ? std::count(abortable.begin(), abortable.end(), phase) > 0
+            : action == "cutover" ? phase == "READY"
+            : action == "cleanup" ? phase == "REVERSE_DUAL_WRITE"
+                                  : false;
+  if (!ok)
+    return false;
+  w.exec_params("UPDATE shardgate.migrations SET request = $2, updated_at = now() WHERE id = $1",
+                id, action);
+  w.commit();
+  return true;
+}
+
+std::optional<MigrationRow> Store::active_migration() {
+  pqxx::read_transaction w(c_->c);
+  auto r = w.exec(std::string("SELECT id, kind, shard, phase, progress::text, error, "
+                              "coalesce(request, '') FROM shardgate.migrations WHERE ") +
+                  kActive + " ORDER BY started_at LIMIT 1");
+  if (r.empty())
+    return std::nullopt;
+  auto row = r[0];
+  MigrationRow m{row[0].c_str(), row[1].c_str(), row[2].c_str(), row[3].c_str(), row[4].c_str(),
+                 row[5].is_null() ? std::optional<std::string>() : row[5].c_str(), "", "",
+                 row[6].c_str()};
+  return m;
+}
+
+bool Store::try_lock(int64_t key) {
+  pqxx::nontransaction w(c_->c);
+  return w.exec_params("SELECT pg_try_advisory_lock($1)", key)[0][0].as<bool>();
+}
+
+void Store::unlock(int64_t key) {
+  pqxx::nontransaction w(c_->c);
+  w.exec_params("SELECT pg_advisory_unlock($1)", key);
+}
+
+std::vector<ProxyRow> Store::behind(uint64_t epoch, int64_t fresh_ms) {
+  std::vector<ProxyRow> out;
+  for (auto &p : proxies())
+    if (p.heartbeat_age_ms <= fresh_ms && p.applied_epoch < epoch)
+      out.push_back(p);
   return out;
 }
 

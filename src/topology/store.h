@@ -38,6 +38,7 @@ struct MigrationRow {
   std::string progress; // JSON object: moves, rows_copied, verify, ...
   std::optional<std::string> error;
   std::string started_at, updated_at; // RFC 3339, UTC
+  std::string request;                // an operator's pending action: abort, cutover, cleanup
 };
 
 class Store {
@@ -60,6 +61,28 @@ public:
   std::vector<ProxyRow> proxies();
   // Every journaled migration, oldest first, or the one with this id.
   std::vector<MigrationRow> migrations(const std::string &id = "");
+  // Starts a migration: its journal row (phase PREPARE) and the epoch `next` (expected + 1), in
+  // one transaction. nullopt when the epoch was taken, or when another migration is running
+  // (`busy` then names it).
+  std::optional<Topology> begin_migration(Topology next, uint64_t expected, const MigrationRow &m,
+                                          std::string &busy);
+  // Journals a phase and the progress of migration `id`; with `next`, also stores that epoch
+  // (expected + 1) in the same transaction, so the journal and the placement never disagree.
+  // False when the epoch was taken.
+  bool journal(const std::string &id, const std::string &phase, const std::string &progress,
+               const std::optional<std::string> &error, const Topology *next = nullptr,
+               uint64_t expected = 0, const std::string &reason = "");
+  // Asks the running migration to do something (abort, cutover, cleanup): the runner reads it.
+  // False when no migration with this id is in a phase that allows it (`phase` then says where
+  // it is).
+  bool request(const std::string &id, const std::string &action, std::string &phase);
+  // The running migration (not DONE, ABORTED or FAILED), if any.
+  std::optional<MigrationRow> active_migration();
+  // Session-level advisory lock on this connection (released with it): who runs migrations.
+  bool try_lock(int64_t key);
+  void unlock(int64_t key);
+  // Proxies that heartbeat within `fresh_ms` but have not applied `epoch` yet.
+  std::vector<ProxyRow> behind(uint64_t epoch, int64_t fresh_ms);
   // LISTENs on kChannel; then wait() blocks up to `ms` and says whether a notification came.
   // (Notifications only wake the waiter early: the stored epoch is what counts.)
   void listen();
