@@ -76,7 +76,10 @@ std::vector<Move> KeyMoves::moves() const {
     Move &mv = m[{f, t}];
     mv.from = f;
     mv.to = t;
-    mv.ranges++;
+    if (!mv.ranges.empty() && mv.ranges.back().second == prev)
+      mv.ranges.back().second = p;
+    else
+      mv.ranges.push_back({prev, p});
     mv.fraction += width;
   }
   std::vector<Move> out;

@@ -15,8 +15,8 @@ namespace sg::migrations {
 
 struct Move {
   std::string from, to;
-  uint64_t ranges = 0;     // ring intervals (a, b] that go from `from` to `to`
-  double fraction = 0;     // share of the hash space they cover
+  std::vector<std::pair<uint64_t, uint64_t>> ranges; // ring intervals (a, b]; adjacent merged
+  double fraction = 0;                               // share of the hash space they cover
 };
 
 class KeyMoves {

@@ -44,11 +44,15 @@ Planned plan(const topology::Topology &t, topology::Topology next, const std::st
   }
   KeyMoves km(next, before, after);
   json moves = json::array();
-  for (auto &m : km.moves())
+  for (auto &m : km.moves()) {
+    json ranges = json::array();
+    for (auto &[a, b] : m.ranges) // strings: exact in every JSON parser
+      ranges.push_back({std::to_string(a), std::to_string(b)});
     moves.push_back({{"from", m.from},
                      {"to", m.to},
-                     {"ranges", m.ranges},
+                     {"ranges", ranges},
                      {"fraction", double(int64_t(m.fraction * 1e6)) / 1e6}});
+  }
   json prog = {{"moves", moves},
                {"rows_copied", 0},
                {"rows_estimated", 0},

@@ -237,14 +237,27 @@ class AdminTest(TwoProxyCase):
         self.assertEqual(errors, [])
         self.assertGreater(seen[0], 20, "the SQL client was starved")
 
-    def test_shard_add_remove_answer_501_until_migrations(self):
-        for method, path, body, tmpl in (
-                ("POST", "/api/v1/shards", {"name": "s9", "primary": "postgresql://h/d"},
-                 "/api/v1/shards"),
-                ("DELETE", "/api/v1/shards/s1", None, "/api/v1/shards/{name}")):
-            st, r = self.api_a.call(method, path, body, template=tmpl)
-            self.assertEqual(st, 501, r)
-            self.assertEqual(r["error"]["code"], "not_implemented")
+    def test_shard_add_remove_refusals_change_nothing(self):
+        # (test_migrations.py runs real migrations)
+        down = f"postgresql://app:app-secret@127.0.0.1:{harness.free_port_block(1)}/app"
+        for method, path, body, tmpl, status, code in (
+                ("POST", "/api/v1/shards", {"name": "s9", "primary": down}, "/api/v1/shards",
+                 422, "unprocessable"),
+                ("POST", "/api/v1/shards", {"name": "s1", "primary": down}, "/api/v1/shards",
+                 409, "conflict"),
+                ("POST", "/api/v1/shards", {"name": "s9", "primary": down, "cutover": "soon"},
+                 "/api/v1/shards", 400, "bad_request"),
+                ("DELETE", "/api/v1/shards/s0", None, "/api/v1/shards/{name}", 422,
+                 "unprocessable"),
+                ("DELETE", "/api/v1/shards/s7", None, "/api/v1/shards/{name}", 404,
+                 "not_found")):
+            with self.subTest(method=method, body=body, path=path):
+                st, r = self.api_a.call(method, path, body, template=tmpl)
+                self.assertEqual(st, status, r)
+                self.assertEqual(r["error"]["code"], code)
+        st, r = self.api_a.call("DELETE", "/api/v1/shards/s0", None,
+                                template="/api/v1/shards/{name}")
+        self.assertIn("default shard", r["error"]["message"])
         # ... and the topology did not change
         st, topo = self.api_a.call("GET", "/api/v1/topology")
         self.assertEqual([s["name"] for s in topo["shards"]], ["s0", "s1"])
@@ -356,8 +369,9 @@ class AdminTest(TwoProxyCase):
         self.assertIn("topology_seeded", p.log())
 
     def test_migrations_are_read_from_the_journal(self):
+        # A finished one (a running one would be taken up by the proxies' runners).
         self.meta_sql("INSERT INTO shardgate.migrations(id, kind, shard, phase, progress) "
-                      "VALUES ('m-test', 'add_shard', 's2', 'BACKFILL', "
+                      "VALUES ('m-test', 'add_shard', 's2', 'FAILED', "
                       "'{\"rows_copied\": 10, \"rows_estimated\": 40}')")
         self.addCleanup(lambda: self.meta_sql("DELETE FROM shardgate.migrations"))
         st, r = self.api_a.call("GET", "/api/v1/migrations")
@@ -367,12 +381,13 @@ class AdminTest(TwoProxyCase):
                                 template="/api/v1/migrations/{id}")
         self.assertEqual(st, 200, m)
         self.assertEqual((m["kind"], m["shard"], m["phase"], m["rows_copied"], m["error"]),
-                         ("add_shard", "s2", "BACKFILL", 10, None))
+                         ("add_shard", "s2", "FAILED", 10, None))
         st, s = self.api_a.call("GET", "/api/v1/status")
-        self.assertEqual([x["id"] for x in s["migrations"]], ["m-test"])
+        self.assertEqual(s["migrations"], [])  # only running ones
         st, r = self.api_a.call("POST", "/api/v1/migrations/m-test/abort",
                                 template="/api/v1/migrations/{id}/abort")
-        self.assertEqual((st, r["error"]["code"]), (501, "not_implemented"))
+        self.assertEqual((st, r["error"]["code"]), (409, "conflict"))
+        self.assertIn("phase FAILED", r["error"]["message"])
 
     # ---------------------------------------------------------------- fencing
 
@@ -492,7 +507,7 @@ class AdminTest(TwoProxyCase):
         self.assertIn("unprocessable", p.stderr)  # nothing listens on port 9
         p = self.ctl("shard", "add", "s9", "--primary", "postgresql://app@127.0.0.1:9/app")
         self.assertEqual(p.returncode, 1)
-        self.assertIn("not_implemented", p.stderr)
+        self.assertIn("unprocessable", p.stderr)
         p = self.ctl("migration", "show", "m-none")
         self.assertEqual(p.returncode, 1)
         self.assertIn("not_found", p.stderr)

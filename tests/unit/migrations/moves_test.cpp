@@ -59,7 +59,12 @@ TEST(KeyMoves, AddingAShardMovesOnlyKeysToIt) {
   double f = 0;
   for (auto &m : km.moves()) {
     EXPECT_EQ(m.to, "s3");
-    EXPECT_GT(m.ranges, 0u);
+    EXPECT_FALSE(m.ranges.empty());
+    for (auto &[a, b] : m.ranges) { // every key in a range moves from -> to
+      uint64_t mid = a < b ? a + (b - a) / 2 : b - 1;
+      EXPECT_EQ(km.before(mid), m.from);
+      EXPECT_EQ(km.after(mid), m.to);
+    }
     f += m.fraction;
   }
   EXPECT_NEAR(f, double(moved) / 20000, 0.03);
