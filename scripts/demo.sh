@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Runs the ShardGate demo: 2 PostgreSQL shards with 1 replica each, and the proxy on 127.0.0.1:6432.
+# Runs the ShardGate demo: 2 PostgreSQL shards with 1 replica each, and the proxy on 127.0.0.1:6432,
+# plus a third shard's servers (s2) that are not in the topology yet: ready to add with the
+# admin API (README, "Adding and removing shards").
 #
 #   scripts/demo.sh up [--no-build]   install packages, build, start everything (idempotent)
 #   scripts/demo.sh status            show the servers and the proxy
@@ -84,7 +86,7 @@ cmd_up() {
     cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
     cmake --build build
   fi
-  scripts/cluster.sh up --dir "$DEMO" --shards 2 --replicas 1 --base-port 55432
+  scripts/cluster.sh up --dir "$DEMO" --shards 3 --replicas 1 --base-port 55432
   cp deploy/examples/demo.toml "$CONFIG"
   # Metrics, /health and the admin API; the admin token is made once and kept.
   local token=$ROOT/$DEMO/admin.token
@@ -100,7 +102,8 @@ listen = "127.0.0.1:9930"
 listen = "127.0.0.1:$ADMIN_PORT"
 token_file = "$token"
 EOF
-  # The demo table, owned by app, on both primaries (replicas get it by streaming replication).
+  # The demo table, owned by app, on the two shards' primaries (replicas get it by streaming
+  # replication; s2 gets it from the migration that adds it).
   local p
   for p in 0 1; do
     PGOPTIONS="-c client_min_messages=warning" "$PGBIN/psql" -h "$ROOT/$DEMO/s$p-primary" -p $((55432 + 2 * p)) -U app -d app -qAtX -v ON_ERROR_STOP=1 \
@@ -118,6 +121,10 @@ Metrics and health:
 The admin API (token in $DEMO/admin.token):
   curl -s -H "Authorization: Bearer \$(cat $DEMO/admin.token)" http://127.0.0.1:$ADMIN_PORT/api/v1/topology
   SHARDGATE_ADMIN_TOKEN=\$(cat $DEMO/admin.token) tools/shardgatectl --url http://127.0.0.1:$ADMIN_PORT status
+A third shard's servers (127.0.0.1:55436, replica :55437) are ready to add, online:
+  SHARDGATE_ADMIN_TOKEN=\$(cat $DEMO/admin.token) tools/shardgatectl --url http://127.0.0.1:$ADMIN_PORT \\
+    shard add s2 --primary postgresql://app:app-secret@127.0.0.1:55436/app \\
+    --replica postgresql://app:app-secret@127.0.0.1:55437/app --cleanup-after 0
 Stop with: scripts/demo.sh down
 EOF
 }

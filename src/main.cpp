@@ -261,7 +261,8 @@ int main(int argc, char **argv) {
                                                             std::move(hooks));
           watcher->start();
           // Every proxy runs a runner; the one holding the metadata lock runs the migration.
-          runner = std::make_unique<sg::migrations::Runner>(meta_cfg, instance);
+          runner = std::make_unique<sg::migrations::Runner>(meta_cfg, instance,
+                                                            &server.migration_stats());
           runner->start();
         }
         if (admin_cfg.listen_port != 0) {

@@ -266,7 +266,7 @@ std::string Exporter::render() const {
 
   auto epoch =
       family("shardgate_ring_epoch", "Topology epoch of the ring in use", MetricType::Gauge);
-  epoch.metric.push_back(metric({}, double(sh.router.topology().epoch), MetricType::Gauge));
+  epoch.metric.push_back(metric({}, double(sh.placement()->epoch), MetricType::Gauge));
   out.push_back(std::move(epoch));
   auto build = family("shardgate_build_info", "Build information", MetricType::Gauge);
   build.metric.push_back(metric({{"version", kVersion}}, 1, MetricType::Gauge));
@@ -283,6 +283,61 @@ std::string Exporter::render() const {
 
   const auto &cp = sh.control;
   if (cp.enabled.load()) {
+    // Migrations: the running one (every proxy reads its journal), and the cutover pauses this
+    // proxy's runner made.
+    static const char *kPhases[] = {"PREPARE",  "DUAL_WRITE", "BACKFILL",           "VERIFY",
+                                    "READY",    "CUTOVER",    "REVERSE_DUAL_WRITE", "CLEANUP",
+                                    "DONE",     "ABORTING",   "ABORTED",            "FAILED"};
+    auto phase = family("shardgate_migration_phase",
+                        "The running migration's phase: 1 for the current one (a state set)",
+                        MetricType::Gauge);
+    auto mg = [&](const char *name, const char *help) {
+      return family(name, help, MetricType::Gauge);
+    };
+    auto copied = mg("shardgate_migration_rows_copied", "Rows backfilled by the running migration");
+    auto estimated =
+        mg("shardgate_migration_rows_estimated", "Rows the running migration expects to move");
+    auto rate = mg("shardgate_migration_rows_per_second", "Backfill rate of the running migration");
+    auto mism = mg("shardgate_migration_verify_mismatches",
+                   "Rows VERIFY found different on the target (then copied again)");
+    auto fails = mg("shardgate_migration_target_write_failures",
+                    "Writes to a migration's target that failed (retried from the change log)");
+    if (auto v = sh.migration.get()) {
+      std::vector<ClientMetric::Label> l = {
+          {"migration", v->id}, {"kind", v->kind}, {"shard", v->shard}};
+      for (const char *p : kPhases) {
+        auto lp = l;
+        lp.push_back({"phase", p});
+        phase.metric.push_back(metric(lp, v->phase == p ? 1 : 0, MetricType::Gauge));
+      }
+      copied.metric.push_back(metric(l, double(v->rows_copied), MetricType::Gauge));
+      estimated.metric.push_back(metric(l, double(v->rows_estimated), MetricType::Gauge));
+      rate.metric.push_back(metric(l, double(v->rows_per_second), MetricType::Gauge));
+      mism.metric.push_back(metric(l, double(v->verify_mismatches), MetricType::Gauge));
+      fails.metric.push_back(metric(l, double(v->target_write_failures), MetricType::Gauge));
+    }
+    for (auto *f : {&phase, &copied, &estimated, &rate, &mism, &fails})
+      out.push_back(std::move(*f));
+    auto pauses = family("shardgate_migration_cutover_pause_seconds",
+                         "Write pause on the moving keys of each cutover this proxy ran",
+                         MetricType::Histogram);
+    {
+      const auto &ms = sh.migration;
+      ClientMetric m;
+      uint64_t cumulative = 0;
+      for (size_t i = 0; i < ms.pause_buckets.size(); ++i) {
+        cumulative += ms.pause_buckets[i].load(std::memory_order_relaxed);
+        ClientMetric::Bucket b;
+        b.cumulative_count = cumulative;
+        b.upper_bound = i < ms.kPauseBounds.size() ? ms.kPauseBounds[i]
+                                                   : std::numeric_limits<double>::infinity();
+        m.histogram.bucket.push_back(b);
+      }
+      m.histogram.sample_count = ms.pause_count.load(std::memory_order_relaxed);
+      m.histogram.sample_sum = double(ms.pause_sum_us.load(std::memory_order_relaxed)) * 1e-6;
+      pauses.metric.push_back(m);
+    }
+    out.push_back(std::move(pauses));
     auto gauge = [&](const char *name, const char *help, double v) {
       auto f = family(name, help, MetricType::Gauge);
       f.metric.push_back(metric({}, v, MetricType::Gauge));

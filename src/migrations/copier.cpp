@@ -351,6 +351,8 @@ Copier::DrainResult Copier::drain(const std::vector<std::string> &shards, bool r
       pqxx::result r;
       {
         pqxx::work w(conn(s, kWrite));
+        if (w.exec("SELECT to_regclass('shardgate.changes')")[0][0].is_null())
+          continue; // capture removed already (a cleanup resumed after it)
         r = w.exec("SELECT id, tbl, key FROM shardgate.changes ORDER BY id LIMIT 5000");
         w.commit();
       }

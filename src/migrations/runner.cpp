@@ -37,13 +37,37 @@ bool has(const std::vector<std::string> &v, const std::string &n) {
 // Stopping, or an operator asked for something that ends the current step.
 struct Interrupted {};
 
+// What the metrics show of a journal row.
+void publish(proxy::MigrationStats *stats, const topology::MigrationRow &m, const json &p) {
+  if (!stats)
+    return;
+  proxy::MigrationStats::View v;
+  v.id = m.id;
+  v.kind = m.kind;
+  v.shard = m.shard;
+  v.phase = m.phase;
+  auto num = [&](const json &j, const char *k) {
+    auto it = j.find(k);
+    return it != j.end() && it->is_number() ? it->get<uint64_t>() : uint64_t(0);
+  };
+  v.rows_copied = num(p, "rows_copied");
+  v.rows_estimated = num(p, "rows_estimated");
+  v.rows_per_second = num(p, "rows_per_second");
+  v.target_write_failures = num(p, "target_write_failures");
+  if (auto it = p.find("verify"); it != p.end() && it->is_object()) {
+    v.verify_mismatches = num(*it, "mismatches");
+    v.verify_repaired = num(*it, "repaired");
+  }
+  stats->set(v);
+}
+
 // One migration, run by the proxy holding the runner lock, from whatever phase the journal
 // says until DONE, ABORTED or FAILED.
 class Job {
 public:
   Job(const config::Config &cfg, topology::Store &store, topology::MigrationRow row,
-      const std::atomic<bool> &stop)
-      : cfg_(cfg), store_(store), m_(std::move(row)), stop_(stop) {
+      const std::atomic<bool> &stop, proxy::MigrationStats *stats)
+      : cfg_(cfg), store_(store), m_(std::move(row)), stop_(stop), stats_(stats) {
     p_ = json::parse(m_.progress.empty() ? "{}" : m_.progress);
     before_ = p_.value("before", std::vector<std::string>{});
     after_ = p_.value("after", std::vector<std::string>{});
@@ -119,13 +143,14 @@ private:
   }
 
   void save(const std::optional<std::string> &error = std::nullopt) {
-    p_["updated"] = true;
     store_.journal(m_.id, m_.phase, p_.dump(), error);
+    publish(stats_, m_, p_);
   }
 
   void set_phase(const std::string &phase) {
     m_.phase = phase;
     store_.journal(m_.id, phase, p_.dump(), std::nullopt);
+    publish(stats_, m_, p_);
     log::info("migration_phase", {{"migration", m_.id}, {"phase", phase}});
     if (int d = phase_delay_ms())
       sleep_ms(d);
@@ -140,6 +165,7 @@ private:
         next.epoch = cur->epoch + 1;
         topo_ = next;
         m_.phase = phase;
+        publish(stats_, m_, p_);
         log::info("migration_phase", {{"migration", m_.id},
                                       {"phase", phase},
                                       {"epoch", std::to_string(next.epoch)},
@@ -399,6 +425,8 @@ private:
         // The point of no return: the flip and the phase in one metadata transaction.
         auto pause_ms = ms_since(t0);
         p_["cutover_pause_ms"].push_back(pause_ms);
+        if (stats_)
+          stats_->observe_pause(double(pause_ms) / 1000);
         set_phase_and_topology(next_phase, placed(to_after, false),
                                "migration " + m_.id + ": keys flipped to their " +
                                    (to_after ? "new" : "old") + " owners");
@@ -472,6 +500,7 @@ private:
   topology::Store &store_;
   topology::MigrationRow m_;
   const std::atomic<bool> &stop_;
+  proxy::MigrationStats *stats_;
   json p_;
   std::vector<std::string> before_, after_;
   topology::Topology topo_;
@@ -484,8 +513,8 @@ private:
 
 } // namespace
 
-Runner::Runner(const config::Config &cfg, std::string instance)
-    : cfg_(cfg), instance_(std::move(instance)) {}
+Runner::Runner(const config::Config &cfg, std::string instance, proxy::MigrationStats *stats)
+    : cfg_(cfg), instance_(std::move(instance)), stats_(stats) {}
 
 Runner::~Runner() { stop(); }
 
@@ -512,6 +541,12 @@ void Runner::run() {
       topology::Store store(where, "shardgate-migrations");
       while (!stop_) {
         auto m = store.active_migration();
+        if (stats_) {
+          if (m)
+            publish(stats_, *m, json::parse(m->progress, nullptr, false));
+          else
+            stats_->set(std::nullopt);
+        }
         if (!m) {
           if (!sleep_for(300))
             return;
@@ -525,7 +560,7 @@ void Runner::run() {
         log::info("migration_runner", {{"migration", m->id}, {"phase", m->phase},
                                        {"instance", instance_}});
         try {
-          Job job(cfg_, store, *m, stop_);
+          Job job(cfg_, store, *m, stop_, stats_);
           job.run();
         } catch (const Interrupted &) {
           store.unlock(kRunnerLock);

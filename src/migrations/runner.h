@@ -11,6 +11,7 @@
 #pragma once
 
 #include "config/config.h"
+#include "proxy/server.h"
 
 #include <atomic>
 #include <condition_variable>
@@ -22,7 +23,8 @@ namespace sg::migrations {
 
 class Runner {
 public:
-  Runner(const config::Config &cfg, std::string instance);
+  // `stats`: where this proxy's metrics read the migration's progress (may be null).
+  Runner(const config::Config &cfg, std::string instance, proxy::MigrationStats *stats);
   ~Runner();
   void start();
   void stop();
@@ -32,6 +34,7 @@ private:
   bool sleep_for(int ms); // false when stopping
   config::Config cfg_;
   std::string instance_;
+  proxy::MigrationStats *stats_;
   std::thread thread_;
   std::mutex mu_;
   std::condition_variable cv_;

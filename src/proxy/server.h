@@ -12,6 +12,7 @@
 #include "proxy/stats.h"
 #include "router/router.h"
 
+#include <array>
 #include <atomic>
 #include <functional>
 #include <memory>
@@ -79,6 +80,41 @@ struct PlacementSpec {
   bool pause = false;    // its cutover: writes to moving keys wait
 };
 
+// The running migration as this proxy last saw it (from its own runner, or the journal), for
+// metrics; and the cutover pauses this proxy's runner made.
+class MigrationStats {
+public:
+  struct View {
+    std::string id, kind, shard, phase;
+    uint64_t rows_copied = 0, rows_estimated = 0, rows_per_second = 0, verify_mismatches = 0,
+             verify_repaired = 0, target_write_failures = 0;
+  };
+  void set(std::optional<View> v) {
+    std::lock_guard lk(mu_);
+    v_ = std::move(v);
+  }
+  std::optional<View> get() const {
+    std::lock_guard lk(mu_);
+    return v_;
+  }
+  static constexpr std::array<double, 9> kPauseBounds = {0.01, 0.025, 0.05, 0.1, 0.25,
+                                                         0.5,  1,     2.5,  5};
+  void observe_pause(double seconds) {
+    size_t i = 0;
+    while (i < kPauseBounds.size() && seconds > kPauseBounds[i])
+      ++i;
+    pause_buckets[i].fetch_add(1, std::memory_order_relaxed);
+    pause_count.fetch_add(1, std::memory_order_relaxed);
+    pause_sum_us.fetch_add(uint64_t(seconds * 1e6), std::memory_order_relaxed);
+  }
+  std::array<std::atomic<uint64_t>, kPauseBounds.size() + 1> pause_buckets{};
+  std::atomic<uint64_t> pause_count{0}, pause_sum_us{0};
+
+private:
+  mutable std::mutex mu_;
+  std::optional<View> v_;
+};
+
 struct Shared {
   explicit Shared(config::Config c);
   config::Config cfg;
@@ -131,6 +167,7 @@ struct Shared {
     std::atomic<uint64_t> applied_epoch{0}, stored_epoch{0}, reconnects{0};
   };
   ControlPlane control;
+  MigrationStats migration;
   // A node as operators see it: "up", "lagging" (a replica the lag gate holds back), "banned"
   // (the circuit breaker is open) or "down" (its last probe failed).
   const char *node_state(size_t id) const;
@@ -234,6 +271,7 @@ public:
   const Shared &shared() const { return *shared_; }
   void set_write_fence(bool on) { shared_->write_fence.store(on, std::memory_order_relaxed); }
   Shared::ControlPlane &control() { return shared_->control; }
+  MigrationStats &migration_stats() { return shared_->migration; }
   // A new placement (see Shared::apply_placement): the monitor probes the nodes that joined and
   // stops probing those that left; each worker closes its idle connections to those that left.
   bool apply_placement(const PlacementSpec &spec, std::string &error);
