@@ -89,6 +89,10 @@ bool Session::fast_batch(FastBatch &fb, QueryRun &q) {
     bind_params_.push_back({bind_.params[i], protocol::bind_param_format(bind_, i)});
   router::Resolved r = sh_.router.resolve(sp, st.text, st.planned.scan, bind_params_,
                                           w_->place().keys.get());
+  if (r.moving && may_hold(r)) [[unlikely]] {
+    fb.hold = true;
+    return false;
+  }
   bool tx_bound = tx_shard_ >= 0;
   if (r.kind == router::TargetKind::by_key ||
       (r.kind == router::TargetKind::default_shard && !sp.tableless))

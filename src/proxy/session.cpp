@@ -250,6 +250,11 @@ Task<void> Session::query_loop() {
     QueryRun q;
     FastBatch fb;
     bool batch = f.type == 'B' && fast_batch(fb, q);
+    if (fb.hold) [[unlikely]] {
+      co_await hold_a_moment();
+      continue; // the batch is still in cbuf_: routed again
+    }
+    hold_since_ = {};
     if (f.type == 'Q' || batch) {
       if (batch) {
         count_route(w_->stats, fb.route, *fb.sp);
@@ -262,6 +267,11 @@ Task<void> Session::query_loop() {
         query_.assign(body.data(), body.size() - 1);
         cbuf_.consume(f.frame_len);
         QueryStep step = route_query(query_, q);
+        while (step == QueryStep::hold) [[unlikely]] {
+          co_await hold_a_moment();
+          step = route_query(query_, q);
+        }
+        hold_since_ = {};
         if (step == QueryStep::end_failed_tx) {
           co_await end_failed_tx();
           synthetic_done(*sink_, "ROLLBACK");
@@ -450,6 +460,22 @@ Task<void> Session::query_loop() {
 // Whether q (a routed simple Query) may share a backend connection with other clients' reads
 // (see mux.h): a lone plain read in autocommit, from a session that holds no connection of its
 // own on that shard. (mux_join() matches the session's settings with the connection's.)
+bool Session::may_hold(const router::Resolved &r) {
+  if (!r.moving || in_tx() || !deferred_.empty() || batch_shard_ >= 0 || implicit_open_)
+    return false;
+  auto now = std::chrono::steady_clock::now();
+  if (hold_since_ == std::chrono::steady_clock::time_point{})
+    hold_since_ = now;
+  return now - hold_since_ <
+         std::chrono::milliseconds(sh_.cfg.migrations.cutover_pause_ms + 500);
+}
+
+Task<void> Session::hold_a_moment() {
+  Timer t(co_await asio::this_coro::executor, std::chrono::milliseconds(2));
+  ErrorCode ec;
+  co_await t.async_wait(asio::redirect_error(use_awaitable, ec));
+}
+
 Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
   request_error_ = false;
   end_seen_ = false;
@@ -505,6 +531,8 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
     router::Resolved r = sh_.router.resolve(st, sql, planned.scan, {}, w_->place().keys.get());
     count_route(w_->stats, r.kind, st);
     if (r.kind == router::TargetKind::error) {
+      if (r.moving && may_hold(r)) [[unlikely]]
+        return QueryStep::hold;
       error(r.error.sqlstate, r.error.message, r.error.hint);
       if (in_tx())
         fail_transaction_by_proxy();

@@ -99,7 +99,7 @@ private:
   void arrive(int fd);
   // A simple Query: route_query() decides with no I/O; query_loop() runs the common case
   // itself (no coroutine frame per query). sql is query_, valid until the next message.
-  enum class QueryStep : uint8_t { answered, run, end_failed_tx, broadcast, side };
+  enum class QueryStep : uint8_t { answered, run, end_failed_tx, broadcast, side, hold };
   struct QueryRun {
     int shard = -1;
     bool read = false, all_read = true;
@@ -108,6 +108,13 @@ private:
     std::chrono::steady_clock::time_point started;
   };
   QueryStep route_query(const std::string &sql, QueryRun &q);
+  // A migration's cutover pauses writes to the keys it moves. A request outside a transaction
+  // that writes one waits here (a few ms at a time, up to cutover_pause_ms and a margin) and
+  // is routed again, to the new owner once the flip is applied. Inside a transaction such a
+  // write is refused (40001) instead: waiting would hold its locks, which the cutover waits for.
+  bool may_hold(const router::Resolved &r);
+  Task<void> hold_a_moment();
+  std::chrono::steady_clock::time_point hold_since_{};
   // Pipelined reads (see mux.h).
   bool pipelinable(const QueryRun &q, const router::StatementPlan &sp, bool alone) const;
   MuxLane *mux_join(size_t node);
@@ -153,6 +160,7 @@ private:
     const StmtRef *ref = nullptr; // st's entry in stmts_
     const router::StatementPlan *sp = nullptr;
     router::TargetKind route = router::TargetKind::none;
+    bool hold = false; // a write to a moving key: wait, then try again (may_hold)
   };
   bool fast_batch(FastBatch &fb, QueryRun &q);
   void fast_batch_write(const FastBatch &fb, BackendConn &b, bool consume = true);

@@ -179,6 +179,7 @@ Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const Sca
     if (!topo.pause || p.kind == StmtKind::read || topo.next_owner(h) == o) [[likely]]
       return false;
     r.kind = TargetKind::error;
+    r.moving = true;
     r.error = key_error("40001",
                         "the key is moving to shard \"" + topo.shard_names[topo.next_owner(h)] +
                             "\": writes to it pause for migration " + topo.migration +

@@ -33,6 +33,7 @@ struct Resolved {
   TargetKind kind = TargetKind::default_shard;
   size_t shard = 0; // by_key / default_shard
   RouteError error;
+  bool moving = false; // the error: a write to a key whose cutover is under way (it passes)
 };
 
 // Placement of keys: the ring and the shard index (slot) each of its members is. Immutable; a
