@@ -4,8 +4,9 @@ are valid and use only the metrics the proxy exports (the contract below).
 - promtool check rules / test rules / check config (skipped with a message without promtool:
   `apt-get install prometheus`).
 - The dashboard JSON: datasource variable, every panel query non-empty and valid PromQL (parsed
-  by promtool), metric names and label names from the contract.
-- The rules: metric names and label names from the contract, annotations present.
+  by promtool), metric names and label names from the contract (CONTRACT and
+  CONTROL_PLANE_CONTRACT: the dashboard has a row for migrations).
+- The rules: metric names and label names from the same contracts, annotations present.
 - With the `prometheus` binary: a real Prometheus scrapes a synthetic exporter shaped like the
   contract, evaluates the rules (no rule may error) and every dashboard query (each must return
   data).
@@ -44,7 +45,8 @@ NO_PROMTOOL = "promtool not found: install the Debian package `prometheus` (scri
 NO_PROMETHEUS = "prometheus not found: install the Debian package `prometheus` (scripts/setup.sh)"
 
 # The metrics contract: family -> (type, label names). The proxy exports exactly these on
-# GET /metrics of its [metrics] listen address.
+# GET /metrics of its [metrics] listen address (with [metadata] off, as in the plain metrics
+# tests; with it on, CONTROL_PLANE_CONTRACT's too).
 CONTRACT = {
     "shardgate_client_connections": ("gauge", {"state"}),
     "shardgate_queries_total": ("counter", {"shard", "role", "kind"}),
@@ -67,6 +69,25 @@ CONTRACT = {
     "shardgate_session_moves_total": ("counter", set()),
     "shardgate_pipelined_reads_total": ("counter", set()),
 }
+# Families exported only with the [metadata] control plane on (src/metrics/exporter.cpp). The
+# migration gauges have series only while a migration runs (the phase family is a state set:
+# one series per phase, 1 for the current one); the cutover pause histogram always has its one
+# series.
+CONTROL_PLANE_CONTRACT = {
+    "shardgate_metadata_up": ("gauge", set()),
+    "shardgate_writes_fenced": ("gauge", set()),
+    "shardgate_metadata_reconnects_total": ("counter", set()),
+    "shardgate_topology_epoch": ("gauge", {"kind"}),
+    "shardgate_migration_phase": ("gauge", {"migration", "kind", "shard", "phase"}),
+    "shardgate_migration_rows_copied": ("gauge", {"migration", "kind", "shard"}),
+    "shardgate_migration_rows_estimated": ("gauge", {"migration", "kind", "shard"}),
+    "shardgate_migration_rows_per_second": ("gauge", {"migration", "kind", "shard"}),
+    "shardgate_migration_verify_mismatches": ("gauge", {"migration", "kind", "shard"}),
+    "shardgate_migration_target_write_failures": ("gauge", {"migration", "kind", "shard"}),
+    "shardgate_migration_cutover_pause_seconds": ("histogram", set()),
+}
+# What the dashboard and the rules may use: everything a proxy with [metadata] on exports.
+FULL_CONTRACT = {**CONTRACT, **CONTROL_PLANE_CONTRACT}
 # Labels Prometheus attaches to every scraped series.
 TARGET_LABELS = {"job", "instance"}
 # Series that Prometheus itself writes per scrape target; rules may use them, the dashboard may
@@ -74,10 +95,11 @@ TARGET_LABELS = {"job", "instance"}
 PROMETHEUS_SERIES = {"up": set()}
 
 
-def contract_series():
-    """Series name -> label names (without job/instance) of everything a proxy exports."""
+def contract_series(contract=FULL_CONTRACT):
+    """Series name -> label names (without job/instance) of the families of `contract`: by
+    default everything a proxy with [metadata] on exports; CONTRACT for a plain proxy."""
     out = {}
-    for name, (kind, labels) in CONTRACT.items():
+    for name, (kind, labels) in contract.items():
         if kind == "histogram":
             out[name + "_bucket"] = labels | {"le"}
             out[name + "_sum"] = set(labels)
@@ -222,6 +244,12 @@ def dashboard_exprs(path):
     return out
 
 
+def control_plane_series():
+    """The series names (histograms as _bucket/_sum/_count) that only a proxy with [metadata]
+    on exports: a live-scrape test of a proxy with it off leaves these out."""
+    return set(contract_series(CONTROL_PLANE_CONTRACT))
+
+
 def dashboard_metric_names(path):
     """The set of metric (series) names that the dashboard at `path` queries, histograms as
     their _bucket/_sum/_count series, as a proxy's /metrics would list them."""
@@ -352,7 +380,8 @@ class RulesTest(unittest.TestCase):
         for needed in ("ShardGateReplicaLagBytesHigh", "ShardGateReplicaLagSecondsHigh",
                        "ShardGateAllReplicasUnavailable", "ShardGatePrimaryDown",
                        "ShardGateReadFallbacksHigh", "ShardGatePoolSaturated",
-                       "ShardGateErrorRateHigh"):
+                       "ShardGateErrorRateHigh", "ShardGateMigrationStuck",
+                       "ShardGateMigrationBackfillStalled"):
             self.assertIn(needed, names)
         for a in alerts:
             with self.subTest(alert=a["alert"]):
@@ -436,14 +465,37 @@ class DashboardTest(unittest.TestCase):
                        "shardgate_replica_lag_seconds", "shardgate_replica_max_lag_bytes",
                        "shardgate_pool_size", "shardgate_pool_wait_seconds_bucket",
                        "shardgate_client_connections", "shardgate_errors_total",
-                       "shardgate_ring_epoch", "shardgate_backend_up"):
+                       "shardgate_ring_epoch", "shardgate_backend_up",
+                       "shardgate_migration_phase", "shardgate_migration_rows_copied",
+                       "shardgate_migration_rows_estimated", "shardgate_migration_rows_per_second",
+                       "shardgate_migration_verify_mismatches",
+                       "shardgate_migration_target_write_failures",
+                       "histogram_quantile(0.5, sum by (le) (rate(shardgate_migration_cutover_pause_seconds_bucket",
+                       "histogram_quantile(0.99, sum by (le) (rate(shardgate_migration_cutover_pause_seconds_bucket"):
             self.assertIn(needed, exprs)
+
+    def test_migrations_row_after_the_others(self):
+        rows = [p for p in self.dash["panels"] if p["type"] == "row"]
+        self.assertEqual(rows[-1]["title"], "Migrations")
+        top = rows[-1]["gridPos"]["y"]
+        others = [p for p in self.dash["panels"] if p["gridPos"]["y"] < top]
+        self.assertTrue(all(p["gridPos"]["y"] + p["gridPos"]["h"] <= top for p in others))
+        below = [p for p in self.dash["panels"] if p["gridPos"]["y"] > top]
+        self.assertTrue(below)
+        for p in below:
+            with self.subTest(panel=p["title"]):
+                names = set()
+                for t in p["targets"]:
+                    names |= promql_references(t["expr"])[0]
+                self.assertTrue(names and names <= control_plane_series(), sorted(names))
 
     def test_dashboard_uses_only_contract_metrics(self):
         exprs = dashboard_exprs(DASHBOARD)
         check_references(self, exprs, contract_series())
         names = dashboard_metric_names(DASHBOARD)
         self.assertLessEqual(names, set(contract_series()))
+        # Beyond the migrations row, a plain proxy (no [metadata]) exports all it needs.
+        self.assertLessEqual(names - control_plane_series(), set(contract_series(CONTRACT)))
         self.assertIn("shardgate_query_duration_seconds_bucket", names)
 
     def test_queries_are_valid_promql(self):
@@ -465,8 +517,9 @@ class DashboardTest(unittest.TestCase):
 # --------------------------------------------------------------------------- real Prometheus
 
 def synthetic_exposition(t):
-    """/metrics text shaped like the contract: 2 shards, a primary and a replica each, with
-    counters growing linearly in t (seconds)."""
+    """/metrics text shaped like the full contract (a proxy with [metadata] on): 2 shards, a
+    primary and a replica each, with counters growing linearly in t (seconds), and a migration
+    adding s2 in its BACKFILL phase."""
     nodes = [("s0", "s0-p", "primary"), ("s0", "s0-r0", "replica"),
              ("s1", "s1-p", "primary"), ("s1", "s1-r0", "replica")]
     shards = ["s0", "s1"]
@@ -479,12 +532,12 @@ def synthetic_exposition(t):
     def lbl(**kv):
         return "{" + ",".join(f'{k}="{v}"' for k, v in kv.items()) + "}" if kv else ""
 
-    def histogram(name, series, per_s):
+    def histogram(name, series, per_s, shares=(("0.001", 0.2), ("0.01", 0.6), ("0.1", 0.9),
+                                                ("1", 1.0), ("+Inf", 1.0))):
         samples = []
         for labels in series:
             count = per_s * t
-            for le, share in (("0.001", 0.2), ("0.01", 0.6), ("0.1", 0.9), ("1", 1.0),
-                              ("+Inf", 1.0)):
+            for le, share in shares:
                 samples.append((name + "_bucket", {**labels, "le": le}, count * share))
             samples.append((name + "_sum", labels, count * 0.02))
             samples.append((name + "_count", labels, count))
@@ -533,6 +586,32 @@ def synthetic_exposition(t):
     add("shardgate_session_moves_total", "counter", [("shardgate_session_moves_total", {}, 0.2 * t)])
     add("shardgate_pipelined_reads_total", "counter",
         [("shardgate_pipelined_reads_total", {}, 50.0 * t)])
+
+    # The control plane ([metadata] on), with a migration running.
+    add("shardgate_metadata_up", "gauge", [("shardgate_metadata_up", {}, 1)])
+    add("shardgate_writes_fenced", "gauge", [("shardgate_writes_fenced", {}, 0)])
+    add("shardgate_metadata_reconnects_total", "counter",
+        [("shardgate_metadata_reconnects_total", {}, 1)])
+    add("shardgate_topology_epoch", "gauge",
+        [("shardgate_topology_epoch", {"kind": k}, 3) for k in ("applied", "stored")])
+    mig = {"migration": "m-1", "kind": "add_shard", "shard": "s2"}
+    add("shardgate_migration_phase", "gauge",
+        [("shardgate_migration_phase", {**mig, "phase": p}, 1 if p == "BACKFILL" else 0)
+         for p in ("PREPARE", "DUAL_WRITE", "BACKFILL", "VERIFY", "READY", "CUTOVER",
+                   "REVERSE_DUAL_WRITE", "CLEANUP", "DONE", "ABORTING", "ABORTED", "FAILED")])
+    add("shardgate_migration_rows_copied", "gauge",
+        [("shardgate_migration_rows_copied", mig, 1000 * t)])
+    add("shardgate_migration_rows_estimated", "gauge",
+        [("shardgate_migration_rows_estimated", mig, 1_000_000)])
+    add("shardgate_migration_rows_per_second", "gauge",
+        [("shardgate_migration_rows_per_second", mig, 1000)])
+    add("shardgate_migration_verify_mismatches", "gauge",
+        [("shardgate_migration_verify_mismatches", mig, 0)])
+    add("shardgate_migration_target_write_failures", "gauge",
+        [("shardgate_migration_target_write_failures", mig, 2)])
+    histogram("shardgate_migration_cutover_pause_seconds", [{}], 0.5,
+              shares=(("0.01", 0.1), ("0.025", 0.3), ("0.05", 0.6), ("0.1", 0.9), ("0.25", 1.0),
+                      ("0.5", 1.0), ("1", 1.0), ("2.5", 1.0), ("5", 1.0), ("+Inf", 1.0)))
 
     lines = []
     for name, (kind, samples) in fam.items():
@@ -669,9 +748,12 @@ class RealPrometheusTest(unittest.TestCase):
 
     def test_synthetic_exporter_covers_the_contract(self):
         text, fam = synthetic_exposition(10.0)
-        self.assertEqual(set(fam), set(CONTRACT))
-        for name, (kind, _) in CONTRACT.items():
+        self.assertEqual(set(fam), set(FULL_CONTRACT))
+        self.assertFalse(set(CONTRACT) & set(CONTROL_PLANE_CONTRACT))
+        for name, (kind, labels) in FULL_CONTRACT.items():
             self.assertEqual(fam[name][0], kind, name)
+            for series, sample_labels, _ in fam[name][1]:
+                self.assertEqual(set(sample_labels) - {"le"}, labels, series)
         scraped = {r["__name__"] for r in self._get("/api/v1/series", **{"match[]": '{job="shardgate"}'})["data"]}
         self.assertLessEqual(set(contract_series()), scraped)
 
