@@ -3,6 +3,7 @@
 #include "proxy/errors.h"
 
 #include <pqxx/pqxx>
+#include <pqxx/tablewriter>
 
 #include <cstdio>
 #include <set>
@@ -73,6 +74,7 @@ struct Copier::TableInfo {
   // and primary key's own names mean the columns (an output column "id" would be the text).
   std::string key_pk;
   std::string upsert;    // INSERT ... SELECT * FROM json_populate_recordset ... ON CONFLICT
+  std::string upsert_from, upsert_set; // the same from a staging table: from + stage + set
   std::string key_in;    // "key IN (SELECT jsonb_array_elements_text($1::jsonb)::type)"
   std::string pk_in;     // "(a, b) IN (SELECT (e->>0)::t0, ... FROM jsonb_array_elements($1))"
 };
@@ -85,6 +87,7 @@ Copier::~Copier() = default;
 
 struct Copier::Conn : pqxx::connection {
   explicit Conn(const std::string &ci) : pqxx::connection(ci) {}
+  std::set<std::string> staged; // temp staging tables made on this connection
 };
 
 Copier::Freeze::~Freeze() {
@@ -168,15 +171,18 @@ const Copier::TableInfo &Copier::info(const config::Table &t) {
   ti->upto1 = "(" + ti->pk_list + ") <= (" + casts1 + ")";
   ti->pk_json = "jsonb_build_array(" + ti->pk_list + ")::text";
   ti->key_pk = ti->key + "::text AS sg_key, " + ti->pk_json + " AS sg_pk";
-  ti->upsert = "INSERT INTO " + ti->name + " SELECT * FROM json_populate_recordset(NULL::" +
-               ti->name + ", $1::json) ON CONFLICT (" + ti->pk_list + ") DO ";
+  std::string on_conflict = " ON CONFLICT (" + ti->pk_list + ") DO ";
   if (ti->others.empty()) {
-    ti->upsert += "NOTHING";
+    on_conflict += "NOTHING";
   } else {
-    ti->upsert += "UPDATE SET ";
+    on_conflict += "UPDATE SET ";
     for (size_t i = 0; i < ti->others.size(); ++i)
-      ti->upsert += (i ? ", " : "") + ti->others[i] + " = EXCLUDED." + ti->others[i];
+      on_conflict += (i ? ", " : "") + ti->others[i] + " = EXCLUDED." + ti->others[i];
   }
+  ti->upsert = "INSERT INTO " + ti->name + " SELECT * FROM json_populate_recordset(NULL::" +
+               ti->name + ", $1::json)" + on_conflict;
+  ti->upsert_from = "INSERT INTO " + ti->name + " SELECT * FROM ";
+  ti->upsert_set = on_conflict;
   ti->key_in = ti->key + " IN (SELECT jsonb_array_elements_text($1::jsonb)::" + ti->key_type + ")";
   ti->pk_in = "(" + ti->pk_list + ") IN (SELECT " + elems + " FROM jsonb_array_elements($1::jsonb) e)";
   slot = std::move(ti);
@@ -291,9 +297,10 @@ Copier::Page Copier::copy_page(const std::string &source, const config::Table &t
   Page page;
   // The page stays locked FOR SHARE on the source until every target has committed its copy:
   // a writer of these rows waits, so a target never sees an older image after a newer one.
+  // Rows travel as COPY text lines: each column's text output, escaped, into a staging table
+  // on the target (COPY), then one INSERT ... ON CONFLICT from it.
   pqxx::work src(conn(source, kRead));
-  std::string sql = "SELECT " + ti.key_pk + ", row_to_json(x)::text AS sg_row FROM " + ti.name +
-                    " x";
+  std::string sql = "SELECT " + ti.key_pk + ", x.* FROM " + ti.name + " x";
   pqxx::result r;
   if (after.is_null())
     r = src.exec(sql + " ORDER BY " + ti.pk_list + " LIMIT " + std::to_string(batch_) +
@@ -302,18 +309,52 @@ Copier::Page Copier::copy_page(const std::string &source, const config::Table &t
     r = src.exec_params(sql + " WHERE " + ti.after + " ORDER BY " + ti.pk_list + " LIMIT " +
                             std::to_string(batch_) + " FOR SHARE",
                         after.dump());
-  std::map<std::string, std::string> rows_to; // target -> JSON array text
+  std::map<std::string, std::vector<std::string>> lines_to; // target -> COPY text lines
   for (auto row : r) {
     auto h = moves_.hash_of(t.key_type, row[0].c_str());
     if (!h || moves_.before(*h) != source || !moves_.moves(*h))
       continue;
-    std::string &arr = rows_to[moves_.after(*h)];
-    arr += (arr.empty() ? "[" : ",") + std::string(row[2].c_str());
+    std::string line;
+    for (size_t c = 2; c < row.size(); ++c) {
+      if (c > 2)
+        line += '\t';
+      if (row[int(c)].is_null()) {
+        line += "\\N";
+        continue;
+      }
+      for (const char *s = row[int(c)].c_str(); *s; ++s)
+        switch (*s) {
+        case '\\': line += "\\\\"; break;
+        case '\n': line += "\\n"; break;
+        case '\r': line += "\\r"; break;
+        case '\t': line += "\\t"; break;
+        default: line += *s;
+        }
+    }
+    lines_to[moves_.after(*h)].push_back(std::move(line));
     page.copied++;
   }
-  for (auto &[target, arr] : rows_to) {
-    pqxx::work dst(conn(target, kWrite));
-    dst.exec_params(ti.upsert, arr + "]");
+  for (auto &[target, lines] : lines_to) {
+    Conn &c = conn(target, kWrite);
+    pqxx::work dst(c);
+    std::string stage = "sg_stage_" + std::to_string(&t - tables_.data());
+    if (!c.staged.count(stage)) {
+      dst.exec("CREATE TEMP TABLE IF NOT EXISTS " + stage + " (LIKE " + ti.name +
+               ") ON COMMIT DELETE ROWS");
+      c.staged.insert(stage);
+    }
+    {
+      // libpqxx 6.4's stream_to keeps raw lines private; tablewriter (deprecated there, not
+      // gone) writes them. The lines are escaped above, so its own escaping is not used.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+      pqxx::tablewriter in(dst, stage);
+#pragma GCC diagnostic pop
+      for (auto &l : lines)
+        in.write_raw_line(l);
+      in.complete();
+    }
+    dst.exec(ti.upsert_from + stage + ti.upsert_set);
     dst.commit();
   }
   src.commit();

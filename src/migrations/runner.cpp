@@ -126,12 +126,9 @@ public:
 private:
   // --- journal and topology -------------------------------------------------------------
 
-  void refresh() {
-    auto rows = store_.migrations(m_.id);
-    if (!rows.empty()) {
-      auto a = store_.active_migration();
-      m_.request = a && a->id == m_.id ? a->request : "";
-    }
+  void refresh() { // one metadata query: it runs once per backfill page
+    auto a = store_.active_migration();
+    m_.request = a && a->id == m_.id ? a->request : "";
   }
   bool wants(const std::string &action) {
     refresh();

@@ -461,7 +461,9 @@ Task<void> Session::query_loop() {
 // (see mux.h): a lone plain read in autocommit, from a session that holds no connection of its
 // own on that shard. (mux_join() matches the session's settings with the connection's.)
 bool Session::may_hold(const router::Resolved &r) {
-  if (!r.moving || in_tx() || !deferred_.empty() || batch_shard_ >= 0 || implicit_open_)
+  // Only while the session holds nothing on a shard: no bound transaction (a BEGIN the proxy
+  // answered and has not sent yet is fine), no batch cut by a Flush.
+  if (!r.moving || tx_shard_ >= 0 || batch_shard_ >= 0 || implicit_open_ || proxy_failed_)
     return false;
   auto now = std::chrono::steady_clock::now();
   if (hold_since_ == std::chrono::steady_clock::time_point{})

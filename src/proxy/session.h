@@ -110,8 +110,9 @@ private:
   QueryStep route_query(const std::string &sql, QueryRun &q);
   // A migration's cutover pauses writes to the keys it moves. A request outside a transaction
   // that writes one waits here (a few ms at a time, up to cutover_pause_ms and a margin) and
-  // is routed again, to the new owner once the flip is applied. Inside a transaction such a
-  // write is refused (40001) instead: waiting would hold its locks, which the cutover waits for.
+  // is routed again, to the new owner once the flip is applied. In a transaction that holds a
+  // backend such a write is refused (40001) instead: waiting would hold its locks, which the
+  // cutover waits for.
   bool may_hold(const router::Resolved &r);
   Task<void> hold_a_moment();
   std::chrono::steady_clock::time_point hold_since_{};
