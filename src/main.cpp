@@ -225,6 +225,8 @@ int main(int argc, char **argv) {
           hooks.on_fence = [&](bool on) { server.set_write_fence(on); };
           hooks.on_status = [&](const sg::topology::WatchStatus &s) {
             auto &c = server.control();
+            if (s.connected)
+              c.ok_at_ms = sg::proxy::now_ms();
             c.connected = s.connected;
             c.applied_epoch = s.applied_epoch;
             c.stored_epoch = s.stored_epoch;
@@ -232,6 +234,8 @@ int main(int argc, char **argv) {
           };
           server.control().enabled = true;
           server.control().applied_epoch = epoch;
+          server.control().fence_timeout_ms = meta_cfg.metadata.fence_timeout_ms;
+          server.control().ok_at_ms = sg::proxy::now_ms(); // the fence counts from the start
           hooks.on_epoch = [&](const sg::topology::Topology &t) -> uint64_t {
             std::lock_guard lk(running.mu);
             sg::topology::Topology same = t;

@@ -347,7 +347,7 @@ std::string Exporter::render() const {
           cp.connected.load() ? 1 : 0);
     gauge("shardgate_writes_fenced",
           "1 while writes to sharded tables are refused (metadata database lost too long)",
-          sh.write_fence.load() ? 1 : 0);
+          sh.fenced_write() ? 1 : 0);
     auto rc = family("shardgate_metadata_reconnects_total",
                      "Reconnections to the metadata database", MetricType::Counter);
     rc.metric.push_back(metric({}, double(cp.reconnects.load()), MetricType::Counter));

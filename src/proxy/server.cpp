@@ -307,8 +307,11 @@ const char *Shared::node_state(size_t id) const {
 }
 
 std::optional<router::RouteError> Shared::fenced_write() const {
-  if (!write_fence.load(std::memory_order_relaxed)) [[likely]]
-    return std::nullopt;
+  if (!write_fence.load(std::memory_order_relaxed)) [[likely]] {
+    int64_t ok = control.ok_at_ms.load(std::memory_order_relaxed);
+    if (ok == 0 || now_ms() - ok <= int64_t(control.fence_timeout_ms)) [[likely]]
+      return std::nullopt;
+  }
   return router::RouteError{
       "40001",
       "writes to sharded tables are paused: this proxy has lost the metadata database "

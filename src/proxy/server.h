@@ -165,6 +165,11 @@ struct Shared {
   struct ControlPlane {
     std::atomic<bool> enabled{false}, connected{false};
     std::atomic<uint64_t> applied_epoch{0}, stored_epoch{0}, reconnects{0};
+    // When the control plane last completed a round trip with the metadata database (now_ms()),
+    // and how long writes may go on without one. The data path checks the age itself, so a
+    // control-plane thread stuck on a silent connection cannot keep writes flowing.
+    std::atomic<int64_t> ok_at_ms{0};
+    uint32_t fence_timeout_ms = 0;
   };
   ControlPlane control;
   MigrationStats migration;

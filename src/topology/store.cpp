@@ -94,9 +94,15 @@ struct Store::Conn {
   std::unique_ptr<Receiver> rx;
 };
 
+// A silent network partition must end a metadata connection, on both sides: the client's
+// keepalives and tcp_user_timeout end our calls, the server's keepalive settings end the
+// server's backend (and the migration runner's advisory lock with it) within seconds.
 Store::Store(const config::Endpoint &where, const std::string &application_name)
-    : c_(std::make_unique<Conn>(where.conninfo() + " connect_timeout=2" + " application_name='" +
-                                application_name + "'")) {}
+    : c_(std::make_unique<Conn>(
+          where.conninfo() + " connect_timeout=2 application_name='" + application_name +
+          "' keepalives=1 keepalives_idle=2 keepalives_interval=1 keepalives_count=3"
+          " tcp_user_timeout=5000 options='-c tcp_keepalives_idle=2 -c tcp_keepalives_interval=1"
+          " -c tcp_keepalives_count=3 -c tcp_user_timeout=5000'")) {}
 
 std::vector<MigrationRow> Store::migrations(const std::string &id) {
   pqxx::read_transaction w(c_->c);
