@@ -105,3 +105,17 @@ launch_proxy() { # target: starts $BIN on $OUT/<target>.toml, port ${PORT[target
   [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = shardgate ] || die "pid $pid is not the proxy ($t)"
   PIDF[$t]=$OUT/pids/$t
 }
+
+# The start of a run (call it after defining log and teardown): notes when, and under what load
+# (another build or test on this small machine skews every figure; the report says so), cleans
+# up after a run that was killed before its trap ran, and tears down on exit.
+begin_run() {
+  START_DATE=$(date -Is)
+  LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
+  if awk -v l="${LOAD_AT_START%% *}" 'BEGIN { exit !(l > 1.0) }'; then
+    log "warning: load average is $LOAD_AT_START before starting; other work will skew the numbers"
+  fi
+  teardown
+  trap teardown EXIT
+  trap 'exit 130' INT TERM # so the EXIT trap runs
+}

@@ -80,15 +80,7 @@ source "$ROOT/bench/lib.sh"
 scripts/setup.sh
 need_binary "$SRC_BIN"
 
-# Another build or test on this small machine skews every figure; say so in the report.
-START_DATE=$(date -Is)
-LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
-awk -v l="${LOAD_AT_START%% *}" 'BEGIN { exit !(l > 1.0) }' &&
-  log "warning: load average is $LOAD_AT_START before starting; other work will skew the numbers"
-
-teardown # leftovers of a run that was killed before its trap ran
-trap teardown EXIT
-trap 'exit 130' INT TERM # so the EXIT trap runs
+begin_run
 rm -rf "$OUT/runs" "$OUT/logs" "$OUT/pids" "$OUT/pgbouncer" "$OUT/bin"
 mkdir -p "$OUT/runs" "$OUT/logs" "$OUT/pids" "$OUT/bin"
 BIN=$OUT/bin/shardgate

@@ -116,6 +116,8 @@ Copier::Conn &Copier::conn(const std::string &shard, int role) {
     pqxx::nontransaction w(*c);
     // Never wait forever on a client's lock; the copier's own writes are not captured.
     w.exec("SET lock_timeout = '5s'; SET shardgate.sync = 'on'");
+    if (role == kRead) // reads and row locks only: nothing to wait for at commit
+      w.exec("SET synchronous_commit = off");
   }
   return *c;
 }

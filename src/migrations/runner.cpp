@@ -139,8 +139,10 @@ private:
       throw Interrupted{};
   }
 
+  // Progress within a phase: redoing work after a lost save is safe (pages are idempotent),
+  // so it does not wait for the WAL flush. Phases do (set_phase).
   void save(const std::optional<std::string> &error = std::nullopt) {
-    store_.journal(m_.id, m_.phase, p_.dump(), error);
+    store_.journal(m_.id, m_.phase, p_.dump(), error, nullptr, 0, "", false);
     publish(stats_, m_, p_);
   }
 
@@ -247,7 +249,10 @@ private:
   // Every proxy with a fresh heartbeat has applied `epoch` (up to `timeout_ms`; 0: forever).
   bool barrier(uint64_t epoch, int64_t timeout_ms) {
     auto t0 = Clock::now();
-    int64_t fresh = cfg_.metadata.fence_timeout_ms;
+    // A proxy whose heartbeat is older than this has fenced itself (it refuses writes to
+    // sharded tables after fence_timeout_ms without the metadata database, counted from a
+    // moment just after its last heartbeat); the margin covers that gap and clock rates.
+    int64_t fresh = int64_t(cfg_.metadata.fence_timeout_ms) + cfg_.metadata.heartbeat_ms + 1000;
     while (true) {
       auto late = store_.behind(epoch, fresh);
       if (late.empty())

@@ -145,8 +145,10 @@ std::optional<Topology> Store::begin_migration(Topology next, uint64_t expected,
 
 bool Store::journal(const std::string &id, const std::string &phase, const std::string &progress,
                     const std::optional<std::string> &error, const Topology *next,
-                    uint64_t expected, const std::string &reason) {
+                    uint64_t expected, const std::string &reason, bool durable) {
   pqxx::work w(c_->c);
+  if (!durable && !next)
+    w.exec("SET LOCAL synchronous_commit = off");
   if (next) {
     Topology t = *next;
     t.epoch = expected + 1;

@@ -69,9 +69,11 @@ public:
   // Journals a phase and the progress of migration `id`; with `next`, also stores that epoch
   // (expected + 1) in the same transaction, so the journal and the placement never disagree.
   // False when the epoch was taken.
+  // `durable` false: progress whose loss costs only redoing work (a backfill page is
+  // idempotent), committed without waiting for the WAL flush.
   bool journal(const std::string &id, const std::string &phase, const std::string &progress,
                const std::optional<std::string> &error, const Topology *next = nullptr,
-               uint64_t expected = 0, const std::string &reason = "");
+               uint64_t expected = 0, const std::string &reason = "", bool durable = true);
   // Asks the running migration to do something (abort, cutover, cleanup): the runner reads it.
   // False when no migration with this id is in a phase that allows it (`phase` then says where
   // it is).
