@@ -335,6 +335,8 @@ Response shards(const Request &req, const std::vector<std::string> &p, const Sou
     migrations::Options opt;
     if (auto e = migration_options(body, opt))
       return *e;
+    if (t.find_shard(name))
+      return error(409, "conflict", "a shard named \"" + name + "\" exists already");
     std::string err;
     auto ep = config::parse_endpoint(primary, err);
     if (!ep)

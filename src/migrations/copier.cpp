@@ -569,6 +569,11 @@ uint64_t Copier::delete_moved(const std::vector<std::string> &shards, bool from_
   for (auto &s : shards)
     for (auto &t : tables_) {
       const TableInfo &ti = info(t);
+      {
+        pqxx::work w(conn(s, kWrite));
+        if (w.exec_params("SELECT to_regclass($1)", t.name)[0][0].is_null())
+          continue; // an abort in PREPARE, before the table was made there
+      }
       json after = nullptr;
       while (true) {
         pqxx::work w(conn(s, kWrite));

@@ -91,11 +91,24 @@ TEST(AdminApi, BadBodiesGetTheRight4xx) {
   EXPECT_EQ(call("DELETE", "/api/v1/shards/s9").status, 404);
 }
 
-TEST(AdminApi, ShardAddRemoveSay501UntilMigrations) {
+TEST(AdminApi, ShardAddRemoveCheckTheBodyThenNeedTheMetadataDatabase) {
   auto r = call("POST", "/api/v1/shards", R"({"name": "s2", "primary": "postgresql://h/d"})");
-  EXPECT_EQ(r.status, 501);
-  EXPECT_EQ(code_of(r), "not_implemented");
-  EXPECT_EQ(call("DELETE", "/api/v1/shards/s1").status, 501);
+  EXPECT_EQ(r.status, 503);
+  EXPECT_EQ(code_of(r), "unavailable");
+  EXPECT_EQ(call("POST", "/api/v1/shards",
+                 R"({"name": "s2", "primary": "postgresql://h/d", "cutover": "later"})")
+                .status,
+            400);
+  EXPECT_EQ(call("POST", "/api/v1/shards",
+                 R"({"name": "s2", "primary": "postgresql://h/d", "cleanup_after_s": -1})")
+                .status,
+            400);
+  EXPECT_EQ(call("POST", "/api/v1/shards", R"({"name": "s2", "primary": "postgresql://h/d",
+                                               "weight": 0})")
+                .status,
+            400);
+  EXPECT_EQ(call("DELETE", "/api/v1/shards/s1").status, 503);
+  EXPECT_EQ(call("DELETE", "/api/v1/shards/s1", R"({"cutover": 1})").status, 400);
 }
 
 TEST(AdminApi, ValidChangesNeedTheMetadataDatabase) {
