@@ -414,6 +414,50 @@ bool Session::ends_tx(const ClientStmt &st) {
 
 // Whether a Bind carries every parameter the statement's key comes from; if not, PostgreSQL
 // rejects it (08P01), and the proxy must not take the missing key for a NULL one.
+// Whether a Bind of the batch writes a key that its cutover pauses, and the session may wait
+// for it (may_hold). Statements are those the batch parses, else those prepared before. Only
+// asked while a cutover pauses writes; plan_batch() makes the real decisions.
+bool Session::batch_moves_key(const std::vector<Msg> &batch) {
+  std::unordered_map<std::string, std::pair<std::string, router::PlannedText>> parsed;
+  std::vector<router::ParamValue> params;
+  protocol::BindMsg b;
+  for (const Msg &m : batch) {
+    if (m.type == 'P') {
+      auto p = protocol::parse_parse(m.body);
+      if (!p)
+        return false;
+      auto &slot = parsed[std::string(p->name)];
+      slot.first.assign(p->query);
+      slot.second = sh_.router.plan(slot.first);
+      continue;
+    }
+    if (m.type != 'B' || !protocol::parse_bind(m.body, b))
+      continue;
+    const std::string *text = nullptr;
+    const router::PlannedText *pt = nullptr;
+    if (auto it = parsed.find(std::string(b.statement)); it != parsed.end()) {
+      text = &it->second.first;
+      pt = &it->second.second;
+    } else if (auto st = stmts_.find(std::string(b.statement)); st != stmts_.end()) {
+      text = &st->second->text;
+      pt = &st->second->planned;
+    }
+    if (!pt || !pt->analysis || pt->analysis->stmts.empty())
+      continue;
+    const router::StatementPlan &sp = pt->analysis->stmts[0];
+    if (!params_cover_keys(sp, b))
+      continue;
+    params.clear();
+    for (size_t i = 0; i < b.params.size(); ++i)
+      params.push_back({b.params[i], protocol::bind_param_format(b, i)});
+    router::Resolved r =
+        sh_.router.resolve(sp, *text, pt->scan, params, w_->place().keys.get());
+    if (r.moving)
+      return may_hold(r);
+  }
+  return false;
+}
+
 bool Session::params_cover_keys(const router::StatementPlan &sp, const protocol::BindMsg &bind) {
   for (const auto &k : sp.keys)
     if (k.is_param && size_t(k.index) > bind.params.size())
@@ -1199,6 +1243,10 @@ Task<bool> Session::on_batch() {
     settings_before_.reset();
     implicit_local_.clear();
   }
+  // A migration's cutover: a batch that writes a moving key waits for the flip (may_hold).
+  while (w_->place().keys->pause && batch_moves_key(batch)) [[unlikely]]
+    co_await hold_a_moment();
+  hold_since_ = {};
   BatchPlan bp;
   if (!plan_batch(batch, bp))
     co_return co_await fatal("08P01", "invalid extended-protocol message");

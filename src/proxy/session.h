@@ -114,6 +114,7 @@ private:
   // backend such a write is refused (40001) instead: waiting would hold its locks, which the
   // cutover waits for.
   bool may_hold(const router::Resolved &r);
+  bool batch_moves_key(const std::vector<Msg> &batch);
   Task<void> hold_a_moment();
   std::chrono::steady_clock::time_point hold_since_{};
   // Pipelined reads (see mux.h).

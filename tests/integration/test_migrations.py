@@ -23,6 +23,20 @@ Proved here (each against the ledger, on all four primaries):
   REVERSE_DUAL_WRITE and CLEANUP (in BACKFILL, inside a rate-limited copy), restarted with the
   same config: the migration ends DONE (or ABORTED before CLEANUP), never stuck, and the
   invariants of its end state hold;
+- manual cutover: READY waits for POST .../cutover with the old ring in force (s3 joining; a
+  write to a moving key lands on its old owner, is copied to s3 and is read back through both
+  proxies), the POST flips it (and a write lands on s3 and is copied back), DONE with the
+  invariants; a cutover asked in BACKFILL, in REVERSE_DUAL_WRITE or after DONE gets 409;
+- kill -9 of the runner inside the cutover pause (the epoch with `pause` stored; the test holds
+  the runner's lock until the restart, so that no other proxy lifts it meanwhile): the next
+  runner stores "cutover abandoned: writes resume" first, cuts over again, DONE; meanwhile
+  writes to keys that stay are acknowledged through the surviving proxy and lone writes to
+  moving keys are held (then acknowledged, or 40001 after cutover_pause_ms + 500 ms), never
+  refused at once;
+- a proxy cut from the metadata database (through a Relay in this process: a silent partition
+  by default, MIGRATION_PARTITION=close for closed connections) during a migration: past
+  fence_timeout_ms it acknowledges no write, the runner on the other proxy cuts over without it
+  and ends DONE, and after the thaw its writes land on the new owners only;
 - the harness itself, without any migration: the Python ring agrees with `shardgate --locate`,
   the ledger's rules for writes in doubt, the checker reports deliberate damage (a row copied to
   a wrong primary, a row deleted, a balance changed, an unknown row, a row on the target, a
@@ -34,15 +48,19 @@ sleeps that long after journaling each phase): the test polls GET /api/v1/migrat
 50 ms and acts while the phase lasts.
 
 Knobs: MIGRATION_LONG=1 (more rows, threads and time), MIGRATION_PHASE_DELAY_MS (default 1000),
-MIGRATION_SEED (default 1). Run one test with `-k`, e.g.
+MIGRATION_SEED (default 1), MIGRATION_PARTITION (freeze or close; default freeze). Run one test with `-k`, e.g.
 `/usr/bin/python3 tests/integration/test_migrations.py -k abort`.
 """
 
 import contextlib
+from collections import Counter
 import os
 import random
+import select
+import socket
 import subprocess
 import sys
+import threading
 import time
 import unittest
 import urllib.error
@@ -52,13 +70,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 from harness import ClusterTestCase, Proxy  # noqa: E402
 from test_admin import TOKEN, Api  # noqa: E402
-from workload import (Ledger, Ring, Workload, check_invariants, check_via_proxy,  # noqa: E402
-                      format_problems, load_accounts, locate_mismatches, read_rows, xxh3)
+from workload import (Ledger, Prober, Ring, Workload, check_invariants,  # noqa: E402
+                      check_via_proxy, format_problems, load_accounts, locate_mismatches,
+                      read_rows, xxh3)
 
 try:
     import psycopg2
 except ImportError:  # pragma: no cover - reported as skips
     psycopg2 = None
+try:
+    import psycopg
+except ImportError:  # pragma: no cover - the pause probes of psycopg 3 are left out
+    psycopg = None
 
 LONG = bool(os.environ.get("MIGRATION_LONG"))
 ROWS = 20_000 if LONG else 3_000           # under-load tests
@@ -71,6 +94,11 @@ SEED = int(os.environ.get("MIGRATION_SEED", "1"))
 DONE_TIMEOUT = 600 if LONG else 120
 HEARTBEAT_MS, FENCE_MS = 200, 2000
 STUCK_S = 30  # no progress, the same error, this long: the migration is stuck
+CUTOVER_PAUSE_MS = 500  # [migrations] cutover_pause_ms (the default): a held write waits +500 ms
+# How the relay cuts proxy b from the metadata database in the partition test: "freeze" (a
+# silent partition: sockets stay open, no byte moves) or "close" (every connection closed, new
+# ones refused).
+PARTITION = os.environ.get("MIGRATION_PARTITION", "freeze")
 
 ORDER = ["PREPARE", "DUAL_WRITE", "BACKFILL", "VERIFY", "READY", "CUTOVER",
          "REVERSE_DUAL_WRITE", "CLEANUP", "DONE"]
@@ -144,6 +172,258 @@ def _has_socket(pid, inodes):
     return False
 
 
+class Relay:
+    """A TCP relay from 127.0.0.1:port to 127.0.0.1:target, one thread (select), that can cut the
+    path. freeze(): no byte moves either way any more, every socket stays open and new
+    connections are accepted but not forwarded (a silent partition: no FIN, no RST; the kernel
+    still acknowledges what is sent, so TCP keepalives and tcp_user_timeout see nothing).
+    close(): every connection is closed and new ones are refused. thaw(): forwarding resumes
+    (after freeze, what was held moves on in order; after close, it listens again)."""
+
+    MAX_BUFFER = 1 << 20  # per direction: stop reading a side whose peer does not keep up
+
+    def __init__(self, target_port):
+        self.target = target_port
+        self.port = harness.free_port_block(1)
+        self.mode = "open"
+        self.accepted = 0
+        self._gen = self._seen = 0
+        self._cond = threading.Condition()
+        self._conns = []     # [client, upstream, bytes for client, bytes for upstream]
+        self._pending = []   # clients accepted while frozen: no upstream yet
+        self._stopping = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._listener = self._listen()
+        self._thread = threading.Thread(target=self._run, name="relay", daemon=True)
+        self._thread.start()
+
+    def url(self, db):
+        return f"postgresql://app:app-secret@127.0.0.1:{self.port}/{db}"
+
+    def _listen(self):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port))
+        s.listen(64)
+        s.setblocking(False)
+        return s
+
+    def _set(self, mode):
+        """Switches mode; returns (monotonic time) once the relay thread runs in it."""
+        with self._cond:
+            self.mode = mode
+            self._gen += 1
+            gen = self._gen
+        self._wake_w.send(b"x")
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._seen >= gen, timeout=10):
+                raise RuntimeError(f"relay did not switch to {mode}")
+        return time.monotonic()
+
+    def freeze(self):
+        return self._set("frozen")
+
+    def close(self):
+        return self._set("closed")
+
+    def thaw(self):
+        return self._set("open")
+
+    def cut(self, how):
+        return self.freeze() if how == "freeze" else self.close()
+
+    def stop(self):
+        """Closes everything (the proxies see their metadata connections end)."""
+        if self._thread.is_alive():
+            self._stopping = True
+            self._set("closed")
+            self._thread.join(5)
+
+    @staticmethod
+    def _close(*socks):
+        for s in socks:
+            if s is not None:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def _connect_upstream(self, client):
+        try:
+            up = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+            up.setblocking(False)
+            self._conns.append([client, up, b"", b""])
+        except OSError:
+            self._close(client)
+
+    def _run(self):
+        while True:
+            with self._cond:
+                mode, self._seen = self.mode, self._gen
+                self._cond.notify_all()
+                stopping = self._stopping
+            if mode == "closed":
+                for c in self._conns:
+                    self._close(c[0], c[1])
+                self._close(*self._pending)
+                self._conns, self._pending = [], []
+                if self._listener is not None:
+                    self._close(self._listener)
+                    self._listener = None
+                if stopping:
+                    self._close(self._wake_r, self._wake_w)
+                    return
+            elif self._listener is None:
+                self._listener = self._listen()
+            if mode == "open" and self._pending:
+                pending, self._pending = self._pending, []
+                for client in pending:
+                    self._connect_upstream(client)
+            rl, wl = [self._wake_r], []
+            if self._listener is not None:
+                rl.append(self._listener)
+            if mode == "open":
+                for c in self._conns:
+                    for i in (0, 1):
+                        if len(c[3 - i]) < self.MAX_BUFFER:
+                            rl.append(c[i])  # what side i sends goes to the other side
+                        if c[2 + i]:
+                            wl.append(c[i])
+            r, w, _ = select.select(rl, wl, [], 0.5)
+            if self._wake_r in r:
+                self._wake_r.recv(4096)
+            with self._cond:
+                if self.mode != mode:
+                    continue  # switched meanwhile: move nothing more in the old mode
+            if self._listener is not None and self._listener in r:
+                try:
+                    client, _ = self._listener.accept()
+                except OSError:
+                    client = None
+                if client is not None:
+                    self.accepted += 1
+                    client.setblocking(False)
+                    if mode == "open":
+                        self._connect_upstream(client)
+                    else:
+                        self._pending.append(client)
+            if mode != "open":
+                continue
+            dead = []
+            for c in self._conns:
+                for i in (0, 1):
+                    s = c[i]
+                    if s in r:
+                        try:
+                            data = s.recv(65536)
+                        except (BlockingIOError, InterruptedError):
+                            data = None
+                        except OSError:
+                            data = b""
+                        if data == b"":
+                            dead.append(c)
+                            break
+                        if data:
+                            c[3 - i] += data
+                    if s in w and c[2 + i]:
+                        try:
+                            n = s.send(c[2 + i])
+                            c[2 + i] = c[2 + i][n:]
+                        except (BlockingIOError, InterruptedError):
+                            pass
+                        except OSError:
+                            dead.append(c)
+                            break
+            for c in dead:
+                if c in self._conns:
+                    self._conns.remove(c)
+                    self._close(c[0], c[1])
+
+
+class LockWaiter:
+    """A session of the test's own that queues for an advisory lock (pg_advisory_lock, on a
+    thread) and holds it until release(). Queued behind a holder that dies, it is granted the
+    lock at once, before any pg_try_advisory_lock polling for it: no other runner takes over."""
+
+    def __init__(self, dsn, key):
+        self.conn = psycopg2.connect(dsn, connect_timeout=10)
+        self.conn.autocommit = True
+        cur = self.conn.cursor()
+        cur.execute("SELECT pg_backend_pid()")
+        self.pid = cur.fetchone()[0]
+        self.key, self.granted, self.error = key, threading.Event(), None
+        self._thread = threading.Thread(target=self._wait, name="lock-waiter", daemon=True)
+        self._thread.start()
+
+    def _wait(self):
+        try:
+            self.conn.cursor().execute("SELECT pg_advisory_lock(%s)", (self.key,))
+            self.granted.set()
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            self.error = e
+
+    def release(self):
+        if self.conn.closed:
+            return
+        self._thread.join(10)
+        if self.granted.is_set():
+            self.conn.cursor().execute("SELECT pg_advisory_unlock(%s)", (self.key,))
+        self.conn.close()
+
+
+class PauseProbe:
+    """One lone (autocommit) UPDATE of one key through one proxy, on a thread, in one protocol
+    shape: "simple" (psycopg2: a Query message), "extended" (psycopg 3 never preparing: Parse,
+    Bind, Describe, Execute, Sync in one batch) or "prepared" (psycopg 3 with the statement
+    prepared beforehand: the batch starts with Bind). The connection is made (and the prepared
+    statement warmed on warm_key) at construction; go() sends the UPDATE; took and outcome (ok,
+    or the SQLSTATE) tell whether the proxy held it or refused it at once."""
+
+    SQL = "UPDATE accounts SET balance = %s WHERE id = %s"
+
+    def __init__(self, shape, dsn, key, value, warm_key):
+        self.shape, self.key, self.value = shape, key, value
+        self.took = self.outcome = self.message = None
+        if shape == "simple":
+            self.conn = psycopg2.connect(dsn, connect_timeout=10)
+            self.conn.autocommit = True
+        else:
+            self.conn = psycopg.connect(dsn, connect_timeout=10, autocommit=True,
+                                        prepare_threshold=None if shape == "extended" else 0)
+        if shape == "prepared":
+            with self.conn.cursor() as cur:  # prepares SQL, then runs it as Bind-first batches
+                cur.execute(self.SQL, (100, warm_key))
+                cur.execute(self.SQL, (100, warm_key))
+        self._thread = threading.Thread(target=self._run, name=f"pause-{shape}", daemon=True)
+
+    def go(self):
+        self._thread.start()
+        return self
+
+    def _run(self):
+        t0 = time.monotonic()
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute(self.SQL, (self.value, self.key))
+                self.outcome = "ok" if cur.rowcount == 1 else f"rowcount {cur.rowcount}"
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            self.outcome = getattr(e, "pgcode", None) or getattr(e, "sqlstate", None) or repr(e)
+            self.message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        self.took = time.monotonic() - t0
+
+    def wait(self, timeout=10):
+        self._thread.join(timeout)
+        try:
+            self.conn.close()
+        except Exception:  # noqa: BLE001
+            pass
+        return self
+
+    def __repr__(self):
+        return (f"{self.shape}: {self.outcome} after {self.took * 1000:.0f} ms"
+                if self.took is not None else f"{self.shape}: no answer")
+
+
 def check_phase_order(trace, manual):
     """Problems with a sequence of observed phases (consecutive duplicates removed): phases only
     move forward (a CUTOVER may fall back to an earlier phase before the point of no return, when
@@ -196,6 +476,7 @@ class MigrationTest(ClusterTestCase):
         if psycopg2 is None:
             self.skipTest("psycopg2 not installed")
         self.proxies, self.workload, self.mid, self.last = [], None, None, None
+        self.prober = None
         self.trace, self.trace_t = [], []
         self.addCleanup(self.stop_run)
 
@@ -204,10 +485,10 @@ class MigrationTest(ClusterTestCase):
     def url(self, shard, db="app"):
         return f"postgresql://app:app-secret@127.0.0.1:{self.ports[shard]}/{db}"
 
-    def fresh(self, shards, rows, delay_ms=0):
+    def fresh(self, shards, rows, delay_ms=0, names=("a", "b"), **proxy_kw):
         """A clean start: a new metadata database, accounts (empty) on s0..s<shards-1> only and
-        nowhere else, proxies a and b on that ring, `rows` rows of balance 100 loaded through a.
-        Returns the ledger."""
+        nowhere else, proxies `names` (a and b) on that ring, `rows` rows of balance 100 loaded
+        through a. proxy_kw goes to start_proxy. Returns the ledger."""
         self.stop_run()
         MigrationTest.runs += 1
         self.meta_db = f"meta_{MigrationTest.runs}"
@@ -222,20 +503,24 @@ class MigrationTest(ClusterTestCase):
             if i < shards:
                 c.sql(port, harness.ACCOUNTS_DDL, user="app")
         self.delay_ms = delay_ms
-        self.a = self.start_proxy("a", shards)
-        self.b = self.start_proxy("b", shards)
+        for name in names:
+            setattr(self, name, self.start_proxy(name, shards, **proxy_kw))
         self.mid, self.trace, self.trace_t, self.last = None, [], [], None
         ledger = Ledger()
         load_accounts(self.a.dsn(), Ring([f"s{i}" for i in range(shards)]),
                       list(range(1, rows + 1)), 100, ledger)
         return ledger
 
-    def start_proxy(self, name, shards):
+    def start_proxy(self, name, shards, meta_url=None, heartbeat_ms=HEARTBEAT_MS,
+                    fence_ms=FENCE_MS):
+        """A proxy with the admin API on this run's metadata database (at meta_url: through a
+        relay, say; default s0's server directly)."""
         admin = harness.free_port_block(1)
+        meta_url = meta_url or (f"postgresql://app:app-secret@127.0.0.1:{self.meta_port}/"
+                                f"{self.meta_db}")
         extra = (f'[admin]\nlisten = "127.0.0.1:{admin}"\ntoken_file = "{self.token_file}"\n'
-                 f'[metadata]\nurl = "postgresql://app:app-secret@127.0.0.1:{self.meta_port}/'
-                 f'{self.meta_db}"\nheartbeat_ms = {HEARTBEAT_MS}\nfence_timeout_ms = {FENCE_MS}\n'
-                 f'instance = "{self.meta_db}-{name}"\n')
+                 f'[metadata]\nurl = "{meta_url}"\nheartbeat_ms = {heartbeat_ms}\n'
+                 f'fence_timeout_ms = {fence_ms}\ninstance = "{self.meta_db}-{name}"\n')
         delay = self.delay_ms or None
         with _environ(SHARDGATE_TEST_PHASE_DELAY_MS=delay):
             p = Proxy(_ShardPrefix(self.cluster, shards), extra_toml=extra)
@@ -247,6 +532,9 @@ class MigrationTest(ClusterTestCase):
         return p
 
     def stop_run(self):
+        if self.prober is not None:
+            self.prober.stop(timeout=10)
+            self.prober = None
         if self.workload is not None:
             self.workload.stop(timeout=10)
             self.workload = None
@@ -417,6 +705,53 @@ class MigrationTest(ClusterTestCase):
             if time.monotonic() > deadline:
                 return [f"topology: want {sorted(names)} active, proxies serve {seen}"]
             time.sleep(0.1)
+
+    def served(self, p):
+        """({shard: state}, migration JSON or None, epoch) of the topology proxy p runs on."""
+        st, t = p.api.call("GET", "/api/v1/topology")
+        self.assertEqual(st, 200, f"GET /api/v1/topology on {p.name}: {t}")
+        return ({x["name"]: x.get("state", "active") for x in t["shards"]}, t.get("migration"),
+                t.get("epoch"))
+
+    def wait_served(self, want_states, want_migration, proxies=None, timeout=10):
+        """Waits until every proxy of `proxies` (default: all live ones) serves exactly these
+        shard states and this migration JSON; fails with what they serve."""
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = {p.name: self.served(p)[:2] for p in (proxies or self.proxies) if p.alive()}
+            if all(v == (want_states, want_migration) for v in seen.values()):
+                return
+            if time.monotonic() > deadline:
+                self.fail(f"topology: want {want_states}, migration {want_migration}; "
+                          f"proxies serve {seen}")
+            time.sleep(0.05)
+
+    def epochs(self):
+        """[(epoch, pause: True/False/None without a migration, reason, created_at as
+        time.time())] of this run's metadata database, oldest first."""
+        rows = self.cluster.sql(self.meta_port, (
+            "SELECT epoch, coalesce(topology->'migration'->>'pause', ''), reason, "
+            "extract(epoch FROM created_at) FROM shardgate.epochs ORDER BY epoch"), db=self.meta_db)
+        pause = {"true": True, "false": False, "": None}
+        return [(int(e), pause[p], r, float(t)) for e, p, r, t in rows]
+
+    def action(self, what):
+        """POST /api/v1/migrations/{id}/<what> (through the first live proxy)."""
+        return self.api("POST", f"/api/v1/migrations/{self.mid}/{what}",
+                        template=f"{MIGRATION_TMPL}/{what}")
+
+    def balance_on(self, shard, key):
+        """The balance of key on shard's primary, read directly (None: no row)."""
+        rows = self.cluster.sql(self.ports[shard], f"SELECT balance FROM accounts WHERE id = {key}")
+        return int(rows[0][0]) if rows else None
+
+    def wait_balance(self, shard, key, want, timeout=5):
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.balance_on(shard, key)
+            if got == want or time.monotonic() > deadline:
+                return got
+            time.sleep(0.05)
 
     def assert_topology(self, names):
         self.assertEqual(self.topology_problems(names), [])
@@ -766,6 +1101,402 @@ class MigrationTest(ClusterTestCase):
         self.assert_all(ring, ledger, wl, stuck, f"after kill -9 in {phase}, ended {m['phase']}",
                         extra)
 
+    # ================================================================== manual cutover
+
+    def test_manual_cutover_success(self):
+        """cutover "manual" under the workload: READY holds the old ring (s3 joining; a write to
+        a moving key lands on its old owner and is copied to s3; reads through both proxies see
+        it); POST .../cutover (202) flips it (REVERSE_DUAL_WRITE: a write lands on s3 and is
+        copied back); POST .../cleanup; DONE with the add test's invariants. A cutover asked in
+        BACKFILL, in REVERSE_DUAL_WRITE or after DONE gets 409."""
+        with self.diagnose("manual cutover"):
+            ledger = self.fresh(3, ROWS)
+            old, new = self.ring3, self.ring4
+            moves = lambda k: old.owner(k) != new.owner(k)  # noqa: E731
+            moving = {k for k in range(1, ROWS + 1) if moves(k)}
+            # Ids of this test's own (none of the workload's) that move to s3.
+            probes = [k for k in range(90_000_000, 90_001_000) if moves(k)][:4]
+            load_accounts(self.a.dsn(), old, probes, 100, ledger)
+            wl = self.start_workload(ledger, [old, new], ROWS, THREADS)
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            # The copy rate-limited to last about 3 s: a cutover asked meanwhile is refused.
+            self.start_migration("POST", "/api/v1/shards",
+                                 self.add_body("manual", cleanup_after_s=3600,
+                                               rate=max(50, len(moving) // 3)))
+            self.wait_phase({"BACKFILL"}, 30)
+            st, r = self.action("cutover")
+            phase = self.get_migration()["phase"]
+            self.assertIn(phase, ("BACKFILL", "VERIFY"), "READY came before the early cutover "
+                          "could be refused; the rate limit is too high")
+            self.assertEqual((st, (r or {}).get("error", {}).get("code")), (409, "conflict"),
+                             f"cutover in BACKFILL: {r}")
+
+            self.wait_phase({"READY"}, 60)
+            ready_at = time.monotonic()
+            joining = {"s0": "active", "s1": "active", "s2": "active", "s3": "joining"}
+            self.wait_served(joining, {"id": self.mid, "pause": False})
+            rnd = random.Random(SEED)
+            conns = {p.name: psycopg2.connect(p.dsn(), connect_timeout=10) for p in self.proxies}
+            self.addCleanup(lambda: [c.close() for c in conns.values()])
+            for c in conns.values():
+                c.autocommit = True
+
+            def write_and_read(via, k):
+                v = rnd.randint(1, 10**6)
+                cur = conns[via].cursor()
+                cur.execute("UPDATE accounts SET balance = %s WHERE id = %s", (v, k))
+                self.assertEqual(cur.rowcount, 1, f"UPDATE of {k} through {via}")
+                ledger.set(k, v)
+                for name, conn in conns.items():
+                    cur = conn.cursor()
+                    cur.execute("SELECT balance FROM accounts WHERE id = %s", (k,))
+                    self.assertEqual(cur.fetchall(), [(v,)],
+                                     f"key {k} written through {via} ({v}), read through {name} "
+                                     f"in {self.last['phase']}")
+                return v
+
+            problems = []
+            for k in probes:  # READY: the old owner has the key, s3 a copy (the drain's)
+                v = write_and_read("a", k)
+                if self.balance_on(old.owner(k), k) != v:
+                    problems.append(f"READY: key {k} written ({v}) but its old owner "
+                                    f"{old.owner(k)} has {self.balance_on(old.owner(k), k)}")
+                got = self.wait_balance("s3", k, v)
+                if got != v:
+                    problems.append(f"READY: key {k} ({v} on {old.owner(k)}) not copied to s3 "
+                                    f"within 5 s: s3 has {got}")
+            time.sleep(0.5)
+            self.assertEqual(self.get_migration()["phase"], "READY",
+                             "manual cutover left READY without a POST")
+            st, r = self.action("cutover")
+            self.assertEqual(st, 202, f"cutover in READY: {r}")
+            self.wait_phase({"REVERSE_DUAL_WRITE"}, 60)
+            active = dict(joining, s3="active")
+            self.wait_served(active, {"id": self.mid, "pause": False})
+            for k in probes:  # REVERSE_DUAL_WRITE: s3 has the key, the old owner a copy
+                v = write_and_read("b", k)
+                if self.balance_on("s3", k) != v:
+                    problems.append(f"REVERSE_DUAL_WRITE: key {k} written ({v}) but s3 has "
+                                    f"{self.balance_on('s3', k)}")
+                got = self.wait_balance(old.owner(k), k, v)
+                if got != v:
+                    problems.append(f"REVERSE_DUAL_WRITE: key {k} ({v} on s3) not copied back to "
+                                    f"{old.owner(k)} within 5 s: it has {got}")
+            st, r = self.action("cutover")
+            self.assertEqual(st, 409, f"cutover in REVERSE_DUAL_WRITE: {r}")
+            st, r = self.action("cleanup")
+            self.assertEqual(st, 202, f"cleanup in REVERSE_DUAL_WRITE: {r}")
+            m = self.wait_phase({"DONE"}, DONE_TIMEOUT)
+            t1 = time.monotonic()
+            st, r = self.action("cutover")
+            self.assertEqual((st, (r or {}).get("error", {}).get("code")), (409, "conflict"),
+                             f"cutover after DONE: {r}")
+            for k in probes:
+                write_and_read("a", k)
+            time.sleep(LOAD_AFTER_S)
+            stuck = wl.stop()
+            during = wl.acks_between(t0, t1, moving)
+            print(f"[manual cutover] READY after {ready_at - t0:.1f}s, DONE after {t1 - t0:.1f}s; "
+                  f"phases {self.trace}; cutover_pause_ms {m.get('cutover_pause_ms')}; "
+                  f"{during} acknowledged writes to moving keys meanwhile, longest time without "
+                  f"any {wl.max_ack_gap(t0, t1) * 1000:.0f} ms", file=sys.stderr)
+            extra = problems + self.migration_problems(m, "add_shard", "s3", "DONE")
+            extra += self.order_problems(manual=True)
+            if "READY" not in self.trace:
+                extra.append(f"READY never seen (phases {self.trace})")
+            if not during:
+                extra.append("no acknowledged write to a moving key during the migration")
+            extra += self.topology_problems(new.names)
+            self.assert_all(new, ledger, wl, stuck, "after a manual cutover", extra)
+
+    # ================================================================== kill -9 in the pause
+
+    def test_kill9_runner_during_cutover_pause(self):
+        """kill -9 of the runner while the epoch that pauses writes to the moving keys is stored
+        (SHARDGATE_TEST_PHASE_DELAY_MS keeps it at least that long), restarted: the next runner
+        stores "cutover abandoned: writes resume" (pause false) first, cuts over again, DONE with
+        the invariants. While the runner was dead, writes to keys that stay were acknowledged
+        through the surviving proxy, and lone writes to moving keys waited (held up to
+        cutover_pause_ms + 500 ms, then 40001: counted, allowed) instead of being refused at
+        once."""
+        with self.diagnose("kill -9 in the cutover pause"):
+            ledger = self.fresh(3, SMALL_ROWS, delay_ms=PHASE_DELAY_MS)
+            old, new = self.ring3, self.ring4
+            moves = lambda k: old.owner(k) != new.owner(k)  # noqa: E731
+            shapes = ["simple"] + (["extended", "prepared"] if psycopg is not None else [])
+            probe_keys = [k for k in range(90_100_000, 90_101_000) if moves(k)][:len(shapes)]
+            warm_key = next(k for k in range(90_100_000, 90_101_000) if not moves(k))
+            load_accounts(self.a.dsn(), old, probe_keys + [warm_key], 100, ledger)
+            wl = self.start_workload(ledger, [old, new], SMALL_ROWS, THREADS)
+            clock = time.time() - time.monotonic()  # wall = monotonic + clock
+            self.start_migration("POST", "/api/v1/shards", self.add_body())
+            self.wait_phase({"CUTOVER"}, 60)
+            runner = self.find_runner()
+            self.assertIsNotNone(runner, "the runner could not be told (its advisory lock)")
+            survivor = next(p for p in self.proxies if p is not runner)
+            # The survivor would take the migration over within 0.5 s of the kill and lift the
+            # pause: queue for the runner's lock, so that nobody runs the migration from the
+            # kill until the restart.
+            waiter = LockWaiter(f"postgresql://app:app-secret@127.0.0.1:{self.meta_port}/"
+                                f"{self.meta_db}", RUNNER_LOCK)
+            self.addCleanup(waiter.release)
+            # Writes to keys that stay, through the survivor only, each attempt logged.
+            stayers = [k for k in range(80_000_000, 80_010_000) if not moves(k)]
+            self.prober = prober = Prober(survivor.dsn(), ledger, [stayers], seed=SEED).start()
+            deadline = time.monotonic() + 10
+            while self.cluster.sql(self.meta_port, (
+                    f"SELECT count(*) FROM pg_locks WHERE pid = {waiter.pid} "
+                    "AND locktype = 'advisory' AND NOT granted"), db="postgres") != [["1"]]:
+                self.assertLess(time.monotonic(), deadline, "the lock waiter did not queue")
+                time.sleep(0.02)
+            # Lone writes of moving keys through the survivor, sent right after the kill (the
+            # pause then lasts until the restart): each must be held, never refused at once.
+            pause_probes = [PauseProbe(shape, survivor.dsn(), k, 7_000 + i, warm_key)
+                            for i, (shape, k) in enumerate(zip(shapes, probe_keys))]
+            deadline = time.monotonic() + 30
+            while True:
+                _, mig, epoch = self.served(survivor)
+                if mig and mig.get("pause"):
+                    break
+                self.assertLess(time.monotonic(), deadline, "no pause seen within 30 s")
+                time.sleep(0.02)
+            paused = time.monotonic()
+            self.kill9(runner)
+            killed = time.monotonic()
+            for pp in pause_probes:
+                pp.go()
+            at_kill = [e for e in self.epochs() if e[3] <= killed + clock]
+            self.assertTrue(waiter.granted.wait(5), f"the runner's lock was not handed to the "
+                            f"test's waiter after the kill: {waiter.error!r}")
+            time.sleep(1.5)
+            for pp in pause_probes:
+                pp.wait()
+                if pp.outcome == "ok":
+                    ledger.set(pp.key, pp.value)
+                elif pp.outcome != "40001":
+                    ledger.doubt_state(pp.key, pp.value)
+            self.restart(runner)
+            restarted = time.monotonic()
+            waiter.release()  # now a runner (either proxy) takes the migration over
+            m = self.wait_phase({"REVERSE_DUAL_WRITE", "CLEANUP", "DONE"}, DONE_TIMEOUT)
+            if m["phase"] == "REVERSE_DUAL_WRITE":
+                st, r = self.action("cleanup")
+                self.assertIn(st, (202, 409), r)  # 409: it went on by itself (cleanup_after_s 0)
+            m = self.wait_phase({"DONE"}, DONE_TIMEOUT)
+            done = time.monotonic()
+            time.sleep(0.5)
+            stuck = wl.stop() + [x for x in [prober.stop()] if x]
+            self.prober = None
+
+            extra = self.migration_problems(m, "add_shard", "s3", "DONE") + self.order_problems()
+            dead = prober.log(killed, restarted)
+            not_ok = [a for a in dead if a.outcome != "ok"]
+            if len(dead) < 5 or not_ok:
+                extra.append(f"writes to keys that stay through {survivor.name} while the runner "
+                             f"was dead: {len(dead)} attempts, {len(not_ok)} not acknowledged, "
+                             f"e.g. {not_ok[:3]}")
+            epochs = self.epochs()
+            if not at_kill or at_kill[-1][1] is not True:
+                extra.append(f"the kill did not land in the pause: the newest epoch then was "
+                             f"{at_kill[-1:]} (paused seen {killed - paused:.3f}s before)")
+            after = [e for e in epochs if e[0] > (at_kill[-1][0] if at_kill else 0)]
+            if not after or after[0][1] is not False or "writes resume" not in after[0][2]:
+                extra.append(f"the first epoch after the kill is not 'cutover abandoned: writes "
+                             f"resume' with pause false: {after[:1]}")
+            resumed = (after[0][3] - clock) if after else done
+            flips = [e for e in after if "flipped to their new owners" in e[2]]
+            if len(flips) != 1:
+                extra.append(f"{len(flips)} forward flips after the kill: {flips}")
+            takers = [p.name for p in self.proxies
+                      if "cutover abandoned: writes resume" in p.log()]
+
+            # While the runner was dead (kill .. restart): keys that stay, through the survivor.
+            via = self.proxies.index(survivor)
+            stay_acks = wl.acks_in(killed, restarted, lambda k: not moves(k), via=via)
+            # Lone writes to moving keys from the pause to DONE (the pause the kill left, and
+            # the new runner's own): held, then acknowledged or 40001 (allowed), never refused
+            # at once.
+            hold_s = (CUTOVER_PAUSE_MS + 500) / 1000
+            lone = [r for r in wl.retries_in(paused, done, "40001")
+                    if r.autocommit and any(moves(k) for k in r.ids)]
+            held_40001 = [r for r in lone if r.took >= hold_s - 0.05]
+            refused_at_once = [r for r in lone if r.took < hold_s - 0.05]
+            held_acked = [a for a in wl.acks_in(paused, done, moves) if a.took > 0.1]
+            in_tx = [r for r in wl.retries_in(paused, done, "40001") if not r.autocommit]
+            dead_held = [r for r in held_40001 if r.t - r.took < resumed]
+            for pp in pause_probes:
+                if pp.took is None or (pp.outcome != "ok" and pp.took < hold_s - 0.05):
+                    extra.append(f"a lone UPDATE of moving key {pp.key} through {survivor.name} "
+                                 f"in the pause, as {pp!r} (not held up to {hold_s * 1000:.0f} "
+                                 f"ms): {pp.message}")
+            if refused_at_once:
+                r = refused_at_once[0]
+                by = Counter(f"{x.op} of {x.ids}" for x in refused_at_once)
+                extra.append(f"the workload: {len(refused_at_once)} lone writes to moving keys "
+                             f"got 40001 without being held up to {hold_s * 1000:.0f} ms "
+                             f"({dict(by.most_common(3))}), e.g. after {r.took * 1000:.0f} ms: "
+                             f"{r.message}")
+            print(f"[kill -9 in the pause] killed runner {runner.name} {killed - paused:.3f}s "
+                  f"into the pause (epoch {at_kill[-1][0] if at_kill else '?'}), restarted "
+                  f"{restarted - killed:.1f}s later; writes resumed "
+                  f"{resumed - killed:.1f}s after the kill (by {takers or '?'}); DONE "
+                  f"{done - killed:.1f}s after it; phases {self.trace}", file=sys.stderr)
+            print(f"[kill -9 in the pause] lone UPDATEs of moving keys through {survivor.name} "
+                  f"sent right after the kill: {pause_probes}", file=sys.stderr)
+            print(f"[kill -9 in the pause] runner dead {restarted - killed:.1f}s: through "
+                  f"{survivor.name}, {len(dead) - len(not_ok)} of {len(dead)} writes of the "
+                  f"survivor's prober (keys that stay) and {len(stay_acks)} of the workload's "
+                  f"to keys that stay acknowledged; the kill's pause lasted {resumed - paused:.1f}s; from it "
+                  f"to DONE: {len(held_acked)} writes to moving keys acknowledged after being "
+                  f"held (longest {max([a.took for a in held_acked], default=0) * 1000:.0f} ms), "
+                  f"{len(held_40001)} lone writes held {hold_s * 1000:.0f} ms then 40001 "
+                  f"(allowed; {len(dead_held)} of them held in the kill's pause), "
+                  f"{len(refused_at_once)} refused at once; {len(in_tx)} 40001s inside "
+                  f"transactions ({sum(r.took < 0.1 for r in in_tx)} at once, by statement: "
+                  f"{sorted(Counter(r.message[:60] for r in in_tx).items())[:3]})",
+                  file=sys.stderr)
+            print("[kill -9 in the pause] epochs since the migration began:\n" + "\n".join(
+                f"  {e}: pause {pz}, {'before' if t <= killed + clock else 'after'} the kill: "
+                f"{why}" for e, pz, why, t in epochs[1:]), file=sys.stderr)
+            extra += self.topology_problems(new.names)
+            self.assert_all(new, ledger, wl, stuck, "after kill -9 in the cutover pause", extra)
+
+    # ================================================================== partition
+
+    def test_proxy_cut_from_metadata_cannot_write_to_stale_owner(self):
+        """A proxy cut from the metadata during DUAL_WRITE cannot write to a stale owner.
+
+        Proxy a (the runner: started alone, it takes the migration) reaches the metadata
+        database directly, proxy b through a Relay in this process. With s3 being added (cutover
+        manual) and READY, the relay cuts b off (MIGRATION_PARTITION: "freeze", a silent
+        partition, or "close"). b keeps taking writes to keys that move and keys that stay; past
+        fence_timeout_ms (+1 s) every one of them gets 40001. Then the cutover (a excludes b from
+        the barrier once b's heartbeat is older than fence_timeout_ms + heartbeat_ms + 1 s: the
+        POST comes 4 s after the cut) and the cleanup run to DONE while b is still cut off, and b
+        still acknowledges nothing. After the thaw b writes
+        again within a few seconds, and what it writes lands on the new owners only. The
+        invariants hold, b's writes included."""
+        mode = PARTITION
+        fence_ms, heartbeat_ms, margin = 2000, 500, 1.0
+        with self.diagnose(f"proxy b cut from the metadata ({mode})"):
+            ledger = self.fresh(3, SMALL_ROWS, names=("a",), heartbeat_ms=heartbeat_ms,
+                                fence_ms=fence_ms)
+            old, new = self.ring3, self.ring4
+            moves = lambda k: old.owner(k) != new.owner(k)  # noqa: E731
+            relay = Relay(self.meta_port)
+            self.addCleanup(relay.stop)  # (cleanups run last first: before stop_run)
+            self.start_migration("POST", "/api/v1/shards",
+                                 self.add_body("manual", cleanup_after_s=3600))
+            deadline = time.monotonic() + 15
+            while self.find_runner() is not self.a:
+                self.assertLess(time.monotonic(), deadline, "proxy a did not take the migration")
+                time.sleep(0.1)
+            self.b = self.start_proxy("b", 3, meta_url=relay.url(self.meta_db),
+                                      heartbeat_ms=heartbeat_ms, fence_ms=fence_ms)
+            self.wait_phase({"READY"}, 60)
+            self.wait_served({"s0": "active", "s1": "active", "s2": "active", "s3": "joining"},
+                             {"id": self.mid, "pause": False})
+            self.workload = wl = Workload([self.a.dsn()], ledger, [old, new],
+                                          range(1, SMALL_ROWS + 1), threads=LIGHT_THREADS,
+                                          seed=SEED + MigrationTest.runs).start()
+            movers = [k for k in range(70_000_000, 70_020_000) if moves(k)]
+            stayers = [k for k in range(70_000_000, 70_020_000) if not moves(k)]
+            self.prober = prober = Prober(self.b.dsn(), ledger, [movers, stayers],
+                                          seed=SEED).start()
+            time.sleep(1.0)
+            self.assertIs(self.find_runner(), self.a, "the runner moved off proxy a")
+            b_log_at = len(self.b.log())
+            cut = relay.cut(mode)
+            fenced_by = cut + fence_ms / 1000 + margin
+            time.sleep(fenced_by + 1.0 - time.monotonic())
+
+            def b_log():
+                return "\n".join(self.b.log()[b_log_at:].splitlines()[-30:])
+
+            late = prober.log(fenced_by)
+            acked = [a for a in late if a.outcome != "refused" or a.code != "40001"]
+            if len(late) < 3 or acked:
+                self.fail(f"proxy b was not fenced {fence_ms} ms + {margin:.0f} s after its "
+                          f"metadata path was cut ({mode}): of {len(late)} write attempts "
+                          f"through it since, {len(acked)} were not refused with 40001, e.g. "
+                          f"{acked[:5]}\nproxy b's log since the cut:\n{b_log()}")
+            st, status = self.a.api.call("GET", "/api/v1/status")
+            b_seen = [p for p in (status.get("proxies") or []) if p.get("id", "").endswith("-b")]
+            st, r = self.action("cutover")
+            self.assertEqual(st, 202, f"cutover in READY: {r}")
+            self.wait_phase({"REVERSE_DUAL_WRITE"}, 30)
+            flipped = time.monotonic()
+            st, r = self.action("cleanup")
+            self.assertEqual(st, 202, f"cleanup in REVERSE_DUAL_WRITE: {r}")
+            m = self.wait_phase({"DONE"}, DONE_TIMEOUT)
+            done = time.monotonic()
+            time.sleep(0.5)
+            _, _, b_epoch = self.served(self.b)  # what b runs on, still cut off
+            thawed = relay.thaw()
+            deadline = thawed + 10
+            while not [a for a in prober.log(thawed) if a.outcome == "ok"]:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            back = [a for a in prober.log(thawed) if a.outcome == "ok"]
+            caught_up = (back[0].t1 - thawed) if back else None
+            time.sleep(1.5)
+            prober_stuck = prober.stop()
+            self.prober = None
+            stuck = wl.stop() + ([prober_stuck] if prober_stuck else [])
+
+            extra = self.migration_problems(m, "add_shard", "s3", "DONE")
+            extra += self.order_problems(manual=True)
+            cut_off = prober.log(fenced_by, thawed)
+            leaked = [a for a in cut_off if a.t1 < thawed
+                      and (a.outcome != "refused" or a.code != "40001")]
+            for a in leaked[:10]:
+                extra.append(f"proxy b, cut off for {a.t0 - cut:.1f}s, answered a write "
+                             f"{a.op} of key {a.key} ({'moving' if moves(a.key) else 'staying'}) "
+                             f"with {a.outcome} {a.code or ''} {a.message or ''}")
+            if caught_up is None or caught_up > 5:
+                extra.append(f"proxy b did not write again within 5 s of the thaw "
+                             f"(first success after {caught_up})")
+            # What b wrote after the thaw lives on its new owner only (read on the primaries).
+            back = [a for a in prober.log(thawed) if a.outcome == "ok"]
+            written = {a.key for a in back if a.op == "insert"}
+            rows = {name: read_rows(self.cluster, port) for name, port in self.ports.items()}
+            for k in sorted(written):
+                on = sorted(n for n, r in rows.items() if k in r)
+                if on != [new.owner(k)]:
+                    extra.append(f"key {k} ({'moving' if moves(k) else 'staying'}) inserted "
+                                 f"through b after the thaw is on {on}, its owner is "
+                                 f"{new.owner(k)} (was {old.owner(k)})")
+            moved_after = [k for k in written if moves(k)]
+            if not moved_after:
+                extra.append("no insert of a moving key through b after the thaw")
+            fenced = [a for a in prober.log(cut) if a.outcome == "refused"]
+            last_ok = [a for a in prober.log(cut, thawed) if a.outcome == "ok"]
+            fence_s = f"{fenced[0].t0 - cut:.2f}s" if fenced else "never"
+            last_ok_s = f"{last_ok[-1].t1 - cut:.2f}s" if last_ok else "none"
+            outcomes = {}
+            for a in prober.log():
+                phase = ("before the cut" if a.t0 < cut else
+                         "cut, before the fence" if a.t0 < fenced_by else
+                         "cut, fenced" if a.t0 < thawed else "after the thaw")
+                key = f"{phase}: {a.outcome}{' ' + a.code if a.code else ''}"
+                outcomes[key] = outcomes.get(key, 0) + 1
+            print(f"[partition {mode}] cut b off; cutover flipped {flipped - cut:.1f}s (attempts "
+                  f"{m.get('cutover_attempts')}, pause ms {m.get('cutover_pause_ms')}) and DONE "
+                  f"{done - cut:.1f}s after the cut, b meanwhile on epoch {b_epoch}; a saw b's "
+                  f"heartbeat then as {[(p.get('applied_epoch'), p.get('heartbeat_age_ms')) for p in b_seen]} "
+                  f"(applied epoch, age ms); b's first refusal {fence_s} after the cut, its last "
+                  f"acknowledged write while cut off {last_ok_s} after it; thawed after {thawed - cut:.1f}s; b wrote again "
+                  f"{caught_up if caught_up is None else round(caught_up, 2)}s after the thaw; "
+                  f"{len(written)} inserts through b after it ({len(moved_after)} of moving keys) "
+                  f"checked on the primaries; b's attempts: {outcomes}", file=sys.stderr)
+            b_lines = [ln for ln in self.b.log()[b_log_at:].splitlines()
+                       if "admin_request" not in ln]
+            print(f"[partition {mode}] proxy b's log since the cut ({len(b_lines)} lines but "
+                  f"admin requests, last 12):\n  " + "\n  ".join(b_lines[-12:]), file=sys.stderr)
+            extra += self.topology_problems(new.names)
+            self.assert_all(new, ledger, wl, stuck, f"after b was cut off ({mode})", extra)
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

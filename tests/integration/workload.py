@@ -9,6 +9,8 @@ Ledger   -- every acknowledged write: what each id must look like now. A write w
 Workload -- threads of psycopg2 and psycopg 3 clients over one or more proxies: transfers
             between two keys that share a shard under every ring given (in transactions, retried
             on 40001/40P01), inserts, updates and deletes of ids each thread owns, and reads.
+Prober   -- one thread of autocommit inserts and updates of its own fresh ids through one proxy,
+            every attempt logged with its times and outcome (for a proxy that must refuse them).
 check_invariants -- reads every primary directly and lists what is wrong: an id on two shards,
             on a shard that does not own it, lost, back after its delete, with a balance no
             acknowledged history allows, unknown; the sum; prepared transactions left behind.
@@ -293,7 +295,8 @@ class Stats:
         self.unexpected = []               # (monotonic time, op, sqlstate, message): errors
                                            # outside the contract
         self.anomalies = []                # (monotonic time, op, message): impossible answers
-        self.acks = []                     # (monotonic time, ids) of acknowledged writes
+        self.acks = []                     # Ack: acknowledged writes
+        self.retries = []                  # Retry: attempts answered 40001/40P01/53300
 
     def bump(self, what, n=1):
         with self.lock:
@@ -302,6 +305,14 @@ class Stats:
     def summary(self):
         keys = sorted(self.counts)
         return ", ".join(f"{k}={self.counts[k]}" for k in keys)
+
+
+# An acknowledged write: when, its ids, through which proxy (index into dsns), how long the
+# acknowledged attempt took (a write held by the proxy shows here).
+Ack = namedtuple("Ack", "t ids via took")
+# An attempt answered with a retriable SQLSTATE: autocommit tells a lone statement (outside a
+# transaction) from a statement inside one; took is how long that attempt waited for the answer.
+Retry = namedtuple("Retry", "t op code autocommit ids took via message")
 
 
 class Workload:
@@ -353,14 +364,28 @@ class Workload:
                 for i, (op, since) in list(self.busy.items())
                 if self._threads[i].is_alive()]
 
-    def acks_between(self, t0, t1, keys=None):
-        """Acknowledged writes in [t0, t1], optionally only those touching one of keys."""
-        return sum(1 for t, ids in self.stats.acks
-                   if t0 <= t <= t1 and (keys is None or any(k in keys for k in ids)))
+    def acks_between(self, t0, t1, keys=None, via=None):
+        """Acknowledged writes in [t0, t1], optionally only those touching one of keys (a
+        container, or a predicate on one id) and only those through dsns[via]."""
+        return len(self.acks_in(t0, t1, keys, via))
+
+    def acks_in(self, t0, t1, keys=None, via=None):
+        """The Acks of acks_between."""
+        touches = (keys if callable(keys) else
+                   (lambda k: True) if keys is None else keys.__contains__)
+        with self.stats.lock:
+            acks = list(self.stats.acks)
+        return [a for a in acks if t0 <= a.t <= t1 and (via is None or a.via == via)
+                and any(touches(k) for k in a.ids)]
+
+    def retries_in(self, t0, t1, code=None):
+        with self.stats.lock:
+            return [r for r in self.stats.retries
+                    if t0 <= r.t <= t1 and (code is None or r.code == code)]
 
     def max_ack_gap(self, t0, t1):
         """The longest time in [t0, t1] with no acknowledged write at all."""
-        times = sorted([t0] + [t for t, _ in self.stats.acks if t0 <= t <= t1] + [t1])
+        times = sorted([t0] + [a.t for a in self.stats.acks if t0 <= a.t <= t1] + [t1])
         return max(b - a for a, b in zip(times, times[1:]))
 
     # -- one thread
@@ -405,16 +430,18 @@ class Workload:
                 delay = min(delay * 2, 0.5)
         return None
 
-    def _tx(self, st, op, stmts, check=None, write=True):
+    def _tx(self, st, op, stmts, check=None, write=True, ids=()):
         """Runs stmts [(sql, params)] as one transaction (one statement: in autocommit),
         retrying 40001/40P01. check(results) may raise _Anomaly (then it rolls back). Returns
         "ok" with the results, or "skip" (0A000), "failed" (certainly not applied) or "doubt"
         (a write whose COMMIT got no answer, or an error outside the contract: it may have
-        happened). Sets st.reconnect when the connection is gone."""
+        happened). Sets st.reconnect when the connection is gone, and st.took to how long the
+        last attempt took. ids: the keys it touches (for the Retry log)."""
         c = st.client
         single = len(stmts) == 1
         for attempt in range(self.max_attempts):
             committing = single
+            started = time.monotonic()
             try:
                 if not single:
                     c.execute("BEGIN")
@@ -427,6 +454,7 @@ class Workload:
                     if tag != "COMMIT":
                         self._unexpected(op, None, f"COMMIT answered {tag!r}")
                         return "failed", None
+                st.took = time.monotonic() - started
                 self.stats.bump(f"{op}:ok")
                 return "ok", results
             except _Anomaly as a:
@@ -440,6 +468,12 @@ class Workload:
                 st.reconnect = c.broken() or code is None
                 if not st.reconnect and not single:
                     self._rollback(c)
+                if code in RETRY or code == POOL_TIMEOUT:
+                    now = time.monotonic()
+                    with self.stats.lock:
+                        self.stats.retries.append(Retry(
+                            now, op, code, single, tuple(ids), now - started,
+                            st.proxy % len(self.dsns), str(e).strip().splitlines()[0]))
                 if (code in RETRY or code == POOL_TIMEOUT) and not st.reconnect:
                     self.stats.bump(f"retry:{code}")
                     time.sleep(min(0.002 * (attempt + 1), 0.05))
@@ -469,9 +503,9 @@ class Workload:
         except Exception:  # noqa: BLE001 - the connection is gone; the thread reconnects
             pass
 
-    def _ack(self, ids):
+    def _ack(self, st, ids):
         with self.stats.lock:
-            self.stats.acks.append((time.monotonic(), ids))
+            self.stats.acks.append(Ack(time.monotonic(), ids, st.proxy % len(self.dsns), st.took))
 
     # -- operations
 
@@ -490,11 +524,11 @@ class Workload:
             ("UPDATE accounts SET balance = balance - %s WHERE id = %s RETURNING balance",
              (amount, a)),
             ("UPDATE accounts SET balance = balance + %s WHERE id = %s RETURNING balance",
-             (amount, b))], check)
+             (amount, b))], check, ids=(a, b))
         if outcome == "ok":
             self.ledger.add(a, -amount)
             self.ledger.add(b, amount)
-            self._ack((a, b))
+            self._ack(st, (a, b))
         elif outcome == "doubt":
             self.ledger.doubt_delta(a, -amount)
             self.ledger.doubt_delta(b, amount)
@@ -506,11 +540,11 @@ class Workload:
         self.ledger.known(key)
         outcome, _ = self._tx(st, "insert", [
             ("INSERT INTO accounts (id, owner, balance) VALUES (%s, %s, %s)",
-             (key, f"w{st.idx}", balance))])
+             (key, f"w{st.idx}", balance))], ids=(key,))
         if outcome == "ok":
             self.ledger.set(key, balance)
             st.live[key] = balance
-            self._ack((key,))
+            self._ack(st, (key,))
         elif outcome == "doubt":
             self.ledger.doubt_state(key, balance)
 
@@ -527,11 +561,12 @@ class Workload:
             if results[0][1] != 1:
                 raise _Anomaly(f"UPDATE of acknowledged id {key} matched {results[0][1]} rows")
         outcome, _ = self._tx(st, "update", [
-            ("UPDATE accounts SET balance = %s WHERE id = %s RETURNING id", (balance, key))], check)
+            ("UPDATE accounts SET balance = %s WHERE id = %s RETURNING id", (balance, key))], check,
+            ids=(key,))
         if outcome == "ok":
             self.ledger.set(key, balance)
             st.live[key] = balance
-            self._ack((key,))
+            self._ack(st, (key,))
         elif outcome == "doubt":
             self.ledger.doubt_state(key, balance)
             del st.live[key]  # its state is unknown now: leave it alone
@@ -545,11 +580,11 @@ class Workload:
             if results[0][1] != 1:
                 raise _Anomaly(f"DELETE of acknowledged id {key} matched {results[0][1]} rows")
         outcome, _ = self._tx(st, "delete", [
-            ("DELETE FROM accounts WHERE id = %s", (key,))], check)
+            ("DELETE FROM accounts WHERE id = %s", (key,))], check, ids=(key,))
         if outcome == "ok":
             self.ledger.set(key, None)
             del st.live[key]
-            self._ack((key,))
+            self._ack(st, (key,))
         elif outcome == "doubt":
             self.ledger.doubt_state(key, None)
             del st.live[key]
@@ -567,7 +602,108 @@ class Workload:
             if own is None and len(rows) != 1:
                 raise _Anomaly(f"read of transfer key {key} gave {rows!r}")
         self._tx(st, "read", [("SELECT balance FROM accounts WHERE id = %s", (key,))], check,
-                 write=False)
+                 write=False, ids=(key,))
+
+
+# One write attempt of a Prober: monotonic start and end, "insert" or "update", the id, and the
+# outcome: "ok", "refused" (an error the proxy or the server answered: certainly not applied),
+# "doubt" (no answer: the connection died) or "anomaly" (an answer no correct history allows).
+Attempt = namedtuple("Attempt", "t0 t1 op key outcome code message")
+
+
+class Prober:
+    """One thread writing through one proxy (autocommit, psycopg2): inserts of fresh ids taken
+    in turn from each list of key_lists (e.g. ids that move and ids that stay), and updates of
+    the ids it inserted. Every attempt is logged (attempts) and every acknowledged one goes to
+    ledger, like the Workload's single-writer ids; a refused insert leaves its id expected
+    absent. pause_s between attempts."""
+
+    def __init__(self, dsn, ledger, key_lists, pause_s=0.02, seed=1, update_share=0.4):
+        self.dsn, self.ledger, self.pause_s = dsn, ledger, pause_s
+        self.queues = [list(ks) for ks in key_lists]
+        self.rnd = random.Random(seed)
+        self.update_share = update_share
+        self.attempts = []
+        self.live = {}   # id -> balance, acknowledged present
+        self.busy = None  # (op, key, since) while an attempt runs
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="prober", daemon=True)
+        self._lock = threading.Lock()
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self, timeout=15):
+        """Stops the thread; a description of the attempt it is stuck in, or None."""
+        self._stop.set()
+        self._thread.join(timeout)
+        busy = self.busy
+        if self._thread.is_alive() and busy:
+            return (f"prober stuck in {busy[0]} of {busy[1]} for "
+                    f"{time.monotonic() - busy[2]:.1f}s")
+        return None
+
+    def log(self, t0=float("-inf"), t1=float("inf")):
+        """The attempts that started in [t0, t1)."""
+        with self._lock:
+            return [a for a in self.attempts if t0 <= a.t0 < t1]
+
+    def _run(self):
+        conn, turn = None, 0
+        while not self._stop.is_set():
+            if conn is None:
+                try:
+                    conn = psycopg2.connect(self.dsn, connect_timeout=5)
+                    conn.autocommit = True
+                except Exception:  # noqa: BLE001 - the proxy is down: try again
+                    conn = None
+                    time.sleep(0.1)
+                    continue
+            if self.live and self.rnd.random() < self.update_share:
+                op, key = "update", self.rnd.choice(list(self.live))
+            else:
+                queue = self.queues[turn % len(self.queues)]
+                turn += 1
+                if not queue:
+                    if not any(self.queues):
+                        break
+                    continue
+                op, key = "insert", queue.pop(0)
+                self.ledger.known(key)
+            balance = self.rnd.randint(1, 1000)
+            t0 = time.monotonic()
+            self.busy = (op, key, t0)
+            code = msg = None
+            try:
+                cur = conn.cursor()
+                if op == "insert":
+                    cur.execute("INSERT INTO accounts (id, owner, balance) VALUES (%s, 'probe', %s)",
+                                (key, balance))
+                else:
+                    cur.execute("UPDATE accounts SET balance = %s WHERE id = %s", (balance, key))
+                outcome = "ok" if cur.rowcount == 1 else "anomaly"
+                if outcome == "anomaly":
+                    msg = f"{op} of {key} matched {cur.rowcount} rows"
+            except psycopg2.Error as e:
+                code, msg = sqlstate(e), str(e).strip().splitlines()[0] if str(e).strip() else ""
+                outcome = "doubt" if _in_doubt_code(code) or conn.closed else "refused"
+                if conn.closed:
+                    conn = None
+            self.busy = None
+            if outcome == "ok":
+                self.ledger.set(key, balance)
+                self.live[key] = balance
+            elif outcome == "doubt":
+                self.ledger.doubt_state(key, balance)
+                self.live.pop(key, None)  # its state is unknown now: leave it alone
+            elif outcome == "anomaly":
+                self.live.pop(key, None)
+            with self._lock:
+                self.attempts.append(Attempt(t0, time.monotonic(), op, key, outcome, code, msg))
+            time.sleep(self.pause_s)
+        if conn is not None:
+            conn.close()
 
 
 class _ThreadState:
@@ -578,6 +714,7 @@ class _ThreadState:
         self.next_id = 0
         self.live = {}  # own ids acknowledged present: id -> balance
         self.reconnect = False
+        self.took = 0.0
 
 
 # -------------------------------------------------------------------------------- the checker
