@@ -132,6 +132,9 @@ void Watcher::run() {
       while (true) {
         // Every wake-up looks (a NOTIFY wakes it early; an epoch stored without one, e.g. by
         // hand, is still seen within a heartbeat period).
+        int64_t round_started = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                    Clock::now().time_since_epoch())
+                                    .count();
         {
           if (auto t = store.latest()) {
             uint64_t applied;
@@ -159,6 +162,7 @@ void Watcher::run() {
           std::lock_guard lk(mu_);
           st_.proxies = std::move(rows);
           last_ok_ = proxies_at_ = Clock::now();
+          st_.round_started_ms = round_started;
           if (stop_)
             return;
         }

@@ -29,6 +29,10 @@ struct WatchStatus {
   uint64_t reconnects = 0;
   std::string last_error;
   std::vector<ProxyRow> proxies; // as of the last heartbeat (ages brought up to now)
+  // When the last complete round (read the newest epoch, apply it, heartbeat) began, in
+  // steady-clock ms: what it learnt is at least that fresh. The data path's fence counts from
+  // it (a reply delayed by a partition must not make a stale epoch look fresh).
+  int64_t round_started_ms = 0;
 };
 
 class Watcher {
