@@ -122,7 +122,9 @@ json status_json(const Sources &src) {
                {"applied_epoch", w.applied_epoch},
                {"stored_epoch", w.stored_epoch},
                {"metadata", w.connected ? "connected" : "disconnected"},
-               {"fenced", w.fenced}};
+               // the data path's own fence (it counts the age of the last metadata round trip
+               // itself, so it may fence before the control-plane thread says so)
+               {"fenced", w.fenced || (src.proxy && src.proxy->fenced_write().has_value())}};
     if (!w.connected)
       proxy_j["metadata_error"] = w.last_error;
     for (auto &p : w.proxies)

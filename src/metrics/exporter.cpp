@@ -405,7 +405,7 @@ std::pair<int, std::string> Exporter::health() const {
   if (sh.control.enabled.load())
     meta = std::string(",\"metadata\":{\"connected\":") +
            (sh.control.connected.load() ? "true" : "false") +
-           ",\"writes_fenced\":" + (sh.write_fence.load() ? "true" : "false") +
+           ",\"writes_fenced\":" + (sh.fenced_write() ? "true" : "false") +
            ",\"applied_epoch\":" + std::to_string(sh.control.applied_epoch.load()) + "}";
   body = std::string("{\"status\":\"") + (ok ? "ok" : "unavailable") + "\"," + body.substr(1) +
          "]" + meta + "}";
