@@ -1103,6 +1103,29 @@ class MigrationTest(ClusterTestCase):
 
     # ================================================================== manual cutover
 
+    def test_add_refused_when_the_new_shard_is_not_clean(self):
+        """POST /api/v1/shards answers 422, and starts nothing, when the new shard's primary has
+        a sharded table with rows, or with other columns; and 409 for a name in use."""
+        with self.diagnose("add refusals"):
+            self.fresh(3, 50)
+            c, s3 = self.cluster, self.ports["s3"]
+            c.sql(s3, "CREATE TABLE accounts(id bigint primary key, owner text, balance bigint)",
+                  user="app")
+            c.sql(s3, "INSERT INTO accounts VALUES (1, 'stray', 1)", user="app")
+            st, r = self.api("POST", "/api/v1/shards", self.add_body())
+            self.assertEqual((st, r["error"]["code"]), (422, "unprocessable"), r)
+            self.assertIn("already has rows", r["error"]["message"])
+            c.sql(s3, "DROP TABLE accounts", user="app")
+            c.sql(s3, "CREATE TABLE accounts(id bigint primary key, balance numeric)", user="app")
+            st, r = self.api("POST", "/api/v1/shards", self.add_body())
+            self.assertEqual((st, r["error"]["code"]), (422, "unprocessable"), r)
+            self.assertIn("other columns", r["error"]["message"])
+            c.sql(s3, "DROP TABLE accounts", user="app")
+            st, r = self.api("POST", "/api/v1/shards", dict(self.add_body(), name="s1"))
+            self.assertEqual((st, r["error"]["code"]), (409, "conflict"), r)
+            st, r = self.api("GET", "/api/v1/migrations")
+            self.assertEqual(r["migrations"], [], "a refused add started a migration")
+
     def test_manual_cutover_success(self):
         """cutover "manual" under the workload: READY holds the old ring (s3 joining; a write to
         a moving key lands on its old owner and is copied to s3; reads through both proxies see
@@ -1155,6 +1178,13 @@ class MigrationTest(ClusterTestCase):
                                      f"key {k} written through {via} ({v}), read through {name} "
                                      f"in {self.last['phase']}")
                 return v
+
+            # DDL on a sharded table waits for the migration: 55000, naming it; nothing changes.
+            with self.assertRaises(psycopg2.Error) as ddl:
+                conns[self.proxies[0].name].cursor().execute(
+                    "ALTER TABLE accounts ADD COLUMN note text")
+            self.assertEqual(ddl.exception.pgcode, "55000", str(ddl.exception))
+            self.assertIn(self.mid, str(ddl.exception))
 
             problems = []
             for k in probes:  # READY: the old owner has the key, s3 a copy (the drain's)
