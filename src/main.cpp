@@ -225,8 +225,11 @@ int main(int argc, char **argv) {
           hooks.on_fence = [&](bool on) { server.set_write_fence(on); };
           hooks.on_status = [&](const sg::topology::WatchStatus &s) {
             auto &c = server.control();
-            if (s.connected && s.round_started_ms > 0)
+            if (s.connected && s.round_started_ms > 0) {
               c.ok_at_ms = s.round_started_ms; // steady ms, as now_ms()
+              if (c.age_fenced.exchange(false))
+                log::info("metadata_unfenced", {{"effect", "writes to sharded tables flow"}});
+            }
             c.connected = s.connected;
             c.applied_epoch = s.applied_epoch;
             c.stored_epoch = s.stored_epoch;

@@ -9,6 +9,7 @@
 #include <set>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <utility>
 
 namespace sg::migrations {
 
@@ -17,7 +18,7 @@ using json = nlohmann::json;
 
 namespace {
 
-enum Role { kRead = 0, kWrite = 1 };
+enum Role { kRead = 0, kWrite = 1, kRead2 = 2 };
 
 const char *kCapture = R"sql(
 CREATE SCHEMA IF NOT EXISTS shardgate;
@@ -98,8 +99,12 @@ Copier::Freeze::~Freeze() {
     }
 }
 
+// The backfill reads ahead from a helper thread: after open(), both threads only look up
+// existing entries (a const find), and each connection is used by one thread at a time.
 Copier::Conn &Copier::conn(const std::string &shard, int role) {
-  auto &c = conns_[{shard, role}];
+  auto found = std::as_const(conns_).find({shard, role});
+  auto &c = found != conns_.end() ? const_cast<std::unique_ptr<Conn> &>(found->second)
+                                  : conns_[{shard, role}];
   if (c && !c->is_open())
     c.reset();
   if (!c) {
@@ -116,16 +121,16 @@ Copier::Conn &Copier::conn(const std::string &shard, int role) {
     pqxx::nontransaction w(*c);
     // Never wait forever on a client's lock; the copier's own writes are not captured.
     w.exec("SET lock_timeout = '5s'; SET shardgate.sync = 'on'");
-    if (role == kRead) // reads and row locks only: nothing to wait for at commit
+    if (role != kWrite) // reads and row locks only: nothing to wait for at commit
       w.exec("SET synchronous_commit = off");
   }
   return *c;
 }
 
 const Copier::TableInfo &Copier::info(const config::Table &t) {
+  if (auto it = std::as_const(info_).find(t.name); it != info_.end() && it->second)
+    return *it->second; // (see conn())
   auto &slot = info_[t.name];
-  if (slot)
-    return *slot;
   // Read from any shard that has the table: the first source's definition is the reference.
   Conn *c = nullptr;
   for (auto &n : moves_.sources()) {
@@ -293,15 +298,45 @@ uint64_t Copier::estimate(const std::vector<std::string> &sources) {
   return uint64_t(rows);
 }
 
+struct Copier::Fetched {
+  std::unique_ptr<pqxx::work> src; // holds the page FOR SHARE
+  std::map<std::string, std::vector<std::string>> lines_to; // target -> COPY text lines
+  Page page;
+};
+
+void Copier::FetchedDeleter::operator()(Fetched *f) const { delete f; }
+
+const Copier::Page &Copier::page_of(const Fetched &f) { return f.page; }
+
+void Copier::open(const std::vector<std::string> &sources,
+                  const std::vector<std::string> &targets) {
+  for (auto &t : tables_)
+    info(t);
+  for (auto &s : sources) {
+    conn(s, kRead);
+    conn(s, kRead2);
+  }
+  for (auto &t : targets)
+    conn(t, kWrite);
+}
+
 Copier::Page Copier::copy_page(const std::string &source, const config::Table &t,
                                const json &after) {
+  auto f = fetch_page(source, t, after, 0);
+  return write_page(t, *f);
+}
+
+Copier::FetchedPtr Copier::fetch_page(const std::string &source, const config::Table &t,
+                                      const json &after, int slot) {
   const TableInfo &ti = info(t);
-  Page page;
+  FetchedPtr f(new Fetched);
+  Page &page = f->page;
   // The page stays locked FOR SHARE on the source until every target has committed its copy:
   // a writer of these rows waits, so a target never sees an older image after a newer one.
   // Rows travel as COPY text lines: each column's text output, escaped, into a staging table
   // on the target (COPY), then one INSERT ... ON CONFLICT from it.
-  pqxx::work src(conn(source, kRead));
+  f->src = std::make_unique<pqxx::work>(conn(source, slot ? kRead2 : kRead));
+  pqxx::work &src = *f->src;
   std::string sql = "SELECT " + ti.key_pk + ", x.* FROM " + ti.name + " x";
   pqxx::result r;
   if (after.is_null())
@@ -311,7 +346,7 @@ Copier::Page Copier::copy_page(const std::string &source, const config::Table &t
     r = src.exec_params(sql + " WHERE " + ti.after + " ORDER BY " + ti.pk_list + " LIMIT " +
                             std::to_string(batch_) + " FOR SHARE",
                         after.dump());
-  std::map<std::string, std::vector<std::string>> lines_to; // target -> COPY text lines
+  auto &lines_to = f->lines_to;
   for (auto row : r) {
     auto h = moves_.hash_of(t.key_type, row[0].c_str());
     if (!h || moves_.before(*h) != source || !moves_.moves(*h))
@@ -336,7 +371,14 @@ Copier::Page Copier::copy_page(const std::string &source, const config::Table &t
     lines_to[moves_.after(*h)].push_back(std::move(line));
     page.copied++;
   }
-  for (auto &[target, lines] : lines_to) {
+  page.done = r.size() < batch_;
+  page.last = r.empty() ? after : json::parse(r[r.size() - 1][1].c_str());
+  return f;
+}
+
+Copier::Page Copier::write_page(const config::Table &t, Fetched &f) {
+  const TableInfo &ti = info(t);
+  for (auto &[target, lines] : f.lines_to) {
     Conn &c = conn(target, kWrite);
     pqxx::work dst(c);
     std::string stage = "sg_stage_" + std::to_string(&t - tables_.data());
@@ -359,10 +401,9 @@ Copier::Page Copier::copy_page(const std::string &source, const config::Table &t
     dst.exec(ti.upsert_from + stage + ti.upsert_set);
     dst.commit();
   }
-  src.commit();
-  page.done = r.size() < batch_;
-  page.last = r.empty() ? after : json::parse(r[r.size() - 1][1].c_str());
-  return page;
+  f.src->commit(); // the page's locks go only now
+  f.src.reset();
+  return f.page;
 }
 
 uint64_t Copier::sync_keys(const std::string &from, const std::string &to,

@@ -44,7 +44,21 @@ public:
     bool done = false;
     uint64_t copied = 0;
   };
-  // Copies the moving rows of one primary-key page of `table` on `source` (after `after`).
+  // One primary-key page of `table` on `source` (after `after`), read in a transaction that
+  // holds the page FOR SHARE until write_page() has committed every target's copy. `slot` (0
+  // or 1) picks one of two source connections, so that the next page can be read while this
+  // one is written (from another thread: open() first makes every connection it needs).
+  struct Fetched; // the page's rows and its source transaction (libpqxx stays in copier.cpp)
+  struct FetchedDeleter {
+    void operator()(Fetched *f) const; // rolls back an unwritten page's transaction
+  };
+  using FetchedPtr = std::unique_ptr<Fetched, FetchedDeleter>;
+  static const Page &page_of(const Fetched &f);
+  void open(const std::vector<std::string> &sources, const std::vector<std::string> &targets);
+  FetchedPtr fetch_page(const std::string &source, const config::Table &table,
+                        const nlohmann::json &after, int slot);
+  Page write_page(const config::Table &table, Fetched &f);
+  // Both in one go.
   Page copy_page(const std::string &source, const config::Table &table,
                  const nlohmann::json &after);
 

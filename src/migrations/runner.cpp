@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <future>
 #include <set>
 
 namespace sg::migrations {
@@ -302,23 +303,45 @@ private:
     set_phase("BACKFILL");
   }
 
+  // Pages are read one ahead: while page N is written to the targets (its source rows still
+  // locked), page N+1 is read on the source's other connection by a helper thread. The drain
+  // runs only between pages with nothing read ahead, so a key it copies is never overwritten
+  // by an older image from a page read before it.
   void backfill() {
     auto t0 = Clock::now();
     uint64_t copied_here = 0;
     auto last_drain = Clock::now();
+    copier().open(moves_->sources(), moves_->targets());
     for (auto &src : moves_->sources())
       for (auto &t : tables_) {
         std::string k = t.name + "@" + src;
         if (!p_["backfill"][k].is_object())
           p_["backfill"][k] = json::object();
+        std::future<Copier::FetchedPtr> ahead;
+        int slot = 0;
+        auto read_ahead = [&](const json &after) {
+          slot ^= 1;
+          ahead = std::async(std::launch::async, [this, &src, &t, after, s = slot] {
+            return copier().fetch_page(src, t, after, s);
+          });
+        };
         while (true) {
           json cur = p_["backfill"][k]; // a copy: p_ grows below, and its storage may move
           if (cur.value("done", false))
             break;
-          if (wants("abort"))
+          if (wants("abort")) {
+            if (ahead.valid())
+              ahead.get(); // its transaction rolls back
             return;
-          json after = cur.value("after", json(nullptr));
-          auto page = copier().copy_page(src, t, after);
+          }
+          if (!ahead.valid())
+            read_ahead(cur.value("after", json(nullptr)));
+          auto fetched = ahead.get();
+          bool drain_now = ms_since(last_drain) > 200;
+          const Copier::Page &next = Copier::page_of(*fetched);
+          if (!next.done && !drain_now)
+            read_ahead(next.last);
+          auto page = copier().write_page(t, *fetched);
           p_["backfill"][k] = {{"after", page.last}, {"done", page.done}};
           p_["rows_copied"] = p_.value("rows_copied", uint64_t(0)) + page.copied;
           copied_here += page.copied;
@@ -329,7 +352,7 @@ private:
           uint64_t done = p_.value("rows_copied", uint64_t(0));
           p_["eta_seconds"] = rate > 0 && est > done ? uint64_t(double(est - done) / rate) : 0;
           save();
-          if (ms_since(last_drain) > 200) {
+          if (drain_now) { // nothing is read ahead now
             count_drain(copier().drain(involved(), false));
             last_drain = Clock::now();
           }

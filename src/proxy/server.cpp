@@ -309,8 +309,15 @@ const char *Shared::node_state(size_t id) const {
 std::optional<router::RouteError> Shared::fenced_write() const {
   if (!write_fence.load(std::memory_order_relaxed)) [[likely]] {
     int64_t ok = control.ok_at_ms.load(std::memory_order_relaxed);
-    if (ok == 0 || now_ms() - ok <= int64_t(control.fence_timeout_ms)) [[likely]]
+    int64_t age = ok ? now_ms() - ok : 0;
+    if (age <= int64_t(control.fence_timeout_ms)) [[likely]]
       return std::nullopt;
+    if (!control.age_fenced.exchange(true, std::memory_order_relaxed))
+      log::error("metadata_fenced",
+                 {{"unreachable_ms", std::to_string(age)},
+                  {"detail", "no complete round trip with the metadata database for longer "
+                             "than [metadata] fence_timeout_ms"},
+                  {"effect", "writes to sharded tables refused (40001)"}});
   }
   return router::RouteError{
       "40001",

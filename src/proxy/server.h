@@ -170,6 +170,7 @@ struct Shared {
     // control-plane thread stuck on a silent connection cannot keep writes flowing.
     std::atomic<int64_t> ok_at_ms{0};
     uint32_t fence_timeout_ms = 0;
+    mutable std::atomic<bool> age_fenced{false}; // that fence is on (logged once per outage)
   };
   ControlPlane control;
   MigrationStats migration;
