@@ -381,7 +381,10 @@ Copier::Page Copier::write_page(const config::Table &t, Fetched &f) {
   for (auto &[target, lines] : f.lines_to) {
     Conn &c = conn(target, kWrite);
     pqxx::work dst(c);
-    std::string stage = "sg_stage_" + std::to_string(&t - tables_.data());
+    size_t idx = 0; // the table's place in the config: a stable, valid identifier
+    while (idx + 1 < tables_.size() && tables_[idx].name != t.name)
+      ++idx;
+    std::string stage = "sg_stage_" + std::to_string(idx);
     if (!c.staged.count(stage)) {
       dst.exec("CREATE TEMP TABLE IF NOT EXISTS " + stage + " (LIKE " + ti.name +
                ") ON COMMIT DELETE ROWS");

@@ -984,6 +984,13 @@ class MigrationTest(ClusterTestCase):
         if gap >= 10:
             extra.append(f"no write acknowledged for {gap:.1f}s during the migration")
         extra += self.topology_problems(new.names)
+        # Nothing was killed here: a step that failed and was retried from the journal would
+        # hide a bug behind the resume.
+        for p in self.proxies:
+            failed = [l for l in p.log().splitlines() if "migration_step_failed" in l]
+            if failed:
+                extra.append(f"proxy {p.name}: {len(failed)} migration step(s) failed and were "
+                             f"retried, first: {failed[0][:300]}")
         self.assert_all(new, ledger, wl, stuck, f"after {kind} {shard}", extra)
         return m
 
