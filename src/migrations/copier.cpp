@@ -3,9 +3,11 @@
 #include "proxy/errors.h"
 
 #include <pqxx/pqxx>
+#include <pqxx/tablereader>
 #include <pqxx/tablewriter>
 
 #include <cstdio>
+#include <optional>
 #include <set>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -18,7 +20,11 @@ using json = nlohmann::json;
 
 namespace {
 
-enum Role { kRead = 0, kWrite = 1, kRead2 = 2 };
+// kRead and kRead2: backfill pages (one each thread), verify; kSync: the drain's source reads
+// (beside a page read ahead); kWrite: everything else.
+enum Role { kRead = 0, kWrite = 1, kRead2 = 2, kSync = 3 };
+
+constexpr size_t kChunk = 64 * 1024; // bytes of COPY text per data message
 
 const char *kCapture = R"sql(
 CREATE SCHEMA IF NOT EXISTS shardgate;
@@ -61,11 +67,73 @@ std::string trim_error(std::string e) {
   return e;
 }
 
+// Field `want` of one line of COPY text output, unescaped; nullopt for \N (NULL) or a line
+// with fewer fields. PostgreSQL escapes the backslash, the delimiter (tab), newline, carriage
+// return and the other control characters \b \f \v on output; octal and hex escapes are only
+// read on input, but decoded here too.
+std::optional<std::string> copy_field(const std::string &line, size_t want) {
+  size_t i = 0;
+  for (size_t f = 0; f < want; ++f) {
+    i = line.find('\t', i);
+    if (i == std::string::npos)
+      return std::nullopt;
+    ++i;
+  }
+  size_t end = line.find('\t', i);
+  if (end == std::string::npos)
+    end = line.size();
+  if (end - i == 2 && line[i] == '\\' && line[i + 1] == 'N')
+    return std::nullopt;
+  std::string out;
+  out.reserve(end - i);
+  auto digit = [](char c, int base) {
+    int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+            : c >= 'A' && c <= 'F' ? c - 'A' + 10 : 99;
+    return v < base ? v : -1;
+  };
+  for (; i < end; ++i) {
+    if (line[i] != '\\' || i + 1 == end) {
+      out += line[i];
+      continue;
+    }
+    char c = line[++i];
+    switch (c) {
+    case 'b': out += '\b'; break;
+    case 'f': out += '\f'; break;
+    case 'n': out += '\n'; break;
+    case 'r': out += '\r'; break;
+    case 't': out += '\t'; break;
+    case 'v': out += '\v'; break;
+    case 'x': {
+      int v = 0, n = 0;
+      while (n < 2 && i + 1 < end && digit(line[i + 1], 16) >= 0)
+        v = v * 16 + digit(line[++i], 16), ++n;
+      out += n ? char(v) : 'x';
+      break;
+    }
+    default:
+      if (digit(c, 8) >= 0) {
+        int v = digit(c, 8), n = 1;
+        while (n < 3 && i + 1 < end && digit(line[i + 1], 8) >= 0)
+          v = v * 8 + digit(line[++i], 8), ++n;
+        out += char(v);
+      } else {
+        out += c;
+      }
+    }
+  }
+  return out;
+}
+
 } // namespace
 
 struct Copier::TableInfo {
   std::string name, key, key_type; // quoted identifiers; the key's SQL type
   std::vector<std::string> pk, pk_types, others;
+  std::vector<std::string> cols; // every column, in the source's order
+  std::string col_list;          // "a, b, c"
+  size_t key_col = 0;            // the key's place in cols
+  std::vector<size_t> pk_cols;   // the primary key's places in cols
   std::string pk_list;   // "a, b"
   std::string after;     // "(a, b) > (($1::jsonb->>0)::t0, ...)"
   std::string upto;      // the same with <= and $2
@@ -163,8 +231,14 @@ const Copier::TableInfo &Copier::info(const config::Table &t) {
     std::string q = w.quote_name(r[0].c_str());
     if (std::find(ti->pk.begin(), ti->pk.end(), q) == ti->pk.end())
       ti->others.push_back(q);
+    if (q == ti->key)
+      ti->key_col = ti->cols.size();
+    ti->col_list += (ti->cols.empty() ? "" : ", ") + q;
+    ti->cols.push_back(q);
   }
   w.commit();
+  for (auto &p : ti->pk)
+    ti->pk_cols.push_back(size_t(std::find(ti->cols.begin(), ti->cols.end(), p) - ti->cols.begin()));
   std::string casts1, casts2, elems;
   for (size_t i = 0; i < ti->pk.size(); ++i) {
     std::string sep = i ? ", " : "";
@@ -188,7 +262,8 @@ const Copier::TableInfo &Copier::info(const config::Table &t) {
   }
   ti->upsert = "INSERT INTO " + ti->name + " SELECT * FROM json_populate_recordset(NULL::" +
                ti->name + ", $1::json)" + on_conflict;
-  ti->upsert_from = "INSERT INTO " + ti->name + " SELECT * FROM ";
+  ti->upsert_from = "INSERT INTO " + ti->name + " (" + ti->col_list + ") SELECT " +
+                    ti->col_list + " FROM ";
   ti->upsert_set = on_conflict;
   ti->key_in = ti->key + " IN (SELECT jsonb_array_elements_text($1::jsonb)::" + ti->key_type + ")";
   ti->pk_in = "(" + ti->pk_list + ") IN (SELECT " + elems + " FROM jsonb_array_elements($1::jsonb) e)";
@@ -268,8 +343,12 @@ bool Copier::prepare(const std::vector<std::string> &targets,
       for (auto &t : tables_) {
         const TableInfo &ti = info(t);
         w.exec("DROP TRIGGER IF EXISTS shardgate_capture ON " + ti.name);
+        // The WHEN clause skips the copier's own writes before any function call (a bulk
+        // COPY into a target would otherwise run the function once per row).
         w.exec("CREATE TRIGGER shardgate_capture AFTER INSERT OR UPDATE OR DELETE ON " +
-               ti.name + " FOR EACH ROW EXECUTE FUNCTION shardgate.capture(" +
+               ti.name +
+               " FOR EACH ROW WHEN (current_setting('shardgate.sync', true) IS DISTINCT FROM "
+               "'on') EXECUTE FUNCTION shardgate.capture(" +
                w.quote(t.key) + ")");
       }
       w.commit();
@@ -300,7 +379,9 @@ uint64_t Copier::estimate(const std::vector<std::string> &sources) {
 
 struct Copier::Fetched {
   std::unique_ptr<pqxx::work> src; // holds the page FOR SHARE
-  std::map<std::string, std::vector<std::string>> lines_to; // target -> COPY text lines
+  // target -> its rows as COPY text, each line ending in a newline, cut into chunks of about
+  // kChunk bytes (one COPY data message each)
+  std::map<std::string, std::vector<std::string>> chunks_to;
   Page page;
 };
 
@@ -312,9 +393,11 @@ void Copier::open(const std::vector<std::string> &sources,
                   const std::vector<std::string> &targets) {
   for (auto &t : tables_)
     info(t);
-  for (auto &s : sources) {
+  for (auto &s : sources) { // (the drain also uses kWrite on every shard it reads a log of)
     conn(s, kRead);
     conn(s, kRead2);
+    conn(s, kSync);
+    conn(s, kWrite);
   }
   for (auto &t : targets)
     conn(t, kWrite);
@@ -333,75 +416,109 @@ Copier::FetchedPtr Copier::fetch_page(const std::string &source, const config::T
   Page &page = f->page;
   // The page stays locked FOR SHARE on the source until every target has committed its copy:
   // a writer of these rows waits, so a target never sees an older image after a newer one.
-  // Rows travel as COPY text lines: each column's text output, escaped, into a staging table
-  // on the target (COPY), then one INSERT ... ON CONFLICT from it.
+  // The rows come as COPY text lines (the server escapes them), the moving ones are picked by
+  // their key's hash here, and go to their target's COPY unchanged.
   f->src = std::make_unique<pqxx::work>(conn(source, slot ? kRead2 : kRead));
   pqxx::work &src = *f->src;
-  std::string sql = "SELECT " + ti.key_pk + ", x.* FROM " + ti.name + " x";
-  pqxx::result r;
-  if (after.is_null())
-    r = src.exec(sql + " ORDER BY " + ti.pk_list + " LIMIT " + std::to_string(batch_) +
-                 " FOR SHARE");
-  else
-    r = src.exec_params(sql + " WHERE " + ti.after + " ORDER BY " + ti.pk_list + " LIMIT " +
-                            std::to_string(batch_) + " FOR SHARE",
-                        after.dump());
-  auto &lines_to = f->lines_to;
-  for (auto row : r) {
-    auto h = moves_.hash_of(t.key_type, row[0].c_str());
-    if (!h || moves_.before(*h) != source || !moves_.moves(*h))
-      continue;
-    std::string line;
-    for (size_t c = 2; c < row.size(); ++c) {
-      if (c > 2)
-        line += '\t';
-      if (row[int(c)].is_null()) {
-        line += "\\N";
-        continue;
-      }
-      for (const char *s = row[int(c)].c_str(); *s; ++s)
-        switch (*s) {
-        case '\\': line += "\\\\"; break;
-        case '\n': line += "\\n"; break;
-        case '\r': line += "\\r"; break;
-        case '\t': line += "\\t"; break;
-        default: line += *s;
-        }
+  // COPY takes no parameters: the page's lower bound goes in as quoted literals.
+  std::string where;
+  if (!after.is_null()) {
+    where = " WHERE (" + ti.pk_list + ") > (";
+    for (size_t i = 0; i < ti.pk.size(); ++i) {
+      const json &v = after.at(i); // text (since the COPY pages) or a JSON number (before)
+      where += (i ? ", " : "") + src.quote(v.is_string() ? v.get<std::string>() : v.dump()) +
+               "::" + ti.pk_types[i];
     }
-    lines_to[moves_.after(*h)].push_back(std::move(line));
-    page.copied++;
+    where += ")";
   }
-  page.done = r.size() < batch_;
-  page.last = r.empty() ? after : json::parse(r[r.size() - 1][1].c_str());
+  std::string query = "(SELECT " + ti.col_list + " FROM " + ti.name + where + " ORDER BY " +
+                      ti.pk_list + " LIMIT " + std::to_string(batch_) + " FOR SHARE)";
+  auto &chunks_to = f->chunks_to;
+  std::string line, last;
+  size_t rows = 0;
+  {
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    pqxx::tablereader rd(src, query); // COPY (query) TO STDOUT
+#pragma GCC diagnostic pop
+    while (rd.get_raw_line(line)) {
+      if (!line.empty() && line.back() == '\n')
+        line.pop_back();
+      ++rows;
+      last = line;
+      auto key = copy_field(line, ti.key_col);
+      if (!key) // a NULL key has no owner: it stays where it is
+        continue;
+      auto h = moves_.hash_of(t.key_type, *key);
+      if (!h || moves_.before(*h) != source || !moves_.moves(*h))
+        continue;
+      auto &chunks = chunks_to[moves_.after(*h)];
+      if (chunks.empty() || chunks.back().size() >= kChunk) {
+        chunks.emplace_back();
+        chunks.back().reserve(kChunk + 256);
+      }
+      chunks.back().append(line).push_back('\n');
+      page.copied++;
+    }
+    rd.complete();
+  }
+  page.done = rows < batch_;
+  if (rows == 0) {
+    page.last = after;
+  } else {
+    page.last = json::array();
+    for (size_t c : ti.pk_cols)
+      page.last.push_back(copy_field(last, c).value_or(""));
+  }
   return f;
 }
 
 Copier::Page Copier::write_page(const config::Table &t, Fetched &f) {
   const TableInfo &ti = info(t);
-  for (auto &[target, lines] : f.lines_to) {
+  for (auto &[target, chunks] : f.chunks_to) {
     Conn &c = conn(target, kWrite);
     pqxx::work dst(c);
-    size_t idx = 0; // the table's place in the config: a stable, valid identifier
-    while (idx + 1 < tables_.size() && tables_[idx].name != t.name)
-      ++idx;
-    std::string stage = "sg_stage_" + std::to_string(idx);
-    if (!c.staged.count(stage)) {
-      dst.exec("CREATE TEMP TABLE IF NOT EXISTS " + stage + " (LIKE " + ti.name +
-               ") ON COMMIT DELETE ROWS");
-      c.staged.insert(stage);
-    }
-    {
-      // libpqxx 6.4's stream_to keeps raw lines private; tablewriter (deprecated there, not
-      // gone) writes them. The lines are escaped above, so its own escaping is not used.
+    // Straight into the table. The target holds none of the page's rows, unless a run that
+    // died copied this page before its journal said so: then the COPY fails on the primary
+    // key, and the page goes through a staging table and an upsert instead. (The drain leaves
+    // rows the backfill has not reached alone; see drain().)
+    bool direct = false;
+    try {
+      pqxx::subtransaction sub(dst, "sg_page");
+      {
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-      pqxx::tablewriter in(dst, stage);
+        pqxx::tablewriter in(sub, ti.name, ti.cols.begin(), ti.cols.end());
 #pragma GCC diagnostic pop
-      for (auto &l : lines)
-        in.write_raw_line(l);
-      in.complete();
+        for (auto &c : chunks)
+          in.write_raw_line(c); // several lines: its last newline goes, and is added back
+        in.complete();
+      }
+      sub.commit();
+      direct = true;
+    } catch (const pqxx::unique_violation &) {
     }
-    dst.exec(ti.upsert_from + stage + ti.upsert_set);
+    if (!direct) {
+      size_t idx = 0; // the table's place in the config: a stable, valid identifier
+      while (idx + 1 < tables_.size() && tables_[idx].name != t.name)
+        ++idx;
+      std::string stage = "sg_stage_" + std::to_string(idx);
+      if (!c.staged.count(stage)) {
+        dst.exec("CREATE TEMP TABLE IF NOT EXISTS " + stage + " (LIKE " + ti.name +
+                 ") ON COMMIT DELETE ROWS");
+        c.staged.insert(stage);
+      }
+      {
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+        pqxx::tablewriter in(dst, stage, ti.cols.begin(), ti.cols.end());
+#pragma GCC diagnostic pop
+        for (auto &c : chunks)
+          in.write_raw_line(c);
+        in.complete();
+      }
+      dst.exec(ti.upsert_from + stage + ti.upsert_set);
+    }
     dst.commit();
   }
   f.src->commit(); // the page's locks go only now
@@ -410,13 +527,27 @@ Copier::Page Copier::write_page(const config::Table &t, Fetched &f) {
 }
 
 uint64_t Copier::sync_keys(const std::string &from, const std::string &to,
-                           const config::Table &t, const std::vector<std::string> &keys) {
+                           const config::Table &t, const std::vector<std::string> &keys,
+                           const nlohmann::ordered_json *backfill) {
   const TableInfo &ti = info(t);
   std::string karr = json(keys).dump();
-  pqxx::work src(conn(from, kRead));
-  auto r = src.exec_params("SELECT row_to_json(x)::text FROM " + ti.name + " x WHERE " +
-                               ti.key_in + " FOR SHARE",
-                           karr);
+  // While the backfill runs, only the rows it has copied already (primary key up to its
+  // journaled page end) are copied here; the rest are its to copy, under their page's lock.
+  // Deleting the keys' rows on the target first is right either way: the target holds no
+  // row past that bound except from a page a dead run copied, which is copied again.
+  std::string cover;
+  json upto = nullptr;
+  if (backfill) {
+    auto p = backfill->value(t.name + "@" + from, nlohmann::ordered_json::object());
+    if (!p.value("done", false)) {
+      upto = json::parse(p.value("after", nlohmann::ordered_json(nullptr)).dump());
+      cover = upto.is_null() ? " AND false" : " AND " + ti.upto;
+    }
+  }
+  pqxx::work src(conn(from, kSync));
+  std::string q = "SELECT row_to_json(x)::text FROM " + ti.name + " x WHERE " + ti.key_in +
+                  cover + " FOR SHARE";
+  auto r = upto.is_null() ? src.exec_params(q, karr) : src.exec_params(q, karr, upto.dump());
   std::string arr = "[";
   for (auto row : r)
     arr += (arr.size() > 1 ? "," : "") + std::string(row[0].c_str());
@@ -430,7 +561,8 @@ uint64_t Copier::sync_keys(const std::string &from, const std::string &to,
   return keys.size();
 }
 
-Copier::DrainResult Copier::drain(const std::vector<std::string> &shards, bool reverse, bool full) {
+Copier::DrainResult Copier::drain(const std::vector<std::string> &shards, bool reverse, bool full,
+                                  const nlohmann::ordered_json *backfill) {
   DrainResult d;
   while (true) {
     bool any = false;
@@ -476,7 +608,7 @@ Copier::DrainResult Copier::drain(const std::vector<std::string> &shards, bool r
       }
       for (auto &[k, keys] : todo) {
         std::vector<std::string> v(keys.begin(), keys.end());
-        d.keys_synced += sync_keys(s, k.second, tables_[k.first], v);
+        d.keys_synced += sync_keys(s, k.second, tables_[k.first], v, reverse ? nullptr : backfill);
       }
       pqxx::work w(conn(s, kWrite));
       w.exec_params("DELETE FROM shardgate.changes WHERE id IN (SELECT "

@@ -69,8 +69,10 @@ public:
   };
   // Copies the keys in the change logs of `shards` from the side that owns them to the other:
   // before the flip (`reverse` false) from old owners to new ones, after it back. `full`: until
-  // the logs are empty; otherwise one pass.
-  DrainResult drain(const std::vector<std::string> &shards, bool reverse, bool full = false);
+  // the logs are empty; otherwise one pass. `backfill`, while the backfill runs: its journaled
+  // progress per "table@source" ({"after", "done"}); rows past it are left to the backfill.
+  DrainResult drain(const std::vector<std::string> &shards, bool reverse, bool full = false,
+                    const nlohmann::ordered_json *backfill = nullptr);
 
   struct Verify {
     uint64_t rows_checked = 0, mismatches = 0, repaired = 0;
@@ -99,7 +101,8 @@ private:
   const TableInfo &info(const config::Table &t);
   Conn &conn(const std::string &shard, int role);
   uint64_t sync_keys(const std::string &from, const std::string &to, const config::Table &t,
-                     const std::vector<std::string> &keys);
+                     const std::vector<std::string> &keys,
+                     const nlohmann::ordered_json *backfill = nullptr);
   std::map<std::string, std::string> urls_;
   std::vector<config::Table> tables_;
   const KeyMoves &moves_;

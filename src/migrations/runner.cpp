@@ -305,12 +305,14 @@ private:
 
   // Pages are read one ahead: while page N is written to the targets (its source rows still
   // locked), page N+1 is read on the source's other connection by a helper thread. The drain
-  // runs only between pages with nothing read ahead, so a key it copies is never overwritten
-  // by an older image from a page read before it.
+  // runs between pages, bounded by the pages written: it copies no row past page N's end, so
+  // it never races the page read ahead (whose rows stay locked until written). A page counts
+  // once journaled; the journal is saved at most every 100 ms (a page copied but not
+  // journaled is copied again after a restart).
   void backfill() {
     auto t0 = Clock::now();
     uint64_t copied_here = 0;
-    auto last_drain = Clock::now();
+    auto last_drain = Clock::now(), last_save = Clock::now();
     copier().open(moves_->sources(), moves_->targets());
     for (auto &src : moves_->sources())
       for (auto &t : tables_) {
@@ -337,9 +339,8 @@ private:
           if (!ahead.valid())
             read_ahead(cur.value("after", json(nullptr)));
           auto fetched = ahead.get();
-          bool drain_now = ms_since(last_drain) > 200;
           const Copier::Page &next = Copier::page_of(*fetched);
-          if (!next.done && !drain_now)
+          if (!next.done)
             read_ahead(next.last);
           auto page = copier().write_page(t, *fetched);
           p_["backfill"][k] = {{"after", page.last}, {"done", page.done}};
@@ -351,9 +352,12 @@ private:
           uint64_t est = p_.value("rows_estimated", uint64_t(0));
           uint64_t done = p_.value("rows_copied", uint64_t(0));
           p_["eta_seconds"] = rate > 0 && est > done ? uint64_t(double(est - done) / rate) : 0;
-          save();
-          if (drain_now) { // nothing is read ahead now
-            count_drain(copier().drain(involved(), false));
+          if (page.done || ms_since(last_save) >= 100) {
+            save();
+            last_save = Clock::now();
+          }
+          if (ms_since(last_drain) > 200) {
+            count_drain(copier().drain(involved(), false, false, &p_["backfill"]));
             last_drain = Clock::now();
           }
           if (rate_ > 0 && page.copied > 0) { // rate limit: the page's share of a second

@@ -496,7 +496,7 @@ class MigrationTest(ClusterTestCase):
         c.sql(self.meta_port, f"CREATE DATABASE {self.meta_db} OWNER app", db="postgres")
         for i in range(self.SHARDS):
             port = c.primary_port(i)
-            c.sql(port, "DROP TABLE IF EXISTS accounts CASCADE")
+            c.sql(port, "DROP TABLE IF EXISTS accounts, notes CASCADE")
             for (schema,) in c.sql(port, "SELECT nspname FROM pg_namespace "
                                          "WHERE nspname LIKE 'shardgate%'"):
                 c.sql(port, f'DROP SCHEMA "{schema}" CASCADE')
@@ -512,7 +512,7 @@ class MigrationTest(ClusterTestCase):
         return ledger
 
     def start_proxy(self, name, shards, meta_url=None, heartbeat_ms=HEARTBEAT_MS,
-                    fence_ms=FENCE_MS):
+                    fence_ms=FENCE_MS, tables=(("accounts", "id", "bigint"),)):
         """A proxy with the admin API on this run's metadata database (at meta_url: through a
         relay, say; default s0's server directly)."""
         admin = harness.free_port_block(1)
@@ -523,7 +523,7 @@ class MigrationTest(ClusterTestCase):
                  f'fence_timeout_ms = {fence_ms}\ninstance = "{self.meta_db}-{name}"\n')
         delay = self.delay_ms or None
         with _environ(SHARDGATE_TEST_PHASE_DELAY_MS=delay):
-            p = Proxy(_ShardPrefix(self.cluster, shards), extra_toml=extra)
+            p = Proxy(_ShardPrefix(self.cluster, shards), tables=tables, extra_toml=extra)
             p.env = dict(os.environ)
         p.name, p.admin_port, p.api = name, admin, Api(admin)
         self.proxies.append(p)
@@ -1109,6 +1109,64 @@ class MigrationTest(ClusterTestCase):
                         extra)
 
     # ================================================================== manual cutover
+
+    def test_text_keys_with_escapes_move_to_their_owner(self):
+        """A text-keyed table whose keys and values hold what COPY text escapes (tab, newline,
+        carriage return, backslash, \\N) and other awkward characters (quotes, non-ASCII,
+        spaces, the empty string) beside accounts: after adding s3, every row is on the owner
+        the ring gives its key's UTF-8 bytes, once, with its value unchanged."""
+        with self.diagnose("text keys"):
+            tables = (("accounts", "id", "bigint"), ("notes", "k", "text"))
+            self.fresh(3, 50, tables=tables)
+            odd = ["", "\t", "\n", "\r", "\\", "\\N", "a\tb\\c\nd", "'quote\"",
+                   "ünïcödé ☃", "  spaced  ", "\\x41\\101", "\x7f\x08\x0c\x0b"]
+            want = {}
+            for i in range(1500):
+                k = f"{odd[i % len(odd)]}{i}" if i % 3 else odd[i % len(odd)] * 2 + str(i)
+                want[k] = f"{k}|{odd[(i + 5) % len(odd)]}"
+            for i in range(3):
+                self.cluster.sql(self.ports[f"s{i}"],
+                                 "CREATE TABLE notes(k text PRIMARY KEY, body text)", user="app")
+            conn = psycopg2.connect(self.a.dsn(), connect_timeout=10)
+            self.addCleanup(conn.close)
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                for k, body in want.items():
+                    cur.execute("INSERT INTO notes(k, body) VALUES (%s, %s)", (k, body))
+            old, new = Ring(["s0", "s1", "s2"]), self.ring4
+            moving = [k for k in want if old.owner(k) != new.owner(k)]
+            self.assertGreater(sum(1 for k in moving if any(c in k for c in "\t\n\\")), 20,
+                               "too few moving keys with escapes to test anything")
+            before = self.notes_by_shard()
+            placed = [(k, s) for s, rows in before.items() for k in rows if old.owner(k) != s]
+            self.assertEqual(placed, [], "rows off their owner before the migration")
+            self.start_migration("POST", "/api/v1/shards", self.add_body())
+            self.wait_phase({"DONE"}, DONE_TIMEOUT)
+            after = self.notes_by_shard()
+            seen = {}
+            for s, rows in after.items():
+                for k, body in rows.items():
+                    self.assertFalse(k in seen, f"key {k!r} on {seen.get(k)} and {s}")
+                    seen[k] = s
+                    self.assertEqual(new.owner(k), s, f"key {k!r} on {s}, owner {new.owner(k)}")
+                    self.assertEqual(body, want[k], f"value of key {k!r} changed")
+            self.assertEqual(set(seen), set(want), "keys lost or gained")
+            self.assertEqual(sum(1 for k in moving if seen[k] == "s3"), len(moving))
+
+    def notes_by_shard(self):
+        out = {}
+        for s, port in self.ports.items():
+            c = psycopg2.connect(host="127.0.0.1", port=port, user="app",
+                                 password="app-secret", dbname="app", connect_timeout=10)
+            try:
+                with c.cursor() as cur:
+                    cur.execute("SELECT to_regclass('notes') IS NOT NULL")
+                    if cur.fetchone()[0]:
+                        cur.execute("SELECT k, body FROM notes")
+                        out[s] = dict(cur.fetchall())
+            finally:
+                c.close()
+        return out
 
     def test_add_refused_when_the_new_shard_is_not_clean(self):
         """POST /api/v1/shards answers 422, and starts nothing, when the new shard's primary has

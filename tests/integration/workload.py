@@ -64,9 +64,9 @@ def xxh3(data):
 
 
 class Ring:
-    """Owners of bigint keys on the ring of `shards` ({name: weight} or names), as README's
-    "The ring contract" says: point i of shard n is XXH3("n#i"), a key hashes as its 8 bytes
-    little-endian, the owner is the first point >= the hash (wrapping), equal points go to the
+    """Owners of keys on the ring of `shards` ({name: weight} or names), as README's "The ring
+    contract" says: point i of shard n is XXH3("n#i"), a bigint key hashes as its 8 bytes
+    little-endian (a str key: its UTF-8 bytes, as a text key), the owner is the first point >= the hash (wrapping), equal points go to the
     lower name."""
 
     def __init__(self, shards, vnodes=150):
@@ -81,7 +81,8 @@ class Ring:
     def owner(self, key):
         o = self._cache.get(key)
         if o is None:
-            i = bisect.bisect_left(self._hashes, xxh3(struct.pack("<q", int(key))))
+            data = key.encode() if isinstance(key, str) else struct.pack("<q", int(key))
+            i = bisect.bisect_left(self._hashes, xxh3(data))
             o = self._cache[key] = self._owners[i % len(self._owners)]
         return o
 
