@@ -27,7 +27,7 @@
 #   SETTLE [3]          seconds of load before, between and after the part-2 migrations
 #   WINDOW [1]          seconds either side of a flip that make its window
 #   COPY_RUNS [3]       baseline COPY runs (the median is used)
-#   BATCH_ROWS []       [migrations] batch_rows (empty: the proxy's default, 5000)
+#   BATCH_ROWS []       [migrations] batch_rows (empty: the proxy's default, 10000)
 #   PARTS ["1 2"]       which parts to run (part 2 alone still reports; part 1's table empty)
 #   SHARDGATE_BIN [build/shardgate]   copied to build/bench/migration/bin first, so a rebuild
 #                       does not disturb a run (not build/bench/bin: bench/run.sh empties that)
@@ -256,6 +256,6 @@ part 2 && report+=(--load "$OUT/load.json")
   --meta "postgres=$("$PGBIN/postgres" --version)" \
   --meta "shardgate=$("$BIN" --version 2>&1 | head -n 1) (git $GIT_REV)" \
   --meta "rows=$ROWS" --meta "pause_rows=$PAUSE_ROWS" \
-  --meta "batch_rows=${BATCH_ROWS:-default (5000)}" \
+  --meta "batch_rows=${BATCH_ROWS:-default (10000)}" \
   --meta "cutover_pause_ms=default (500)"
 exit "${part2_rc:-0}"

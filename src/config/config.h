@@ -118,7 +118,7 @@ struct Metadata {
 struct Migrations {
   uint32_t max_rows_per_second = 0; // backfill rate cap; 0: unlimited
   uint32_t cutover_pause_ms = 500;  // longest write pause on moving keys; over it, retry later
-  uint32_t batch_rows = 5000;       // rows per backfill, verify and cleanup page
+  uint32_t batch_rows = 10000;      // rows per backfill, verify and cleanup page
   bool operator==(const Migrations &) const = default;
 };
 

@@ -20,9 +20,13 @@ using json = nlohmann::json;
 
 namespace {
 
-// kRead and kRead2: backfill pages (one each thread), verify; kSync: the drain's source reads
-// (beside a page read ahead); kWrite: everything else.
-enum Role { kRead = 0, kWrite = 1, kRead2 = 2, kSync = 3 };
+// kRead: verify, planning; kSync: the drain's source reads (beside the backfill's pages);
+// kWrite: everything else. Each backfill worker has its own: two source connections (one page
+// written while the next is read) and one per target.
+enum Role { kRead = 0, kWrite = 1, kSync = 3 };
+int page_read_role(int worker, int slot) { return 100 + 2 * worker + slot; }
+int page_write_role(int worker) { return 200 + worker; }
+bool writes(int role) { return role == kWrite || role >= 200; }
 
 constexpr size_t kChunk = 64 * 1024; // bytes of COPY text per data message
 
@@ -130,6 +134,7 @@ std::optional<std::string> copy_field(const std::string &line, size_t want) {
 struct Copier::TableInfo {
   std::string name, key, key_type; // quoted identifiers; the key's SQL type
   std::vector<std::string> pk, pk_types, others;
+  std::string pk0_name;          // the first primary-key column, unquoted
   std::vector<std::string> cols; // every column, in the source's order
   std::string col_list;          // "a, b, c"
   size_t key_col = 0;            // the key's place in cols
@@ -167,12 +172,15 @@ Copier::Freeze::~Freeze() {
     }
 }
 
-// The backfill reads ahead from a helper thread: after open(), both threads only look up
-// existing entries (a const find), and each connection is used by one thread at a time.
+// Backfill workers, their read-ahead helpers and the drain run at once: the map is guarded, and
+// each (shard, role) connection is used by one thread at a time.
 Copier::Conn &Copier::conn(const std::string &shard, int role) {
-  auto found = std::as_const(conns_).find({shard, role});
-  auto &c = found != conns_.end() ? const_cast<std::unique_ptr<Conn> &>(found->second)
-                                  : conns_[{shard, role}];
+  std::unique_ptr<Conn> *slot;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    slot = &conns_[{shard, role}]; // map entries stay where they are
+  }
+  auto &c = *slot;
   if (c && !c->is_open())
     c.reset();
   if (!c) {
@@ -189,15 +197,16 @@ Copier::Conn &Copier::conn(const std::string &shard, int role) {
     pqxx::nontransaction w(*c);
     // Never wait forever on a client's lock; the copier's own writes are not captured.
     w.exec("SET lock_timeout = '5s'; SET shardgate.sync = 'on'");
-    if (role != kWrite) // reads and row locks only: nothing to wait for at commit
+    if (!writes(role)) // reads and row locks only: nothing to wait for at commit
       w.exec("SET synchronous_commit = off");
   }
   return *c;
 }
 
 const Copier::TableInfo &Copier::info(const config::Table &t) {
-  if (auto it = std::as_const(info_).find(t.name); it != info_.end() && it->second)
-    return *it->second; // (see conn())
+  std::lock_guard<std::recursive_mutex> g(info_mu_);
+  if (auto it = info_.find(t.name); it != info_.end() && it->second)
+    return *it->second;
   auto &slot = info_[t.name];
   // Read from any shard that has the table: the first source's definition is the reference.
   Conn *c = nullptr;
@@ -220,6 +229,7 @@ const Copier::TableInfo &Copier::info(const config::Table &t) {
       t.name);
   if (pk.empty())
     throw std::runtime_error("table \"" + t.name + "\" has no primary key");
+  ti->pk0_name = pk[0][0].c_str();
   for (auto r : pk) {
     ti->pk.push_back(w.quote_name(r[0].c_str()));
     ti->pk_types.push_back(r[1].c_str());
@@ -390,27 +400,84 @@ void Copier::FetchedDeleter::operator()(Fetched *f) const { delete f; }
 const Copier::Page &Copier::page_of(const Fetched &f) { return f.page; }
 
 void Copier::open(const std::vector<std::string> &sources,
-                  const std::vector<std::string> &targets) {
+                  const std::vector<std::string> &targets, int workers) {
   for (auto &t : tables_)
     info(t);
-  for (auto &s : sources) { // (the drain also uses kWrite on every shard it reads a log of)
-    conn(s, kRead);
-    conn(s, kRead2);
-    conn(s, kSync);
-    conn(s, kWrite);
+  for (int w = 0; w < workers; ++w) {
+    for (auto &s : sources) {
+      conn(s, page_read_role(w, 0));
+      conn(s, page_read_role(w, 1));
+    }
+    for (auto &t : targets)
+      conn(t, page_write_role(w));
   }
-  for (auto &t : targets)
-    conn(t, kWrite);
 }
 
-Copier::Page Copier::copy_page(const std::string &source, const config::Table &t,
-                               const json &after) {
-  auto f = fetch_page(source, t, after, 0);
-  return write_page(t, *f);
+std::vector<json> Copier::split(const std::string &source, const config::Table &t, int parts) {
+  std::vector<json> cuts;
+  if (parts < 2)
+    return cuts;
+  const TableInfo &ti = info(t);
+  pqxx::work w(conn(source, kRead));
+  auto r = w.exec_params("SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = "
+                         "$1::regclass",
+                         t.name);
+  double n = r.empty() ? 0 : r[0][0].as<double>();
+  if (n < 100000) // never analyzed, or small: count
+    n = w.exec("SELECT count(*) FROM " + ti.name)[0][0].as<double>();
+  if (n < 4.0 * batch_) // a few pages: not worth a second worker
+    return cuts;
+  // The planner's histogram of the first primary-key column has its quantiles; without one,
+  // the index is walked to them.
+  auto h = w.exec_params(
+      "SELECT a[1 + (array_length(a, 1) - 1) * i / $3] FROM (SELECT s.histogram_bounds::text::"
+      "text[] AS a FROM pg_stats s JOIN pg_class c ON c.relname = s.tablename JOIN "
+      "pg_namespace ns ON ns.oid = c.relnamespace AND ns.nspname = s.schemaname WHERE c.oid = "
+      "$1::regclass AND s.attname = $2) x, generate_series(1, $3 - 1) i WHERE "
+      "array_length(a, 1) > $3 ORDER BY i",
+      t.name, ti.pk0_name, parts);
+  if (h.size() == size_t(parts - 1)) {
+    for (auto row : h)
+      cuts.push_back(row[0].c_str());
+  } else {
+    for (int i = 1; i < parts; ++i) {
+      auto q = w.exec("SELECT " + ti.pk[0] + "::text FROM " + ti.name + " ORDER BY " + ti.pk[0] +
+                      " OFFSET " + std::to_string(uint64_t(n * i / parts)) + " LIMIT 1");
+      if (q.empty())
+        break;
+      cuts.push_back(q[0][0].c_str());
+    }
+  }
+  w.commit();
+  // Equal cuts (a skewed first column) would make empty ranges.
+  cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
+  return cuts;
+}
+
+std::string Copier::range_sql(const TableInfo &ti, const json &range, pqxx::transaction_base &w,
+                              bool upto_after) {
+  std::string out;
+  auto lit = [&](const json &v, size_t i) {
+    return w.quote(v.is_string() ? v.get<std::string>() : v.dump()) + "::" + ti.pk_types[i];
+  };
+  const json lo = range.value("lo", json(nullptr)), hi = range.value("hi", json(nullptr));
+  if (!lo.is_null())
+    out += " AND " + ti.pk[0] + " >= " + lit(lo, 0);
+  if (!hi.is_null())
+    out += " AND " + ti.pk[0] + " < " + lit(hi, 0);
+  const json after = range.value("after", json(nullptr));
+  if (!after.is_null()) {
+    std::string tuple;
+    for (size_t i = 0; i < ti.pk.size(); ++i)
+      tuple += (i ? ", " : "") + lit(after.at(i), i);
+    out += " AND (" + ti.pk_list + ") " + (upto_after ? "<=" : ">") + " (" + tuple + ")";
+  }
+  return out;
 }
 
 Copier::FetchedPtr Copier::fetch_page(const std::string &source, const config::Table &t,
-                                      const json &after, int slot) {
+                                      const json &range, const json &after, int worker,
+                                      int slot) {
   const TableInfo &ti = info(t);
   FetchedPtr f(new Fetched);
   Page &page = f->page;
@@ -418,21 +485,15 @@ Copier::FetchedPtr Copier::fetch_page(const std::string &source, const config::T
   // a writer of these rows waits, so a target never sees an older image after a newer one.
   // The rows come as COPY text lines (the server escapes them), the moving ones are picked by
   // their key's hash here, and go to their target's COPY unchanged.
-  f->src = std::make_unique<pqxx::work>(conn(source, slot ? kRead2 : kRead));
+  f->src = std::make_unique<pqxx::work>(conn(source, page_read_role(worker, slot)));
   pqxx::work &src = *f->src;
-  // COPY takes no parameters: the page's lower bound goes in as quoted literals.
-  std::string where;
-  if (!after.is_null()) {
-    where = " WHERE (" + ti.pk_list + ") > (";
-    for (size_t i = 0; i < ti.pk.size(); ++i) {
-      const json &v = after.at(i); // text (since the COPY pages) or a JSON number (before)
-      where += (i ? ", " : "") + src.quote(v.is_string() ? v.get<std::string>() : v.dump()) +
-               "::" + ti.pk_types[i];
-    }
-    where += ")";
-  }
-  std::string query = "(SELECT " + ti.col_list + " FROM " + ti.name + where + " ORDER BY " +
-                      ti.pk_list + " LIMIT " + std::to_string(batch_) + " FOR SHARE)";
+  // COPY takes no parameters: the page's bounds go in as quoted literals.
+  json bounds = {{"lo", range.value("lo", json(nullptr))},
+                 {"hi", range.value("hi", json(nullptr))},
+                 {"after", after}};
+  std::string query = "(SELECT " + ti.col_list + " FROM " + ti.name + " WHERE true" +
+                      range_sql(ti, bounds, src, false) + " ORDER BY " + ti.pk_list +
+                      " LIMIT " + std::to_string(batch_) + " FOR SHARE)";
   auto &chunks_to = f->chunks_to;
   std::string line, last;
   size_t rows = 0;
@@ -470,35 +531,36 @@ Copier::FetchedPtr Copier::fetch_page(const std::string &source, const config::T
     for (size_t c : ti.pk_cols)
       page.last.push_back(copy_field(last, c).value_or(""));
   }
+  page.worker = worker;
   return f;
 }
 
 Copier::Page Copier::write_page(const config::Table &t, Fetched &f) {
   const TableInfo &ti = info(t);
   for (auto &[target, chunks] : f.chunks_to) {
-    Conn &c = conn(target, kWrite);
-    pqxx::work dst(c);
+    Conn &c = conn(target, page_write_role(f.page.worker));
     // Straight into the table. The target holds none of the page's rows, unless a run that
     // died copied this page before its journal said so: then the COPY fails on the primary
-    // key, and the page goes through a staging table and an upsert instead. (The drain leaves
-    // rows the backfill has not reached alone; see drain().)
-    bool direct = false;
+    // key (nothing is written), and the page goes again in a new transaction, through a
+    // staging table and an upsert. (The drain leaves rows the backfill has not reached alone;
+    // see drain().)
     try {
-      pqxx::subtransaction sub(dst, "sg_page");
+      pqxx::work dst(c);
       {
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-        pqxx::tablewriter in(sub, ti.name, ti.cols.begin(), ti.cols.end());
+        pqxx::tablewriter in(dst, ti.name, ti.cols.begin(), ti.cols.end());
 #pragma GCC diagnostic pop
         for (auto &c : chunks)
           in.write_raw_line(c); // several lines: its last newline goes, and is added back
         in.complete();
       }
-      sub.commit();
-      direct = true;
+      dst.commit();
+      continue;
     } catch (const pqxx::unique_violation &) {
     }
-    if (!direct) {
+    {
+      pqxx::work dst(c);
       size_t idx = 0; // the table's place in the config: a stable, valid identifier
       while (idx + 1 < tables_.size() && tables_[idx].name != t.name)
         ++idx;
@@ -518,8 +580,8 @@ Copier::Page Copier::write_page(const config::Table &t, Fetched &f) {
         in.complete();
       }
       dst.exec(ti.upsert_from + stage + ti.upsert_set);
+      dst.commit();
     }
-    dst.commit();
   }
   f.src->commit(); // the page's locks go only now
   f.src.reset();
@@ -531,23 +593,38 @@ uint64_t Copier::sync_keys(const std::string &from, const std::string &to,
                            const nlohmann::ordered_json *backfill) {
   const TableInfo &ti = info(t);
   std::string karr = json(keys).dump();
-  // While the backfill runs, only the rows it has copied already (primary key up to its
-  // journaled page end) are copied here; the rest are its to copy, under their page's lock.
-  // Deleting the keys' rows on the target first is right either way: the target holds no
-  // row past that bound except from a page a dead run copied, which is copied again.
-  std::string cover;
-  json upto = nullptr;
-  if (backfill) {
-    auto p = backfill->value(t.name + "@" + from, nlohmann::ordered_json::object());
-    if (!p.value("done", false)) {
-      upto = json::parse(p.value("after", nlohmann::ordered_json(nullptr)).dump());
-      cover = upto.is_null() ? " AND false" : " AND " + ti.upto;
-    }
-  }
+  // While the backfill runs, only the rows it has copied already (in each of its ranges, up
+  // to the end of the last page written) are copied here; the rest are its to copy, under
+  // their page's lock. Deleting the keys' rows on the target first is right either way: the
+  // target holds no row past those bounds except from a page a dead run copied, which is
+  // copied again.
   pqxx::work src(conn(from, kSync));
+  std::string cover;
+  if (backfill) {
+    json p = json::parse(
+        backfill->value(t.name + "@" + from, nlohmann::ordered_json::object()).dump());
+    json ranges = p.contains("ranges") ? p["ranges"] : json::array({p});
+    std::string terms;
+    bool whole = false;
+    for (auto &r : ranges) {
+      std::string c;
+      if (r.value("done", false))
+        c = range_sql(ti, {{"lo", r.value("lo", json(nullptr))}, {"hi", r.value("hi", json(nullptr))}},
+                      src, true);
+      else if (!r.value("after", json(nullptr)).is_null())
+        c = range_sql(ti, r, src, true);
+      else
+        continue; // nothing copied in this range yet
+      if (c.empty())
+        whole = true;
+      terms += std::string(terms.empty() ? "" : " OR ") + "(true" + c + ")";
+    }
+    if (!whole)
+      cover = terms.empty() ? " AND false" : " AND (" + terms + ")";
+  }
   std::string q = "SELECT row_to_json(x)::text FROM " + ti.name + " x WHERE " + ti.key_in +
                   cover + " FOR SHARE";
-  auto r = upto.is_null() ? src.exec_params(q, karr) : src.exec_params(q, karr, upto.dump());
+  auto r = src.exec_params(q, karr);
   std::string arr = "[";
   for (auto row : r)
     arr += (arr.size() > 1 ? "," : "") + std::string(row[0].c_str());

@@ -18,8 +18,13 @@
 
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
+
+namespace pqxx {
+class transaction_base;
+}
 
 namespace sg::migrations {
 
@@ -43,24 +48,29 @@ public:
     nlohmann::json last; // primary key of the page's last row (a JSON array), or null
     bool done = false;
     uint64_t copied = 0;
+    int worker = 0;
   };
-  // One primary-key page of `table` on `source` (after `after`), read in a transaction that
-  // holds the page FOR SHARE until write_page() has committed every target's copy. `slot` (0
-  // or 1) picks one of two source connections, so that the next page can be read while this
-  // one is written (from another thread: open() first makes every connection it needs).
+  // Where to cut `table` on `source` into `parts` ranges of about equal size, on its first
+  // primary-key column (text values; none for a small table): one backfill worker each.
+  std::vector<nlohmann::json> split(const std::string &source, const config::Table &table,
+                                    int parts);
+  // One primary-key page of `table` on `source` in `range` ({"lo", "hi"}: the first primary-key
+  // column from lo, inclusive, to hi, exclusive; null is open) after `after`, read in a
+  // transaction that holds the page FOR SHARE until write_page() has committed every target's
+  // copy. Each backfill `worker` has its own connections: two to each source (`slot` 0 or 1),
+  // so that the next page can be read while this one is written, and one to each target.
   struct Fetched; // the page's rows and its source transaction (libpqxx stays in copier.cpp)
   struct FetchedDeleter {
     void operator()(Fetched *f) const; // rolls back an unwritten page's transaction
   };
   using FetchedPtr = std::unique_ptr<Fetched, FetchedDeleter>;
   static const Page &page_of(const Fetched &f);
-  void open(const std::vector<std::string> &sources, const std::vector<std::string> &targets);
+  void open(const std::vector<std::string> &sources, const std::vector<std::string> &targets,
+            int workers);
   FetchedPtr fetch_page(const std::string &source, const config::Table &table,
-                        const nlohmann::json &after, int slot);
+                        const nlohmann::json &range, const nlohmann::json &after, int worker,
+                        int slot);
   Page write_page(const config::Table &table, Fetched &f);
-  // Both in one go.
-  Page copy_page(const std::string &source, const config::Table &table,
-                 const nlohmann::json &after);
 
   struct DrainResult {
     uint64_t keys_synced = 0;
@@ -69,8 +79,9 @@ public:
   };
   // Copies the keys in the change logs of `shards` from the side that owns them to the other:
   // before the flip (`reverse` false) from old owners to new ones, after it back. `full`: until
-  // the logs are empty; otherwise one pass. `backfill`, while the backfill runs: its journaled
-  // progress per "table@source" ({"after", "done"}); rows past it are left to the backfill.
+  // the logs are empty; otherwise one pass. `backfill`, while the backfill runs: its progress
+  // per "table@source" ({"ranges": [{"lo", "hi", "after", "done"}]}); rows it has not
+  // reached are left to it.
   DrainResult drain(const std::vector<std::string> &shards, bool reverse, bool full = false,
                     const nlohmann::ordered_json *backfill = nullptr);
 
@@ -99,6 +110,10 @@ public:
 private:
   struct TableInfo;
   const TableInfo &info(const config::Table &t);
+  // " AND ..." for `range` ({"lo", "hi", "after"}): the rows after `after`, or with
+  // `upto_after` up to it; quoted literals, as COPY takes no parameters.
+  static std::string range_sql(const TableInfo &ti, const nlohmann::json &range,
+                               pqxx::transaction_base &w, bool upto_after);
   Conn &conn(const std::string &shard, int role);
   uint64_t sync_keys(const std::string &from, const std::string &to, const config::Table &t,
                      const std::vector<std::string> &keys,
@@ -109,6 +124,8 @@ private:
   uint32_t batch_;
   std::map<std::string, std::unique_ptr<TableInfo>> info_;
   std::map<std::pair<std::string, int>, std::unique_ptr<Conn>> conns_;
+  std::mutex mu_;                 // conns_ (workers and the drain run at once)
+  std::recursive_mutex info_mu_;  // info_ (info() opens a connection)
 };
 
 } // namespace sg::migrations

@@ -9,7 +9,9 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <atomic>
 #include <future>
+#include <mutex>
 #include <set>
 
 namespace sg::migrations {
@@ -303,75 +305,198 @@ private:
     set_phase("BACKFILL");
   }
 
-  // Pages are read one ahead: while page N is written to the targets (its source rows still
-  // locked), page N+1 is read on the source's other connection by a helper thread. The drain
-  // runs between pages, bounded by the pages written: it copies no row past page N's end, so
-  // it never races the page read ahead (whose rows stay locked until written). A page counts
-  // once journaled; the journal is saved at most every 100 ms (a page copied but not
-  // journaled is copied again after a restart).
+  // Each (table, source) is cut into kWorkers primary-key ranges (Copier::split), copied at
+  // once by one worker thread each. A worker reads its pages one ahead: while page N is
+  // written to the targets (its source rows still locked), page N+1 is read on the worker's
+  // other source connection by a helper thread. Meanwhile this thread saves the journal (at
+  // most every 100 ms: a page copied but not journaled is copied again after a restart, and
+  // counts once journaled), watches for an abort, and drains the change log bounded by the
+  // pages written: it copies no row a worker has not reached, so it never races a page in
+  // flight (whose rows stay locked until written).
+  static constexpr int kWorkers = 2;
+
   void backfill() {
     auto t0 = Clock::now();
-    uint64_t copied_here = 0;
-    auto last_drain = Clock::now(), last_save = Clock::now();
-    copier().open(moves_->sources(), moves_->targets());
+    std::atomic<uint64_t> copied_here{0};
+    copier().open(moves_->sources(), moves_->targets(), kWorkers);
     for (auto &src : moves_->sources())
       for (auto &t : tables_) {
         std::string k = t.name + "@" + src;
-        if (!p_["backfill"][k].is_object())
-          p_["backfill"][k] = json::object();
-        std::future<Copier::FetchedPtr> ahead;
-        int slot = 0;
-        auto read_ahead = [&](const json &after) {
-          slot ^= 1;
-          ahead = std::async(std::launch::async, [this, &src, &t, after, s = slot] {
-            return copier().fetch_page(src, t, after, s);
-          });
-        };
-        while (true) {
-          json cur = p_["backfill"][k]; // a copy: p_ grows below, and its storage may move
-          if (cur.value("done", false))
-            break;
-          if (wants("abort")) {
-            if (ahead.valid())
-              ahead.get(); // its transaction rolls back
-            return;
+        if (!p_["backfill"].is_object())
+          p_["backfill"] = json::object();
+        json entry = p_["backfill"].value(k, json::object());
+        if (!entry.contains("ranges")) {
+          json ranges = json::array();
+          if (entry.contains("after")) { // journaled before ranges: one range
+            ranges.push_back({{"lo", nullptr}, {"hi", nullptr}, {"after", entry["after"]},
+                              {"done", entry.value("done", false)}});
+          } else {
+            json lo = nullptr;
+            for (auto &cut : copier().split(src, t, kWorkers)) {
+              ranges.push_back({{"lo", lo}, {"hi", json::parse(cut.dump())}, {"after", nullptr},
+                                {"done", false}});
+              lo = json::parse(cut.dump());
+            }
+            ranges.push_back({{"lo", lo}, {"hi", nullptr}, {"after", nullptr}, {"done", false}});
           }
-          if (!ahead.valid())
-            read_ahead(cur.value("after", json(nullptr)));
-          auto fetched = ahead.get();
-          const Copier::Page &next = Copier::page_of(*fetched);
-          if (!next.done)
-            read_ahead(next.last);
-          auto page = copier().write_page(t, *fetched);
-          p_["backfill"][k] = {{"after", page.last}, {"done", page.done}};
-          p_["rows_copied"] = p_.value("rows_copied", uint64_t(0)) + page.copied;
-          copied_here += page.copied;
-          double secs = std::max(0.001, double(ms_since(t0)) / 1000);
-          double rate = double(copied_here) / secs;
-          p_["rows_per_second"] = uint64_t(rate);
-          uint64_t est = p_.value("rows_estimated", uint64_t(0));
-          uint64_t done = p_.value("rows_copied", uint64_t(0));
-          p_["eta_seconds"] = rate > 0 && est > done ? uint64_t(double(est - done) / rate) : 0;
-          if (page.done || ms_since(last_save) >= 100) {
-            save();
-            last_save = Clock::now();
-          }
-          if (ms_since(last_drain) > 200) {
-            count_drain(copier().drain(involved(), false, false, &p_["backfill"]));
-            last_drain = Clock::now();
-          }
-          if (rate_ > 0 && page.copied > 0) { // rate limit: the page's share of a second
-            double want_s = double(copied_here) / double(rate_);
-            double ahead = want_s - secs;
-            if (ahead > 0)
-              sleep_ms(int(ahead * 1000));
-          }
-          check_stop();
+          p_["backfill"][k] = {{"ranges", ranges}};
+          save();
+          log::info("migration_backfill_ranges", {{"migration", m_.id},
+                                                  {"table", t.name},
+                                                  {"source", src},
+                                                  {"ranges", std::to_string(ranges.size())}});
         }
+        if (!copy_ranges(src, t, k, t0, copied_here))
+          return; // abort asked
       }
     count_drain(copier().drain(involved(), false));
     p_["eta_seconds"] = 0;
     set_phase("VERIFY");
+  }
+
+  // Runs the workers of `k`'s unfinished ranges to the end. False when an abort was asked
+  // (the workers stop after their current page; pages read ahead roll back).
+  bool copy_ranges(const std::string &src, const config::Table &t, const std::string &k,
+                   Clock::time_point t0, std::atomic<uint64_t> &copied_here) {
+    std::atomic<bool> halt{false};
+    std::atomic<int> running{0};
+    std::exception_ptr failed;
+    std::vector<std::thread> workers;
+    json ranges = p_["backfill"][k]["ranges"];
+    int open_ranges = 0;
+    for (auto &r : ranges)
+      open_ranges += r.value("done", false) ? 0 : 1;
+    for (size_t r = 0; r < ranges.size(); ++r) {
+      if (ranges[r].value("done", false))
+        continue;
+      int w = int(workers.size());
+      ++running;
+      workers.emplace_back([&, r, w] {
+        try {
+          copy_range(src, t, k, r, w, open_ranges, halt, copied_here);
+        } catch (...) {
+          std::lock_guard<std::mutex> g(p_mu_);
+          if (!failed)
+            failed = std::current_exception();
+          halt = true;
+        }
+        --running;
+      });
+    }
+    auto last_drain = Clock::now(), last_save = Clock::now(), last_ask = Clock::now();
+    bool aborted = false;
+    try {
+      while (running.load() > 0) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        if (stop_.load())
+          halt = true;
+        if (ms_since(last_ask) >= 100) {
+          last_ask = Clock::now();
+          if (wants("abort"))
+            aborted = halt = true;
+        }
+        if (ms_since(last_save) >= 100) {
+          json snap;
+          {
+            std::lock_guard<std::mutex> g(p_mu_);
+            note_rate(t0, copied_here);
+            snap = p_;
+          }
+          store_.journal(m_.id, m_.phase, snap.dump(), std::nullopt, nullptr, 0, "", false);
+          publish(stats_, m_, snap);
+          last_save = Clock::now();
+        }
+        if (ms_since(last_drain) > 200 && !halt) {
+          json snap;
+          {
+            std::lock_guard<std::mutex> g(p_mu_);
+            snap = p_["backfill"];
+          }
+          auto d = copier().drain(involved(), false, false, &snap);
+          std::lock_guard<std::mutex> g(p_mu_);
+          count_drain(d);
+          last_drain = Clock::now();
+        }
+      }
+    } catch (...) {
+      halt = true;
+      for (auto &w : workers)
+        w.join();
+      throw;
+    }
+    for (auto &w : workers)
+      w.join();
+    if (failed)
+      std::rethrow_exception(failed);
+    check_stop();
+    note_rate(t0, copied_here);
+    save();
+    return !aborted;
+  }
+
+  void note_rate(Clock::time_point t0, const std::atomic<uint64_t> &copied_here) {
+    double secs = std::max(0.001, double(ms_since(t0)) / 1000);
+    double rate = double(copied_here.load()) / secs;
+    p_["rows_per_second"] = uint64_t(rate);
+    uint64_t est = p_.value("rows_estimated", uint64_t(0));
+    uint64_t done = p_.value("rows_copied", uint64_t(0));
+    p_["eta_seconds"] = rate > 0 && est > done ? uint64_t(double(est - done) / rate) : 0;
+  }
+
+  // One worker: range r of `k`, page after page, until done or `halt`.
+  void copy_range(const std::string &src, const config::Table &t, const std::string &k,
+                  size_t r, int w, int workers, const std::atomic<bool> &halt,
+                  std::atomic<uint64_t> &copied_here) {
+    json range, after;
+    {
+      std::lock_guard<std::mutex> g(p_mu_);
+      range = p_["backfill"][k]["ranges"][r];
+      after = range.value("after", json(nullptr));
+    }
+    auto rng = nlohmann::json::parse(range.dump());
+    std::future<Copier::FetchedPtr> ahead;
+    int slot = 0;
+    auto read_ahead = [&](const json &from) {
+      slot ^= 1;
+      auto f = nlohmann::json::parse(from.dump());
+      ahead = std::async(std::launch::async, [this, &src, &t, rng, f, w, s = slot] {
+        return copier().fetch_page(src, t, rng, f, w, s);
+      });
+    };
+    auto start = Clock::now();
+    uint64_t mine = 0;
+    read_ahead(after);
+    while (true) {
+      if (halt.load()) {
+        try {
+          ahead.get(); // its transaction rolls back
+        } catch (...) {
+        }
+        return;
+      }
+      auto fetched = ahead.get();
+      const Copier::Page &next = Copier::page_of(*fetched);
+      if (!next.done)
+        read_ahead(json::parse(next.last.dump()));
+      auto page = copier().write_page(t, *fetched);
+      {
+        std::lock_guard<std::mutex> g(p_mu_);
+        auto &rg = p_["backfill"][k]["ranges"][r];
+        rg["after"] = json::parse(page.last.dump());
+        rg["done"] = page.done;
+        p_["rows_copied"] = p_.value("rows_copied", uint64_t(0)) + page.copied;
+      }
+      copied_here += page.copied;
+      mine += page.copied;
+      if (page.done)
+        return;
+      if (rate_ > 0 && page.copied > 0) { // rate limit: this worker's share of it
+        double secs = double(ms_since(start)) / 1000;
+        double early = double(mine) * workers / double(rate_) - secs;
+        for (int i = 0; i < int(early * 100) && !halt.load(); ++i)
+          std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    }
   }
 
   void verify() {
@@ -531,6 +656,7 @@ private:
   const std::atomic<bool> &stop_;
   proxy::MigrationStats *stats_;
   json p_;
+  std::mutex p_mu_; // p_ while backfill workers run
   std::vector<std::string> before_, after_;
   topology::Topology topo_;
   std::unique_ptr<KeyMoves> moves_;

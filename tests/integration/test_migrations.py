@@ -95,6 +95,9 @@ DONE_TIMEOUT = 600 if LONG else 120
 HEARTBEAT_MS, FENCE_MS = 200, 2000
 STUCK_S = 30  # no progress, the same error, this long: the migration is stuck
 CUTOVER_PAUSE_MS = 500  # [migrations] cutover_pause_ms (the default): a held write waits +500 ms
+# [migrations] batch_rows: small, so that a backfill has many pages in two ranges (worker
+# threads), and the drain runs while only part of the rows are copied
+BATCH_ROWS = 100
 # How the relay cuts proxy b from the metadata database in the partition test: "freeze" (a
 # silent partition: sockets stay open, no byte moves) or "close" (every connection closed, new
 # ones refused).
@@ -520,7 +523,8 @@ class MigrationTest(ClusterTestCase):
                                 f"{self.meta_db}")
         extra = (f'[admin]\nlisten = "127.0.0.1:{admin}"\ntoken_file = "{self.token_file}"\n'
                  f'[metadata]\nurl = "{meta_url}"\nheartbeat_ms = {heartbeat_ms}\n'
-                 f'fence_timeout_ms = {fence_ms}\ninstance = "{self.meta_db}-{name}"\n')
+                 f'fence_timeout_ms = {fence_ms}\ninstance = "{self.meta_db}-{name}"\n'
+                 f'[migrations]\nbatch_rows = {BATCH_ROWS}\n')
         delay = self.delay_ms or None
         with _environ(SHARDGATE_TEST_PHASE_DELAY_MS=delay):
             p = Proxy(_ShardPrefix(self.cluster, shards), tables=tables, extra_toml=extra)
