@@ -1,6 +1,8 @@
 """Online add and remove of shards with migration (issue 17), against real PostgreSQL under load.
 
-One cluster of four primaries (no replicas). Every test (and every phase of the per-phase tests)
+One cluster of four primaries (no replicas). The proxies copy in pages of BATCH_ROWS (100) rows,
+so that a backfill spans many pages in both of its ranges (worker threads) while the drain runs.
+Every test (and every phase of the per-phase tests)
 starts from scratch: a metadata database of its own (meta_<n> on s0's server), `accounts` only
 on the shards of the starting ring, rows loaded through a proxy, and two proxies (a, b) with the
 admin API sharing that metadata database. A workload (workload.py) runs psycopg2 and psycopg 3
@@ -37,6 +39,9 @@ Proved here (each against the ledger, on all four primaries):
   by default, MIGRATION_PARTITION=close for closed connections) during a migration: past
   fence_timeout_ms it acknowledges no write, the runner on the other proxy cuts over without it
   and ends DONE, and after the thaw its writes land on the new owners only;
+- a text-keyed table beside accounts whose keys and values hold what COPY text escapes (tab,
+  newline, carriage return, backslash, \\N) and other awkward characters: after adding s3 every
+  row is on the owner the ring gives its key's UTF-8 bytes, once, its value unchanged;
 - the harness itself, without any migration: the Python ring agrees with `shardgate --locate`,
   the ledger's rules for writes in doubt, the checker reports deliberate damage (a row copied to
   a wrong primary, a row deleted, a balance changed, an unknown row, a row on the target, a
