@@ -393,4 +393,74 @@ parse_parameter_status(std::string_view body) {
   return std::pair{k, v};
 }
 
+// ---- Result rows ----
+
+bool parse_row_description(std::string_view body, std::vector<RowColumn> &out) {
+  Reader r(body);
+  int16_t n = r.i16();
+  if (!r.ok() || n < 0)
+    return false;
+  out.clear();
+  out.reserve(size_t(n));
+  for (int16_t i = 0; i < n; ++i) {
+    RowColumn c;
+    c.name = std::string(r.cstr());
+    c.table_oid = r.i32();
+    c.column = r.i16();
+    c.type_oid = uint32_t(r.i32());
+    c.type_len = r.i16();
+    c.type_mod = r.i32();
+    c.format = r.i16();
+    if (!r.ok())
+      return false;
+    out.push_back(std::move(c));
+  }
+  return r.at_end();
+}
+
+void row_description(Bytes &out, const std::vector<RowColumn> &cols) {
+  Writer w(out, 'T');
+  w.i16(int16_t(cols.size()));
+  for (auto &c : cols)
+    w.cstr(c.name).i32(c.table_oid).i16(c.column).i32(int32_t(c.type_oid)).i16(c.type_len)
+        .i32(c.type_mod).i16(c.format);
+  w.finish();
+}
+
+bool parse_data_row(std::string_view body, Row &out) {
+  Reader r(body);
+  int16_t n = r.i16();
+  if (!r.ok() || n < 0)
+    return false;
+  out.clear();
+  out.reserve(size_t(n));
+  for (int16_t i = 0; i < n; ++i) {
+    int32_t len = r.i32();
+    if (!r.ok() || len < -1)
+      return false;
+    if (len == -1) {
+      out.emplace_back(std::nullopt);
+      continue;
+    }
+    std::string_view v = r.bytes(size_t(len));
+    if (!r.ok())
+      return false;
+    out.emplace_back(std::string(v));
+  }
+  return r.at_end();
+}
+
+void data_row(Bytes &out, const Row &row) {
+  Writer w(out, 'D');
+  w.i16(int16_t(row.size()));
+  for (auto &f : row) {
+    if (!f) {
+      w.i32(-1);
+      continue;
+    }
+    w.i32(int32_t(f->size())).raw(*f);
+  }
+  w.finish();
+}
+
 } // namespace sg::protocol

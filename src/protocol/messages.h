@@ -129,6 +129,26 @@ private:
   bool ok_ = true;
 };
 
+// ---- Result rows: decoded only for results the proxy merges from several shards ----
+// RowDescription ('T'): Int16 n, then per column: String name, Int32 table oid, Int16 column
+// number, Int32 type oid, Int16 type length, Int32 type modifier, Int16 format (0 text, 1 binary).
+struct RowColumn {
+  std::string name;
+  int32_t table_oid = 0;
+  int16_t column = 0;
+  uint32_t type_oid = 0;
+  int16_t type_len = 0;
+  int32_t type_mod = -1;
+  int16_t format = 0;
+};
+bool parse_row_description(std::string_view body, std::vector<RowColumn> &out);
+void row_description(Bytes &out, const std::vector<RowColumn> &cols);
+// DataRow ('D'): Int16 n, then per field: Int32 length (-1: NULL) and that many bytes.
+using Field = std::optional<std::string>;
+using Row = std::vector<Field>;
+bool parse_data_row(std::string_view body, Row &out);
+void data_row(Bytes &out, const Row &row);
+
 // ---- Error fields (ErrorResponse / NoticeResponse) ----
 struct ErrorInfo {
   std::string severity = "ERROR";

@@ -1,0 +1,182 @@
+#include "executor/aggregate.h"
+
+#include <algorithm>
+
+namespace sg::executor {
+
+namespace {
+
+struct Decimal {
+  enum Special { None, NaN, PosInf, NegInf } special = None;
+  bool neg = false;
+  std::string digits; // integer and fraction digits together, no sign, no dot
+  size_t scale = 0;   // digits after the dot
+};
+
+std::optional<Decimal> parse_decimal(std::string_view s) {
+  Decimal d;
+  if (s == "NaN") {
+    d.special = Decimal::NaN;
+    return d;
+  }
+  if (s == "Infinity") {
+    d.special = Decimal::PosInf;
+    return d;
+  }
+  if (s == "-Infinity") {
+    d.special = Decimal::NegInf;
+    return d;
+  }
+  if (!s.empty() && s[0] == '-') {
+    d.neg = true;
+    s.remove_prefix(1);
+  }
+  size_t dot = s.find('.');
+  std::string_view ip = s.substr(0, dot);
+  std::string_view fp = dot == std::string_view::npos ? std::string_view() : s.substr(dot + 1);
+  if (ip.empty() && fp.empty())
+    return std::nullopt;
+  for (char c : ip)
+    if (c < '0' || c > '9')
+      return std::nullopt;
+  for (char c : fp)
+    if (c < '0' || c > '9')
+      return std::nullopt;
+  d.digits = std::string(ip) + std::string(fp);
+  d.scale = fp.size();
+  return d;
+}
+
+// |a| vs |b| for digit strings of the same scale and length.
+int mag_cmp(const std::string &a, const std::string &b) { return a.compare(b) < 0 ? -1 : a == b ? 0 : 1; }
+
+std::string format(bool neg, std::string digits, size_t scale) {
+  // digits has at least scale + 1 characters after padding below
+  while (digits.size() < scale + 1)
+    digits.insert(digits.begin(), '0');
+  size_t int_len = digits.size() - scale;
+  size_t lead = 0;
+  while (lead + 1 < int_len && digits[lead] == '0')
+    ++lead;
+  std::string out = digits.substr(lead, int_len - lead);
+  if (scale)
+    out += "." + digits.substr(int_len);
+  bool zero = std::all_of(digits.begin(), digits.end(), [](char c) { return c == '0'; });
+  return (neg && !zero ? "-" : "") + out;
+}
+
+} // namespace
+
+std::optional<std::string> decimal_add(std::string_view as, std::string_view bs) {
+  auto a = parse_decimal(as), b = parse_decimal(bs);
+  if (!a || !b)
+    return std::nullopt;
+  if (a->special || b->special) {
+    if (a->special == Decimal::NaN || b->special == Decimal::NaN)
+      return std::string("NaN");
+    if (a->special && b->special && a->special != b->special)
+      return std::string("NaN"); // Infinity + -Infinity
+    auto s = a->special ? a->special : b->special;
+    return std::string(s == Decimal::PosInf ? "Infinity" : "-Infinity");
+  }
+  size_t scale = std::max(a->scale, b->scale);
+  a->digits.append(scale - a->scale, '0');
+  b->digits.append(scale - b->scale, '0');
+  size_t len = std::max(a->digits.size(), b->digits.size()) + 1;
+  a->digits.insert(0, len - a->digits.size(), '0');
+  b->digits.insert(0, len - b->digits.size(), '0');
+  std::string r(len, '0');
+  bool neg;
+  if (a->neg == b->neg) {
+    int carry = 0;
+    for (size_t i = len; i-- > 0;) {
+      int v = (a->digits[i] - '0') + (b->digits[i] - '0') + carry;
+      r[i] = char('0' + v % 10);
+      carry = v / 10;
+    }
+    neg = a->neg;
+  } else {
+    const Decimal *big = &*a, *small = &*b;
+    if (mag_cmp(a->digits, b->digits) < 0)
+      std::swap(big, small);
+    int borrow = 0;
+    for (size_t i = len; i-- > 0;) {
+      int v = (big->digits[i] - '0') - (small->digits[i] - '0') - borrow;
+      borrow = v < 0;
+      r[i] = char('0' + (v + 10) % 10);
+    }
+    neg = big->neg;
+  }
+  return format(neg, std::move(r), scale);
+}
+
+bool combinable(const AggSpec &s) {
+  switch (s.agg) {
+  case Agg::Count:
+    return s.kind == Kind::Integer;
+  case Agg::Sum:
+    return s.kind == Kind::Integer || s.kind == Kind::Numeric;
+  case Agg::Min:
+  case Agg::Max:
+    return s.kind != Kind::Unsupported;
+  }
+  return false;
+}
+
+bool combine(const std::vector<protocol::Row> &partials, const std::vector<AggSpec> &specs,
+             protocol::Row &out, std::string &error) {
+  out.assign(specs.size(), std::nullopt);
+  for (size_t c = 0; c < specs.size(); ++c) {
+    const AggSpec &s = specs[c];
+    if (!combinable(s)) {
+      error = "column " + std::to_string(c + 1) + ": cannot combine this aggregate of " +
+              to_string(s.kind) + " values";
+      return false;
+    }
+    protocol::Field acc;
+    if (s.agg == Agg::Count)
+      acc = std::string("0");
+    for (auto &p : partials) {
+      if (c >= p.size()) {
+        error = "a shard answered " + std::to_string(p.size()) + " columns, expected " +
+                std::to_string(specs.size());
+        return false;
+      }
+      const protocol::Field &v = p[c];
+      if (!v)
+        continue;
+      if (!acc) {
+        if (s.agg == Agg::Sum && !parse_decimal(*v)) {
+          error = "column " + std::to_string(c + 1) + ": not a number: " + *v;
+          return false;
+        }
+        acc = *v;
+        continue;
+      }
+      switch (s.agg) {
+      case Agg::Count:
+      case Agg::Sum: {
+        auto r = decimal_add(*acc, *v);
+        if (!r) {
+          error = "column " + std::to_string(c + 1) + ": not a number: " + *v;
+          return false;
+        }
+        acc = std::move(*r);
+        break;
+      }
+      case Agg::Min:
+        if (compare(s.kind, *v, *acc) < 0)
+          acc = *v;
+        break;
+      case Agg::Max:
+        if (compare(s.kind, *v, *acc) > 0)
+          acc = *v;
+        break;
+      }
+    }
+    out[c] = std::move(acc);
+  }
+  return true;
+}
+
+} // namespace sg::executor

@@ -1,0 +1,42 @@
+// Combining the shards' partial aggregates into what one PostgreSQL would answer. Pure.
+//
+// A query with aggregates and no GROUP BY runs on every shard concerned; each shard answers one
+// row of partial values, and combine() makes the final row from them:
+//   count(...)          the partial counts added (int8);
+//   sum(int2/int4/int8) the partial sums added exactly (int8 or numeric text, as PostgreSQL);
+//   sum(numeric)        the same, at the widest scale of the partials (PostgreSQL's scale);
+//   min(...), max(...)  the least or greatest partial, by the column's Kind;
+// NULL partials (a shard with no rows) are skipped; sum, min and max of no values are NULL.
+#pragma once
+
+#include "executor/values.h"
+#include "protocol/messages.h"
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace sg::executor {
+
+enum class Agg { Count, Sum, Min, Max };
+
+struct AggSpec {
+  Agg agg = Agg::Count;
+  Kind kind = Kind::Integer; // of the partial column
+};
+
+// Whether combine() can do `spec` exactly (sum of floats cannot: its rounding depends on the
+// order of the additions); the planner answers 0A000 for the others.
+bool combinable(const AggSpec &spec);
+
+// The final row from one partial row per shard. False with `error` when a partial value is
+// not what its kind promises.
+bool combine(const std::vector<protocol::Row> &partials, const std::vector<AggSpec> &specs,
+             protocol::Row &out, std::string &error);
+
+// a + b exactly, in PostgreSQL's numeric text form (also NaN and the infinities); the result
+// has the larger of the two scales. nullopt when either is not numeric text.
+std::optional<std::string> decimal_add(std::string_view a, std::string_view b);
+
+} // namespace sg::executor

@@ -1,0 +1,63 @@
+// Expected values are PostgreSQL 15's answers to the same aggregates over all the rows at once.
+#include "executor/aggregate.h"
+
+#include <gtest/gtest.h>
+
+using namespace sg::executor;
+using sg::protocol::Row;
+
+TEST(DecimalAdd, KeepsTheWidestScaleAsPostgreSQLSumDoes) {
+  EXPECT_EQ(decimal_add("1.50", "2.2"), "3.70"); // SELECT sum(x) FROM (VALUES (1.50), (2.2))
+  EXPECT_EQ(decimal_add("-1.50", "1.5"), "0.00");
+  EXPECT_EQ(decimal_add("9223372036854775807", "1"), "9223372036854775808");
+  EXPECT_EQ(decimal_add("-0.5", "0.25"), "-0.25");
+  EXPECT_EQ(decimal_add("-5", "-7"), "-12");
+  EXPECT_EQ(decimal_add("999.99", "0.01"), "1000.00");
+  EXPECT_EQ(decimal_add("0", "-0.001"), "-0.001");
+}
+
+TEST(DecimalAdd, SpecialsAndGarbage) {
+  EXPECT_EQ(decimal_add("NaN", "1"), "NaN");
+  EXPECT_EQ(decimal_add("Infinity", "-Infinity"), "NaN");
+  EXPECT_EQ(decimal_add("Infinity", "5"), "Infinity");
+  EXPECT_EQ(decimal_add("-Infinity", "-Infinity"), "-Infinity");
+  EXPECT_FALSE(decimal_add("1e5", "1"));
+  EXPECT_FALSE(decimal_add("", "1"));
+  EXPECT_FALSE(decimal_add("-", "1"));
+}
+
+TEST(Combine, CountSumMinMaxOverShardsWithAnEmptyOne) {
+  // count(*), sum(balance numeric), min(id int8), max(name text): shard 2 had no rows.
+  std::vector<AggSpec> specs{{Agg::Count, Kind::Integer},
+                             {Agg::Sum, Kind::Numeric},
+                             {Agg::Min, Kind::Integer},
+                             {Agg::Max, Kind::Bytes}};
+  std::vector<Row> partials{{std::string("3"), std::string("10.5"), std::string("7"), std::string("b")},
+                            {std::string("2"), std::string("-0.25"), std::string("-4"), std::string("c")},
+                            {std::string("0"), std::nullopt, std::nullopt, std::nullopt}};
+  Row out;
+  std::string err;
+  ASSERT_TRUE(combine(partials, specs, out, err)) << err;
+  EXPECT_EQ(out, (Row{std::string("5"), std::string("10.25"), std::string("-4"), std::string("c")}));
+}
+
+TEST(Combine, NoRowsAnywhereGivesCountZeroAndNulls) {
+  std::vector<AggSpec> specs{{Agg::Count, Kind::Integer}, {Agg::Sum, Kind::Integer}, {Agg::Max, Kind::Date}};
+  std::vector<Row> partials(3, Row{std::string("0"), std::nullopt, std::nullopt});
+  Row out;
+  std::string err;
+  ASSERT_TRUE(combine(partials, specs, out, err)) << err;
+  EXPECT_EQ(out, (Row{std::string("0"), std::nullopt, std::nullopt}));
+}
+
+TEST(Combine, RefusesWhatItCannotDoExactly) {
+  EXPECT_FALSE(combinable({Agg::Sum, Kind::Float})) << "float rounding depends on the order";
+  EXPECT_TRUE(combinable({Agg::Max, Kind::Float}));
+  Row out;
+  std::string err;
+  EXPECT_FALSE(combine({{std::string("1.5")}}, {{Agg::Sum, Kind::Float}}, out, err));
+  EXPECT_NE(err.find("cannot combine"), std::string::npos);
+  EXPECT_FALSE(combine({{std::string("abc")}, {std::string("1")}}, {{Agg::Sum, Kind::Integer}}, out, err));
+  EXPECT_FALSE(combine({{std::string("1")}}, {{Agg::Count, Kind::Integer}, {Agg::Sum, Kind::Integer}}, out, err))
+      << "a shard answered too few columns";
+}
