@@ -69,6 +69,16 @@ std::optional<protocol::Row> Merge::pop() {
   return std::nullopt;
 }
 
+std::optional<size_t> Merge::starved(size_t from) const {
+  const size_t n = in_.size();
+  for (size_t k = 0; k < n; ++k) {
+    size_t i = (from + k) % n;
+    if (!ended_[i] && (keys_.empty() ? in_[i].size() < cap_ : in_[i].empty()))
+      return i;
+  }
+  return std::nullopt;
+}
+
 bool Merge::wants(size_t input) const {
   return !done() && !ended_.at(input) && in_.at(input).size() < cap_;
 }

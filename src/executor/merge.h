@@ -41,6 +41,9 @@ public:
   std::optional<protocol::Row> pop();
   // Whether to read more from `input`.
   bool wants(size_t input) const;
+  // A shard to read next when pop() has nothing: with keys, one that has not ended and has no
+  // row buffered (the merge waits for it); without, any that has not ended (from `from` on).
+  std::optional<size_t> starved(size_t from = 0) const;
   // LIMIT reached (the shards can be cancelled), or every shard ended and every row taken.
   bool done() const;
   uint64_t emitted() const { return emitted_; }

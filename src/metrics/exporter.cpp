@@ -33,7 +33,7 @@ namespace {
 const char *kVersion = "0.1.0";
 const char *roles[] = {"primary", "replica"};
 const char *kinds[] = {"read", "write", "ddl", "other"};
-const char *routes[] = {"single", "multi", "broadcast", "default", "error"};
+const char *routes[] = {"single", "multi", "broadcast", "default", "error", "scatter"};
 const char *sources[] = {"client", "backend", "proxy"};
 
 MetricFamily family(const char *name, const char *help, MetricType type) {

@@ -283,6 +283,11 @@ Task<void> Session::query_loop() {
             co_return;
           continue;
         }
+        if (step == QueryStep::scatter) {
+          if (!co_await scatter_read(query_plan_.analysis, query_))
+            co_return;
+          continue;
+        }
         if (step == QueryStep::answered)
           continue;
         if (step == QueryStep::side) {
@@ -530,7 +535,8 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
   int shard = -1;
   bool all_read = true, none_only = true, broadcast_ddl = false;
   for (const auto &st : stmts) {
-    router::Resolved r = sh_.router.resolve(st, sql, planned.scan, {}, w_->place().keys.get());
+    router::Resolved r =
+        sh_.router.resolve(st, sql, planned.scan, {}, w_->place().keys.get(), true);
     count_route(w_->stats, r.kind, st);
     if (r.kind == router::TargetKind::error) {
       if (r.moving && may_hold(r)) [[unlikely]]
@@ -550,6 +556,19 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
         ready();
         return QueryStep::answered;
       }
+    }
+    if (r.kind == router::TargetKind::scatter) {
+      if (!single || in_tx()) {
+        error("0A000", "a read of a sharded table without its shard key must be sent alone, "
+                       "outside a transaction block",
+              "send it as its own statement in autocommit mode (it then runs on every shard), "
+              "or add the shard key to its WHERE clause");
+        if (in_tx())
+          fail_transaction_by_proxy();
+        ready();
+        return QueryStep::answered;
+      }
+      return QueryStep::scatter;
     }
     if (r.kind == router::TargetKind::all_primaries)
       broadcast_ddl = true;

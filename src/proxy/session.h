@@ -99,7 +99,7 @@ private:
   void arrive(int fd);
   // A simple Query: route_query() decides with no I/O; query_loop() runs the common case
   // itself (no coroutine frame per query). sql is query_, valid until the next message.
-  enum class QueryStep : uint8_t { answered, run, end_failed_tx, broadcast, side, hold };
+  enum class QueryStep : uint8_t { answered, run, end_failed_tx, broadcast, side, hold, scatter };
   struct QueryRun {
     int shard = -1;
     bool read = false, all_read = true;
@@ -175,6 +175,11 @@ private:
   void settle_tx_slow(int shard, char tx_before);
   Task<bool> on_function_call(Msg m);
   Task<bool> broadcast(const std::string &sql);
+  // session_scatter.cpp: a read on every shard, merged (router::TargetKind::scatter).
+  struct Scatter;
+  Task<bool> scatter_read(std::shared_ptr<const router::Analysis> analysis, const std::string &sql);
+  Task<bool> scatter_next(Scatter &s, size_t i);
+  Task<bool> next_frame(BackendConn &b, char &type, std::string &body);
   Task<bool> run_on_all_primaries(const std::string &sql, std::string &first_capture,
                                   std::string &tag);
   void synthesize_batch(const std::vector<Msg> &batch, const std::string &tag);

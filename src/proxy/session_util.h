@@ -67,6 +67,9 @@ inline void count_route(WorkerStats &stats, router::TargetKind kind,
   case router::TargetKind::all_primaries:
     stats.count_route(RouteStat::broadcast);
     break;
+  case router::TargetKind::scatter:
+    stats.count_route(RouteStat::scatter);
+    break;
   case router::TargetKind::error:
     stats.count_route(RouteStat::error);
     break;

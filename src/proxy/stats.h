@@ -15,8 +15,8 @@ namespace sg::proxy {
 
 enum class QueryKind : uint8_t { read, write, ddl, other };
 constexpr size_t kQueryKinds = 4;
-enum class RouteStat : uint8_t { single, multi, broadcast, default_shard, error };
-constexpr size_t kRouteStats = 5;
+enum class RouteStat : uint8_t { single, multi, broadcast, default_shard, error, scatter };
+constexpr size_t kRouteStats = 6;
 enum class ErrorSource : uint8_t { client, backend, proxy };
 constexpr size_t kErrorSources = 3;
 

@@ -329,6 +329,197 @@ private:
     for (size_t i = 0; i < s->n_from_clause; ++i)
       collect_from(s->from_clause[i], refs);
     route_by_where(p, f, refs, s->where_clause);
+    if (p.target == TargetKind::error && p.kind == StmtKind::read && p.error.sqlstate == "0A000")
+      plan_scatter(p, s, f);
+  }
+
+  static std::string last_name(PgQuery__Node **fields, size_t n) {
+    if (n == 0 || fields[n - 1]->node_case != PG_QUERY__NODE__NODE_STRING)
+      return {};
+    return fields[n - 1]->string->sval;
+  }
+
+  // Built-in aggregates (pg_aggregate): a call to one in a plain SELECT list cannot be merged
+  // by concatenating rows. (A user-defined aggregate is not known here: see README.)
+  static bool is_aggregate_name(const std::string &n) {
+    static const char *names[] = {
+        "count", "sum", "min", "max", "avg", "array_agg", "string_agg", "bool_and", "bool_or",
+        "every", "bit_and", "bit_or", "bit_xor", "json_agg", "jsonb_agg", "json_object_agg",
+        "jsonb_object_agg", "xmlagg", "stddev", "stddev_pop", "stddev_samp", "variance",
+        "var_pop", "var_samp", "corr", "covar_pop", "covar_samp", "regr_avgx", "regr_avgy",
+        "regr_count", "regr_intercept", "regr_r2", "regr_slope", "regr_sxx", "regr_sxy",
+        "regr_syy", "mode", "percentile_cont", "percentile_disc", "range_agg",
+        "range_intersect_agg", "any_value"};
+    for (auto *x : names)
+      if (n == x)
+        return true;
+    return false;
+  }
+
+  // Whether the subtree calls an aggregate or a window function anywhere.
+  static bool has_aggregate(const ProtobufCMessage *m, int depth = 0) {
+    if (!m || depth > 1000)
+      return false;
+    if (m->descriptor == &pg_query__func_call__descriptor) {
+      const auto *fc = reinterpret_cast<const PgQuery__FuncCall *>(m);
+      if (fc->over || fc->agg_star || fc->agg_distinct || fc->agg_filter || fc->n_agg_order ||
+          fc->agg_within_group || is_aggregate_name(lower(last_name(fc->funcname, fc->n_funcname))))
+        return true;
+    }
+    const ProtobufCMessageDescriptor *d = m->descriptor;
+    for (unsigned i = 0; i < d->n_fields; ++i) {
+      const ProtobufCFieldDescriptor &fd = d->fields[i];
+      if (fd.type != PROTOBUF_C_TYPE_MESSAGE)
+        continue;
+      const char *base = reinterpret_cast<const char *>(m);
+      if (fd.label == PROTOBUF_C_LABEL_REPEATED) {
+        size_t n = *reinterpret_cast<const size_t *>(base + fd.quantifier_offset);
+        auto *arr = *reinterpret_cast<ProtobufCMessage *const *const *>(base + fd.offset);
+        for (size_t k = 0; k < n; ++k)
+          if (has_aggregate(arr[k], depth + 1))
+            return true;
+      } else if (has_aggregate(*reinterpret_cast<ProtobufCMessage *const *>(base + fd.offset),
+                               depth + 1)) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  // The constant index of a non-negative integer LIMIT/OFFSET, -1 for none (or LIMIT ALL);
+  // false when it is something else (a parameter, an expression).
+  bool limit_value(const Node *n, int32_t &out) const {
+    out = -1;
+    if (!n)
+      return true;
+    if (n->node_case != PG_QUERY__NODE__NODE_A_CONST)
+      return false;
+    const auto *c = n->a_const;
+    if (c->isnull)
+      return true;
+    if (c->val_case != PG_QUERY__A__CONST__VAL_IVAL || c->location < 0)
+      return false;
+    auto loc = uint32_t(c->location);
+    auto it = std::lower_bound(consts_.begin(), consts_.end(), loc,
+                               [](const ConstToken &t, uint32_t l) { return t.start < l; });
+    if (it == consts_.end() || it->start != loc)
+      return false;
+    out = int32_t(it - consts_.begin());
+    return true;
+  }
+
+  // A read of one sharded table without a usable key: every shard runs it, the proxy merges.
+  // Leaves the 0A000 in p (with the reason) for the shapes it cannot merge exactly.
+  void plan_scatter(StatementPlan &p, const PgQuery__SelectStmt *s, const Facts &f) const {
+    auto touched = sharded_tables(f);
+    if (touched.size() != 1 || f.rels.size() != 1 || s->n_from_clause != 1 ||
+        s->from_clause[0]->node_case != PG_QUERY__NODE__NODE_RANGE_VAR)
+      return; // joins, subqueries, other tables: the no-key error stands
+    const auto &tb = tables_[size_t(touched[0])];
+    auto refuse = [&](const std::string &what) {
+      p.error = {"0A000",
+                 "cross-shard SELECT on \"" + tb.name + "\" with " + what +
+                     " is not supported yet",
+                 "add \"" + tb.key + " = <value>\" to the WHERE clause to run it on one shard; "
+                 "without a key, a SELECT of plain columns (with ORDER BY columns, LIMIT, "
+                 "OFFSET) or of count/sum/min/max alone runs on every shard"};
+    };
+    if (s->n_group_clause || s->having_clause)
+      return refuse("GROUP BY or HAVING");
+    if (s->n_distinct_clause)
+      return refuse("DISTINCT");
+    if (s->n_window_clause || s->with_clause || !f.ctes.empty())
+      return refuse("WINDOW or WITH");
+    if (s->limit_option == PG_QUERY__LIMIT_OPTION__LIMIT_OPTION_WITH_TIES)
+      return refuse("FETCH ... WITH TIES");
+    auto spec = std::make_shared<ScatterSpec>();
+    size_t aggs = 0;
+    for (size_t i = 0; i < s->n_target_list; ++i) {
+      const Node *t = s->target_list[i];
+      if (t->node_case != PG_QUERY__NODE__NODE_RES_TARGET || !t->res_target->val)
+        return refuse("this SELECT list");
+      const Node *v = t->res_target->val;
+      if (!has_aggregate(&v->base))
+        continue;
+      if (v->node_case != PG_QUERY__NODE__NODE_FUNC_CALL)
+        return refuse("an expression over an aggregate");
+      const auto *fc = v->func_call;
+      std::string name = lower(last_name(fc->funcname, fc->n_funcname));
+      if (fc->over)
+        return refuse("a window function");
+      if (fc->agg_distinct || fc->agg_filter || fc->n_agg_order || fc->agg_within_group)
+        return refuse("DISTINCT, FILTER or ORDER BY inside an aggregate");
+      bool one_arg = fc->n_args == 1 && !has_aggregate(&fc->args[0]->base);
+      if (name == "count" && (fc->agg_star || one_arg))
+        spec->aggs.push_back(ScatterSpec::Agg::count);
+      else if (name == "sum" && one_arg)
+        spec->aggs.push_back(ScatterSpec::Agg::sum);
+      else if (name == "min" && one_arg)
+        spec->aggs.push_back(ScatterSpec::Agg::min);
+      else if (name == "max" && one_arg)
+        spec->aggs.push_back(ScatterSpec::Agg::max);
+      else
+        return refuse("the aggregate " + name + "()");
+      ++aggs;
+    }
+    if (aggs && aggs != s->n_target_list)
+      return refuse("aggregates beside plain columns (that needs GROUP BY)");
+    if (aggs && (s->n_sort_clause || s->limit_count || s->limit_offset))
+      return refuse("ORDER BY, LIMIT or OFFSET around aggregates");
+    for (size_t i = 0; i < s->n_sort_clause; ++i) {
+      const Node *n = s->sort_clause[i];
+      if (n->node_case != PG_QUERY__NODE__NODE_SORT_BY)
+        return refuse("this ORDER BY");
+      const auto *sb = n->sort_by;
+      ScatterSpec::Sort k;
+      if (sb->sortby_dir == PG_QUERY__SORT_BY_DIR__SORTBY_USING || sb->n_use_op)
+        return refuse("ORDER BY ... USING");
+      k.desc = sb->sortby_dir == PG_QUERY__SORT_BY_DIR__SORTBY_DESC;
+      k.nulls_first = sb->sortby_nulls == PG_QUERY__SORT_BY_NULLS__SORTBY_NULLS_DEFAULT
+                          ? k.desc
+                          : sb->sortby_nulls == PG_QUERY__SORT_BY_NULLS__SORTBY_NULLS_FIRST;
+      const Node *e = sb->node;
+      if (e && e->node_case == PG_QUERY__NODE__NODE_COLLATE_CLAUSE) {
+        std::string coll = lower(last_name(e->collate_clause->collname,
+                                           e->collate_clause->n_collname));
+        if (coll != "c" && coll != "posix")
+          return refuse("ORDER BY ... COLLATE other than \"C\"");
+        k.collate_c = true;
+        e = e->collate_clause->arg;
+      }
+      if (e && e->node_case == PG_QUERY__NODE__NODE_A_CONST &&
+          e->a_const->val_case == PG_QUERY__A__CONST__VAL_IVAL && e->a_const->ival->ival >= 1 &&
+          size_t(e->a_const->ival->ival) <= s->n_target_list) {
+        k.position = e->a_const->ival->ival;
+      } else if (e && e->node_case == PG_QUERY__NODE__NODE_COLUMN_REF) {
+        const auto *cr = e->column_ref;
+        k.name = last_name(cr->fields, cr->n_fields);
+        if (k.name.empty())
+          return refuse("this ORDER BY");
+        // An output column named like the sort column but holding something else would be
+        // sorted on by the shards, and merged on by name here: refuse the ambiguity.
+        for (size_t j = 0; j < s->n_target_list; ++j) {
+          const auto *rt = s->target_list[j]->res_target;
+          if (!rt->name || k.name != rt->name)
+            continue;
+          const Node *v = rt->val;
+          if (v->node_case != PG_QUERY__NODE__NODE_COLUMN_REF ||
+              last_name(v->column_ref->fields, v->column_ref->n_fields) != k.name)
+            return refuse("ORDER BY a name that an output alias gives another value");
+        }
+      } else {
+        return refuse("ORDER BY an expression (order by a column of the SELECT list)");
+      }
+      spec->order.push_back(std::move(k));
+    }
+    if (!limit_value(s->limit_count, spec->limit_const) ||
+        !limit_value(s->limit_offset, spec->offset_const))
+      return refuse("a LIMIT or OFFSET that is not an integer constant");
+    p.target = TargetKind::scatter;
+    p.table = touched[0];
+    p.keys.clear();
+    p.error = {};
+    p.scatter = std::move(spec);
   }
 
   void plan_insert(StatementPlan &p, const PgQuery__InsertStmt *s, const Facts &f) const {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,7 @@ enum class TargetKind : uint8_t {
   default_shard, // statements on no sharded table
   all_primaries, // DDL on a sharded table
   error,         // cannot be routed: error_* say why
+  scatter,       // a read of one sharded table on every shard, merged: StatementPlan::scatter
 };
 
 // Where a key value comes from: the n-th constant of the text (0-based, as the scanner numbers
@@ -40,6 +42,26 @@ struct ValueRef {
   bool negate = false;
   int16_t table = -1; // config table whose key_type reads this value
   int32_t index = 0;
+};
+
+// How to merge a read that runs on every shard (TargetKind::scatter). Either the SELECT list
+// is all aggregates (count, sum, min, max; no GROUP BY), one partial row per shard combined
+// into one; or it has none, and the rows are concatenated, or merged on `order`, with LIMIT and
+// OFFSET applied by the proxy (each shard is sent LIMIT n + m, OFFSET 0).
+struct ScatterSpec {
+  struct Sort {
+    std::string name;       // a result column's name (when position is 0)
+    int position = 0;       // 1-based result column (ORDER BY 2)
+    bool desc = false;
+    bool nulls_first = false;
+    bool collate_c = false; // COLLATE "C": text may be merged byte by byte
+  };
+  std::vector<Sort> order;
+  enum class Agg : uint8_t { count, sum, min, max };
+  std::vector<Agg> aggs; // per result column, when the list is all aggregates
+  // The LIMIT and OFFSET values: constants of the text (index in the scan), -1 if none.
+  int32_t limit_const = -1;
+  int32_t offset_const = -1;
 };
 
 struct RouteError {
@@ -54,6 +76,7 @@ struct StatementPlan {
   int table = -1; // the (first) sharded table the statement touches
   std::vector<ValueRef> keys;
   RouteError error;
+  std::shared_ptr<const ScatterSpec> scatter; // TargetKind::scatter
   uint32_t location = 0; // span of this statement in the full text
   uint32_t length = 0;
   std::string set_name;      // lower-case GUC name for set; empty otherwise

@@ -145,7 +145,8 @@ void set_cross_shard(Resolved &r, const config::Table &t) {
 } // namespace
 
 Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const ScanResult &scan,
-                         const std::vector<ParamValue> &params, const Topology *placement) const {
+                         const std::vector<ParamValue> &params, const Topology *placement,
+                         bool scatter_ok) const {
   Resolved r;
   const Topology &topo = placement ? *placement : *topology_;
   switch (p.target) {
@@ -168,6 +169,19 @@ Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const Sca
   case TargetKind::error:
     r.kind = TargetKind::error;
     r.error = p.error;
+    return r;
+  case TargetKind::scatter:
+    r.kind = TargetKind::scatter;
+    if (!scatter_ok) {
+      const config::Table &t = tables_[size_t(p.table)];
+      r.kind = TargetKind::error;
+      r.error = key_error("0A000",
+                          "a read of sharded table \"" + t.name +
+                              "\" without its shard key runs on every shard only as a simple "
+                              "query; the extended protocol (prepared statements) cannot yet",
+                          "add \"" + t.key + " = <value>\" to the WHERE clause, or send it "
+                          "as a simple query in autocommit mode");
+    }
     return r;
   case TargetKind::by_key:
     break;

@@ -66,10 +66,11 @@ public:
 
   // Reads the plan's keys from the statement's literals and, for Bind, its parameters.
   // `topo`: the placement to resolve against (the session's current epoch); null: the
-  // configured one.
+  // configured one. `scatter_ok`: the caller runs TargetKind::scatter plans (the simple
+  // protocol); for the others they resolve to a 0A000 error.
   Resolved resolve(const StatementPlan &p, std::string_view sql, const ScanResult &scan,
-                   const std::vector<ParamValue> &params = {},
-                   const Topology *topo = nullptr) const;
+                   const std::vector<ParamValue> &params = {}, const Topology *topo = nullptr,
+                   bool scatter_ok = false) const;
 
   // Where a key given as text lives (for --locate and tests): shard index or error text.
   std::optional<size_t> locate(std::string_view table, std::string_view key,

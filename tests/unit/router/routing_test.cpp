@@ -270,3 +270,70 @@ TEST(Analysis, MaxParamWalksTheWholeTree) {
             4);
   EXPECT_EQ(max_param("UPDATE t SET a = a + 1 WHERE id = ANY($9::bigint[])"), 9);
 }
+
+// Reads without a key: a scatter plan the simple-query path runs on every shard, or 0A000
+// naming what cannot be merged yet; every other caller gets 0A000 either way.
+TEST(Scatter, PlansWhatItCanMergeAndRefusesTheRest) {
+  auto plan = [](const std::string &sql, PlannedText &pt) -> const StatementPlan & {
+    pt = router().plan(sql);
+    EXPECT_EQ(pt.analysis->stmts.size(), 1u) << sql;
+    return pt.analysis->stmts[0];
+  };
+  PlannedText pt;
+  std::string sql = "SELECT id, balance FROM accounts WHERE balance > 5 "
+                    "ORDER BY balance DESC, 1 NULLS FIRST LIMIT 10 OFFSET 3";
+  const StatementPlan &p = plan(sql, pt);
+  ASSERT_EQ(p.target, TargetKind::scatter) << p.error.message;
+  const ScatterSpec &s = *p.scatter;
+  ASSERT_EQ(s.order.size(), 2u);
+  EXPECT_EQ(s.order[0].name, "balance");
+  EXPECT_TRUE(s.order[0].desc);
+  EXPECT_TRUE(s.order[0].nulls_first) << "DESC puts NULLs first by default";
+  EXPECT_EQ(s.order[1].position, 1);
+  EXPECT_FALSE(s.order[1].desc);
+  EXPECT_TRUE(s.order[1].nulls_first);
+  ASSERT_GE(s.limit_const, 0);
+  ASSERT_GE(s.offset_const, 0);
+  auto text = [&](int32_t i) {
+    const auto &c = pt.scan.consts[size_t(i)];
+    return sql.substr(c.start, c.end - c.start);
+  };
+  EXPECT_EQ(text(s.limit_const), "10");
+  EXPECT_EQ(text(s.offset_const), "3");
+  EXPECT_TRUE(s.aggs.empty());
+  EXPECT_EQ(router().resolve(p, sql, pt.scan, {}, nullptr, true).kind, TargetKind::scatter);
+  Resolved other = router().resolve(p, sql, pt.scan);
+  EXPECT_EQ(other.kind, TargetKind::error) << "the extended protocol does not scatter yet";
+  EXPECT_EQ(other.error.sqlstate, "0A000");
+
+  const StatementPlan &a = plan("SELECT count(*), sum(balance), min(id), MAX(owner) FROM accounts", pt);
+  ASSERT_EQ(a.target, TargetKind::scatter) << a.error.message;
+  using Agg = ScatterSpec::Agg;
+  EXPECT_EQ(a.scatter->aggs, (std::vector<Agg>{Agg::count, Agg::sum, Agg::min, Agg::max}));
+
+  const StatementPlan &c = plan("SELECT name FROM users ORDER BY name COLLATE \"C\"", pt);
+  ASSERT_EQ(c.target, TargetKind::scatter) << c.error.message;
+  EXPECT_TRUE(c.scatter->order[0].collate_c);
+
+  for (const char *no : {"SELECT owner, count(*) FROM accounts GROUP BY owner",
+                         "SELECT DISTINCT owner FROM accounts",
+                         "SELECT avg(balance) FROM accounts",
+                         "SELECT count(DISTINCT owner) FROM accounts",
+                         "SELECT id, count(*) FROM accounts",
+                         "SELECT count(*) + 1 FROM accounts",
+                         "SELECT id FROM accounts ORDER BY balance + 1",
+                         "SELECT id FROM accounts ORDER BY owner COLLATE \"en_US\"",
+                         "SELECT id AS balance FROM accounts ORDER BY balance",
+                         "SELECT id, row_number() OVER () FROM accounts",
+                         "SELECT id, array_agg(id) FROM accounts",
+                         "SELECT * FROM accounts WHERE balance > (SELECT avg(balance) FROM accounts)",
+                         "SELECT * FROM accounts a JOIN orders o ON o.account_id = a.id",
+                         "SELECT * FROM accounts FOR UPDATE",
+                         "SELECT count(*) FROM accounts LIMIT 1",
+                         "WITH x AS (SELECT * FROM accounts) SELECT * FROM x"}) {
+    const StatementPlan &r = plan(no, pt);
+    EXPECT_EQ(r.target, TargetKind::error) << no;
+    EXPECT_EQ(r.error.sqlstate, "0A000") << no;
+    EXPECT_FALSE(r.error.hint.empty()) << no;
+  }
+}

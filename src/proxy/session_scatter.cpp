@@ -1,0 +1,357 @@
+// A read of a sharded table without a usable key (router::TargetKind::scatter): the statement
+// runs on every shard that owns keys, at once, and executor::Merge / executor::combine make the
+// one answer the client gets. Simple protocol, outside a transaction block.
+//
+// Each shard's answer is read frame by frame: RowDescription first (they must agree), then
+// DataRows as the merge needs them (a shard is read only while the merge wants its rows, so
+// memory stays bounded), CommandComplete, ReadyForQuery. Any shard's error ends the statement
+// with one ErrorResponse naming that shard; the others are read to their end and discarded.
+#include "proxy/session.h"
+
+#include "executor/aggregate.h"
+#include "executor/merge.h"
+#include "proxy/errors.h"
+#include "proxy/session_util.h"
+
+#include <algorithm>
+#include <charconv>
+
+namespace sg::proxy {
+
+namespace {
+
+// Text types whose order depends on the collation: merged byte by byte only under COLLATE "C".
+bool collated(uint32_t oid) { return oid == 25 || oid == 1043 || oid == 1042; }
+
+std::optional<uint64_t> const_uint(std::string_view sql, const router::ScanResult &scan,
+                                   int32_t idx) {
+  if (idx < 0 || size_t(idx) >= scan.consts.size())
+    return std::nullopt;
+  const auto &c = scan.consts[size_t(idx)];
+  std::string_view t = sql.substr(c.start, c.end - c.start);
+  uint64_t v = 0;
+  auto r = std::from_chars(t.data(), t.data() + t.size(), v);
+  if (r.ec != std::errc() || r.ptr != t.data() + t.size())
+    return std::nullopt;
+  return v;
+}
+
+} // namespace
+
+// One scatter's shards and what each has answered so far.
+struct Session::Scatter {
+  std::vector<size_t> shards;
+  std::vector<BackendConn *> bs;
+  std::vector<int> swallow; // settings queries in front of the statement (-1: lost)
+  std::vector<bool> at_rfq;
+  protocol::ErrorInfo failure; // the first thing that went wrong
+  std::string failed_on;       // its shard ("-": the proxy's own refusal)
+  char type = 0;               // the last frame read
+  std::string body;
+  void fail(const std::string &shard, protocol::ErrorInfo e) {
+    if (failed_on.empty()) {
+      failure = std::move(e);
+      failed_on = shard;
+    }
+  }
+};
+
+// Shard i's next frame of the statement's answer (the settings' answers before it are
+// swallowed). False when its connection is lost.
+Task<bool> Session::scatter_next(Scatter &s, size_t i) {
+  for (;;) {
+    // co_await as a statement throughout: GCC 12 miscompiles it inside a condition.
+    bool got = co_await next_frame(*s.bs[i], s.type, s.body);
+    if (!got) {
+      s.fail(sh_.shard_name(s.shards[i]), {"ERROR", "08006", "connection to the shard lost", "", ""});
+      s.at_rfq[i] = true;
+      co_return false;
+    }
+    if (s.type == 'E')
+      s.fail(sh_.shard_name(s.shards[i]), protocol::parse_error_response(s.body));
+    if (s.swallow[i] > 0) {
+      if (s.type == 'Z')
+        --s.swallow[i];
+      continue;
+    }
+    if (s.type == 'Z')
+      s.at_rfq[i] = true;
+    co_return true;
+  }
+}
+
+// The next whole frame from b, waiting for it. False when the connection is lost.
+Task<bool> Session::next_frame(BackendConn &b, char &type, std::string &body) {
+  for (;;) {
+    auto f = protocol::decode_frame(b.rbuf.data(), b.rbuf.size(), 1u << 30);
+    if (f.status == protocol::DecodeStatus::ready) {
+      type = char(f.type);
+      body.assign(f.body_view());
+      b.rbuf.consume(f.frame_len);
+      co_return true;
+    }
+    if (f.status != protocol::DecodeStatus::need_more) {
+      on_backend_lost(b);
+      co_return false;
+    }
+    for (;;) {
+      ReadStep r = read_backend(b);
+      if (r == ReadStep::failed)
+        co_return false;
+      if (r == ReadStep::got)
+        break;
+      co_await b.sock.wait(Poller::in); // as a statement: see read_some in poller.h
+    }
+  }
+}
+
+Task<bool> Session::scatter_read(std::shared_ptr<const router::Analysis> analysis,
+                                 const std::string &sql) {
+  const router::StatementPlan &p = analysis->stmts[0];
+  const router::ScatterSpec &spec = *p.scatter;
+  const Placement &place = w_->place();
+  // The shards that own keys now (not one joining: its rows are copies until the cutover).
+  std::vector<size_t> shards(place.keys->ring_shard.begin(), place.keys->ring_shard.end());
+  std::sort(shards.begin(), shards.end());
+  shards.erase(std::unique(shards.begin(), shards.end()), shards.end());
+  const size_t n = shards.size();
+
+  // Each shard gets LIMIT n + m and OFFSET 0; the proxy applies both to the merged rows.
+  std::optional<uint64_t> limit = const_uint(sql, query_plan_.scan, spec.limit_const);
+  uint64_t offset = const_uint(sql, query_plan_.scan, spec.offset_const).value_or(0);
+  std::string shard_sql = sql;
+  {
+    std::vector<std::pair<const router::ConstToken *, std::string>> edits;
+    if (limit && spec.limit_const >= 0)
+      edits.push_back({&query_plan_.scan.consts[size_t(spec.limit_const)],
+                       std::to_string(*limit + offset)});
+    if (spec.offset_const >= 0 && const_uint(sql, query_plan_.scan, spec.offset_const))
+      edits.push_back({&query_plan_.scan.consts[size_t(spec.offset_const)], "0"});
+    std::sort(edits.begin(), edits.end(),
+              [](auto &a, auto &b) { return a.first->start > b.first->start; });
+    for (auto &[c, text] : edits)
+      shard_sql.replace(c->start, c->end - c->start, text);
+  }
+
+  // Backends, settings, the statement.
+  Scatter s;
+  s.shards = shards;
+  s.bs.assign(n, nullptr);
+  s.swallow.assign(n, 0);
+  s.at_rfq.assign(n, false);
+  auto &bs = s.bs;
+  auto &swallow = s.swallow;
+  auto &at_rfq = s.at_rfq;
+  auto &type = s.type;
+  auto &body = s.body;
+  exp_.clear();
+  for (size_t i = 0; i < n; ++i) {
+    bs[i] = co_await attach(shards[i], true);
+    if (!bs[i]) { // unreachable() said why; nothing was sent yet
+      detach_if_idle();
+      ready();
+      co_return true;
+    }
+  }
+  for (size_t i = 0; i < n; ++i) {
+    wbuf_.clear();
+    prepare_backend(*bs[i], wbuf_, false);
+    swallow[i] = int(exp_.size());
+    exp_.clear();
+    protocol::query(wbuf_, shard_sql);
+    bs[i]->unnamed_owner = 0;
+    ErrorCode ec;
+    co_await write_all(bs[i]->sock, wbuf_, ec);
+    if (ec) {
+      on_backend_lost(*bs[i]);
+      swallow[i] = -1; // nothing to read from it
+    }
+  }
+
+  // What went wrong first, and on which shard; the rest is read to its end and discarded.
+  auto &failure = s.failure;
+  auto &failed_on = s.failed_on;
+  auto fail = [&](size_t i, protocol::ErrorInfo e) { s.fail(sh_.shard_name(shards[i]), std::move(e)); };
+  for (size_t i = 0; i < n; ++i)
+    if (swallow[i] < 0) {
+      fail(i, {"ERROR", "08006", "connection to the shard lost", "", ""});
+      at_rfq[i] = true;
+    }
+
+  // Every shard's RowDescription.
+  std::vector<std::vector<protocol::RowColumn>> descs(n);
+  std::string first_desc;
+  for (size_t i = 0; i < n && failed_on.empty(); ++i) {
+    while (!at_rfq[i] && failed_on.empty()) {
+      bool got = co_await scatter_next(s, i);
+      if (!got || type == 'E')
+        break;
+      if (type == 'T') {
+        if (!protocol::parse_row_description(body, descs[i]))
+          fail(i, {"ERROR", "08P01", "malformed RowDescription", "", ""});
+        if (i == 0)
+          protocol::Writer(first_desc, 'T').raw(body).finish();
+        break;
+      }
+      if (type == 'C' || type == 'Z')
+        fail(i, {"ERROR", "XX000", "the statement returned no rows description", "", ""});
+    }
+  }
+  for (size_t i = 1; i < n && failed_on.empty(); ++i) {
+    bool same = descs[i].size() == descs[0].size();
+    for (size_t c = 0; same && c < descs[0].size(); ++c)
+      same = descs[i][c].type_oid == descs[0][c].type_oid &&
+             descs[i][c].format == descs[0][c].format;
+    if (!same)
+      fail(i, {"ERROR", "42804",
+               "the shards answered with different column types (is the table's definition the "
+               "same on every shard?)",
+               "", ""});
+  }
+
+  // The merge's keys, from the columns the shards described.
+  auto unsupported = [&](const std::string &msg, const std::string &hint) {
+    failure = {"ERROR", "0A000", msg, "", hint};
+    failed_on = "-";
+  };
+  std::vector<executor::SortKey> keys;
+  std::vector<executor::AggSpec> aggs;
+  const auto &cols = descs[0];
+  if (failed_on.empty()) {
+    for (auto &o : spec.order) {
+      size_t col = SIZE_MAX;
+      if (o.position > 0) {
+        col = size_t(o.position - 1);
+      } else {
+        for (size_t c = 0; c < cols.size(); ++c)
+          if (cols[c].name == o.name) {
+            if (col != SIZE_MAX) {
+              col = SIZE_MAX - 1; // twice: ambiguous
+              break;
+            }
+            col = c;
+          }
+      }
+      if (col >= cols.size()) {
+        unsupported("cross-shard ORDER BY \"" + o.name +
+                        "\" must name exactly one column of the SELECT list",
+                    "select the column you order by");
+        break;
+      }
+      executor::Kind k = executor::kind_of(cols[col].type_oid, cols[col].format);
+      if (k == executor::Kind::Unsupported) {
+        unsupported("cross-shard ORDER BY on column \"" + cols[col].name + "\" of type oid " +
+                        std::to_string(cols[col].type_oid) + " is not supported yet",
+                    "order by a number, date, timestamp, uuid, or text with COLLATE \"C\"");
+        break;
+      }
+      if (collated(cols[col].type_oid) && !o.collate_c) {
+        unsupported("cross-shard ORDER BY on text column \"" + cols[col].name +
+                        "\" needs COLLATE \"C\"",
+                    "write ORDER BY " + cols[col].name +
+                        " COLLATE \"C\": the proxy merges the shards' rows byte by byte");
+        break;
+      }
+      keys.push_back({col, k, o.desc, o.nulls_first});
+    }
+    if (failed_on.empty() && !spec.aggs.empty()) {
+      if (cols.size() != spec.aggs.size()) {
+        unsupported("cross-shard aggregates: the shards answered " +
+                        std::to_string(cols.size()) + " columns",
+                    "");
+      } else {
+        for (size_t c = 0; c < cols.size() && failed_on.empty(); ++c) {
+          executor::AggSpec a;
+          a.kind = executor::kind_of(cols[c].type_oid, cols[c].format);
+          switch (spec.aggs[c]) {
+          case router::ScatterSpec::Agg::count: a.agg = executor::Agg::Count; break;
+          case router::ScatterSpec::Agg::sum: a.agg = executor::Agg::Sum; break;
+          case router::ScatterSpec::Agg::min: a.agg = executor::Agg::Min; break;
+          case router::ScatterSpec::Agg::max: a.agg = executor::Agg::Max; break;
+          }
+          if (!executor::combinable(a))
+            unsupported("cross-shard aggregate in column " + std::to_string(c + 1) +
+                            " (type oid " + std::to_string(cols[c].type_oid) +
+                            ") cannot be combined exactly",
+                        "sum of float values depends on the order of additions; cast to "
+                        "numeric, or add a shard key to the WHERE clause");
+          aggs.push_back(a);
+        }
+      }
+    }
+  }
+
+  uint64_t sent = 0;
+  if (failed_on.empty() && !spec.aggs.empty()) {
+    // One partial row per shard.
+    std::vector<protocol::Row> partials(n);
+    for (size_t i = 0; i < n && failed_on.empty(); ++i) {
+      while (!at_rfq[i] && failed_on.empty()) {
+        bool got = co_await scatter_next(s, i);
+        if (!got)
+          break;
+        if (type == 'D' && !protocol::parse_data_row(body, partials[i]))
+          fail(i, {"ERROR", "08P01", "malformed DataRow", "", ""});
+      }
+    }
+    protocol::Row out;
+    std::string err;
+    if (failed_on.empty() && !executor::combine(partials, aggs, out, err))
+      unsupported("cross-shard aggregate: " + err, "");
+    if (failed_on.empty()) {
+      sink_->append(first_desc);
+      protocol::data_row(*sink_, out);
+      sent = 1;
+    }
+  } else if (failed_on.empty()) {
+    sink_->append(first_desc);
+    executor::Merge m(n, keys, limit, offset);
+    protocol::Row row;
+    size_t turn = 0;
+    while (failed_on.empty()) {
+      while (auto r = m.pop()) {
+        protocol::data_row(*sink_, *r);
+        ++sent;
+      }
+      if (m.done())
+        break;
+      if (sink_ == &out_ && out_.size() > 64 * 1024) {
+        bool sent_out = co_await flush();
+        if (!sent_out)
+          break;
+      }
+      auto i = m.starved(turn);
+      if (!i)
+        break; // (cannot happen: pop() had nothing and not done)
+      turn = (*i + 1) % n;
+      bool got = co_await scatter_next(s, *i);
+      if (!got)
+        break;
+      if (type == 'D') {
+        if (!protocol::parse_data_row(body, row))
+          fail(*i, {"ERROR", "08P01", "malformed DataRow", "", ""});
+        else
+          m.push(*i, std::move(row));
+      } else if (type == 'C' || type == 'Z') {
+        m.end(*i);
+      }
+    }
+  }
+  for (size_t i = 0; i < n; ++i) // read every shard to its ReadyForQuery
+    while (!at_rfq[i])
+      co_await scatter_next(s, i);
+  if (!failed_on.empty()) {
+    if (failed_on != "-")
+      failure.detail = "on shard \"" + failed_on + "\"" +
+                       (failure.detail.empty() ? "" : ": " + failure.detail);
+    error(failure.sqlstate.empty() ? "XX000" : failure.sqlstate, failure.message, failure.hint,
+          failure.detail);
+  } else {
+    protocol::command_complete(*sink_, "SELECT " + std::to_string(sent));
+  }
+  detach_if_idle();
+  ready();
+  co_return !closing_;
+}
+
+} // namespace sg::proxy

@@ -1,0 +1,231 @@
+"""Reads of a sharded table without its shard key (issue 18, first step), against PostgreSQL.
+
+The same rows live in a 3-shard cluster (loaded through the proxy, so each row is on its owner)
+and in one plain PostgreSQL. Seeded generated queries of the shapes the proxy merges (plain
+columns with WHERE filters, ORDER BY on integers, numerics, floats, dates, timestamptz, uuid and
+text COLLATE "C", ASC/DESC, NULLS FIRST/LAST, LIMIT and OFFSET; and count/sum/min/max alone)
+run on both through psycopg2 (the simple protocol) and must return the same columns and rows
+(in the same order when the query orders them totally). The shapes it does not merge yet must
+get 0A000, never a different answer: GROUP BY, DISTINCT, avg, sum of floats, ORDER BY text
+without COLLATE "C", ORDER BY a column not selected, and any of them inside a transaction block.
+An error on one shard reaches the client once, with PostgreSQL's SQLSTATE and the shard named
+in its detail, and the session goes on.
+
+Knobs: SCATTER_QUERIES (default 300), SCATTER_SEED (default 1).
+"""
+import os
+import random
+import sys
+import unittest
+import uuid
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+try:
+    import psycopg2
+    import psycopg2.extras
+    psycopg2.extras.register_uuid()
+except ImportError:  # pragma: no cover
+    psycopg2 = None
+
+N_QUERIES = int(os.environ.get("SCATTER_QUERIES", "300"))
+SEED = int(os.environ.get("SCATTER_SEED", "1"))
+ROWS = 1500
+
+DDL = ("CREATE TABLE items(id bigint PRIMARY KEY, grp int, amount numeric(12,2), score float8, "
+       "name text, at timestamptz, day date, tag uuid)")
+COLS = ["id", "grp", "amount", "score", "name", "at", "day", "tag"]
+# Columns the proxy can merge an ORDER BY on, and how to write the ORDER BY item.
+SORTABLE = {"id": "id", "grp": "grp", "amount": "amount", "score": "score",
+            "name": 'name COLLATE "C"', "at": "at", "day": "day", "tag": "tag"}
+
+
+def make_rows(rng):
+    rows = []
+    base = datetime(2024, 3, 9, tzinfo=timezone.utc)
+    for i in range(1, ROWS + 1):
+        def maybe(v):
+            return None if rng.random() < 0.08 else v
+        rows.append((
+            i * 7 + rng.randrange(7),                                  # id: unique
+            maybe(rng.randrange(-5, 20)),
+            maybe(Decimal(rng.randrange(-100000, 100000)) / 100),
+            maybe(rng.choice([rng.uniform(-1e6, 1e6), 0.0, -0.0, 1e-300, float("inf")])),
+            maybe(rng.choice(["", "a", "B", "b", "ä", "Zeta", "zeta", "n1", "n10", "n2"]) +
+                  str(rng.randrange(50))),
+            maybe(base + timedelta(minutes=rng.randrange(-100000, 100000))),
+            maybe(date(rng.choice([1999, 2024, 2025]), rng.randrange(1, 13), rng.randrange(1, 29))),
+            maybe(uuid.UUID(int=rng.getrandbits(128))),
+        ))
+    return rows
+
+
+@unittest.skipUnless(os.access(harness.SHARDGATE_BIN, os.X_OK),
+                     f"{harness.SHARDGATE_BIN} not built")
+class ScatterTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        if psycopg2 is None:
+            raise unittest.SkipTest("psycopg2 not installed")
+        cls.cluster = harness.Cluster("scatter", shards=3, replicas=0)
+        cls.addClassCleanup(cls.cluster.stop)
+        cls.ref_cluster = harness.Cluster("scatterref", shards=1, replicas=0)
+        cls.addClassCleanup(cls.ref_cluster.stop)
+        for c in (cls.cluster, cls.ref_cluster):
+            for i in range(c.shards):
+                c.sql(c.primary_port(i), DDL, user="app")
+        cls.proxy = harness.Proxy(cls.cluster, tables=(("items", "id", "bigint"),))
+        cls.addClassCleanup(cls.proxy.stop)
+        cls.rows = make_rows(random.Random(SEED))
+        cls.px = psycopg2.connect(cls.proxy.dsn(), connect_timeout=10)
+        cls.px.autocommit = True
+        cls.ref = psycopg2.connect(host="127.0.0.1", port=cls.ref_cluster.primary_port(0),
+                                   user="app", password="app-secret", dbname="app",
+                                   connect_timeout=10)
+        cls.ref.autocommit = True
+        cls.addClassCleanup(cls.px.close)
+        cls.addClassCleanup(cls.ref.close)
+        insert = f"INSERT INTO items ({', '.join(COLS)}) VALUES ({', '.join(['%s'] * len(COLS))})"
+        for conn in (cls.px, cls.ref):
+            with conn.cursor() as cur:
+                for r in cls.rows:
+                    cur.execute(insert, r)
+        # Every shard holds some of them.
+        for i in range(cls.cluster.shards):
+            n = int(cls.cluster.sql(cls.cluster.primary_port(i), "SELECT count(*) FROM items")[0][0])
+            assert 0 < n < ROWS, f"shard {i} holds {n} rows"
+
+    def run_both(self, sql):
+        out = []
+        for conn in (self.ref, self.px):
+            with conn.cursor() as cur:
+                try:
+                    cur.execute(sql)
+                    out.append(("ok", [(d.name, d.type_code) for d in cur.description],
+                                cur.fetchall(), cur.statusmessage))
+                except psycopg2.Error as e:
+                    out.append(("error", e.pgcode, str(e), e.diag.message_detail))
+        return out
+
+    def assert_same(self, sql, ordered):
+        ref, got = self.run_both(sql)
+        if ref[0] == "error":  # (min(uuid) does not exist, say): the same error
+            self.assertEqual(got[:2], ref[:2], f"{sql}\nreference: {ref}\nproxy: {got}")
+            return
+        self.assertEqual(got[0], "ok", f"{sql}\nproxy: {got}")
+        self.assertEqual(got[1], ref[1], f"columns differ: {sql}")
+        if ordered:
+            self.assertEqual(got[2], ref[2], f"rows differ: {sql}")
+        else:
+            self.assertEqual(sorted(map(repr, got[2])), sorted(map(repr, ref[2])),
+                             f"rows differ: {sql}")
+        self.assertEqual(got[3], ref[3], f"command tag differs: {sql}")
+
+    def assert_refused(self, sql):
+        with self.px.cursor() as cur:
+            with self.assertRaises(psycopg2.Error, msg=sql) as cm:
+                cur.execute(sql)
+        self.assertEqual(cm.exception.pgcode, "0A000", f"{sql}: {cm.exception}")
+        self.assertTrue(cm.exception.diag.message_hint, f"{sql}: no hint")
+        # The session goes on.
+        with self.px.cursor() as cur:
+            cur.execute("SELECT count(*) FROM items")
+            self.assertEqual(cur.fetchone()[0], ROWS)
+
+    def test_generated_queries_match_postgresql(self):
+        rng = random.Random(SEED * 1000 + 7)
+        wheres = ["", "WHERE amount > 0", "WHERE grp = 3", "WHERE name LIKE 'n1%'",
+                  "WHERE score IS NULL", "WHERE id % 5 = 2", "WHERE at < '2024-03-10 02:00+01'",
+                  "WHERE tag > '80000000-0000-0000-0000-000000000000'", "WHERE false"]
+        shapes = {"plain": 0, "ordered": 0, "aggregate": 0}
+        for n in range(N_QUERIES):
+            where = rng.choice(wheres)
+            kind = rng.choice(["plain", "ordered", "ordered", "aggregate"])
+            shapes[kind] += 1
+            with self.subTest(n=n, kind=kind):
+                if kind == "aggregate":
+                    items = rng.sample(["count(*)", "count(score)", "sum(amount)", "sum(grp)",
+                                        "sum(id)", "min(amount)", "max(amount)", "min(score)",
+                                        "max(score)", "min(at)", "max(day)", "min(tag)",
+                                        "max(name)", "min(id)"], rng.randrange(1, 5))
+                    self.assert_same(f"SELECT {', '.join(items)} FROM items {where}", True)
+                    continue
+                cols = rng.sample(COLS, rng.randrange(1, len(COLS) + 1))
+                if kind == "plain":
+                    limit = " LIMIT 10000" if rng.random() < 0.2 else ""
+                    self.assert_same(f"SELECT {', '.join(cols)} FROM items {where}{limit}", False)
+                    continue
+                keys = rng.sample(cols, rng.randrange(1, min(3, len(cols)) + 1))
+                if "id" not in cols:
+                    cols.append("id")
+                order = []
+                for k in keys:
+                    item = SORTABLE[k] if rng.random() < 0.8 else str(cols.index(k) + 1)
+                    if item.isdigit() and k == "name":
+                        item = SORTABLE[k]  # by position, text has no COLLATE "C"
+                    item += rng.choice(["", " ASC", " DESC"])
+                    item += rng.choice(["", "", " NULLS FIRST", " NULLS LAST"])
+                    order.append(item)
+                order.append("id")  # a total order: ties would be ordered either way
+                tail = ""
+                if rng.random() < 0.6:
+                    tail += f" LIMIT {rng.randrange(0, 60)}"
+                if rng.random() < 0.4:
+                    tail += f" OFFSET {rng.randrange(0, 200)}"
+                self.assert_same(f"SELECT {', '.join(cols)} FROM items {where} "
+                                 f"ORDER BY {', '.join(order)}{tail}", True)
+        self.assertTrue(all(shapes.values()), shapes)
+
+    def test_unsupported_shapes_get_0A000(self):
+        for sql in ["SELECT grp, count(*) FROM items GROUP BY grp",
+                    "SELECT DISTINCT grp FROM items",
+                    "SELECT avg(amount) FROM items",
+                    "SELECT sum(score) FROM items",
+                    "SELECT count(DISTINCT grp) FROM items",
+                    "SELECT id, name FROM items ORDER BY name LIMIT 5",
+                    "SELECT id FROM items ORDER BY amount LIMIT 5",
+                    "SELECT id FROM items ORDER BY amount + 1",
+                    "SELECT count(*) + 1 FROM items",
+                    "SELECT id, count(*) OVER () FROM items",
+                    "SELECT id, max(grp) FROM items",
+                    "SELECT * FROM items WHERE grp > (SELECT avg(grp) FROM items)"]:
+            with self.subTest(sql=sql):
+                self.assert_refused(sql)
+
+    def test_inside_a_transaction_block_it_is_0A000_and_fails_the_transaction(self):
+        conn = psycopg2.connect(self.proxy.dsn(), connect_timeout=10)
+        self.addCleanup(conn.close)
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")  # psycopg2 opened a transaction block
+            with self.assertRaises(psycopg2.Error) as cm:
+                cur.execute("SELECT count(*) FROM items")
+            self.assertEqual(cm.exception.pgcode, "0A000")
+            with self.assertRaises(psycopg2.Error) as cm:
+                cur.execute("SELECT 1")
+            self.assertEqual(cm.exception.pgcode, "25P02")
+        conn.rollback()
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM items")
+            self.assertEqual(cur.fetchone()[0], ROWS)
+
+    def test_an_error_on_one_shard_is_one_error_naming_it(self):
+        victim = self.rows[len(self.rows) // 2][0]
+        sql = f"SELECT id, 1 / (id - {victim}) FROM items ORDER BY id"
+        ref, got = self.run_both(sql)
+        self.assertEqual((ref[0], ref[1]), ("error", "22012"), ref)
+        self.assertEqual((got[0], got[1]), ("error", "22012"), got)
+        owner = self.proxy.locate("items", victim)
+        self.assertIn(f'shard "{owner}"', got[3] or "", f"the detail should name {owner}: {got}")
+        # The session goes on, with every shard's backend back in a usable state.
+        self.assert_same("SELECT count(*), sum(amount) FROM items", True)
+        self.assert_same("SELECT id, amount FROM items ORDER BY amount DESC NULLS LAST, id LIMIT 7",
+                         True)
+
+
+if __name__ == "__main__":
+    unittest.main()
