@@ -260,7 +260,6 @@ Kind kind_of(uint32_t oid, int16_t format) {
   case kName:
   case kChar:
   case kUuid:
-  case kBytea:
   case kTime:
     return Kind::Bytes;
   case kDate:

@@ -17,7 +17,7 @@ enum class Kind {
   Float,       // float4, float8: NaN after everything, as PostgreSQL sorts it
   Numeric,     // numeric: exact, with NaN and the infinities
   Bool,        // f < t
-  Bytes,       // text, varchar, bpchar, name, "char", uuid, bytea (hex), time: byte order
+  Bytes,       // text, varchar, bpchar, name, "char", uuid, time: byte order
   Date,        // date, with BC and the infinities
   Timestamp,   // timestamp without time zone
   TimestampTz, // timestamp with time zone: compared in UTC, whatever the offsets printed

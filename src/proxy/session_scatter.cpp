@@ -14,6 +14,7 @@
 #include "proxy/session_util.h"
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 
 namespace sg::proxy {
@@ -22,6 +23,12 @@ namespace {
 
 // Text types whose order depends on the collation: merged byte by byte only under COLLATE "C".
 bool collated(uint32_t oid) { return oid == 25 || oid == 1043 || oid == 1042; }
+
+std::string lowered(std::string s) {
+  for (auto &c : s)
+    c = char(std::tolower(uint8_t(c)));
+  return s;
+}
 
 std::optional<uint64_t> const_uint(std::string_view sql, const router::ScanResult &scan,
                                    int32_t idx) {
@@ -217,6 +224,28 @@ Task<bool> Session::scatter_read(std::shared_ptr<const router::Analysis> analysi
   std::vector<executor::SortKey> keys;
   std::vector<executor::AggSpec> aggs;
   const auto &cols = descs[0];
+  // Values are read as PostgreSQL prints them by default: dates in DateStyle ISO, floats with
+  // every digit (extra_float_digits >= 1). A session that changed either cannot merge on them.
+  auto setting = [&](const std::string &name) -> std::optional<std::string> {
+    if (auto it = settings_.find(name); it != settings_.end())
+      return lowered(it->second);
+    for (auto &[k, v] : startup_params_)
+      if (lowered(k) == name)
+        return lowered(v);
+    return std::nullopt;
+  };
+  auto ds = setting("datestyle");
+  bool iso_dates = !ds || ds->find("iso") != std::string::npos;
+  auto efd = setting("extra_float_digits");
+  bool exact_floats = true;
+  if (efd) { // "SET extra_float_digits TO E'3'", or the bare value: its last number
+    size_t end = efd->find_last_of("0123456789");
+    size_t begin = end == std::string::npos ? end : efd->find_last_not_of("0123456789", end);
+    begin = begin == std::string::npos ? 0 : begin + 1;
+    bool negative = begin > 0 && (*efd)[begin - 1] == '-';
+    exact_floats = end != std::string::npos && !negative &&
+                   std::stoi(efd->substr(begin, end - begin + 1)) >= 1;
+  }
   if (failed_on.empty()) {
     for (auto &o : spec.order) {
       size_t col = SIZE_MAX;
@@ -243,6 +272,16 @@ Task<bool> Session::scatter_read(std::shared_ptr<const router::Analysis> analysi
         unsupported("cross-shard ORDER BY on column \"" + cols[col].name + "\" of type oid " +
                         std::to_string(cols[col].type_oid) + " is not supported yet",
                     "order by a number, date, timestamp, uuid, or text with COLLATE \"C\"");
+        break;
+      }
+      bool dates = k == executor::Kind::Date || k == executor::Kind::Timestamp ||
+                   k == executor::Kind::TimestampTz;
+      if ((dates && !iso_dates) || (k == executor::Kind::Float && !exact_floats)) {
+        unsupported("cross-shard ORDER BY on column \"" + cols[col].name +
+                        "\" needs DateStyle ISO and extra_float_digits of at least 1 (the "
+                        "defaults)",
+                    "RESET DateStyle and extra_float_digits for this query, or add the shard key "
+                    "to the WHERE clause");
         break;
       }
       if (collated(cols[col].type_oid) && !o.collate_c) {

@@ -213,6 +213,30 @@ class ScatterTest(unittest.TestCase):
             cur.execute("SELECT count(*) FROM items")
             self.assertEqual(cur.fetchone()[0], ROWS)
 
+    def test_session_settings_that_change_how_values_print(self):
+        """Dates are merged as DateStyle ISO prints them and floats with every digit: a session
+        that changed either gets 0A000 for ORDER BY on them, and exact answers otherwise."""
+        conn = psycopg2.connect(self.proxy.dsn(), connect_timeout=10)
+        self.addCleanup(conn.close)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SET DateStyle = 'SQL, DMY'")
+            with self.assertRaises(psycopg2.Error) as cm:
+                cur.execute("SELECT id, day FROM items ORDER BY day, id LIMIT 5")
+            self.assertEqual(cm.exception.pgcode, "0A000")
+            cur.execute("SELECT id, score FROM items ORDER BY score, id LIMIT 5")  # not a date
+            cur.execute("RESET DateStyle")
+            cur.execute("SET extra_float_digits = 0")
+            with self.assertRaises(psycopg2.Error) as cm:
+                cur.execute("SELECT id, score FROM items ORDER BY score, id LIMIT 5")
+            self.assertEqual(cm.exception.pgcode, "0A000")
+            cur.execute("SET extra_float_digits = 3")
+            cur.execute("SELECT id, score FROM items ORDER BY score DESC, id LIMIT 50")
+            got = cur.fetchall()
+        with self.ref.cursor() as cur:
+            cur.execute("SELECT id, score FROM items ORDER BY score DESC, id LIMIT 50")
+            self.assertEqual(got, cur.fetchall())
+
     def test_an_error_on_one_shard_is_one_error_naming_it(self):
         victim = self.rows[len(self.rows) // 2][0]
         sql = f"SELECT id, 1 / (id - {victim}) FROM items ORDER BY id"
