@@ -568,6 +568,7 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
         ready();
         return QueryStep::answered;
       }
+      scatter_shards_ = r.shards;
       return QueryStep::scatter;
     }
     if (r.kind == router::TargetKind::all_primaries)

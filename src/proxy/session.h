@@ -179,6 +179,7 @@ private:
   struct Scatter;
   Task<bool> scatter_read(std::shared_ptr<const router::Analysis> analysis, const std::string &sql);
   Task<bool> scatter_next(Scatter &s, size_t i);
+  uint64_t scatter_shards_ = 0; // the scatter route_query() chose: its shards (0: every owner)
   Task<bool> next_frame(BackendConn &b, char &type, std::string &body);
   Task<bool> run_on_all_primaries(const std::string &sql, std::string &first_capture,
                                   std::string &tag);

@@ -117,8 +117,16 @@ Task<bool> Session::scatter_read(std::shared_ptr<const router::Analysis> analysi
   const router::StatementPlan &p = analysis->stmts[0];
   const router::ScatterSpec &spec = *p.scatter;
   const Placement &place = w_->place();
-  // The shards that own keys now (not one joining: its rows are copies until the cutover).
-  std::vector<size_t> shards(place.keys->ring_shard.begin(), place.keys->ring_shard.end());
+  // The shards of the statement's keys, or every shard that owns keys now (not one joining:
+  // its rows are copies until the cutover).
+  std::vector<size_t> shards;
+  if (scatter_shards_) {
+    for (size_t b = 0; b < 64; ++b)
+      if (scatter_shards_ & (uint64_t(1) << b))
+        shards.push_back(b);
+  } else {
+    shards.assign(place.keys->ring_shard.begin(), place.keys->ring_shard.end());
+  }
   std::sort(shards.begin(), shards.end());
   shards.erase(std::unique(shards.begin(), shards.end()), shards.end());
   const size_t n = shards.size();

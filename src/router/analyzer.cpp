@@ -329,8 +329,24 @@ private:
     for (size_t i = 0; i < s->n_from_clause; ++i)
       collect_from(s->from_clause[i], refs);
     route_by_where(p, f, refs, s->where_clause);
-    if (p.target == TargetKind::error && p.kind == StmtKind::read && p.error.sqlstate == "0A000")
-      plan_scatter(p, s, f);
+    if (p.kind != StmtKind::read)
+      return;
+    if (p.target == TargetKind::error && p.error.sqlstate == "0A000") {
+      // No usable key: every shard, if the proxy can merge it.
+      RouteError why;
+      if (auto spec = scatter_spec(s, f, why)) {
+        p.target = TargetKind::scatter;
+        p.keys.clear();
+        p.error = {};
+        p.scatter = std::move(spec);
+      } else if (!why.sqlstate.empty()) {
+        p.error = std::move(why);
+      }
+    } else if (p.target == TargetKind::by_key && p.keys.size() > 1) {
+      // Keys that may live on several shards (an IN list): merged from those shards.
+      RouteError why;
+      p.scatter = scatter_spec(s, f, why);
+    }
   }
 
   static std::string last_name(PgQuery__Node **fields, size_t n) {
@@ -408,21 +424,24 @@ private:
     return true;
   }
 
-  // A read of one sharded table without a usable key: every shard runs it, the proxy merges.
-  // Leaves the 0A000 in p (with the reason) for the shapes it cannot merge exactly.
-  void plan_scatter(StatementPlan &p, const PgQuery__SelectStmt *s, const Facts &f) const {
+  // How to merge a read of one sharded table run on several shards; nullptr for the shapes the
+  // proxy cannot merge exactly, with `why` (a 0A000 naming the reason) unless the statement is
+  // not a read of one table at all (joins, subqueries, other tables: the caller's error stands).
+  std::shared_ptr<ScatterSpec> scatter_spec(const PgQuery__SelectStmt *s, const Facts &f,
+                                            RouteError &why) const {
     auto touched = sharded_tables(f);
     if (touched.size() != 1 || f.rels.size() != 1 || s->n_from_clause != 1 ||
         s->from_clause[0]->node_case != PG_QUERY__NODE__NODE_RANGE_VAR)
-      return; // joins, subqueries, other tables: the no-key error stands
+      return nullptr;
     const auto &tb = tables_[size_t(touched[0])];
-    auto refuse = [&](const std::string &what) {
-      p.error = {"0A000",
+    auto refuse = [&](const std::string &what) -> std::shared_ptr<ScatterSpec> {
+      why = {"0A000",
                  "cross-shard SELECT on \"" + tb.name + "\" with " + what +
                      " is not supported yet",
                  "add \"" + tb.key + " = <value>\" to the WHERE clause to run it on one shard; "
                  "without a key, a SELECT of plain columns (with ORDER BY columns, LIMIT, "
                  "OFFSET) or of count/sum/min/max alone runs on every shard"};
+      return nullptr;
     };
     if (s->n_group_clause || s->having_clause)
       return refuse("GROUP BY or HAVING");
@@ -515,11 +534,7 @@ private:
     if (!limit_value(s->limit_count, spec->limit_const) ||
         !limit_value(s->limit_offset, spec->offset_const))
       return refuse("a LIMIT or OFFSET that is not an integer constant");
-    p.target = TargetKind::scatter;
-    p.table = touched[0];
-    p.keys.clear();
-    p.error = {};
-    p.scatter = std::move(spec);
+    return spec;
   }
 
   void plan_insert(StatementPlan &p, const PgQuery__InsertStmt *s, const Facts &f) const {

@@ -202,6 +202,14 @@ Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const Sca
                         "cutover_pause_ms");
     return true;
   };
+  // A read whose keys live on several shards runs on those shards (simple protocol callers),
+  // merged like a read without a key: the shards' bits collect in r.shards.
+  auto spread = [&](size_t o) {
+    if (!scatter_ok || !p.scatter || p.kind != StmtKind::read || o >= 64 || *owner >= 64)
+      return false;
+    r.shards |= (uint64_t(1) << o) | (uint64_t(1) << *owner);
+    return true;
+  };
   for (const ValueRef &v : p.keys) {
     const config::Table &t = tables_[size_t(v.table)];
     if (auto iv = int_literal(v, t, sql, scan)) { // the common case, without building bytes
@@ -209,7 +217,7 @@ Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const Sca
       size_t o = topo.owner(h);
       if (moving(h, o)) [[unlikely]]
         return r;
-      if (owner && *owner != o) {
+      if (owner && *owner != o && !spread(o)) {
         set_cross_shard(r, t);
         return r; // one return object throughout: no Resolved (three strings) moved per query
       }
@@ -232,11 +240,15 @@ Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const Sca
     size_t o = topo.owner(h);
     if (moving(h, o)) [[unlikely]]
       return r;
-    if (owner && *owner != o) {
+    if (owner && *owner != o && !spread(o)) {
       set_cross_shard(r, t);
       return r;
     }
     owner = o;
+  }
+  if (r.shards) { // keys on several shards: a read merged from them
+    r.kind = TargetKind::scatter;
+    return r;
   }
   r.kind = TargetKind::by_key;
   r.shard = owner.value_or(default_shard_);

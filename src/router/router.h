@@ -34,6 +34,7 @@ struct Resolved {
   size_t shard = 0; // by_key / default_shard
   RouteError error;
   bool moving = false; // the error: a write to a key whose cutover is under way (it passes)
+  uint64_t shards = 0; // scatter: the shards concerned, one bit per index (0: every owner)
 };
 
 // Placement of keys: the ring and the shard index (slot) each of its members is. Immutable; a

@@ -596,7 +596,8 @@ DELETE FROM accounts WHERE id = :tmp;
                     self.assertIn("id", d.hint(e) or "", f"{d.name}: {sql!r}: hint {d.hint(e)!r}")
                     # The connection stays usable.
                     self.assertEqual(d.q("SELECT balance FROM accounts WHERE id = $1 FOR SHARE", [ka]), [(1,)])
-                e = self.expect_error(d, "0A000", f"SELECT id FROM accounts WHERE id IN ({ka}, {kb})")
+                e = self.expect_error(d, "0A000",
+                                      f"UPDATE accounts SET balance = 1 WHERE id IN ({ka}, {kb})")
                 self.assertTrue(d.hint(e), f"{d.name}: no hint for a two-shard IN list")
                 # Inside a transaction the error aborts it; rollback makes the connection usable.
                 with self.assertRaises(d.Error) as cm:

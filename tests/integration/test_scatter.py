@@ -141,6 +141,11 @@ class ScatterTest(unittest.TestCase):
         wheres = ["", "WHERE amount > 0", "WHERE grp = 3", "WHERE name LIKE 'n1%'",
                   "WHERE score IS NULL", "WHERE id % 5 = 2", "WHERE at < '2024-03-10 02:00+01'",
                   "WHERE tag > '80000000-0000-0000-0000-000000000000'", "WHERE false"]
+        ids = [r[0] for r in self.rows]
+        for _ in range(4):  # keys on several shards: only those shards run it
+            pick = ", ".join(str(k) for k in rng.sample(ids, rng.randrange(2, 30)) + [1, 3])
+            wheres.append(f"WHERE id IN ({pick})")
+            wheres.append(f"WHERE amount > 0 AND id IN ({pick})")
         shapes = {"plain": 0, "ordered": 0, "aggregate": 0}
         for n in range(N_QUERIES):
             where = rng.choice(wheres)

@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <set>
+
 using namespace sg::router;
 using sg::config::KeyType;
 
@@ -336,4 +338,40 @@ TEST(Scatter, PlansWhatItCanMergeAndRefusesTheRest) {
     EXPECT_EQ(r.error.sqlstate, "0A000") << no;
     EXPECT_FALSE(r.error.hint.empty()) << no;
   }
+}
+
+// An IN list whose keys live on several shards: a read merged from exactly those shards (for
+// the simple-protocol caller); a write, or another caller, gets 0A000.
+TEST(Scatter, InListOnSeveralShardsReadsOnlyThoseShards) {
+  std::vector<std::string> keys;
+  std::set<size_t> owners;
+  for (int k = 1; owners.size() < 2; ++k) {
+    keys.push_back(std::to_string(k));
+    owners.insert(owner("accounts", keys.back().c_str()));
+  }
+  std::string list;
+  for (auto &k : keys)
+    list += (list.empty() ? "" : ", ") + k;
+  std::string sql = "SELECT id, balance FROM accounts WHERE id IN (" + list + ") ORDER BY id";
+  PlannedText pt = router().plan(sql);
+  const StatementPlan &p = pt.analysis->stmts[0];
+  ASSERT_EQ(p.target, TargetKind::by_key);
+  ASSERT_TRUE(p.scatter) << "a read with several keys carries its merge";
+  Resolved r = router().resolve(p, sql, pt.scan, {}, nullptr, true);
+  ASSERT_EQ(r.kind, TargetKind::scatter) << r.error.message;
+  uint64_t want = 0;
+  for (size_t o : owners)
+    want |= uint64_t(1) << o;
+  EXPECT_EQ(r.shards, want);
+  EXPECT_EQ(router().resolve(p, sql, pt.scan).kind, TargetKind::error);
+  std::string upd = "UPDATE accounts SET balance = 0 WHERE id IN (" + list + ")";
+  PlannedText pu = router().plan(upd);
+  Resolved w = router().resolve(pu.analysis->stmts[0], upd, pu.scan, {}, nullptr, true);
+  EXPECT_EQ(w.kind, TargetKind::error);
+  EXPECT_EQ(w.error.sqlstate, "0A000");
+  // All keys on one shard: by key, as before.
+  std::string one = "SELECT id FROM accounts WHERE id IN (" + keys[0] + ", " + keys[0] + ")";
+  PlannedText po = router().plan(one);
+  EXPECT_EQ(router().resolve(po.analysis->stmts[0], one, po.scan, {}, nullptr, true).kind,
+            TargetKind::by_key);
 }
