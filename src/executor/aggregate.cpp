@@ -110,6 +110,60 @@ std::optional<std::string> decimal_add(std::string_view as, std::string_view bs)
   return format(neg, std::move(r), scale);
 }
 
+bool Groups::Less::operator()(const protocol::Row &a, const protocol::Row &b) const {
+  for (size_t c = 0; c < specs->size(); ++c) {
+    if ((*specs)[c].agg != Agg::Group)
+      continue;
+    const protocol::Field *x = c < a.size() ? &a[c] : nullptr;
+    const protocol::Field *y = c < b.size() ? &b[c] : nullptr;
+    bool xn = !x || !*x, yn = !y || !*y;
+    if (xn || yn) {
+      if (xn != yn)
+        return xn;
+      continue;
+    }
+    int r = compare((*specs)[c].kind, **x, **y);
+    if (r != 0)
+      return r < 0;
+  }
+  return false;
+}
+
+Groups::Groups(std::vector<AggSpec> specs)
+    : specs_(std::move(specs)), rows_(Less{&specs_}) {}
+
+bool Groups::add(protocol::Row row, std::string &error) {
+  if (row.size() != specs_.size()) {
+    error = "a shard answered " + std::to_string(row.size()) + " columns, expected " +
+            std::to_string(specs_.size());
+    return false;
+  }
+  auto it = rows_.find(row);
+  if (it == rows_.end()) {
+    protocol::Row key = row;
+    // One partial alone, combined: checks its values, and starts count and sum right.
+    protocol::Row first;
+    if (!combine({std::move(row)}, specs_, first, error))
+      return false;
+    rows_.emplace(std::move(key), std::move(first));
+    return true;
+  }
+  protocol::Row merged;
+  if (!combine({it->second, std::move(row)}, specs_, merged, error))
+    return false;
+  it->second = std::move(merged);
+  return true;
+}
+
+std::vector<protocol::Row> Groups::take() {
+  std::vector<protocol::Row> out;
+  out.reserve(rows_.size());
+  for (auto &[k, v] : rows_)
+    out.push_back(std::move(v));
+  rows_.clear();
+  return out;
+}
+
 bool combinable(const AggSpec &s) {
   switch (s.agg) {
   case Agg::Count:
@@ -118,6 +172,7 @@ bool combinable(const AggSpec &s) {
     return s.kind == Kind::Integer || s.kind == Kind::Numeric;
   case Agg::Min:
   case Agg::Max:
+  case Agg::Group:
     return s.kind != Kind::Unsupported;
   }
   return false;
@@ -136,6 +191,11 @@ bool combine(const std::vector<protocol::Row> &partials, const std::vector<AggSp
     protocol::Field acc;
     if (s.agg == Agg::Count)
       acc = std::string("0");
+    if (s.agg == Agg::Group) {
+      if (!partials.empty() && c < partials[0].size())
+        out[c] = partials[0][c];
+      continue;
+    }
     for (auto &p : partials) {
       if (c >= p.size()) {
         error = "a shard answered " + std::to_string(p.size()) + " columns, expected " +
@@ -171,6 +231,8 @@ bool combine(const std::vector<protocol::Row> &partials, const std::vector<AggSp
       case Agg::Max:
         if (compare(s.kind, *v, *acc) > 0)
           acc = *v;
+        break;
+      case Agg::Group:
         break;
       }
     }

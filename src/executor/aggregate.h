@@ -12,6 +12,7 @@
 #include "executor/values.h"
 #include "protocol/messages.h"
 
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -19,7 +20,7 @@
 
 namespace sg::executor {
 
-enum class Agg { Count, Sum, Min, Max };
+enum class Agg { Count, Sum, Min, Max, Group }; // Group: a GROUP BY column (equal in a group)
 
 struct AggSpec {
   Agg agg = Agg::Count;
@@ -34,6 +35,28 @@ bool combinable(const AggSpec &spec);
 // not what its kind promises.
 bool combine(const std::vector<protocol::Row> &partials, const std::vector<AggSpec> &specs,
              protocol::Row &out, std::string &error);
+
+// The partial rows of a GROUP BY query from several shards, combined per group: rows whose
+// Group columns are equal (by their kinds, so 1.0 and 1.00 are one numeric group, and NULLs
+// one group) become one row. Memory holds one row per group.
+class Groups {
+public:
+  explicit Groups(std::vector<AggSpec> specs);
+  Groups(const Groups &) = delete; // the map's comparator points at specs_
+  Groups &operator=(const Groups &) = delete;
+  bool add(protocol::Row row, std::string &error);
+  size_t size() const { return rows_.size(); }
+  // One row per group, ordered by the group columns.
+  std::vector<protocol::Row> take();
+
+private:
+  struct Less {
+    const std::vector<AggSpec> *specs;
+    bool operator()(const protocol::Row &a, const protocol::Row &b) const;
+  };
+  std::vector<AggSpec> specs_;
+  std::map<protocol::Row, protocol::Row, Less> rows_;
+};
 
 // a + b exactly, in PostgreSQL's numeric text form (also NaN and the infinities); the result
 // has the larger of the two scales. nullopt when either is not numeric text.

@@ -137,9 +137,10 @@ Task<bool> Session::scatter_read(std::shared_ptr<const router::Analysis> analysi
   std::string shard_sql = sql;
   {
     std::vector<std::pair<const router::ConstToken *, std::string>> edits;
+    // Grouped: a shard's first groups are not the first of all, so every group comes back.
     if (limit && spec.limit_const >= 0)
       edits.push_back({&query_plan_.scan.consts[size_t(spec.limit_const)],
-                       std::to_string(*limit + offset)});
+                       spec.grouped ? std::string("ALL") : std::to_string(*limit + offset)});
     if (spec.offset_const >= 0 && const_uint(sql, query_plan_.scan, spec.offset_const))
       edits.push_back({&query_plan_.scan.consts[size_t(spec.offset_const)], "0"});
     std::sort(edits.begin(), edits.end(),
@@ -315,6 +316,7 @@ Task<bool> Session::scatter_read(std::shared_ptr<const router::Analysis> analysi
           case router::ScatterSpec::Agg::sum: a.agg = executor::Agg::Sum; break;
           case router::ScatterSpec::Agg::min: a.agg = executor::Agg::Min; break;
           case router::ScatterSpec::Agg::max: a.agg = executor::Agg::Max; break;
+          case router::ScatterSpec::Agg::group: a.agg = executor::Agg::Group; break;
           }
           if (!executor::combinable(a))
             unsupported("cross-shard aggregate in column " + std::to_string(c + 1) +
@@ -329,7 +331,38 @@ Task<bool> Session::scatter_read(std::shared_ptr<const router::Analysis> analysi
   }
 
   uint64_t sent = 0;
-  if (failed_on.empty() && !spec.aggs.empty()) {
+  if (failed_on.empty() && spec.grouped) {
+    // Every shard's groups, combined per group, sorted, then OFFSET and LIMIT.
+    executor::Groups groups(aggs);
+    protocol::Row row;
+    std::string err;
+    for (size_t i = 0; i < n && failed_on.empty(); ++i) {
+      while (!at_rfq[i] && failed_on.empty()) {
+        bool got = co_await scatter_next(s, i);
+        if (!got)
+          break;
+        if (type != 'D')
+          continue;
+        if (!protocol::parse_data_row(body, row))
+          fail(i, {"ERROR", "08P01", "malformed DataRow", "", ""});
+        else if (!groups.add(std::move(row), err))
+          unsupported("cross-shard GROUP BY: " + err, "");
+      }
+    }
+    if (failed_on.empty()) {
+      std::vector<protocol::Row> rows = groups.take();
+      if (!keys.empty())
+        std::stable_sort(rows.begin(), rows.end(), [&](const auto &a, const auto &b) {
+          return executor::compare_rows(keys, a, b) < 0;
+        });
+      sink_->append(first_desc);
+      for (size_t r = size_t(std::min<uint64_t>(offset, rows.size()));
+           r < rows.size() && (!limit || sent < *limit); ++r) {
+        protocol::data_row(*sink_, rows[r]);
+        ++sent;
+      }
+    }
+  } else if (failed_on.empty() && !spec.aggs.empty()) {
     // One partial row per shard.
     std::vector<protocol::Row> partials(n);
     for (size_t i = 0; i < n && failed_on.empty(); ++i) {

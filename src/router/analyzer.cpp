@@ -443,8 +443,8 @@ private:
                  "OFFSET) or of count/sum/min/max alone runs on every shard"};
       return nullptr;
     };
-    if (s->n_group_clause || s->having_clause)
-      return refuse("GROUP BY or HAVING");
+    if (s->having_clause)
+      return refuse("HAVING");
     if (s->n_distinct_clause)
       return refuse("DISTINCT");
     if (s->n_window_clause || s->with_clause || !f.ctes.empty())
@@ -452,14 +452,53 @@ private:
     if (s->limit_option == PG_QUERY__LIMIT_OPTION__LIMIT_OPTION_WITH_TIES)
       return refuse("FETCH ... WITH TIES");
     auto spec = std::make_shared<ScatterSpec>();
-    size_t aggs = 0;
+    // GROUP BY items: plain columns (by name) or SELECT list positions.
+    std::vector<std::string> group_names;
+    std::vector<size_t> group_positions;
+    for (size_t i = 0; i < s->n_group_clause; ++i) {
+      const Node *g = s->group_clause[i];
+      if (g->node_case == PG_QUERY__NODE__NODE_COLUMN_REF) {
+        group_names.push_back(last_name(g->column_ref->fields, g->column_ref->n_fields));
+        if (group_names.back().empty())
+          return refuse("this GROUP BY");
+      } else if (g->node_case == PG_QUERY__NODE__NODE_A_CONST &&
+                 g->a_const->val_case == PG_QUERY__A__CONST__VAL_IVAL &&
+                 g->a_const->ival->ival >= 1 &&
+                 size_t(g->a_const->ival->ival) <= s->n_target_list) {
+        group_positions.push_back(size_t(g->a_const->ival->ival));
+      } else {
+        return refuse("GROUP BY an expression, ROLLUP, CUBE or GROUPING SETS");
+      }
+    }
+    spec->grouped = s->n_group_clause > 0;
+    std::vector<bool> group_used(group_names.size(), false);
+    size_t aggs = 0, groups = 0;
     for (size_t i = 0; i < s->n_target_list; ++i) {
       const Node *t = s->target_list[i];
       if (t->node_case != PG_QUERY__NODE__NODE_RES_TARGET || !t->res_target->val)
         return refuse("this SELECT list");
       const Node *v = t->res_target->val;
-      if (!has_aggregate(&v->base))
+      if (!has_aggregate(&v->base)) {
+        if (!spec->grouped)
+          continue;
+        // A grouped query's other columns must be its GROUP BY columns, as they are.
+        bool is_group = std::find(group_positions.begin(), group_positions.end(), i + 1) !=
+                        group_positions.end();
+        if (v->node_case == PG_QUERY__NODE__NODE_COLUMN_REF) {
+          std::string col = last_name(v->column_ref->fields, v->column_ref->n_fields);
+          const char *alias = t->res_target->name;
+          for (size_t g = 0; g < group_names.size(); ++g)
+            if (group_names[g] == col || (alias && group_names[g] == alias)) {
+              is_group = true;
+              group_used[g] = true;
+            }
+        }
+        if (!is_group)
+          return refuse("a SELECT list column that is neither grouped (as it is) nor aggregated");
+        spec->aggs.push_back(ScatterSpec::Agg::group);
+        ++groups;
         continue;
+      }
       if (v->node_case != PG_QUERY__NODE__NODE_FUNC_CALL)
         return refuse("an expression over an aggregate");
       const auto *fc = v->func_call;
@@ -481,10 +520,14 @@ private:
         return refuse("the aggregate " + name + "()");
       ++aggs;
     }
-    if (aggs && aggs != s->n_target_list)
+    if (std::find(group_used.begin(), group_used.end(), false) != group_used.end())
+      return refuse("GROUP BY a column that is not in the SELECT list");
+    if (spec->grouped && !aggs)
+      return refuse("GROUP BY without an aggregate (use DISTINCT)");
+    if (aggs && aggs + groups != s->n_target_list)
       return refuse("aggregates beside plain columns (that needs GROUP BY)");
-    if (aggs && (s->n_sort_clause || s->limit_count || s->limit_offset))
-      return refuse("ORDER BY, LIMIT or OFFSET around aggregates");
+    if (aggs && !spec->grouped && (s->n_sort_clause || s->limit_count || s->limit_offset))
+      return refuse("ORDER BY, LIMIT or OFFSET around aggregates without GROUP BY");
     for (size_t i = 0; i < s->n_sort_clause; ++i) {
       const Node *n = s->sort_clause[i];
       if (n->node_case != PG_QUERY__NODE__NODE_SORT_BY)
@@ -515,16 +558,17 @@ private:
         k.name = last_name(cr->fields, cr->n_fields);
         if (k.name.empty())
           return refuse("this ORDER BY");
-        // An output column named like the sort column but holding something else would be
-        // sorted on by the shards, and merged on by name here: refuse the ambiguity.
-        for (size_t j = 0; j < s->n_target_list; ++j) {
+        // The merge orders by the output column of that name, as PostgreSQL does for a bare
+        // name. A qualified name means the table's column: the output column of that name must
+        // be that column.
+        for (size_t j = 0; cr->n_fields > 1 && j < s->n_target_list; ++j) {
           const auto *rt = s->target_list[j]->res_target;
-          if (!rt->name || k.name != rt->name)
-            continue;
           const Node *v = rt->val;
-          if (v->node_case != PG_QUERY__NODE__NODE_COLUMN_REF ||
-              last_name(v->column_ref->fields, v->column_ref->n_fields) != k.name)
-            return refuse("ORDER BY a name that an output alias gives another value");
+          bool plain = v->node_case == PG_QUERY__NODE__NODE_COLUMN_REF &&
+                       last_name(v->column_ref->fields, v->column_ref->n_fields) == k.name;
+          std::string out = rt->name ? rt->name : plain ? k.name : "";
+          if (out == k.name && (!plain || (rt->name && k.name != rt->name)))
+            return refuse("ORDER BY a qualified column whose name an output alias reuses");
         }
       } else {
         return refuse("ORDER BY an expression (order by a column of the SELECT list)");

@@ -45,9 +45,11 @@ struct ValueRef {
 };
 
 // How to merge a read that runs on every shard (TargetKind::scatter). Either the SELECT list
-// is all aggregates (count, sum, min, max; no GROUP BY), one partial row per shard combined
-// into one; or it has none, and the rows are concatenated, or merged on `order`, with LIMIT and
-// OFFSET applied by the proxy (each shard is sent LIMIT n + m, OFFSET 0).
+// is all aggregates (count, sum, min, max) and, with GROUP BY, the grouped columns: the shards'
+// partial rows are combined per group (one row without GROUP BY), then sorted on `order`, with
+// OFFSET and LIMIT applied by the proxy (shards are sent LIMIT ALL, OFFSET 0); or it has no
+// aggregates, and the rows are concatenated, or merged on `order`, with LIMIT and OFFSET
+// applied by the proxy (each shard is sent LIMIT n + m, OFFSET 0).
 struct ScatterSpec {
   struct Sort {
     std::string name;       // a result column's name (when position is 0)
@@ -57,8 +59,9 @@ struct ScatterSpec {
     bool collate_c = false; // COLLATE "C": text may be merged byte by byte
   };
   std::vector<Sort> order;
-  enum class Agg : uint8_t { count, sum, min, max };
-  std::vector<Agg> aggs; // per result column, when the list is all aggregates
+  enum class Agg : uint8_t { count, sum, min, max, group };
+  std::vector<Agg> aggs; // per result column, when the list is aggregates (and group columns)
+  bool grouped = false;  // GROUP BY
   // The LIMIT and OFFSET values: constants of the text (index in the scan), -1 if none.
   int32_t limit_const = -1;
   int32_t offset_const = -1;

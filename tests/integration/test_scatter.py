@@ -146,10 +146,10 @@ class ScatterTest(unittest.TestCase):
             pick = ", ".join(str(k) for k in rng.sample(ids, rng.randrange(2, 30)) + [1, 3])
             wheres.append(f"WHERE id IN ({pick})")
             wheres.append(f"WHERE amount > 0 AND id IN ({pick})")
-        shapes = {"plain": 0, "ordered": 0, "aggregate": 0}
+        shapes = {"plain": 0, "ordered": 0, "aggregate": 0, "grouped": 0}
         for n in range(N_QUERIES):
             where = rng.choice(wheres)
-            kind = rng.choice(["plain", "ordered", "ordered", "aggregate"])
+            kind = rng.choice(["plain", "ordered", "ordered", "aggregate", "grouped"])
             shapes[kind] += 1
             with self.subTest(n=n, kind=kind):
                 if kind == "aggregate":
@@ -158,6 +158,30 @@ class ScatterTest(unittest.TestCase):
                                         "max(score)", "min(at)", "max(day)", "min(tag)",
                                         "max(name)", "min(id)"], rng.randrange(1, 5))
                     self.assert_same(f"SELECT {', '.join(items)} FROM items {where}", True)
+                    continue
+                if kind == "grouped":
+                    groups = rng.sample(["grp", "name", "day", "amount", "tag"], rng.randrange(1, 3))
+                    items = rng.sample(["count(*)", "count(score)", "sum(amount)", "sum(grp)",
+                                        "min(amount)", "max(score)", "min(at)", "max(day)",
+                                        "max(name)", "min(id)"], rng.randrange(1, 4))
+                    listed = groups + items
+                    rng.shuffle(listed)
+                    sql = f"SELECT {', '.join(listed)} FROM items {where} GROUP BY {', '.join(groups)}"
+                    if rng.random() < 0.6:  # every group column: a total order
+                        order = [SORTABLE[g] + rng.choice(["", " DESC", " NULLS FIRST"])
+                                 for g in groups]
+                        numeric = [i for i in items if i != "max(name)"]  # text needs COLLATE
+                        if numeric and rng.random() < 0.5:  # an aggregate first, by position
+                            pos = listed.index(rng.choice(numeric)) + 1
+                            order.insert(0, f"{pos} DESC")
+                        sql += f" ORDER BY {', '.join(order)}"
+                        if rng.random() < 0.5:
+                            sql += f" LIMIT {rng.randrange(0, 30)}"
+                        if rng.random() < 0.3:
+                            sql += f" OFFSET {rng.randrange(0, 20)}"
+                        self.assert_same(sql, True)
+                    else:
+                        self.assert_same(sql, False)
                     continue
                 cols = rng.sample(COLS, rng.randrange(1, len(COLS) + 1))
                 if kind == "plain":
@@ -186,7 +210,10 @@ class ScatterTest(unittest.TestCase):
         self.assertTrue(all(shapes.values()), shapes)
 
     def test_unsupported_shapes_get_0A000(self):
-        for sql in ["SELECT grp, count(*) FROM items GROUP BY grp",
+        for sql in ["SELECT grp, count(*) FROM items GROUP BY grp HAVING count(*) > 1",
+                    "SELECT count(*) FROM items GROUP BY grp",
+                    "SELECT grp % 2, count(*) FROM items GROUP BY grp % 2",
+                    "SELECT grp, count(*) FROM items GROUP BY ROLLUP (grp)",
                     "SELECT DISTINCT grp FROM items",
                     "SELECT avg(amount) FROM items",
                     "SELECT sum(score) FROM items",

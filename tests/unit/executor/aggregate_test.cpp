@@ -50,6 +50,25 @@ TEST(Combine, NoRowsAnywhereGivesCountZeroAndNulls) {
   EXPECT_EQ(out, (Row{std::string("0"), std::nullopt, std::nullopt}));
 }
 
+TEST(Groups, CombinesEachGroupAcrossShardsWithEqualValuesByKind) {
+  // SELECT g, count(*), sum(n) ... GROUP BY g, from two shards: g numeric, 1.0 = 1.00.
+  Groups g({{Agg::Group, Kind::Numeric}, {Agg::Count, Kind::Integer}, {Agg::Sum, Kind::Numeric}});
+  std::string err;
+  ASSERT_TRUE(g.add({std::string("1.0"), std::string("2"), std::string("5.5")}, err)) << err;
+  ASSERT_TRUE(g.add({std::nullopt, std::string("1"), std::string("1")}, err)) << err;
+  ASSERT_TRUE(g.add({std::string("-3"), std::string("4"), std::nullopt}, err)) << err;
+  ASSERT_TRUE(g.add({std::string("1.00"), std::string("3"), std::string("0.25")}, err)) << err;
+  ASSERT_TRUE(g.add({std::nullopt, std::string("2"), std::string("-1")}, err)) << err;
+  EXPECT_EQ(g.size(), 3u);
+  auto rows = g.take();
+  ASSERT_EQ(rows.size(), 3u);
+  // Ordered by the group column, NULL first.
+  EXPECT_EQ(rows[0], (Row{std::nullopt, std::string("3"), std::string("0")}));
+  EXPECT_EQ(rows[1], (Row{std::string("-3"), std::string("4"), std::nullopt}));
+  EXPECT_EQ(rows[2], (Row{std::string("1.0"), std::string("5"), std::string("5.75")}));
+  EXPECT_FALSE(g.add({std::string("1")}, err)) << "a row of the wrong width";
+}
+
 TEST(Combine, RefusesWhatItCannotDoExactly) {
   EXPECT_FALSE(combinable({Agg::Sum, Kind::Float})) << "float rounding depends on the order";
   EXPECT_TRUE(combinable({Agg::Max, Kind::Float}));

@@ -313,11 +313,23 @@ TEST(Scatter, PlansWhatItCanMergeAndRefusesTheRest) {
   using Agg = ScatterSpec::Agg;
   EXPECT_EQ(a.scatter->aggs, (std::vector<Agg>{Agg::count, Agg::sum, Agg::min, Agg::max}));
 
+  const StatementPlan &g =
+      plan("SELECT owner AS o, count(*), max(balance) FROM accounts GROUP BY o ORDER BY 2 DESC "
+           "LIMIT 3",
+           pt);
+  ASSERT_EQ(g.target, TargetKind::scatter) << g.error.message;
+  EXPECT_TRUE(g.scatter->grouped);
+  EXPECT_EQ(g.scatter->aggs, (std::vector<Agg>{Agg::group, Agg::count, Agg::max}));
+  EXPECT_EQ(g.scatter->order[0].position, 2);
+
   const StatementPlan &c = plan("SELECT name FROM users ORDER BY name COLLATE \"C\"", pt);
   ASSERT_EQ(c.target, TargetKind::scatter) << c.error.message;
   EXPECT_TRUE(c.scatter->order[0].collate_c);
 
-  for (const char *no : {"SELECT owner, count(*) FROM accounts GROUP BY owner",
+  for (const char *no : {"SELECT owner, count(*) FROM accounts GROUP BY owner HAVING count(*) > 1",
+                         "SELECT count(*) FROM accounts GROUP BY owner",
+                         "SELECT lower(owner), count(*) FROM accounts GROUP BY lower(owner)",
+                         "SELECT owner, count(*) FROM accounts GROUP BY ROLLUP (owner)",
                          "SELECT DISTINCT owner FROM accounts",
                          "SELECT avg(balance) FROM accounts",
                          "SELECT count(DISTINCT owner) FROM accounts",
@@ -325,7 +337,7 @@ TEST(Scatter, PlansWhatItCanMergeAndRefusesTheRest) {
                          "SELECT count(*) + 1 FROM accounts",
                          "SELECT id FROM accounts ORDER BY balance + 1",
                          "SELECT id FROM accounts ORDER BY owner COLLATE \"en_US\"",
-                         "SELECT id AS balance FROM accounts ORDER BY balance",
+                         "SELECT id AS balance FROM accounts ORDER BY accounts.balance",
                          "SELECT id, row_number() OVER () FROM accounts",
                          "SELECT id, array_agg(id) FROM accounts",
                          "SELECT * FROM accounts WHERE balance > (SELECT avg(balance) FROM accounts)",
