@@ -129,6 +129,17 @@ std::optional<std::string> copy_field(const std::string &line, size_t want) {
   return out;
 }
 
+// Rows in `table`: the planner's estimate, or a count when it has none or the table is small.
+double row_count(pqxx::work &w, const std::string &table) {
+  auto r = w.exec_params("SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = "
+                         "$1::regclass",
+                         table);
+  double n = r.empty() ? 0 : r[0][0].as<double>();
+  if (n < 100000) // never analyzed, or small: count
+    n = w.exec("SELECT count(*) FROM " + w.quote_name(table))[0][0].as<double>();
+  return n;
+}
+
 } // namespace
 
 struct Copier::TableInfo {
@@ -375,12 +386,7 @@ uint64_t Copier::estimate(const std::vector<std::string> &sources) {
   for (auto &s : sources)
     for (auto &t : tables_) {
       pqxx::work w(conn(s, kRead));
-      auto r = w.exec_params("SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = "
-                             "$1::regclass",
-                             t.name);
-      double n = r.empty() ? 0 : r[0][0].as<double>();
-      if (n < 100000) // never analyzed, or small: count
-        n = w.exec("SELECT count(*) FROM " + w.quote_name(t.name))[0][0].as<double>();
+      double n = row_count(w, t.name);
       w.commit();
       rows += n * moves_.moving_share(s);
     }
@@ -419,12 +425,7 @@ std::vector<json> Copier::split(const std::string &source, const config::Table &
     return cuts;
   const TableInfo &ti = info(t);
   pqxx::work w(conn(source, kRead));
-  auto r = w.exec_params("SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = "
-                         "$1::regclass",
-                         t.name);
-  double n = r.empty() ? 0 : r[0][0].as<double>();
-  if (n < 100000) // never analyzed, or small: count
-    n = w.exec("SELECT count(*) FROM " + ti.name)[0][0].as<double>();
+  double n = row_count(w, t.name);
   if (n < 4.0 * batch_) // a few pages: not worth a second worker
     return cuts;
   // The planner's histogram of the first primary-key column has its quantiles; without one,
