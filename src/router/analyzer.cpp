@@ -439,8 +439,8 @@ private:
                  "cross-shard SELECT on \"" + tb.name + "\" with " + what +
                      " is not supported yet",
                  "add \"" + tb.key + " = <value>\" to the WHERE clause to run it on one shard; "
-                 "without a key, a SELECT of plain columns (with ORDER BY columns, LIMIT, "
-                 "OFFSET) or of count/sum/min/max alone runs on every shard"};
+                 "without a key, a SELECT of plain columns (ORDER BY columns of the list, LIMIT, "
+                 "OFFSET) or of count/sum/min/max (and GROUP BY columns) runs on every shard"};
       return nullptr;
     };
     if (s->having_clause)

@@ -16,6 +16,7 @@ Knobs: SCATTER_QUERIES (default 300), SCATTER_SEED (default 1).
 import os
 import random
 import sys
+import time
 import unittest
 import uuid
 from datetime import date, datetime, timedelta, timezone
@@ -281,6 +282,59 @@ class ScatterTest(unittest.TestCase):
         self.assert_same("SELECT count(*), sum(amount) FROM items", True)
         self.assert_same("SELECT id, amount FROM items ORDER BY amount DESC NULLS LAST, id LIMIT 7",
                          True)
+
+
+@unittest.skipUnless(os.access(harness.SHARDGATE_BIN, os.X_OK),
+                     f"{harness.SHARDGATE_BIN} not built")
+class ScatterDeadShardTest(unittest.TestCase):
+    """A shard that dies: a read across shards gets one error naming it (08xxx, or 57P01 from the
+    dying backend), the session
+    and the other shard's keys keep working, and once the shard is back the read works again."""
+
+    @classmethod
+    def setUpClass(cls):
+        if psycopg2 is None:
+            raise unittest.SkipTest("psycopg2 not installed")
+        cls.cluster = harness.Cluster("scatterdead", shards=2, replicas=0)
+        cls.addClassCleanup(cls.cluster.stop)
+        for i in range(2):
+            cls.cluster.sql(cls.cluster.primary_port(i), harness.ACCOUNTS_DDL, user="app")
+        cls.proxy = harness.Proxy(cls.cluster)
+        cls.addClassCleanup(cls.proxy.stop)
+
+    def test_dead_shard(self):
+        conn = psycopg2.connect(self.proxy.dsn(), connect_timeout=10)
+        self.addCleanup(conn.close)
+        conn.autocommit = True
+        cur = conn.cursor()
+        for k in range(1, 101):
+            cur.execute("INSERT INTO accounts (id, owner, balance) VALUES (%s, 'd', %s)", (k, k))
+        cur.execute("SELECT count(*), sum(balance) FROM accounts")  # backends pooled on both
+        self.assertEqual(cur.fetchone(), (100, 5050))
+        on_s0 = next(k for k in range(1, 101) if self.proxy.locate("accounts", k) == "s0")
+        # The test servers commit asynchronously: flush the WAL, or the crash loses rows.
+        self.cluster.sql(self.cluster.primary_port(1), "CHECKPOINT")
+        self.cluster.kill9(self.cluster.primary_port(1))
+        self.addCleanup(self.cluster.restart, self.cluster.primary_port(1))
+        with self.assertRaises(psycopg2.Error) as cm:
+            cur.execute("SELECT id FROM accounts ORDER BY balance DESC LIMIT 5")
+        e = cm.exception
+        # 08006 from the proxy (connection lost), or the dying backend's own 57P01.
+        self.assertTrue((e.pgcode or "").startswith(("08", "57P")), f"{e.pgcode}: {e}")
+        self.assertIn("s1", f"{e} {e.diag.message_detail}", "the error should name the shard")
+        cur.execute("SELECT balance FROM accounts WHERE id = %s", (on_s0,))
+        self.assertEqual(cur.fetchone(), (on_s0,), "the session and s0 go on")
+        self.cluster.restart(self.cluster.primary_port(1))
+        deadline, last = time.monotonic() + 30, None
+        while time.monotonic() < deadline:
+            try:
+                cur.execute("SELECT count(*), sum(balance) FROM accounts")
+                self.assertEqual(cur.fetchone(), (100, 5050))
+                return
+            except psycopg2.Error as err:  # banned for a while, then retried
+                last = err
+                time.sleep(0.5)
+        self.fail(f"the read across shards did not work again after the restart: {last}")
 
 
 if __name__ == "__main__":
