@@ -38,6 +38,23 @@ struct CancelSlot {
   void clear() { node.store(nullptr, std::memory_order_release); }
   std::atomic<const Node *> node{nullptr};
   std::atomic<uint64_t> backend{0}; // pid << 32 | key
+
+  // A statement running on several backends at once (a read across shards): a cancel goes to
+  // each of them. Set and cleared once per such statement; read only by a CancelRequest.
+  struct Target {
+    const Node *node;
+    int32_t pid, key;
+  };
+  void set_many(std::vector<Target> t) {
+    std::lock_guard lk(many_mu);
+    many = std::move(t);
+  }
+  std::vector<Target> take_many() {
+    std::lock_guard lk(many_mu);
+    return many;
+  }
+  std::mutex many_mu;
+  std::vector<Target> many;
 };
 
 class CancelRegistry {

@@ -89,6 +89,7 @@ private:
   Task<bool> authenticate(const std::string &user);
   Task<bool> send_server_params();
   Task<void> handle_cancel(std::string_view body);
+  Task<void> forward_cancel(const Node *node, int32_t pid, int32_t key);
 
   // Query loop
   Task<void> query_loop();

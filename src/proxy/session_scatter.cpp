@@ -169,6 +169,12 @@ Task<bool> Session::scatter_read(std::shared_ptr<const router::Analysis> analysi
       co_return true;
     }
   }
+  if (cancel_) { // a CancelRequest now reaches every shard's backend
+    std::vector<CancelSlot::Target> targets;
+    for (auto *b : bs)
+      targets.push_back({b->node, b->pid, b->key});
+    cancel_->set_many(std::move(targets));
+  }
   for (size_t i = 0; i < n; ++i) {
     wbuf_.clear();
     prepare_backend(*bs[i], wbuf_, false);
@@ -429,6 +435,8 @@ Task<bool> Session::scatter_read(std::shared_ptr<const router::Analysis> analysi
   } else {
     protocol::command_complete(*sink_, "SELECT " + std::to_string(sent));
   }
+  if (cancel_)
+    cancel_->set_many({});
   detach_if_idle();
   ready();
   co_return !closing_;

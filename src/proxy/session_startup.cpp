@@ -227,11 +227,20 @@ Task<void> Session::handle_cancel(std::string_view body) {
   auto slot = sh_.cancels.find(pid, key);
   if (!slot)
     co_return;
-  const Node *node = slot->node.load(std::memory_order_acquire);
-  uint64_t backend = slot->backend.load(std::memory_order_relaxed);
-  auto bpid = int32_t(uint32_t(backend >> 32)), bkey = int32_t(uint32_t(backend));
-  if (!node)
-    co_return;
+  std::vector<CancelSlot::Target> targets = slot->take_many();
+  if (targets.empty()) {
+    const Node *node = slot->node.load(std::memory_order_acquire);
+    uint64_t backend = slot->backend.load(std::memory_order_relaxed);
+    if (!node)
+      co_return;
+    targets.push_back({node, int32_t(uint32_t(backend >> 32)), int32_t(uint32_t(backend))});
+  }
+  for (auto &t : targets)
+    co_await forward_cancel(t.node, t.pid, t.key);
+}
+
+// One CancelRequest to a backend node, on a connection of its own.
+Task<void> Session::forward_cancel(const Node *node, int32_t bpid, int32_t bkey) {
   auto ex = co_await asio::this_coro::executor;
   Socket s(ex);
   Deadline d(ex, sh_.cfg.proxy.connect_timeout_ms, [&s] {

@@ -16,6 +16,7 @@ Knobs: SCATTER_QUERIES (default 300), SCATTER_SEED (default 1).
 import os
 import random
 import sys
+import threading
 import time
 import unittest
 import uuid
@@ -269,6 +270,25 @@ class ScatterTest(unittest.TestCase):
         with self.ref.cursor() as cur:
             cur.execute("SELECT id, score FROM items ORDER BY score DESC, id LIMIT 50")
             self.assertEqual(got, cur.fetchall())
+
+    def test_cancel_reaches_every_shard(self):
+        conn = psycopg2.connect(self.proxy.dsn(), connect_timeout=10)
+        self.addCleanup(conn.close)
+        conn.autocommit = True
+        cur = conn.cursor()
+        # About ten matching rows per shard, a second each: ten seconds without the cancel, and
+        # as long if it stopped one shard only.
+        timer = threading.Timer(0.5, conn.cancel)
+        t0 = time.monotonic()
+        timer.start()
+        with self.assertRaises(psycopg2.Error) as cm:
+            cur.execute("SELECT id, pg_sleep(1) FROM items WHERE id % 50 = 0")
+        elapsed = time.monotonic() - t0
+        timer.join()
+        self.assertEqual(cm.exception.pgcode, "57014", str(cm.exception))
+        self.assertLess(elapsed, 5, "the cancel should stop every shard's part, not one")
+        cur.execute("SELECT count(*) FROM items")
+        self.assertEqual(cur.fetchone()[0], ROWS)
 
     def test_an_error_on_one_shard_is_one_error_naming_it(self):
         victim = self.rows[len(self.rows) // 2][0]
