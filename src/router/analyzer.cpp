@@ -445,8 +445,16 @@ private:
     };
     if (s->having_clause)
       return refuse("HAVING");
-    if (s->n_distinct_clause)
-      return refuse("DISTINCT");
+    // DISTINCT (a list of one empty node) is merged like GROUP BY every column; DISTINCT ON
+    // is not.
+    bool distinct = false;
+    if (s->n_distinct_clause) {
+      if (s->n_distinct_clause != 1 || (s->distinct_clause[0] &&
+                                        s->distinct_clause[0]->node_case !=
+                                            PG_QUERY__NODE__NODE__NOT_SET))
+        return refuse("DISTINCT ON");
+      distinct = true;
+    }
     if (s->n_window_clause || s->with_clause || !f.ctes.empty())
       return refuse("WINDOW or WITH");
     if (s->limit_option == PG_QUERY__LIMIT_OPTION__LIMIT_OPTION_WITH_TIES)
@@ -520,9 +528,24 @@ private:
         return refuse("the aggregate " + name + "()");
       ++aggs;
     }
+    if (distinct) {
+      if (aggs || spec->grouped)
+        return refuse("DISTINCT with GROUP BY or aggregates");
+      for (size_t i = 0; i < s->n_target_list; ++i) {
+        const Node *v = s->target_list[i]->res_target->val;
+        if (v->node_case == PG_QUERY__NODE__NODE_COLUMN_REF &&
+            v->column_ref->n_fields > 0 &&
+            v->column_ref->fields[v->column_ref->n_fields - 1]->node_case ==
+                PG_QUERY__NODE__NODE_A_STAR)
+          return refuse("DISTINCT *");
+      }
+      spec->grouped = true; // every column is a group column
+      spec->aggs.assign(s->n_target_list, ScatterSpec::Agg::group);
+      groups = s->n_target_list;
+    }
     if (std::find(group_used.begin(), group_used.end(), false) != group_used.end())
       return refuse("GROUP BY a column that is not in the SELECT list");
-    if (spec->grouped && !aggs)
+    if (spec->grouped && !aggs && !distinct)
       return refuse("GROUP BY without an aggregate (use DISTINCT)");
     if (aggs && aggs + groups != s->n_target_list)
       return refuse("aggregates beside plain columns (that needs GROUP BY)");

@@ -322,6 +322,11 @@ TEST(Scatter, PlansWhatItCanMergeAndRefusesTheRest) {
   EXPECT_EQ(g.scatter->aggs, (std::vector<Agg>{Agg::group, Agg::count, Agg::max}));
   EXPECT_EQ(g.scatter->order[0].position, 2);
 
+  const StatementPlan &d = plan("SELECT DISTINCT owner, balance FROM accounts ORDER BY 2", pt);
+  ASSERT_EQ(d.target, TargetKind::scatter) << d.error.message;
+  EXPECT_TRUE(d.scatter->grouped);
+  EXPECT_EQ(d.scatter->aggs, (std::vector<Agg>{Agg::group, Agg::group}));
+
   const StatementPlan &c = plan("SELECT name FROM users ORDER BY name COLLATE \"C\"", pt);
   ASSERT_EQ(c.target, TargetKind::scatter) << c.error.message;
   EXPECT_TRUE(c.scatter->order[0].collate_c);
@@ -330,7 +335,9 @@ TEST(Scatter, PlansWhatItCanMergeAndRefusesTheRest) {
                          "SELECT count(*) FROM accounts GROUP BY owner",
                          "SELECT lower(owner), count(*) FROM accounts GROUP BY lower(owner)",
                          "SELECT owner, count(*) FROM accounts GROUP BY ROLLUP (owner)",
-                         "SELECT DISTINCT owner FROM accounts",
+                         "SELECT DISTINCT ON (owner) owner, id FROM accounts",
+                         "SELECT DISTINCT * FROM accounts",
+                         "SELECT DISTINCT owner, count(*) FROM accounts GROUP BY owner",
                          "SELECT avg(balance) FROM accounts",
                          "SELECT count(DISTINCT owner) FROM accounts",
                          "SELECT id, count(*) FROM accounts",
