@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <chrono>
 
 namespace sg::proxy {
 
@@ -149,6 +150,7 @@ Task<bool> Session::scatter_read(std::shared_ptr<const router::Analysis> analysi
       shard_sql.replace(c->start, c->end - c->start, text);
   }
 
+  auto started = std::chrono::steady_clock::now();
   // Backends, settings, the statement.
   Scatter s;
   s.shards = shards;
@@ -437,6 +439,9 @@ Task<bool> Session::scatter_read(std::shared_ptr<const router::Analysis> analysi
   }
   if (cancel_)
     cancel_->set_many({});
+  for (size_t i = 0; i < n; ++i) // counted per shard, as the shard's own queries are
+    if (swallow[i] >= 0 && !bs[i]->broken)
+      record_query(shards[i], *bs[i], QueryKind::read, started, query_plan_.scan.normalized);
   detach_if_idle();
   ready();
   co_return !closing_;

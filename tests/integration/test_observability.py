@@ -110,6 +110,18 @@ class MetricsTest(harness.ClusterTestCase):
                                 total(before, "shardgate_query_duration_seconds_count"), 250)
         self.assertEqual(total(after, "shardgate_build_info"), 1)
         self.assertEqual(total(after, "shardgate_ring_epoch"), 1)
+        # A read across shards: one scatter route, one query per shard.
+        before = parse(self.scrape())
+        c = psycopg2.connect(self.proxy.dsn())
+        c.autocommit = True
+        c.cursor().execute("SELECT count(*) FROM accounts")
+        c.close()
+        after = parse(self.scrape())
+        self.assertEqual(total(after, "shardgate_routes_total", route="scatter") -
+                         total(before, "shardgate_routes_total", route="scatter"), 1)
+        self.assertGreaterEqual(total(after, "shardgate_queries_total", kind="read") -
+                                total(before, "shardgate_queries_total", kind="read"),
+                                self.cluster.shards)
         # An unroutable statement is a client error of class 0A.
         c = psycopg2.connect(self.proxy.dsn())
         c.autocommit = True
