@@ -56,6 +56,34 @@ bool is_volatile_function(std::string_view name) {
   return false;
 }
 
+// Calls fn(child) for each message-typed field of m that is set: every element of a repeated
+// field, and of a oneof (a Node's union) only the member in use, since the others alias it.
+// fn returns false to stop; so does this.
+template <class Fn> bool for_each_child(const ProtobufCMessage *m, Fn &&fn) {
+  const ProtobufCMessageDescriptor *d = m->descriptor;
+  const char *base = reinterpret_cast<const char *>(m);
+  for (unsigned i = 0; i < d->n_fields; ++i) {
+    const ProtobufCFieldDescriptor &fd = d->fields[i];
+    if (fd.type != PROTOBUF_C_TYPE_MESSAGE)
+      continue;
+    if (fd.flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
+      uint32_t which = *reinterpret_cast<const uint32_t *>(base + fd.quantifier_offset);
+      if (which != fd.id)
+        continue;
+    }
+    if (fd.label == PROTOBUF_C_LABEL_REPEATED) {
+      size_t n = *reinterpret_cast<const size_t *>(base + fd.quantifier_offset);
+      auto *arr = *reinterpret_cast<ProtobufCMessage *const *const *>(base + fd.offset);
+      for (size_t k = 0; k < n; ++k)
+        if (!fn(arr[k]))
+          return false;
+    } else if (!fn(*reinterpret_cast<ProtobufCMessage *const *>(base + fd.offset))) {
+      return false;
+    }
+  }
+  return true;
+}
+
 void walk(const ProtobufCMessage *m, Facts &f, int depth = 0) {
   if (!m || depth > 1000)
     return;
@@ -79,25 +107,10 @@ void walk(const ProtobufCMessage *m, Facts &f, int depth = 0) {
         f.volatile_fn = true;
     }
   }
-  const char *base = reinterpret_cast<const char *>(m);
-  for (unsigned i = 0; i < d->n_fields; ++i) {
-    const ProtobufCFieldDescriptor &fd = d->fields[i];
-    if (fd.type != PROTOBUF_C_TYPE_MESSAGE)
-      continue;
-    if (fd.flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
-      uint32_t which = *reinterpret_cast<const uint32_t *>(base + fd.quantifier_offset);
-      if (which != fd.id)
-        continue;
-    }
-    if (fd.label == PROTOBUF_C_LABEL_REPEATED) {
-      size_t n = *reinterpret_cast<const size_t *>(base + fd.quantifier_offset);
-      auto *arr = *reinterpret_cast<ProtobufCMessage *const *const *>(base + fd.offset);
-      for (size_t k = 0; k < n; ++k)
-        walk(arr[k], f, depth + 1);
-    } else {
-      walk(*reinterpret_cast<ProtobufCMessage *const *>(base + fd.offset), f, depth + 1);
-    }
-  }
+  for_each_child(m, [&](const ProtobufCMessage *c) {
+    walk(c, f, depth + 1);
+    return true;
+  });
 }
 
 class Analyzer {
@@ -382,24 +395,9 @@ private:
           fc->agg_within_group || is_aggregate_name(lower(last_name(fc->funcname, fc->n_funcname))))
         return true;
     }
-    const ProtobufCMessageDescriptor *d = m->descriptor;
-    for (unsigned i = 0; i < d->n_fields; ++i) {
-      const ProtobufCFieldDescriptor &fd = d->fields[i];
-      if (fd.type != PROTOBUF_C_TYPE_MESSAGE)
-        continue;
-      const char *base = reinterpret_cast<const char *>(m);
-      if (fd.label == PROTOBUF_C_LABEL_REPEATED) {
-        size_t n = *reinterpret_cast<const size_t *>(base + fd.quantifier_offset);
-        auto *arr = *reinterpret_cast<ProtobufCMessage *const *const *>(base + fd.offset);
-        for (size_t k = 0; k < n; ++k)
-          if (has_aggregate(arr[k], depth + 1))
-            return true;
-      } else if (has_aggregate(*reinterpret_cast<ProtobufCMessage *const *>(base + fd.offset),
-                               depth + 1)) {
-        return true;
-      }
-    }
-    return false;
+    return !for_each_child(m, [&](const ProtobufCMessage *c) {
+      return !has_aggregate(c, depth + 1);
+    });
   }
 
   // The constant index of a non-negative integer LIMIT/OFFSET, -1 for none (or LIMIT ALL);
