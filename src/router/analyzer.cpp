@@ -176,6 +176,12 @@ private:
       refs.push_back({t, rv->alias ? rv->alias->aliasname : rv->relname});
   }
 
+  // The first constant of the text at or after byte `loc`.
+  std::vector<ConstToken>::const_iterator first_const_at(uint32_t loc) const {
+    return std::lower_bound(consts_.begin(), consts_.end(), loc,
+                            [](const ConstToken &t, uint32_t l) { return t.start < l; });
+  }
+
   // A literal, a parameter, or either under a type cast.
   bool value_ref(const Node *n, int table, ValueRef &out) const {
     if (!n)
@@ -191,8 +197,7 @@ private:
       if (c->isnull || c->location < 0)
         return false;
       auto loc = uint32_t(c->location);
-      auto it = std::lower_bound(consts_.begin(), consts_.end(), loc,
-                                 [](const ConstToken &t, uint32_t l) { return t.start < l; });
+      auto it = first_const_at(loc);
       if (it == consts_.end())
         return false;
       bool negate = false;
@@ -414,8 +419,7 @@ private:
     if (c->val_case != PG_QUERY__A__CONST__VAL_IVAL || c->location < 0)
       return false;
     auto loc = uint32_t(c->location);
-    auto it = std::lower_bound(consts_.begin(), consts_.end(), loc,
-                               [](const ConstToken &t, uint32_t l) { return t.start < l; });
+    auto it = first_const_at(loc);
     if (it == consts_.end() || it->start != loc)
       return false;
     out = int32_t(it - consts_.begin());

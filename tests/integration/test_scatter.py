@@ -128,6 +128,21 @@ class ScatterTest(unittest.TestCase):
             self.assertEqual(norm(got[2]), norm(ref[2]), f"rows differ: {sql}")
         self.assertEqual(got[3], ref[3], f"command tag differs: {sql}")
 
+    def assert_groups(self, rng, sql, groups, lead=lambda order: None):
+        """A grouped (or DISTINCT) query: unordered, or ordered on every group column (a total
+        order, after what lead() puts first), with LIMIT and OFFSET sometimes."""
+        if rng.random() >= 0.6:
+            self.assert_same(sql, False)
+            return
+        order = [SORTABLE[g] + rng.choice(["", " DESC", " NULLS FIRST"]) for g in groups]
+        lead(order)
+        sql += f" ORDER BY {', '.join(order)}"
+        if rng.random() < 0.5:
+            sql += f" LIMIT {rng.randrange(0, 30)}"
+        if rng.random() < 0.3:
+            sql += f" OFFSET {rng.randrange(0, 20)}"
+        self.assert_same(sql, True)
+
     def assert_refused(self, sql):
         with self.px.cursor() as cur:
             with self.assertRaises(psycopg2.Error, msg=sql) as cm:
@@ -165,17 +180,8 @@ class ScatterTest(unittest.TestCase):
                 if kind == "distinct":
                     cols = rng.sample(["grp", "name", "day", "amount", "tag", "score"],
                                       rng.randrange(1, 3))
-                    sql = f"SELECT DISTINCT {', '.join(cols)} FROM items {where}"
-                    if rng.random() < 0.6:  # every column: a total order
-                        sql += " ORDER BY " + ", ".join(
-                            SORTABLE[c] + rng.choice(["", " DESC", " NULLS FIRST"]) for c in cols)
-                        if rng.random() < 0.5:
-                            sql += f" LIMIT {rng.randrange(0, 30)}"
-                        if rng.random() < 0.3:
-                            sql += f" OFFSET {rng.randrange(0, 20)}"
-                        self.assert_same(sql, True)
-                    else:
-                        self.assert_same(sql, False)
+                    self.assert_groups(rng, f"SELECT DISTINCT {', '.join(cols)} FROM items {where}",
+                                       cols)
                     continue
                 if kind == "grouped":
                     groups = rng.sample(["grp", "name", "day", "amount", "tag"], rng.randrange(1, 3))
@@ -184,22 +190,13 @@ class ScatterTest(unittest.TestCase):
                                         "max(name)", "min(id)"], rng.randrange(1, 4))
                     listed = groups + items
                     rng.shuffle(listed)
-                    sql = f"SELECT {', '.join(listed)} FROM items {where} GROUP BY {', '.join(groups)}"
-                    if rng.random() < 0.6:  # every group column: a total order
-                        order = [SORTABLE[g] + rng.choice(["", " DESC", " NULLS FIRST"])
-                                 for g in groups]
-                        numeric = [i for i in items if i != "max(name)"]  # text needs COLLATE
+                    numeric = [i for i in items if i != "max(name)"]  # text needs COLLATE
+
+                    def lead(order):
                         if numeric and rng.random() < 0.5:  # an aggregate first, by position
-                            pos = listed.index(rng.choice(numeric)) + 1
-                            order.insert(0, f"{pos} DESC")
-                        sql += f" ORDER BY {', '.join(order)}"
-                        if rng.random() < 0.5:
-                            sql += f" LIMIT {rng.randrange(0, 30)}"
-                        if rng.random() < 0.3:
-                            sql += f" OFFSET {rng.randrange(0, 20)}"
-                        self.assert_same(sql, True)
-                    else:
-                        self.assert_same(sql, False)
+                            order.insert(0, f"{listed.index(rng.choice(numeric)) + 1} DESC")
+                    self.assert_groups(rng, f"SELECT {', '.join(listed)} FROM items {where} "
+                                       f"GROUP BY {', '.join(groups)}", groups, lead)
                     continue
                 cols = rng.sample(COLS, rng.randrange(1, len(COLS) + 1))
                 if kind == "plain":
