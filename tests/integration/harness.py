@@ -346,7 +346,12 @@ class Proxy:
                  proxy_options=None):
         self.cluster = cluster
         self.port = free_port_block(1)
+        # A port can come round again for a later proxy of the same cluster: keep both logs.
         self.dir = cluster.dir / f"proxy-{self.port}"
+        n = 1
+        while self.dir.exists():
+            n += 1
+            self.dir = cluster.dir / f"proxy-{self.port}-{n}"
         self.dir.mkdir(parents=True)
         self.config = self.dir / "shardgate.toml"
         self.log_path = self.dir / "shardgate.log"
