@@ -112,6 +112,7 @@ synchronous_commit = off
 full_page_writes = off
 shared_buffers = 128MB
 max_connections = 200
+max_prepared_transactions = 64  # two-phase commit of transactions across shards
 password_encryption = $pwenc
 EOF
     as_pg tee "$d/pg_hba.conf" >/dev/null <<EOF

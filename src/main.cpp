@@ -2,6 +2,7 @@
 #include "admin/server.h"
 #include "config/config.h"
 #include "metrics/exporter.h"
+#include "executor/journal.h"
 #include "migrations/runner.h"
 #include "proxy/errors.h"
 #include "proxy/server.h"
@@ -62,6 +63,8 @@ void reload(const std::string &path, const sg::config::Config &started, sg::prox
   changed(other_replicas == started.replicas, "[replicas] (except max_lag_bytes, max_lag_ms)");
   changed(n.metrics == started.metrics, "[metrics]");
   changed(n.metadata == started.metadata, "[metadata]");
+  changed(n.migrations == started.migrations, "[migrations]");
+  changed(n.transactions == started.transactions, "[transactions]");
   changed(n.admin == started.admin, "[admin]");
   changed(n.shards == started.shards && n.tables == started.tables && n.ring == started.ring,
           "[[shards]]/[[tables]]/[ring] (the topology: change it through the admin API)");
@@ -207,6 +210,7 @@ int main(int argc, char **argv) {
   std::unique_ptr<sg::metrics::Exporter> exporter;
   std::unique_ptr<sg::topology::Watcher> watcher;
   std::unique_ptr<sg::migrations::Runner> runner;
+  std::unique_ptr<sg::executor::Journal> journal;
   std::unique_ptr<sg::admin::Server> admin;
   int rc = server.run(
       [&] {
@@ -271,6 +275,28 @@ int main(int argc, char **argv) {
           runner = std::make_unique<sg::migrations::Runner>(meta_cfg, instance,
                                                             &server.migration_stats());
           runner->start();
+          // Two-phase commit's decisions, and recovery of in-doubt transactions.
+          sg::executor::Journal::Options jo;
+          jo.metadata = sg::topology::metadata_endpoint(meta_cfg);
+          jo.recover_after_ms = meta_cfg.transactions.recover_after_ms;
+          jo.interval_ms = meta_cfg.transactions.recovery_interval_ms;
+          jo.shards = [&] {
+            sg::topology::Topology t;
+            {
+              std::lock_guard lk(running.mu);
+              t = running.t;
+            }
+            std::vector<sg::config::Endpoint> out;
+            sg::config::Config c = meta_cfg;
+            std::string err;
+            if (sg::topology::apply_to(t, c, err))
+              for (auto &s : c.shards)
+                out.push_back(s.primary);
+            return out;
+          };
+          journal = std::make_unique<sg::executor::Journal>(std::move(jo));
+          journal->start();
+          server.set_journal(journal.get());
         }
         if (admin_cfg.listen_port != 0) {
           sg::admin::Sources src;
@@ -306,6 +332,8 @@ int main(int argc, char **argv) {
       },
       [&] {
         admin.reset();
+        server.set_journal(nullptr);
+        journal.reset();
         runner.reset();
         watcher.reset();
         exporter.reset();

@@ -293,8 +293,8 @@ LoadResult load_string(std::string_view text, const std::string &path) {
   Config c;
   c.path = path;
   r.unknown_keys(root,
-                 {"proxy", "users", "ring", "replicas", "metrics", "metadata", "migrations", "admin",
-                  "log", "shards", "tables"},
+                 {"proxy", "users", "ring", "replicas", "metrics", "metadata", "migrations",
+                  "transactions", "admin", "log", "shards", "tables"},
                  "the top level");
 
   if (auto *p = r.table(root, "proxy")) {
@@ -429,6 +429,13 @@ LoadResult load_string(std::string_view text, const std::string &path) {
     r.get_uint(*mg, "max_rows_per_second", c.migrations.max_rows_per_second, 0, 100000000);
     r.get_uint(*mg, "cutover_pause_ms", c.migrations.cutover_pause_ms, 10, 60000);
     r.get_uint(*mg, "batch_rows", c.migrations.batch_rows, 1, 100000);
+  }
+  if (auto *tx = r.table(root, "transactions")) {
+    r.unknown_keys(*tx, {"two_phase_commit", "recover_after_ms", "recovery_interval_ms"},
+                   "[transactions]");
+    r.get_bool(*tx, "two_phase_commit", c.transactions.two_phase_commit);
+    r.get_uint(*tx, "recover_after_ms", c.transactions.recover_after_ms, 100, 3600000);
+    r.get_uint(*tx, "recovery_interval_ms", c.transactions.recovery_interval_ms, 50, 600000);
   }
   if (auto *ad = r.table(root, "admin")) {
     r.unknown_keys(*ad, {"listen", "token_file", "allow_no_token"}, "[admin]");

@@ -122,6 +122,14 @@ struct Migrations {
   bool operator==(const Migrations &) const = default;
 };
 
+// Transactions that write on more than one shard ([transactions]).
+struct Transactions {
+  bool two_phase_commit = true;       // false: commit each shard in turn (best effort)
+  uint32_t recover_after_ms = 10000;  // a prepared transaction this old without a decision: aborted
+  uint32_t recovery_interval_ms = 1000; // how often in-doubt transactions are looked for
+  bool operator==(const Transactions &) const = default;
+};
+
 // The admin REST API ([admin]).
 struct Admin {
   std::string listen_host; // empty: no admin API
@@ -149,6 +157,7 @@ struct Config {
   Metrics metrics;
   Metadata metadata;
   Migrations migrations;
+  Transactions transactions;
   Admin admin;
   Log log;
   std::vector<Shard> shards;

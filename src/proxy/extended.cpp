@@ -51,7 +51,7 @@ void Session::synthesize_batch(const std::vector<Msg> &batch, const std::string 
 // routes. Decides where it goes without changing anything; false leaves the messages to the
 // general path (query_loop's batch and on_batch()), which also reports whatever is wrong.
 bool Session::fast_batch(FastBatch &fb, QueryRun &q) {
-  if (!batch_.empty() || skip_until_sync_ || proxy_failed_ || batch_shard_ >= 0 ||
+  if (!batch_.empty() || skip_until_sync_ || proxy_failed_ || batch_shard_ >= 0 || multi_tx() ||
       log::enabled(log::Level::debug)) // on_batch() logs each batch
     return false;
   const uint8_t *data = cbuf_.data();
@@ -203,7 +203,7 @@ void Session::settle_tx_slow(int shard, char tx_before) {
       virtual_portals_.clear();
     }
   } else {
-    tx_shard_ = shard;
+    bind_tx(shard);
   }
   detach_if_idle();
 }
@@ -362,6 +362,7 @@ struct Session::BatchPlan {
   int binds = 0;
   StmtRef first_bound; // for metrics and the slow-query log
   StmtRef ddl;         // a DDL statement to run on every primary (the batch's only Bind)
+  StmtRef end_multi;   // COMMIT or ROLLBACK of a transaction across shards (its only Bind)
   QueryKind kind = QueryKind::other;
 };
 
@@ -570,6 +571,20 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
       // statement that did not parse failed at its Parse, so the server skips its Bind.
       if (failed_tx || !an.parsed || an.stmts.empty())
         break;
+      if (multi_tx()) {
+        const router::StatementPlan &s0 = an.stmts[0];
+        if (an.stmts.size() == 1 && total_binds == 1 && !s0.chain &&
+            (s0.kind == router::StmtKind::commit || s0.kind == router::StmtKind::rollback)) {
+          bp.end_multi = it.st; // ends the transaction on every shard (end_multi_tx)
+          break;
+        }
+        fail("0A000",
+             "a transaction across shards takes statements through the simple query protocol "
+             "only, for now",
+             "roll it back, and keep transactions sent with the extended protocol (prepared "
+             "statements, JDBC, psycopg 3, asyncpg) on one shard key's shard");
+        break;
+      }
       const router::StatementPlan &sp = an.stmts[0];
       if (!params_cover_keys(sp, it.bind))
         break; // the server rejects the Bind (08P01): nothing to route by
@@ -616,8 +631,8 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
         fail("0A000",
              "transaction touches a second shard (\"" + sh_.shard_name(size_t(s)) +
                  "\" after \"" + sh_.shard_name(size_t(held)) + "\")",
-             "keep each transaction on one shard key's shard; cross-shard transactions (2PC) "
-             "are not supported yet");
+             "keep each transaction sent with the extended protocol on one shard key's shard; "
+             "transactions across shards work through the simple query protocol only, for now");
       else if (bp.shard >= 0 && s != bp.shard)
         fail("0A000", "this pipeline touches more than one shard before Sync",
              "send a Sync between statements for different shards; cross-shard transactions "
@@ -864,6 +879,7 @@ void Session::run_deferred(const ClientStmt &st, bool reply) {
       break;
     }
     tx_settings_snapshot_ = settings_before_ ? *settings_before_ : settings_;
+    note_tx_statement(sp, text);
     deferred_ = text;
     for (auto &s : implicit_local_) // the implicit transaction's SET LOCALs go on in the block
       deferred_ += ";" + s;
@@ -919,6 +935,7 @@ void Session::run_deferred(const ClientStmt &st, bool reply) {
     deferred_ += ";" + text;
     break;
   default: // SAVEPOINT
+    note_tx_statement(sp, text);
     deferred_ += ";" + text;
     break;
   }
@@ -1272,6 +1289,31 @@ Task<bool> Session::on_batch() {
     co_return true;
   }
 
+  if (bp.end_multi && bp.error) [[unlikely]] {
+    // Another message of the batch failed: the transaction across shards rolls back on every
+    // shard (never a COMMIT on one of them), and the batch is answered with its error.
+    std::string discard;
+    sink_ = &discard;
+    co_await end_multi_tx(false);
+    sink_ = &out_;
+    synthesize_items(bp);
+    co_return true;
+  }
+  if (bp.end_multi) {
+    // The end of a transaction across shards: run on every shard it holds; the client gets the
+    // extended protocol's answers (or the error, then ReadyForQuery).
+    bool commit = bp.end_multi->planned.analysis->stmts[0].kind == router::StmtKind::commit;
+    std::string capture;
+    sink_ = &capture;
+    co_await end_multi_tx(commit && tx_ != 'E');
+    sink_ = &out_;
+    if (!capture.empty() && capture[0] == 'E')
+      out_ += capture;
+    else
+      synthesize_batch(batch, last_rollback_ ? "ROLLBACK" : "COMMIT");
+    co_return true;
+  }
+
   // Step 2: where the batch runs.
   int held = tx_shard_ >= 0 ? tx_shard_ : batch_shard_;
   if (proxy_failed_ && held < 0 &&
@@ -1366,9 +1408,9 @@ Task<bool> Session::on_batch() {
     exp_.emplace_back(Expect::query, false);
     b->unnamed_owner = 0; // a simple Query drops the unnamed statement
   }
-  if (poison && !side) { // the backend holds the failed transaction from here on
+  if (poison && !side && !multi_tx()) { // the backend holds the failed transaction from here on
     proxy_failed_ = false;
-    tx_shard_ = shard;
+    bind_tx(shard);
   }
   ErrorCode ec;
   std::string_view rest = wbuf_;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "config/config.h"
+#include "executor/twophase.h"
 #include "protocol/auth.h"
 #include "proxy/backend.h"
 #include "proxy/health.h"
@@ -191,6 +192,9 @@ struct Shared {
   };
   ControlPlane control;
   MigrationStats migration;
+  // Where two-phase commit records its decisions (set by main when the metadata database is
+  // on; null: a transaction that writes on several shards cannot commit atomically).
+  std::atomic<executor::DecisionJournal *> journal{nullptr};
   // A node as operators see it: "up", "lagging" (a replica the lag gate holds back), "banned"
   // (the circuit breaker is open) or "down" (its last probe failed).
   const char *node_state(size_t id) const;
@@ -293,6 +297,7 @@ public:
   void reload(const config::Config &next);
   const Shared &shared() const { return *shared_; }
   void set_write_fence(bool on) { shared_->write_fence.store(on, std::memory_order_relaxed); }
+  void set_journal(executor::DecisionJournal *j) { shared_->journal.store(j); }
   Shared::ControlPlane &control() { return shared_->control; }
   MigrationStats &migration_stats() { return shared_->migration; }
   // A new placement (see Shared::apply_placement): the monitor probes the nodes that joined and

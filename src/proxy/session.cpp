@@ -272,6 +272,10 @@ Task<void> Session::query_loop() {
           step = route_query(query_, q);
         }
         hold_since_ = {};
+        if (step == QueryStep::end_multi) {
+          co_await end_multi_tx(multi_commit_);
+          continue;
+        }
         if (step == QueryStep::end_failed_tx) {
           co_await end_failed_tx();
           synthetic_done(*sink_, "ROLLBACK");
@@ -535,6 +539,8 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
   int shard = -1;
   bool all_read = true, none_only = true, broadcast_ddl = false;
   for (const auto &st : stmts) {
+    if (st.kind == router::StmtKind::begin || st.kind == router::StmtKind::savepoint) [[unlikely]]
+      note_tx_statement(st, text_of(st));
     router::Resolved r =
         sh_.router.resolve(st, sql, planned.scan, {}, w_->place().keys.get(), true);
     count_route(w_->stats, r.kind, st);
@@ -606,6 +612,29 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
   }
 
   bool tx_bound = tx_shard_ >= 0;
+  if (tx_bound && (multi_tx() || (shard >= 0 && shard != tx_shard_))) [[unlikely]] {
+    // A transaction across shards: what would end or divide it on one shard only is refused.
+    for (const auto &st : stmts) {
+      const char *what = nullptr;
+      if (st.kind == router::StmtKind::savepoint && st.tag != "SET")
+        what = "savepoints";
+      else if (st.prepared_tx)
+        what = "PREPARE TRANSACTION and COMMIT/ROLLBACK PREPARED";
+      else if (st.chain)
+        what = "COMMIT/ROLLBACK AND CHAIN";
+      else if (!single && (st.kind == router::StmtKind::commit ||
+                           st.kind == router::StmtKind::rollback))
+        what = "COMMIT or ROLLBACK in a query string with other statements";
+      if (what) {
+        error("0A000", std::string(what) + " are not supported in a transaction across shards",
+              "send COMMIT or ROLLBACK as a statement of its own; keep savepoints in "
+              "transactions on one shard");
+        fail_transaction_by_proxy();
+        ready();
+        return QueryStep::answered;
+      }
+    }
+  }
   if (single && in_tx() && !tx_bound && first.kind == router::StmtKind::read && first.tableless &&
       (first.pipelinable || first.tag == "SHOW"))
     return QueryStep::side; // SELECT 1, SHOW: chooses no shard for the waiting transaction
@@ -631,6 +660,10 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
       break;
     case router::StmtKind::commit:
     case router::StmtKind::rollback:
+      if (multi_tx()) {
+        multi_commit_ = first.kind == router::StmtKind::commit && tx_ != 'E';
+        return QueryStep::end_multi;
+      }
       if (in_tx() && !tx_bound) {
         last_rollback_ = !(first.kind == router::StmtKind::commit && tx_ != 'E');
         apply_tx_end();
@@ -693,15 +726,19 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
 
   if (shard < 0)
     shard = tx_bound ? tx_shard_ : int(sh_.router.default_shard());
-  if (tx_bound && shard != tx_shard_) {
-    error("0A000",
-          "transaction touches a second shard (\"" + sh_.shard_name(size_t(shard)) +
-              "\" after \"" + sh_.shard_name(size_t(tx_shard_)) + "\")",
-          "keep each transaction on one shard key's shard; cross-shard transactions (2PC) are "
-          "not supported yet");
-    fail_transaction_by_proxy();
-    ready();
-    return QueryStep::answered;
+  if (tx_bound && shard != tx_shard_ && !(shard < 64 && (tx_shards_ >> shard) & 1)) {
+    // The transaction takes this shard on: its backend begins the same transaction first.
+    std::string why = join_refusal(size_t(shard));
+    if (!why.empty()) {
+      error("0A000",
+            "transaction touches a second shard (\"" + sh_.shard_name(size_t(shard)) +
+                "\" after \"" + sh_.shard_name(size_t(tx_shard_)) + "\"), and " + why,
+            "keep savepoints in transactions on one shard");
+      fail_transaction_by_proxy();
+      ready();
+      return QueryStep::answered;
+    }
+    deferred_ = join_text();
   }
   // Reads outside a transaction, and READ ONLY transactions, may use a replica.
   q.shard = shard;
@@ -799,8 +836,10 @@ void Session::query_done(const QueryRun &q, BackendConn &b) {
 // back, and the client is told ROLLBACK (as PostgreSQL answers COMMIT in a failed transaction).
 Task<void> Session::end_failed_tx() {
   last_rollback_ = true;
-  if (tx_shard_ >= 0 && attached_[size_t(tx_shard_)].conn) {
-    BackendConn &b = *attached_[size_t(tx_shard_)].conn;
+  for (size_t s = 0; s < attached_.size(); ++s) { // every shard the transaction holds
+    if (!attached_[s].conn || (int(s) != tx_shard_ && !(s < 64 && (tx_shards_ >> s) & 1)))
+      continue;
+    BackendConn &b = *attached_[s].conn;
     wbuf_.clear();
     protocol::query(wbuf_, "ROLLBACK");
     exp_.emplace_back(Expect::query, false);

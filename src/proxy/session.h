@@ -100,7 +100,16 @@ private:
   void arrive(int fd);
   // A simple Query: route_query() decides with no I/O; query_loop() runs the common case
   // itself (no coroutine frame per query). sql is query_, valid until the next message.
-  enum class QueryStep : uint8_t { answered, run, end_failed_tx, broadcast, side, hold, scatter };
+  enum class QueryStep : uint8_t {
+    answered,
+    run,
+    end_failed_tx,
+    broadcast,
+    side,
+    hold,
+    scatter,
+    end_multi
+  };
   struct QueryRun {
     int shard = -1;
     bool read = false, all_read = true;
@@ -182,6 +191,21 @@ private:
   Task<bool> scatter_next(Scatter &s, size_t i);
   uint64_t scatter_shards_ = 0; // the scatter route_query() chose: its shards (0: every owner)
   Task<bool> next_frame(BackendConn &b, char &type, std::string &body);
+  // session_tx.cpp: a transaction across shards (simple protocol).
+  bool multi_tx() const { return (tx_shards_ & (tx_shards_ - 1)) != 0; }
+  void note_tx_statement(const router::StatementPlan &st, std::string_view text);
+  void bind_tx(int shard);
+  std::string join_refusal(size_t shard) const;
+  std::string join_text() const;
+  Task<void> control_all(const std::vector<BackendConn *> &bs, const std::vector<std::string> &sqls,
+                         std::vector<protocol::ErrorInfo> &errs);
+  Task<executor::Outcome> await_decision(const std::string &txid, std::string &error);
+  Task<void> end_multi_tx(bool commit);
+  uint64_t tx_shards_ = 0;      // the shards the open transaction holds (bit per shard)
+  uint64_t tx_writers_ = 0;     // those it wrote on
+  std::string tx_begin_;        // its BEGIN (and SET TRANSACTION), for shards it takes on
+  bool tx_savepoints_ = false;  // it made a savepoint (which only its home shard would hold)
+  bool multi_commit_ = false;   // end_multi: COMMIT (else ROLLBACK)
   Task<bool> run_on_all_primaries(const std::string &sql, std::string &first_capture,
                                   std::string &tag);
   void synthesize_batch(const std::vector<Msg> &batch, const std::string &tag);

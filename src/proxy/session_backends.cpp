@@ -194,10 +194,13 @@ void Session::record_query(size_t shard, const BackendConn &b, QueryKind kind,
 // A write reached shard's primary: reads of that shard must see it (read-your-writes) once
 // committed; an open transaction stamps at its end.
 void Session::note_write(size_t shard) {
-  if (tx_ == 'I')
+  if (tx_ == 'I') {
     ryw_at_[shard] = now_ms();
-  else
+  } else {
     tx_wrote_ = true;
+    if (shard < 64)
+      tx_writers_ |= uint64_t(1) << shard;
+  }
 }
 
 void Session::release(Attached &a) {

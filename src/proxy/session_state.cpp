@@ -135,6 +135,19 @@ void Session::apply_tx_end() {
   }
   if (tx_wrote_ && tx_shard_ >= 0)
     ryw_at_[size_t(tx_shard_)] = now_ms();
+  if (multi_tx()) {
+    for (size_t s = 0; s < attached_.size() && s < 64; ++s) {
+      if ((tx_writers_ >> s) & 1)
+        ryw_at_[s] = now_ms();
+      // A shard still in the transaction when it ended elsewhere (the extended protocol ended
+      // it on its home shard): the connection is closed, which rolls it back.
+      if (((tx_shards_ >> s) & 1) && attached_[s].conn && attached_[s].conn->tx_status != 'I')
+        attached_[s].conn->broken = true;
+    }
+  }
+  tx_shards_ = tx_writers_ = 0;
+  tx_begin_.clear();
+  tx_savepoints_ = false;
   tx_wrote_ = false;
   tx_read_only_ = false;
   tx_ = 'I';

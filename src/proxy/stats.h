@@ -60,6 +60,8 @@ struct WorkerStats {
   std::atomic<int64_t> clients_waiting{0}; // waiting for a pooled connection
   std::atomic<uint64_t> moves_in{0};       // sessions moved here from another worker
   std::atomic<uint64_t> pipelined{0};      // reads queued behind others' on a shared connection
+  // Transactions that wrote on several shards, by how two-phase commit ended them.
+  std::atomic<uint64_t> twophase_committed{0}, twophase_aborted{0}, twophase_in_doubt{0};
 
   static size_t qi(size_t shard, int role, QueryKind k) {
     return (shard * 2 + size_t(role)) * kQueryKinds + size_t(k);

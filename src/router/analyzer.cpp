@@ -758,10 +758,12 @@ StatementPlan Analyzer::plan(const Node *stmt) {
     case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_COMMIT:
       p.kind = StmtKind::commit;
       p.tag = "COMMIT";
+      p.chain = t->chain;
       break;
     case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_ROLLBACK:
       p.kind = StmtKind::rollback;
       p.tag = "ROLLBACK";
+      p.chain = t->chain;
       break;
     case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_SAVEPOINT:
       p.kind = StmtKind::savepoint;
@@ -777,6 +779,7 @@ StatementPlan Analyzer::plan(const Node *stmt) {
       break;
     default: // PREPARE TRANSACTION / COMMIT PREPARED / ROLLBACK PREPARED
       p.kind = StmtKind::other;
+      p.prepared_tx = true;
       p.target = TargetKind::default_shard;
       break;
     }

@@ -84,6 +84,8 @@ struct StatementPlan {
   uint32_t length = 0;
   std::string set_name;      // lower-case GUC name for set; empty otherwise
   bool read_only_tx = false; // BEGIN READ ONLY
+  bool chain = false;        // COMMIT/ROLLBACK AND CHAIN
+  bool prepared_tx = false;  // PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED (the client's own)
   std::string tag;           // command tag the proxy answers with when it answers itself
   bool tableless = false;    // touches no table at all (SELECT 1, SHOW): any shard can run it
   // A plain SELECT that calls no function: it leaves nothing behind on the connection (no

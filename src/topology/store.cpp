@@ -31,6 +31,10 @@ CREATE TABLE IF NOT EXISTS shardgate.migrations(
   started_at timestamptz NOT NULL DEFAULT now(),
   updated_at timestamptz NOT NULL DEFAULT now());
 ALTER TABLE shardgate.migrations ADD COLUMN IF NOT EXISTS request text;
+CREATE TABLE IF NOT EXISTS shardgate.tx_decisions(
+  txid text PRIMARY KEY,
+  outcome text NOT NULL CHECK (outcome IN ('commit', 'abort')),
+  decided_at timestamptz NOT NULL DEFAULT now());
 )sql";
 
 const char *kActive = "phase NOT IN ('DONE', 'ABORTED', 'FAILED')";
@@ -281,6 +285,56 @@ std::optional<Topology> Store::commit(Topology next, uint64_t expected, const st
   w.exec_params("SELECT pg_notify($1, $2)", kChannel, std::to_string(next.epoch));
   w.commit();
   return next;
+}
+
+std::vector<std::string> Store::decide_commit(const std::vector<std::string> &txids) {
+  pqxx::work w(c_->c);
+  w.exec("SET LOCAL synchronous_commit = on"); // the decision must survive a crash
+  std::vector<std::string> committed;
+  for (const auto &t : txids) {
+    w.exec_params("INSERT INTO shardgate.tx_decisions(txid, outcome) VALUES ($1, 'commit') "
+                  "ON CONFLICT (txid) DO NOTHING",
+                  t);
+    auto r = w.exec_params("SELECT outcome = 'commit' FROM shardgate.tx_decisions WHERE txid = $1",
+                           t);
+    if (!r.empty() && r[0][0].as<bool>())
+      committed.push_back(t);
+  }
+  w.commit();
+  return committed;
+}
+
+bool Store::resolve_in_doubt(const std::string &txid) {
+  pqxx::work w(c_->c);
+  w.exec("SET LOCAL synchronous_commit = on");
+  w.exec_params("INSERT INTO shardgate.tx_decisions(txid, outcome) VALUES ($1, 'abort') "
+                "ON CONFLICT (txid) DO NOTHING",
+                txid);
+  auto r =
+      w.exec_params("SELECT outcome = 'commit' FROM shardgate.tx_decisions WHERE txid = $1", txid);
+  w.commit();
+  return !r.empty() && r[0][0].as<bool>();
+}
+
+void Store::forget_decisions(const std::vector<std::string> &txids) {
+  if (txids.empty())
+    return;
+  pqxx::work w(c_->c);
+  w.exec("SET LOCAL synchronous_commit = off"); // a decision left behind is only clutter
+  for (const auto &t : txids)
+    w.exec_params("DELETE FROM shardgate.tx_decisions WHERE txid = $1", t);
+  w.commit();
+}
+
+std::vector<std::string> Store::decisions_older_than(int64_t ms) {
+  pqxx::read_transaction w(c_->c);
+  auto r = w.exec_params("SELECT txid FROM shardgate.tx_decisions WHERE decided_at < now() - "
+                         "make_interval(secs => $1::float8 / 1000)",
+                         ms);
+  std::vector<std::string> out;
+  for (const auto &row : r)
+    out.push_back(row[0].as<std::string>());
+  return out;
 }
 
 void Store::heartbeat(const std::string &id, const std::string &address, uint64_t applied,

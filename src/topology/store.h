@@ -8,6 +8,8 @@
 //   shardgate.proxies(id text PK, address, applied_epoch, started_at, last_heartbeat)
 //   shardgate.migrations(id PK, kind, shard, phase, progress jsonb, error, started_at,
 //     updated_at): the migration journal (written by the migration runner, issue 17)
+//   shardgate.tx_decisions(txid PK, outcome commit | abort, decided_at): two-phase commit
+//     decisions; the first outcome recorded for a txid stands (executor/journal.h)
 // Every committed change is followed by NOTIFY shardgate_topology, '<epoch>' (in its
 // transaction, so listeners never see a notification before the row).
 #pragma once
@@ -85,6 +87,14 @@ public:
   void unlock(int64_t key);
   // Proxies that heartbeat within `fresh_ms` but have not applied `epoch` yet.
   std::vector<ProxyRow> behind(uint64_t epoch, int64_t fresh_ms);
+  // Two-phase commit decisions (shardgate.tx_decisions, txid PK, outcome commit | abort).
+  // Records `commit` for each txid unless an outcome is there already (recovery's abort), in
+  // one durable transaction; returns the txids whose outcome is commit.
+  std::vector<std::string> decide_commit(const std::vector<std::string> &txids);
+  // Recovery: records `abort` unless an outcome is there already; true when it is commit.
+  bool resolve_in_doubt(const std::string &txid);
+  void forget_decisions(const std::vector<std::string> &txids);
+  std::vector<std::string> decisions_older_than(int64_t ms);
   // LISTENs on kChannel; then wait() blocks up to `ms` and says whether a notification came.
   // (Notifications only wake the waiter early: the stored epoch is what counts.)
   void listen();

@@ -1,0 +1,402 @@
+"""Transactions across shards with two-phase commit (issue 18), against real PostgreSQL.
+
+Three primaries (max_prepared_transactions > 0, synchronous_commit on for this suite so that a
+kill -9 loses nothing a commit acknowledged), a metadata database of its own (meta on s0's
+server) where two-phase commit records its decisions, and proxies that look for in-doubt
+transactions every 200 ms and resolve those older than 1 s. Clients are psycopg2 (the simple
+protocol); every check reads the primaries directly.
+
+Proved here:
+- a transfer between keys on two shards commits on both; ROLLBACK leaves both unchanged; an
+  error on one shard fails the transaction (25P02 after it) and its end rolls every shard back;
+- a transaction that only read on one shard and wrote on another commits (no 2PC needed);
+- a PREPARE that fails on one shard (a deferred unique constraint) fails the COMMIT with that
+  shard's SQLSTATE and name, and nothing is applied anywhere;
+- savepoints, COMMIT AND CHAIN and PREPARE TRANSACTION in a transaction across shards get
+  0A000 and the transaction is rolled back everywhere; so does a statement sent with the
+  extended protocol (psycopg 3) once the transaction holds two shards, while psycopg 3's own
+  COMMIT of such a transaction commits it on both;
+- concurrent transfers between random keys on all shards from 6 clients keep the sum, and no
+  prepared transaction is left behind;
+- the proxy killed (as kill -9) after PREPARE and before the decision: the restarted proxy's
+  recovery rolls both shards back; killed after the decision: recovery commits both; either
+  way the two shards agree and pg_prepared_xacts ends empty;
+- kill -9 of a shard's primary during concurrent transfers, then its restart: the sum holds on
+  the primaries, and recovery leaves no prepared transaction.
+"""
+import os
+import random
+import sys
+import threading
+import time
+import unittest
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+try:
+    import psycopg2
+    import psycopg2.errors
+except ImportError:  # pragma: no cover
+    psycopg2 = None
+try:
+    import psycopg
+except ImportError:  # pragma: no cover
+    psycopg = None
+
+KEYS = 60          # accounts 1..KEYS, balance 1000 each
+START = 1000
+
+
+class TransactionsTest(harness.ClusterTestCase):
+    SHARDS, REPLICAS = 3, 0
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        c = cls.cluster
+        for i in range(cls.SHARDS):
+            p = c.primary_port(i)
+            c.sql(p, "ALTER SYSTEM SET synchronous_commit = on", db="postgres")
+            c.sql(p, "SELECT pg_reload_conf()", db="postgres")
+            c.sql(p, "CREATE TABLE IF NOT EXISTS uniq(id bigint, "
+                     "CONSTRAINT uniq_id UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)", user="app")
+        c.sql(c.primary_port(0), "CREATE DATABASE meta OWNER app", db="postgres")
+        cls.proxy = cls.start_proxy()
+
+    @classmethod
+    def start_proxy(cls, env=None):
+        meta = f"postgresql://app:app-secret@127.0.0.1:{cls.cluster.primary_port(0)}/meta"
+        extra = (f'[metadata]\nurl = "{meta}"\n'
+                 "[transactions]\nrecover_after_ms = 1000\nrecovery_interval_ms = 200\n")
+        old = {k: os.environ.get(k) for k in (env or {})}
+        os.environ.update(env or {})
+        try:
+            p = harness.Proxy(cls.cluster, tables=(("accounts", "id", "bigint"),
+                                                   ("uniq", "id", "bigint")),
+                              extra_toml=extra)
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        cls.addClassCleanup(p.stop)
+        return p
+
+    def setUp(self):
+        if psycopg2 is None:
+            self.skipTest("psycopg2 not installed")
+        c = self.cluster
+        for i in range(self.SHARDS):
+            p = c.primary_port(i)
+            for (gid,) in c.sql(p, "SELECT gid FROM pg_prepared_xacts"):
+                c.sql(p, f"ROLLBACK PREPARED '{gid}'")
+            c.sql(p, "TRUNCATE accounts, uniq")
+        # Rows go in one by one through the proxy: each lands on its owner.
+        conn = self.connect()
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for k in range(1, KEYS + 1):
+                cur.execute("INSERT INTO accounts(id, balance) VALUES (%s, %s)", (k, START))
+        conn.close()
+
+    # ------------------------------------------------------------------ helpers
+
+    def connect(self, proxy=None):
+        return psycopg2.connect((proxy or self.proxy).dsn(), connect_timeout=10)
+
+    def keys_on(self, shard, n=2):
+        return [k for k in range(1, KEYS + 1) if self.owner(str(k)) == shard][:n]
+
+    def balance_on_primary(self, key):
+        port = self.cluster.primary_port(self.owner(str(key)))
+        rows = self.cluster.sql(port, f"SELECT balance FROM accounts WHERE id = {key}")
+        return int(rows[0][0]) if rows else None
+
+    def total(self):
+        """Sum and row count over every primary, and whether each row is on its owner."""
+        s, n = 0, 0
+        for i in range(self.SHARDS):
+            for (k, b) in self.cluster.sql(self.cluster.primary_port(i),
+                                           "SELECT id, balance FROM accounts"):
+                self.assertEqual(self.owner(str(k)), i, f"row {k} on s{i}, not its owner")
+                s += int(b)
+                n += 1
+        return s, n
+
+    def prepared(self):
+        out = []
+        for i in range(self.SHARDS):
+            out += [(f"s{i}", g) for (g,) in self.cluster.sql(self.cluster.primary_port(i),
+                                                             "SELECT gid FROM pg_prepared_xacts")]
+        return out
+
+    def wait_no_prepared(self, timeout=15):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            left = self.prepared()
+            if not left:
+                return
+            time.sleep(0.2)
+        self.fail(f"prepared transactions left after {timeout}s: {left}")
+
+    def two_keys(self):
+        a, = self.keys_on(0, 1)
+        b, = self.keys_on(1, 1)
+        return a, b
+
+    # ------------------------------------------------------------------ tests
+
+    def decisions(self):
+        return int(self.cluster.sql(self.cluster.primary_port(0),
+                                    "SELECT count(*) FROM shardgate.tx_decisions", db="meta")[0][0])
+
+    def test_transfer_commits_on_both_shards(self):
+        a, b = self.two_keys()
+        before = self.decisions()
+        conn = self.connect()
+        with conn.cursor() as cur:  # psycopg2 opens the transaction itself (BEGIN)
+            cur.execute("UPDATE accounts SET balance = balance - 10 WHERE id = %s", (a,))
+            cur.execute("UPDATE accounts SET balance = balance + 10 WHERE id = %s", (b,))
+            cur.execute("SELECT balance FROM accounts WHERE id = %s", (a,))
+            self.assertEqual(cur.fetchone()[0], START - 10)  # read back inside, on its shard
+        conn.commit()
+        conn.close()
+        self.assertEqual(self.balance_on_primary(a), START - 10)
+        self.assertEqual(self.balance_on_primary(b), START + 10)
+        self.assertEqual(self.prepared(), [])
+        # The decision is forgotten once both shards committed.
+        deadline = time.time() + 5
+        while self.decisions() != before:
+            self.assertLess(time.time(), deadline, "the decision was not forgotten")
+            time.sleep(0.1)
+
+    def test_rollback_and_failure_leave_both_unchanged(self):
+        a, b = self.two_keys()
+        conn = self.connect()
+        with conn.cursor() as cur:
+            cur.execute("UPDATE accounts SET balance = balance - 10 WHERE id = %s", (a,))
+            cur.execute("UPDATE accounts SET balance = balance + 10 WHERE id = %s", (b,))
+        conn.rollback()
+        self.assertEqual((self.balance_on_primary(a), self.balance_on_primary(b)), (START, START))
+        # An error on the second shard: the transaction is failed, COMMIT rolls back both.
+        with conn.cursor() as cur:
+            cur.execute("UPDATE accounts SET balance = balance - 10 WHERE id = %s", (a,))
+            with self.assertRaises(psycopg2.Error) as e:
+                cur.execute("UPDATE accounts SET balance = balance / 0 WHERE id = %s", (b,))
+            self.assertEqual(e.exception.pgcode, "22012")
+        with conn.cursor() as cur:
+            with self.assertRaises(psycopg2.Error) as e:
+                cur.execute("SELECT 1")
+            self.assertEqual(e.exception.pgcode, "25P02")
+        conn.rollback()
+        conn.close()
+        self.assertEqual((self.balance_on_primary(a), self.balance_on_primary(b)), (START, START))
+        self.assertEqual(self.prepared(), [])
+
+    def test_failed_transaction_commit_answers_rollback(self):
+        a, b = self.two_keys()
+        conn = self.connect()
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("BEGIN")
+            cur.execute("UPDATE accounts SET balance = balance - 10 WHERE id = %s", (a,))
+            cur.execute("UPDATE accounts SET balance = balance + 10 WHERE id = %s", (b,))
+            with self.assertRaises(psycopg2.Error):
+                cur.execute("SELECT 1 / 0 FROM accounts WHERE id = %s", (b,))
+            cur.execute("COMMIT")
+            self.assertEqual(cur.statusmessage, "ROLLBACK")
+            cur.execute("SELECT 1")  # the session goes on
+        conn.close()
+        self.assertEqual((self.balance_on_primary(a), self.balance_on_primary(b)), (START, START))
+
+    def test_read_on_one_shard_write_on_another(self):
+        a, b = self.two_keys()
+        conn = self.connect()
+        with conn.cursor() as cur:
+            cur.execute("SELECT balance FROM accounts WHERE id = %s", (a,))
+            self.assertEqual(cur.fetchone()[0], START)
+            cur.execute("UPDATE accounts SET balance = balance + 5 WHERE id = %s", (b,))
+        conn.commit()
+        conn.close()
+        self.assertEqual(self.balance_on_primary(b), START + 5)
+
+    def test_prepare_failure_rolls_back_every_shard(self):
+        a, b = self.two_keys()
+        conn = self.connect()
+        with conn.cursor() as cur:
+            cur.execute("UPDATE accounts SET balance = balance - 10 WHERE id = %s", (a,))
+            cur.execute("INSERT INTO uniq(id) VALUES (%s)", (b,))
+            cur.execute("INSERT INTO uniq(id) VALUES (%s)", (b,))  # checked at PREPARE (deferred)
+        with self.assertRaises(psycopg2.Error) as e:
+            conn.commit()
+        self.assertEqual(e.exception.pgcode, "23505")
+        self.assertIn('shard "s1"', e.exception.diag.message_detail or "")
+        self.assertIn("rolled back on every shard", e.exception.diag.message_detail or "")
+        conn.close()
+        self.assertEqual(self.balance_on_primary(a), START)
+        self.assertEqual(self.cluster.sql(self.cluster.primary_port(1),
+                                          "SELECT count(*) FROM uniq")[0][0], "0")
+        self.assertEqual(self.prepared(), [])
+
+    def test_unsupported_inside_a_transaction_across_shards(self):
+        a, b = self.two_keys()
+        cases = [
+            ("SAVEPOINT s", "savepoints"),
+            ("COMMIT AND CHAIN", "AND CHAIN"),
+            ("PREPARE TRANSACTION 'mine'", "PREPARE TRANSACTION"),
+        ]
+        for stmt, words in cases:
+            with self.subTest(stmt=stmt):
+                conn = self.connect()
+                with conn.cursor() as cur:
+                    cur.execute("UPDATE accounts SET balance = balance - 10 WHERE id = %s", (a,))
+                    cur.execute("UPDATE accounts SET balance = balance + 10 WHERE id = %s", (b,))
+                    with self.assertRaises(psycopg2.Error) as e:
+                        cur.execute(stmt)
+                    self.assertEqual(e.exception.pgcode, "0A000")
+                    self.assertIn(words, e.exception.pgerror)
+                conn.rollback()
+                conn.close()
+                self.assertEqual((self.balance_on_primary(a), self.balance_on_primary(b)),
+                                 (START, START))
+        # A savepoint before the second shard: taking that shard on is refused.
+        conn = self.connect()
+        with conn.cursor() as cur:
+            cur.execute("UPDATE accounts SET balance = balance - 10 WHERE id = %s", (a,))
+            cur.execute("SAVEPOINT s")
+            with self.assertRaises(psycopg2.Error) as e:
+                cur.execute("UPDATE accounts SET balance = balance + 10 WHERE id = %s", (b,))
+            self.assertEqual(e.exception.pgcode, "0A000")
+        conn.rollback()
+        conn.close()
+        self.assertEqual((self.balance_on_primary(a), self.balance_on_primary(b)), (START, START))
+        self.assertEqual(self.prepared(), [])
+
+    @unittest.skipIf(psycopg is None, "psycopg 3 not installed")
+    def test_extended_protocol_in_a_transaction_across_shards_is_refused(self):
+        a, b = self.two_keys()
+        conn = psycopg.connect(self.proxy.dsn())
+        # Literal statements without parameters go as simple queries; a parameter makes psycopg
+        # use the extended protocol.
+        conn.execute(f"UPDATE accounts SET balance = balance - 10 WHERE id = {a}", prepare=False)
+        conn.execute(f"UPDATE accounts SET balance = balance + 10 WHERE id = {b}", prepare=False)
+        with self.assertRaises(psycopg.Error) as e:
+            conn.execute("SELECT balance FROM accounts WHERE id = %s", (a,))
+        self.assertEqual(e.exception.sqlstate, "0A000")
+        conn.commit()  # of a failed transaction: rolled back everywhere
+        self.assertEqual((self.balance_on_primary(a), self.balance_on_primary(b)), (START, START))
+        # Statements without parameters, and psycopg 3's own COMMIT: committed on both shards.
+        conn.execute(f"UPDATE accounts SET balance = balance - 10 WHERE id = {a}", prepare=False)
+        conn.execute(f"UPDATE accounts SET balance = balance + 10 WHERE id = {b}", prepare=False)
+        conn.commit()
+        conn.close()
+        self.assertEqual((self.balance_on_primary(a), self.balance_on_primary(b)),
+                         (START - 10, START + 10))
+        self.assertEqual(self.prepared(), [])
+
+    def transfers(self, threads=6, seconds=6.0, proxy=None, errors_ok=False):
+        """Concurrent transfers between random keys (locked in key order: PostgreSQL cannot see
+        a deadlock across shards). Returns (acknowledged, failed) counts."""
+        stop = time.time() + seconds
+        counts = {"ok": 0, "failed": 0}
+        problems = []
+        lock = threading.Lock()
+
+        def run(seed):
+            rnd = random.Random(seed)
+            conn = None
+            while time.time() < stop:
+                try:
+                    if conn is None or conn.closed:
+                        conn = self.connect(proxy)
+                    x, y = rnd.sample(range(1, KEYS + 1), 2)
+                    amount = rnd.randint(1, 50)
+                    with conn.cursor() as cur:
+                        for k in sorted((x, y)):
+                            delta = -amount if k == x else amount
+                            cur.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s",
+                                        (delta, k))
+                    conn.commit()
+                    with lock:
+                        counts["ok"] += 1
+                except psycopg2.Error as e:
+                    with lock:
+                        counts["failed"] += 1
+                    if not errors_ok and e.pgcode not in ("40001", "40P01"):
+                        problems.append(f"{e.pgcode}: {e}")
+                    try:
+                        conn.rollback()
+                    except psycopg2.Error:
+                        conn = None
+                    if errors_ok:
+                        time.sleep(0.05)
+            if conn is not None and not conn.closed:
+                conn.close()
+
+        ts = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        self.assertEqual(problems[:5], [])
+        return counts["ok"], counts["failed"]
+
+    def test_concurrent_transfers_keep_the_sum(self):
+        ok, failed = self.transfers()
+        self.assertGreater(ok, 100, "too few transfers went through")
+        self.assertEqual(self.total(), (START * KEYS, KEYS))
+        self.assertEqual(self.prepared(), [])
+
+    def crash_during_commit(self, point):
+        """Returns the two balances after a proxy that dies at `point` committed a transfer,
+        and a fresh proxy's recovery ran."""
+        a, b = self.two_keys()
+        dying = self.start_proxy(env={"SHARDGATE_TEST_2PC_CRASH": point})
+        conn = self.connect(dying)
+        with conn.cursor() as cur:
+            cur.execute("UPDATE accounts SET balance = balance - 10 WHERE id = %s", (a,))
+            cur.execute("UPDATE accounts SET balance = balance + 10 WHERE id = %s", (b,))
+        with self.assertRaises(psycopg2.Error):
+            conn.commit()  # the proxy dies: the connection is lost
+        deadline = time.time() + 5
+        while dying.alive() and time.time() < deadline:
+            time.sleep(0.05)
+        self.assertFalse(dying.alive())
+        dying.stop()
+        self.assertEqual(len(self.prepared()), 2, "both shards hold the prepared transaction")
+        self.wait_no_prepared()  # the class's proxy recovers it (older than recover_after_ms)
+        return self.balance_on_primary(a), self.balance_on_primary(b)
+
+    def test_proxy_dies_after_prepare_recovery_rolls_back(self):
+        self.assertEqual(self.crash_during_commit("after_prepare"), (START, START))
+
+    def test_proxy_dies_after_decision_recovery_commits(self):
+        self.assertEqual(self.crash_during_commit("after_decision"), (START - 10, START + 10))
+
+    def test_shard_primary_killed_during_transfers(self):
+        c = self.cluster
+        port = c.primary_port(1)
+        result = {}
+
+        def load():
+            result["counts"] = self.transfers(seconds=8.0, errors_ok=True)
+
+        t = threading.Thread(target=load)
+        t.start()
+        time.sleep(2.0)
+        c.kill9(port)
+        time.sleep(1.0)
+        c.restart(port)
+        t.join()
+        ok, failed = result["counts"]
+        self.assertGreater(ok, 50)
+        self.assertGreater(failed, 0, "the kill did not reach any transfer")
+        self.wait_no_prepared(timeout=20)
+        self.assertEqual(self.total(), (START * KEYS, KEYS))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
