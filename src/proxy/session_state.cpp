@@ -145,6 +145,8 @@ void Session::apply_tx_end() {
         attached_[s].conn->broken = true;
     }
   }
+  if (multi_tx() && cancel_)
+    cancel_->set_many({});
   tx_shards_ = tx_writers_ = 0;
   tx_begin_.clear();
   tx_savepoints_ = false;

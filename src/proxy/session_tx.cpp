@@ -35,8 +35,16 @@ void crash_point(const char *where) {
 void Session::bind_tx(int shard) {
   if (tx_shard_ < 0)
     tx_shard_ = shard;
-  if (shard >= 0 && shard < 64)
+  if (shard >= 0 && shard < 64 && !(tx_shards_ & bit(size_t(shard)))) {
     tx_shards_ |= bit(size_t(shard));
+    if (multi_tx() && cancel_) { // a CancelRequest reaches whichever shard runs the statement
+      std::vector<CancelSlot::Target> targets;
+      for (size_t s = 0; s < attached_.size() && s < 64; ++s)
+        if ((tx_shards_ & bit(s)) && attached_[s].conn)
+          targets.push_back({attached_[s].conn->node, attached_[s].conn->pid, attached_[s].conn->key});
+      cancel_->set_many(std::move(targets));
+    }
+  }
   // A statement failed on one shard of several: the others are not failed, so the proxy
   // answers for the transaction from here on (25P02), and its end rolls every shard back.
   if (tx_ == 'E' && multi_tx())
