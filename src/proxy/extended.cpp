@@ -503,6 +503,22 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
       it.error = router::RouteError{std::move(sqlstate), std::move(msg), std::move(hint)};
       bp.error = true;
     };
+    // The batch runs on one shard: the first that a Bind (or a portal it uses) routes to.
+    auto place = [&](int s) {
+      if (bp.shard >= 0 && s != bp.shard)
+        fail("0A000", "this pipeline touches more than one shard before Sync",
+             "send a Sync between statements for different shards");
+      else
+        bp.shard = s;
+    };
+    // A portal bound in an earlier batch of the transaction lives on the shard that batch ran
+    // on (its home unless portal_shard_ says otherwise): what uses it runs there.
+    auto portal_at = [&](const std::string &name) {
+      if (tx_shard_ < 0 || here(name) || !portals_.count(name) || failed_tx)
+        return;
+      auto ps = portal_shard_.find(name);
+      place(ps == portal_shard_.end() ? tx_shard_ : ps->second);
+    };
     switch (m.type) {
     case 'P': {
       auto p = protocol::parse_parse(m.body);
@@ -571,6 +587,9 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
       // statement that did not parse failed at its Parse, so the server skips its Bind.
       if (failed_tx || !an.parsed || an.stmts.empty())
         break;
+      if (const auto &s0 = an.stmts[0];
+          s0.kind == router::StmtKind::begin || s0.kind == router::StmtKind::savepoint)
+        note_tx_statement(s0, it.st->text);
       if (multi_tx()) {
         const router::StatementPlan &s0 = an.stmts[0];
         if (an.stmts.size() == 1 && total_binds == 1 && !s0.chain &&
@@ -578,12 +597,11 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
           bp.end_multi = it.st; // ends the transaction on every shard (end_multi_tx)
           break;
         }
-        fail("0A000",
-             "a transaction across shards takes statements through the simple query protocol "
-             "only, for now",
-             "roll it back, and keep transactions sent with the extended protocol (prepared "
-             "statements, JDBC, psycopg 3, asyncpg) on one shard key's shard");
-        break;
+        if (const char *what = cross_shard_refusal(s0, an.stmts.size() == 1 && total_binds == 1)) {
+          fail("0A000", std::string(what) + " are not supported in a transaction across shards",
+               "send COMMIT or ROLLBACK alone; keep savepoints in transactions on one shard");
+          break;
+        }
       }
       const router::StatementPlan &sp = an.stmts[0];
       if (!params_cover_keys(sp, it.bind))
@@ -627,18 +645,23 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
       if (r.kind == router::TargetKind::default_shard && sp.tableless)
         break; // SELECT 1: runs wherever the batch or transaction runs
       int s = int(r.shard);
-      if (held >= 0 && s != held)
-        fail("0A000",
-             "transaction touches a second shard (\"" + sh_.shard_name(size_t(s)) +
-                 "\" after \"" + sh_.shard_name(size_t(held)) + "\")",
-             "keep each transaction sent with the extended protocol on one shard key's shard; "
-             "transactions across shards work through the simple query protocol only, for now");
-      else if (bp.shard >= 0 && s != bp.shard)
-        fail("0A000", "this pipeline touches more than one shard before Sync",
-             "send a Sync between statements for different shards; cross-shard transactions "
-             "are not supported yet");
-      else
-        bp.shard = s;
+      if (held >= 0 && s != held) {
+        // In a transaction block the batch may run on another shard the transaction holds,
+        // or take one more in (session_tx.cpp); an implicit transaction cut by Flush may not.
+        std::string why = tx_shard_ < 0 || batch_shard_ >= 0
+                              ? std::string("the extended-protocol batch before it is not synced")
+                          : (s < 64 && (tx_shards_ >> s) & 1) ? std::string()
+                                                              : join_refusal(size_t(s));
+        if (!why.empty()) {
+          fail("0A000",
+               "transaction touches a second shard (\"" + sh_.shard_name(size_t(s)) +
+                   "\" after \"" + sh_.shard_name(size_t(held)) + "\"), and " + why,
+               "keep savepoints in transactions on one shard; send a Sync before a statement "
+               "for another shard");
+          break;
+        }
+      }
+      place(s);
       break;
     }
     case 'D':
@@ -660,6 +683,8 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
           stmts_.erase(sit);
         }
       } else if (auto pit = portals_.find(it.name); pit != portals_.end()) {
+        if (!virtual_portals_.count(it.name))
+          portal_at(it.name);
         if (auto v = virtual_portals_.find(it.name);
             v != virtual_portals_.end() && !here(it.name)) {
           it.virt = true;
@@ -686,6 +711,8 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
       executed.push_back(it.m->body.data()); // the portal name, NUL-terminated in the body
       if (auto pit = portals_.find(it.name); pit != portals_.end())
         it.st = pit->second;
+      if (!virtual_portals_.count(it.name))
+        portal_at(it.name);
       if (auto v = virtual_portals_.find(it.name); v != virtual_portals_.end() && !here(it.name)) {
         it.virt = true;
         if (!v->second.bind.empty() && !v->second.done) { // made again here, past its rows
@@ -754,6 +781,14 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
     }
     if (it.error)
       break;
+  }
+  if (tx_shard_ >= 0) { // where the portals bound here will live
+    int where = bp.shard >= 0 ? bp.shard : held;
+    for (const auto &name : bound_here)
+      if (where < 0 || where == tx_shard_)
+        portal_shard_.erase(name);
+      else
+        portal_shard_[name] = where;
   }
   return true;
 }
@@ -1333,6 +1368,11 @@ Task<bool> Session::on_batch() {
     side = true;
   } else if (held >= 0 || poison || bp.shard >= 0) {
     shard = held >= 0 ? held : bp.shard >= 0 ? bp.shard : int(sh_.router.default_shard());
+    if (tx_shard_ >= 0 && batch_shard_ < 0 && bp.shard >= 0 && !poison && bp.shard != held) {
+      shard = bp.shard; // another shard of the transaction, or one it takes in now
+      if (!(shard < 64 && (tx_shards_ >> shard) & 1))
+        deferred_ = join_text();
+    }
   } else {
     BatchMode mode = batch_mode(bp);
     if (mode == BatchMode::synth) {
@@ -1403,6 +1443,15 @@ Task<bool> Session::on_batch() {
     exp_.emplace_back(Expect::sync, false);
   }
   write_items(*b, bp, side);
+  // Parse and Describe cut by Flush inside a transaction block (asyncpg prepares so): closed
+  // with our own Sync, so that the Bind that follows may run on another shard of the
+  // transaction (a transaction block survives a Sync; the client's Sync is answered later).
+  bool own_sync = !side && !ends_sync && tx_shard_ >= 0 && batch_shard_ < 0 && !bp.any_bind &&
+                  !bp.any_exec && !poison;
+  if (own_sync) {
+    append_frame(wbuf_, 'S', {});
+    exp_.emplace_back(Expect::sync, false);
+  }
   if (side_tx || bp.side_deferred) { // the side connection keeps no transaction open
     protocol::query(wbuf_, "ROLLBACK");
     exp_.emplace_back(Expect::query, false);
@@ -1488,6 +1537,12 @@ Task<bool> Session::on_batch() {
   }
   if (!ok)
     co_return co_await batch_lost(*b, shard, ends_sync);
+  if (own_sync) {
+    if (!last_sqlstate_.empty())
+      skip_until_sync_ = true; // as the server would have, until the client's Sync
+    settle_tx(shard, tx_before);
+    co_return true;
+  }
   if (!ends_sync) {
     b->unsynced = true;   // never pooled in this state: an abandoned write must roll back
     batch_shard_ = shard; // the implicit transaction stays open until Sync

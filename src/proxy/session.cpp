@@ -615,17 +615,7 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
   if (tx_bound && (multi_tx() || (shard >= 0 && shard != tx_shard_))) [[unlikely]] {
     // A transaction across shards: what would end or divide it on one shard only is refused.
     for (const auto &st : stmts) {
-      const char *what = nullptr;
-      if (st.kind == router::StmtKind::savepoint && st.tag != "SET")
-        what = "savepoints";
-      else if (st.prepared_tx)
-        what = "PREPARE TRANSACTION and COMMIT/ROLLBACK PREPARED";
-      else if (st.chain)
-        what = "COMMIT/ROLLBACK AND CHAIN";
-      else if (!single && (st.kind == router::StmtKind::commit ||
-                           st.kind == router::StmtKind::rollback))
-        what = "COMMIT or ROLLBACK in a query string with other statements";
-      if (what) {
+      if (const char *what = cross_shard_refusal(st, single)) {
         error("0A000", std::string(what) + " are not supported in a transaction across shards",
               "send COMMIT or ROLLBACK as a statement of its own; keep savepoints in "
               "transactions on one shard");

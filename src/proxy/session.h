@@ -196,6 +196,7 @@ private:
   void note_tx_statement(const router::StatementPlan &st, std::string_view text);
   void bind_tx(int shard);
   std::string join_refusal(size_t shard) const;
+  static const char *cross_shard_refusal(const router::StatementPlan &st, bool alone);
   std::string join_text() const;
   Task<void> control_all(const std::vector<BackendConn *> &bs, const std::vector<std::string> &sqls,
                          std::vector<protocol::ErrorInfo> &errs);
@@ -206,6 +207,8 @@ private:
   std::string tx_begin_;        // its BEGIN (and SET TRANSACTION), for shards it takes on
   bool tx_savepoints_ = false;  // it made a savepoint (which only its home shard would hold)
   bool multi_commit_ = false;   // end_multi: COMMIT (else ROLLBACK)
+  // Portals bound in this transaction on a shard other than its home, by name.
+  std::unordered_map<std::string, int> portal_shard_;
   Task<bool> run_on_all_primaries(const std::string &sql, std::string &first_capture,
                                   std::string &tag);
   void synthesize_batch(const std::vector<Msg> &batch, const std::string &tag);

@@ -148,6 +148,7 @@ void Session::apply_tx_end() {
   if (multi_tx() && cancel_)
     cancel_->set_many({});
   tx_shards_ = tx_writers_ = 0;
+  portal_shard_.clear();
   tx_begin_.clear();
   tx_savepoints_ = false;
   tx_wrote_ = false;

@@ -75,6 +75,22 @@ std::string Session::join_refusal(size_t shard) const {
   return {};
 }
 
+// What a transaction across shards cannot run (it would end or divide the transaction on one
+// shard only), or nullptr. `alone`: the statement is its request's only one.
+const char *Session::cross_shard_refusal(const router::StatementPlan &st, bool alone) {
+  if (st.kind == router::StmtKind::savepoint && st.tag != "SET")
+    return "savepoints";
+  if (st.prepared_tx)
+    return "PREPARE TRANSACTION and COMMIT/ROLLBACK PREPARED";
+  if (st.chain)
+    return "COMMIT/ROLLBACK AND CHAIN";
+  if (st.cursor)
+    return "cursors (DECLARE, FETCH, MOVE, CLOSE)";
+  if (!alone && (st.kind == router::StmtKind::commit || st.kind == router::StmtKind::rollback))
+    return "COMMIT or ROLLBACK in a query string with other statements";
+  return nullptr;
+}
+
 // What a shard the transaction takes on runs first: the transaction's BEGIN (with SET
 // TRANSACTION), then the settings the transaction changed, on top of the settings it began
 // with (prepare_backend() sends those first).

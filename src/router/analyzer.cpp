@@ -872,6 +872,9 @@ StatementPlan Analyzer::plan(const Node *stmt) {
     break;
   default:
     p.kind = f.dml > 0 ? StmtKind::write : StmtKind::other;
+    p.cursor = stmt->node_case == PG_QUERY__NODE__NODE_DECLARE_CURSOR_STMT ||
+               stmt->node_case == PG_QUERY__NODE__NODE_FETCH_STMT ||
+               stmt->node_case == PG_QUERY__NODE__NODE_CLOSE_PORTAL_STMT;
     plan_utility_tables(p, f, false);
     break;
   }

@@ -85,6 +85,7 @@ struct StatementPlan {
   std::string set_name;      // lower-case GUC name for set; empty otherwise
   bool read_only_tx = false; // BEGIN READ ONLY
   bool chain = false;        // COMMIT/ROLLBACK AND CHAIN
+  bool cursor = false;       // DECLARE, FETCH, MOVE, CLOSE (a cursor lives on one backend)
   bool prepared_tx = false;  // PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED (the client's own)
   std::string tag;           // command tag the proxy answers with when it answers itself
   bool tableless = false;    // touches no table at all (SELECT 1, SHOW): any shard can run it

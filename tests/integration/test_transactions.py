@@ -13,9 +13,9 @@ Proved here:
 - a PREPARE that fails on one shard (a deferred unique constraint) fails the COMMIT with that
   shard's SQLSTATE and name, and nothing is applied anywhere;
 - savepoints, COMMIT AND CHAIN and PREPARE TRANSACTION in a transaction across shards get
-  0A000 and the transaction is rolled back everywhere; so does a statement sent with the
-  extended protocol (psycopg 3) once the transaction holds two shards, while psycopg 3's own
-  COMMIT of such a transaction commits it on both;
+  0A000 and the transaction is rolled back everywhere;
+- the extended protocol: psycopg 3 with parameters and asyncpg run a transfer across shards,
+  with reads from each key's shard in between; a server-side cursor (DECLARE/FETCH) gets 0A000;
 - concurrent transfers between random keys on all shards from 6 clients keep the sum, and no
   prepared transaction is left behind;
 - the proxy killed (as kill -9) after PREPARE and before the decision: the restarted proxy's
@@ -24,6 +24,7 @@ Proved here:
 - kill -9 of a shard's primary during concurrent transfers, then its restart: the sum holds on
   the primaries, and recovery leaves no prepared transaction.
 """
+import asyncio
 import os
 import random
 import sys
@@ -44,6 +45,10 @@ try:
     import psycopg
 except ImportError:  # pragma: no cover
     psycopg = None
+try:
+    import asyncpg
+except ImportError:  # pragma: no cover
+    asyncpg = None
 
 KEYS = 60          # accounts 1..KEYS, balance 1000 each
 START = 1000
@@ -276,26 +281,60 @@ class TransactionsTest(harness.ClusterTestCase):
         self.assertEqual(self.prepared(), [])
 
     @unittest.skipIf(psycopg is None, "psycopg 3 not installed")
-    def test_extended_protocol_in_a_transaction_across_shards_is_refused(self):
+    def test_extended_protocol_transaction_across_shards(self):
+        """psycopg 3 with parameters (Parse/Bind/Execute): a transfer across shards commits on
+        both; reads in it come from each key's shard; a server-side cursor (DECLARE) gets
+        0A000 and ROLLBACK ends it all."""
         a, b = self.two_keys()
+        on_b = self.keys_on(1, 3)
+        on_a = self.keys_on(0, 3)
         conn = psycopg.connect(self.proxy.dsn())
-        # Literal statements without parameters go as simple queries; a parameter makes psycopg
-        # use the extended protocol.
-        conn.execute(f"UPDATE accounts SET balance = balance - 10 WHERE id = {a}", prepare=False)
-        conn.execute(f"UPDATE accounts SET balance = balance + 10 WHERE id = {b}", prepare=False)
+        conn.execute("UPDATE accounts SET balance = balance - 10 WHERE id = %s", (a,))
+        conn.execute("UPDATE accounts SET balance = balance + 10 WHERE id = %s", (b,))
+        for keys in (on_b, on_a, on_b):  # each cursor's rows come from its own shard
+            with conn.cursor() as cur:
+                cur.execute("SELECT id FROM accounts WHERE id IN (%s, %s, %s) ORDER BY id", keys)
+                self.assertEqual([r[0] for r in cur.fetchall()], sorted(keys))
+        # A server-side cursor (DECLARE/FETCH) lives on one shard's backend: refused here.
         with self.assertRaises(psycopg.Error) as e:
-            conn.execute("SELECT balance FROM accounts WHERE id = %s", (a,))
+            with conn.cursor(name="c") as cur:
+                cur.execute("SELECT id FROM accounts WHERE id = %s", (b,))
+                cur.fetchone()
         self.assertEqual(e.exception.sqlstate, "0A000")
-        conn.commit()  # of a failed transaction: rolled back everywhere
+        conn.rollback()
         self.assertEqual((self.balance_on_primary(a), self.balance_on_primary(b)), (START, START))
-        # Statements without parameters, and psycopg 3's own COMMIT: committed on both shards.
-        conn.execute(f"UPDATE accounts SET balance = balance - 10 WHERE id = {a}", prepare=False)
-        conn.execute(f"UPDATE accounts SET balance = balance + 10 WHERE id = {b}", prepare=False)
+        conn.execute("UPDATE accounts SET balance = balance - 10 WHERE id = %s", (a,))
+        conn.execute("UPDATE accounts SET balance = balance + 10 WHERE id = %s", (b,))
+        # An error on the second shard fails it all; psycopg's ROLLBACK ends it everywhere.
+        with self.assertRaises(psycopg.Error) as e:
+            conn.execute("SELECT balance / 0 FROM accounts WHERE id = %s", (b,))
+        self.assertEqual(e.exception.sqlstate, "22012")
+        conn.rollback()
+        self.assertEqual((self.balance_on_primary(a), self.balance_on_primary(b)), (START, START))
+        conn.execute("UPDATE accounts SET balance = balance - 10 WHERE id = %s", (a,))
+        conn.execute("UPDATE accounts SET balance = balance + 10 WHERE id = %s", (b,))
         conn.commit()
         conn.close()
         self.assertEqual((self.balance_on_primary(a), self.balance_on_primary(b)),
                          (START - 10, START + 10))
         self.assertEqual(self.prepared(), [])
+
+    @unittest.skipIf(asyncpg is None, "asyncpg not installed")
+    def test_asyncpg_transaction_across_shards(self):
+        a, b = self.two_keys()
+
+        async def run():
+            conn = await asyncpg.connect(self.proxy.dsn())
+            async with conn.transaction():
+                await conn.execute("UPDATE accounts SET balance = balance - 7 WHERE id = $1", a)
+                await conn.execute("UPDATE accounts SET balance = balance + 7 WHERE id = $1", b)
+                got = await conn.fetchval("SELECT balance FROM accounts WHERE id = $1", b)
+            await conn.close()
+            return got
+
+        self.assertEqual(asyncio.run(run()), START + 7)
+        self.assertEqual((self.balance_on_primary(a), self.balance_on_primary(b)),
+                         (START - 7, START + 7))
 
     def transfers(self, threads=6, seconds=6.0, proxy=None, errors_ok=False):
         """Concurrent transfers between random keys (locked in key order: PostgreSQL cannot see
