@@ -16,6 +16,8 @@ Proved here:
   0A000 and the transaction is rolled back everywhere;
 - the extended protocol: psycopg 3 with parameters and asyncpg run a transfer across shards,
   with reads from each key's shard in between; a server-side cursor (DECLARE/FETCH) gets 0A000;
+- pgjdbc (prepareThreshold 5 and 1): ten transfers across shards in one transaction, committed,
+  then the same rolled back;
 - concurrent transfers between random keys on all shards from 6 clients keep the sum, and no
   prepared transaction is left behind;
 - the proxy killed (as kill -9) after PREPARE and before the decision: the restarted proxy's
@@ -25,8 +27,11 @@ Proved here:
   the primaries, and recovery leaves no prepared transaction.
 """
 import asyncio
+import json
 import os
 import random
+import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -335,6 +340,38 @@ class TransactionsTest(harness.ClusterTestCase):
         self.assertEqual(asyncio.run(run()), START + 7)
         self.assertEqual((self.balance_on_primary(a), self.balance_on_primary(b)),
                          (START - 7, START + 7))
+
+    def test_jdbc_transaction_across_shards(self):
+        """pgjdbc (extended protocol only), with prepareThreshold 5 (default) and 1: ten
+        transfers between keys on two shards in one transaction, read back inside it, commit;
+        the same rolled back."""
+        java, javac = shutil.which("java"), shutil.which("javac")
+        jar = Path("/usr/share/java/postgresql.jar")
+        if not (java and javac and jar.is_file()):
+            self.skipTest("needs java, javac and libpostgresql-jdbc-java (scripts/setup.sh)")
+        src = Path(__file__).resolve().parent / "jdbc" / "JdbcChecks.java"
+        classes = harness.BUILD_DIR / "jdbc-classes-tx"
+        classes.mkdir(parents=True, exist_ok=True)
+        subprocess.run([javac, "-cp", str(jar), "-d", str(classes), str(src)], check=True,
+                       capture_output=True, timeout=120)
+        a, b = self.two_keys()
+        for n, threshold in enumerate((5, 1), start=1):
+            with self.subTest(prepareThreshold=threshold):
+                url = (f"jdbc:postgresql://127.0.0.1:{self.proxy.port}/app?user=app"
+                       f"&password=app-secret&socketTimeout=20&prepareThreshold={threshold}")
+                p = subprocess.run([java, "-cp", f"{classes}:{jar}", "JdbcChecks",
+                                    f"t|{url}|transfer|{a},{b}"],
+                                   capture_output=True, text=True, timeout=60)
+                self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+                r = json.loads(p.stdout.splitlines()[-1])
+                self.assertIsNone(r["error"], r)
+                after = [START - 10 * n, START + 10 * n]
+                self.assertEqual(r["steps"], [
+                    ["transfer_commit", [1] * 20], ["balances_commit", after], ["commit", "ok"],
+                    ["transfer_rollback", [1] * 20],
+                    ["balances_rollback", [after[0] - 10, after[1] + 10]], ["rollback", "ok"]])
+                self.assertEqual([self.balance_on_primary(a), self.balance_on_primary(b)], after)
+        self.assertEqual(self.prepared(), [])
 
     def transfers(self, threads=6, seconds=6.0, proxy=None, errors_ok=False):
         """Concurrent transfers between random keys (locked in key order: PostgreSQL cannot see

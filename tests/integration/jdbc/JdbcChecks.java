@@ -99,6 +99,7 @@ public final class JdbcChecks {
             case "batch_tx": batch(c, k, true, job); break;
             case "error_recovery": errorRecovery(c, k[0], k[1], job); break;
             case "set_local_first": setLocalFirst(c, k[0], job); break;
+            case "transfer": transfer(c, k[0], k[1], job); break;
             default: throw new IllegalArgumentException("unknown scenario " + scenario);
         }
     }
@@ -121,6 +122,49 @@ public final class JdbcChecks {
         job.step("commit");
         c.commit();
         job.record("ok");
+    }
+
+    // Ten transfers of 1 from existing row a to existing row b in one transaction (the
+    // PreparedStatement past the prepare threshold), both balances read back, committed; then
+    // the same rolled back. For tests/integration/test_transactions.py: a and b live on
+    // different shards, so the proxy commits with two-phase commit.
+    private static void transfer(Connection c, long a, long b, Job job) throws SQLException {
+        c.setAutoCommit(false);
+        for (String end : new String[] {"commit", "rollback"}) {
+            job.step("transfer_" + end);
+            List<Object> counts = new ArrayList<>();
+            try (PreparedStatement ps = c.prepareStatement(
+                    "UPDATE accounts SET balance = balance + ? WHERE id = ?")) {
+                for (int i = 0; i < 10; i++) {
+                    ps.setLong(1, -1);
+                    ps.setLong(2, a);
+                    counts.add(ps.executeUpdate());
+                    ps.setLong(1, 1);
+                    ps.setLong(2, b);
+                    counts.add(ps.executeUpdate());
+                }
+            }
+            job.record(counts);
+            job.step("balances_" + end);
+            List<Object> both = new ArrayList<>();
+            try (PreparedStatement ps = c.prepareStatement(
+                    "SELECT balance FROM accounts WHERE id = ?")) {
+                for (long k : new long[] {a, b}) {
+                    ps.setLong(1, k);
+                    try (ResultSet rs = ps.executeQuery()) {
+                        rs.next();
+                        both.add(rs.getLong(1));
+                    }
+                }
+            }
+            job.record(both);
+            job.step(end);
+            if (end.equals("commit"))
+                c.commit();
+            else
+                c.rollback();
+            job.record("ok");
+        }
     }
 
     // SET LOCAL as a transaction's first statement (pgjdbc sends BEGIN and it as two unnamed
