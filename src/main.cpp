@@ -331,6 +331,7 @@ int main(int argc, char **argv) {
                                                        std::to_string(metrics_cfg.listen_port)}});
       },
       [&] {
+        exporter.reset(); // first: a scrape reads the journal
         admin.reset();
         server.set_journal(nullptr);
         journal.reset();

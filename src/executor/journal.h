@@ -51,6 +51,9 @@ public:
   void stop();
   void decide(std::string txid, Done done) override;
   void forget(std::string txid) override;
+  Recovered recovered() const override {
+    return {stats_.recovered_commit.load(), stats_.recovered_abort.load()};
+  }
   const Stats &stats() const { return stats_; }
 
 private:

@@ -48,6 +48,11 @@ public:
   virtual void decide(std::string txid, Done done) = 0;
   // Every participant committed: the decision is no longer needed.
   virtual void forget(std::string txid) = 0;
+  // In-doubt prepared transactions that recovery committed and rolled back so far.
+  struct Recovered {
+    uint64_t committed = 0, rolled_back = 0;
+  };
+  virtual Recovered recovered() const = 0;
 };
 
 } // namespace sg::executor

@@ -142,6 +142,32 @@ std::string Exporter::render() const {
       metric({}, sum([](auto &s) { return s.pipelined.load(); }), MetricType::Counter));
   out.push_back(std::move(piped));
 
+  auto twophase = family("shardgate_twophase_commits_total",
+                         "Transactions that wrote on several shards, by how two-phase commit ended "
+                         "them (in_doubt: the metadata database did not answer the decision)",
+                         MetricType::Counter);
+  twophase.metric.push_back(
+      metric({{"outcome", "committed"}}, sum([](auto &s) { return s.twophase_committed.load(); }),
+             MetricType::Counter));
+  twophase.metric.push_back(
+      metric({{"outcome", "aborted"}}, sum([](auto &s) { return s.twophase_aborted.load(); }),
+             MetricType::Counter));
+  twophase.metric.push_back(
+      metric({{"outcome", "in_doubt"}}, sum([](auto &s) { return s.twophase_in_doubt.load(); }),
+             MetricType::Counter));
+  out.push_back(std::move(twophase));
+  if (auto *j = sh.journal.load()) {
+    auto rec = j->recovered();
+    auto recovered = family("shardgate_twophase_recovered_total",
+                            "In-doubt prepared transactions this proxy's recovery resolved",
+                            MetricType::Counter);
+    recovered.metric.push_back(
+        metric({{"outcome", "commit"}}, double(rec.committed), MetricType::Counter));
+    recovered.metric.push_back(
+        metric({{"outcome", "rollback"}}, double(rec.rolled_back), MetricType::Counter));
+    out.push_back(std::move(recovered));
+  }
+
   auto queries =
       family("shardgate_queries_total", "Statements run on backends, by shard, node role and kind",
              MetricType::Counter);

@@ -67,6 +67,7 @@ CONTRACT = {
     "shardgate_worker_clients": ("gauge", {"worker"}),
     "shardgate_workers_taking_clients": ("gauge", set()),
     "shardgate_session_moves_total": ("counter", set()),
+    "shardgate_twophase_commits_total": ("counter", {"outcome"}),
     "shardgate_pipelined_reads_total": ("counter", set()),
 }
 # Families exported only with the [metadata] control plane on (src/metrics/exporter.cpp). The
@@ -75,6 +76,7 @@ CONTRACT = {
 # series.
 CONTROL_PLANE_CONTRACT = {
     "shardgate_metadata_up": ("gauge", set()),
+    "shardgate_twophase_recovered_total": ("counter", {"outcome"}),
     "shardgate_writes_fenced": ("gauge", set()),
     "shardgate_metadata_reconnects_total": ("counter", set()),
     "shardgate_topology_epoch": ("gauge", {"kind"}),
@@ -586,9 +588,14 @@ def synthetic_exposition(t):
     add("shardgate_session_moves_total", "counter", [("shardgate_session_moves_total", {}, 0.2 * t)])
     add("shardgate_pipelined_reads_total", "counter",
         [("shardgate_pipelined_reads_total", {}, 50.0 * t)])
+    add("shardgate_twophase_commits_total", "counter",
+        [("shardgate_twophase_commits_total", {"outcome": o}, v * t)
+         for o, v in (("committed", 5.0), ("aborted", 0.1), ("in_doubt", 0))])
 
     # The control plane ([metadata] on), with a migration running.
     add("shardgate_metadata_up", "gauge", [("shardgate_metadata_up", {}, 1)])
+    add("shardgate_twophase_recovered_total", "counter",
+        [("shardgate_twophase_recovered_total", {"outcome": o}, 1) for o in ("commit", "rollback")])
     add("shardgate_writes_fenced", "gauge", [("shardgate_writes_fenced", {}, 0)])
     add("shardgate_metadata_reconnects_total", "counter",
         [("shardgate_metadata_reconnects_total", {}, 1)])

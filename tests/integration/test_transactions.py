@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 import unittest
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -78,8 +79,10 @@ class TransactionsTest(harness.ClusterTestCase):
     @classmethod
     def start_proxy(cls, env=None):
         meta = f"postgresql://app:app-secret@127.0.0.1:{cls.cluster.primary_port(0)}/meta"
+        metrics_port = harness.free_port_block(1)
         extra = (f'[metadata]\nurl = "{meta}"\n'
-                 "[transactions]\nrecover_after_ms = 1000\nrecovery_interval_ms = 200\n")
+                 "[transactions]\nrecover_after_ms = 1000\nrecovery_interval_ms = 200\n"
+                 f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n')
         old = {k: os.environ.get(k) for k in (env or {})}
         os.environ.update(env or {})
         try:
@@ -93,6 +96,7 @@ class TransactionsTest(harness.ClusterTestCase):
                 else:
                     os.environ[k] = v
         cls.addClassCleanup(p.stop)
+        p.metrics_port = metrics_port
         return p
 
     def setUp(self):
@@ -159,6 +163,15 @@ class TransactionsTest(harness.ClusterTestCase):
 
     # ------------------------------------------------------------------ tests
 
+    def metric(self, name, proxy=None):
+        """The value of one sample (name with labels, as exported) on the proxy's /metrics."""
+        port = (proxy or self.proxy).metrics_port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[-1])
+        return 0.0
+
     def decisions(self):
         return int(self.cluster.sql(self.cluster.primary_port(0),
                                     "SELECT count(*) FROM shardgate.tx_decisions", db="meta")[0][0])
@@ -166,6 +179,7 @@ class TransactionsTest(harness.ClusterTestCase):
     def test_transfer_commits_on_both_shards(self):
         a, b = self.two_keys()
         before = self.decisions()
+        committed = self.metric('shardgate_twophase_commits_total{outcome="committed"}')
         conn = self.connect()
         with conn.cursor() as cur:  # psycopg2 opens the transaction itself (BEGIN)
             cur.execute("UPDATE accounts SET balance = balance - 10 WHERE id = %s", (a,))
@@ -177,6 +191,8 @@ class TransactionsTest(harness.ClusterTestCase):
         self.assertEqual(self.balance_on_primary(a), START - 10)
         self.assertEqual(self.balance_on_primary(b), START + 10)
         self.assertEqual(self.prepared(), [])
+        self.assertEqual(self.metric('shardgate_twophase_commits_total{outcome="committed"}'),
+                         committed + 1)
         # The decision is forgotten once both shards committed.
         deadline = time.time() + 5
         while self.decisions() != before:
@@ -443,7 +459,11 @@ class TransactionsTest(harness.ClusterTestCase):
         self.assertFalse(dying.alive())
         dying.stop()
         self.assertEqual(len(self.prepared()), 2, "both shards hold the prepared transaction")
+        outcome = "commit" if point == "after_decision" else "rollback"
+        sample = f'shardgate_twophase_recovered_total{{outcome="{outcome}"}}'
+        recovered = self.metric(sample)
         self.wait_no_prepared()  # the class's proxy recovers it (older than recover_after_ms)
+        self.assertEqual(self.metric(sample), recovered + 2)  # one per shard
         return self.balance_on_primary(a), self.balance_on_primary(b)
 
     def test_proxy_dies_after_prepare_recovery_rolls_back(self):
