@@ -287,6 +287,11 @@ Task<void> Session::query_loop() {
             co_return;
           continue;
         }
+        if (step == QueryStep::scatter_write) {
+          if (!co_await scatter_write(query_))
+            co_return;
+          continue;
+        }
         if (step == QueryStep::scatter) {
           if (!co_await scatter_read(query_plan_.analysis, query_))
             co_return;
@@ -562,6 +567,26 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
         ready();
         return QueryStep::answered;
       }
+    }
+    if (r.kind == router::TargetKind::scatter && st.multi_write) {
+      if (auto f = sh_.fenced_write()) {
+        error(f->sqlstate, f->message, f->hint);
+        if (in_tx())
+          fail_transaction_by_proxy();
+        ready();
+        return QueryStep::answered;
+      }
+      if (!single || proxy_failed_) {
+        error("0A000", "an UPDATE or DELETE of a sharded table without its shard key (or with "
+                       "keys on several shards) must be sent alone",
+              "send it as its own statement; it then runs on every shard concerned, atomically");
+        if (in_tx())
+          fail_transaction_by_proxy();
+        ready();
+        return QueryStep::answered;
+      }
+      scatter_shards_ = r.shards;
+      return QueryStep::scatter_write;
     }
     if (r.kind == router::TargetKind::scatter) {
       if (!single || in_tx()) {

@@ -108,6 +108,7 @@ private:
     side,
     hold,
     scatter,
+    scatter_write,
     end_multi
   };
   struct QueryRun {
@@ -202,6 +203,7 @@ private:
                          std::vector<protocol::ErrorInfo> &errs);
   Task<executor::Outcome> await_decision(const std::string &txid, std::string &error);
   Task<void> end_multi_tx(bool commit);
+  Task<bool> scatter_write(const std::string &sql);
   uint64_t tx_shards_ = 0;      // the shards the open transaction holds (bit per shard)
   uint64_t tx_writers_ = 0;     // those it wrote on
   std::string tx_begin_;        // its BEGIN (and SET TRANSACTION), for shards it takes on

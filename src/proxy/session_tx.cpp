@@ -343,3 +343,144 @@ Task<void> Session::end_multi_tx(bool commit) {
 }
 
 } // namespace sg::proxy
+
+namespace sg::proxy {
+
+// An UPDATE or DELETE on several shards (router::StatementPlan::multi_write), as a simple
+// query: it runs on each shard concerned inside the client's transaction, or, in autocommit,
+// inside one of its own that commits like any transaction across shards (two-phase commit
+// when rows changed on several). The client gets one RowDescription and the RETURNING rows of
+// every shard, one CommandComplete with the summed count, or the first shard's error naming
+// it (then nothing is applied, in autocommit; in a transaction block, the transaction fails).
+Task<bool> Session::scatter_write(const std::string &sql) {
+  std::vector<size_t> shards;
+  if (scatter_shards_) {
+    for (size_t s = 0; s < 64; ++s)
+      if (scatter_shards_ & bit(s))
+        shards.push_back(s);
+  } else {
+    const Placement &place = w_->place();
+    shards.assign(place.keys->ring_shard.begin(), place.keys->ring_shard.end());
+    std::sort(shards.begin(), shards.end());
+    shards.erase(std::unique(shards.begin(), shards.end()), shards.end());
+  }
+  bool implicit = !in_tx();
+  if (implicit) { // a transaction of its own, begun as a client's BEGIN would be
+    tx_settings_snapshot_ = settings_;
+    tx_begin_ = "BEGIN";
+    deferred_ = "BEGIN";
+    tx_ = 'T';
+  }
+  std::string head, rows, tag_word;
+  uint64_t count = 0;
+  bool have_count = false;
+  protocol::ErrorInfo failure;
+  std::string failed_on;
+  for (size_t s : shards) {
+    if (tx_shard_ >= 0 && !(tx_shards_ & bit(s))) {
+      std::string why = join_refusal(s);
+      if (!why.empty()) {
+        failure = {"ERROR", "0A000", "an UPDATE or DELETE across shards cannot run here: " + why,
+                   "", "keep savepoints in transactions on one shard"};
+        break;
+      }
+      deferred_ = join_text();
+    }
+    std::string capture;
+    sink_ = &capture;
+    auto started = w_->poller.now();
+    BackendConn *b = co_await attach(s, false);
+    bool ok = false;
+    if (b) {
+      write_query(*b, sql);
+      ErrorCode ec;
+      co_await write_all(b->sock, wbuf_, ec);
+      ok = !ec && co_await relay(*b);
+      if (!ok)
+        b->broken = true;
+    }
+    sink_ = &out_;
+    if (b && ok) {
+      if (b->tx_status != 'I')
+        bind_tx(int(s));
+      record_query(s, *b, QueryKind::write, started, query_plan_.scan.normalized);
+    }
+    // What the shard answered: its rows are kept, its error ends the statement.
+    bool has_error = !ok;
+    if (!ok && !b) { // attach() wrote the error (unreachable shard) into the capture
+      has_error = true;
+    }
+    if (!ok)
+      failure = {"ERROR", "08006", "lost the connection to shard \"" + sh_.shard_name(s) + "\"",
+                 "", ""};
+    uint64_t shard_count = 0;
+    for (size_t pos = 0; pos < capture.size();) {
+      auto f = protocol::decode_frame(reinterpret_cast<const uint8_t *>(capture.data()) + pos,
+                                      capture.size() - pos, 1u << 30);
+      if (f.status != protocol::DecodeStatus::ready)
+        break;
+      std::string_view body = f.body_view();
+      std::string_view frame(capture.data() + pos, f.frame_len);
+      if (f.type == 'E') {
+        if (!has_error || failure.sqlstate == "08006")
+          failure = protocol::parse_error_response(body);
+        has_error = true;
+      } else if (f.type == 'T' && head.empty()) {
+        head.assign(frame);
+      } else if (f.type == 'D') {
+        rows.append(frame);
+      } else if (f.type == 'C' && !body.empty()) {
+        std::string_view tag(body.data(), body.size() - 1);
+        size_t sp = tag.rfind(' ');
+        if (sp != std::string_view::npos) {
+          tag_word.assign(tag.substr(0, sp));
+          shard_count = std::strtoull(std::string(tag.substr(sp + 1)).c_str(), nullptr, 10);
+          count += shard_count;
+          have_count = true;
+        }
+      }
+      pos += f.frame_len;
+    }
+    if (has_error) {
+      failed_on = sh_.shard_name(s);
+      break;
+    }
+    if (shard_count > 0)
+      tx_writers_ |= bit(s); // only the shards whose rows changed need two-phase commit
+  }
+  if (!failure.sqlstate.empty()) {
+    std::string detail = "on shard \"" + failed_on + "\"" +
+                         (implicit ? "; the statement was rolled back on every shard" : "");
+    if (!failure.detail.empty())
+      detail = failure.detail + " (" + detail + ")";
+    if (implicit) {
+      std::string discard;
+      sink_ = &discard;
+      co_await end_multi_tx(false);
+      sink_ = &out_;
+    } else {
+      fail_transaction_by_proxy();
+    }
+    error(failure.sqlstate, failure.message, failure.hint, detail);
+    ready();
+    co_return true;
+  }
+  if (implicit) {
+    std::string end;
+    sink_ = &end;
+    co_await end_multi_tx(true);
+    sink_ = &out_;
+    if (!end.empty() && end[0] == 'E') { // the commit failed: nothing was applied
+      out_ += end;
+      co_return true;
+    }
+  }
+  out_ += head;
+  out_ += rows;
+  if (have_count)
+    protocol::command_complete(out_, tag_word + " " + std::to_string(count));
+  ready();
+  co_return true;
+}
+
+} // namespace sg::proxy

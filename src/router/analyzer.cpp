@@ -307,6 +307,22 @@ private:
                    "supported yet"};
   }
 
+  // An UPDATE or DELETE routed by route_by_where(): it may run on several shards when it names
+  // only its own sharded table (no FROM/USING, subquery, CTE or other table) and calls no
+  // function whose effect depends on where it runs (nextval, advisory locks, ...).
+  void spread_write(StatementPlan &p, const Facts &f, size_t nrefs) const {
+    if (nrefs != 1 || f.rels.size() != 1 || !f.ctes.empty() || f.dml != 1 || f.volatile_fn)
+      return;
+    if (p.target == TargetKind::error && p.error.sqlstate == "0A000") { // no usable key
+      p.target = TargetKind::scatter;
+      p.keys.clear();
+      p.error = {};
+      p.multi_write = true;
+    } else if (p.target == TargetKind::by_key && p.keys.size() > 1) {
+      p.multi_write = true;
+    }
+  }
+
   // Routes a statement whose sharded tables must all be in `refs` with keys in `where`.
   void route_by_where(StatementPlan &p, const Facts &f, const std::vector<TableRef> &refs,
                       const Node *where) const {
@@ -718,8 +734,10 @@ StatementPlan Analyzer::plan(const Node *stmt) {
     add_relation(s->relation, refs);
     for (size_t i = 0; i < s->n_from_clause; ++i)
       collect_from(s->from_clause[i], refs);
-    if (!sets_key(refs, s->target_list, s->n_target_list, p))
+    if (!sets_key(refs, s->target_list, s->n_target_list, p)) {
       route_by_where(p, f, refs, s->where_clause);
+      spread_write(p, f, refs.size());
+    }
     break;
   }
   case PG_QUERY__NODE__NODE_DELETE_STMT: {
@@ -730,6 +748,7 @@ StatementPlan Analyzer::plan(const Node *stmt) {
     for (size_t i = 0; i < s->n_using_clause; ++i)
       collect_from(s->using_clause[i], refs);
     route_by_where(p, f, refs, s->where_clause);
+    spread_write(p, f, refs.size());
     break;
   }
   case PG_QUERY__NODE__NODE_EXPLAIN_STMT: {

@@ -86,6 +86,10 @@ struct StatementPlan {
   bool read_only_tx = false; // BEGIN READ ONLY
   bool chain = false;        // COMMIT/ROLLBACK AND CHAIN
   bool cursor = false;       // DECLARE, FETCH, MOVE, CLOSE (a cursor lives on one backend)
+  // An UPDATE or DELETE of one sharded table that names no other table: it runs alike on every
+  // shard (each holds only its own rows), so without a usable key (target scatter), or with
+  // keys on several shards, it goes to each shard concerned.
+  bool multi_write = false;
   bool prepared_tx = false;  // PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED (the client's own)
   std::string tag;           // command tag the proxy answers with when it answers itself
   bool tableless = false;    // touches no table at all (SELECT 1, SHOW): any shard can run it

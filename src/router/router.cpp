@@ -142,6 +142,17 @@ void set_cross_shard(Resolved &r, const config::Table &t) {
                       "per shard");
 }
 
+// While a migration runs, the rows it moves are on two shards (copies on the target until the
+// cutover, on the source until CLEANUP): a statement on every shard would see them twice.
+void refuse_during_migration(Resolved &r, const Topology &topo) {
+  r.kind = TargetKind::error;
+  r.error = {"55000",
+             "a statement across shards cannot run while migration " + topo.migration +
+                 " moves rows between shards (they are on two shards until it ends)",
+             "retry when the migration is DONE or ABORTED (GET /api/v1/migrations/" +
+                 topo.migration + "), or name the shard key"};
+}
+
 } // namespace
 
 Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const ScanResult &scan,
@@ -172,11 +183,14 @@ Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const Sca
     return r;
   case TargetKind::scatter:
     r.kind = TargetKind::scatter;
-    if (!scatter_ok) {
+    if (!topo.migration.empty()) [[unlikely]] {
+      refuse_during_migration(r, topo);
+    } else if (!scatter_ok) {
       const config::Table &t = tables_[size_t(p.table)];
       r.kind = TargetKind::error;
       r.error = key_error("0A000",
-                          "a read of sharded table \"" + t.name +
+                          std::string(p.multi_write ? "an UPDATE or DELETE" : "a read") +
+                              " of sharded table \"" + t.name +
                               "\" without its shard key runs on every shard only as a simple "
                               "query; the extended protocol (prepared statements) cannot yet",
                           "add \"" + t.key + " = <value>\" to the WHERE clause, or send it "
@@ -205,7 +219,8 @@ Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const Sca
   // A read whose keys live on several shards runs on those shards (simple protocol callers),
   // merged like a read without a key: the shards' bits collect in r.shards.
   auto spread = [&](size_t o) {
-    if (!scatter_ok || !p.scatter || p.kind != StmtKind::read || o >= 64 || *owner >= 64)
+    if (!scatter_ok || (!p.multi_write && (!p.scatter || p.kind != StmtKind::read)) || o >= 64 ||
+        *owner >= 64)
       return false;
     r.shards |= (uint64_t(1) << o) | (uint64_t(1) << *owner);
     return true;
@@ -248,6 +263,8 @@ Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const Sca
   }
   if (r.shards) { // keys on several shards: a read merged from them
     r.kind = TargetKind::scatter;
+    if (!topo.migration.empty()) [[unlikely]]
+      refuse_during_migration(r, topo);
     return r;
   }
   r.kind = TargetKind::by_key;

@@ -588,16 +588,25 @@ DELETE FROM accounts WHERE id = :tmp;
             with self.subTest(d.name):
                 ka, kb = self.keys_on(K_KEYLESS + n * 1000, 0, 1)[0], self.keys_on(K_KEYLESS + n * 1000, 1, 1)[0]
                 d.q("INSERT INTO accounts (id, owner, balance) VALUES ($1, 'keyless', 1)", [ka])
+                d.q("INSERT INTO accounts (id, owner, balance) VALUES ($1, 'keyless', 1)", [kb])
                 for sql in ("SELECT owner, count(*) FROM accounts GROUP BY owner HAVING count(*) > 0",
-                            "UPDATE accounts SET balance = 0",
+                            "UPDATE accounts SET balance = 0 WHERE owner = 'keyless'",
                             "DELETE FROM accounts WHERE owner = 'keyless'",
                             "SELECT id FROM accounts WHERE balance > 0 FOR SHARE"):
                     e = self.expect_error(d, "0A000", sql)
-                    self.assertIn("id", d.hint(e) or "", f"{d.name}: {sql!r}: hint {d.hint(e)!r}")
-                    # The connection stays usable.
+                    # A simple query runs an UPDATE or DELETE on every shard, but this suite's
+                    # proxy has no metadata database, so it cannot commit rows changed on two
+                    # shards atomically (and applies nothing); the extended protocol refuses it.
+                    word = "[metadata]" if "metadata" in str(e) else "id"
+                    self.assertIn(word, d.hint(e) or "", f"{d.name}: {sql!r}: hint {d.hint(e)!r}")
+                    # The connection stays usable, and nothing changed.
                     self.assertEqual(d.q("SELECT balance FROM accounts WHERE id = $1 FOR SHARE", [ka]), [(1,)])
+                    self.assertEqual(d.q("SELECT balance FROM accounts WHERE id = $1 FOR SHARE", [kb]), [(1,)])
+                d.q("DELETE FROM accounts WHERE id = $1", [kb])
+                d.q("INSERT INTO accounts (id, owner, balance) VALUES ($1, 'keyless', 1)", [kb])
                 e = self.expect_error(d, "0A000",
                                       f"UPDATE accounts SET balance = 1 WHERE id IN ({ka}, {kb})")
+                d.q("DELETE FROM accounts WHERE id = $1", [kb])
                 self.assertTrue(d.hint(e), f"{d.name}: no hint for a two-shard IN list")
                 # Inside a transaction the error aborts it; rollback makes the connection usable.
                 with self.assertRaises(d.Error) as cm:

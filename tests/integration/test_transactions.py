@@ -389,6 +389,42 @@ class TransactionsTest(harness.ClusterTestCase):
                 self.assertEqual([self.balance_on_primary(a), self.balance_on_primary(b)], after)
         self.assertEqual(self.prepared(), [])
 
+    def test_update_and_delete_across_shards(self):
+        """UPDATE/DELETE without a shard key (or with keys on several shards) run on every shard
+        concerned, atomically: one summed count, RETURNING rows of all, an error on one shard
+        leaves nothing anywhere."""
+        conn = self.connect()
+        conn.autocommit = True
+        cur = conn.cursor()
+        cur.execute("UPDATE accounts SET balance = balance + 1")
+        self.assertEqual(cur.statusmessage, f"UPDATE {KEYS}")
+        self.assertEqual(self.total(), ((START + 1) * KEYS, KEYS))
+        a, b = self.two_keys()
+        cur.execute("UPDATE accounts SET balance = balance - 1 WHERE balance > 0 RETURNING id")
+        self.assertEqual(sorted(r[0] for r in cur.fetchall()), list(range(1, KEYS + 1)))
+        self.assertEqual(cur.statusmessage, f"UPDATE {KEYS}")
+        # A division by zero on one shard only: nothing applied on any.
+        with self.assertRaises(psycopg2.Error) as e:
+            cur.execute(f"UPDATE accounts SET balance = balance / (id - {b})")
+        self.assertEqual(e.exception.pgcode, "22012")
+        self.assertIn("rolled back on every shard", e.exception.diag.message_detail or "")
+        self.assertEqual(self.total(), (START * KEYS, KEYS))
+        # In a transaction block: it joins the transaction, and ROLLBACK takes it back.
+        conn.autocommit = False
+        cur.execute("DELETE FROM accounts WHERE balance = %s", (START,))
+        self.assertEqual(cur.statusmessage, f"DELETE {KEYS}")
+        cur.execute("SELECT count(*) FROM accounts WHERE id = %s", (a,))
+        self.assertEqual(cur.fetchone()[0], 0)
+        conn.rollback()
+        self.assertEqual(self.total(), (START * KEYS, KEYS))
+        # Keys on two shards (an IN list): those two shards.
+        cur.execute("DELETE FROM accounts WHERE id IN (%s, %s) RETURNING id", (a, b))
+        self.assertEqual(sorted(r[0] for r in cur.fetchall()), sorted([a, b]))
+        conn.commit()
+        conn.close()
+        self.assertEqual(self.total(), (START * (KEYS - 2), KEYS - 2))
+        self.assertEqual(self.prepared(), [])
+
     def transfers(self, threads=6, seconds=6.0, proxy=None, errors_ok=False):
         """Concurrent transfers between random keys (locked in key order: PostgreSQL cannot see
         a deadlock across shards). Returns (acknowledged, failed) counts."""

@@ -385,9 +385,15 @@ TEST(Scatter, InListOnSeveralShardsReadsOnlyThoseShards) {
   EXPECT_EQ(router().resolve(p, sql, pt.scan).kind, TargetKind::error);
   std::string upd = "UPDATE accounts SET balance = 0 WHERE id IN (" + list + ")";
   PlannedText pu = router().plan(upd);
+  // A write with such a list runs on those shards too (simple protocol callers), and is
+  // refused where the caller cannot run it on several (the extended protocol, for now).
+  EXPECT_TRUE(pu.analysis->stmts[0].multi_write);
   Resolved w = router().resolve(pu.analysis->stmts[0], upd, pu.scan, {}, nullptr, true);
-  EXPECT_EQ(w.kind, TargetKind::error);
-  EXPECT_EQ(w.error.sqlstate, "0A000");
+  EXPECT_EQ(w.kind, TargetKind::scatter);
+  EXPECT_EQ(w.shards, want);
+  Resolved w2 = router().resolve(pu.analysis->stmts[0], upd, pu.scan, {}, nullptr, false);
+  EXPECT_EQ(w2.kind, TargetKind::error);
+  EXPECT_EQ(w2.error.sqlstate, "0A000");
   // All keys on one shard: by key, as before.
   std::string one = "SELECT id FROM accounts WHERE id IN (" + keys[0] + ", " + keys[0] + ")";
   PlannedText po = router().plan(one);
@@ -406,4 +412,32 @@ TEST(Scatter, DeepExpressionsPlanInLinearTime) {
   ASSERT_EQ(pt.analysis->stmts.size(), 1u);
   EXPECT_EQ(pt.analysis->stmts[0].target, TargetKind::scatter)
       << pt.analysis->stmts[0].error.message;
+}
+
+// UPDATE and DELETE of one sharded table with no usable key run on every shard; anything that
+// names another table, a CTE or a placement-dependent function stays refused.
+TEST(Scatter, WritesWithoutKeyRunOnEveryShardOnlyWhenSelfContained) {
+  auto plan1 = [](const std::string &sql) {
+    PlannedText pt = router().plan(sql);
+    return pt.analysis->stmts[0];
+  };
+  for (const char *sql : {"UPDATE accounts SET balance = 0",
+                          "DELETE FROM accounts WHERE owner = 'x'",
+                          "UPDATE accounts SET balance = balance + 1 WHERE balance < 0 RETURNING id"}) {
+    StatementPlan p = plan1(sql);
+    EXPECT_EQ(p.target, TargetKind::scatter) << sql;
+    EXPECT_TRUE(p.multi_write) << sql;
+    EXPECT_FALSE(p.scatter) << sql; // nothing to merge but rows and counts
+  }
+  for (const char *sql :
+       {"DELETE FROM accounts WHERE id IN (SELECT id FROM accounts WHERE balance < 0)",
+        "UPDATE accounts SET balance = o.x FROM other o WHERE o.id = accounts.owner",
+        "DELETE FROM accounts USING other WHERE other.id = accounts.owner",
+        "WITH x AS (SELECT 1) DELETE FROM accounts",
+        "UPDATE accounts SET balance = nextval('s')",
+        "UPDATE accounts SET id = 9"}) {
+    StatementPlan p = plan1(sql);
+    EXPECT_EQ(p.target, TargetKind::error) << sql;
+    EXPECT_FALSE(p.multi_write) << sql;
+  }
 }
