@@ -27,7 +27,7 @@ Proved here (each against the ledger, on all four primaries):
   invariants of its end state hold;
 - manual cutover: READY waits for POST .../cutover with the old ring in force (s3 joining; a
   write to a moving key lands on its old owner, is copied to s3 and is read back through both
-  proxies), the POST flips it (and a write lands on s3 and is copied back), DONE with the
+  proxies; DDL and statements across shards get 55000 naming the migration), the POST flips it (and a write lands on s3 and is copied back), DONE with the
   invariants; a cutover asked in BACKFILL, in REVERSE_DUAL_WRITE or after DONE gets 409;
 - kill -9 of the runner inside the cutover pause (the epoch with `pause` stored; the test holds
   the runner's lock until the restart, so that no other proxy lifts it meanwhile): the next
@@ -1259,6 +1259,15 @@ class MigrationTest(ClusterTestCase):
                     "ALTER TABLE accounts ADD COLUMN note text")
             self.assertEqual(ddl.exception.pgcode, "55000", str(ddl.exception))
             self.assertIn(self.mid, str(ddl.exception))
+            # So do statements across shards: the moving rows are on two shards now, and a
+            # count or an UPDATE on every shard would see them twice.
+            for sql in ("SELECT count(*) FROM accounts",
+                        "UPDATE accounts SET balance = balance WHERE balance < 0",
+                        f"SELECT id FROM accounts WHERE id IN ({probes[0]}, 1, 2, 3, 4, 5)"):
+                with self.assertRaises(psycopg2.Error) as across:
+                    conns[self.proxies[0].name].cursor().execute(sql)
+                self.assertEqual(across.exception.pgcode, "55000", f"{sql}: {across.exception}")
+                self.assertIn(self.mid, str(across.exception))
 
             problems = []
             for k in probes:  # READY: the old owner has the key, s3 a copy (the drain's)
