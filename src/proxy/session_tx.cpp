@@ -353,16 +353,56 @@ namespace sg::proxy {
 // every shard, one CommandComplete with the summed count, or the first shard's error naming
 // it (then nothing is applied, in autocommit; in a transaction block, the transaction fails).
 Task<bool> Session::scatter_write(const std::string &sql) {
-  std::vector<size_t> shards;
-  if (scatter_shards_) {
-    for (size_t s = 0; s < 64; ++s)
-      if (scatter_shards_ & bit(s))
-        shards.push_back(s);
-  } else {
-    const Placement &place = w_->place();
-    shards.assign(place.keys->ring_shard.begin(), place.keys->ring_shard.end());
+  const router::StatementPlan &st = query_plan_.analysis->stmts[0];
+  std::vector<std::pair<size_t, std::string>> work; // (shard, its statement), by shard
+  std::vector<size_t> order; // a multi-row INSERT: each row's shard, in the order of VALUES
+  if (st.insert_values) {
+    // Each shard gets the INSERT with its own rows only: the text before the first row and
+    // after the last stays, the rows between are those the shard owns.
+    sh_.router.resolve(st, sql, query_plan_.scan, {}, w_->place().keys.get(), true, &order);
+    if (order.size() != st.value_rows.size() ||
+        std::any_of(order.begin(), order.end(), [](size_t s) { return s >= 64; })) {
+      error("0A000", "cannot split this INSERT's rows between shards",
+            "send one INSERT per shard key's shard");
+      if (in_tx())
+        fail_transaction_by_proxy();
+      ready();
+      co_return true;
+    }
+    std::string_view text = std::string_view(sql).substr(st.location, st.length);
+    std::string_view prefix = text.substr(0, st.value_rows.front().first);
+    std::string_view suffix = text.substr(st.value_rows.back().second);
+    std::vector<size_t> shards(order);
     std::sort(shards.begin(), shards.end());
     shards.erase(std::unique(shards.begin(), shards.end()), shards.end());
+    for (size_t s : shards) {
+      std::string q(prefix);
+      bool first = true;
+      for (size_t i = 0; i < order.size(); ++i) {
+        if (order[i] != s)
+          continue;
+        auto [b, e] = st.value_rows[i];
+        q += first ? "" : ", ";
+        q += text.substr(b, e - b);
+        first = false;
+      }
+      q += suffix;
+      work.emplace_back(s, std::move(q));
+    }
+  } else {
+    std::vector<size_t> shards;
+    if (scatter_shards_) {
+      for (size_t s = 0; s < 64; ++s)
+        if (scatter_shards_ & bit(s))
+          shards.push_back(s);
+    } else {
+      const Placement &place = w_->place();
+      shards.assign(place.keys->ring_shard.begin(), place.keys->ring_shard.end());
+      std::sort(shards.begin(), shards.end());
+      shards.erase(std::unique(shards.begin(), shards.end()), shards.end());
+    }
+    for (size_t s : shards)
+      work.emplace_back(s, sql);
   }
   bool implicit = !in_tx();
   if (implicit) { // a transaction of its own, begun as a client's BEGIN would be
@@ -371,12 +411,14 @@ Task<bool> Session::scatter_write(const std::string &sql) {
     deferred_ = "BEGIN";
     tx_ = 'T';
   }
-  std::string head, rows, tag_word;
+  std::string head, tag_word;
+  std::vector<std::vector<std::string>> rows(work.size()); // DataRows, per shard
   uint64_t count = 0;
   bool have_count = false;
   protocol::ErrorInfo failure;
   std::string failed_on;
-  for (size_t s : shards) {
+  for (size_t wi = 0; wi < work.size(); ++wi) {
+    size_t s = work[wi].first;
     if (tx_shard_ >= 0 && !(tx_shards_ & bit(s))) {
       std::string why = join_refusal(s);
       if (!why.empty()) {
@@ -392,7 +434,7 @@ Task<bool> Session::scatter_write(const std::string &sql) {
     BackendConn *b = co_await attach(s, false);
     bool ok = false;
     if (b) {
-      write_query(*b, sql);
+      write_query(*b, work[wi].second);
       ErrorCode ec;
       co_await write_all(b->sock, wbuf_, ec);
       ok = !ec && co_await relay(*b);
@@ -428,7 +470,7 @@ Task<bool> Session::scatter_write(const std::string &sql) {
       } else if (f.type == 'T' && head.empty()) {
         head.assign(frame);
       } else if (f.type == 'D') {
-        rows.append(frame);
+        rows[wi].emplace_back(frame);
       } else if (f.type == 'C' && !body.empty()) {
         std::string_view tag(body.data(), body.size() - 1);
         size_t sp = tag.rfind(' ');
@@ -476,7 +518,25 @@ Task<bool> Session::scatter_write(const std::string &sql) {
     }
   }
   out_ += head;
-  out_ += rows;
+  if (!order.empty()) {
+    // RETURNING rows in the order of VALUES: each shard returned its rows in its own order.
+    std::vector<size_t> next(work.size(), 0);
+    std::vector<size_t> slot(64, 0);
+    for (size_t wi = 0; wi < work.size(); ++wi)
+      slot[work[wi].first] = wi;
+    for (size_t s : order) {
+      size_t wi = slot[s];
+      if (next[wi] < rows[wi].size())
+        out_ += rows[wi][next[wi]++];
+    }
+    for (size_t wi = 0; wi < work.size(); ++wi) // (none left: one row back per row sent)
+      for (; next[wi] < rows[wi].size(); ++next[wi])
+        out_ += rows[wi][next[wi]];
+  } else {
+    for (auto &shard_rows : rows)
+      for (auto &r : shard_rows)
+        out_ += r;
+  }
   if (have_count)
     protocol::command_complete(out_, tag_word + " " + std::to_string(count));
   ready();

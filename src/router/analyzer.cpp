@@ -2,6 +2,7 @@
 // statement touches anywhere (tables, locking clauses, nested DML, functions); typed code reads
 // the shard key from the top-level WHERE / VALUES.
 #include "router/analyzer.h"
+#include "router/values.h"
 
 #include <pg_query.h>
 #include <pg_query/pg_query.pb-c.h>
@@ -676,6 +677,14 @@ private:
       p.keys.push_back(v);
     }
     p.target = TargetKind::by_key;
+    // Several rows may go to several shards, each INSERT with its own rows (rows() cuts the
+    // text), unless RETURNING must follow an ON CONFLICT that may skip rows: then the proxy
+    // could not put the returned rows back in the order of VALUES.
+    if (vs->n_values_lists > 1 && !(s->on_conflict_clause && s->n_returning_list > 0) &&
+        !s->with_clause && f.ctes.empty() && f.dml == 1 && !f.volatile_fn) {
+      p.multi_write = true;
+      p.insert_values = true;
+    }
   }
 
   bool sets_key(const std::vector<TableRef> &refs, PgQuery__Node **targets, size_t n,
@@ -962,6 +971,11 @@ Analysis analyze(std::string_view sql, const std::vector<config::Table> &tables,
     a.max_param = std::max(a.max_param, max_param_ref(&raw->stmt->base));
     p.location = uint32_t(std::max(0, raw->stmt_location));
     p.length = raw->stmt_len > 0 ? uint32_t(raw->stmt_len) : uint32_t(sql.size()) - p.location;
+    if (p.insert_values) {
+      p.value_rows = values_rows(sql.substr(p.location, p.length), p.keys.size());
+      if (p.value_rows.empty())
+        p.multi_write = false; // not cut: a statement on several shards stays refused
+    }
     a.stmts.push_back(std::move(p));
   }
   pg_query__parse_result__free_unpacked(tree, nullptr);

@@ -90,6 +90,11 @@ struct StatementPlan {
   // shard (each holds only its own rows), so without a usable key (target scatter), or with
   // keys on several shards, it goes to each shard concerned.
   bool multi_write = false;
+  // A multi-row INSERT ... VALUES whose rows may go to several shards (multi_write): each row's
+  // span in the statement's text (relative to `location`), so that each shard gets the
+  // statement with its own rows only. Its keys are the rows' keys, in order.
+  std::vector<std::pair<uint32_t, uint32_t>> value_rows;
+  bool insert_values = false; // a multi-row INSERT ... VALUES (value_rows found when cut)
   bool prepared_tx = false;  // PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED (the client's own)
   std::string tag;           // command tag the proxy answers with when it answers itself
   bool tableless = false;    // touches no table at all (SELECT 1, SHOW): any shard can run it

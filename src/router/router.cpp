@@ -157,7 +157,7 @@ void refuse_during_migration(Resolved &r, const Topology &topo) {
 
 Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const ScanResult &scan,
                          const std::vector<ParamValue> &params, const Topology *placement,
-                         bool scatter_ok) const {
+                         bool scatter_ok, std::vector<size_t> *owners) const {
   Resolved r;
   const Topology &topo = placement ? *placement : *topology_;
   switch (p.target) {
@@ -230,6 +230,8 @@ Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const Sca
     if (auto iv = int_literal(v, t, sql, scan)) { // the common case, without building bytes
       uint64_t h = hash_int_key(*iv);
       size_t o = topo.owner(h);
+      if (owners) [[unlikely]]
+        owners->push_back(o);
       if (moving(h, o)) [[unlikely]]
         return r;
       if (owner && *owner != o && !spread(o)) {
@@ -253,6 +255,8 @@ Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const Sca
     }
     uint64_t h = hash_key(*canon);
     size_t o = topo.owner(h);
+    if (owners) [[unlikely]]
+      owners->push_back(o);
     if (moving(h, o)) [[unlikely]]
       return r;
     if (owner && *owner != o && !spread(o)) {

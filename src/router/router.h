@@ -71,7 +71,8 @@ public:
   // protocol); for the others they resolve to a 0A000 error.
   Resolved resolve(const StatementPlan &p, std::string_view sql, const ScanResult &scan,
                    const std::vector<ParamValue> &params = {}, const Topology *topo = nullptr,
-                   bool scatter_ok = false) const;
+                   bool scatter_ok = false, std::vector<size_t> *owners = nullptr) const;
+  // (owners: each key's shard, in the order of p.keys, for cutting a multi-row INSERT.)
 
   // Where a key given as text lives (for --locate and tests): shard index or error text.
   std::optional<size_t> locate(std::string_view table, std::string_view key,

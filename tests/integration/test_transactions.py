@@ -425,6 +425,50 @@ class TransactionsTest(harness.ClusterTestCase):
         self.assertEqual(self.total(), (START * (KEYS - 2), KEYS - 2))
         self.assertEqual(self.prepared(), [])
 
+    def test_multi_row_insert_split_by_shard(self):
+        """A multi-row INSERT whose rows live on several shards is cut into one INSERT per
+        shard (each with its own rows, the text around them kept), atomically: every row on
+        its owner, RETURNING in the order of VALUES, a duplicate on one shard leaves nothing."""
+        conn = self.connect()
+        conn.autocommit = True
+        cur = conn.cursor()
+        keys = list(range(1001, 1013))
+        owners = {self.owner(str(k)) for k in keys}
+        self.assertGreater(len(owners), 1)
+        # Values that look like syntax: parentheses, commas, quotes and comments in strings.
+        owners_text = ["a(b", "c)d", "e, (f)", "it''s", "-- no", "/* no */", "$$x$$", "\\",
+                       "g", "h", "i", "j"]
+        rows = ", ".join(f"({k}, '{o}', {k} /* ) */)" for k, o in zip(keys, owners_text))
+        cur.execute(f"INSERT INTO accounts (id, owner, balance) VALUES {rows} RETURNING id, owner")
+        self.assertEqual(cur.statusmessage, f"INSERT 0 {len(keys)}")
+        want = [(k, o.replace("''", "'")) for k, o in zip(keys, owners_text)]
+        self.assertEqual(cur.fetchall(), want)  # the order of VALUES
+        for k, o in want:
+            port = self.cluster.primary_port(self.owner(str(k)))
+            got = self.cluster.sql(port, f"SELECT owner, balance FROM accounts WHERE id = {k}")
+            self.assertEqual([tuple(r) for r in got], [(o, str(k))])
+        self.assertEqual(self.total()[1], KEYS + len(keys))
+        # A duplicate key on one shard: the whole INSERT fails, nothing anywhere.
+        dup = keys[0]
+        more = [2001, 2002, 2003, 2004, 2005, dup]
+        with self.assertRaises(psycopg2.Error) as e:
+            cur.execute("INSERT INTO accounts (id, balance) VALUES " +
+                        ", ".join(f"({k}, 1)" for k in more))
+        self.assertEqual(e.exception.pgcode, "23505")
+        self.assertEqual(self.total()[1], KEYS + len(keys))
+        # ON CONFLICT DO NOTHING: the new rows go in, the duplicate is skipped.
+        cur.execute("INSERT INTO accounts (id, balance) VALUES " +
+                    ", ".join(f"({k}, 1)" for k in more) + " ON CONFLICT (id) DO NOTHING")
+        self.assertEqual(cur.statusmessage, f"INSERT 0 {len(more) - 1}")
+        # In a transaction block, rolled back: none of them stays.
+        conn.autocommit = False
+        cur.execute("INSERT INTO accounts (id, balance) VALUES (3001, 1), (3002, 1), (3003, 1), "
+                    "(3004, 1), (3005, 1)")
+        conn.rollback()
+        conn.close()
+        self.assertEqual(self.total()[1], KEYS + len(keys) + len(more) - 1)
+        self.assertEqual(self.prepared(), [])
+
     def transfers(self, threads=6, seconds=6.0, proxy=None, errors_ok=False):
         """Concurrent transfers between random keys (locked in key order: PostgreSQL cannot see
         a deadlock across shards). Returns (acknowledged, failed) counts."""
