@@ -363,6 +363,11 @@ struct Session::BatchPlan {
   StmtRef first_bound; // for metrics and the slow-query log
   StmtRef ddl;         // a DDL statement to run on every primary (the batch's only Bind)
   StmtRef end_multi;   // COMMIT or ROLLBACK of a transaction across shards (its only Bind)
+  // A read on every shard (router::TargetKind::scatter), merged: the batch is [Parse] Bind
+  // [Describe portal] Execute Sync outside a transaction; scatter_item is its Bind.
+  StmtRef scatter;
+  size_t scatter_item = 0;
+  uint64_t scatter_shards = 0;
   QueryKind kind = QueryKind::other;
 };
 
@@ -457,6 +462,30 @@ bool Session::batch_moves_key(const std::vector<Msg> &batch) {
       return may_hold(r);
   }
   return false;
+}
+
+// Whether a batch may run as a read on every shard: [Parse] Bind [Describe portal] Execute
+// (all rows) Sync, outside a transaction block, with nothing held.
+bool Session::scatter_shape(const std::vector<Msg> &batch) const {
+  if (in_tx() || tx_shard_ >= 0 || batch_shard_ >= 0 || proxy_failed_ || !implicit_local_.empty())
+    return false;
+  std::string types;
+  for (const Msg &m : batch)
+    types.push_back(m.type);
+  if (types != "BES" && types != "BDES" && types != "PBES" && types != "PBDES")
+    return false;
+  const Msg &e = batch[batch.size() - 2];
+  protocol::Reader r(e.body);
+  r.cstr();
+  int32_t max_rows = r.i32();
+  if (!r.ok() || max_rows != 0)
+    return false;
+  if (types.find('D') != std::string::npos) {
+    const Msg &d = batch[batch.size() - 3];
+    if (d.body.empty() || d.body[0] != 'P')
+      return false;
+  }
+  return true;
 }
 
 bool Session::params_cover_keys(const router::StatementPlan &sp, const protocol::BindMsg &bind) {
@@ -609,9 +638,19 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
       params.clear();
       for (size_t i = 0; i < it.bind.params.size(); ++i)
         params.push_back({it.bind.params[i], protocol::bind_param_format(it.bind, i)});
-      router::Resolved r = sh_.router.resolve(sp, it.st->text, it.st->planned.scan,
-                                              params, w_->place().keys.get());
+      router::Resolved r = sh_.router.resolve(sp, it.st->text, it.st->planned.scan, params,
+                                              w_->place().keys.get(), scatter_shape(batch));
       count_route(w_->stats, r.kind, sp);
+      if (r.kind == router::TargetKind::scatter && !sp.multi_write) {
+        bp.scatter = it.st; // every shard, merged (scatter_read)
+        bp.scatter_item = bp.items.size() - 1;
+        bp.scatter_shards = r.shards;
+        bp.any_bind = true;
+        break;
+      }
+      if (r.kind == router::TargetKind::scatter) // a write on several shards: not here yet
+        r = sh_.router.resolve(sp, it.st->text, it.st->planned.scan, params,
+                               w_->place().keys.get()); // its error names the table and key
       if (!bp.first_bound && r.kind != router::TargetKind::none)
         bp.first_bound = it.st;
       bp.kind = detail::stronger(bp.kind, kind_of(sp.kind));
@@ -1324,6 +1363,25 @@ Task<bool> Session::on_batch() {
     co_return true;
   }
 
+  if (bp.scatter && !bp.error) {
+    // A read on every shard, merged: the client gets ParseComplete and BindComplete, then the
+    // rows as a simple query's scatter makes them.
+    const BatchItem &bi = bp.items[bp.scatter_item];
+    bool describe = false;
+    for (const BatchItem &it : bp.items) {
+      if (it.m->type == 'P')
+        protocol::parse_complete(*sink_);
+      describe |= it.m->type == 'D';
+    }
+    protocol::bind_complete(*sink_);
+    ExtendedRead x{bi.m->body, &bi.bind, &bp.scatter->types, describe};
+    scatter_shards_ = bp.scatter_shards;
+    StmtRef st = bp.scatter; // (the plan's statement outlives the batch's bookkeeping)
+    bool ok = co_await scatter_read(st->planned, st->text, &x);
+    portals_.clear(); // outside a transaction block a portal ends with its Sync
+    virtual_portals_.clear();
+    co_return ok;
+  }
   if (bp.end_multi && bp.error) [[unlikely]] {
     // Another message of the batch failed: the transaction across shards rolls back on every
     // shard (never a COMMIT on one of them), and the batch is answered with its error.

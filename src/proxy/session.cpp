@@ -293,7 +293,7 @@ Task<void> Session::query_loop() {
           continue;
         }
         if (step == QueryStep::scatter) {
-          if (!co_await scatter_read(query_plan_.analysis, query_))
+          if (!co_await scatter_read(query_plan_, query_))
             co_return;
           continue;
         }

@@ -148,6 +148,7 @@ private:
   static bool same_param_count(const protocol::BindMsg &bind, const VirtualPortal &v,
                                const ClientStmt &st);
   static bool params_cover_keys(const router::StatementPlan &sp, const protocol::BindMsg &bind);
+  bool scatter_shape(const std::vector<Msg> &batch) const;
   bool plan_batch(const std::vector<Msg> &batch, BatchPlan &bp);
   enum class BatchMode : uint8_t { synth, side, backend };
   BatchMode batch_mode(const BatchPlan &bp) const;
@@ -188,7 +189,17 @@ private:
   Task<bool> broadcast(const std::string &sql);
   // session_scatter.cpp: a read on every shard, merged (router::TargetKind::scatter).
   struct Scatter;
-  Task<bool> scatter_read(std::shared_ptr<const router::Analysis> analysis, const std::string &sql);
+  // A scatter read that came through the extended protocol: the client's Bind (its portal,
+  // parameters and result formats go to every shard), the statement's parameter types, and
+  // whether the client asked for the RowDescription (Describe of the portal).
+  struct ExtendedRead {
+    std::string_view bind_body;
+    const protocol::BindMsg *bind = nullptr;
+    const std::vector<uint32_t> *types = nullptr;
+    bool describe = false;
+  };
+  Task<bool> scatter_read(const router::PlannedText &pt, const std::string &sql,
+                          const ExtendedRead *x = nullptr);
   Task<bool> scatter_next(Scatter &s, size_t i);
   uint64_t scatter_shards_ = 0; // the scatter route_query() chose: its shards (0: every owner)
   Task<bool> next_frame(BackendConn &b, char &type, std::string &body);

@@ -113,9 +113,9 @@ Task<bool> Session::next_frame(BackendConn &b, char &type, std::string &body) {
   }
 }
 
-Task<bool> Session::scatter_read(std::shared_ptr<const router::Analysis> analysis,
-                                 const std::string &sql) {
-  const router::StatementPlan &p = analysis->stmts[0];
+Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::string &sql,
+                                 const ExtendedRead *x) {
+  const router::StatementPlan &p = pt.analysis->stmts[0];
   const router::ScatterSpec &spec = *p.scatter;
   const Placement &place = w_->place();
   // The shards of the statement's keys, or every shard that owns keys now (not one joining:
@@ -133,17 +133,17 @@ Task<bool> Session::scatter_read(std::shared_ptr<const router::Analysis> analysi
   const size_t n = shards.size();
 
   // Each shard gets LIMIT n + m and OFFSET 0; the proxy applies both to the merged rows.
-  std::optional<uint64_t> limit = const_uint(sql, query_plan_.scan, spec.limit_const);
-  uint64_t offset = const_uint(sql, query_plan_.scan, spec.offset_const).value_or(0);
+  std::optional<uint64_t> limit = const_uint(sql, pt.scan, spec.limit_const);
+  uint64_t offset = const_uint(sql, pt.scan, spec.offset_const).value_or(0);
   std::string shard_sql = sql;
   {
     std::vector<std::pair<const router::ConstToken *, std::string>> edits;
     // Grouped: a shard's first groups are not the first of all, so every group comes back.
     if (limit && spec.limit_const >= 0)
-      edits.push_back({&query_plan_.scan.consts[size_t(spec.limit_const)],
+      edits.push_back({&pt.scan.consts[size_t(spec.limit_const)],
                        spec.grouped ? std::string("ALL") : std::to_string(*limit + offset)});
-    if (spec.offset_const >= 0 && const_uint(sql, query_plan_.scan, spec.offset_const))
-      edits.push_back({&query_plan_.scan.consts[size_t(spec.offset_const)], "0"});
+    if (spec.offset_const >= 0 && const_uint(sql, pt.scan, spec.offset_const))
+      edits.push_back({&pt.scan.consts[size_t(spec.offset_const)], "0"});
     std::sort(edits.begin(), edits.end(),
               [](auto &a, auto &b) { return a.first->start > b.first->start; });
     for (auto &[c, text] : edits)
@@ -182,7 +182,15 @@ Task<bool> Session::scatter_read(std::shared_ptr<const router::Analysis> analysi
     prepare_backend(*bs[i], wbuf_, false);
     swallow[i] = int(exp_.size());
     exp_.clear();
-    protocol::query(wbuf_, shard_sql);
+    if (x) { // the client's Bind, on the statement as each shard runs it (LIMIT n+m)
+      protocol::parse(wbuf_, "", shard_sql, *x->types);
+      protocol::rewrite_bind(wbuf_, *x->bind, x->bind_body, "");
+      protocol::Writer(wbuf_, 'D').u8('P').cstr(x->bind->portal).finish();
+      protocol::Writer(wbuf_, 'E').cstr(x->bind->portal).i32(0).finish();
+      protocol::Writer(wbuf_, 'S').finish();
+    } else {
+      protocol::query(wbuf_, shard_sql);
+    }
     bs[i]->unnamed_owner = 0;
     ErrorCode ec;
     co_await write_all(bs[i]->sock, wbuf_, ec);
@@ -213,7 +221,7 @@ Task<bool> Session::scatter_read(std::shared_ptr<const router::Analysis> analysi
       if (type == 'T') {
         if (!protocol::parse_row_description(body, descs[i]))
           fail(i, {"ERROR", "08P01", "malformed RowDescription", "", ""});
-        if (i == 0)
+        if (i == 0 && (!x || x->describe))
           protocol::Writer(first_desc, 'T').raw(body).finish();
         break;
       }
@@ -441,7 +449,7 @@ Task<bool> Session::scatter_read(std::shared_ptr<const router::Analysis> analysi
     cancel_->set_many({});
   for (size_t i = 0; i < n; ++i) // counted per shard, as the shard's own queries are
     if (swallow[i] >= 0 && !bs[i]->broken)
-      record_query(shards[i], *bs[i], QueryKind::read, started, query_plan_.scan.normalized);
+      record_query(shards[i], *bs[i], QueryKind::read, started, pt.scan.normalized);
   detach_if_idle();
   ready();
   co_return !closing_;
