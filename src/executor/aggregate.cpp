@@ -166,10 +166,10 @@ std::vector<protocol::Row> Groups::take() {
 
 bool combinable(const AggSpec &s) {
   switch (s.agg) {
-  case Agg::Count:
-    return s.kind == Kind::Integer;
-  case Agg::Sum:
-    return s.kind == Kind::Integer || s.kind == Kind::Numeric;
+  case Agg::Count: // bigint
+    return s.kind == Kind::Integer || s.kind == Kind::BinaryInteger;
+  case Agg::Sum: // bigint for smallint and integer, numeric for bigint and numeric
+    return s.kind == Kind::Integer || s.kind == Kind::Numeric || s.kind == Kind::BinaryInteger;
   case Agg::Min:
   case Agg::Max:
   case Agg::Group:
@@ -189,8 +189,9 @@ bool combine(const std::vector<protocol::Row> &partials, const std::vector<AggSp
       return false;
     }
     protocol::Field acc;
+    bool binary = s.kind == Kind::BinaryInteger;
     if (s.agg == Agg::Count)
-      acc = std::string("0");
+      acc = binary ? std::string(8, '\0') : std::string("0");
     if (s.agg == Agg::Group) {
       if (!partials.empty() && c < partials[0].size())
         out[c] = partials[0][c];
@@ -205,6 +206,21 @@ bool combine(const std::vector<protocol::Row> &partials, const std::vector<AggSp
       const protocol::Field &v = p[c];
       if (!v)
         continue;
+      if (binary && (s.agg == Agg::Count || s.agg == Agg::Sum)) {
+        // A binary bigint (count, or sum of smallint or integer): added exactly, same width.
+        auto a = acc ? binary_int(*acc) : std::optional<int64_t>(0);
+        auto b = binary_int(*v);
+        int64_t sum = 0;
+        if (!a || !b || v->size() != 8 || __builtin_add_overflow(*a, *b, &sum)) {
+          error = "column " + std::to_string(c + 1) + ": bigint out of range or malformed";
+          return false;
+        }
+        std::string enc(8, '\0');
+        for (int k = 7; k >= 0; --k, sum = int64_t(uint64_t(sum) >> 8))
+          enc[size_t(k)] = char(uint64_t(sum) & 0xff);
+        acc = std::move(enc);
+        continue;
+      }
       if (!acc) {
         if (s.agg == Agg::Sum && !parse_decimal(*v)) {
           error = "column " + std::to_string(c + 1) + ": not a number: " + *v;

@@ -44,7 +44,9 @@ std::optional<int64_t> parse_int(std::string_view s) {
   return v;
 }
 
-std::optional<int64_t> parse_binary_int(std::string_view s) {
+} // namespace
+
+std::optional<int64_t> binary_int(std::string_view s) {
   if (s.size() != 2 && s.size() != 4 && s.size() != 8)
     return std::nullopt;
   uint64_t u = 0;
@@ -57,12 +59,37 @@ std::optional<int64_t> parse_binary_int(std::string_view s) {
   return int64_t(u);
 }
 
+namespace {
+
 // Floats: (rank, value) where rank orders -Infinity < numbers < Infinity < NaN.
 struct FloatKey {
   int rank;
   double v;
   bool operator<(const FloatKey &o) const { return rank != o.rank ? rank < o.rank : v < o.v; }
 };
+// float4 or float8 in binary: IEEE 754, big-endian.
+std::optional<FloatKey> parse_binary_float(std::string_view s) {
+  if (s.size() != 4 && s.size() != 8)
+    return std::nullopt;
+  uint64_t u = 0;
+  for (unsigned char c : s)
+    u = (u << 8) | c;
+  double v;
+  if (s.size() == 4) {
+    uint32_t w = uint32_t(u);
+    float f;
+    std::memcpy(&f, &w, 4);
+    v = f;
+  } else {
+    std::memcpy(&v, &u, 8);
+  }
+  if (std::isnan(v))
+    return FloatKey{3, 0};
+  if (std::isinf(v))
+    return FloatKey{v > 0 ? 2 : 0, 0};
+  return FloatKey{1, v};
+}
+
 std::optional<FloatKey> parse_float(std::string_view s) {
   if (s == "NaN")
     return FloatKey{3, 0};
@@ -234,7 +261,23 @@ Kind kind_of(uint32_t oid, int16_t format) {
     case kInt2:
     case kInt4:
     case kInt8:
+    case kDate:        // int32 days since 2000-01-01 (the infinities at the extremes)
+    case kTime:        // int64 microseconds
+    case kTimestamp:   // int64 microseconds since 2000-01-01
+    case kTimestampTz: // the same, in UTC
       return Kind::BinaryInteger;
+    case kFloat4:
+    case kFloat8:
+      return Kind::BinaryFloat;
+    case kBool: // one byte, 0 or 1
+      return Kind::Bool;
+    case kText:
+    case kVarchar:
+    case kBpchar:
+    case kName:
+    case kChar:
+    case kUuid: // 16 bytes, compared as PostgreSQL does (memcmp)
+      return Kind::Bytes;
     default:
       return Kind::Unsupported;
     }
@@ -284,6 +327,7 @@ const char *to_string(Kind k) {
   case Kind::Timestamp: return "timestamp";
   case Kind::TimestampTz: return "timestamptz";
   case Kind::BinaryInteger: return "binary integer";
+  case Kind::BinaryFloat: return "binary float";
   case Kind::Unsupported: return "unsupported";
   }
   return "?";
@@ -294,9 +338,11 @@ int compare(Kind k, std::string_view a, std::string_view b) {
   case Kind::Integer:
     return parsed_cmp<int64_t>(a, b, parse_int);
   case Kind::BinaryInteger:
-    return parsed_cmp<int64_t>(a, b, parse_binary_int);
+    return parsed_cmp<int64_t>(a, b, binary_int);
   case Kind::Float:
     return parsed_cmp<FloatKey>(a, b, parse_float);
+  case Kind::BinaryFloat:
+    return parsed_cmp<FloatKey>(a, b, parse_binary_float);
   case Kind::Numeric:
     return numeric_cmp(a, b);
   case Kind::Date:

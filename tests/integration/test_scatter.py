@@ -13,6 +13,7 @@ in its detail, and the session goes on.
 
 Knobs: SCATTER_QUERIES (default 300), SCATTER_SEED (default 1).
 """
+import asyncio
 import os
 import random
 import sys
@@ -37,6 +38,10 @@ try:
     import psycopg
 except ImportError:  # pragma: no cover
     psycopg = None
+try:
+    import asyncpg
+except ImportError:  # pragma: no cover
+    asyncpg = None
 
 N_QUERIES = int(os.environ.get("SCATTER_QUERIES", "300"))
 SEED = int(os.environ.get("SCATTER_SEED", "1"))
@@ -201,6 +206,32 @@ class ScatterTest(unittest.TestCase):
             self.assertLess(self.refused, N_QUERIES // 3, "binary mode refused everything")
         finally:
             type(self).mode = "simple"
+
+    @unittest.skipIf(asyncpg is None, "asyncpg not installed")
+    def test_asyncpg_reads_across_shards(self):
+        """asyncpg (prepared statements, binary results) gets what PostgreSQL answers."""
+        queries = ["SELECT count(*), sum(grp), min(at), max(day) FROM items",
+                   "SELECT id, grp, at FROM items WHERE grp = $1 ORDER BY at DESC, id LIMIT 7",
+                   "SELECT grp, count(*), max(score) FROM items GROUP BY grp ORDER BY grp",
+                   "SELECT DISTINCT grp FROM items ORDER BY 1 DESC",
+                   "SELECT id, tag FROM items ORDER BY tag NULLS FIRST, id LIMIT 20 OFFSET 5"]
+
+        async def run(port_dsn):
+            conn = await asyncpg.connect(port_dsn)
+            try:
+                out = []
+                for q in queries:
+                    args = (3,) if "$1" in q else ()
+                    out.append([tuple(r) for r in await conn.fetch(q, *args)])
+                return out
+            finally:
+                await conn.close()
+
+        ref_dsn = (f"postgresql://app:app-secret@127.0.0.1:{self.ref_cluster.primary_port(0)}/app")
+        want = asyncio.run(run(ref_dsn))
+        got = asyncio.run(run(self.proxy.dsn()))
+        for q, w, g in zip(queries, want, got):
+            self.assertEqual(g, w, q)
 
     def generated(self, count, seed):
         rng = random.Random(seed)

@@ -80,3 +80,26 @@ TEST(Combine, RefusesWhatItCannotDoExactly) {
   EXPECT_FALSE(combine({{std::string("1")}}, {{Agg::Count, Kind::Integer}, {Agg::Sum, Kind::Integer}}, out, err))
       << "a shard answered too few columns";
 }
+
+TEST(Combine, BinaryCountsAndSumsStayBinaryBigints) {
+  auto be8 = [](int64_t v) {
+    std::string s(8, '\0');
+    uint64_t u = uint64_t(v);
+    for (size_t i = 8; i-- > 0; u >>= 8)
+      s[i] = char(u & 0xff);
+    return s;
+  };
+  std::vector<AggSpec> specs = {{Agg::Count, Kind::BinaryInteger}, {Agg::Sum, Kind::BinaryInteger}};
+  std::vector<Row> partials = {{be8(3), be8(-10)}, {be8(0), std::nullopt}, {be8(4), be8(25)}};
+  Row out;
+  std::string err;
+  ASSERT_TRUE(combine(partials, specs, out, err)) << err;
+  EXPECT_EQ(out[0], be8(7));
+  EXPECT_EQ(out[1], be8(15));
+  // No rows anywhere: count 0 (binary), sum NULL.
+  ASSERT_TRUE(combine({{be8(0), std::nullopt}}, specs, out, err)) << err;
+  EXPECT_EQ(out[0], be8(0));
+  EXPECT_FALSE(out[1]);
+  // Overflow is refused, never wrapped.
+  EXPECT_FALSE(combine({{be8(1), be8(INT64_MAX)}, {be8(1), be8(1)}}, specs, out, err));
+}

@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -81,4 +83,44 @@ TEST(Values, TextIsByteOrderAndUnparsableValuesSortLast) {
   EXPECT_LT(compare(Kind::Integer, "5", "five"), 0);
   EXPECT_GT(compare(Kind::Date, "not a date", "2024-01-01"), 0);
   EXPECT_EQ(compare(Kind::Integer, "x", "x"), 0);
+}
+
+namespace {
+std::string be(uint64_t v, size_t n) {
+  std::string s(n, '\0');
+  for (size_t i = n; i-- > 0; v >>= 8)
+    s[i] = char(v & 0xff);
+  return s;
+}
+std::string f8(double d) {
+  uint64_t u;
+  std::memcpy(&u, &d, 8);
+  return be(u, 8);
+}
+std::string f4(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return be(u, 4);
+}
+} // namespace
+
+TEST(Values, BinaryFormatsAsDriversRequestThem) {
+  // asyncpg asks for every result column in binary.
+  EXPECT_EQ(kind_of(701, 1), Kind::BinaryFloat);
+  EXPECT_EQ(kind_of(1184, 1), Kind::BinaryInteger); // timestamptz: int64 microseconds, UTC
+  EXPECT_EQ(kind_of(1082, 1), Kind::BinaryInteger); // date: int32 days
+  EXPECT_EQ(kind_of(2950, 1), Kind::Bytes);         // uuid: 16 bytes, memcmp order
+  EXPECT_EQ(kind_of(1700, 1), Kind::Unsupported);   // numeric in binary: not understood
+  const double inf = std::numeric_limits<double>::infinity();
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  std::vector<std::string> in = {f8(nan), f8(1.5), f8(-inf), f8(-2.0), f8(inf), f8(0.0)};
+  std::sort(in.begin(), in.end(),
+            [](auto &a, auto &b) { return compare(Kind::BinaryFloat, a, b) < 0; });
+  EXPECT_EQ(in, (std::vector<std::string>{f8(-inf), f8(-2.0), f8(0.0), f8(1.5), f8(inf), f8(nan)}));
+  EXPECT_EQ(compare(Kind::BinaryFloat, f8(-0.0), f8(0.0)), 0);
+  EXPECT_LT(compare(Kind::BinaryFloat, f4(-1.0f), f4(0.25f)), 0);
+  // Dates before 2000 are negative days; the infinities are the int32 extremes.
+  EXPECT_LT(compare(Kind::BinaryInteger, be(uint32_t(-5), 4), be(3, 4)), 0);
+  EXPECT_GT(compare(Kind::BinaryInteger, be(0x7fffffff, 4), be(100000, 4)), 0);
+  EXPECT_EQ(binary_int(be(uint64_t(-7), 8)).value_or(0), -7);
 }
