@@ -287,6 +287,11 @@ Task<void> Session::query_loop() {
             co_return;
           continue;
         }
+        if (step == QueryStep::copy_in) {
+          if (!co_await copy_in(query_))
+            co_return;
+          continue;
+        }
         if (step == QueryStep::scatter_write) {
           if (!co_await scatter_write(query_))
             co_return;
@@ -567,6 +572,24 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
         ready();
         return QueryStep::answered;
       }
+    }
+    if (r.kind == router::TargetKind::scatter && st.copy_in) {
+      if (!single || proxy_failed_) {
+        error("0A000", "COPY into a sharded table must be sent alone",
+              "send it as its own statement");
+        if (in_tx())
+          fail_transaction_by_proxy();
+        ready();
+        return QueryStep::answered;
+      }
+      if (auto f = sh_.fenced_write()) {
+        error(f->sqlstate, f->message, f->hint);
+        if (in_tx())
+          fail_transaction_by_proxy();
+        ready();
+        return QueryStep::answered;
+      }
+      return QueryStep::copy_in;
     }
     if (r.kind == router::TargetKind::scatter && st.multi_write) {
       if (auto f = sh_.fenced_write()) {

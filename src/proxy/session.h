@@ -109,6 +109,7 @@ private:
     hold,
     scatter,
     scatter_write,
+    copy_in,
     end_multi
   };
   struct QueryRun {
@@ -215,6 +216,9 @@ private:
   Task<executor::Outcome> await_decision(const std::string &txid, std::string &error);
   Task<void> end_multi_tx(bool commit);
   Task<bool> scatter_write(const std::string &sql);
+  // session_copy.cpp: COPY FROM STDIN into a sharded table, each row to its owner.
+  Task<bool> copy_in(const std::string &sql);
+  Task<bool> drain_to_ready(BackendConn &b, protocol::ErrorInfo &err, std::string &tag);
   uint64_t tx_shards_ = 0;      // the shards the open transaction holds (bit per shard)
   uint64_t tx_writers_ = 0;     // those it wrote on
   std::string tx_begin_;        // its BEGIN (and SET TRANSACTION), for shards it takes on

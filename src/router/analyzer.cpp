@@ -4,6 +4,8 @@
 #include "router/analyzer.h"
 #include "router/values.h"
 
+#include <cstring>
+
 #include <pg_query.h>
 #include <pg_query/pg_query.pb-c.h>
 
@@ -708,6 +710,90 @@ private:
     return false;
   }
 
+  // COPY t FROM STDIN into a sharded table runs on every shard, each row to its owner
+  // (proxy/session_copy.cpp); COPY TO and COPY (query) are utility statements as before.
+  void plan_copy(StatementPlan &p, const PgQuery__CopyStmt *c, const Facts &f) const {
+    p.kind = c->is_from ? StmtKind::write : StmtKind::read;
+    int t = c->relation ? find_table(c->relation) : -1;
+    bool stdin_ = c->filename == nullptr || c->filename[0] == '\0';
+    if (t < 0 || !c->is_from || c->is_program || !stdin_) {
+      p.kind = StmtKind::other;
+      plan_utility_tables(p, f, false);
+      return;
+    }
+    p.table = t;
+    const auto &tb = tables_[size_t(t)];
+    StatementPlan::CopyIn ci;
+    auto err = [&](std::string msg, std::string hint) {
+      p.target = TargetKind::error;
+      p.error = {"0A000", std::move(msg), std::move(hint)};
+    };
+    auto one_char = [&](const Node *arg, char &out) {
+      if (arg && arg->node_case == PG_QUERY__NODE__NODE_STRING && std::strlen(arg->string->sval) == 1)
+        out = arg->string->sval[0];
+    };
+    bool escape_set = false, null_set = false;
+    for (size_t i = 0; i < c->n_options; ++i) {
+      const Node *o = c->options[i];
+      if (o->node_case != PG_QUERY__NODE__NODE_DEF_ELEM)
+        continue;
+      std::string name = o->def_elem->defname;
+      const Node *arg = o->def_elem->arg;
+      std::string sval = arg && arg->node_case == PG_QUERY__NODE__NODE_STRING ? arg->string->sval : "";
+      if (name == "format") {
+        if (lower(sval) == "binary") {
+          err("COPY FROM STDIN in binary format into sharded table \"" + tb.name +
+                  "\" is not supported yet",
+              "use the text or CSV format");
+          return;
+        }
+        ci.csv = lower(sval) == "csv";
+      } else if (name == "delimiter") {
+        one_char(arg, ci.delimiter);
+      } else if (name == "null") {
+        ci.null_text = sval;
+        null_set = true;
+      } else if (name == "quote") {
+        one_char(arg, ci.quote);
+      } else if (name == "escape") {
+        one_char(arg, ci.escape);
+        escape_set = true;
+      } else if (name == "header") {
+        ci.header = !arg || (arg->node_case == PG_QUERY__NODE__NODE_BOOLEAN && arg->boolean->boolval) ||
+                    (arg->node_case == PG_QUERY__NODE__NODE_INTEGER && arg->integer->ival != 0) ||
+                    lower(sval) == "true" || lower(sval) == "on" || lower(sval) == "match";
+      }
+    }
+    if (ci.csv && !null_set)
+      ci.null_text = "";
+    if (ci.csv && ci.delimiter == '\t' && !has_option(c, "delimiter"))
+      ci.delimiter = ',';
+    if (!escape_set)
+      ci.escape = ci.quote;
+    for (size_t i = 0; i < c->n_attlist; ++i) {
+      const Node *a = c->attlist[i];
+      if (a->node_case == PG_QUERY__NODE__NODE_STRING && tb.key == a->string->sval)
+        ci.key_field = int(i);
+    }
+    if (c->n_attlist > 0 && ci.key_field < 0) {
+      err("COPY into sharded table \"" + tb.name + "\" must include its shard key column \"" +
+              tb.key + "\"",
+          "list the key column in the COPY column list");
+      return;
+    }
+    p.copy_in = std::move(ci);
+    p.target = TargetKind::scatter;
+    p.multi_write = true;
+  }
+
+  static bool has_option(const PgQuery__CopyStmt *c, const char *name) {
+    for (size_t i = 0; i < c->n_options; ++i)
+      if (c->options[i]->node_case == PG_QUERY__NODE__NODE_DEF_ELEM &&
+          std::string_view(c->options[i]->def_elem->defname) == name)
+        return true;
+    return false;
+  }
+
   void plan_utility_tables(StatementPlan &p, const Facts &f, bool broadcast_ok) const {
     auto touched = sharded_tables(f);
     if (touched.empty())
@@ -890,6 +976,9 @@ StatementPlan Analyzer::plan(const Node *stmt) {
     }
     break;
   }
+  case PG_QUERY__NODE__NODE_COPY_STMT:
+    plan_copy(p, stmt->copy_stmt, f);
+    break;
   case PG_QUERY__NODE__NODE_VACUUM_STMT:
     p.kind = StmtKind::other;
     plan_utility_tables(p, f, true);

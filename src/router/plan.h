@@ -4,7 +4,9 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace sg::router {
@@ -95,6 +97,18 @@ struct StatementPlan {
   // statement with its own rows only. Its keys are the rows' keys, in order.
   std::vector<std::pair<uint32_t, uint32_t>> value_rows;
   bool insert_values = false; // a multi-row INSERT ... VALUES (value_rows found when cut)
+  // COPY t [(cols)] FROM STDIN into a sharded table (target scatter): its format, and which
+  // field holds the key (-1: no column list; the catalog's column order applies).
+  struct CopyIn {
+    bool csv = false;
+    char delimiter = '\t';
+    std::string null_text = "\\N";
+    char quote = '"';
+    char escape = '"';
+    bool header = false;
+    int key_field = -1;
+  };
+  std::optional<CopyIn> copy_in;
   bool prepared_tx = false;  // PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED (the client's own)
   std::string tag;           // command tag the proxy answers with when it answers itself
   bool tableless = false;    // touches no table at all (SELECT 1, SHOW): any shard can run it

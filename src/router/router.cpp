@@ -276,6 +276,18 @@ Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const Sca
   return r;
 }
 
+std::optional<size_t> Router::owner_of_text(int table, std::string_view text,
+                                            const Topology *topo, std::string &error) const {
+  const config::Table &t = tables_[size_t(table)];
+  auto c = canonical_from_text(t.key_type, text);
+  if (!c) {
+    error = "invalid " + std::string(config::to_string(t.key_type)) + " value \"" +
+            std::string(text) + "\" for shard key \"" + t.key + "\" of table \"" + t.name + "\"";
+    return std::nullopt;
+  }
+  return (topo ? *topo : *topology_).owner(hash_key(*c));
+}
+
 std::optional<size_t> Router::locate(std::string_view table, std::string_view key,
                                      std::string &error) const {
   for (auto &t : tables_) {

@@ -74,6 +74,10 @@ public:
                    bool scatter_ok = false, std::vector<size_t> *owners = nullptr) const;
   // (owners: each key's shard, in the order of p.keys, for cutting a multi-row INSERT.)
 
+  // The owner under `topo` of table's key written as text (a COPY field, unescaped);
+  // nullopt with `error` when it is not a valid key of the table's key type.
+  std::optional<size_t> owner_of_text(int table, std::string_view text, const Topology *topo,
+                                      std::string &error) const;
   // Where a key given as text lives (for --locate and tests): shard index or error text.
   std::optional<size_t> locate(std::string_view table, std::string_view key,
                                std::string &error) const;

@@ -27,6 +27,7 @@ Proved here:
   the primaries, and recovery leaves no prepared transaction.
 """
 import asyncio
+import io
 import json
 import os
 import random
@@ -41,6 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
+import workload  # noqa: E402
 
 try:
     import psycopg2
@@ -132,10 +134,11 @@ class TransactionsTest(harness.ClusterTestCase):
     def total(self):
         """Sum and row count over every primary, and whether each row is on its owner."""
         s, n = 0, 0
+        ring = workload.Ring([f"s{i}" for i in range(self.SHARDS)])  # agrees with --locate
         for i in range(self.SHARDS):
             for (k, b) in self.cluster.sql(self.cluster.primary_port(i),
                                            "SELECT id, balance FROM accounts"):
-                self.assertEqual(self.owner(str(k)), i, f"row {k} on s{i}, not its owner")
+                self.assertEqual(ring.owner(int(k)), f"s{i}", f"row {k} on s{i}, not its owner")
                 s += int(b)
                 n += 1
         return s, n
@@ -467,6 +470,76 @@ class TransactionsTest(harness.ClusterTestCase):
         conn.rollback()
         conn.close()
         self.assertEqual(self.total()[1], KEYS + len(keys) + len(more) - 1)
+        self.assertEqual(self.prepared(), [])
+
+    def copy_from(self, sql, data):
+        conn = self.connect()
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.copy_expert(sql, io.StringIO(data))
+                return cur.rowcount
+        finally:
+            conn.close()
+
+    def rows_on_owners(self, ids):
+        """{id: (owner, balance)} read from the primaries; fails if a row is off its owner."""
+        out = {}
+        ring = workload.Ring([f"s{i}" for i in range(self.SHARDS)])  # agrees with --locate
+        for i in range(self.SHARDS):
+            for (k, o, b) in self.cluster.sql(self.cluster.primary_port(i),
+                                              "SELECT id, owner, balance FROM accounts WHERE id "
+                                              f"BETWEEN {min(ids)} AND {max(ids)}"):
+                self.assertEqual(ring.owner(int(k)), f"s{i}", f"row {k} on s{i}")
+                self.assertNotIn(int(k), out, f"row {k} twice")
+                out[int(k)] = (o, int(b))
+        return out
+
+    def test_copy_from_stdin_splits_rows_by_shard(self):
+        """COPY FROM STDIN (text and CSV, with and without a column list) puts every row on its
+        owner, exactly once; a bad row or a CopyFail leaves nothing on any shard."""
+        n = 100_000
+        base = 10_000_000
+        data = "".join(f"{base + i}\tcopy\t{i}\n" for i in range(n))
+        t0 = time.monotonic()
+        count = self.copy_from("COPY accounts (id, owner, balance) FROM STDIN", data)
+        took = time.monotonic() - t0
+        self.assertEqual(count, n)
+        got = self.rows_on_owners([base, base + n - 1])
+        self.assertEqual(len(got), n)
+        self.assertEqual(sum(b for _, b in got.values()), n * (n - 1) // 2)
+        print(f"\nCOPY of {n} rows through the proxy: {took:.2f} s", file=sys.stderr)
+        # CSV with a header, quotes, newlines in values; no column list (the catalog's order).
+        csv_rows = ['"20000001","a,""b""\nc",5', '20000002,plain,6', '20000003,"",7']
+        count = self.copy_from("COPY accounts FROM STDIN WITH (FORMAT csv, HEADER true)",
+                               "id,owner,balance\n" + "\n".join(csv_rows) + "\n")
+        self.assertEqual(count, 3)
+        got = self.rows_on_owners([20000001, 20000003])
+        self.assertEqual(got, {20000001: ('a,"b"\nc', 5), 20000002: ("plain", 6),
+                               20000003: ("", 7)})
+        # A bad row in the middle (its key is not a bigint): nothing anywhere.
+        before = self.total()
+        bad = "".join(f"{30_000_000 + i}\tx\t1\n" for i in range(500)) + "oops\tx\t1\n" + \
+            "".join(f"{30_001_000 + i}\tx\t1\n" for i in range(500))
+        with self.assertRaises(psycopg2.Error) as e:
+            self.copy_from("COPY accounts (id, owner, balance) FROM STDIN", bad)
+        self.assertEqual(e.exception.pgcode, "22P02")
+        # A row one shard rejects (a duplicate key): nothing anywhere either.
+        dup = "".join(f"{40_000_000 + i}\tx\t1\n" for i in range(500)) + f"{base}\tdup\t1\n"
+        with self.assertRaises(psycopg2.Error) as e:
+            self.copy_from("COPY accounts (id, owner, balance) FROM STDIN", dup)
+        self.assertEqual(e.exception.pgcode, "23505")
+        self.assertIn("nothing was copied", e.exception.diag.message_detail or "")
+        self.assertEqual(self.total(), before)
+        # In a transaction block, rolled back: nothing.
+        conn = self.connect()
+        with conn.cursor() as cur:
+            cur.copy_expert("COPY accounts (id, owner, balance) FROM STDIN",
+                            io.StringIO("".join(f"{50_000_000 + i}\tx\t1\n" for i in range(50))))
+            self.assertEqual(cur.rowcount, 50)
+        conn.rollback()
+        conn.close()
+        self.assertEqual(self.total(), before)
         self.assertEqual(self.prepared(), [])
 
     def transfers(self, threads=6, seconds=6.0, proxy=None, errors_ok=False):
