@@ -171,7 +171,12 @@ INSTANTIATE_TEST_SUITE_P(
              "22P02"},
         Case{"SELECT * FROM accounts WHERE id = 99999999999999999999", TK::error, SK::read,
              nullptr, nullptr, "22P02"},
-        Case{"COPY accounts FROM STDIN", TK::error, SK::other, nullptr, nullptr, "0A000"},
+        // Every shard (scatter), which the extended protocol cannot run: 0A000 there.
+        Case{"COPY accounts FROM STDIN", TK::error, SK::write, nullptr, nullptr, "0A000"},
+        Case{"COPY accounts (id) FROM STDIN WITH (FORMAT binary)", TK::error, SK::write, nullptr,
+             nullptr, "0A000"},
+        Case{"COPY accounts (owner) FROM STDIN", TK::error, SK::write, nullptr, nullptr, "0A000"},
+        Case{"COPY accounts FROM '/tmp/x'", TK::error, SK::other, nullptr, nullptr, "0A000"},
         // Transaction control and session state: no shard of their own
         Case{"BEGIN", TK::none, SK::begin},
         Case{"START TRANSACTION ISOLATION LEVEL SERIALIZABLE", TK::none, SK::begin},
@@ -440,4 +445,31 @@ TEST(Scatter, WritesWithoutKeyRunOnEveryShardOnlyWhenSelfContained) {
     EXPECT_EQ(p.target, TargetKind::error) << sql;
     EXPECT_FALSE(p.multi_write) << sql;
   }
+}
+
+TEST(Scatter, CopyFromStdinReadsItsFormatAndKeyPosition) {
+  auto copy_of = [](const std::string &sql) {
+    PlannedText pt = router().plan(sql);
+    return pt.analysis->stmts[0];
+  };
+  StatementPlan p = copy_of("COPY accounts (owner, id, balance) FROM STDIN");
+  ASSERT_TRUE(p.copy_in);
+  EXPECT_EQ(p.target, TargetKind::scatter);
+  EXPECT_EQ(p.copy_in->key_field, 1);
+  EXPECT_FALSE(p.copy_in->csv);
+  EXPECT_EQ(p.copy_in->delimiter, '\t');
+  EXPECT_EQ(p.copy_in->null_text, "\\N");
+  p = copy_of("COPY accounts FROM STDIN WITH (FORMAT csv, HEADER, DELIMITER ';', QUOTE '''')");
+  ASSERT_TRUE(p.copy_in);
+  EXPECT_EQ(p.copy_in->key_field, -1); // no column list: the catalog's order
+  EXPECT_TRUE(p.copy_in->csv);
+  EXPECT_TRUE(p.copy_in->header);
+  EXPECT_EQ(p.copy_in->delimiter, ';');
+  EXPECT_EQ(p.copy_in->quote, '\'');
+  EXPECT_EQ(p.copy_in->escape, '\''); // ESCAPE defaults to QUOTE
+  EXPECT_EQ(p.copy_in->null_text, "");
+  p = copy_of("COPY accounts (id) FROM STDIN CSV");
+  ASSERT_TRUE(p.copy_in);
+  EXPECT_EQ(p.copy_in->delimiter, ',');
+  EXPECT_FALSE(copy_of("COPY accounts TO STDOUT").copy_in);
 }
