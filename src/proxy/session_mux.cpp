@@ -9,6 +9,9 @@
 
 namespace sg::proxy {
 
+// Whether q (a routed simple Query) may share a backend connection with other clients' reads
+// (see mux.h): a lone plain read in autocommit, from a session that holds no connection of its
+// own on that shard. (mux_join() matches the session's settings with the connection's.)
 bool Session::pipelinable(const QueryRun &q, const router::StatementPlan &sp, bool alone) const {
   return sh_.cfg.proxy.pipeline_depth > 0 && !session_mode_ && q.read && !in_tx() &&
          tx_shard_ < 0 && batch_shard_ < 0 && deferred_.empty() && exp_.empty() && sink_ == &out_ &&

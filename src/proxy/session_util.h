@@ -13,6 +13,11 @@
 
 namespace sg::proxy::detail {
 
+// A statement the proxy answers itself, with no backend.
+inline void synthetic_done(std::string &out, const std::string &tag) {
+  protocol::command_complete(out, tag);
+}
+
 inline void append_frame(std::string &out, char type, std::string_view body) {
   protocol::Writer(out, type).raw(body).finish();
 }

@@ -1,0 +1,443 @@
+// The extended protocol, part: planning a batch (plan_batch(): what each message names, where
+// each Bind routes, which shard the batch runs on, what the proxy must refuse or answer itself)
+// and the checks around it. extended.cpp runs the plan. See batch.h and session.h.
+#include "proxy/batch.h"
+
+#include "proxy/errors.h"
+#include "proxy/session_util.h"
+
+#include <algorithm>
+#include <atomic>
+#include <boost/container/small_vector.hpp>
+
+namespace sg::proxy {
+
+using detail::count_route;
+using detail::kind_of;
+
+namespace {
+
+std::atomic<uint64_t> g_unnamed_tags{1};
+
+std::string missing_statement(std::string_view name) {
+  return name.empty() ? std::string("unnamed prepared statement does not exist")
+                      : "prepared statement \"" + std::string(name) + "\" does not exist";
+}
+
+} // namespace
+
+// Whether a Bind of the batch writes a key that its cutover pauses, and the session may wait
+// for it (may_hold). Statements are those the batch parses, else those prepared before. Only
+// asked while a cutover pauses writes; plan_batch() makes the real decisions.
+bool Session::batch_moves_key(const std::vector<Msg> &batch) {
+  std::unordered_map<std::string, std::pair<std::string, router::PlannedText>> parsed;
+  std::vector<router::ParamValue> params;
+  protocol::BindMsg b;
+  for (const Msg &m : batch) {
+    if (m.type == 'P') {
+      auto p = protocol::parse_parse(m.body);
+      if (!p)
+        return false;
+      auto &slot = parsed[std::string(p->name)];
+      slot.first.assign(p->query);
+      slot.second = sh_.router.plan(slot.first);
+      continue;
+    }
+    if (m.type != 'B' || !protocol::parse_bind(m.body, b))
+      continue;
+    const std::string *text = nullptr;
+    const router::PlannedText *pt = nullptr;
+    if (auto it = parsed.find(std::string(b.statement)); it != parsed.end()) {
+      text = &it->second.first;
+      pt = &it->second.second;
+    } else if (auto st = stmts_.find(std::string(b.statement)); st != stmts_.end()) {
+      text = &st->second->text;
+      pt = &st->second->planned;
+    }
+    if (!pt || !pt->analysis || pt->analysis->stmts.empty())
+      continue;
+    const router::StatementPlan &sp = pt->analysis->stmts[0];
+    if (!params_cover_keys(sp, b))
+      continue;
+    params.clear();
+    for (size_t i = 0; i < b.params.size(); ++i)
+      params.push_back({b.params[i], protocol::bind_param_format(b, i)});
+    router::Resolved r =
+        sh_.router.resolve(sp, *text, pt->scan, params, w_->place().keys.get());
+    if (r.moving)
+      return may_hold(r);
+  }
+  return false;
+}
+
+// Whether a batch may run as a read on every shard: [Parse] Bind [Describe portal] Execute
+// (all rows) Sync, outside a transaction block, with nothing held.
+bool Session::scatter_shape(const std::vector<Msg> &batch) const {
+  if (in_tx() || tx_shard_ >= 0 || batch_shard_ >= 0 || proxy_failed_ || !implicit_local_.empty())
+    return false;
+  std::string types;
+  for (const Msg &m : batch)
+    types.push_back(m.type);
+  if (types != "BES" && types != "BDES" && types != "PBES" && types != "PBDES")
+    return false;
+  const Msg &e = batch[batch.size() - 2];
+  protocol::Reader r(e.body);
+  r.cstr();
+  int32_t max_rows = r.i32();
+  if (!r.ok() || max_rows != 0)
+    return false;
+  if (types.find('D') != std::string::npos) {
+    const Msg &d = batch[batch.size() - 3];
+    if (d.body.empty() || d.body[0] != 'P')
+      return false;
+  }
+  return true;
+}
+
+// Whether a Bind carries every parameter the statement's key comes from; if not, PostgreSQL
+// rejects it (08P01), and the proxy must not take the missing key for a NULL one.
+bool Session::params_cover_keys(const router::StatementPlan &sp, const protocol::BindMsg &bind) {
+  for (const auto &k : sp.keys)
+    if (k.is_param && size_t(k.index) > bind.params.size())
+      return false;
+  return true;
+}
+
+// A read of no table that calls no function: any shard answers it alike, outside any
+// transaction (a side connection).
+bool Session::pure_read(const ClientStmt &st) {
+  const auto &an = *st.planned.analysis;
+  if (!an.parsed || an.stmts.size() != 1)
+    return false;
+  const router::StatementPlan &sp = an.stmts[0];
+  return sp.kind == router::StmtKind::read && sp.tableless &&
+         (sp.pipelinable || sp.tag == "SHOW"); // SHOW reads settings, which the copy has
+}
+
+// Step 1 (see above). False: a malformed message (the caller ends the session).
+bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
+  bp.ends_sync = batch.back().type == 'S';
+  int total_binds =
+      int(std::count_if(batch.begin(), batch.end(), [](const Msg &m) { return m.type == 'B'; }));
+  // (A COMMIT or ROLLBACK earlier in this request, before a Flush, ended the failed block
+  // already, though the client hears of it only at ReadyForQuery.)
+  bool failed_tx = tx_ == 'E' && !end_seen_;
+  int held = tx_shard_ >= 0 ? tx_shard_ : batch_shard_;
+  bool virtual_gone = false; // a COMMIT or ROLLBACK earlier in the batch ended their portals
+  boost::container::small_vector<std::string, 4> bound_here; // portals this batch binds
+  auto here = [&](const std::string &n) {
+    return std::find(bound_here.begin(), bound_here.end(), n) != bound_here.end();
+  };
+  boost::container::small_vector<std::string_view, 4> executed;
+  std::vector<router::ParamValue> &params = bind_params_;
+  bp.items.reserve(batch.size());
+  for (const Msg &m : batch) {
+    if (bp.split)
+      break;
+    BatchItem &it = bp.items.emplace_back();
+    it.m = &m;
+    auto fail = [&](std::string sqlstate, std::string msg, std::string hint = {}) {
+      it.error = router::RouteError{std::move(sqlstate), std::move(msg), std::move(hint)};
+      bp.error = true;
+    };
+    // The batch runs on one shard: the first that a Bind (or a portal it uses) routes to.
+    auto place = [&](int s) {
+      if (bp.shard >= 0 && s != bp.shard)
+        fail("0A000", "this pipeline touches more than one shard before Sync",
+             "send a Sync between statements for different shards");
+      else
+        bp.shard = s;
+    };
+    // A portal bound in an earlier batch of the transaction lives on the shard that batch ran
+    // on (its home unless portal_shard_ says otherwise): what uses it runs there.
+    auto portal_at = [&](const std::string &name) {
+      if (tx_shard_ < 0 || here(name) || !portals_.count(name) || failed_tx)
+        return;
+      auto ps = portal_shard_.find(name);
+      place(ps == portal_shard_.end() ? tx_shard_ : ps->second);
+    };
+    switch (m.type) {
+    case 'P': {
+      auto p = protocol::parse_parse(m.body);
+      if (!p)
+        return false;
+      it.name = std::string(p->name);
+      auto st = std::make_shared<ClientStmt>();
+      st->text = std::string(p->query);
+      st->types = p->param_types;
+      st->planned = sh_.router.plan(st->text);
+      // A syntax error comes first; in a failed transaction 25P02 comes before the name is
+      // looked at, except for the statements that end the transaction.
+      if (!it.name.empty() && stmts_.count(it.name) && st->planned.analysis->parsed &&
+          (!failed_tx || ends_tx(*st))) {
+        fail("42P05", "prepared statement \"" + it.name + "\" already exists");
+        break;
+      }
+      if (it.name.empty())
+        st->unnamed_tag = g_unnamed_tags++;
+      else
+        st->set_id(w_->intern_statement(stmt_key(st->text, st->types)));
+      StmtRef &slot = stmts_[it.name];
+      it.prev = std::move(slot);
+      slot = st;
+      it.st = std::move(st);
+      break;
+    }
+    case 'B': {
+      if (!protocol::parse_bind(m.body, it.bind))
+        return false;
+      it.name = std::string(it.bind.portal);
+      auto sit = stmts_.find(std::string(it.bind.statement));
+      if (sit == stmts_.end()) {
+        fail("26000", missing_statement(it.bind.statement));
+        break;
+      }
+      it.st = sit->second;
+      if (const auto &an = *it.st->planned.analysis; an.parsed) {
+        // PostgreSQL checks the count before anything else of the Bind (08P01), also in a
+        // failed transaction and before a portal name in use.
+        size_t need = std::max(it.st->types.size(), size_t(an.max_param));
+        if (it.bind.params.size() != need) {
+          fail("08P01", "bind message supplies " + std::to_string(it.bind.params.size()) +
+                            " parameters, but prepared statement \"" +
+                            std::string(it.bind.statement) + "\" requires " +
+                            std::to_string(need));
+          break;
+        }
+      }
+      if ((!failed_tx || ends_tx(*it.st)) && !virtual_gone && !it.name.empty() &&
+          virtual_portals_.count(it.name) &&
+          !here(it.name) && same_param_count(it.bind, virtual_portals_[it.name], *it.st)) {
+        // A named portal is not replaced; where it lives on no backend, the proxy says so.
+        fail("42P03", "portal \"" + it.name + "\" already exists");
+        break;
+      }
+      if (auto old = portals_.find(it.name); old != portals_.end())
+        it.prev_portal = old->second;
+      portals_[it.name] = it.st;
+      bound_here.push_back(it.name); // it lives where this batch runs, once the Bind is done
+      executed.erase(std::remove(executed.begin(), executed.end(), std::string_view(it.name)),
+                     executed.end()); // a new portal under that name
+      ++bp.binds;
+      const auto &an = *it.st->planned.analysis;
+      // In a failed transaction the server answers every statement itself (25P02); a
+      // statement that did not parse failed at its Parse, so the server skips its Bind.
+      if (failed_tx || !an.parsed || an.stmts.empty())
+        break;
+      if (const auto &s0 = an.stmts[0];
+          s0.kind == router::StmtKind::begin || s0.kind == router::StmtKind::savepoint)
+        note_tx_statement(s0, it.st->text);
+      if (multi_tx()) {
+        const router::StatementPlan &s0 = an.stmts[0];
+        if (an.stmts.size() == 1 && total_binds == 1 && !s0.chain &&
+            (s0.kind == router::StmtKind::commit || s0.kind == router::StmtKind::rollback)) {
+          bp.end_multi = it.st; // ends the transaction on every shard (end_multi_tx)
+          break;
+        }
+        if (const char *what = cross_shard_refusal(s0, an.stmts.size() == 1 && total_binds == 1)) {
+          fail("0A000", std::string(what) + " are not supported in a transaction across shards",
+               "send COMMIT or ROLLBACK alone; keep savepoints in transactions on one shard");
+          break;
+        }
+      }
+      const router::StatementPlan &sp = an.stmts[0];
+      if (!params_cover_keys(sp, it.bind))
+        break; // the server rejects the Bind (08P01): nothing to route by
+      params.clear();
+      for (size_t i = 0; i < it.bind.params.size(); ++i)
+        params.push_back({it.bind.params[i], protocol::bind_param_format(it.bind, i)});
+      router::Resolved r = sh_.router.resolve(sp, it.st->text, it.st->planned.scan, params,
+                                              w_->place().keys.get(), scatter_shape(batch));
+      count_route(w_->stats, r.kind, sp);
+      if (r.kind == router::TargetKind::scatter && !sp.multi_write) {
+        bp.scatter = it.st; // every shard, merged (scatter_read)
+        bp.scatter_item = bp.items.size() - 1;
+        bp.scatter_shards = r.shards;
+        bp.any_bind = true;
+        break;
+      }
+      if (r.kind == router::TargetKind::scatter) // a write on several shards: not here yet
+        r = sh_.router.resolve(sp, it.st->text, it.st->planned.scan, params,
+                               w_->place().keys.get()); // its error names the table and key
+      if (!bp.first_bound && r.kind != router::TargetKind::none)
+        bp.first_bound = it.st;
+      bp.kind = detail::stronger(bp.kind, kind_of(sp.kind));
+      if (r.kind == router::TargetKind::error) {
+        fail(r.error.sqlstate, r.error.message, r.error.hint);
+        break;
+      }
+      if ((r.kind == router::TargetKind::by_key && sp.kind != router::StmtKind::read) ||
+          r.kind == router::TargetKind::all_primaries) {
+        if (auto f = sh_.fenced_write()) {
+          fail(f->sqlstate, f->message, f->hint);
+          break;
+        }
+      }
+      if (r.kind == router::TargetKind::all_primaries) {
+        // DDL on a sharded table (JDBC and migration tools send it this way): run on every
+        // primary, if it is the batch's only statement.
+        if (bp.ends_sync && !in_tx() && held < 0 && total_binds == 1 && it.bind.params.empty())
+          bp.ddl = it.st;
+        else
+          fail("0A000", "DDL on a sharded table must be sent alone, outside a transaction",
+               "run it as its own statement in autocommit mode, without parameters and followed "
+               "by Sync; it is applied to every shard");
+        break;
+      }
+      if (sp.kind != router::StmtKind::read)
+        bp.all_read = false;
+      if (r.kind == router::TargetKind::none)
+        break;
+      bp.any_bind = true;
+      if (r.kind == router::TargetKind::default_shard && sp.tableless)
+        break; // SELECT 1: runs wherever the batch or transaction runs
+      int s = int(r.shard);
+      if (held >= 0 && s != held) {
+        // In a transaction block the batch may run on another shard the transaction holds,
+        // or take one more in (session_tx.cpp); an implicit transaction cut by Flush may not.
+        std::string why = tx_shard_ < 0 || batch_shard_ >= 0
+                              ? std::string("the extended-protocol batch before it is not synced")
+                          : (s < 64 && (tx_shards_ >> s) & 1) ? std::string()
+                                                              : join_refusal(size_t(s));
+        if (!why.empty()) {
+          fail("0A000",
+               "transaction touches a second shard (\"" + sh_.shard_name(size_t(s)) +
+                   "\" after \"" + sh_.shard_name(size_t(held)) + "\"), and " + why,
+               "keep savepoints in transactions on one shard; send a Sync before a statement "
+               "for another shard");
+          break;
+        }
+      }
+      place(s);
+      break;
+    }
+    case 'D':
+    case 'C': {
+      auto t = protocol::parse_target(m.body);
+      if (!t)
+        return false;
+      it.target = t->kind;
+      it.name = std::string(t->name);
+      if (t->kind == 'S') {
+        auto sit = stmts_.find(it.name);
+        if (m.type == 'D') {
+          if (sit == stmts_.end())
+            fail("26000", missing_statement(it.name));
+          else
+            it.st = sit->second;
+        } else if (sit != stmts_.end()) { // closing a name that does not exist is no error
+          it.prev = std::move(sit->second);
+          stmts_.erase(sit);
+        }
+      } else if (auto pit = portals_.find(it.name); pit != portals_.end()) {
+        if (!virtual_portals_.count(it.name))
+          portal_at(it.name);
+        if (auto v = virtual_portals_.find(it.name);
+            v != virtual_portals_.end() && !here(it.name)) {
+          it.virt = true;
+          if (m.type == 'D' && !v->second.bind.empty())
+            it.rebind = v->second.bind; // described through a copy (see write_items)
+        }
+        if (m.type == 'D') {
+          it.st = pit->second;
+        } else {
+          portals_.erase(pit);
+          virtual_portals_.erase(it.name);
+        }
+      }
+      break;
+    }
+    case 'E': {
+      protocol::Reader r(m.body);
+      it.name = std::string(r.cstr());
+      it.max_rows = r.i32();
+      if (!r.ok())
+        return false;
+      bp.any_exec = true;
+      it.again = std::find(executed.begin(), executed.end(), it.name) != executed.end();
+      executed.push_back(it.m->body.data()); // the portal name, NUL-terminated in the body
+      if (auto pit = portals_.find(it.name); pit != portals_.end())
+        it.st = pit->second;
+      if (!virtual_portals_.count(it.name))
+        portal_at(it.name);
+      if (auto v = virtual_portals_.find(it.name); v != virtual_portals_.end() && !here(it.name)) {
+        it.virt = true;
+        if (!v->second.bind.empty() && !v->second.done) { // made again here, past its rows
+          it.rebind = std::move(v->second.bind);
+          it.rerun = v->second.sent;
+          virtual_portals_.erase(v);
+        }
+      }
+      if (it.st && ends_tx(*it.st)) {
+        virtual_gone = true;
+        size_t next = bp.items.size();
+        if (held >= 0 && next + 1 < batch.size()) {
+          bp.split = next;
+          break;
+        }
+        if (failed_tx) {
+          // The failed transaction ends here; what follows is routed again, and must run
+          // where this batch runs: the transaction's shard, or (a transaction no statement
+          // bound yet) the first shard a later Bind routes to, which also gets the failure.
+          failed_tx = false;
+          held = tx_shard_ >= 0 ? tx_shard_ : batch_shard_;
+        }
+        break;
+      }
+      if (!it.st || failed_tx)
+        break;
+      const auto &an = *it.st->planned.analysis;
+      if (!an.parsed || an.stmts.size() != 1)
+        break;
+      const router::StatementPlan &sp = an.stmts[0];
+      // DEALLOCATE and DISCARD ALL act on the proxy's own statement and settings state; the
+      // server-side statements are shared and stay (psycopg 3 sends DEALLOCATE ALL after
+      // ROLLBACK).
+      if (sp.kind == router::StmtKind::deallocate) {
+        if (!sp.set_name.empty() && !stmts_.count(sp.set_name)) {
+          fail("26000", missing_statement(sp.set_name));
+          break;
+        }
+        it.special = true;
+        it.tag = sp.tag;
+        if (!sp.set_name.empty()) {
+          it.undo_name = sp.set_name;
+          auto sit = stmts_.find(sp.set_name);
+          it.prev = std::move(sit->second);
+          stmts_.erase(sit);
+        } else {
+          for (auto s = stmts_.begin(); s != stmts_.end();)
+            s = s->first.empty() ? std::next(s) : stmts_.erase(s);
+        }
+      } else if (sp.kind == router::StmtKind::discard_all) {
+        if (in_tx()) {
+          fail("25001", "DISCARD ALL cannot run inside a transaction block");
+          break;
+        }
+        it.special = true;
+        it.tag = sp.tag;
+        for (auto s = stmts_.begin(); s != stmts_.end();)
+          s = s->first.empty() ? std::next(s) : stmts_.erase(s);
+        settings_ = startup_settings_;
+        rehash_settings();
+      }
+      break;
+    }
+    default: // Sync, Flush
+      break;
+    }
+    if (it.error)
+      break;
+  }
+  if (tx_shard_ >= 0) { // where the portals bound here will live
+    int where = bp.shard >= 0 ? bp.shard : held;
+    for (const auto &name : bound_here)
+      if (where < 0 || where == tx_shard_)
+        portal_shard_.erase(name);
+      else
+        portal_shard_[name] = where;
+  }
+  return true;
+}
+
+} // namespace sg::proxy
