@@ -3,31 +3,6 @@
 
 namespace sg::protocol {
 
-FrameView decode_frame(const uint8_t *data, size_t len, uint32_t max_len) {
-  FrameView f;
-  if (len < 5)
-    return f;
-  uint32_t declared = read_u32(data + 1);
-  if (declared < 4) {
-    f.status = DecodeStatus::error;
-    f.error = "invalid message length";
-    return f;
-  }
-  if (declared > max_len) {
-    f.status = DecodeStatus::error;
-    f.error = "message length exceeds the configured maximum";
-    return f;
-  }
-  f.frame_len = size_t(declared) + 1; // known from the header, even while waiting for the body
-  if (len < f.frame_len)
-    return f;
-  f.status = DecodeStatus::ready;
-  f.type = char(data[0]);
-  f.body = data + 5;
-  f.body_len = declared - 4;
-  return f;
-}
-
 StartupView decode_startup(const uint8_t *data, size_t len, uint32_t max_len) {
   StartupView s;
   if (len < 4)

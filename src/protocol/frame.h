@@ -22,8 +22,9 @@ struct FrameView {
   std::string_view body_view() const { return {reinterpret_cast<const char *>(body), body_len}; }
 };
 
-// Decodes one typed frame from data[0..len). max_len caps the declared length.
-FrameView decode_frame(const uint8_t *data, size_t len, uint32_t max_len);
+// Decodes one typed frame from data[0..len). max_len caps the declared length. (Inline: it
+// runs several times per query, and a call costs as much as its body.)
+inline FrameView decode_frame(const uint8_t *data, size_t len, uint32_t max_len);
 
 // Untyped startup-phase packets: Int32 length, Int32 code, body.
 enum class StartupCode : uint32_t {
@@ -54,5 +55,30 @@ inline uint16_t read_u16(const uint8_t *p) {
 
 // True for the message type bytes a frontend may send after startup.
 bool is_frontend_type(char type);
+
+inline FrameView decode_frame(const uint8_t *data, size_t len, uint32_t max_len) {
+  FrameView f;
+  if (len < 5)
+    return f;
+  uint32_t declared = read_u32(data + 1);
+  if (declared < 4) [[unlikely]] {
+    f.status = DecodeStatus::error;
+    f.error = "invalid message length";
+    return f;
+  }
+  if (declared > max_len) [[unlikely]] {
+    f.status = DecodeStatus::error;
+    f.error = "message length exceeds the configured maximum";
+    return f;
+  }
+  f.frame_len = size_t(declared) + 1; // known from the header, even while waiting for the body
+  if (len < f.frame_len)
+    return f;
+  f.status = DecodeStatus::ready;
+  f.type = char(data[0]);
+  f.body = data + 5;
+  f.body_len = declared - 4;
+  return f;
+}
 
 } // namespace sg::protocol

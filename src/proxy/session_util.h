@@ -18,7 +18,8 @@ inline void synthetic_done(std::string &out, const std::string &tag) {
   protocol::command_complete(out, tag);
 }
 
-inline void append_frame(std::string &out, char type, std::string_view body) {
+[[gnu::always_inline]] inline void append_frame(std::string &out, char type,
+                                               std::string_view body) {
   protocol::Writer(out, type).raw(body).finish();
 }
 
