@@ -1,8 +1,8 @@
 // shardgate: a PostgreSQL sharding proxy. Thin main: arguments, config, then the server.
 #include "admin/server.h"
 #include "config/config.h"
-#include "metrics/exporter.h"
 #include "executor/journal.h"
+#include "metrics/exporter.h"
 #include "migrations/runner.h"
 #include "proxy/errors.h"
 #include "proxy/server.h"
@@ -118,8 +118,8 @@ uint64_t load_topology(sg::config::Config &cfg, sg::topology::Topology &running)
                             "and [[tables]] only seed an empty metadata database"}});
     std::string err;
     if (!sg::topology::apply_to(stored, cfg, err)) {
-      log::error("topology_stored_invalid", {{"epoch", std::to_string(stored.epoch)},
-                                             {"error", err}});
+      log::error("topology_stored_invalid",
+                 {{"epoch", std::to_string(stored.epoch)}, {"error", err}});
       std::exit(1);
     }
     log::info("topology_loaded", {{"epoch", std::to_string(stored.epoch)},
@@ -219,8 +219,8 @@ int main(int argc, char **argv) {
           std::string err;
           if (!placement_spec(running.t, meta_cfg, spec, err) ||
               !server.apply_placement(spec, err)) {
-            log::error("topology_stored_invalid", {{"epoch", std::to_string(epoch)},
-                                                   {"error", err}});
+            log::error("topology_stored_invalid",
+                       {{"epoch", std::to_string(epoch)}, {"error", err}});
             std::exit(1);
           }
         }

@@ -424,8 +424,7 @@ LoadResult load_string(std::string_view text, const std::string &path) {
               "a proxy's heartbeat must be fresh well within the fence timeout");
   }
   if (auto *mg = r.table(root, "migrations")) {
-    r.unknown_keys(*mg, {"max_rows_per_second", "cutover_pause_ms", "batch_rows"},
-                   "[migrations]");
+    r.unknown_keys(*mg, {"max_rows_per_second", "cutover_pause_ms", "batch_rows"}, "[migrations]");
     r.get_uint(*mg, "max_rows_per_second", c.migrations.max_rows_per_second, 0, 100000000);
     r.get_uint(*mg, "cutover_pause_ms", c.migrations.cutover_pause_ms, 10, 60000);
     r.get_uint(*mg, "batch_rows", c.migrations.batch_rows, 1, 100000);
@@ -453,12 +452,12 @@ LoadResult load_string(std::string_view text, const std::string &path) {
       while (!tok.empty() && (tok.back() == '\n' || tok.back() == '\r' || tok.back() == ' '))
         tok.pop_back();
       if (!tf)
-        r.error(ad->get("token_file"), "cannot read the admin token file \"" +
-                                           c.admin.token_file + "\"",
+        r.error(ad->get("token_file"),
+                "cannot read the admin token file \"" + c.admin.token_file + "\"",
                 "create it (e.g. head -c 24 /dev/urandom | base64 > FILE) or fix the path");
       else if (tok.size() < 16)
-        r.error(ad->get("token_file"), "the admin token in \"" + c.admin.token_file +
-                                           "\" is shorter than 16 characters",
+        r.error(ad->get("token_file"),
+                "the admin token in \"" + c.admin.token_file + "\" is shorter than 16 characters",
                 "use a long random token");
       else
         c.admin.token = tok;

@@ -107,10 +107,10 @@ struct Metrics {
 // The metadata database ([metadata]): topology epochs, proxy instances, migration journals.
 struct Metadata {
   bool enabled = true;
-  std::string url;                      // empty: the default shard's primary
-  uint32_t fence_timeout_ms = 10000;    // cut off this long: writes to sharded tables refused
-  uint32_t heartbeat_ms = 1000;         // how often this proxy records its applied epoch
-  std::string instance;                 // this proxy's id; empty: "<hostname>:<listen port>"
+  std::string url;                   // empty: the default shard's primary
+  uint32_t fence_timeout_ms = 10000; // cut off this long: writes to sharded tables refused
+  uint32_t heartbeat_ms = 1000;      // how often this proxy records its applied epoch
+  std::string instance;              // this proxy's id; empty: "<hostname>:<listen port>"
   bool operator==(const Metadata &) const = default;
 };
 
@@ -124,8 +124,8 @@ struct Migrations {
 
 // Transactions that write on more than one shard ([transactions]).
 struct Transactions {
-  bool two_phase_commit = true;       // false: commit each shard in turn (best effort)
-  uint32_t recover_after_ms = 10000;  // a prepared transaction this old without a decision: aborted
+  bool two_phase_commit = true;      // false: commit each shard in turn (best effort)
+  uint32_t recover_after_ms = 10000; // a prepared transaction this old without a decision: aborted
   uint32_t recovery_interval_ms = 1000; // how often in-doubt transactions are looked for
   bool operator==(const Transactions &) const = default;
 };

@@ -48,7 +48,9 @@ std::optional<Decimal> parse_decimal(std::string_view s) {
 }
 
 // |a| vs |b| for digit strings of the same scale and length.
-int mag_cmp(const std::string &a, const std::string &b) { return a.compare(b) < 0 ? -1 : a == b ? 0 : 1; }
+int mag_cmp(const std::string &a, const std::string &b) {
+  return a.compare(b) < 0 ? -1 : a == b ? 0 : 1;
+}
 
 std::string format(bool neg, std::string digits, size_t scale) {
   // digits has at least scale + 1 characters after padding below
@@ -129,8 +131,7 @@ bool Groups::Less::operator()(const protocol::Row &a, const protocol::Row &b) co
   return false;
 }
 
-Groups::Groups(std::vector<AggSpec> specs)
-    : specs_(std::move(specs)), rows_(Less{&specs_}) {}
+Groups::Groups(std::vector<AggSpec> specs) : specs_(std::move(specs)), rows_(Less{&specs_}) {}
 
 bool Groups::add(protocol::Row row, std::string &error) {
   if (row.size() != specs_.size()) {

@@ -26,12 +26,24 @@ std::string unescape(std::string_view s) {
     }
     char n = s[++i];
     switch (n) {
-    case 'b': out.push_back('\b'); break;
-    case 'f': out.push_back('\f'); break;
-    case 'n': out.push_back('\n'); break;
-    case 'r': out.push_back('\r'); break;
-    case 't': out.push_back('\t'); break;
-    case 'v': out.push_back('\v'); break;
+    case 'b':
+      out.push_back('\b');
+      break;
+    case 'f':
+      out.push_back('\f');
+      break;
+    case 'n':
+      out.push_back('\n');
+      break;
+    case 'r':
+      out.push_back('\r');
+      break;
+    case 't':
+      out.push_back('\t');
+      break;
+    case 'v':
+      out.push_back('\v');
+      break;
     case 'x': {
       int v = 0, k = 0;
       while (k < 2 && i + 1 < s.size() && hex(s[i + 1]) >= 0) {
@@ -129,7 +141,7 @@ std::optional<std::string> CopySplitter::key_csv(std::string_view r) const {
     }
     if (i >= r.size())
       return std::nullopt; // too few fields
-    ++i; // the delimiter
+    ++i;                   // the delimiter
     ++field;
   }
 }

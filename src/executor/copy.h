@@ -22,7 +22,7 @@ struct CopyFormat {
   std::string null_text = "\\N";
   char quote = '"';
   char escape = '"';
-  bool header = false; // CSV HEADER: the first row is column names
+  bool header = false;  // CSV HEADER: the first row is column names
   size_t key_field = 0; // which field holds the shard key (0-based)
 };
 
@@ -45,7 +45,7 @@ private:
   std::optional<std::string> key_csv(std::string_view r) const;
 
   CopyFormat f_;
-  std::string buf_;   // bytes of rows not complete yet
+  std::string buf_;    // bytes of rows not complete yet
   size_t scanned_ = 0; // how far buf_ has been scanned for a row end
   bool in_quote_ = false;
   bool header_due_;

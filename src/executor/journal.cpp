@@ -27,9 +27,13 @@ struct Journal::Shard {
 
 Journal::Journal(Options o) : o_(std::move(o)) {}
 
-Journal::~Journal() { stop(); }
+Journal::~Journal() {
+  stop();
+}
 
-void Journal::start() { thread_ = std::thread([this] { run(); }); }
+void Journal::start() {
+  thread_ = std::thread([this] { run(); });
+}
 
 void Journal::stop() {
   {
@@ -133,7 +137,8 @@ void Journal::decide_batch(std::vector<Request> &batch) {
     lost = e.what(); // the connection broke: the commit may or may not have happened
   }
   store_.reset();
-  log::warn("twophase_decision_lost", {{"error", lost}, {"transactions", std::to_string(batch.size())}});
+  log::warn("twophase_decision_lost",
+            {{"error", lost}, {"transactions", std::to_string(batch.size())}});
   for (auto &r : batch) {
     try {
       bool commit = store().resolve_in_doubt(r.txid);
@@ -149,8 +154,8 @@ void Journal::decide_batch(std::vector<Request> &batch) {
 void Journal::recover() {
   std::vector<config::Endpoint> shards = o_.shards ? o_.shards() : std::vector<config::Endpoint>{};
   bool all_seen = true;
-  std::set<std::string> live;                 // txids still prepared somewhere
-  std::map<std::string, bool> outcome;        // resolved this round
+  std::set<std::string> live;          // txids still prepared somewhere
+  std::map<std::string, bool> outcome; // resolved this round
   for (const auto &ep : shards) {
     std::string ci = ep.conninfo();
     auto &slot = shards_[ci];
@@ -186,9 +191,8 @@ void Journal::recover() {
         }
         (commit ? stats_.recovered_commit : stats_.recovered_abort)
             .fetch_add(1, std::memory_order_relaxed);
-        log::info("twophase_recovered", {{"gid", g},
-                                         {"node", ep.label()},
-                                         {"outcome", commit ? "commit" : "rollback"}});
+        log::info("twophase_recovered",
+                  {{"gid", g}, {"node", ep.label()}, {"outcome", commit ? "commit" : "rollback"}});
       }
     } catch (const std::exception &e) {
       all_seen = false;
@@ -204,7 +208,8 @@ void Journal::recover() {
     return;
   last_cleanup_ms_ = now;
   try {
-    auto old = store().decisions_older_than(std::max<int64_t>(60000, 3 * int64_t(o_.recover_after_ms)));
+    auto old =
+        store().decisions_older_than(std::max<int64_t>(60000, 3 * int64_t(o_.recover_after_ms)));
     std::vector<std::string> done;
     for (auto &t : old)
       if (!live.count(t))

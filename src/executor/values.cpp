@@ -14,17 +14,38 @@ namespace {
 
 // PostgreSQL type oids (pg_type.dat).
 enum : uint32_t {
-  kBool = 16, kBytea = 17, kChar = 18, kName = 19, kInt8 = 20, kInt2 = 21, kInt4 = 23,
-  kText = 25, kOid = 26, kFloat4 = 700, kFloat8 = 701, kBpchar = 1042, kVarchar = 1043,
-  kDate = 1082, kTime = 1083, kTimestamp = 1114, kTimestampTz = 1184, kNumeric = 1700,
+  kBool = 16,
+  kBytea = 17,
+  kChar = 18,
+  kName = 19,
+  kInt8 = 20,
+  kInt2 = 21,
+  kInt4 = 23,
+  kText = 25,
+  kOid = 26,
+  kFloat4 = 700,
+  kFloat8 = 701,
+  kBpchar = 1042,
+  kVarchar = 1043,
+  kDate = 1082,
+  kTime = 1083,
+  kTimestamp = 1114,
+  kTimestampTz = 1184,
+  kNumeric = 1700,
   kUuid = 2950,
 };
 
-int sign(int v) { return (v > 0) - (v < 0); }
+int sign(int v) {
+  return (v > 0) - (v < 0);
+}
 
-int bytes_cmp(std::string_view a, std::string_view b) { return sign(a.compare(b)); }
+int bytes_cmp(std::string_view a, std::string_view b) {
+  return sign(a.compare(b));
+}
 
-template <class T> int three_way(const T &a, const T &b) { return a < b ? -1 : (b < a ? 1 : 0); }
+template <class T> int three_way(const T &a, const T &b) {
+  return a < b ? -1 : (b < a ? 1 : 0);
+}
 
 // Either both parse (compare them) or the one that does not sorts last.
 template <class T, class Parse> int parsed_cmp(std::string_view a, std::string_view b, Parse p) {
@@ -318,17 +339,28 @@ Kind kind_of(uint32_t oid, int16_t format) {
 
 const char *to_string(Kind k) {
   switch (k) {
-  case Kind::Integer: return "integer";
-  case Kind::Float: return "float";
-  case Kind::Numeric: return "numeric";
-  case Kind::Bool: return "bool";
-  case Kind::Bytes: return "bytes";
-  case Kind::Date: return "date";
-  case Kind::Timestamp: return "timestamp";
-  case Kind::TimestampTz: return "timestamptz";
-  case Kind::BinaryInteger: return "binary integer";
-  case Kind::BinaryFloat: return "binary float";
-  case Kind::Unsupported: return "unsupported";
+  case Kind::Integer:
+    return "integer";
+  case Kind::Float:
+    return "float";
+  case Kind::Numeric:
+    return "numeric";
+  case Kind::Bool:
+    return "bool";
+  case Kind::Bytes:
+    return "bytes";
+  case Kind::Date:
+    return "date";
+  case Kind::Timestamp:
+    return "timestamp";
+  case Kind::TimestampTz:
+    return "timestamptz";
+  case Kind::BinaryInteger:
+    return "binary integer";
+  case Kind::BinaryFloat:
+    return "binary float";
+  case Kind::Unsupported:
+    return "unsupported";
   }
   return "?";
 }
@@ -346,7 +378,8 @@ int compare(Kind k, std::string_view a, std::string_view b) {
   case Kind::Numeric:
     return numeric_cmp(a, b);
   case Kind::Date:
-    return parsed_cmp<TimeKey>(a, b, [](std::string_view s) { return parse_time(s, false, false); });
+    return parsed_cmp<TimeKey>(a, b,
+                               [](std::string_view s) { return parse_time(s, false, false); });
   case Kind::Timestamp:
     return parsed_cmp<TimeKey>(a, b, [](std::string_view s) { return parse_time(s, true, false); });
   case Kind::TimestampTz:

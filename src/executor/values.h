@@ -15,14 +15,14 @@
 namespace sg::executor {
 
 enum class Kind {
-  Integer,     // int2, int4, int8, oid
-  Float,       // float4, float8: NaN after everything, as PostgreSQL sorts it
-  Numeric,     // numeric: exact, with NaN and the infinities
-  Bool,        // f < t
-  Bytes,       // text, varchar, bpchar, name, "char", uuid, time: byte order
-  Date,        // date, with BC and the infinities
-  Timestamp,   // timestamp without time zone
-  TimestampTz, // timestamp with time zone: compared in UTC, whatever the offsets printed
+  Integer,       // int2, int4, int8, oid
+  Float,         // float4, float8: NaN after everything, as PostgreSQL sorts it
+  Numeric,       // numeric: exact, with NaN and the infinities
+  Bool,          // f < t
+  Bytes,         // text, varchar, bpchar, name, "char", uuid, time: byte order
+  Date,          // date, with BC and the infinities
+  Timestamp,     // timestamp without time zone
+  TimestampTz,   // timestamp with time zone: compared in UTC, whatever the offsets printed
   BinaryInteger, // int2, int4, int8, date, time, timestamp(tz) in binary format
   BinaryFloat,   // float4, float8 in binary format
   Unsupported,

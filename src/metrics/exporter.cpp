@@ -146,15 +146,15 @@ std::string Exporter::render() const {
                          "Transactions that wrote on several shards, by how two-phase commit ended "
                          "them (in_doubt: the metadata database did not answer the decision)",
                          MetricType::Counter);
-  twophase.metric.push_back(
-      metric({{"outcome", "committed"}}, sum([](auto &s) { return s.twophase_committed.load(); }),
-             MetricType::Counter));
-  twophase.metric.push_back(
-      metric({{"outcome", "aborted"}}, sum([](auto &s) { return s.twophase_aborted.load(); }),
-             MetricType::Counter));
-  twophase.metric.push_back(
-      metric({{"outcome", "in_doubt"}}, sum([](auto &s) { return s.twophase_in_doubt.load(); }),
-             MetricType::Counter));
+  twophase.metric.push_back(metric({{"outcome", "committed"}},
+                                   sum([](auto &s) { return s.twophase_committed.load(); }),
+                                   MetricType::Counter));
+  twophase.metric.push_back(metric({{"outcome", "aborted"}},
+                                   sum([](auto &s) { return s.twophase_aborted.load(); }),
+                                   MetricType::Counter));
+  twophase.metric.push_back(metric({{"outcome", "in_doubt"}},
+                                   sum([](auto &s) { return s.twophase_in_doubt.load(); }),
+                                   MetricType::Counter));
   out.push_back(std::move(twophase));
   if (auto *j = sh.journal.load()) {
     auto rec = j->recovered();
@@ -268,9 +268,9 @@ std::string Exporter::render() const {
              "Reads sent to the primary instead of a replica, by reason", MetricType::Counter);
   for (size_t s = 0; s < shards.size(); ++s)
     for (size_t r = 0; r < proxy::kFallbackReasons; ++r)
-      fallbacks.metric.push_back(metric(
-          {{"shard", shards[s]}, {"reason", proxy::to_string(proxy::FallbackReason(r))}},
-          double(sh.health.fallbacks(s, proxy::FallbackReason(r))), MetricType::Counter));
+      fallbacks.metric.push_back(
+          metric({{"shard", shards[s]}, {"reason", proxy::to_string(proxy::FallbackReason(r))}},
+                 double(sh.health.fallbacks(s, proxy::FallbackReason(r))), MetricType::Counter));
   out.push_back(std::move(fallbacks));
 
   auto errors =
@@ -311,9 +311,9 @@ std::string Exporter::render() const {
   if (cp.enabled.load()) {
     // Migrations: the running one (every proxy reads its journal), and the cutover pauses this
     // proxy's runner made.
-    static const char *kPhases[] = {"PREPARE",  "DUAL_WRITE", "BACKFILL",           "VERIFY",
-                                    "READY",    "CUTOVER",    "REVERSE_DUAL_WRITE", "CLEANUP",
-                                    "DONE",     "ABORTING",   "ABORTED",            "FAILED"};
+    static const char *kPhases[] = {
+        "PREPARE", "DUAL_WRITE", "BACKFILL", "VERIFY",  "READY", "CUTOVER", "REVERSE_DUAL_WRITE",
+        "CLEANUP", "DONE",       "ABORTING", "ABORTED", "FAILED"};
     auto phase = family("shardgate_migration_phase",
                         "The running migration's phase: 1 for the current one (a state set)",
                         MetricType::Gauge);
@@ -382,8 +382,8 @@ std::string Exporter::render() const {
                      "Topology epoch this proxy runs on (applied) and the newest it has seen "
                      "in the metadata database (stored)",
                      MetricType::Gauge);
-    ep.metric.push_back(metric({{"kind", "applied"}}, double(cp.applied_epoch.load()),
-                               MetricType::Gauge));
+    ep.metric.push_back(
+        metric({{"kind", "applied"}}, double(cp.applied_epoch.load()), MetricType::Gauge));
     ep.metric.push_back(
         metric({{"kind", "stored"}}, double(cp.stored_epoch.load()), MetricType::Gauge));
     out.push_back(std::move(ep));
@@ -420,8 +420,7 @@ std::pair<int, std::string> Exporter::health() const {
     auto [pj, pserving] = node_json(place->primary[s]);
     ok = ok && pserving;
     body += std::string(first ? "" : ",") + "{\"name\":\"" +
-            proxy::log::escape_json(sh.shard_name(s)) + "\",\"primary\":" + pj +
-            ",\"replicas\":[";
+            proxy::log::escape_json(sh.shard_name(s)) + "\",\"primary\":" + pj + ",\"replicas\":[";
     first = false;
     for (size_t i = 0; i < place->replicas[s].size(); ++i)
       body += std::string(i ? "," : "") + node_json(place->replicas[s][i]).first;
@@ -445,7 +444,9 @@ bool Exporter::start(const std::string &host, uint16_t port, std::string &error)
   return true;
 }
 
-void Exporter::stop() { proxy::stop_serving(impl_->io, impl_->acceptor, thread_); }
+void Exporter::stop() {
+  proxy::stop_serving(impl_->io, impl_->acceptor, thread_);
+}
 
 // One request per connection, answered synchronously on this thread: scrapes are rare and
 // small, and a slow client is cut off by a receive timeout.

@@ -86,8 +86,8 @@ bool Session::fast_batch(FastBatch &fb, QueryRun &q) {
   bind_params_.clear();
   for (size_t i = 0; i < bind_.params.size(); ++i)
     bind_params_.push_back({bind_.params[i], protocol::bind_param_format(bind_, i)});
-  router::Resolved r = sh_.router.resolve(sp, st.text, st.planned.scan, bind_params_,
-                                          w_->place().keys.get());
+  router::Resolved r =
+      sh_.router.resolve(sp, st.text, st.planned.scan, bind_params_, w_->place().keys.get());
   if (r.moving && may_hold(r)) [[unlikely]] {
     fb.hold = true;
     return false;
@@ -323,7 +323,6 @@ std::optional<std::string> app_literal(std::string_view canon) {
 
 } // namespace
 
-
 // Transaction control and session state that the proxy can answer itself while no shard is
 // chosen: it travels in front of the transaction's first statement.
 bool Session::deferrable(const ClientStmt &st) {
@@ -370,7 +369,6 @@ bool Session::ends_tx(const ClientStmt &st) {
          (an.stmts[0].kind == router::StmtKind::commit ||
           an.stmts[0].kind == router::StmtKind::rollback);
 }
-
 
 // Where a batch that holds no shard and routes to none runs:
 //  - synth: the proxy answers every message itself, exactly as the server would: only
@@ -875,8 +873,8 @@ Task<bool> Session::on_batch() {
     implicit_local_.clear();
   }
   // A migration's cutover: a batch that writes a moving key waits for the flip (may_hold).
-  while (w_->place().keys->pause && batch_moves_key(batch)) [[unlikely]]
-    co_await hold_a_moment();
+  while (w_->place().keys->pause && batch_moves_key(batch))
+    [[unlikely]] co_await hold_a_moment();
   hold_since_ = {};
   BatchPlan bp;
   if (!plan_batch(batch, bp))

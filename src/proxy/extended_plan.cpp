@@ -62,8 +62,7 @@ bool Session::batch_moves_key(const std::vector<Msg> &batch) {
     params.clear();
     for (size_t i = 0; i < b.params.size(); ++i)
       params.push_back({b.params[i], protocol::bind_param_format(b, i)});
-    router::Resolved r =
-        sh_.router.resolve(sp, *text, pt->scan, params, w_->place().keys.get());
+    router::Resolved r = sh_.router.resolve(sp, *text, pt->scan, params, w_->place().keys.get());
     if (r.moving)
       return may_hold(r);
   }
@@ -200,14 +199,13 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
         if (it.bind.params.size() != need) {
           fail("08P01", "bind message supplies " + std::to_string(it.bind.params.size()) +
                             " parameters, but prepared statement \"" +
-                            std::string(it.bind.statement) + "\" requires " +
-                            std::to_string(need));
+                            std::string(it.bind.statement) + "\" requires " + std::to_string(need));
           break;
         }
       }
       if ((!failed_tx || ends_tx(*it.st)) && !virtual_gone && !it.name.empty() &&
-          virtual_portals_.count(it.name) &&
-          !here(it.name) && same_param_count(it.bind, virtual_portals_[it.name], *it.st)) {
+          virtual_portals_.count(it.name) && !here(it.name) &&
+          same_param_count(it.bind, virtual_portals_[it.name], *it.st)) {
         // A named portal is not replaced; where it lives on no backend, the proxy says so.
         fail("42P03", "portal \"" + it.name + "\" already exists");
         break;

@@ -164,7 +164,7 @@ struct Shared {
   // snapshot it started with.
   struct Credentials {
     std::unordered_map<std::string, protocol::ScramSecret> scram; // per configured user
-    std::unordered_map<std::string, std::string> passwords;      // md5 needs the password
+    std::unordered_map<std::string, std::string> passwords;       // md5 needs the password
   };
   std::shared_ptr<const Credentials> credentials() const;
   void set_users(const std::vector<config::User> &users);
@@ -209,7 +209,7 @@ struct Shared {
 
 private:
   size_t node_for(size_t shard, Role role, const config::Endpoint &e); // control plane only
-  size_t shard_slot(const std::string &name);                           // the same
+  size_t shard_slot(const std::string &name);                          // the same
   std::unique_ptr<std::string[]> shard_names_;
   std::atomic<size_t> shard_count_{0};
   mutable std::mutex params_mu_;
@@ -252,13 +252,13 @@ struct Worker {
   // This worker's view of the placement, refreshed when the shared one has moved on: one
   // atomic load per call. A refresh also closes idle connections to nodes that left.
   const Placement &place() {
-    if (placement_version_ != shared.placement_version.load(std::memory_order_acquire))
-      [[unlikely]] refresh_placement();
+    if (placement_version_ != shared.placement_version.load(std::memory_order_acquire)) [[unlikely]]
+      refresh_placement();
     return *placement_;
   }
   void refresh_placement();
-  std::vector<uint32_t> replica_rr;         // per shard
-  WorkerStats stats;                        // this worker's traffic counters
+  std::vector<uint32_t> replica_rr; // per shard
+  WorkerStats stats;                // this worker's traffic counters
   std::unique_ptr<Acceptor> acceptor;
   std::unordered_map<std::string, uint32_t> stmt_ids;
   uint32_t next_stmt_id = 1;

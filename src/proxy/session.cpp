@@ -207,7 +207,6 @@ void Session::arrive(int fd) {
       st->set_id(w_->intern_statement(stmt_key(st->text, st->types)));
 }
 
-
 Task<void> Session::query_loop() {
   for (;;) {
     auto f = protocol::decode_frame(cbuf_.data(), cbuf_.size(), sh_.cfg.proxy.max_message_bytes);
@@ -264,10 +263,11 @@ Task<void> Session::query_loop() {
         query_.assign(body.data(), body.size() - 1);
         cbuf_.consume(f.frame_len);
         QueryStep step = route_query(query_, q);
-        while (step == QueryStep::hold) [[unlikely]] {
-          co_await hold_a_moment();
-          step = route_query(query_, q);
-        }
+        while (step == QueryStep::hold)
+          [[unlikely]] {
+            co_await hold_a_moment();
+            step = route_query(query_, q);
+          }
         hold_since_ = {};
         if (step == QueryStep::end_multi) {
           co_await end_multi_tx(multi_commit_);

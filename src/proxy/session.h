@@ -120,6 +120,8 @@ private:
     std::chrono::steady_clock::time_point started;
   };
   QueryStep route_query(const std::string &sql, QueryRun &q);
+  QueryStep refuse(const std::string &sqlstate, const std::string &msg,
+                   const std::string &hint = {});
   // A migration's cutover pauses writes to the keys it moves. A request outside a transaction
   // that writes one waits here (a few ms at a time, up to cutover_pause_ms and a margin) and
   // is routed again, to the new owner once the flip is applied. In a transaction that holds a
@@ -216,14 +218,16 @@ private:
   Task<executor::Outcome> await_decision(const std::string &txid, std::string &error);
   Task<void> end_multi_tx(bool commit);
   Task<bool> scatter_write(const std::string &sql);
+  Task<bool> end_statement_across(bool implicit, const protocol::ErrorInfo &failure,
+                                  const std::string &failed_on, const std::string &undone);
   // session_copy.cpp: COPY FROM STDIN into a sharded table, each row to its owner.
   Task<bool> copy_in(const std::string &sql);
   Task<bool> drain_to_ready(BackendConn &b, protocol::ErrorInfo &err, std::string &tag);
-  uint64_t tx_shards_ = 0;      // the shards the open transaction holds (bit per shard)
-  uint64_t tx_writers_ = 0;     // those it wrote on
-  std::string tx_begin_;        // its BEGIN (and SET TRANSACTION), for shards it takes on
-  bool tx_savepoints_ = false;  // it made a savepoint (which only its home shard would hold)
-  bool multi_commit_ = false;   // end_multi: COMMIT (else ROLLBACK)
+  uint64_t tx_shards_ = 0;     // the shards the open transaction holds (bit per shard)
+  uint64_t tx_writers_ = 0;    // those it wrote on
+  std::string tx_begin_;       // its BEGIN (and SET TRANSACTION), for shards it takes on
+  bool tx_savepoints_ = false; // it made a savepoint (which only its home shard would hold)
+  bool multi_commit_ = false;  // end_multi: COMMIT (else ROLLBACK)
   // Portals bound in this transaction on a shard other than its home, by name.
   std::unordered_map<std::string, int> portal_shard_;
   Task<bool> run_on_all_primaries(const std::string &sql, std::string &first_capture,

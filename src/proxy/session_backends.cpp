@@ -49,8 +49,9 @@ std::optional<size_t> Session::choose_node(size_t shard, bool read, size_t exclu
   HealthBoard &board = sh_.health;
   const Placement &place = w_->place();
   if (!place.serves(shard)) [[unlikely]] { // left the topology since the statement was routed
-    unreachable(shard, "40001", "it has left the topology (epoch " +
-                                    std::to_string(place.epoch) + "); retry the transaction");
+    unreachable(shard, "40001",
+                "it has left the topology (epoch " + std::to_string(place.epoch) +
+                    "); retry the transaction");
     return std::nullopt;
   }
   if (shard >= ryw_at_.size()) [[unlikely]] // a shard added since the session began
@@ -244,9 +245,9 @@ void Session::detach_all() {
 void Session::prepare_backend(BackendConn &b, std::string &out, bool with_deferred,
                               bool keep_deferred, bool implicit) {
   bool send_deferred = with_deferred && !deferred_.empty();
-  const auto &base = send_deferred && in_tx()        ? tx_settings_snapshot_
+  const auto &base = send_deferred && in_tx()       ? tx_settings_snapshot_
                      : implicit && settings_before_ ? *settings_before_
-                                                     : settings_;
+                                                    : settings_;
   uint64_t base_hash = &base == &settings_ ? settings_hash_ : hash_settings(base);
   if (b.settings_hash != base_hash) {
     std::string q;

@@ -15,7 +15,9 @@ namespace sg::proxy {
 
 namespace {
 
-constexpr uint64_t bit(size_t shard) { return uint64_t(1) << shard; }
+constexpr uint64_t bit(size_t shard) {
+  return uint64_t(1) << shard;
+}
 
 void copy_frame(std::string &out, char type, std::string_view body) {
   protocol::Writer(out, type).raw(body).finish();
@@ -96,10 +98,10 @@ Task<bool> Session::copy_in(const std::string &sql) {
     if (!b) { // unreachable() said why, into the capture
       auto f = protocol::decode_frame(reinterpret_cast<const uint8_t *>(capture.data()),
                                       capture.size(), 1u << 30);
-      fail(sh_.shard_name(s), f.status == protocol::DecodeStatus::ready && f.type == 'E'
-                                  ? protocol::parse_error_response(f.body_view())
-                                  : protocol::ErrorInfo{"ERROR", "08006", "cannot reach the shard",
-                                                        "", ""});
+      fail(sh_.shard_name(s),
+           f.status == protocol::DecodeStatus::ready && f.type == 'E'
+               ? protocol::parse_error_response(f.body_view())
+               : protocol::ErrorInfo{"ERROR", "08006", "cannot reach the shard", "", ""});
       break;
     }
     bs[i] = b;
@@ -259,9 +261,9 @@ Task<bool> Session::copy_in(const std::string &sql) {
         done = true;
       } else if (t == 'f') {
         client_failed = true;
-        fail("-", {"ERROR", "57014",
-                   "COPY from stdin failed: " + std::string(body.substr(0, body.find('\0'))), "",
-                   ""});
+        fail("-",
+             {"ERROR", "57014",
+              "COPY from stdin failed: " + std::string(body.substr(0, body.find('\0'))), "", ""});
         done = true;
       } else if (t != 'H' && t != 'S') {
         for (auto *b : bs)
@@ -305,7 +307,9 @@ Task<bool> Session::copy_in(const std::string &sql) {
     if (failure.sqlstate.empty())
       copy_frame(w, 'c', {});
     else
-      protocol::Writer(w, 'f').cstr(client_failed ? failure.message : "aborted by the proxy").finish();
+      protocol::Writer(w, 'f')
+          .cstr(client_failed ? failure.message : "aborted by the proxy")
+          .finish();
     ErrorCode ec;
     co_await write_all(bs[i]->sock, w, ec);
     protocol::ErrorInfo err;
@@ -326,36 +330,10 @@ Task<bool> Session::copy_in(const std::string &sql) {
       tx_writers_ |= bit(shards[i]);
   }
 
-  if (!failure.sqlstate.empty()) {
-    std::string detail = failed_on == "-" || failed_on.empty()
-                             ? std::string()
-                             : "on shard \"" + failed_on + "\"";
-    if (implicit)
-      detail += (detail.empty() ? "" : "; ") + std::string("nothing was copied to any shard");
-    if (!failure.detail.empty())
-      detail = failure.detail + (detail.empty() ? "" : " (" + detail + ")");
-    if (implicit) {
-      std::string discard;
-      sink_ = &discard;
-      co_await end_multi_tx(false);
-      sink_ = &out_;
-    } else {
-      fail_transaction_by_proxy();
-    }
-    error(failure.sqlstate, failure.message, failure.hint, detail);
-    ready();
+  bool answer = co_await end_statement_across(implicit, failure, failed_on,
+                                              "nothing was copied to any shard");
+  if (!answer)
     co_return true;
-  }
-  if (implicit) {
-    std::string end;
-    sink_ = &end;
-    co_await end_multi_tx(true);
-    sink_ = &out_;
-    if (!end.empty() && end[0] == 'E') { // the commit failed: nothing was applied
-      out_ += end;
-      co_return true;
-    }
-  }
   (void)rows_in;
   protocol::command_complete(out_, "COPY " + std::to_string(count));
   ready();

@@ -21,14 +21,23 @@ bool Session::may_hold(const router::Resolved &r) {
   auto now = std::chrono::steady_clock::now();
   if (hold_since_ == std::chrono::steady_clock::time_point{})
     hold_since_ = now;
-  return now - hold_since_ <
-         std::chrono::milliseconds(sh_.cfg.migrations.cutover_pause_ms + 500);
+  return now - hold_since_ < std::chrono::milliseconds(sh_.cfg.migrations.cutover_pause_ms + 500);
 }
 
 Task<void> Session::hold_a_moment() {
   Timer t(co_await asio::this_coro::executor, std::chrono::milliseconds(2));
   ErrorCode ec;
   co_await t.async_wait(asio::redirect_error(use_awaitable, ec));
+}
+
+// The proxy's own error for a query string: it fails an open transaction, as the server would.
+Session::QueryStep Session::refuse(const std::string &sqlstate, const std::string &msg,
+                                   const std::string &hint) {
+  error(sqlstate, msg, hint);
+  if (in_tx())
+    fail_transaction_by_proxy();
+  ready();
+  return QueryStep::answered;
 }
 
 Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
@@ -91,70 +100,46 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
     if (r.kind == router::TargetKind::error) {
       if (r.moving && may_hold(r)) [[unlikely]]
         return QueryStep::hold;
-      error(r.error.sqlstate, r.error.message, r.error.hint);
-      if (in_tx())
-        fail_transaction_by_proxy();
-      ready();
-      return QueryStep::answered;
+      return refuse(r.error.sqlstate, r.error.message, r.error.hint);
     }
     if ((r.kind == router::TargetKind::by_key && st.kind != router::StmtKind::read) ||
         r.kind == router::TargetKind::all_primaries) {
       if (auto f = sh_.fenced_write()) {
-        error(f->sqlstate, f->message, f->hint);
-        if (in_tx())
-          fail_transaction_by_proxy();
-        ready();
-        return QueryStep::answered;
+        return refuse(f->sqlstate, f->message, f->hint);
       }
     }
     if (r.kind == router::TargetKind::scatter && st.copy_in) {
       if (!single || proxy_failed_) {
-        error("0A000", "COPY into a sharded table must be sent alone",
-              "send it as its own statement");
-        if (in_tx())
-          fail_transaction_by_proxy();
-        ready();
-        return QueryStep::answered;
+        return refuse("0A000", "COPY into a sharded table must be sent alone",
+                      "send it as its own statement");
       }
       if (auto f = sh_.fenced_write()) {
-        error(f->sqlstate, f->message, f->hint);
-        if (in_tx())
-          fail_transaction_by_proxy();
-        ready();
-        return QueryStep::answered;
+        return refuse(f->sqlstate, f->message, f->hint);
       }
       return QueryStep::copy_in;
     }
     if (r.kind == router::TargetKind::scatter && st.multi_write) {
       if (auto f = sh_.fenced_write()) {
-        error(f->sqlstate, f->message, f->hint);
-        if (in_tx())
-          fail_transaction_by_proxy();
-        ready();
-        return QueryStep::answered;
+        return refuse(f->sqlstate, f->message, f->hint);
       }
       if (!single || proxy_failed_) {
-        error("0A000", "an UPDATE or DELETE of a sharded table without its shard key (or with "
-                       "keys on several shards) must be sent alone",
-              "send it as its own statement; it then runs on every shard concerned, atomically");
-        if (in_tx())
-          fail_transaction_by_proxy();
-        ready();
-        return QueryStep::answered;
+        return refuse(
+            "0A000",
+            "an UPDATE or DELETE of a sharded table without its shard key (or with "
+            "keys on several shards) must be sent alone",
+            "send it as its own statement; it then runs on every shard concerned, atomically");
       }
       scatter_shards_ = r.shards;
       return QueryStep::scatter_write;
     }
     if (r.kind == router::TargetKind::scatter) {
       if (!single || in_tx()) {
-        error("0A000", "a read of a sharded table without its shard key must be sent alone, "
-                       "outside a transaction block",
-              "send it as its own statement in autocommit mode (it then runs on every shard), "
-              "or add the shard key to its WHERE clause");
-        if (in_tx())
-          fail_transaction_by_proxy();
-        ready();
-        return QueryStep::answered;
+        return refuse(
+            "0A000",
+            "a read of a sharded table without its shard key must be sent alone, "
+            "outside a transaction block",
+            "send it as its own statement in autocommit mode (it then runs on every shard), "
+            "or add the shard key to its WHERE clause");
       }
       scatter_shards_ = r.shards;
       return QueryStep::scatter;
@@ -169,13 +154,10 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
       if (shard < 0)
         shard = int(r.shard);
       else if (shard != int(r.shard)) {
-        error("0A000", "this query string touches more than one shard",
-              "send statements for different shards separately; cross-shard transactions are "
-              "not supported yet");
-        if (in_tx())
-          fail_transaction_by_proxy();
-        ready();
-        return QueryStep::answered;
+        return refuse(
+            "0A000", "this query string touches more than one shard",
+            "send statements for different shards separately; cross-shard transactions are "
+            "not supported yet");
       }
     }
     if (st.kind != router::StmtKind::read)
@@ -183,12 +165,8 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
   }
   if (broadcast_ddl) {
     if (!single || in_tx()) {
-      error("0A000", "DDL on a sharded table must be sent alone, outside a transaction",
-            "run it as its own statement in autocommit mode; it is applied to every shard");
-      if (in_tx())
-        fail_transaction_by_proxy();
-      ready();
-      return QueryStep::answered;
+      return refuse("0A000", "DDL on a sharded table must be sent alone, outside a transaction",
+                    "run it as its own statement in autocommit mode; it is applied to every shard");
     }
     return QueryStep::broadcast;
   }
@@ -282,11 +260,7 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
         for (auto it = stmts_.begin(); it != stmts_.end();)
           it = it->first.empty() ? std::next(it) : stmts_.erase(it);
       } else if (!stmts_.erase(first.set_name)) {
-        error("26000", "prepared statement \"" + first.set_name + "\" does not exist");
-        if (in_tx())
-          fail_transaction_by_proxy();
-        ready();
-        return QueryStep::answered;
+        return refuse("26000", "prepared statement \"" + first.set_name + "\" does not exist");
       }
       synthetic_done(*sink_, first.tag);
       ready();

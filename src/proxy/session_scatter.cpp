@@ -23,7 +23,9 @@ namespace sg::proxy {
 namespace {
 
 // Text types whose order depends on the collation: merged byte by byte only under COLLATE "C".
-bool collated(uint32_t oid) { return oid == 25 || oid == 1043 || oid == 1042; }
+bool collated(uint32_t oid) {
+  return oid == 25 || oid == 1043 || oid == 1042;
+}
 
 std::string lowered(std::string s) {
   for (auto &c : s)
@@ -71,7 +73,8 @@ Task<bool> Session::scatter_next(Scatter &s, size_t i) {
     // co_await as a statement throughout: GCC 12 miscompiles it inside a condition.
     bool got = co_await next_frame(*s.bs[i], s.type, s.body);
     if (!got) {
-      s.fail(sh_.shard_name(s.shards[i]), {"ERROR", "08006", "connection to the shard lost", "", ""});
+      s.fail(sh_.shard_name(s.shards[i]),
+             {"ERROR", "08006", "connection to the shard lost", "", ""});
       s.at_rfq[i] = true;
       co_return false;
     }
@@ -203,7 +206,9 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
   // What went wrong first, and on which shard; the rest is read to its end and discarded.
   auto &failure = s.failure;
   auto &failed_on = s.failed_on;
-  auto fail = [&](size_t i, protocol::ErrorInfo e) { s.fail(sh_.shard_name(shards[i]), std::move(e)); };
+  auto fail = [&](size_t i, protocol::ErrorInfo e) {
+    s.fail(sh_.shard_name(shards[i]), std::move(e));
+  };
   for (size_t i = 0; i < n; ++i)
     if (swallow[i] < 0) {
       fail(i, {"ERROR", "08006", "connection to the shard lost", "", ""});
@@ -232,8 +237,8 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
   for (size_t i = 1; i < n && failed_on.empty(); ++i) {
     bool same = descs[i].size() == descs[0].size();
     for (size_t c = 0; same && c < descs[0].size(); ++c)
-      same = descs[i][c].type_oid == descs[0][c].type_oid &&
-             descs[i][c].format == descs[0][c].format;
+      same =
+          descs[i][c].type_oid == descs[0][c].type_oid && descs[i][c].format == descs[0][c].format;
     if (!same)
       fail(i, {"ERROR", "42804",
                "the shards answered with different column types (is the table's definition the "
@@ -320,24 +325,33 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
     }
     if (failed_on.empty() && !spec.aggs.empty()) {
       if (cols.size() != spec.aggs.size()) {
-        unsupported("cross-shard aggregates: the shards answered " +
-                        std::to_string(cols.size()) + " columns",
+        unsupported("cross-shard aggregates: the shards answered " + std::to_string(cols.size()) +
+                        " columns",
                     "");
       } else {
         for (size_t c = 0; c < cols.size() && failed_on.empty(); ++c) {
           executor::AggSpec a;
           a.kind = executor::kind_of(cols[c].type_oid, cols[c].format);
           switch (spec.aggs[c]) {
-          case router::ScatterSpec::Agg::count: a.agg = executor::Agg::Count; break;
-          case router::ScatterSpec::Agg::sum: a.agg = executor::Agg::Sum; break;
-          case router::ScatterSpec::Agg::min: a.agg = executor::Agg::Min; break;
-          case router::ScatterSpec::Agg::max: a.agg = executor::Agg::Max; break;
-          case router::ScatterSpec::Agg::group: a.agg = executor::Agg::Group; break;
+          case router::ScatterSpec::Agg::count:
+            a.agg = executor::Agg::Count;
+            break;
+          case router::ScatterSpec::Agg::sum:
+            a.agg = executor::Agg::Sum;
+            break;
+          case router::ScatterSpec::Agg::min:
+            a.agg = executor::Agg::Min;
+            break;
+          case router::ScatterSpec::Agg::max:
+            a.agg = executor::Agg::Max;
+            break;
+          case router::ScatterSpec::Agg::group:
+            a.agg = executor::Agg::Group;
+            break;
           }
           if (!executor::combinable(a))
-            unsupported("cross-shard aggregate in column " + std::to_string(c + 1) +
-                            " (type oid " + std::to_string(cols[c].type_oid) +
-                            ") cannot be combined exactly",
+            unsupported("cross-shard aggregate in column " + std::to_string(c + 1) + " (type oid " +
+                            std::to_string(cols[c].type_oid) + ") cannot be combined exactly",
                         "sum of float values depends on the order of additions; cast to "
                         "numeric, or add a shard key to the WHERE clause");
           aggs.push_back(a);
@@ -438,8 +452,8 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
       co_await scatter_next(s, i);
   if (!failed_on.empty()) {
     if (failed_on != "-")
-      failure.detail = "on shard \"" + failed_on + "\"" +
-                       (failure.detail.empty() ? "" : ": " + failure.detail);
+      failure.detail =
+          "on shard \"" + failed_on + "\"" + (failure.detail.empty() ? "" : ": " + failure.detail);
     error(failure.sqlstate.empty() ? "XX000" : failure.sqlstate, failure.message, failure.hint,
           failure.detail);
   } else {

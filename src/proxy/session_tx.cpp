@@ -15,9 +15,13 @@ namespace sg::proxy {
 
 namespace {
 
-constexpr uint64_t bit(size_t shard) { return uint64_t(1) << shard; }
+constexpr uint64_t bit(size_t shard) {
+  return uint64_t(1) << shard;
+}
 
-std::string quote(const std::string &s) { return "'" + s + "'"; } // gid(): [a-z0-9_x] only
+std::string quote(const std::string &s) {
+  return "'" + s + "'";
+} // gid(): [a-z0-9_x] only
 
 // Tests only: SHARDGATE_TEST_2PC_CRASH=after_prepare | after_decision makes the proxy die
 // (as kill -9 would) at that point of a two-phase commit, so recovery can be shown to finish
@@ -41,7 +45,8 @@ void Session::bind_tx(int shard) {
       std::vector<CancelSlot::Target> targets;
       for (size_t s = 0; s < attached_.size() && s < 64; ++s)
         if ((tx_shards_ & bit(s)) && attached_[s].conn)
-          targets.push_back({attached_[s].conn->node, attached_[s].conn->pid, attached_[s].conn->key});
+          targets.push_back(
+              {attached_[s].conn->node, attached_[s].conn->pid, attached_[s].conn->key});
       cancel_->set_many(std::move(targets));
     }
   }
@@ -117,8 +122,8 @@ Task<void> Session::control_all(const std::vector<BackendConn *> &bs,
                                 std::vector<protocol::ErrorInfo> &errs) {
   errs.assign(bs.size(), {});
   auto lost = [&](size_t i) {
-    errs[i] = {"ERROR", "08006",
-               "lost the connection to shard \"" + bs[i]->node->shard_name + "\"", "", ""};
+    errs[i] = {"ERROR", "08006", "lost the connection to shard \"" + bs[i]->node->shard_name + "\"",
+               "", ""};
   };
   std::string w;
   for (size_t i = 0; i < bs.size(); ++i) {
@@ -219,8 +224,9 @@ Task<void> Session::end_multi_tx(bool commit) {
     std::vector<BackendConn *> every = readers;
     every.insert(every.end(), writers.begin(), writers.end());
     co_await control_all(every, all(every.size(), "ROLLBACK"), errs);
-  } else if (!readers.empty() && (co_await control_all(readers, all(readers.size(), "COMMIT"), errs),
-                                  first_failure(readers))) {
+  } else if (!readers.empty() &&
+             (co_await control_all(readers, all(readers.size(), "COMMIT"), errs),
+              first_failure(readers))) {
     // A shard that only read could not commit (a serialization failure): nothing is committed.
     detail = "the transaction was rolled back on every shard";
   } else if (writers.size() <= 1) {
@@ -245,13 +251,15 @@ Task<void> Session::end_multi_tx(bool commit) {
     if (!failure.sqlstate.empty())
       detail = committed.empty() ? "nothing was committed"
                                  : "[transactions] two_phase_commit is off: it was committed "
-                                   "on " + committed + " and rolled back on the rest";
+                                   "on " +
+                                       committed + " and rolled back on the rest";
   } else if (!sh_.journal.load()) {
     failure = {"ERROR", "0A000",
                "a transaction that writes on more than one shard needs two-phase commit, which "
                "needs the metadata database ([metadata] enabled = false)",
-               "", "enable [metadata], or set [transactions] two_phase_commit = false to commit "
-                   "each shard in turn (not atomic)"};
+               "",
+               "enable [metadata], or set [transactions] two_phase_commit = false to commit "
+               "each shard in turn (not atomic)"};
     co_await control_all(writers, all(writers.size(), "ROLLBACK"), errs);
     detail = "the transaction was rolled back on every shard";
   } else {
@@ -310,9 +318,11 @@ Task<void> Session::end_multi_tx(bool commit) {
       } else {
         failure = {"ERROR", "08006",
                    "the commit of a transaction across shards is in doubt: the metadata "
-                   "database did not answer (" + why + ")",
-                   "", "it is prepared on every shard; recovery commits or rolls it back as the "
-                       "metadata database records, once it is reachable"};
+                   "database did not answer (" +
+                       why + ")",
+                   "",
+                   "it is prepared on every shard; recovery commits or rolls it back as the "
+                   "metadata database records, once it is reachable"};
         detail = "transaction " + txid;
         stats.twophase_in_doubt.fetch_add(1, std::memory_order_relaxed);
       }
@@ -345,6 +355,45 @@ Task<void> Session::end_multi_tx(bool commit) {
 } // namespace sg::proxy
 
 namespace sg::proxy {
+
+// The end of one statement that ran on several shards (scatter_write(), copy_in()). After a
+// failure the client's transaction fails, or the statement's own rolls back on every shard
+// (`undone` says so in the detail), and the client gets the error naming the shard. Without
+// one, the statement's own transaction commits. True: the statement's result goes to the
+// client now; false: the client has had its answer (the error, then ReadyForQuery).
+Task<bool> Session::end_statement_across(bool implicit, const protocol::ErrorInfo &failure,
+                                         const std::string &failed_on, const std::string &undone) {
+  if (!failure.sqlstate.empty()) {
+    std::string detail =
+        failed_on.empty() || failed_on == "-" ? std::string() : "on shard \"" + failed_on + "\"";
+    if (implicit)
+      detail += (detail.empty() ? "" : "; ") + undone;
+    if (!failure.detail.empty())
+      detail = failure.detail + (detail.empty() ? "" : " (" + detail + ")");
+    if (implicit) {
+      std::string discard;
+      sink_ = &discard;
+      co_await end_multi_tx(false);
+      sink_ = &out_;
+    } else {
+      fail_transaction_by_proxy();
+    }
+    error(failure.sqlstate, failure.message, failure.hint, detail);
+    ready();
+    co_return false;
+  }
+  if (implicit) {
+    std::string end;
+    sink_ = &end;
+    co_await end_multi_tx(true);
+    sink_ = &out_;
+    if (!end.empty() && end[0] == 'E') { // the commit failed: nothing was applied
+      out_ += end;
+      co_return false;
+    }
+  }
+  co_return true;
+}
 
 // An UPDATE or DELETE on several shards (router::StatementPlan::multi_write), as a simple
 // query: it runs on each shard concerned inside the client's transaction, or, in autocommit,
@@ -453,8 +502,8 @@ Task<bool> Session::scatter_write(const std::string &sql) {
       has_error = true;
     }
     if (!ok)
-      failure = {"ERROR", "08006", "lost the connection to shard \"" + sh_.shard_name(s) + "\"",
-                 "", ""};
+      failure = {"ERROR", "08006", "lost the connection to shard \"" + sh_.shard_name(s) + "\"", "",
+                 ""};
     uint64_t shard_count = 0;
     for (size_t pos = 0; pos < capture.size();) {
       auto f = protocol::decode_frame(reinterpret_cast<const uint8_t *>(capture.data()) + pos,
@@ -490,33 +539,10 @@ Task<bool> Session::scatter_write(const std::string &sql) {
     if (shard_count > 0)
       tx_writers_ |= bit(s); // only the shards whose rows changed need two-phase commit
   }
-  if (!failure.sqlstate.empty()) {
-    std::string detail = "on shard \"" + failed_on + "\"" +
-                         (implicit ? "; the statement was rolled back on every shard" : "");
-    if (!failure.detail.empty())
-      detail = failure.detail + " (" + detail + ")";
-    if (implicit) {
-      std::string discard;
-      sink_ = &discard;
-      co_await end_multi_tx(false);
-      sink_ = &out_;
-    } else {
-      fail_transaction_by_proxy();
-    }
-    error(failure.sqlstate, failure.message, failure.hint, detail);
-    ready();
+  bool answer = co_await end_statement_across(implicit, failure, failed_on,
+                                              "the statement was rolled back on every shard");
+  if (!answer)
     co_return true;
-  }
-  if (implicit) {
-    std::string end;
-    sink_ = &end;
-    co_await end_multi_tx(true);
-    sink_ = &out_;
-    if (!end.empty() && end[0] == 'E') { // the commit failed: nothing was applied
-      out_ += end;
-      co_return true;
-    }
-  }
   out_ += head;
   if (!order.empty()) {
     // RETURNING rows in the order of VALUES: each shard returned its rows in its own order.

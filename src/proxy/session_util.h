@@ -19,7 +19,7 @@ inline void synthetic_done(std::string &out, const std::string &tag) {
 }
 
 [[gnu::always_inline]] inline void append_frame(std::string &out, char type,
-                                               std::string_view body) {
+                                                std::string_view body) {
   protocol::Writer(out, type).raw(body).finish();
 }
 

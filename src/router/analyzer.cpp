@@ -395,14 +395,48 @@ private:
   // Built-in aggregates (pg_aggregate): a call to one in a plain SELECT list cannot be merged
   // by concatenating rows. (A user-defined aggregate is not known here: see README.)
   static bool is_aggregate_name(const std::string &n) {
-    static const char *names[] = {
-        "count", "sum", "min", "max", "avg", "array_agg", "string_agg", "bool_and", "bool_or",
-        "every", "bit_and", "bit_or", "bit_xor", "json_agg", "jsonb_agg", "json_object_agg",
-        "jsonb_object_agg", "xmlagg", "stddev", "stddev_pop", "stddev_samp", "variance",
-        "var_pop", "var_samp", "corr", "covar_pop", "covar_samp", "regr_avgx", "regr_avgy",
-        "regr_count", "regr_intercept", "regr_r2", "regr_slope", "regr_sxx", "regr_sxy",
-        "regr_syy", "mode", "percentile_cont", "percentile_disc", "range_agg",
-        "range_intersect_agg", "any_value"};
+    static const char *names[] = {"count",
+                                  "sum",
+                                  "min",
+                                  "max",
+                                  "avg",
+                                  "array_agg",
+                                  "string_agg",
+                                  "bool_and",
+                                  "bool_or",
+                                  "every",
+                                  "bit_and",
+                                  "bit_or",
+                                  "bit_xor",
+                                  "json_agg",
+                                  "jsonb_agg",
+                                  "json_object_agg",
+                                  "jsonb_object_agg",
+                                  "xmlagg",
+                                  "stddev",
+                                  "stddev_pop",
+                                  "stddev_samp",
+                                  "variance",
+                                  "var_pop",
+                                  "var_samp",
+                                  "corr",
+                                  "covar_pop",
+                                  "covar_samp",
+                                  "regr_avgx",
+                                  "regr_avgy",
+                                  "regr_count",
+                                  "regr_intercept",
+                                  "regr_r2",
+                                  "regr_slope",
+                                  "regr_sxx",
+                                  "regr_sxy",
+                                  "regr_syy",
+                                  "mode",
+                                  "percentile_cont",
+                                  "percentile_disc",
+                                  "range_agg",
+                                  "range_intersect_agg",
+                                  "any_value"};
     for (auto *x : names)
       if (n == x)
         return true;
@@ -419,9 +453,8 @@ private:
           fc->agg_within_group || is_aggregate_name(lower(last_name(fc->funcname, fc->n_funcname))))
         return true;
     }
-    return !for_each_child(m, [&](const ProtobufCMessage *c) {
-      return !has_aggregate(c, depth + 1);
-    });
+    return !for_each_child(m,
+                           [&](const ProtobufCMessage *c) { return !has_aggregate(c, depth + 1); });
   }
 
   // The constant index of a non-negative integer LIMIT/OFFSET, -1 for none (or LIMIT ALL);
@@ -457,9 +490,9 @@ private:
     const auto &tb = tables_[size_t(touched[0])];
     auto refuse = [&](const std::string &what) -> std::shared_ptr<ScatterSpec> {
       why = {"0A000",
-                 "cross-shard SELECT on \"" + tb.name + "\" with " + what +
-                     " is not supported yet",
-                 "add \"" + tb.key + " = <value>\" to the WHERE clause to run it on one shard; "
+             "cross-shard SELECT on \"" + tb.name + "\" with " + what + " is not supported yet",
+             "add \"" + tb.key +
+                 " = <value>\" to the WHERE clause to run it on one shard; "
                  "without a key, a SELECT of plain columns (ORDER BY columns of the list, LIMIT, "
                  "OFFSET) or of count/sum/min/max (and GROUP BY columns) runs on every shard"};
       return nullptr;
@@ -470,9 +503,8 @@ private:
     // is not.
     bool distinct = false;
     if (s->n_distinct_clause) {
-      if (s->n_distinct_clause != 1 || (s->distinct_clause[0] &&
-                                        s->distinct_clause[0]->node_case !=
-                                            PG_QUERY__NODE__NODE__NOT_SET))
+      if (s->n_distinct_clause != 1 || (s->distinct_clause[0] && s->distinct_clause[0]->node_case !=
+                                                                     PG_QUERY__NODE__NODE__NOT_SET))
         return refuse("DISTINCT ON");
       distinct = true;
     }
@@ -554,8 +586,7 @@ private:
         return refuse("DISTINCT with GROUP BY or aggregates");
       for (size_t i = 0; i < s->n_target_list; ++i) {
         const Node *v = s->target_list[i]->res_target->val;
-        if (v->node_case == PG_QUERY__NODE__NODE_COLUMN_REF &&
-            v->column_ref->n_fields > 0 &&
+        if (v->node_case == PG_QUERY__NODE__NODE_COLUMN_REF && v->column_ref->n_fields > 0 &&
             v->column_ref->fields[v->column_ref->n_fields - 1]->node_case ==
                 PG_QUERY__NODE__NODE_A_STAR)
           return refuse("DISTINCT *");
@@ -586,8 +617,8 @@ private:
                           : sb->sortby_nulls == PG_QUERY__SORT_BY_NULLS__SORTBY_NULLS_FIRST;
       const Node *e = sb->node;
       if (e && e->node_case == PG_QUERY__NODE__NODE_COLLATE_CLAUSE) {
-        std::string coll = lower(last_name(e->collate_clause->collname,
-                                           e->collate_clause->n_collname));
+        std::string coll =
+            lower(last_name(e->collate_clause->collname, e->collate_clause->n_collname));
         if (coll != "c" && coll != "posix")
           return refuse("ORDER BY ... COLLATE other than \"C\"");
         k.collate_c = true;
@@ -729,7 +760,8 @@ private:
       p.error = {"0A000", std::move(msg), std::move(hint)};
     };
     auto one_char = [&](const Node *arg, char &out) {
-      if (arg && arg->node_case == PG_QUERY__NODE__NODE_STRING && std::strlen(arg->string->sval) == 1)
+      if (arg && arg->node_case == PG_QUERY__NODE__NODE_STRING &&
+          std::strlen(arg->string->sval) == 1)
         out = arg->string->sval[0];
     };
     bool escape_set = false, null_set = false;
@@ -739,7 +771,8 @@ private:
         continue;
       std::string name = o->def_elem->defname;
       const Node *arg = o->def_elem->arg;
-      std::string sval = arg && arg->node_case == PG_QUERY__NODE__NODE_STRING ? arg->string->sval : "";
+      std::string sval =
+          arg && arg->node_case == PG_QUERY__NODE__NODE_STRING ? arg->string->sval : "";
       if (name == "format") {
         if (lower(sval) == "binary") {
           err("COPY FROM STDIN in binary format into sharded table \"" + tb.name +
@@ -759,7 +792,8 @@ private:
         one_char(arg, ci.escape);
         escape_set = true;
       } else if (name == "header") {
-        ci.header = !arg || (arg->node_case == PG_QUERY__NODE__NODE_BOOLEAN && arg->boolean->boolval) ||
+        ci.header = !arg ||
+                    (arg->node_case == PG_QUERY__NODE__NODE_BOOLEAN && arg->boolean->boolval) ||
                     (arg->node_case == PG_QUERY__NODE__NODE_INTEGER && arg->integer->ival != 0) ||
                     lower(sval) == "true" || lower(sval) == "on" || lower(sval) == "match";
       }
@@ -1022,7 +1056,8 @@ int max_param_ref(const ProtobufCMessage *m) {
     if ((f.flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
         *reinterpret_cast<const uint32_t *>(base + f.quantifier_offset) != f.id)
       continue;
-    best = std::max(best, max_param_ref(*reinterpret_cast<ProtobufCMessage *const *>(base + f.offset)));
+    best = std::max(best,
+                    max_param_ref(*reinterpret_cast<ProtobufCMessage *const *>(base + f.offset)));
   }
   return best;
 }

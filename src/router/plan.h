@@ -54,8 +54,8 @@ struct ValueRef {
 // applied by the proxy (each shard is sent LIMIT n + m, OFFSET 0).
 struct ScatterSpec {
   struct Sort {
-    std::string name;       // a result column's name (when position is 0)
-    int position = 0;       // 1-based result column (ORDER BY 2)
+    std::string name; // a result column's name (when position is 0)
+    int position = 0; // 1-based result column (ORDER BY 2)
     bool desc = false;
     bool nulls_first = false;
     bool collate_c = false; // COLLATE "C": text may be merged byte by byte
@@ -82,7 +82,7 @@ struct StatementPlan {
   std::vector<ValueRef> keys;
   RouteError error;
   std::shared_ptr<const ScatterSpec> scatter; // TargetKind::scatter
-  uint32_t location = 0; // span of this statement in the full text
+  uint32_t location = 0;                      // span of this statement in the full text
   uint32_t length = 0;
   std::string set_name;      // lower-case GUC name for set; empty otherwise
   bool read_only_tx = false; // BEGIN READ ONLY
@@ -109,9 +109,9 @@ struct StatementPlan {
     int key_field = -1;
   };
   std::optional<CopyIn> copy_in;
-  bool prepared_tx = false;  // PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED (the client's own)
-  std::string tag;           // command tag the proxy answers with when it answers itself
-  bool tableless = false;    // touches no table at all (SELECT 1, SHOW): any shard can run it
+  bool prepared_tx = false; // PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED (the client's own)
+  std::string tag;          // command tag the proxy answers with when it answers itself
+  bool tableless = false;   // touches no table at all (SELECT 1, SHOW): any shard can run it
   // A plain SELECT that calls no function: it leaves nothing behind on the connection (no
   // lock, setting, sequence or advisory state), so it may share one with other clients' reads.
   bool pipelinable = false;

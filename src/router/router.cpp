@@ -110,8 +110,8 @@ std::optional<std::string> param_canonical(const ValueRef &v, const config::Tabl
 
 // An integer key written as a plain number literal (most keys): its value, read in place.
 // Anything else (and every error) goes the general way, through canonical_from_text.
-std::optional<int64_t> int_literal(const ValueRef &v, const config::Table &t,
-                                   std::string_view sql, const ScanResult &scan) {
+std::optional<int64_t> int_literal(const ValueRef &v, const config::Table &t, std::string_view sql,
+                                   const ScanResult &scan) {
   if (v.is_param || t.key_type == KeyType::text || t.key_type == KeyType::uuid || v.index < 0 ||
       size_t(v.index) >= scan.consts.size())
     return std::nullopt;
@@ -174,7 +174,8 @@ Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const Sca
                           "cannot change a sharded table while migration " + topo.migration +
                               " moves rows between shards",
                           "run the statement when the migration is DONE or ABORTED (GET "
-                          "/api/v1/migrations/" + topo.migration + ")");
+                          "/api/v1/migrations/" +
+                              topo.migration + ")");
     }
     return r;
   case TargetKind::error:
@@ -193,8 +194,9 @@ Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const Sca
                               " of sharded table \"" + t.name +
                               "\" without its shard key runs on every shard only as a simple "
                               "query; the extended protocol (prepared statements) cannot yet",
-                          "add \"" + t.key + " = <value>\" to the WHERE clause, or send it "
-                          "as a simple query in autocommit mode");
+                          "add \"" + t.key +
+                              " = <value>\" to the WHERE clause, or send it "
+                              "as a simple query in autocommit mode");
     }
     return r;
   case TargetKind::by_key:
@@ -210,8 +212,7 @@ Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const Sca
     r.moving = true;
     r.error = key_error("40001",
                         "the key is moving to shard \"" + topo.shard_names[topo.next_owner(h)] +
-                            "\": writes to it pause for migration " + topo.migration +
-                            "'s cutover",
+                            "\": writes to it pause for migration " + topo.migration + "'s cutover",
                         "retry the transaction; the cutover lasts at most [migrations] "
                         "cutover_pause_ms");
     return true;
@@ -276,8 +277,8 @@ Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const Sca
   return r;
 }
 
-std::optional<size_t> Router::owner_of_text(int table, std::string_view text,
-                                            const Topology *topo, std::string &error) const {
+std::optional<size_t> Router::owner_of_text(int table, std::string_view text, const Topology *topo,
+                                            std::string &error) const {
   const config::Table &t = tables_[size_t(table)];
   auto c = canonical_from_text(t.key_type, text);
   if (!c) {

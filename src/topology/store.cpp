@@ -119,8 +119,8 @@ std::vector<MigrationRow> Store::migrations(const std::string &id) {
   std::vector<MigrationRow> out;
   for (auto row : r)
     out.push_back({row[0].c_str(), row[1].c_str(), row[2].c_str(), row[3].c_str(), row[4].c_str(),
-                   row[5].is_null() ? std::optional<std::string>() : row[5].c_str(),
-                   row[6].c_str(), row[7].c_str(), row[8].c_str()});
+                   row[5].is_null() ? std::optional<std::string>() : row[5].c_str(), row[6].c_str(),
+                   row[7].c_str(), row[8].c_str()});
   return out;
 }
 
@@ -180,9 +180,8 @@ bool Store::request(const std::string &id, const std::string &action, std::strin
     return false;
   }
   phase = r[0][0].c_str();
-  static const std::vector<std::string> abortable = {"PREPARE", "DUAL_WRITE", "BACKFILL",
-                                                     "VERIFY", "READY", "CUTOVER",
-                                                     "REVERSE_DUAL_WRITE"};
+  static const std::vector<std::string> abortable = {
+      "PREPARE", "DUAL_WRITE", "BACKFILL", "VERIFY", "READY", "CUTOVER", "REVERSE_DUAL_WRITE"};
   bool ok = action == "abort"     ? std::count(abortable.begin(), abortable.end(), phase) > 0
             : action == "cutover" ? phase == "READY"
             : action == "cleanup" ? phase == "REVERSE_DUAL_WRITE"
@@ -203,8 +202,14 @@ std::optional<MigrationRow> Store::active_migration() {
   if (r.empty())
     return std::nullopt;
   auto row = r[0];
-  MigrationRow m{row[0].c_str(), row[1].c_str(), row[2].c_str(), row[3].c_str(), row[4].c_str(),
-                 row[5].is_null() ? std::optional<std::string>() : row[5].c_str(), "", "",
+  MigrationRow m{row[0].c_str(),
+                 row[1].c_str(),
+                 row[2].c_str(),
+                 row[3].c_str(),
+                 row[4].c_str(),
+                 row[5].is_null() ? std::optional<std::string>() : row[5].c_str(),
+                 "",
+                 "",
                  row[6].c_str()};
   return m;
 }
@@ -227,7 +232,9 @@ std::vector<ProxyRow> Store::behind(uint64_t epoch, int64_t fresh_ms) {
   return out;
 }
 
-void Store::listen() { c_->rx = std::make_unique<Receiver>(c_->c, c_->hit); }
+void Store::listen() {
+  c_->rx = std::make_unique<Receiver>(c_->c, c_->hit);
+}
 
 bool Store::wait(uint32_t ms) {
   if (!c_->hit)
@@ -295,8 +302,8 @@ std::vector<std::string> Store::decide_commit(const std::vector<std::string> &tx
     w.exec_params("INSERT INTO shardgate.tx_decisions(txid, outcome) VALUES ($1, 'commit') "
                   "ON CONFLICT (txid) DO NOTHING",
                   t);
-    auto r = w.exec_params("SELECT outcome = 'commit' FROM shardgate.tx_decisions WHERE txid = $1",
-                           t);
+    auto r =
+        w.exec_params("SELECT outcome = 'commit' FROM shardgate.tx_decisions WHERE txid = $1", t);
     if (!r.empty() && r[0][0].as<bool>())
       committed.push_back(t);
   }

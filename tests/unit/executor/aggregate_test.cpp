@@ -32,17 +32,20 @@ TEST(Combine, CountSumMinMaxOverShardsWithAnEmptyOne) {
                              {Agg::Sum, Kind::Numeric},
                              {Agg::Min, Kind::Integer},
                              {Agg::Max, Kind::Bytes}};
-  std::vector<Row> partials{{std::string("3"), std::string("10.5"), std::string("7"), std::string("b")},
-                            {std::string("2"), std::string("-0.25"), std::string("-4"), std::string("c")},
-                            {std::string("0"), std::nullopt, std::nullopt, std::nullopt}};
+  std::vector<Row> partials{
+      {std::string("3"), std::string("10.5"), std::string("7"), std::string("b")},
+      {std::string("2"), std::string("-0.25"), std::string("-4"), std::string("c")},
+      {std::string("0"), std::nullopt, std::nullopt, std::nullopt}};
   Row out;
   std::string err;
   ASSERT_TRUE(combine(partials, specs, out, err)) << err;
-  EXPECT_EQ(out, (Row{std::string("5"), std::string("10.25"), std::string("-4"), std::string("c")}));
+  EXPECT_EQ(out,
+            (Row{std::string("5"), std::string("10.25"), std::string("-4"), std::string("c")}));
 }
 
 TEST(Combine, NoRowsAnywhereGivesCountZeroAndNulls) {
-  std::vector<AggSpec> specs{{Agg::Count, Kind::Integer}, {Agg::Sum, Kind::Integer}, {Agg::Max, Kind::Date}};
+  std::vector<AggSpec> specs{
+      {Agg::Count, Kind::Integer}, {Agg::Sum, Kind::Integer}, {Agg::Max, Kind::Date}};
   std::vector<Row> partials(3, Row{std::string("0"), std::nullopt, std::nullopt});
   Row out;
   std::string err;
@@ -76,8 +79,10 @@ TEST(Combine, RefusesWhatItCannotDoExactly) {
   std::string err;
   EXPECT_FALSE(combine({{std::string("1.5")}}, {{Agg::Sum, Kind::Float}}, out, err));
   EXPECT_NE(err.find("cannot combine"), std::string::npos);
-  EXPECT_FALSE(combine({{std::string("abc")}, {std::string("1")}}, {{Agg::Sum, Kind::Integer}}, out, err));
-  EXPECT_FALSE(combine({{std::string("1")}}, {{Agg::Count, Kind::Integer}, {Agg::Sum, Kind::Integer}}, out, err))
+  EXPECT_FALSE(
+      combine({{std::string("abc")}, {std::string("1")}}, {{Agg::Sum, Kind::Integer}}, out, err));
+  EXPECT_FALSE(combine({{std::string("1")}},
+                       {{Agg::Count, Kind::Integer}, {Agg::Sum, Kind::Integer}}, out, err))
       << "a shard answered too few columns";
 }
 

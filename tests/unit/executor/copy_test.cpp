@@ -45,9 +45,9 @@ TEST(CopySplitter, TextRowsAndEscapedKeysWhateverTheChunks) {
   f.key_field = 1;
   std::string data = "a\t7\tx\n"
                      "b\\tc\t\\061\\x32\tq\\\nr\n" // key "12" (octal, hex); \<newline> is data
-                     "c\t\\N\tz\n"              // NULL key
-                     "d\tab\\\\c\n"             // key ab\c
-                     "last\t99";                // no newline at the end
+                     "c\t\\N\tz\n"                 // NULL key
+                     "d\tab\\\\c\n"                // key ab\c
+                     "last\t99";                   // no newline at the end
   for (size_t chunk = 1; chunk <= data.size(); ++chunk) {
     Got g = split(f, data, chunk);
     ASSERT_EQ(g.keys, (std::vector<std::string>{"7", "12", "<NULL>", "ab\\c", "99"})) << chunk;

@@ -14,8 +14,9 @@ using namespace sg::executor;
 namespace {
 
 std::vector<std::string> sorted(Kind k, std::vector<std::string> v) {
-  std::stable_sort(v.begin(), v.end(),
-                   [k](const std::string &a, const std::string &b) { return compare(k, a, b) < 0; });
+  std::stable_sort(v.begin(), v.end(), [k](const std::string &a, const std::string &b) {
+    return compare(k, a, b) < 0;
+  });
   return v;
 }
 
@@ -39,7 +40,8 @@ TEST(Values, IntegersCompareAsNumbersNotText) {
 TEST(Values, BinaryIntegersAreBigEndianAndSigned) {
   std::string minus_one("\xff\xff\xff\xff", 4), two("\x00\x00\x00\x02", 4);
   EXPECT_LT(compare(Kind::BinaryInteger, minus_one, two), 0);
-  std::string big("\x00\x00\x01\x00\x00\x00\x00\x00", 8), small("\x00\x00\x00\x00\x00\x00\x00\x05", 8);
+  std::string big("\x00\x00\x01\x00\x00\x00\x00\x00", 8),
+      small("\x00\x00\x00\x00\x00\x00\x00\x05", 8);
   EXPECT_GT(compare(Kind::BinaryInteger, big, small), 0);
 }
 
@@ -51,17 +53,23 @@ TEST(Values, FloatsPutNaNLastAsPostgreSQLDoes) {
 }
 
 TEST(Values, NumericsAreExactWithScalesAndSpecials) {
-  EXPECT_EQ(sorted(Kind::Numeric, {"NaN", "Infinity", "-Infinity", "1.50", "-2", "0.000", "-0.5", "10"}),
-            (std::vector<std::string>{"-Infinity", "-2", "-0.5", "0.000", "1.50", "10", "Infinity", "NaN"}));
+  EXPECT_EQ(
+      sorted(Kind::Numeric, {"NaN", "Infinity", "-Infinity", "1.50", "-2", "0.000", "-0.5", "10"}),
+      (std::vector<std::string>{"-Infinity", "-2", "-0.5", "0.000", "1.50", "10", "Infinity",
+                                "NaN"}));
   EXPECT_EQ(compare(Kind::Numeric, "1.50", "1.5"), 0);
   EXPECT_EQ(compare(Kind::Numeric, "0.000", "0"), 0);
   EXPECT_LT(compare(Kind::Numeric, "-10.1", "-10.09"), 0);
-  EXPECT_GT(compare(Kind::Numeric, "123456789012345678901234567890.1", "123456789012345678901234567890.09"), 0);
+  EXPECT_GT(compare(Kind::Numeric, "123456789012345678901234567890.1",
+                    "123456789012345678901234567890.09"),
+            0);
 }
 
 TEST(Values, DatesHandleBCFiveDigitYearsAndInfinity) {
-  EXPECT_EQ(sorted(Kind::Date, {"0044-03-15 BC", "2024-01-01", "infinity", "-infinity", "12345-01-01"}),
-            (std::vector<std::string>{"-infinity", "0044-03-15 BC", "2024-01-01", "12345-01-01", "infinity"}));
+  EXPECT_EQ(
+      sorted(Kind::Date, {"0044-03-15 BC", "2024-01-01", "infinity", "-infinity", "12345-01-01"}),
+      (std::vector<std::string>{"-infinity", "0044-03-15 BC", "2024-01-01", "12345-01-01",
+                                "infinity"}));
 }
 
 TEST(Values, TimestampsCompareFractionsByValue) {
@@ -74,7 +82,8 @@ TEST(Values, TimestampTzComparesInstantsNotText) {
   // 09:30 UTC against 10:15 UTC, across a daylight-saving change of offset.
   EXPECT_LT(compare(Kind::TimestampTz, "2024-03-10 01:30:00-08", "2024-03-10 03:15:00-07"), 0);
   EXPECT_EQ(compare(Kind::TimestampTz, "2024-01-01 05:30:00+05:30", "2024-01-01 00:00:00+00"), 0);
-  EXPECT_GT(compare(Kind::TimestampTz, "2024-01-01 00:00:00-00:00:01", "2024-01-01 00:00:00+00"), 0);
+  EXPECT_GT(compare(Kind::TimestampTz, "2024-01-01 00:00:00-00:00:01", "2024-01-01 00:00:00+00"),
+            0);
 }
 
 TEST(Values, TextIsByteOrderAndUnparsableValuesSortLast) {

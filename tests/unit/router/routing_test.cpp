@@ -169,8 +169,8 @@ INSTANTIATE_TEST_SUITE_P(
              nullptr, "22P02"},
         Case{"SELECT * FROM accounts WHERE id = 1.5", TK::error, SK::read, nullptr, nullptr,
              "22P02"},
-        Case{"SELECT * FROM accounts WHERE id = 99999999999999999999", TK::error, SK::read,
-             nullptr, nullptr, "22P02"},
+        Case{"SELECT * FROM accounts WHERE id = 99999999999999999999", TK::error, SK::read, nullptr,
+             nullptr, "22P02"},
         // Every shard (scatter), which the extended protocol cannot run: 0A000 there.
         Case{"COPY accounts FROM STDIN", TK::error, SK::write, nullptr, nullptr, "0A000"},
         Case{"COPY accounts (id) FROM STDIN WITH (FORMAT binary)", TK::error, SK::write, nullptr,
@@ -313,7 +313,8 @@ TEST(Scatter, PlansWhatItCanMergeAndRefusesTheRest) {
   EXPECT_EQ(other.kind, TargetKind::error) << "the extended protocol does not scatter yet";
   EXPECT_EQ(other.error.sqlstate, "0A000");
 
-  const StatementPlan &a = plan("SELECT count(*), sum(balance), min(id), MAX(owner) FROM accounts", pt);
+  const StatementPlan &a =
+      plan("SELECT count(*), sum(balance), min(id), MAX(owner) FROM accounts", pt);
   ASSERT_EQ(a.target, TargetKind::scatter) << a.error.message;
   using Agg = ScatterSpec::Agg;
   EXPECT_EQ(a.scatter->aggs, (std::vector<Agg>{Agg::count, Agg::sum, Agg::min, Agg::max}));
@@ -336,27 +337,28 @@ TEST(Scatter, PlansWhatItCanMergeAndRefusesTheRest) {
   ASSERT_EQ(c.target, TargetKind::scatter) << c.error.message;
   EXPECT_TRUE(c.scatter->order[0].collate_c);
 
-  for (const char *no : {"SELECT owner, count(*) FROM accounts GROUP BY owner HAVING count(*) > 1",
-                         "SELECT count(*) FROM accounts GROUP BY owner",
-                         "SELECT lower(owner), count(*) FROM accounts GROUP BY lower(owner)",
-                         "SELECT owner, count(*) FROM accounts GROUP BY ROLLUP (owner)",
-                         "SELECT DISTINCT ON (owner) owner, id FROM accounts",
-                         "SELECT DISTINCT * FROM accounts",
-                         "SELECT DISTINCT owner, count(*) FROM accounts GROUP BY owner",
-                         "SELECT avg(balance) FROM accounts",
-                         "SELECT count(DISTINCT owner) FROM accounts",
-                         "SELECT id, count(*) FROM accounts",
-                         "SELECT count(*) + 1 FROM accounts",
-                         "SELECT id FROM accounts ORDER BY balance + 1",
-                         "SELECT id FROM accounts ORDER BY owner COLLATE \"en_US\"",
-                         "SELECT id AS balance FROM accounts ORDER BY accounts.balance",
-                         "SELECT id, row_number() OVER () FROM accounts",
-                         "SELECT id, array_agg(id) FROM accounts",
-                         "SELECT * FROM accounts WHERE balance > (SELECT avg(balance) FROM accounts)",
-                         "SELECT * FROM accounts a JOIN orders o ON o.account_id = a.id",
-                         "SELECT * FROM accounts FOR UPDATE",
-                         "SELECT count(*) FROM accounts LIMIT 1",
-                         "WITH x AS (SELECT * FROM accounts) SELECT * FROM x"}) {
+  for (const char *no :
+       {"SELECT owner, count(*) FROM accounts GROUP BY owner HAVING count(*) > 1",
+        "SELECT count(*) FROM accounts GROUP BY owner",
+        "SELECT lower(owner), count(*) FROM accounts GROUP BY lower(owner)",
+        "SELECT owner, count(*) FROM accounts GROUP BY ROLLUP (owner)",
+        "SELECT DISTINCT ON (owner) owner, id FROM accounts",
+        "SELECT DISTINCT * FROM accounts",
+        "SELECT DISTINCT owner, count(*) FROM accounts GROUP BY owner",
+        "SELECT avg(balance) FROM accounts",
+        "SELECT count(DISTINCT owner) FROM accounts",
+        "SELECT id, count(*) FROM accounts",
+        "SELECT count(*) + 1 FROM accounts",
+        "SELECT id FROM accounts ORDER BY balance + 1",
+        "SELECT id FROM accounts ORDER BY owner COLLATE \"en_US\"",
+        "SELECT id AS balance FROM accounts ORDER BY accounts.balance",
+        "SELECT id, row_number() OVER () FROM accounts",
+        "SELECT id, array_agg(id) FROM accounts",
+        "SELECT * FROM accounts WHERE balance > (SELECT avg(balance) FROM accounts)",
+        "SELECT * FROM accounts a JOIN orders o ON o.account_id = a.id",
+        "SELECT * FROM accounts FOR UPDATE",
+        "SELECT count(*) FROM accounts LIMIT 1",
+        "WITH x AS (SELECT * FROM accounts) SELECT * FROM x"}) {
     const StatementPlan &r = plan(no, pt);
     EXPECT_EQ(r.target, TargetKind::error) << no;
     EXPECT_EQ(r.error.sqlstate, "0A000") << no;
@@ -426,9 +428,9 @@ TEST(Scatter, WritesWithoutKeyRunOnEveryShardOnlyWhenSelfContained) {
     PlannedText pt = router().plan(sql);
     return pt.analysis->stmts[0];
   };
-  for (const char *sql : {"UPDATE accounts SET balance = 0",
-                          "DELETE FROM accounts WHERE owner = 'x'",
-                          "UPDATE accounts SET balance = balance + 1 WHERE balance < 0 RETURNING id"}) {
+  for (const char *sql :
+       {"UPDATE accounts SET balance = 0", "DELETE FROM accounts WHERE owner = 'x'",
+        "UPDATE accounts SET balance = balance + 1 WHERE balance < 0 RETURNING id"}) {
     StatementPlan p = plan1(sql);
     EXPECT_EQ(p.target, TargetKind::scatter) << sql;
     EXPECT_TRUE(p.multi_write) << sql;
@@ -438,8 +440,7 @@ TEST(Scatter, WritesWithoutKeyRunOnEveryShardOnlyWhenSelfContained) {
        {"DELETE FROM accounts WHERE id IN (SELECT id FROM accounts WHERE balance < 0)",
         "UPDATE accounts SET balance = o.x FROM other o WHERE o.id = accounts.owner",
         "DELETE FROM accounts USING other WHERE other.id = accounts.owner",
-        "WITH x AS (SELECT 1) DELETE FROM accounts",
-        "UPDATE accounts SET balance = nextval('s')",
+        "WITH x AS (SELECT 1) DELETE FROM accounts", "UPDATE accounts SET balance = nextval('s')",
         "UPDATE accounts SET id = 9"}) {
     StatementPlan p = plan1(sql);
     EXPECT_EQ(p.target, TargetKind::error) << sql;
