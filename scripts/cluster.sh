@@ -47,6 +47,18 @@ running() {
 # Starts the server in data dir $1 (port from its config) unless it already runs.
 start() {
   local d=$1
+  # Data directories made before two-phase commit (issue 18) lack this setting: it is added, and a
+  # server already running is restarted to take it.
+  if [ -f "$d/postgresql.conf" ] && ! grep -q '^max_prepared_transactions' "$d/postgresql.conf"; then
+    echo "max_prepared_transactions = 64  # two-phase commit of transactions across shards" |
+      as_pg tee -a "$d/postgresql.conf" >/dev/null
+    if running "$d"; then
+      as_pg "$PGBIN/pg_ctl" restart -D "$d" -l "$d/server.log" -w -t "$TIMEOUT" -m fast >/dev/null ||
+        die "server in $d did not restart; last log lines:
+$(tail -n 20 "$d/server.log" 2>/dev/null)"
+      return 0
+    fi
+  fi
   running "$d" && return 0
   # Not running, so these are stale (left by kill -9). Postgres would find them stale itself, except
   # while the dead postmaster is an unreaped zombie: then it refuses to start.
