@@ -174,6 +174,59 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
       co_return true;
     }
   }
+  if (!spec.functions.empty()) {
+    // A user-defined aggregate looks like any function to the planner: the first shard's
+    // catalog says (its per-shard results would be concatenated, so it is refused).
+    std::string names;
+    for (auto &f : spec.functions) {
+      names += names.empty() ? "'" : ", '";
+      for (char c : f)
+        names += c == '\'' ? std::string("''") : std::string(1, c);
+      names += "'";
+    }
+    wbuf_.clear();
+    prepare_backend(*bs[0], wbuf_, false);
+    int swallow0 = int(exp_.size());
+    exp_.clear();
+    protocol::query(wbuf_, "SELECT proname FROM pg_proc WHERE prokind = 'a' AND proname IN (" +
+                               names + ") LIMIT 1");
+    bs[0]->unnamed_owner = 0;
+    ErrorCode ec;
+    co_await write_all(bs[0]->sock, wbuf_, ec);
+    std::string found;
+    bool ok = !ec;
+    while (ok) {
+      char t = 0;
+      std::string b;
+      bool got = co_await next_frame(*bs[0], t, b);
+      if (!got) {
+        ok = false;
+        break;
+      }
+      if (t == 'Z' && swallow0-- > 0)
+        continue;
+      if (t == 'D' && swallow0 <= 0) {
+        protocol::Row row;
+        if (protocol::parse_data_row(b, row) && !row.empty() && row[0])
+          found = *row[0];
+      }
+      if (t == 'Z')
+        break;
+    }
+    if (!ok || !found.empty()) {
+      if (!ok)
+        on_backend_lost(*bs[0]);
+      if (ok)
+        error("0A000", "cross-shard SELECT with the aggregate " + found + "() is not supported yet",
+              "add the shard key to the WHERE clause to run it on one shard; across shards "
+              "only count, sum, min and max are combined");
+      else
+        error("08006", "lost the connection to shard \"" + sh_.shard_name(shards[0]) + "\"");
+      detach_if_idle();
+      ready();
+      co_return true;
+    }
+  }
   if (cancel_) { // a CancelRequest now reaches every shard's backend
     std::vector<CancelSlot::Target> targets;
     for (auto *b : bs)

@@ -443,6 +443,23 @@ private:
     return false;
   }
 
+  // The names of the functions the subtree calls (lower-case, once each).
+  static void collect_functions(const ProtobufCMessage *m, std::vector<std::string> &out,
+                                int depth = 0) {
+    if (!m || depth > 1000)
+      return;
+    if (m->descriptor == &pg_query__func_call__descriptor) {
+      const auto *fc = reinterpret_cast<const PgQuery__FuncCall *>(m);
+      std::string n = lower(last_name(fc->funcname, fc->n_funcname));
+      if (!n.empty() && std::find(out.begin(), out.end(), n) == out.end())
+        out.push_back(std::move(n));
+    }
+    for_each_child(m, [&](const ProtobufCMessage *c) {
+      collect_functions(c, out, depth + 1);
+      return true;
+    });
+  }
+
   // Whether the subtree calls an aggregate or a window function anywhere.
   static bool has_aggregate(const ProtobufCMessage *m, int depth = 0) {
     if (!m || depth > 1000)
@@ -540,6 +557,7 @@ private:
         return refuse("this SELECT list");
       const Node *v = t->res_target->val;
       if (!has_aggregate(&v->base)) {
+        collect_functions(&v->base, spec->functions);
         if (!spec->grouped)
           continue;
         // A grouped query's other columns must be its GROUP BY columns, as they are.

@@ -67,6 +67,10 @@ struct ScatterSpec {
   // The LIMIT and OFFSET values: constants of the text (index in the scan), -1 if none.
   int32_t limit_const = -1;
   int32_t offset_const = -1;
+  // Functions the plain (not aggregated) SELECT list calls, lower-case: the session asks a
+  // shard's catalog whether any is a user-defined aggregate (its per-shard results cannot be
+  // concatenated), since only the built-in aggregates are known here.
+  std::vector<std::string> functions;
 };
 
 struct RouteError {

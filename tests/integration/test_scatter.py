@@ -323,6 +323,18 @@ class ScatterTest(unittest.TestCase):
             with self.subTest(sql=sql):
                 self.assert_refused(sql)
 
+    def test_user_defined_aggregate_is_refused_not_concatenated(self):
+        """A user-defined aggregate looks like any function to the parser: the proxy asks a
+        shard's catalog and refuses it (one row per shard would be a wrong answer), while
+        ordinary functions in the list still run on every shard."""
+        for i in range(self.cluster.shards):
+            self.cluster.sql(self.cluster.primary_port(i),
+                             "CREATE OR REPLACE AGGREGATE total_of(bigint) "
+                             "(sfunc = int8pl, stype = bigint)")
+        self.assert_refused("SELECT total_of(id) FROM items")
+        self.assert_refused("SELECT total_of(id) FROM items WHERE grp = 3")
+        self.assert_same("SELECT id, lower(name), abs(grp) FROM items ORDER BY id LIMIT 20", True)
+
     def test_inside_a_transaction_block_it_is_0A000_and_fails_the_transaction(self):
         conn = psycopg2.connect(self.proxy.dsn(), connect_timeout=10)
         self.addCleanup(conn.close)
