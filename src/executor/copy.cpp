@@ -146,8 +146,7 @@ std::optional<std::string> CopySplitter::key_csv(std::string_view r) const {
   }
 }
 
-bool CopySplitter::row(std::string_view r, const OnRow &on_row, std::string &error) {
-  (void)error;
+bool CopySplitter::row(std::string_view r, const OnRow &on_row) {
   if (header_due_) {
     header_due_ = false;
     return on_row(r, std::nullopt, RowKind::header);
@@ -159,7 +158,7 @@ bool CopySplitter::row(std::string_view r, const OnRow &on_row, std::string &err
   return on_row(r, f_.csv ? key_csv(r) : key_text(r), RowKind::data);
 }
 
-bool CopySplitter::feed(std::string_view data, const OnRow &on_row, std::string &error) {
+bool CopySplitter::feed(std::string_view data, const OnRow &on_row) {
   if (ended_)
     return true;
   buf_.append(data);
@@ -201,7 +200,7 @@ bool CopySplitter::feed(std::string_view data, const OnRow &on_row, std::string 
     }
     if (c != '\n')
       continue;
-    if (!row(std::string_view(buf_).substr(begin, i + 1 - begin), on_row, error))
+    if (!row(std::string_view(buf_).substr(begin, i + 1 - begin), on_row))
       return false;
     begin = i + 1;
     if (ended_) {
@@ -225,7 +224,7 @@ bool CopySplitter::finish(const OnRow &on_row, std::string &error) {
   std::string last = std::move(buf_);
   buf_.clear();
   last.push_back('\n');
-  return row(last, on_row, error);
+  return row(last, on_row);
 }
 
 } // namespace sg::executor

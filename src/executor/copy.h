@@ -34,13 +34,14 @@ public:
   using OnRow = std::function<bool(std::string_view row, const std::optional<std::string> &key,
                                    RowKind kind)>;
   explicit CopySplitter(CopyFormat f) : f_(std::move(f)), header_due_(f_.header) {}
-  // Feeds the next bytes of the stream. False with `error` on a malformed row.
-  bool feed(std::string_view data, const OnRow &on_row, std::string &error);
-  // The end of the stream: a last row without a newline, if any. False as feed().
+  // Feeds the next bytes of the stream. False when on_row said stop.
+  bool feed(std::string_view data, const OnRow &on_row);
+  // The end of the stream: a last row without a newline, if any. False when on_row said stop,
+  // or with `error` when the data ends inside a quoted CSV field.
   bool finish(const OnRow &on_row, std::string &error);
 
 private:
-  bool row(std::string_view r, const OnRow &on_row, std::string &error);
+  bool row(std::string_view r, const OnRow &on_row);
   std::optional<std::string> key_text(std::string_view r) const;
   std::optional<std::string> key_csv(std::string_view r) const;
 

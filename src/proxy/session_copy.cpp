@@ -182,7 +182,6 @@ Task<bool> Session::copy_in(const std::string &sql) {
   }
 
   // The rows, each to its owner's COPY.
-  uint64_t rows_in = 0;
   bool client_failed = false;
   if (failure.sqlstate.empty()) {
     out_ += copy_response;
@@ -224,7 +223,6 @@ Task<bool> Session::copy_in(const std::string &sql) {
         return false;
       }
       pend[size_t(slot[*owner])].append(row);
-      ++rows_in;
       return true;
     };
     std::string split_error;
@@ -255,7 +253,7 @@ Task<bool> Session::copy_in(const std::string &sql) {
       std::string_view body = f.body_view();
       bool ok = true;
       if (t == 'd') {
-        ok = splitter.feed(body, on_row, split_error);
+        ok = splitter.feed(body, on_row);
       } else if (t == 'c') {
         ok = splitter.finish(on_row, split_error);
         done = true;
@@ -334,7 +332,6 @@ Task<bool> Session::copy_in(const std::string &sql) {
                                               "nothing was copied to any shard");
   if (!answer)
     co_return true;
-  (void)rows_in;
   protocol::command_complete(out_, "COPY " + std::to_string(count));
   ready();
   co_return true;

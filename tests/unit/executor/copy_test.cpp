@@ -30,7 +30,7 @@ Got split(CopyFormat f, const std::string &data, size_t chunk, bool *ok = nullpt
   std::string err;
   bool good = true;
   for (size_t i = 0; i < data.size() && good; i += chunk)
-    good = s.feed(std::string_view(data).substr(i, chunk), on, err);
+    good = s.feed(std::string_view(data).substr(i, chunk), on);
   if (good)
     good = s.finish(on, err);
   if (ok)
