@@ -79,11 +79,12 @@ class TransactionsTest(harness.ClusterTestCase):
         cls.proxy = cls.start_proxy()
 
     @classmethod
-    def start_proxy(cls, env=None):
+    def start_proxy(cls, env=None, two_phase=True):
         meta = f"postgresql://app:app-secret@127.0.0.1:{cls.cluster.primary_port(0)}/meta"
         metrics_port = harness.free_port_block(1)
         extra = (f'[metadata]\nurl = "{meta}"\n'
                  "[transactions]\nrecover_after_ms = 1000\nrecovery_interval_ms = 200\n"
+                 f"two_phase_commit = {'true' if two_phase else 'false'}\n"
                  f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n')
         old = {k: os.environ.get(k) for k in (env or {})}
         os.environ.update(env or {})
@@ -240,6 +241,24 @@ class TransactionsTest(harness.ClusterTestCase):
             cur.execute("SELECT 1")  # the session goes on
         conn.close()
         self.assertEqual((self.balance_on_primary(a), self.balance_on_primary(b)), (START, START))
+
+    def test_two_phase_commit_off_commits_each_shard_in_turn(self):
+        """[transactions] two_phase_commit = false: a transfer across shards commits on both
+        without PREPARE (the metric of two-phase commits does not move)."""
+        a, b = self.two_keys()
+        plain = self.start_proxy(two_phase=False)
+        committed = self.metric('shardgate_twophase_commits_total{outcome="committed"}', plain)
+        conn = self.connect(plain)
+        with conn.cursor() as cur:
+            cur.execute("UPDATE accounts SET balance = balance - 3 WHERE id = %s", (a,))
+            cur.execute("UPDATE accounts SET balance = balance + 3 WHERE id = %s", (b,))
+        conn.commit()
+        conn.close()
+        self.assertEqual((self.balance_on_primary(a), self.balance_on_primary(b)),
+                         (START - 3, START + 3))
+        self.assertEqual(
+            self.metric('shardgate_twophase_commits_total{outcome="committed"}', plain), committed)
+        plain.stop()
 
     def test_read_on_one_shard_write_on_another(self):
         a, b = self.two_keys()
