@@ -170,10 +170,19 @@ class TransactionsTest(harness.ClusterTestCase):
     def metric(self, name, proxy=None):
         """The value of one sample (name with labels, as exported) on the proxy's /metrics."""
         port = (proxy or self.proxy).metrics_port
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            for line in r.read().decode().splitlines():
-                if line.startswith(name + " "):
-                    return float(line.split()[-1])
+        deadline = time.time() + 10  # a proxy just started may not listen for metrics yet
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    body = r.read().decode()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.1)
+        for line in body.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
         return 0.0
 
     def decisions(self):
