@@ -14,8 +14,18 @@ int hex(char c) {
   return -1;
 }
 
+std::string_view strip_newline(std::string_view r) {
+  if (!r.empty() && r.back() == '\n')
+    r.remove_suffix(1);
+  if (!r.empty() && r.back() == '\r')
+    r.remove_suffix(1);
+  return r;
+}
+
+} // namespace
+
 // COPY text's backslash escapes undone, as PostgreSQL's COPY FROM reads them.
-std::string unescape(std::string_view s) {
+std::string copy_text_unescape(std::string_view s) {
   std::string out;
   out.reserve(s.size());
   for (size_t i = 0; i < s.size(); ++i) {
@@ -72,16 +82,6 @@ std::string unescape(std::string_view s) {
   return out;
 }
 
-std::string_view strip_newline(std::string_view r) {
-  if (!r.empty() && r.back() == '\n')
-    r.remove_suffix(1);
-  if (!r.empty() && r.back() == '\r')
-    r.remove_suffix(1);
-  return r;
-}
-
-} // namespace
-
 std::optional<std::string> CopySplitter::key_text(std::string_view r) const {
   r = strip_newline(r);
   size_t field = 0, start = 0;
@@ -95,7 +95,7 @@ std::optional<std::string> CopySplitter::key_text(std::string_view r) const {
         std::string_view raw = r.substr(start, i - start);
         if (raw == f_.null_text)
           return std::nullopt;
-        return unescape(raw);
+        return copy_text_unescape(raw);
       }
       ++field;
       start = i + 1;

@@ -16,6 +16,10 @@
 
 namespace sg::executor {
 
+// One field of COPY's text format with its backslash escapes undone (\b \f \n \r \t \v,
+// \ooo octal, \xhh hex, \<char> as itself), as PostgreSQL's COPY FROM reads it.
+std::string copy_text_unescape(std::string_view field);
+
 struct CopyFormat {
   bool csv = false;
   char delimiter = '\t';

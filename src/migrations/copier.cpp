@@ -1,5 +1,7 @@
 #include "migrations/copier.h"
 
+#include "executor/copy.h"
+
 #include "proxy/errors.h"
 
 #include <pqxx/pqxx>
@@ -88,45 +90,7 @@ std::optional<std::string> copy_field(const std::string &line, size_t want) {
     end = line.size();
   if (end - i == 2 && line[i] == '\\' && line[i + 1] == 'N')
     return std::nullopt;
-  std::string out;
-  out.reserve(end - i);
-  auto digit = [](char c, int base) {
-    int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
-            : c >= 'A' && c <= 'F' ? c - 'A' + 10 : 99;
-    return v < base ? v : -1;
-  };
-  for (; i < end; ++i) {
-    if (line[i] != '\\' || i + 1 == end) {
-      out += line[i];
-      continue;
-    }
-    char c = line[++i];
-    switch (c) {
-    case 'b': out += '\b'; break;
-    case 'f': out += '\f'; break;
-    case 'n': out += '\n'; break;
-    case 'r': out += '\r'; break;
-    case 't': out += '\t'; break;
-    case 'v': out += '\v'; break;
-    case 'x': {
-      int v = 0, n = 0;
-      while (n < 2 && i + 1 < end && digit(line[i + 1], 16) >= 0)
-        v = v * 16 + digit(line[++i], 16), ++n;
-      out += n ? char(v) : 'x';
-      break;
-    }
-    default:
-      if (digit(c, 8) >= 0) {
-        int v = digit(c, 8), n = 1;
-        while (n < 3 && i + 1 < end && digit(line[i + 1], 8) >= 0)
-          v = v * 8 + digit(line[++i], 8), ++n;
-        out += char(v);
-      } else {
-        out += c;
-      }
-    }
-  }
-  return out;
+  return executor::copy_text_unescape(std::string_view(line).substr(i, end - i));
 }
 
 // Rows in `table`: the planner's estimate, or a count when it has none or the table is small.
