@@ -91,6 +91,7 @@ bool placement_spec(const sg::topology::Topology &t, const sg::config::Config &b
   if (t.migration) {
     spec.migration = t.migration->id;
     spec.pause = t.migration->pause;
+    spec.mirror = t.migration->mirror;
   }
   return true;
 }

@@ -156,6 +156,19 @@ std::string Exporter::render() const {
                                    sum([](auto &s) { return s.twophase_in_doubt.load(); }),
                                    MetricType::Counter));
   out.push_back(std::move(twophase));
+
+  auto mirror = family("shardgate_dual_write_commits_total",
+                       "Commits during a migration that wrote moving keys, by whether their row "
+                       "images reached the other side at commit (failed: left to the change log, "
+                       "which the migration copies within 200 ms)",
+                       MetricType::Counter);
+  mirror.metric.push_back(metric({{"outcome", "copied"}},
+                                 sum([](auto &s) { return s.mirror_copied.load(); }),
+                                 MetricType::Counter));
+  mirror.metric.push_back(metric({{"outcome", "failed"}},
+                                 sum([](auto &s) { return s.mirror_failed.load(); }),
+                                 MetricType::Counter));
+  out.push_back(std::move(mirror));
   if (auto *j = sh.journal.load()) {
     auto rec = j->recovered();
     auto recovered = family("shardgate_twophase_recovered_total",

@@ -182,8 +182,10 @@ private:
   }
 
   // The topology with shard states for one side of the flip: `on_after` (the after ring owns
-  // keys) and `pause` (a cutover towards the other side is under way).
-  topology::Topology placed(bool on_after, bool pause, bool keep_migration = true) const {
+  // keys) and `pause` (a cutover towards the other side is under way). `mirror`: proxies
+  // dual-write, copying each write to a moving key to the other side at its commit.
+  topology::Topology placed(bool on_after, bool pause, bool keep_migration = true,
+                            bool mirror = true) const {
     topology::Topology t = topo_;
     t.shards.clear();
     for (auto s : topo_.shards) {
@@ -203,7 +205,8 @@ private:
       t.shards.push_back(s);
     }
     if (keep_migration)
-      t.migration = topology::MigrationRef{m_.id, pause};
+      t.migration = topology::MigrationRef{
+          m_.id, pause, mirror ? (on_after ? before_ : after_) : std::vector<std::string>{}};
     else
       t.migration.reset();
     return t;
@@ -295,12 +298,15 @@ private:
       return;
     }
     p_["rows_estimated"] = copier().estimate(moves_->sources());
-    set_phase("DUAL_WRITE");
+    // The targets' tables and the capture exist now: proxies may dual-write.
+    set_phase_and_topology("DUAL_WRITE", placed(false, false),
+                           "migration " + m_.id + ": dual-write on");
   }
 
   void dual_write() {
-    // Capture is on since PREPARE (it is in the database, not in the proxies); every proxy
-    // must have seen the migration's epoch, so that none still runs DDL on sharded tables.
+    // Capture is on since PREPARE (it is in the database); dual-write counts as on once every
+    // proxy with a fresh heartbeat has applied its epoch (none still runs DDL on sharded
+    // tables either). Only then may the backfill start.
     barrier(topo_.epoch, 0);
     set_phase("BACKFILL");
   }
@@ -629,10 +635,23 @@ private:
       save();
       sleep_ms(200);
     }
-    set_phase("CLEANUP");
+    // Dual-write stops before rows are deleted from the old owners (a proxy still copying
+    // writes back would put them there again).
+    set_phase_and_topology("CLEANUP", placed(true, false, true, false),
+                           "migration " + m_.id + ": dual-write off, cleanup");
   }
 
+  // Every proxy has stopped dual-writing: it applied the epoch that turned it off, and a
+  // commit that began copying before that has ended (mirror writes give up on a lock after
+  // kMirrorLockTimeoutMs, and commit right after).
+  void mirror_stopped() {
+    barrier(topo_.epoch, 0);
+    sleep_ms(kMirrorGraceMs);
+  }
+  static constexpr int kMirrorGraceMs = 1500;
+
   void cleanup() {
+    mirror_stopped();
     count_drain(copier().drain(involved(), true));
     // Writes to moved keys go only to the new owners from here: no reverse copy any more.
     copier().uncapture(involved());
@@ -644,6 +663,10 @@ private:
   void abort_now() {
     if (on_after() && !flip(false, "ABORTING"))
       return;
+    if (topo_.migration && !topo_.migration->mirror.empty())
+      set_phase_and_topology("ABORTING", placed(false, false, true, false),
+                             "migration " + m_.id + ": dual-write off, abort");
+    mirror_stopped();
     copier().uncapture(involved());
     uint64_t deleted = copier().delete_moved(moves_->targets(), /*from_before=*/false);
     p_["rows_cleaned"] = p_.value("rows_cleaned", uint64_t(0)) + deleted;

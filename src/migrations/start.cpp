@@ -34,7 +34,7 @@ Planned plan(const topology::Topology &t, topology::Topology next, const std::st
   p.row.kind = kind;
   p.row.shard = shard;
   p.row.phase = "PREPARE";
-  next.migration = topology::MigrationRef{p.row.id, false};
+  next.migration = topology::MigrationRef{p.row.id, false, {}};
   std::vector<std::string> before, after;
   for (auto &s : next.shards) {
     if (s.in_ring())

@@ -105,6 +105,8 @@ bool Session::fast_batch(FastBatch &fb, QueryRun &q) {
   if (tx_bound && q.shard != tx_shard_)
     return false; // on_batch() says it touches a second shard
   q.all_read = sp.kind == router::StmtKind::read;
+  if (!q.all_read && !in_tx() && w_->place().keys->mirror_source(size_t(q.shard))) [[unlikely]]
+    return false; // a migration moves keys of this shard: on_batch() dual-writes it
   q.read = q.all_read && (!in_tx() || (tx_read_only_ && !tx_bound));
   fb.len = off;
   fb.st = &st;
@@ -1011,6 +1013,18 @@ Task<bool> Session::on_batch() {
       skip_until_sync_ = true;
     co_return true;
   }
+  // A write outside a transaction block to a shard whose keys a migration moves runs in a
+  // transaction of its own, so that its copy is made before it commits (session_mirror.cpp):
+  // the batch runs after a BEGIN, and its Sync's ReadyForQuery waits for the commit.
+  bool own_tx = ends_sync && !side && !poison && held < 0 && !in_tx() && bp.any_bind &&
+                !bp.all_read && !bp.error && implicit_local_.empty() && bp.shard == shard &&
+                w_->place().keys->mirror_source(size_t(shard)) && plain_statements(bp);
+  if (own_tx) [[unlikely]] {
+    tx_settings_snapshot_ = settings_;
+    tx_begin_ = "BEGIN";
+    deferred_ = "BEGIN";
+    tx_ = 'T';
+  }
   char tx_before = tx_;
   wbuf_.clear();
   bool replay = !in_tx() && !implicit_local_.empty() && (side_tx || (!side && held < 0));
@@ -1039,6 +1053,10 @@ Task<bool> Session::on_batch() {
     exp_.emplace_back(Expect::sync, false);
   }
   write_items(*b, bp, side);
+  if (own_tx) { // the client's Sync: its status is the transaction's until the commit
+    exp_.back().forward = false;
+    exp_.back().status = true;
+  }
   // Parse and Describe cut by Flush inside a transaction block (asyncpg prepares so): closed
   // with our own Sync, so that the Bind that follows may run on another shard of the
   // transaction (a transaction block survives a Sync; the client's Sync is answered later).
@@ -1153,6 +1171,15 @@ Task<bool> Session::on_batch() {
     record_query(size_t(shard), *b, bp.kind, started, bp.first_bound->planned.scan.normalized);
   bool failed = !last_sqlstate_.empty();
   settle_tx(shard, tx_before);
+  if (own_tx) [[unlikely]] {
+    // Commit (copying first) or roll back; the client hears the commit's error if any, then
+    // ReadyForQuery (idle), as after an implicit transaction.
+    std::string end;
+    sink_ = &end;
+    co_await end_multi_tx(!failed && tx_ == 'T');
+    sink_ = &out_;
+    detail::append_frames_except(out_, end, 'C');
+  }
   if (after.empty())
     co_return true;
   if (failed) { // the server skips what follows to the client's Sync

@@ -114,6 +114,18 @@ bool Session::pure_read(const ClientStmt &st) {
 }
 
 // Step 1 (see above). False: a malformed message (the caller ends the session).
+// Every statement the batch binds is a read or a write (no transaction control, no SET).
+bool Session::plain_statements(const BatchPlan &bp) {
+  return std::all_of(bp.items.begin(), bp.items.end(), [](const BatchItem &it) {
+    if (it.m->type != 'B' || !it.st)
+      return true;
+    const auto &an = *it.st->planned.analysis;
+    return an.parsed && an.stmts.size() == 1 &&
+           (an.stmts[0].kind == router::StmtKind::read ||
+            an.stmts[0].kind == router::StmtKind::write);
+  });
+}
+
 bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
   bp.ends_sync = batch.back().type == 'S';
   int total_binds =
@@ -225,13 +237,18 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
       if (const auto &s0 = an.stmts[0];
           s0.kind == router::StmtKind::begin || s0.kind == router::StmtKind::savepoint)
         note_tx_statement(s0, it.st->text);
-      if (multi_tx()) {
+      if (multi_tx() || mirror_due()) {
+        // (mirror_due(): a transaction that wrote keys a migration moves: its writes are
+        // copied before it commits.)
         const router::StatementPlan &s0 = an.stmts[0];
         if (an.stmts.size() == 1 && total_binds == 1 && !s0.chain &&
             (s0.kind == router::StmtKind::commit || s0.kind == router::StmtKind::rollback)) {
           bp.end_multi = it.st; // ends the transaction on every shard (end_multi_tx)
           break;
         }
+      }
+      if (multi_tx()) {
+        const router::StatementPlan &s0 = an.stmts[0];
         if (const char *what = cross_shard_refusal(s0, an.stmts.size() == 1 && total_binds == 1)) {
           fail("0A000", std::string(what) + " are not supported in a transaction across shards",
                "send COMMIT or ROLLBACK alone; keep savepoints in transactions on one shard");

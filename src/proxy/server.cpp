@@ -9,6 +9,7 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/signal_set.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -125,7 +126,7 @@ bool Shared::apply_placement(const PlacementSpec &spec, std::vector<size_t> &joi
   keys->epoch = spec.epoch;
   keys->migration = spec.migration;
   keys->pause = spec.pause;
-  std::vector<router::RingMember> now, then;
+  std::vector<router::RingMember> now, then, mirror;
   for (const auto &ss : spec.shards) {
     const config::Shard &sh = ss.shard;
     size_t s = shard_slot(sh.name);
@@ -148,6 +149,10 @@ bool Shared::apply_placement(const PlacementSpec &spec, std::vector<size_t> &joi
       then.push_back({sh.name, sh.weight});
       keys->next_shard.push_back(s);
     }
+    if (std::find(spec.mirror.begin(), spec.mirror.end(), sh.name) != spec.mirror.end()) {
+      mirror.push_back({sh.name, sh.weight});
+      keys->mirror_shard.push_back(s);
+    }
   }
   if (now.empty() || then.empty()) {
     error = "no shard owns keys";
@@ -157,6 +162,10 @@ bool Shared::apply_placement(const PlacementSpec &spec, std::vector<size_t> &joi
     keys->shard_names.push_back(shard_names_[s]);
   keys->ring = router::Ring(now, spec.vnodes);
   keys->next = router::Ring(then, spec.vnodes);
+  if (!mirror.empty()) {
+    keys->mirror = router::Ring(mirror, spec.vnodes);
+    keys->find_mirror_sources();
+  }
   if (!next->serves(router.default_shard())) {
     error = "the default shard \"" + shard_names_[router.default_shard()] + "\" is missing";
     return false;

@@ -96,6 +96,7 @@ struct PlacementSpec {
   std::vector<ShardSpec> shards;
   std::string migration; // id of the running migration, or empty
   bool pause = false;    // its cutover: writes to moving keys wait
+  std::vector<std::string> mirror; // dual-write: the shards writes are copied to (ring)
 };
 
 // The running migration as this proxy last saw it (from its own runner, or the journal), for

@@ -289,6 +289,11 @@ Task<void> Session::query_loop() {
             co_return;
           continue;
         }
+        if (step == QueryStep::mirrored_write) {
+          if (!co_await mirrored_write(query_, size_t(q.shard)))
+            co_return;
+          continue;
+        }
         if (step == QueryStep::scatter_write) {
           if (!co_await scatter_write(query_))
             co_return;

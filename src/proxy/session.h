@@ -110,7 +110,8 @@ private:
     scatter,
     scatter_write,
     copy_in,
-    end_multi
+    end_multi,
+    mirrored_write
   };
   struct QueryRun {
     int shard = -1;
@@ -147,6 +148,7 @@ private:
   static bool changes_settings(const ClientStmt &st);
   static bool pure_read(const ClientStmt &st);
   static bool ends_tx(const ClientStmt &st);
+  static bool plain_statements(const BatchPlan &bp);
   struct VirtualPortal;
   static bool same_param_count(const protocol::BindMsg &bind, const VirtualPortal &v,
                                const ClientStmt &st);
@@ -220,6 +222,17 @@ private:
   Task<bool> scatter_write(const std::string &sql);
   Task<bool> end_statement_across(bool implicit, const protocol::ErrorInfo &failure,
                                   const std::string &failed_on, const std::string &undone);
+  // session_mirror.cpp: dual-write while a migration moves keys. mirror_due(): the open
+  // transaction wrote on a shard that owns moving keys, so it ends through end_multi_tx(),
+  // which copies those writes (mirror_writes()) before it commits, and commits the copies
+  // after (mirror_end()). mirrored_write(): such a write outside a transaction block, run in a
+  // transaction of its own.
+  bool mirror_due() const;
+  Task<bool> mirror_query(BackendConn &b, const std::string &w, int queries,
+                          std::vector<protocol::Row> *rows, protocol::ErrorInfo &err);
+  Task<void> mirror_writes(std::vector<size_t> &only);
+  Task<void> mirror_end(const std::vector<size_t> &only, bool commit);
+  Task<bool> mirrored_write(const std::string &sql, size_t shard);
   // session_copy.cpp: COPY FROM STDIN into a sharded table, each row to its owner.
   Task<bool> copy_in(const std::string &sql);
   Task<bool> drain_to_ready(BackendConn &b, protocol::ErrorInfo &err, std::string &tag);

@@ -210,7 +210,7 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
       break;
     case router::StmtKind::commit:
     case router::StmtKind::rollback:
-      if (multi_tx()) {
+      if (multi_tx() || mirror_due()) {
         multi_commit_ = first.kind == router::StmtKind::commit && tx_ != 'E';
         return QueryStep::end_multi;
       }
@@ -290,6 +290,9 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
   q.shard = shard;
   q.all_read = all_read;
   q.read = all_read && (!in_tx() || (tx_read_only_ && !tx_bound));
+  if (!all_read && single && !in_tx() && first.kind == router::StmtKind::write &&
+      w_->place().keys->mirror_source(size_t(shard))) [[unlikely]]
+    return QueryStep::mirrored_write; // a migration moves keys of this shard: dual-write
   return QueryStep::run;
 }
 

@@ -192,8 +192,12 @@ Task<executor::Outcome> Session::await_decision(const std::string &txid, std::st
   co_return w->outcome;
 }
 
-// COMMIT or ROLLBACK of a transaction that holds more than one shard.
+// COMMIT or ROLLBACK of a transaction that holds more than one shard, or that wrote keys a
+// migration moves (their copies are made first: session_mirror.cpp).
 Task<void> Session::end_multi_tx(bool commit) {
+  std::vector<size_t> mirror_only;
+  if (commit && mirror_due())
+    co_await mirror_writes(mirror_only);
   std::vector<BackendConn *> readers, writers;
   std::vector<size_t> writer_shards;
   for (size_t s = 0; s < attached_.size() && s < 64; ++s) {
@@ -336,6 +340,8 @@ Task<void> Session::end_multi_tx(bool commit) {
       open.push_back(attached_[s].conn.get());
   if (!open.empty())
     co_await control_all(open, all(open.size(), "ROLLBACK"), errs);
+  if (!mirror_only.empty())
+    co_await mirror_end(mirror_only, commit && failure.sqlstate.empty());
 
   last_rollback_ = !commit || !failure.sqlstate.empty();
   if (failure.sqlstate.empty()) {

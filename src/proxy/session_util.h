@@ -23,6 +23,23 @@ inline void synthetic_done(std::string &out, const std::string &tag) {
   protocol::Writer(out, type).raw(body).finish();
 }
 
+// Appends the protocol frames in `frames` but those of type `drop` (and 'Z' too when
+// drop_ready); `error`: one of them was an ErrorResponse.
+inline void append_frames_except(std::string &out, const std::string &frames, char drop,
+                                 bool drop_ready = false, bool *error = nullptr) {
+  for (size_t pos = 0; pos < frames.size();) {
+    auto f = protocol::decode_frame(reinterpret_cast<const uint8_t *>(frames.data()) + pos,
+                                    frames.size() - pos, 1u << 30);
+    if (f.status != protocol::DecodeStatus::ready)
+      break;
+    if (f.type != uint8_t(drop) && !(drop_ready && f.type == 'Z'))
+      out.append(frames, pos, f.frame_len);
+    if (f.type == 'E' && error)
+      *error = true;
+    pos += f.frame_len;
+  }
+}
+
 // A statement's text without surrounding blanks and semicolons (deferred transaction text).
 inline std::string trim(std::string_view s) {
   while (!s.empty() && (std::isspace(uint8_t(s.front())) || s.front() == ';'))

@@ -62,6 +62,9 @@ struct WorkerStats {
   std::atomic<uint64_t> pipelined{0};      // reads queued behind others' on a shared connection
   // Transactions that wrote on several shards, by how two-phase commit ended them.
   std::atomic<uint64_t> twophase_committed{0}, twophase_aborted{0}, twophase_in_doubt{0};
+  // Dual-write during a migration (session_mirror.cpp): commits whose writes to moving keys
+  // were copied to the other side, and those whose copy failed (left to the change log).
+  std::atomic<uint64_t> mirror_copied{0}, mirror_failed{0};
 
   static size_t qi(size_t shard, int role, QueryKind k) {
     return (shard * 2 + size_t(role)) * kQueryKinds + size_t(k);

@@ -24,6 +24,14 @@ Ring::Ring(const std::vector<RingMember> &members, uint32_t vnodes) {
   });
 }
 
+std::vector<uint64_t> Ring::point_hashes() const {
+  std::vector<uint64_t> v;
+  v.reserve(points_.size());
+  for (auto &p : points_)
+    v.push_back(p.hash);
+  return v;
+}
+
 size_t Ring::owner(uint64_t hash) const {
   auto it = std::lower_bound(points_.begin(), points_.end(), hash,
                              [](const Point &p, uint64_t h) { return p.hash < h; });

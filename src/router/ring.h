@@ -25,6 +25,8 @@ public:
   size_t owner_of_key(std::string_view canonical) const;
   size_t point_count() const { return points_.size(); }
   bool empty() const { return points_.empty(); }
+  // The points' hashes, ascending: each ends an arc of keys owned by one member.
+  std::vector<uint64_t> point_hashes() const;
 
 private:
   struct Point {

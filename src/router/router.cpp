@@ -289,6 +289,35 @@ std::optional<size_t> Router::owner_of_text(int table, std::string_view text, co
   return (topo ? *topo : *topology_).owner(hash_key(*c));
 }
 
+std::optional<uint64_t> Router::hash_of_text(int table, std::string_view text) const {
+  auto c = canonical_from_text(tables_[size_t(table)].key_type, text);
+  if (!c)
+    return std::nullopt;
+  return hash_key(*c);
+}
+
+int Router::table_index(std::string_view name) const {
+  for (size_t i = 0; i < tables_.size(); ++i)
+    if (tables_[i].name == name)
+      return int(i);
+  return -1;
+}
+
+void Topology::find_mirror_sources() {
+  mirror_sources = 0;
+  if (mirror.empty() || ring.empty())
+    return;
+  auto visit = [&](uint64_t h) {
+    size_t o = owner(h);
+    if (o < 64 && mirror_owner(h) != o)
+      mirror_sources |= uint64_t(1) << o;
+  };
+  for (uint64_t h : ring.point_hashes())
+    visit(h);
+  for (uint64_t h : mirror.point_hashes())
+    visit(h);
+}
+
 std::optional<size_t> Router::locate(std::string_view table, std::string_view key,
                                      std::string &error) const {
   for (auto &t : tables_) {

@@ -51,8 +51,20 @@ struct Topology {
   bool pause = false;
   Ring next;
   std::vector<size_t> next_shard;
+  // Dual-write (a migration's DUAL_WRITE to REVERSE_DUAL_WRITE): the ring writes are copied
+  // to. A write to a key whose mirror owner is not its owner is copied there at its commit
+  // (proxy/session_mirror.cpp). mirror_sources: the shards that own such keys (bit per index;
+  // 0: no dual-write).
+  Ring mirror;
+  std::vector<size_t> mirror_shard;
+  uint64_t mirror_sources = 0;
   size_t owner(uint64_t hash) const { return ring_shard[ring.owner(hash)]; }
   size_t next_owner(uint64_t hash) const { return next_shard[next.owner(hash)]; }
+  size_t mirror_owner(uint64_t hash) const { return mirror_shard[mirror.owner(hash)]; }
+  bool mirror_source(size_t shard) const { return shard < 64 && ((mirror_sources >> shard) & 1); }
+  // Sets mirror_sources from ring and mirror (each arc between points of either ring has one
+  // owner on both).
+  void find_mirror_sources();
 };
 
 class Router {
@@ -78,6 +90,10 @@ public:
   // nullopt with `error` when it is not a valid key of the table's key type.
   std::optional<size_t> owner_of_text(int table, std::string_view text, const Topology *topo,
                                       std::string &error) const;
+  // The hash of table's key written as text (nullopt: not a valid key of its type).
+  std::optional<uint64_t> hash_of_text(int table, std::string_view text) const;
+  // The index of a sharded table by name, or -1.
+  int table_index(std::string_view name) const;
   // Where a key given as text lives (for --locate and tests): shard index or error text.
   std::optional<size_t> locate(std::string_view table, std::string_view key,
                                std::string &error) const;

@@ -114,7 +114,8 @@ std::string to_json(const Topology &t, bool masked) {
             {"tables", tables},
             {"migration", nullptr}};
   if (t.migration)
-    j["migration"] = {{"id", t.migration->id}, {"pause", t.migration->pause}};
+    j["migration"] = {
+        {"id", t.migration->id}, {"pause", t.migration->pause}, {"mirror", t.migration->mirror}};
   return j.dump();
 }
 
@@ -142,7 +143,8 @@ std::optional<Topology> from_json(std::string_view text, std::string &error) {
       t.tables.push_back({tb.at("name").get<std::string>(), tb.at("key").get<std::string>(), *kt});
     }
     if (auto m = j.find("migration"); m != j.end() && m->is_object())
-      t.migration = MigrationRef{m->at("id").get<std::string>(), m->value("pause", false)};
+      t.migration = MigrationRef{m->at("id").get<std::string>(), m->value("pause", false),
+                                 m->value("mirror", std::vector<std::string>{})};
     return t;
   } catch (const json::exception &e) {
     error = e.what();

@@ -31,6 +31,10 @@ struct ShardSpec {
 struct MigrationRef {
   std::string id;
   bool pause = false;
+  // Dual-write: the shards of the ring that writes to moving keys are copied to (the ring
+  // after the flip before it, the ring before it after), each at its writer's commit. Empty:
+  // none (PREPARE, and from the start of CLEANUP or of an abort's delete).
+  std::vector<std::string> mirror;
   bool operator==(const MigrationRef &) const = default;
 };
 

@@ -1232,7 +1232,8 @@ class MigrationTest(ClusterTestCase):
             self.wait_phase({"READY"}, 60)
             ready_at = time.monotonic()
             joining = {"s0": "active", "s1": "active", "s2": "active", "s3": "joining"}
-            self.wait_served(joining, {"id": self.mid, "pause": False})
+            # (mirror: dual-write copies writes to moving keys to the after ring's owners)
+            self.wait_served(joining, {"id": self.mid, "pause": False, "mirror": new.names})
             rnd = random.Random(SEED)
             conns = {p.name: psycopg2.connect(p.dsn(), connect_timeout=10) for p in self.proxies}
             self.addCleanup(lambda: [c.close() for c in conns.values()])
@@ -1286,7 +1287,7 @@ class MigrationTest(ClusterTestCase):
             self.assertEqual(st, 202, f"cutover in READY: {r}")
             self.wait_phase({"REVERSE_DUAL_WRITE"}, 60)
             active = dict(joining, s3="active")
-            self.wait_served(active, {"id": self.mid, "pause": False})
+            self.wait_served(active, {"id": self.mid, "pause": False, "mirror": old.names})
             for k in probes:  # REVERSE_DUAL_WRITE: s3 has the key, the old owner a copy
                 v = write_and_read("b", k)
                 if self.balance_on("s3", k) != v:
@@ -1322,6 +1323,124 @@ class MigrationTest(ClusterTestCase):
                 extra.append("no acknowledged write to a moving key during the migration")
             extra += self.topology_problems(new.names)
             self.assert_all(new, ledger, wl, stuck, "after a manual cutover", extra)
+
+    # ================================================================== dual-write at commit
+
+    def test_dual_write_copies_each_write_at_its_commit(self):
+        """Proxy-side dual-write, with the migration's change-log drain switched off
+        (SHARDGATE_TEST_NO_DRAIN), so that only the proxies can bring a write to the target: in
+        READY (manual cutover) every acknowledged write to a moving key is on s3 by the time the
+        client has its answer, through the simple and the extended protocol, in autocommit and
+        in a transaction (UPDATE, INSERT, DELETE, RETURNING); the client gets exactly what
+        PostgreSQL answers; a rolled-back transaction and a failed statement copy nothing; a
+        target row locked by someone else makes the copy give up after its lock timeout while
+        the client's write still succeeds (never a hang). An abort then leaves s3 empty."""
+        with self.diagnose("dual-write at commit"):
+            with _environ(SHARDGATE_TEST_NO_DRAIN="1"):
+                self.fresh(3, SMALL_ROWS)
+            old, new = self.ring3, self.ring4
+            moving = [k for k in range(1, SMALL_ROWS + 1) if old.owner(k) != new.owner(k)]
+            staying = [k for k in range(1, SMALL_ROWS + 1) if old.owner(k) == new.owner(k)]
+            fresh_ids = [k for k in range(80_000_000, 80_002_000)
+                         if old.owner(k) != new.owner(k)][:6]
+            self.start_migration("POST", "/api/v1/shards", self.add_body("manual"))
+            self.wait_phase({"READY"}, 60)
+            on_s3 = lambda k: self.balance_on("s3", k)  # noqa: E731
+            conn = psycopg2.connect(self.a.dsn(), connect_timeout=10)
+            self.addCleanup(conn.close)
+            conn.autocommit = True
+            cur = conn.cursor()
+            k = iter(moving)
+
+            # Simple protocol, autocommit: UPDATE ... RETURNING, INSERT, DELETE.
+            k1 = next(k)
+            cur.execute("UPDATE accounts SET balance = 4242 WHERE id = %s RETURNING balance", (k1,))
+            self.assertEqual((cur.fetchall(), cur.rowcount, cur.statusmessage),
+                             ([(4242,)], 1, "UPDATE 1"))
+            self.assertEqual(on_s3(k1), 4242, "autocommit UPDATE not on s3 at its answer")
+            cur.execute("INSERT INTO accounts (id, balance) VALUES (%s, 7)", (fresh_ids[0],))
+            self.assertEqual(cur.statusmessage, "INSERT 0 1")
+            self.assertEqual(on_s3(fresh_ids[0]), 7, "autocommit INSERT not on s3")
+            k2 = next(k)
+            cur.execute("DELETE FROM accounts WHERE id = %s", (k2,))
+            self.assertEqual(cur.rowcount, 1)
+            self.assertIsNone(on_s3(k2), "autocommit DELETE left the row on s3")
+            # An UPDATE that matches nothing, and one that fails: nothing copied, same answers.
+            cur.execute("UPDATE accounts SET balance = 1 WHERE id = %s", (k2,))
+            self.assertEqual(cur.statusmessage, "UPDATE 0")
+            with self.assertRaises(psycopg2.Error) as bad:
+                cur.execute("INSERT INTO accounts (id, balance) VALUES (%s, 1)", (k1,))
+            self.assertEqual(bad.exception.pgcode, "23505", str(bad.exception))
+            self.assertEqual(on_s3(k1), 4242)
+            cur.execute("SELECT balance FROM accounts WHERE id = %s", (k1,))
+            self.assertEqual(cur.fetchall(), [(4242,)], "the session works after the error")
+
+            # Simple protocol, a transaction: two moving keys, one that stays, and an INSERT.
+            conn.autocommit = False
+            k3, k4 = next(k), next(k)
+            cur.execute("UPDATE accounts SET balance = balance + 11 WHERE id = %s", (k3,))
+            cur.execute("UPDATE accounts SET balance = 12 WHERE id = %s", (k4,))
+            cur.execute("UPDATE accounts SET balance = 13 WHERE id = %s", (staying[0],))
+            cur.execute("INSERT INTO accounts (id, balance) VALUES (%s, 14)", (fresh_ids[1],))
+            self.assertIsNone(on_s3(fresh_ids[1]), "a write reached s3 before its commit")
+            conn.commit()
+            self.assertEqual((on_s3(k3), on_s3(k4), on_s3(fresh_ids[1])), (111, 12, 14),
+                             "a transaction's writes not on s3 at its COMMIT's answer")
+            self.assertIsNone(on_s3(staying[0]), "a key that stays was copied to s3")
+            # Rolled back: nothing copied.
+            k5 = next(k)
+            cur.execute("UPDATE accounts SET balance = 15 WHERE id = %s", (k5,))
+            conn.rollback()
+            self.assertEqual(on_s3(k5), 100)
+            conn.autocommit = True
+
+            # Extended protocol (psycopg 3, server-side prepared), autocommit and a transaction.
+            if psycopg is not None:
+                with psycopg.connect(self.b.dsn(), autocommit=True, prepare_threshold=0) as c3:
+                    k6, k7 = next(k), next(k)
+                    for v in (16, 17):  # prepared once, executed twice
+                        r = c3.execute("UPDATE accounts SET balance = %s WHERE id = %s "
+                                       "RETURNING id", (v, k6))
+                        self.assertEqual(r.fetchall(), [(k6,)])
+                        self.assertEqual(on_s3(k6), v, "extended autocommit UPDATE not on s3")
+                    with self.assertRaises(psycopg.Error) as bad3:
+                        c3.execute("INSERT INTO accounts (id, balance) VALUES (%s, 1)", (k6,))
+                    self.assertEqual(bad3.exception.sqlstate, "23505")
+                    with c3.transaction():
+                        c3.execute("UPDATE accounts SET balance = 18 WHERE id = %s", (k7,))
+                        c3.execute("INSERT INTO accounts (id, balance) VALUES (%s, 19)",
+                                   (fresh_ids[2],))
+                    self.assertEqual((on_s3(k7), on_s3(fresh_ids[2])), (18, 19),
+                                     "extended transaction not on s3 at its COMMIT's answer")
+                    self.assertEqual(c3.execute("SELECT balance FROM accounts WHERE id = %s",
+                                                (k7,)).fetchall(), [(18,)])
+
+            # Someone holds the row on s3: the copy gives up after its lock timeout, the
+            # client's write succeeds anyway (its key is in the change log for the migration).
+            k8 = next(k)
+            holder = psycopg2.connect(
+                f"host=127.0.0.1 port={self.ports['s3']} dbname=app user=app "
+                "password=app-secret")
+            self.addCleanup(holder.close)
+            hc = holder.cursor()
+            hc.execute("SELECT balance FROM accounts WHERE id = %s FOR UPDATE", (k8,))
+            t = time.monotonic()
+            cur.execute("UPDATE accounts SET balance = 20 WHERE id = %s", (k8,))
+            took = time.monotonic() - t
+            self.assertEqual(cur.rowcount, 1)
+            self.assertLess(took, 5, "a write waited on a lock held on the target")
+            holder.rollback()
+            self.assertEqual(self.balance_on(old.owner(k8), k8), 20)
+            self.assertEqual(on_s3(k8), 100, "the copy should have given up (drain is off)")
+            self.assertIn("dual_write_failed", self.a.log())
+
+            st, r = self.action("abort")
+            self.assertEqual(st, 202, f"abort in READY: {r}")
+            self.wait_phase({"ABORTED"}, 60)
+            left = self.cluster.sql(self.ports["s3"], "SELECT count(*) FROM accounts")[0][0]
+            self.assertEqual(int(left), 0, "rows left on s3 after the abort")
+            for kk, v in ((k1, 4242), (k3, 111), (fresh_ids[1], 14)):
+                self.assertEqual(self.balance_on(old.owner(kk), kk), v)
 
     # ================================================================== kill -9 in the pause
 
@@ -1509,7 +1628,8 @@ class MigrationTest(ClusterTestCase):
                                       heartbeat_ms=heartbeat_ms, fence_ms=fence_ms)
             self.wait_phase({"READY"}, 60)
             self.wait_served({"s0": "active", "s1": "active", "s2": "active", "s3": "joining"},
-                             {"id": self.mid, "pause": False})
+                             {"id": self.mid, "pause": False,
+                              "mirror": ["s0", "s1", "s2", "s3"]})
             self.workload = wl = Workload([self.a.dsn()], ledger, [old, new],
                                           range(1, SMALL_ROWS + 1), threads=LIGHT_THREADS,
                                           seed=SEED + MigrationTest.runs).start()
