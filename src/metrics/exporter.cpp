@@ -157,18 +157,6 @@ std::string Exporter::render() const {
                                    MetricType::Counter));
   out.push_back(std::move(twophase));
 
-  auto mirror = family("shardgate_dual_write_commits_total",
-                       "Commits during a migration that wrote moving keys, by whether their row "
-                       "images reached the other side at commit (failed: left to the change log, "
-                       "which the migration copies within 200 ms)",
-                       MetricType::Counter);
-  mirror.metric.push_back(metric({{"outcome", "copied"}},
-                                 sum([](auto &s) { return s.mirror_copied.load(); }),
-                                 MetricType::Counter));
-  mirror.metric.push_back(metric({{"outcome", "failed"}},
-                                 sum([](auto &s) { return s.mirror_failed.load(); }),
-                                 MetricType::Counter));
-  out.push_back(std::move(mirror));
   if (auto *j = sh.journal.load()) {
     auto rec = j->recovered();
     auto recovered = family("shardgate_twophase_recovered_total",
@@ -377,6 +365,18 @@ std::string Exporter::render() const {
       pauses.metric.push_back(m);
     }
     out.push_back(std::move(pauses));
+    auto mirror = family("shardgate_dual_write_commits_total",
+                         "Commits during a migration that wrote moving keys, by whether their row "
+                         "images reached the other side at commit (failed: left to the change log, "
+                         "which the migration copies within 200 ms)",
+                         MetricType::Counter);
+    mirror.metric.push_back(metric({{"outcome", "copied"}},
+                                   sum([](auto &s) { return s.mirror_copied.load(); }),
+                                   MetricType::Counter));
+    mirror.metric.push_back(metric({{"outcome", "failed"}},
+                                   sum([](auto &s) { return s.mirror_failed.load(); }),
+                                   MetricType::Counter));
+    out.push_back(std::move(mirror));
     auto gauge = [&](const char *name, const char *help, double v) {
       auto f = family(name, help, MetricType::Gauge);
       f.metric.push_back(metric({}, v, MetricType::Gauge));

@@ -87,6 +87,7 @@ CONTROL_PLANE_CONTRACT = {
     "shardgate_migration_verify_mismatches": ("gauge", {"migration", "kind", "shard"}),
     "shardgate_migration_target_write_failures": ("gauge", {"migration", "kind", "shard"}),
     "shardgate_migration_cutover_pause_seconds": ("histogram", set()),
+    "shardgate_dual_write_commits_total": ("counter", {"outcome"}),
 }
 # What the dashboard and the rules may use: everything a proxy with [metadata] on exports.
 FULL_CONTRACT = {**CONTRACT, **CONTROL_PLANE_CONTRACT}
@@ -472,6 +473,7 @@ class DashboardTest(unittest.TestCase):
                        "shardgate_migration_rows_estimated", "shardgate_migration_rows_per_second",
                        "shardgate_migration_verify_mismatches",
                        "shardgate_migration_target_write_failures",
+                       "rate(shardgate_dual_write_commits_total",
                        "histogram_quantile(0.5, sum by (le) (rate(shardgate_migration_cutover_pause_seconds_bucket",
                        "histogram_quantile(0.99, sum by (le) (rate(shardgate_migration_cutover_pause_seconds_bucket"):
             self.assertIn(needed, exprs)
@@ -616,6 +618,9 @@ def synthetic_exposition(t):
         [("shardgate_migration_verify_mismatches", mig, 0)])
     add("shardgate_migration_target_write_failures", "gauge",
         [("shardgate_migration_target_write_failures", mig, 2)])
+    add("shardgate_dual_write_commits_total", "counter",
+        [("shardgate_dual_write_commits_total", {"outcome": o}, v * t)
+         for o, v in (("copied", 20.0), ("failed", 0.1))])
     histogram("shardgate_migration_cutover_pause_seconds", [{}], 0.5,
               shares=(("0.01", 0.1), ("0.025", 0.3), ("0.05", 0.6), ("0.1", 0.9), ("0.25", 1.0),
                       ("0.5", 1.0), ("1", 1.0), ("2.5", 1.0), ("5", 1.0), ("+Inf", 1.0)))
