@@ -432,6 +432,16 @@ class PauseProbe:
                 if self.took is not None else f"{self.shape}: no answer")
 
 
+def counter(proxy, family, labels):
+    """The value of one series of `family` on the proxy's /metrics (0 if absent)."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{proxy.metrics_port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(family + "{") and labels in line:
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def check_phase_order(trace, manual):
     """Problems with a sequence of observed phases (consecutive duplicates removed): phases only
     move forward (a CUTOVER may fall back to an earlier phase before the point of no return, when
@@ -523,18 +533,19 @@ class MigrationTest(ClusterTestCase):
                     fence_ms=FENCE_MS, tables=(("accounts", "id", "bigint"),)):
         """A proxy with the admin API on this run's metadata database (at meta_url: through a
         relay, say; default s0's server directly)."""
-        admin = harness.free_port_block(1)
+        admin, mport = harness.free_port_block(1), harness.free_port_block(1)
         meta_url = meta_url or (f"postgresql://app:app-secret@127.0.0.1:{self.meta_port}/"
                                 f"{self.meta_db}")
         extra = (f'[admin]\nlisten = "127.0.0.1:{admin}"\ntoken_file = "{self.token_file}"\n'
                  f'[metadata]\nurl = "{meta_url}"\nheartbeat_ms = {heartbeat_ms}\n'
                  f'fence_timeout_ms = {fence_ms}\ninstance = "{self.meta_db}-{name}"\n'
-                 f'[migrations]\nbatch_rows = {BATCH_ROWS}\n')
+                 f'[migrations]\nbatch_rows = {BATCH_ROWS}\n'
+                 f'[metrics]\nlisten = "127.0.0.1:{mport}"\n')
         delay = self.delay_ms or None
         with _environ(SHARDGATE_TEST_PHASE_DELAY_MS=delay):
             p = Proxy(_ShardPrefix(self.cluster, shards), tables=tables, extra_toml=extra)
             p.env = dict(os.environ)
-        p.name, p.admin_port, p.api = name, admin, Api(admin)
+        p.name, p.admin_port, p.metrics_port, p.api = name, admin, mport, Api(admin)
         self.proxies.append(p)
         if not harness.wait_port(admin, 10, p.alive):
             self.fail(f"proxy {name}'s admin API did not listen on {admin}:\n{p.log()[-3000:]}")
@@ -1433,6 +1444,13 @@ class MigrationTest(ClusterTestCase):
             self.assertEqual(self.balance_on(old.owner(k8), k8), 20)
             self.assertEqual(on_s3(k8), 100, "the copy should have given up (drain is off)")
             self.assertIn("dual_write_failed", self.a.log())
+            self.assertGreaterEqual(counter(self.a, "shardgate_dual_write_commits_total",
+                                            'outcome="failed"'), 1)
+            # Copied at commit: on a, three autocommit writes and a transaction; on b (psycopg
+            # 3), two autocommit UPDATEs and a transaction.
+            for p, n in ((self.a, 4), (self.b, 3)):
+                self.assertGreaterEqual(counter(p, "shardgate_dual_write_commits_total",
+                                                'outcome="copied"'), n, p.name)
 
             st, r = self.action("abort")
             self.assertEqual(st, 202, f"abort in READY: {r}")
