@@ -563,9 +563,10 @@ uint64_t Copier::sync_keys(const std::string &from, const std::string &to,
   std::string karr = json(keys).dump();
   // While the backfill runs, only the rows it has copied already (in each of its ranges, up
   // to the end of the last page written) are copied here; the rest are its to copy, under
-  // their page's lock. Deleting the keys' rows on the target first is right either way: the
-  // target holds no row past those bounds except from a page a dead run copied, which is
-  // copied again.
+  // their page's lock. The target's rows are deleted and written within the same bounds:
+  // past them the target may hold a page in flight (its COPY not yet committed) or rows the
+  // proxies' dual-write put there, and touching those would make this transaction and the
+  // page's wait on each other (a deadlock, while the page keeps its source rows locked).
   pqxx::work src(conn(from, kSync));
   std::string cover;
   if (backfill) {
@@ -598,7 +599,7 @@ uint64_t Copier::sync_keys(const std::string &from, const std::string &to,
     arr += (arr.size() > 1 ? "," : "") + std::string(row[0].c_str());
   arr += "]";
   pqxx::work dst(conn(to, kWrite));
-  dst.exec_params("DELETE FROM " + ti.name + " WHERE " + ti.key_in, karr);
+  dst.exec_params("DELETE FROM " + ti.name + " WHERE " + ti.key_in + cover, karr);
   if (!r.empty())
     dst.exec_params(ti.upsert, arr);
   dst.commit();
