@@ -112,6 +112,78 @@ std::optional<std::string> decimal_add(std::string_view as, std::string_view bs)
   return format(neg, std::move(r), scale);
 }
 
+namespace {
+
+// The weight and value of the first non-zero base-10000 digit of `digits` (with `scale`
+// digits after the dot), as PostgreSQL's NumericVar holds it; 0 and 0 for zero.
+std::pair<int, int> first_nbase_digit(const std::string &digits, size_t scale) {
+  size_t first = digits.find_first_not_of('0');
+  if (first == std::string::npos)
+    return {0, 0};
+  // Decimal exponent of that digit: 0 for units, -1 for tenths.
+  long exp10 = long(digits.size() - scale) - 1 - long(first);
+  // Base-10000 groups are aligned on the dot: group w holds exponents 4w .. 4w+3.
+  long w = exp10 >= 0 ? exp10 / 4 : -((-exp10 + 3) / 4);
+  int value = 0;
+  for (long e = 4 * w + 3; e >= 4 * w; --e) {
+    long idx = long(digits.size() - scale) - 1 - e; // position of exponent e in digits
+    int d = idx >= 0 && idx < long(digits.size()) ? digits[size_t(idx)] - '0' : 0;
+    value = value * 10 + d;
+  }
+  return {int(w), value};
+}
+
+} // namespace
+
+std::optional<std::string> decimal_avg(std::string_view sum_text, std::string_view count_text) {
+  auto s = parse_decimal(sum_text), n = parse_decimal(count_text);
+  if (!s || !n || n->special || n->neg || n->scale)
+    return std::nullopt;
+  std::string nd = n->digits.substr(std::min(n->digits.find_first_not_of('0'), n->digits.size()));
+  if (nd.empty() || nd.size() > 18)
+    return std::nullopt;
+  uint64_t count = std::stoull(nd);
+  if (s->special)
+    return std::string(s->special == Decimal::NaN      ? "NaN"
+                       : s->special == Decimal::PosInf ? "Infinity"
+                                                       : "-Infinity");
+  // select_div_scale
+  auto [w1, d1] = first_nbase_digit(s->digits, s->scale);
+  auto [w2, d2] = first_nbase_digit(nd, 0);
+  int qweight = w1 - w2;
+  if (d1 <= d2)
+    --qweight;
+  long rscale = 16 - long(qweight) * 4;
+  rscale = std::max<long>(rscale, long(s->scale));
+  rscale = std::max<long>(rscale, 0);
+  rscale = std::min<long>(rscale, 1000);
+  // |sum| * 10^(rscale - scale) / count, by long division, rounded half away from zero.
+  std::string num = s->digits + std::string(size_t(rscale) - s->scale, '0');
+  std::string q;
+  q.reserve(num.size());
+  unsigned __int128 rem = 0;
+  for (char c : num) {
+    rem = rem * 10 + unsigned(c - '0');
+    q += char('0' + int(rem / count));
+    rem %= count;
+  }
+  if (rem * 2 >= count) { // round up the last digit, carrying
+    size_t i = q.size();
+    while (i > 0) {
+      --i;
+      if (q[i] == '9') {
+        q[i] = '0';
+      } else {
+        ++q[i];
+        break;
+      }
+      if (i == 0)
+        q.insert(q.begin(), '1');
+    }
+  }
+  return format(s->neg, std::move(q), size_t(rscale));
+}
+
 bool Groups::Less::operator()(const protocol::Row &a, const protocol::Row &b) const {
   for (size_t c = 0; c < specs->size(); ++c) {
     if ((*specs)[c].agg != Agg::Group)

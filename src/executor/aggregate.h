@@ -58,6 +58,13 @@ private:
   std::map<protocol::Row, protocol::Row, Less> rows_;
 };
 
+// avg's final value from the combined sum (numeric text: an integer sum or a numeric one) and
+// count (integer text, > 0), as PostgreSQL's numeric_div makes it for avg of smallint,
+// integer, bigint and numeric: the scale select_div_scale picks (at least 16 significant
+// digits, at least the sum's scale), rounded half away from zero. NaN and the infinities pass
+// through. nullopt when either is not a number or the count is not positive.
+std::optional<std::string> decimal_avg(std::string_view sum, std::string_view count);
+
 // a + b exactly, in PostgreSQL's numeric text form (also NaN and the infinities); the result
 // has the larger of the two scales. nullopt when either is not numeric text.
 std::optional<std::string> decimal_add(std::string_view a, std::string_view b);

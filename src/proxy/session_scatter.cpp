@@ -140,17 +140,19 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
   uint64_t offset = const_uint(sql, pt.scan, spec.offset_const).value_or(0);
   std::string shard_sql = sql;
   {
-    std::vector<std::pair<const router::ConstToken *, std::string>> edits;
+    std::vector<router::ScatterSpec::Edit> edits = spec.edits; // avg(x): sum(x), count(x)
+    auto at = [&](int32_t i, std::string text) {
+      const auto &c = pt.scan.consts[size_t(i)];
+      edits.push_back({c.start, c.end, std::move(text)});
+    };
     // Grouped: a shard's first groups are not the first of all, so every group comes back.
     if (limit && spec.limit_const >= 0)
-      edits.push_back({&pt.scan.consts[size_t(spec.limit_const)],
-                       spec.grouped ? std::string("ALL") : std::to_string(*limit + offset)});
+      at(spec.limit_const, spec.grouped ? std::string("ALL") : std::to_string(*limit + offset));
     if (spec.offset_const >= 0 && const_uint(sql, pt.scan, spec.offset_const))
-      edits.push_back({&pt.scan.consts[size_t(spec.offset_const)], "0"});
-    std::sort(edits.begin(), edits.end(),
-              [](auto &a, auto &b) { return a.first->start > b.first->start; });
-    for (auto &[c, text] : edits)
-      shard_sql.replace(c->start, c->end - c->start, text);
+      at(spec.offset_const, "0");
+    std::sort(edits.begin(), edits.end(), [](auto &a, auto &b) { return a.start > b.start; });
+    for (auto &e : edits)
+      shard_sql.replace(e.start, e.end - e.start, e.text);
   }
 
   auto started = std::chrono::steady_clock::now();
@@ -219,7 +221,7 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
       if (ok)
         error("0A000", "cross-shard SELECT with the aggregate " + found + "() is not supported yet",
               "add the shard key to the WHERE clause to run it on one shard; across shards "
-              "only count, sum, min and max are combined");
+              "only count, sum, min, max and avg are combined");
       else
         error("08006", "lost the connection to shard \"" + sh_.shard_name(shards[0]) + "\"");
       detach_if_idle();
@@ -299,14 +301,51 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
                "", ""});
   }
 
-  // The merge's keys, from the columns the shards described.
   auto unsupported = [&](const std::string &msg, const std::string &hint) {
     failure = {"ERROR", "0A000", msg, "", hint};
     failed_on = "-";
   };
+  // The client's columns: the shards', except that each avg(x) came as two, its sum and count
+  // (shard_col: a client column's first column in the shards' rows).
+  const auto &shard_cols = descs[0];
+  std::vector<protocol::RowColumn> cols;
+  std::vector<size_t> shard_col;
+  const bool has_avg = !spec.edits.empty();
+  if (failed_on.empty()) {
+    size_t want = spec.aggs.empty() ? shard_cols.size() : spec.aggs.size();
+    for (auto a : spec.aggs)
+      want += a == router::ScatterSpec::Agg::avg;
+    if (want != shard_cols.size()) {
+      unsupported("cross-shard aggregates: the shards answered " +
+                      std::to_string(shard_cols.size()) + " columns",
+                  "");
+    } else if (!has_avg) {
+      cols = shard_cols;
+      for (size_t c = 0; c < cols.size(); ++c)
+        shard_col.push_back(c);
+    } else {
+      for (size_t c = 0, k = 0; c < spec.aggs.size(); ++c) {
+        shard_col.push_back(k);
+        if (spec.aggs[c] == router::ScatterSpec::Agg::avg) {
+          if (shard_cols[k].format != 0)
+            unsupported("cross-shard avg() in binary format is not supported yet",
+                        "ask for text results, or add the shard key to the WHERE clause");
+          // numeric, as avg of smallint, integer, bigint and numeric is
+          cols.push_back({spec.avg_names[c], 0, 0, 1700, -1, -1, shard_cols[k].format});
+          k += 2;
+        } else {
+          cols.push_back(shard_cols[k++]);
+        }
+      }
+      if (!first_desc.empty()) {
+        first_desc.clear();
+        protocol::row_description(first_desc, cols);
+      }
+    }
+  }
+  // The merge's keys, from the client's columns.
   std::vector<executor::SortKey> keys;
-  std::vector<executor::AggSpec> aggs;
-  const auto &cols = descs[0];
+  std::vector<executor::AggSpec> aggs; // per column of the shards' rows
   // Values are read as PostgreSQL prints them by default: dates in DateStyle ISO, floats with
   // every digit (extra_float_digits >= 1). A session that changed either cannot merge on them.
   auto setting = [&](const std::string &name) -> std::optional<std::string> {
@@ -377,19 +416,17 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
       keys.push_back({col, k, o.desc, o.nulls_first});
     }
     if (failed_on.empty() && !spec.aggs.empty()) {
-      if (cols.size() != spec.aggs.size()) {
-        unsupported("cross-shard aggregates: the shards answered " + std::to_string(cols.size()) +
-                        " columns",
-                    "");
-      } else {
-        for (size_t c = 0; c < cols.size() && failed_on.empty(); ++c) {
+      {
+        for (size_t c = 0; c < spec.aggs.size() && failed_on.empty(); ++c) {
           executor::AggSpec a;
-          a.kind = executor::kind_of(cols[c].type_oid, cols[c].format);
+          const auto &sc = shard_cols[shard_col[c]];
+          a.kind = executor::kind_of(sc.type_oid, sc.format);
           switch (spec.aggs[c]) {
           case router::ScatterSpec::Agg::count:
             a.agg = executor::Agg::Count;
             break;
           case router::ScatterSpec::Agg::sum:
+          case router::ScatterSpec::Agg::avg: // its sum, then its count
             a.agg = executor::Agg::Sum;
             break;
           case router::ScatterSpec::Agg::min:
@@ -405,14 +442,38 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
           if (!executor::combinable(a))
             unsupported("cross-shard aggregate in column " + std::to_string(c + 1) + " (type oid " +
                             std::to_string(cols[c].type_oid) + ") cannot be combined exactly",
-                        "sum of float values depends on the order of additions; cast to "
-                        "numeric, or add a shard key to the WHERE clause");
+                        "sum and avg of float values depend on the order of additions; cast "
+                        "to numeric, or add a shard key to the WHERE clause");
           aggs.push_back(a);
+          if (spec.aggs[c] == router::ScatterSpec::Agg::avg) {
+            const auto &cc = shard_cols[shard_col[c] + 1];
+            aggs.push_back({executor::Agg::Count, executor::kind_of(cc.type_oid, cc.format)});
+          }
         }
       }
     }
   }
 
+  // A combined row, in the shards' columns, as the client's: each avg from its sum and count.
+  auto finish = [&](protocol::Row &r) {
+    if (!has_avg || !failed_on.empty())
+      return;
+    protocol::Row o;
+    for (size_t c = 0; c < spec.aggs.size(); ++c) {
+      size_t k = shard_col[c];
+      if (spec.aggs[c] != router::ScatterSpec::Agg::avg) {
+        o.push_back(std::move(r[k]));
+      } else if (!r[k] || !r[k + 1]) {
+        o.push_back(std::nullopt); // no rows: NULL
+      } else if (auto v = executor::decimal_avg(*r[k], *r[k + 1])) {
+        o.push_back(std::move(*v));
+      } else {
+        unsupported("cross-shard avg(): cannot divide " + *r[k] + " by " + *r[k + 1], "");
+        return;
+      }
+    }
+    r = std::move(o);
+  };
   uint64_t sent = 0;
   if (failed_on.empty() && spec.grouped) {
     // Every shard's groups, combined per group, sorted, then OFFSET and LIMIT.
@@ -432,8 +493,13 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
           unsupported("cross-shard GROUP BY: " + err, "");
       }
     }
+    std::vector<protocol::Row> rows;
     if (failed_on.empty()) {
-      std::vector<protocol::Row> rows = groups.take();
+      rows = groups.take();
+      for (auto &r : rows)
+        finish(r);
+    }
+    if (failed_on.empty()) {
       if (!keys.empty())
         std::stable_sort(rows.begin(), rows.end(), [&](const auto &a, const auto &b) {
           return executor::compare_rows(keys, a, b) < 0;
@@ -461,6 +527,7 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
     std::string err;
     if (failed_on.empty() && !executor::combine(partials, aggs, out, err))
       unsupported("cross-shard aggregate: " + err, "");
+    finish(out);
     if (failed_on.empty()) {
       sink_->append(first_desc);
       protocol::data_row(*sink_, out);

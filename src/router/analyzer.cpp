@@ -511,7 +511,7 @@ private:
              "add \"" + tb.key +
                  " = <value>\" to the WHERE clause to run it on one shard; "
                  "without a key, a SELECT of plain columns (ORDER BY columns of the list, LIMIT, "
-                 "OFFSET) or of count/sum/min/max (and GROUP BY columns) runs on every shard"};
+                 "OFFSET) or of count/sum/min/max/avg (and GROUP BY columns) runs on every shard"};
       return nullptr;
     };
     if (s->having_clause)
@@ -595,7 +595,18 @@ private:
         spec->aggs.push_back(ScatterSpec::Agg::min);
       else if (name == "max" && one_arg)
         spec->aggs.push_back(ScatterSpec::Agg::max);
-      else
+      else if (name == "avg" && one_arg && fc->location >= 0) {
+        auto span = parens_span(sql_, uint32_t(fc->location));
+        if (!span)
+          return refuse("this avg()");
+        std::string arg(sql_.substr(span->first + 1, span->second - span->first - 2));
+        spec->edits.push_back({uint32_t(fc->location), span->second,
+                               "sum(" + arg + "), count(" + arg + ")"});
+        spec->avg_names.resize(i + 1);
+        const char *alias = t->res_target->name; // "" when none
+        spec->avg_names[i] = alias && *alias ? alias : "avg";
+        spec->aggs.push_back(ScatterSpec::Agg::avg);
+      } else
         return refuse("the aggregate " + name + "()");
       ++aggs;
     }

@@ -336,6 +336,36 @@ ScanResult scan_constants_pg(std::string_view sql) {
   return r;
 }
 
+std::optional<std::pair<uint32_t, uint32_t>> parens_span(std::string_view sql, uint32_t from) {
+  if (from >= sql.size())
+    return std::nullopt;
+  PgQueryScanResult sr = pg_query_scan(sql.data() + from);
+  if (sr.error) {
+    pg_query_free_scan_result(sr);
+    return std::nullopt;
+  }
+  PgQuery__ScanResult *scan = pg_query__scan_result__unpack(
+      nullptr, sr.pbuf.len, reinterpret_cast<const uint8_t *>(sr.pbuf.data));
+  pg_query_free_scan_result(sr);
+  if (!scan)
+    return std::nullopt;
+  std::optional<std::pair<uint32_t, uint32_t>> span;
+  uint32_t open = 0;
+  int depth = 0;
+  for (size_t i = 0; i < scan->n_tokens && !span; ++i) {
+    const PgQuery__ScanToken *t = scan->tokens[i];
+    if (t->token == PG_QUERY__TOKEN__ASCII_40) {
+      if (depth++ == 0)
+        open = from + uint32_t(t->start);
+    } else if (t->token == PG_QUERY__TOKEN__ASCII_41 && depth > 0) {
+      if (--depth == 0)
+        span = std::make_pair(open, from + uint32_t(t->end));
+    }
+  }
+  pg_query__scan_result__free_unpacked(scan, nullptr);
+  return span;
+}
+
 std::optional<std::string> constant_value(std::string_view sql, const ConstToken &t) {
   std::string_view s = sql.substr(t.start, t.end - t.start);
   if (!t.is_string)

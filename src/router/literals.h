@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace sg::router {
@@ -36,6 +37,12 @@ void scan_constants(std::string_view sql, ScanResult &out);
 bool same_shape(std::string_view sql, ScanResult &prev);
 // libpg_query's scanner only (the reference the fast path is tested against).
 ScanResult scan_constants_pg(std::string_view sql);
+
+// The parenthesized list that opens at the first "(" token at or after `from` (a function
+// call's arguments, say): the offsets of its "(" and just past its ")", by libpg_query's
+// scanner, so that parentheses in strings, quoted names and comments do not count. nullopt
+// when there is none or it is not closed. sql must be NUL-terminated at sql.size().
+std::optional<std::pair<uint32_t, uint32_t>> parens_span(std::string_view sql, uint32_t from);
 
 // The value of a constant: numbers as written; strings unquoted ('' -> ', E'' escapes, $$).
 std::optional<std::string> constant_value(std::string_view sql, const ConstToken &t);

@@ -47,7 +47,7 @@ struct ValueRef {
 };
 
 // How to merge a read that runs on every shard (TargetKind::scatter). Either the SELECT list
-// is all aggregates (count, sum, min, max) and, with GROUP BY, the grouped columns: the shards'
+// is all aggregates (count, sum, min, max, avg) and, with GROUP BY, the grouped columns: the shards'
 // partial rows are combined per group (one row without GROUP BY), then sorted on `order`, with
 // OFFSET and LIMIT applied by the proxy (shards are sent LIMIT ALL, OFFSET 0); or it has no
 // aggregates, and the rows are concatenated, or merged on `order`, with LIMIT and OFFSET
@@ -61,8 +61,17 @@ struct ScatterSpec {
     bool collate_c = false; // COLLATE "C": text may be merged byte by byte
   };
   std::vector<Sort> order;
-  enum class Agg : uint8_t { count, sum, min, max, group };
+  enum class Agg : uint8_t { count, sum, min, max, group, avg };
   std::vector<Agg> aggs; // per result column, when the list is aggregates (and group columns)
+  // avg(x): the shards are sent "sum(x), count(x)" in its place (two columns), and the proxy
+  // divides. `edits`: those replacements, as offsets into the statement's text; `avg_names`:
+  // per result column, an avg column's output name (its alias, or "avg"), else empty.
+  struct Edit {
+    uint32_t start = 0, end = 0;
+    std::string text;
+  };
+  std::vector<Edit> edits;
+  std::vector<std::string> avg_names;
   bool grouped = false;  // GROUP BY
   // The LIMIT and OFFSET values: constants of the text (index in the scan), -1 if none.
   int32_t limit_const = -1;

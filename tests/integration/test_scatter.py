@@ -253,7 +253,9 @@ class ScatterTest(unittest.TestCase):
                     items = rng.sample(["count(*)", "count(score)", "sum(amount)", "sum(grp)",
                                         "sum(id)", "min(amount)", "max(amount)", "min(score)",
                                         "max(score)", "min(at)", "max(day)", "min(tag)",
-                                        "max(name)", "min(id)"], rng.randrange(1, 5))
+                                        "max(name)", "min(id)", "avg(amount)", "avg(grp)",
+                                        "avg(id)", "avg(amount * 3) AS a3",
+                                        "avg(length(name || ')('))"], rng.randrange(1, 5))
                     self.assert_same(f"SELECT {', '.join(items)} FROM items {where}", True)
                     continue
                 if kind == "distinct":
@@ -266,7 +268,8 @@ class ScatterTest(unittest.TestCase):
                     groups = rng.sample(["grp", "name", "day", "amount", "tag"], rng.randrange(1, 3))
                     items = rng.sample(["count(*)", "count(score)", "sum(amount)", "sum(grp)",
                                         "min(amount)", "max(score)", "min(at)", "max(day)",
-                                        "max(name)", "min(id)"], rng.randrange(1, 4))
+                                        "max(name)", "min(id)", "avg(amount)", "avg(id)"],
+                                       rng.randrange(1, 4))
                     listed = groups + items
                     rng.shuffle(listed)
                     numeric = [i for i in items if i != "max(name)"]  # text needs COLLATE
@@ -310,7 +313,7 @@ class ScatterTest(unittest.TestCase):
                     "SELECT grp, count(*) FROM items GROUP BY ROLLUP (grp)",
                     "SELECT DISTINCT ON (grp) grp, id FROM items",
                     "SELECT DISTINCT * FROM items",
-                    "SELECT avg(amount) FROM items",
+                    "SELECT avg(score) FROM items",
                     "SELECT sum(score) FROM items",
                     "SELECT count(DISTINCT grp) FROM items",
                     "SELECT id, name FROM items ORDER BY name LIMIT 5",

@@ -328,6 +328,21 @@ TEST(Scatter, PlansWhatItCanMergeAndRefusesTheRest) {
   EXPECT_EQ(g.scatter->aggs, (std::vector<Agg>{Agg::group, Agg::count, Agg::max}));
   EXPECT_EQ(g.scatter->order[0].position, 2);
 
+  // avg(x): the shards run sum(x), count(x) in its place (the argument's text as written:
+  // parentheses in a string do not end it), the output keeps its name.
+  const std::string avg_sql =
+      "SELECT owner, AVG(balance + length(')(')) AS mean, avg(id) FROM accounts GROUP BY owner";
+  const StatementPlan &v = plan(avg_sql.c_str(), pt);
+  ASSERT_EQ(v.target, TargetKind::scatter) << v.error.message;
+  EXPECT_EQ(v.scatter->aggs, (std::vector<Agg>{Agg::group, Agg::avg, Agg::avg}));
+  ASSERT_EQ(v.scatter->edits.size(), 2u);
+  std::string shard_sql = avg_sql;
+  for (auto e = v.scatter->edits.rbegin(); e != v.scatter->edits.rend(); ++e)
+    shard_sql.replace(e->start, e->end - e->start, e->text);
+  EXPECT_EQ(shard_sql, "SELECT owner, sum(balance + length(')(')), count(balance + length(')(')) "
+                       "AS mean, sum(id), count(id) FROM accounts GROUP BY owner");
+  EXPECT_EQ(v.scatter->avg_names, (std::vector<std::string>{"", "mean", "avg"}));
+
   const StatementPlan &d = plan("SELECT DISTINCT owner, balance FROM accounts ORDER BY 2", pt);
   ASSERT_EQ(d.target, TargetKind::scatter) << d.error.message;
   EXPECT_TRUE(d.scatter->grouped);
@@ -345,7 +360,6 @@ TEST(Scatter, PlansWhatItCanMergeAndRefusesTheRest) {
         "SELECT DISTINCT ON (owner) owner, id FROM accounts",
         "SELECT DISTINCT * FROM accounts",
         "SELECT DISTINCT owner, count(*) FROM accounts GROUP BY owner",
-        "SELECT avg(balance) FROM accounts",
         "SELECT count(DISTINCT owner) FROM accounts",
         "SELECT id, count(*) FROM accounts",
         "SELECT count(*) + 1 FROM accounts",
