@@ -263,11 +263,16 @@ Task<void> Session::query_loop() {
         query_.assign(body.data(), body.size() - 1);
         cbuf_.consume(f.frame_len);
         QueryStep step = route_query(query_, q);
-        while (step == QueryStep::hold)
+        while (step == QueryStep::hold || step == QueryStep::learn_key)
           [[unlikely]] {
-            co_await hold_a_moment();
+            if (step == QueryStep::hold)
+              co_await hold_a_moment();
+            else if (!co_await learn_key_position(learn_table_))
+              break; // answered with its error
             step = route_query(query_, q);
           }
+        if (step == QueryStep::learn_key)
+          continue;
         hold_since_ = {};
         if (step == QueryStep::end_multi) {
           co_await end_multi_tx(multi_commit_);
@@ -482,8 +487,15 @@ Task<void> Session::query_loop() {
 void Session::write_query(BackendConn &b, const std::string &sql) {
   wbuf_.clear();
   prepare_backend(b, wbuf_);
-  protocol::Writer(wbuf_, 'Q').cstr(sql).finish(); // protocol::query(), inline: per query
-  exp_.emplace_back(Expect::query, true);
+  if (!guard_.empty()) [[unlikely]] { // INSERT without a column list: see key_guard()
+    protocol::query(wbuf_, guard_ + sql);
+    exp_.emplace_back(Expect::query, true);
+    exp_.back().skip_done = 1;
+    guard_.clear();
+  } else {
+    protocol::Writer(wbuf_, 'Q').cstr(sql).finish(); // protocol::query(), inline: per query
+    exp_.emplace_back(Expect::query, true);
+  }
   b.unnamed_owner = 0;
 }
 
@@ -587,6 +599,7 @@ Task<void> Session::end_failed_tx() {
 // DDL on a sharded table, sent as a simple query: the client sees one result, or an error
 // naming each shard that failed.
 Task<bool> Session::broadcast(const std::string &sql) {
+  sh_.router.forget_key_positions(); // a column may move (INSERT without a column list)
   std::string first, tag;
   if (co_await run_on_all_primaries(sql, first, tag))
     out_ += first;

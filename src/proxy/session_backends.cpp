@@ -493,6 +493,8 @@ Session::RelayStep Session::relay_some(BackendConn &b) {
         on_backend_lost(b);
         return RelayStep::failed;
       }
+      if (h.skip_done) [[unlikely]] // the guard failed: the key positions are stale
+        sh_.router.forget_key_positions();
       if (h.fail) {
         // The proxy's own error, raised at this point of the batch: the client sees it in
         // place of the backend's (a poisoning failure shows nothing).
@@ -538,6 +540,11 @@ Session::RelayStep Session::relay_some(BackendConn &b) {
       exp_.pop_front();
       break;
     case 'C':
+      if (h.skip_done) [[unlikely]] { // the guard's DO
+        flush_run();
+        --h.skip_done;
+        break;
+      }
       if (h.kind == Expect::execute && h.count >= 0) [[unlikely]] {
         exec_counts_[size_t(h.count)].second = true;
         if (h.rerun && h.forward && body.starts_with("SELECT ")) {

@@ -43,6 +43,7 @@ Session::QueryStep Session::refuse(const std::string &sqlstate, const std::strin
 Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
   request_error_ = false;
   end_seen_ = false;
+  guard_.clear();
   if (settings_before_) [[unlikely]]
     settings_before_.reset();
   // As in PostgreSQL, a simple Query ends the unnamed statement, and the unnamed portal too
@@ -91,12 +92,26 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
   // Resolve every statement; they must agree on one shard.
   int shard = -1;
   bool all_read = true, none_only = true, broadcast_ddl = false;
+  std::vector<int> guarded; // tables of INSERTs without a column list
   for (const auto &st : stmts) {
     if (st.kind == router::StmtKind::begin || st.kind == router::StmtKind::savepoint) [[unlikely]]
       note_tx_statement(st, text_of(st));
     router::Resolved r =
         sh_.router.resolve(st, sql, planned.scan, {}, w_->place().keys.get(), true);
+    if (r.needs_key_position) [[unlikely]] {
+      learn_table_ = st.table;
+      return QueryStep::learn_key; // resolved again once the catalog said
+    }
     count_route(w_->stats, r.kind, st);
+    if (st.positional && r.kind != router::TargetKind::error) [[unlikely]] {
+      if (r.kind != router::TargetKind::by_key)
+        return refuse("0A000",
+                      "an INSERT without a column list whose rows go to several shards is not "
+                      "supported yet",
+                      "list the columns: INSERT INTO t (col, ...) VALUES ... is split by shard");
+      if (std::find(guarded.begin(), guarded.end(), st.table) == guarded.end())
+        guarded.push_back(st.table);
+    }
     if (r.kind == router::TargetKind::error) {
       if (r.moving && may_hold(r)) [[unlikely]]
         return QueryStep::hold;
@@ -291,8 +306,16 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
   q.all_read = all_read;
   q.read = all_read && (!in_tx() || (tx_read_only_ && !tx_bound));
   if (!all_read && single && !in_tx() && first.kind == router::StmtKind::write &&
-      w_->place().keys->mirror_source(size_t(shard))) [[unlikely]]
+      w_->place().keys->mirror_source(size_t(shard))) [[unlikely]] {
+    if (!guarded.empty())
+      return refuse("0A000",
+                    "an INSERT without a column list into a sharded table is not supported "
+                    "while a migration moves keys of its shard",
+                    "list the columns: INSERT INTO t (col, ...) VALUES ...");
     return QueryStep::mirrored_write; // a migration moves keys of this shard: dual-write
+  }
+  if (!guarded.empty()) [[unlikely]]
+    guard_ = key_guard(guarded);
   return QueryStep::run;
 }
 

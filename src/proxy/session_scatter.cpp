@@ -186,38 +186,16 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
         names += c == '\'' ? std::string("''") : std::string(1, c);
       names += "'";
     }
-    wbuf_.clear();
-    prepare_backend(*bs[0], wbuf_, false);
-    int swallow0 = int(exp_.size());
-    exp_.clear();
-    protocol::query(wbuf_, "SELECT proname FROM pg_proc WHERE prokind = 'a' AND proname IN (" +
-                               names + ") LIMIT 1");
-    bs[0]->unnamed_owner = 0;
-    ErrorCode ec;
-    co_await write_all(bs[0]->sock, wbuf_, ec);
+    protocol::ErrorInfo err;
+    auto rows = co_await catalog_rows(
+        *bs[0], "SELECT proname FROM pg_proc WHERE prokind = 'a' AND proname IN (" + names +
+                    ") LIMIT 1",
+        err);
     std::string found;
-    bool ok = !ec;
-    while (ok) {
-      char t = 0;
-      std::string b;
-      bool got = co_await next_frame(*bs[0], t, b);
-      if (!got) {
-        ok = false;
-        break;
-      }
-      if (t == 'Z' && swallow0-- > 0)
-        continue;
-      if (t == 'D' && swallow0 <= 0) {
-        protocol::Row row;
-        if (protocol::parse_data_row(b, row) && !row.empty() && row[0])
-          found = *row[0];
-      }
-      if (t == 'Z')
-        break;
-    }
+    bool ok = rows.has_value();
+    if (ok && !rows->empty() && !rows->front().empty() && rows->front()[0])
+      found = *rows->front()[0];
     if (!ok || !found.empty()) {
-      if (!ok)
-        on_backend_lost(*bs[0]);
       if (ok)
         error("0A000", "cross-shard SELECT with the aggregate " + found + "() is not supported yet",
               "add the shard key to the WHERE clause to run it on one shard; across shards "

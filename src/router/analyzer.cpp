@@ -712,7 +712,7 @@ private:
       p.target = TargetKind::error;
       p.error = {"0A000", std::move(msg), std::move(hint)};
     };
-    if (pos < 0) {
+    if (pos < 0 && s->n_cols > 0) {
       err("INSERT into sharded table \"" + tb.name + "\" does not name its shard key column \"" +
               tb.key + "\"",
           "list the columns, e.g. INSERT INTO " + tb.name + " (" + tb.key + ", ...) VALUES (...)");
@@ -726,7 +726,22 @@ private:
       return;
     }
     const auto *vs = sel->select_stmt;
-    for (size_t r = 0; r < vs->n_values_lists; ++r) {
+    if (pos < 0) {
+      // No column list: the key's position comes from the catalog when the plan is resolved.
+      p.positional = true;
+      for (size_t r = 0; r < vs->n_values_lists; ++r) {
+        const Node *row = vs->values_lists[r];
+        auto &items = p.row_items.emplace_back();
+        for (size_t i = 0; row->node_case == PG_QUERY__NODE__NODE_LIST && i < row->list->n_items;
+             ++i) {
+          ValueRef v;
+          if (!value_ref(row->list->items[i], t, v))
+            v.table = -1;
+          items.push_back(v);
+        }
+      }
+    }
+    for (size_t r = 0; r < vs->n_values_lists && !p.positional; ++r) {
       const Node *row = vs->values_lists[r];
       ValueRef v;
       if (row->node_case != PG_QUERY__NODE__NODE_LIST || size_t(pos) >= row->list->n_items ||
@@ -1125,7 +1140,8 @@ Analysis analyze(std::string_view sql, const std::vector<config::Table> &tables,
     p.location = uint32_t(std::max(0, raw->stmt_location));
     p.length = raw->stmt_len > 0 ? uint32_t(raw->stmt_len) : uint32_t(sql.size()) - p.location;
     if (p.insert_values) {
-      p.value_rows = values_rows(sql.substr(p.location, p.length), p.keys.size());
+      p.value_rows = values_rows(sql.substr(p.location, p.length),
+                                 p.positional ? p.row_items.size() : p.keys.size());
       if (p.value_rows.empty())
         p.multi_write = false; // not cut: a statement on several shards stays refused
     }

@@ -110,6 +110,11 @@ struct StatementPlan {
   // statement with its own rows only. Its keys are the rows' keys, in order.
   std::vector<std::pair<uint32_t, uint32_t>> value_rows;
   bool insert_values = false; // a multi-row INSERT ... VALUES (value_rows found when cut)
+  // INSERT INTO t VALUES (...) without a column list: the key is the item at the key column's
+  // position in the table (the catalog's, which Router::set_key_position holds), so every
+  // VALUES item is recorded (table -1: not a literal or parameter); `keys` stays empty.
+  bool positional = false;
+  std::vector<std::vector<ValueRef>> row_items;
   // COPY t [(cols)] FROM STDIN into a sharded table (target scatter): its format, and which
   // field holds the key (-1: no column list; the catalog's column order applies).
   struct CopyIn {

@@ -34,6 +34,24 @@ Router::Router(const config::Config &cfg) : tables_(cfg.tables) {
   topo->ring = Ring(members, cfg.ring.vnodes);
   topology_ = std::move(topo);
   default_shard_ = cfg.default_shard_index();
+  key_positions_.reset(new std::atomic<int>[tables_.size() + 1]);
+  forget_key_positions();
+}
+
+int Router::key_position(int table) const {
+  if (table < 0 || size_t(table) >= tables_.size())
+    return -1;
+  return key_positions_[size_t(table)].load(std::memory_order_acquire);
+}
+
+void Router::set_key_position(int table, int position) const {
+  if (table >= 0 && size_t(table) < tables_.size())
+    key_positions_[size_t(table)].store(position, std::memory_order_release);
+}
+
+void Router::forget_key_positions() const {
+  for (size_t i = 0; i < tables_.size(); ++i)
+    key_positions_[i].store(-1, std::memory_order_release);
 }
 
 PlannedText Router::plan(std::string_view sql) const {
@@ -202,6 +220,40 @@ Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const Sca
   case TargetKind::by_key:
     break;
   }
+  const std::vector<ValueRef> *keys = &p.keys;
+  std::vector<ValueRef> positional;
+  if (p.positional) [[unlikely]] {
+    const config::Table &t = tables_[size_t(p.table)];
+    int pos = key_position(p.table);
+    r.kind = TargetKind::error;
+    if (!scatter_ok) {
+      r.error = key_error("0A000",
+                          "INSERT into sharded table \"" + t.name +
+                              "\" without a column list runs only as a simple query; the "
+                              "extended protocol (prepared statements) cannot yet",
+                          "list the columns, e.g. INSERT INTO " + t.name + " (" + t.key +
+                              ", ...) VALUES (...)");
+      return r;
+    }
+    if (pos < 0) {
+      r.needs_key_position = true;
+      r.error = key_error("0A000", "the position of shard key \"" + t.key + "\" in table \"" +
+                                       t.name + "\" is not known yet", "");
+      return r;
+    }
+    for (const auto &row : p.row_items) {
+      if (size_t(pos) >= row.size() || row[size_t(pos)].table < 0) {
+        r.error = key_error("0A000",
+                            "the shard key \"" + t.key + "\" of table \"" + t.name +
+                                "\" must be a literal or a parameter in every VALUES row",
+                            "pass the key value explicitly instead of DEFAULT or an expression");
+        return r;
+      }
+      positional.push_back(row[size_t(pos)]);
+    }
+    r.kind = TargetKind::by_key;
+    keys = &positional;
+  }
   std::optional<size_t> owner;
   // During a cutover, a write to a key that changes owner waits for the flip (refused here,
   // retriably; reads go on, the old owner stays complete).
@@ -226,7 +278,7 @@ Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const Sca
     r.shards |= (uint64_t(1) << o) | (uint64_t(1) << *owner);
     return true;
   };
-  for (const ValueRef &v : p.keys) {
+  for (const ValueRef &v : *keys) {
     const config::Table &t = tables_[size_t(v.table)];
     if (auto iv = int_literal(v, t, sql, scan)) { // the common case, without building bytes
       uint64_t h = hash_int_key(*iv);

@@ -9,6 +9,7 @@
 #include "router/plan.h"
 #include "router/ring.h"
 
+#include <atomic>
 #include <memory>
 #include <optional>
 #include <string>
@@ -35,6 +36,9 @@ struct Resolved {
   RouteError error;
   bool moving = false; // the error: a write to a key whose cutover is under way (it passes)
   uint64_t shards = 0; // scatter: the shards concerned, one bit per index (0: every owner)
+  // An INSERT without a column list into a table whose key position is not known yet: the
+  // caller reads it from a shard's catalog (set_key_position) and resolves again.
+  bool needs_key_position = false;
 };
 
 // Placement of keys: the ring and the shard index (slot) each of its members is. Immutable; a
@@ -98,6 +102,13 @@ public:
   std::optional<size_t> locate(std::string_view table, std::string_view key,
                                std::string &error) const;
 
+  // The 0-based position of table's key column among its columns (the catalog's order, for
+  // INSERT without a column list), -1 when not known. Shared by every thread; a session sets
+  // it from the catalog, and forgets them all after DDL or when a guard finds one stale.
+  int key_position(int table) const;
+  void set_key_position(int table, int position) const;
+  void forget_key_positions() const;
+
   size_t default_shard() const { return default_shard_; }
   const Topology &topology() const { return *topology_; }
   const std::vector<config::Table> &tables() const { return tables_; }
@@ -106,6 +117,7 @@ private:
   std::vector<config::Table> tables_;
   std::shared_ptr<const Topology> topology_;
   size_t default_shard_ = 0;
+  std::shared_ptr<std::atomic<int>[]> key_positions_;
 };
 
 } // namespace sg::router

@@ -75,6 +75,9 @@ class TransactionsTest(harness.ClusterTestCase):
             c.sql(p, "SELECT pg_reload_conf()", db="postgres")
             c.sql(p, "CREATE TABLE IF NOT EXISTS uniq(id bigint, "
                      "CONSTRAINT uniq_id UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)", user="app")
+            # The key is not the first column (INSERT without a column list).
+            c.sql(p, "CREATE TABLE IF NOT EXISTS posn(a int, id bigint PRIMARY KEY, b text)",
+                  user="app")
         c.sql(c.primary_port(0), "CREATE DATABASE meta OWNER app", db="postgres")
         cls.proxy = cls.start_proxy()
 
@@ -90,7 +93,8 @@ class TransactionsTest(harness.ClusterTestCase):
         os.environ.update(env or {})
         try:
             p = harness.Proxy(cls.cluster, tables=(("accounts", "id", "bigint"),
-                                                   ("uniq", "id", "bigint")),
+                                                   ("uniq", "id", "bigint"),
+                                                   ("posn", "id", "bigint")),
                               extra_toml=extra)
         finally:
             for k, v in old.items():
@@ -110,7 +114,7 @@ class TransactionsTest(harness.ClusterTestCase):
             p = c.primary_port(i)
             for (gid,) in c.sql(p, "SELECT gid FROM pg_prepared_xacts"):
                 c.sql(p, f"ROLLBACK PREPARED '{gid}'")
-            c.sql(p, "TRUNCATE accounts, uniq")
+            c.sql(p, "TRUNCATE accounts, uniq, posn")
         # Rows go in one by one through the proxy: each lands on its owner.
         conn = self.connect()
         conn.autocommit = True
@@ -499,6 +503,77 @@ class TransactionsTest(harness.ClusterTestCase):
         conn.close()
         self.assertEqual(self.total()[1], KEYS + len(keys) + len(more) - 1)
         self.assertEqual(self.prepared(), [])
+
+    def test_insert_without_column_list(self):
+        """INSERT INTO t VALUES (...) without a column list: the proxy reads the key column's
+        position from a shard's catalog and routes by the item there; a statement it sends just
+        before the INSERT (in the same transaction) checks the position is still right, so a
+        column dropped behind the proxy's back gets a retriable 40001, never a row on the wrong
+        shard; after DDL through the proxy it reads the position again."""
+        conn = self.connect()
+        conn.autocommit = True
+        cur = conn.cursor()
+        keys = list(range(5001, 5013))
+        self.assertGreater(len({self.owner(str(k)) for k in keys}), 1)
+        for k in keys[:6]:
+            cur.execute("INSERT INTO posn VALUES (%s, %s, %s)", (k % 7, k, f"v{k}"))
+            self.assertEqual(cur.statusmessage, "INSERT 0 1")
+        cur.execute("INSERT INTO posn VALUES (1, %s, 'r') RETURNING id, b", (keys[6],))
+        self.assertEqual(cur.fetchall(), [(keys[6], "r")])
+        # Several rows, all on one shard: one statement; on several shards: 0A000.
+        same = [k for k in range(6000, 6200) if self.owner(str(k)) == self.owner(str(keys[7]))][:3]
+        cur.execute("INSERT INTO posn VALUES " + ", ".join(f"(0, {k}, 'm')" for k in same))
+        self.assertEqual(cur.statusmessage, "INSERT 0 3")
+        apart = next(k for k in range(8000, 8100) if self.owner(str(k)) != self.owner("8100"))
+        with self.assertRaises(psycopg2.Error) as e:
+            cur.execute("INSERT INTO posn VALUES (0, %s, 'x'), (0, 8100, 'y')", (apart,))
+        self.assertEqual(e.exception.pgcode, "0A000")
+        # In a transaction, with the key as a string literal.
+        conn.autocommit = False
+        cur.execute(f"INSERT INTO posn VALUES (2, '{keys[10]}', 'tx')")
+        conn.commit()
+        conn.autocommit = True
+        want = {k: ((k % 7, f"v{k}"), self.owner(str(k))) for k in keys[:6]}
+        want[keys[6]] = ((1, "r"), self.owner(str(keys[6])))
+        want.update({k: ((0, "m"), self.owner(str(k))) for k in same})
+        want[keys[10]] = ((2, "tx"), self.owner(str(keys[10])))
+        got = {}
+        for i in range(self.SHARDS):
+            for a, k, b in self.cluster.sql(self.cluster.primary_port(i),
+                                            "SELECT a, id, b FROM posn"):
+                self.assertNotIn(int(k), got)
+                got[int(k)] = ((int(a), b), i)
+        self.assertEqual(got, want)
+
+        # A column before the key dropped on the shards behind the proxy's back: the proxy's
+        # position (1) is stale. The next INSERT would route by its second item; the guard
+        # stops it (40001) before anything is written, and the retry goes where it should.
+        for i in range(self.SHARDS):
+            self.cluster.sql(self.cluster.primary_port(i), "ALTER TABLE posn DROP COLUMN a",
+                             user="app")
+        k = next(k for k in range(7000, 7100) if self.owner(str(k)) != self.owner("7777"))
+        with self.assertRaises(psycopg2.Error) as e:
+            cur.execute(f"INSERT INTO posn VALUES ({k}, '7777')")
+        self.assertEqual(e.exception.pgcode, "40001", str(e.exception))
+        self.assertIsNotNone(e.exception.diag.message_hint)
+        cur.execute(f"INSERT INTO posn VALUES ({k}, '7777')")
+        self.assertEqual(cur.statusmessage, "INSERT 0 1")
+        placed = [(i, r) for i in range(self.SHARDS) for r in self.cluster.sql(
+            self.cluster.primary_port(i), f"SELECT id, b FROM posn WHERE id IN ({k}, 7777)")]
+        self.assertEqual([(i, tuple(r)) for i, r in placed], [(self.owner(str(k)), (str(k), "7777"))])
+        # DDL through the proxy: the position is read again, no 40001.
+        cur.execute("ALTER TABLE posn ADD COLUMN c int")
+        cur.execute("ALTER TABLE posn DROP COLUMN c")
+        cur.execute("ALTER TABLE posn ADD COLUMN z int")
+        cur.execute(f"INSERT INTO posn VALUES ({k + 1000}, 'after', 3)")
+        self.assertEqual(cur.statusmessage, "INSERT 0 1")
+        # The extended protocol: 0A000, with a hint.
+        if psycopg is not None:
+            with psycopg.connect(self.proxy.dsn(), autocommit=True) as c3:
+                with self.assertRaises(psycopg.Error) as e3:
+                    c3.execute("INSERT INTO posn VALUES (%s, 'p', 1)", (k + 2000,), prepare=True)
+                self.assertEqual(e3.exception.sqlstate, "0A000")
+        conn.close()
 
     def copy_from(self, sql, data):
         conn = self.connect()
