@@ -148,14 +148,19 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
       return QueryStep::scatter_write;
     }
     if (r.kind == router::TargetKind::scatter) {
-      if (!single || in_tx()) {
+      if (!single) {
         return refuse(
             "0A000",
-            "a read of a sharded table without its shard key must be sent alone, "
-            "outside a transaction block",
-            "send it as its own statement in autocommit mode (it then runs on every shard), "
-            "or add the shard key to its WHERE clause");
+            "a read of a sharded table without its shard key must be sent alone",
+            "send it as its own statement (it then runs on every shard), or add the shard key "
+            "to its WHERE clause");
       }
+      if (in_tx() && !join_refusal(0).empty()) // (savepoints: the only refusal below 64 shards)
+        return refuse("0A000",
+                      "a read of a sharded table without its shard key cannot run in a "
+                      "transaction that made a savepoint",
+                      "read it before the savepoint, outside the transaction, or add the shard "
+                      "key to its WHERE clause");
       scatter_shards_ = r.shards;
       return QueryStep::scatter;
     }

@@ -80,6 +80,8 @@ Task<bool> Session::scatter_next(Scatter &s, size_t i) {
     }
     if (s.type == 'E')
       s.fail(sh_.shard_name(s.shards[i]), protocol::parse_error_response(s.body));
+    if (s.type == 'Z')
+      s.bs[i]->tx_status = s.body.empty() ? 'I' : s.body[0];
     if (s.swallow[i] > 0) {
       if (s.type == 'Z')
         --s.swallow[i];
@@ -168,10 +170,15 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
   auto &type = s.type;
   auto &body = s.body;
   exp_.clear();
+  // Inside a transaction block the read runs in the transaction, on every shard's primary:
+  // a shard it has not touched yet begins it first (as a statement on a new shard does).
+  const bool in_tx_read = in_tx();
   for (size_t i = 0; i < n; ++i) {
-    bs[i] = co_await attach(shards[i], true);
+    bs[i] = co_await attach(shards[i], !in_tx_read);
     if (!bs[i]) { // unreachable() said why; nothing was sent yet
       detach_if_idle();
+      if (in_tx_read)
+        fail_transaction_by_proxy();
       ready();
       co_return true;
     }
@@ -203,6 +210,8 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
       else
         error("08006", "lost the connection to shard \"" + sh_.shard_name(shards[0]) + "\"");
       detach_if_idle();
+      if (in_tx_read)
+        fail_transaction_by_proxy();
       ready();
       co_return true;
     }
@@ -215,7 +224,15 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
   }
   for (size_t i = 0; i < n; ++i) {
     wbuf_.clear();
-    prepare_backend(*bs[i], wbuf_, false);
+    if (in_tx_read) {
+      size_t sh = shards[i];
+      if (tx_shard_ >= 0 && !(tx_shards_ & (uint64_t(1) << sh)))
+        deferred_ = join_text();
+      prepare_backend(*bs[i], wbuf_); // the transaction's BEGIN first, where it is new
+      bind_tx(int(sh));
+    } else {
+      prepare_backend(*bs[i], wbuf_, false);
+    }
     swallow[i] = int(exp_.size());
     exp_.clear();
     if (x) { // the client's Bind, on the statement as each shard runs it (LIMIT n+m)
@@ -554,6 +571,8 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
           "on shard \"" + failed_on + "\"" + (failure.detail.empty() ? "" : ": " + failure.detail);
     error(failure.sqlstate.empty() ? "XX000" : failure.sqlstate, failure.message, failure.hint,
           failure.detail);
+    if (in_tx_read)
+      fail_transaction_by_proxy(); // only ROLLBACK is accepted now, for every shard
   } else {
     protocol::command_complete(*sink_, "SELECT " + std::to_string(sent));
   }

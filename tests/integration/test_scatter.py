@@ -6,8 +6,9 @@ columns with WHERE filters, ORDER BY on integers, numerics, floats, dates, times
 text COLLATE "C", ASC/DESC, NULLS FIRST/LAST, LIMIT and OFFSET; and count/sum/min/max alone)
 run on both through psycopg2 (the simple protocol) and must return the same columns and rows
 (in the same order when the query orders them totally). The shapes it does not merge yet must
-get 0A000, never a different answer: GROUP BY, DISTINCT, avg, sum of floats, ORDER BY text
-without COLLATE "C", ORDER BY a column not selected, and any of them inside a transaction block.
+get 0A000, never a different answer: HAVING, DISTINCT ON, sum and avg of floats, ORDER BY text
+without COLLATE "C", ORDER BY a column not selected. Inside a transaction block a read runs in
+the transaction on every shard (it sees the transaction's own writes and keeps its snapshot).
 An error on one shard reaches the client once, with PostgreSQL's SQLSTATE and the shard named
 in its detail, and the session goes on.
 
@@ -338,17 +339,61 @@ class ScatterTest(unittest.TestCase):
         self.assert_refused("SELECT total_of(id) FROM items WHERE grp = 3")
         self.assert_same("SELECT id, lower(name), abs(grp) FROM items ORDER BY id LIMIT 20", True)
 
-    def test_inside_a_transaction_block_it_is_0A000_and_fails_the_transaction(self):
+    def test_inside_a_transaction_block_it_runs_in_the_transaction(self):
+        """A read across shards in a transaction block runs in that transaction on every
+        shard: it sees the transaction's own uncommitted writes, others do not; under
+        REPEATABLE READ it keeps its snapshot on every shard; an error on one shard fails the
+        transaction (25P02 until ROLLBACK); after a savepoint it is 0A000."""
         conn = psycopg2.connect(self.proxy.dsn(), connect_timeout=10)
         self.addCleanup(conn.close)
+        new_id = 7_000_003
         with conn.cursor() as cur:
             cur.execute("SELECT 1")  # psycopg2 opened a transaction block
-            with self.assertRaises(psycopg2.Error) as cm:
+            cur.execute("SELECT count(*) FROM items")
+            self.assertEqual(cur.fetchone()[0], ROWS)
+            cur.execute("INSERT INTO items (id, grp) VALUES (%s, 99)", (new_id,))
+            cur.execute("SELECT count(*), max(id) FROM items")
+            self.assertEqual(cur.fetchone(), (ROWS + 1, new_id), "its own write unseen")
+            with self.px.cursor() as other:  # autocommit, another session
+                other.execute("SELECT count(*) FROM items")
+                self.assertEqual(other.fetchone()[0], ROWS, "an uncommitted write seen")
+        conn.rollback()
+        self.assert_same("SELECT count(*), max(id) FROM items", True)
+
+        conn.set_session(isolation_level="REPEATABLE READ")
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM items")
+            self.assertEqual(cur.fetchone()[0], ROWS)
+            with self.px.cursor() as other:
+                other.execute("INSERT INTO items (id, grp) VALUES (%s, 99)", (new_id,))
+            try:
                 cur.execute("SELECT count(*) FROM items")
-            self.assertEqual(cm.exception.pgcode, "0A000")
+                self.assertEqual(cur.fetchone()[0], ROWS, "the snapshot moved")
+                conn.commit()
+                cur.execute("SELECT count(*) FROM items")
+                self.assertEqual(cur.fetchone()[0], ROWS + 1)
+                conn.commit()
+            finally:
+                with self.px.cursor() as other:
+                    other.execute("DELETE FROM items WHERE id = %s", (new_id,))
+        conn.set_session(isolation_level="READ COMMITTED")
+
+        victim = self.rows[len(self.rows) // 2][0]
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            with self.assertRaises(psycopg2.Error) as cm:
+                cur.execute(f"SELECT id, 1 / (id - {victim}) FROM items ORDER BY id")
+            self.assertEqual(cm.exception.pgcode, "22012")
             with self.assertRaises(psycopg2.Error) as cm:
                 cur.execute("SELECT 1")
             self.assertEqual(cm.exception.pgcode, "25P02")
+        conn.rollback()
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT id FROM items WHERE id = {victim}")  # one shard only
+            cur.execute("SAVEPOINT a")
+            with self.assertRaises(psycopg2.Error) as cm:
+                cur.execute("SELECT count(*) FROM items")
+            self.assertEqual(cm.exception.pgcode, "0A000")
         conn.rollback()
         conn.autocommit = True
         with conn.cursor() as cur:
