@@ -93,6 +93,7 @@ bool placement_spec(const sg::topology::Topology &t, const sg::config::Config &b
     spec.pause = t.migration->pause;
     spec.mirror = t.migration->mirror;
   }
+  spec.default_shard = t.default_shard;
   return true;
 }
 

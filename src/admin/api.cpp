@@ -393,21 +393,42 @@ Response shards(const Request &req, const std::vector<std::string> &p, const Sou
         active += s.state == "active";
       if (active <= 1)
         return error(409, "conflict", "cannot remove the last shard");
-      if (src.proxy && src.proxy->shard_name(src.proxy->router.default_shard()) == p[1]) {
-        std::string list;
+      // The default shard may go only when nothing but sharded tables lives there (tables
+      // that are not sharded are not moved) and the metadata database is elsewhere; another
+      // active shard then becomes the default from the migration's first epoch.
+      std::string next_default;
+      if (src.proxy &&
+          src.proxy->shard_name(src.proxy->placement()->keys->default_shard) == p[1]) {
+        std::string list, why;
         try {
           for (auto &n : migrations::unsharded_tables(*cur, p[1]))
             list += (list.empty() ? "" : ", ") + n;
-        } catch (const std::exception &) {
+        } catch (const std::exception &e) {
+          why = std::string(": cannot list its tables (") + e.what() + ")";
         }
-        return error(422, "unprocessable",
-                     "\"" + p[1] + "\" is the default shard: statements on no sharded table " +
-                         "run there" + (list.empty() ? "" : " (its tables: " + list + ")") +
-                         "; moving the default shard is not supported yet");
+        if (!list.empty() || !why.empty()) {
+          std::string what = list.empty() ? why : ", and these tables live only there: " + list;
+          return error(422, "unprocessable",
+                       "\"" + p[1] + "\" is the default shard: statements on no sharded table " +
+                           "run there" + what +
+                           "; drop or move them first (tables that are not sharded are not moved)");
+        }
+        std::string perr;
+        auto ep = config::parse_endpoint(gone->primary, perr);
+        if (src.metadata && ep && ep->label() == src.metadata->label())
+          return error(422, "unprocessable",
+                       "\"" + p[1] + "\" is the default shard and the metadata database lives on "
+                       "its primary; set [metadata] url to a server of its own first");
+        for (auto &s : cur->shards)
+          if (s.state == "active" && s.name != p[1] && next_default.empty())
+            next_default = s.name;
       }
       if (auto why = migrations::check_tables(*cur, nullptr))
         return error(422, "unprocessable", *why);
-      return start_migration(src, *cur, migrations::plan_remove(*cur, p[1], opt));
+      auto planned = migrations::plan_remove(*cur, p[1], opt);
+      if (!next_default.empty())
+        planned.next.default_shard = next_default;
+      return start_migration(src, *cur, planned);
     }
     if (req.method != "PATCH")
       return error(405, "method_not_allowed", "use PATCH or DELETE on a shard");

@@ -99,7 +99,7 @@ bool Session::fast_batch(FastBatch &fb, QueryRun &q) {
   else if (r.kind == router::TargetKind::default_shard && (tx_bound || !in_tx()))
     // SELECT 1: anywhere; but as the first statement of a waiting transaction it must not
     // bind it (on_batch() runs it on a side connection).
-    q.shard = tx_bound ? tx_shard_ : int(sh_.router.default_shard());
+    q.shard = tx_bound ? tx_shard_ : int(w_->place().keys->default_shard);
   else
     return false;
   if (tx_bound && q.shard != tx_shard_)
@@ -213,7 +213,7 @@ void Session::settle_tx_slow(int shard, char tx_before) {
 // transaction whose BEGIN waits for its first statement: it runs on a connection of its own,
 // in a copy of the waiting transaction rolled back after, so that it chooses no shard.
 Task<bool> Session::side_query() {
-  size_t shard = sh_.router.default_shard();
+  size_t shard = w_->place().keys->default_shard;
   BackendConn *b = co_await attach(shard, false);
   if (!b) {
     fail_transaction_by_proxy();
@@ -962,10 +962,10 @@ Task<bool> Session::on_batch() {
   if (poison && held < 0 && bp.shard < 0) {
     // A failed transaction that no statement bound: it is failed in a copy on a side
     // connection, where PostgreSQL answers the batch, so that it still binds no shard.
-    shard = int(sh_.router.default_shard());
+    shard = int(w_->place().keys->default_shard);
     side = true;
   } else if (held >= 0 || poison || bp.shard >= 0) {
-    shard = held >= 0 ? held : bp.shard >= 0 ? bp.shard : int(sh_.router.default_shard());
+    shard = held >= 0 ? held : bp.shard >= 0 ? bp.shard : int(w_->place().keys->default_shard);
     if (tx_shard_ >= 0 && batch_shard_ < 0 && bp.shard >= 0 && !poison && bp.shard != held) {
       shard = bp.shard; // another shard of the transaction, or one it takes in now
       if (!(shard < 64 && (tx_shards_ >> shard) & 1))
@@ -981,7 +981,7 @@ Task<bool> Session::on_batch() {
     // Flush; reads of no table; transaction control that waits): it runs on a connection of
     // its own, closed with our own Sync (and, inside a transaction whose BEGIN waits, in a
     // copy of it rolled back after), so that it pins no shard; a later Bind routes by its key.
-    shard = int(sh_.router.default_shard());
+    shard = int(w_->place().keys->default_shard);
     side = mode == BatchMode::side;
   }
   // A side batch runs inside a copy of the waiting BEGIN when it runs anything.

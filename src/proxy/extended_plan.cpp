@@ -261,9 +261,9 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
       params.clear();
       for (size_t i = 0; i < it.bind.params.size(); ++i)
         params.push_back({it.bind.params[i], protocol::bind_param_format(it.bind, i)});
-      router::Resolved r = sh_.router.resolve(sp, it.st->text, it.st->planned.scan, params,
-                                              w_->place().keys.get(),
-                                              scatter_shape(batch) && !sp.positional);
+      router::Resolved r =
+          sh_.router.resolve(sp, it.st->text, it.st->planned.scan, params, w_->place().keys.get(),
+                             scatter_shape(batch) && !sp.positional);
       count_route(w_->stats, r.kind, sp);
       if (r.kind == router::TargetKind::scatter && !sp.multi_write) {
         bp.scatter = it.st; // every shard, merged (scatter_read)

@@ -20,7 +20,7 @@ public:
   }
   void push_back(T &&v) { items_.push_back(std::move(v)); }
   void pop_back() { items_.pop_back(); } // not empty()
-  T &back() { return items_.back(); }     // not empty()
+  T &back() { return items_.back(); }    // not empty()
   void pop_front() {
     if (++head_ == items_.size()) {
       clear(); // the usual case: the queue drains at every response

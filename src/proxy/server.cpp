@@ -166,8 +166,17 @@ bool Shared::apply_placement(const PlacementSpec &spec, std::vector<size_t> &joi
     keys->mirror = router::Ring(mirror, spec.vnodes);
     keys->find_mirror_sources();
   }
-  if (!next->serves(router.default_shard())) {
-    error = "the default shard \"" + shard_names_[router.default_shard()] + "\" is missing";
+  keys->default_shard = router.default_shard();
+  if (!spec.default_shard.empty()) {
+    size_t d = shard_slot(spec.default_shard);
+    if (d == kMaxShards) {
+      error = "more than " + std::to_string(kMaxShards) + " shards over this process's life";
+      return false;
+    }
+    keys->default_shard = d;
+  }
+  if (!next->serves(keys->default_shard)) {
+    error = "the default shard \"" + shard_names_[keys->default_shard] + "\" is missing";
     return false;
   }
   next->keys = std::move(keys);

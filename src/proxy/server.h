@@ -94,9 +94,10 @@ struct PlacementSpec {
   uint64_t epoch = 0;
   uint32_t vnodes = 150;
   std::vector<ShardSpec> shards;
-  std::string migration; // id of the running migration, or empty
-  bool pause = false;    // its cutover: writes to moving keys wait
+  std::string migration;           // id of the running migration, or empty
+  bool pause = false;              // its cutover: writes to moving keys wait
   std::vector<std::string> mirror; // dual-write: the shards writes are copied to (ring)
+  std::string default_shard;       // statements on no sharded table (empty: the TOML's)
 };
 
 // The running migration as this proxy last saw it (from its own runner, or the journal), for

@@ -690,7 +690,7 @@ Task<bool> Session::run_on_all_primaries(const std::string &sql, std::string &fi
 }
 
 Task<bool> Session::on_function_call(Msg m) {
-  size_t shard = tx_shard_ >= 0 ? size_t(tx_shard_) : sh_.router.default_shard();
+  size_t shard = tx_shard_ >= 0 ? size_t(tx_shard_) : w_->place().keys->default_shard;
   BackendConn *b = co_await attach(shard, false);
   if (!b) {
     ready();

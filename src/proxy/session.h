@@ -50,7 +50,7 @@ private:
   struct Pending {
     Pending(Expect k, bool fwd = true) : kind(k), forward(fwd) {}
     Expect kind;
-    bool forward = true; // false: swallow the success responses (proxy-injected)
+    bool forward = true;   // false: swallow the success responses (proxy-injected)
     uint8_t skip_done = 0; // CommandCompletes to swallow first (a guard before the query)
     bool parse_unnamed = false;
     bool portal_undo = false; // a client Bind of portal client_name, which held `prev`
@@ -195,13 +195,12 @@ private:
   Task<bool> on_function_call(Msg m);
   Task<bool> broadcast(const std::string &sql);
   // session_catalog.cpp: the shards' catalogs, asked on the client's behalf.
-  Task<std::optional<std::vector<protocol::Row>>> catalog_rows(BackendConn &b,
-                                                               const std::string &sql,
-                                                               protocol::ErrorInfo &error);
+  Task<std::optional<std::vector<protocol::Row>>>
+  catalog_rows(BackendConn &b, const std::string &sql, protocol::ErrorInfo &error);
   Task<bool> learn_key_position(int table);
   std::string key_guard(const std::vector<int> &tables) const;
-  int learn_table_ = -1;  // QueryStep::learn_key: the table
-  std::string guard_;     // prefixed to the next query string written (write_query)
+  int learn_table_ = -1; // QueryStep::learn_key: the table
+  std::string guard_;    // prefixed to the next query string written (write_query)
   // session_scatter.cpp: a read on every shard, merged (router::TargetKind::scatter).
   struct Scatter;
   // A scatter read that came through the extended protocol: the client's Bind (its portal,

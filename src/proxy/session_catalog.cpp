@@ -74,7 +74,7 @@ Task<bool> Session::learn_key_position(int table) {
   const config::Table &t = sh_.cfg.tables[size_t(table)];
   // On the transaction's shard when it holds one (a read in it changes nothing), else on the
   // default shard, outside any transaction: every shard has the table's definition.
-  size_t shard = tx_shard_ >= 0 ? size_t(tx_shard_) : sh_.router.default_shard();
+  size_t shard = tx_shard_ >= 0 ? size_t(tx_shard_) : w_->place().keys->default_shard;
   BackendConn *b = co_await attach(shard, false);
   if (!b) { // unreachable() said why
     if (in_tx())
@@ -112,15 +112,13 @@ std::string Session::key_guard(const std::vector<int> &tables) const {
   std::string checks;
   for (int table : tables) {
     const config::Table &t = sh_.cfg.tables[size_t(table)];
-    checks += "IF (" + key_position_sql(t) + ") <> " +
-              std::to_string(sh_.router.key_position(table)) +
-              " THEN RAISE EXCEPTION USING ERRCODE = '40001', MESSAGE = " +
-              sql_literal("the columns of sharded table \"" + t.name +
-                          "\" changed since the proxy read where its shard key \"" + t.key +
-                          "\" is") +
-              ", HINT = " +
-              sql_literal("retry the statement: the proxy reads the position again") +
-              "; END IF; ";
+    checks +=
+        "IF (" + key_position_sql(t) + ") <> " + std::to_string(sh_.router.key_position(table)) +
+        " THEN RAISE EXCEPTION USING ERRCODE = '40001', MESSAGE = " +
+        sql_literal("the columns of sharded table \"" + t.name +
+                    "\" changed since the proxy read where its shard key \"" + t.key + "\" is") +
+        ", HINT = " + sql_literal("retry the statement: the proxy reads the position again") +
+        "; END IF; ";
   }
   return "DO $shardgate_guard$BEGIN " + checks + "END$shardgate_guard$;";
 }

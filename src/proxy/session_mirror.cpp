@@ -139,8 +139,8 @@ Task<void> Session::mirror_writes(std::vector<size_t> &only) {
     // Inside a savepoint: whatever goes wrong here must not fail the client's transaction.
     auto undo = [&]() -> Task<bool> {
       protocol::ErrorInfo e2;
-      co_return co_await mirror_query(src, one("ROLLBACK TO SAVEPOINT sg_mirror; RELEASE sg_mirror"),
-                                      1, nullptr, e2) &&
+      co_return co_await mirror_query(
+          src, one("ROLLBACK TO SAVEPOINT sg_mirror; RELEASE sg_mirror"), 1, nullptr, e2) &&
           e2.sqlstate.empty();
     };
     bool ok = co_await mirror_query(
@@ -253,8 +253,8 @@ Task<void> Session::mirror_writes(std::vector<size_t> &only) {
       if (joined) {
         if (ok && !good) {
           protocol::ErrorInfo e2;
-          co_await mirror_query(*dst, one("ROLLBACK TO SAVEPOINT sg_mirror; RELEASE sg_mirror"),
-                                1, nullptr, e2);
+          co_await mirror_query(*dst, one("ROLLBACK TO SAVEPOINT sg_mirror; RELEASE sg_mirror"), 1,
+                                nullptr, e2);
         }
         if (good)
           tx_writers_ |= bit(target); // it commits with the others (two-phase commit)
@@ -289,9 +289,9 @@ Task<void> Session::mirror_end(const std::vector<size_t> &only, bool commit) {
   for (size_t i = 0; i < bs.size(); ++i)
     if (!errs[i].sqlstate.empty()) {
       w_->stats.mirror_failed.fetch_add(1, std::memory_order_relaxed);
-      log::warn("dual_write_failed", {{"shard", bs[i]->node->shard_name},
-                                      {"step", "commit"},
-                                      {"error", errs[i].message}});
+      log::warn(
+          "dual_write_failed",
+          {{"shard", bs[i]->node->shard_name}, {"step", "commit"}, {"error", errs[i].message}});
     }
 }
 

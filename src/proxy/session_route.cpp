@@ -150,8 +150,7 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
     if (r.kind == router::TargetKind::scatter) {
       if (!single) {
         return refuse(
-            "0A000",
-            "a read of a sharded table without its shard key must be sent alone",
+            "0A000", "a read of a sharded table without its shard key must be sent alone",
             "send it as its own statement (it then runs on every shard), or add the shard key "
             "to its WHERE clause");
       }
@@ -291,7 +290,7 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
   }
 
   if (shard < 0)
-    shard = tx_bound ? tx_shard_ : int(sh_.router.default_shard());
+    shard = tx_bound ? tx_shard_ : int(w_->place().keys->default_shard);
   if (tx_bound && shard != tx_shard_ && !(shard < 64 && (tx_shards_ >> shard) & 1)) {
     // The transaction takes this shard on: its backend begins the same transaction first.
     std::string why = join_refusal(size_t(shard));

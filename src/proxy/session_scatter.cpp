@@ -195,8 +195,8 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
     }
     protocol::ErrorInfo err;
     auto rows = co_await catalog_rows(
-        *bs[0], "SELECT proname FROM pg_proc WHERE prokind = 'a' AND proname IN (" + names +
-                    ") LIMIT 1",
+        *bs[0],
+        "SELECT proname FROM pg_proc WHERE prokind = 'a' AND proname IN (" + names + ") LIMIT 1",
         err);
     std::string found;
     bool ok = rows.has_value();

@@ -188,7 +188,7 @@ Task<bool> Session::send_server_params() {
   auto params = sh_.server_params();
   if (!params) {
     // Learn them from the default shard's primary (this also proves it is reachable).
-    size_t node = w_->place().primary[sh_.router.default_shard()];
+    size_t node = w_->place().primary[w_->place().keys->default_shard];
     ConnectError err;
     auto conn = co_await w_->pool(node)->acquire(err);
     if (!conn)

@@ -600,8 +600,8 @@ private:
         if (!span)
           return refuse("this avg()");
         std::string arg(sql_.substr(span->first + 1, span->second - span->first - 2));
-        spec->edits.push_back({uint32_t(fc->location), span->second,
-                               "sum(" + arg + "), count(" + arg + ")"});
+        spec->edits.push_back(
+            {uint32_t(fc->location), span->second, "sum(" + arg + "), count(" + arg + ")"});
         spec->avg_names.resize(i + 1);
         const char *alias = t->res_target->name; // "" when none
         spec->avg_names[i] = alias && *alias ? alias : "avg";

@@ -47,9 +47,9 @@ struct ValueRef {
 };
 
 // How to merge a read that runs on every shard (TargetKind::scatter). Either the SELECT list
-// is all aggregates (count, sum, min, max, avg) and, with GROUP BY, the grouped columns: the shards'
-// partial rows are combined per group (one row without GROUP BY), then sorted on `order`, with
-// OFFSET and LIMIT applied by the proxy (shards are sent LIMIT ALL, OFFSET 0); or it has no
+// is all aggregates (count, sum, min, max, avg) and, with GROUP BY, the grouped columns: the
+// shards' partial rows are combined per group (one row without GROUP BY), then sorted on `order`,
+// with OFFSET and LIMIT applied by the proxy (shards are sent LIMIT ALL, OFFSET 0); or it has no
 // aggregates, and the rows are concatenated, or merged on `order`, with LIMIT and OFFSET
 // applied by the proxy (each shard is sent LIMIT n + m, OFFSET 0).
 struct ScatterSpec {
@@ -72,7 +72,7 @@ struct ScatterSpec {
   };
   std::vector<Edit> edits;
   std::vector<std::string> avg_names;
-  bool grouped = false;  // GROUP BY
+  bool grouped = false; // GROUP BY
   // The LIMIT and OFFSET values: constants of the text (index in the scan), -1 if none.
   int32_t limit_const = -1;
   int32_t offset_const = -1;

@@ -32,8 +32,9 @@ Router::Router(const config::Config &cfg) : tables_(cfg.tables) {
     members.push_back({s.name, s.weight});
   }
   topo->ring = Ring(members, cfg.ring.vnodes);
-  topology_ = std::move(topo);
   default_shard_ = cfg.default_shard_index();
+  topo->default_shard = default_shard_;
+  topology_ = std::move(topo);
   key_positions_.reset(new std::atomic<int>[tables_.size() + 1]);
   forget_key_positions();
 }
@@ -182,7 +183,7 @@ Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const Sca
   case TargetKind::none:
   case TargetKind::default_shard:
     r.kind = p.target;
-    r.shard = default_shard_;
+    r.shard = topo.default_shard;
     return r;
   case TargetKind::all_primaries:
     r.kind = p.target;
@@ -237,8 +238,10 @@ Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const Sca
     }
     if (pos < 0) {
       r.needs_key_position = true;
-      r.error = key_error("0A000", "the position of shard key \"" + t.key + "\" in table \"" +
-                                       t.name + "\" is not known yet", "");
+      r.error = key_error("0A000",
+                          "the position of shard key \"" + t.key + "\" in table \"" + t.name +
+                              "\" is not known yet",
+                          "");
       return r;
     }
     for (const auto &row : p.row_items) {
@@ -325,7 +328,7 @@ Resolved Router::resolve(const StatementPlan &p, std::string_view sql, const Sca
     return r;
   }
   r.kind = TargetKind::by_key;
-  r.shard = owner.value_or(default_shard_);
+  r.shard = owner.value_or(topo.default_shard);
   return r;
 }
 

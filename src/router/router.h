@@ -62,6 +62,9 @@ struct Topology {
   Ring mirror;
   std::vector<size_t> mirror_shard;
   uint64_t mirror_sources = 0;
+  // The shard of statements on no sharded table (the TOML's [proxy] default_shard, unless a
+  // migration that removed it chose another).
+  size_t default_shard = 0;
   size_t owner(uint64_t hash) const { return ring_shard[ring.owner(hash)]; }
   size_t next_owner(uint64_t hash) const { return next_shard[next.owner(hash)]; }
   size_t mirror_owner(uint64_t hash) const { return mirror_shard[mirror.owner(hash)]; }
@@ -109,6 +112,7 @@ public:
   void set_key_position(int table, int position) const;
   void forget_key_positions() const;
 
+  // The configured default shard (a placement's own may differ: Topology::default_shard).
   size_t default_shard() const { return default_shard_; }
   const Topology &topology() const { return *topology_; }
   const std::vector<config::Table> &tables() const { return tables_; }

@@ -35,7 +35,7 @@ bool Topology::operator==(const Topology &o) const {
     if (shards[i].primary != o.shards[i].primary || shards[i].replicas != o.shards[i].replicas ||
         shards[i].state != o.shards[i].state)
       return false;
-  return migration == o.migration;
+  return migration == o.migration && default_shard == o.default_shard;
 }
 
 Topology from_config(const config::Config &c) {
@@ -80,6 +80,8 @@ bool apply_to(const Topology &t, config::Config &c, std::string &error) {
   c.shards = std::move(shards);
   c.tables = std::move(tables);
   c.ring.vnodes = t.vnodes;
+  if (!t.default_shard.empty())
+    c.proxy.default_shard = t.default_shard;
   return true;
 }
 
@@ -116,6 +118,8 @@ std::string to_json(const Topology &t, bool masked) {
   if (t.migration)
     j["migration"] = {
         {"id", t.migration->id}, {"pause", t.migration->pause}, {"mirror", t.migration->mirror}};
+  if (!t.default_shard.empty())
+    j["default_shard"] = t.default_shard;
   return j.dump();
 }
 
@@ -145,6 +149,7 @@ std::optional<Topology> from_json(std::string_view text, std::string &error) {
     if (auto m = j.find("migration"); m != j.end() && m->is_object())
       t.migration = MigrationRef{m->at("id").get<std::string>(), m->value("pause", false),
                                  m->value("mirror", std::vector<std::string>{})};
+    t.default_shard = j.value("default_shard", std::string());
     return t;
   } catch (const json::exception &e) {
     error = e.what();

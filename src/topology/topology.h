@@ -51,6 +51,10 @@ struct Topology {
   std::vector<ShardSpec> shards;
   std::vector<TableSpec> tables;
   std::optional<MigrationRef> migration;
+  // The shard that runs statements on no sharded table; empty: the TOML's [proxy]
+  // default_shard. Set when a migration removes the default shard (allowed only when no
+  // table other than the sharded ones lives there and the metadata database is elsewhere).
+  std::string default_shard;
 
   const ShardSpec *find_shard(std::string_view name) const;
   // What placement depends on (names, weights, vnodes, tables): equal means the same ring.

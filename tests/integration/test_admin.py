@@ -238,8 +238,13 @@ class AdminTest(TwoProxyCase):
         self.assertGreater(seen[0], 20, "the SQL client was starved")
 
     def test_shard_add_remove_refusals_change_nothing(self):
-        # (test_migrations.py runs real migrations)
+        # (test_migrations.py runs real migrations, and removes a default shard)
         down = f"postgresql://app:app-secret@127.0.0.1:{harness.free_port_block(1)}/app"
+        # A table that is not sharded lives on the default shard s0: it cannot be removed.
+        self.cluster.sql(self.cluster.primary_port(0), "CREATE TABLE IF NOT EXISTS only_here(x int)",
+                         user="app")
+        self.addCleanup(self.cluster.sql, self.cluster.primary_port(0),
+                        "DROP TABLE IF EXISTS only_here", user="app")
         for method, path, body, tmpl, status, code in (
                 ("POST", "/api/v1/shards", {"name": "s9", "primary": down}, "/api/v1/shards",
                  422, "unprocessable"),
@@ -258,6 +263,7 @@ class AdminTest(TwoProxyCase):
         st, r = self.api_a.call("DELETE", "/api/v1/shards/s0", None,
                                 template="/api/v1/shards/{name}")
         self.assertIn("default shard", r["error"]["message"])
+        self.assertIn("only_here", r["error"]["message"])
         # ... and the topology did not change
         st, topo = self.api_a.call("GET", "/api/v1/topology")
         self.assertEqual([s["name"] for s in topo["shards"]], ["s0", "s1"])

@@ -1046,6 +1046,51 @@ class MigrationTest(ClusterTestCase):
                                 ledger)
             self.assertEqual(read_rows(self.cluster, self.ports["s1"]), {})
 
+    def test_remove_the_default_shard(self):
+        """The default shard (s0: statements on no sharded table run there) can be removed once
+        nothing but sharded tables lives there and the metadata database is on another server:
+        before that the API says why (422). Then it drains onto s1 and s2 under the transfer
+        workload like any shard, statements on no sharded table run on s1 from the migration's
+        first epoch, and a proxy started afterwards with the same TOML does the same."""
+        with self.diagnose("remove the default shard"):
+            path, tmpl = "/api/v1/shards/s0", "/api/v1/shards/{name}"
+            self.fresh(3, SMALL_ROWS)  # the metadata database on s0's server
+            st, r = self.api("DELETE", path, template=tmpl)
+            self.assertEqual(st, 422, r)
+            self.assertIn("metadata database", r["error"]["message"])
+            self.meta_port = self.ports["s3"]  # (this test only) metadata on s3's server
+            ledger = self.fresh(3, ROWS)
+            self.cluster.sql(self.ports["s0"], "CREATE TABLE plain_s0(x int)", user="app")
+            st, r = self.api("DELETE", path, template=tmpl)
+            self.assertEqual(st, 422, r)
+            self.assertIn("plain_s0", r["error"]["message"])
+            self.cluster.sql(self.ports["s0"], "DROP TABLE plain_s0", user="app")
+
+            without_s0 = Ring(["s1", "s2"])
+            self.run_under_load(lambda: self.start_migration("DELETE", path, template=tmpl),
+                                "remove_shard", "s0", self.ring3, without_s0, ledger)
+            self.assertEqual(read_rows(self.cluster, self.ports["s0"]), {})
+            st, topo = self.api("GET", "/api/v1/topology")
+            self.assertEqual(topo.get("default_shard"), "s1", topo)
+            # A table that is not sharded, made through the proxy: it lives on s1 now.
+            conn = psycopg2.connect(self.a.dsn(), connect_timeout=10)
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("DROP TABLE IF EXISTS plain_after")
+                cur.execute("CREATE TABLE plain_after(x int)")
+                cur.execute("INSERT INTO plain_after VALUES (1)")
+            conn.close()
+            where = [s for s in ("s0", "s1", "s2") if self.cluster.sql(
+                self.ports[s], "SELECT to_regclass('plain_after') IS NOT NULL") == [["t"]]]
+            self.assertEqual(where, ["s1"])
+            c = self.start_proxy("c", 3)  # the same TOML: s0 first, no default_shard
+            conn = psycopg2.connect(c.dsn(), connect_timeout=10)
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM plain_after")
+                self.assertEqual(cur.fetchone()[0], 1)
+            conn.close()
+            self.cluster.sql(self.ports["s1"], "DROP TABLE plain_after", user="app")
+
     def test_abort_in_each_phase_before_cleanup(self):
         for phase in ABORT_PHASES:
             with self.subTest(phase=phase), self.diagnose(f"abort in {phase}"):

@@ -112,22 +112,22 @@ TEST(Combine, BinaryCountsAndSumsStayBinaryBigints) {
 // Expected values are PostgreSQL 15's answers to SELECT avg(x) FROM (VALUES ...) v(x); the
 // arguments are that query's sum(x) and count(x).
 TEST(DecimalAvg, MatchesPostgresNumericDiv) {
-  EXPECT_EQ(decimal_avg("3", "2"), "1.5000000000000000");          // (1), (2)
-  EXPECT_EQ(decimal_avg("10", "3"), "3.3333333333333333");         // (3), (3), (4)
-  EXPECT_EQ(decimal_avg("-3", "2"), "-1.5000000000000000");        // (-1), (-2)
-  EXPECT_EQ(decimal_avg("0", "2"), "0.00000000000000000000");      // (0), (0)
+  EXPECT_EQ(decimal_avg("3", "2"), "1.5000000000000000");     // (1), (2)
+  EXPECT_EQ(decimal_avg("10", "3"), "3.3333333333333333");    // (3), (3), (4)
+  EXPECT_EQ(decimal_avg("-3", "2"), "-1.5000000000000000");   // (-1), (-2)
+  EXPECT_EQ(decimal_avg("0", "2"), "0.00000000000000000000"); // (0), (0)
   EXPECT_EQ(decimal_avg("123456789019", "2"), "61728394509.50000000");
-  EXPECT_EQ(decimal_avg("7.033", "3"), "2.3443333333333333");      // 1.50, 2.2, 3.333
+  EXPECT_EQ(decimal_avg("7.033", "3"), "2.3443333333333333"); // 1.50, 2.2, 3.333
   EXPECT_EQ(decimal_avg("0.00033", "3"), "0.000110000000000000000000");
-  EXPECT_EQ(decimal_avg("100000", "2"), "50000.000000000000");     // (99999), (1)
-  EXPECT_EQ(decimal_avg("-3", "3"), "-1.00000000000000000000");    // (-5), (2), (0)
+  EXPECT_EQ(decimal_avg("100000", "2"), "50000.000000000000");          // (99999), (1)
+  EXPECT_EQ(decimal_avg("-3", "3"), "-1.00000000000000000000");         // (-5), (2), (0)
   EXPECT_EQ(decimal_avg("76205685", "12345"), "6173.0000000000000000"); // generate_series
   EXPECT_EQ(decimal_avg("18446744073709551615", "3"), "6148914691236517205");
   EXPECT_EQ(decimal_avg("NaN", "2"), "NaN");
   EXPECT_EQ(decimal_avg("1.66666666666666666667", "2"), "0.83333333333333333334");
   EXPECT_EQ(decimal_avg("0.000000000000000000001", "2"),
             "0.0000000000000000000005000000000000000000");
-  EXPECT_EQ(decimal_avg("10017", "4"), "2504.2500000000000000");   // 5, 10, 10000, 2
+  EXPECT_EQ(decimal_avg("10017", "4"), "2504.2500000000000000"); // 5, 10, 10000, 2
   EXPECT_EQ(decimal_avg("-Infinity", "2"), "-Infinity");
   EXPECT_EQ(decimal_avg("1", "0"), std::nullopt);
   EXPECT_EQ(decimal_avg("x", "1"), std::nullopt);
