@@ -9,6 +9,7 @@
 #include "proxy/session.h"
 
 #include "executor/aggregate.h"
+#include "executor/having.h"
 #include "executor/merge.h"
 #include "proxy/errors.h"
 #include "proxy/session_util.h"
@@ -17,6 +18,7 @@
 #include <cctype>
 #include <charconv>
 #include <chrono>
+#include <functional>
 
 namespace sg::proxy {
 
@@ -332,9 +334,10 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
           cols.push_back(shard_cols[k++]);
         }
       }
-      if (!first_desc.empty()) {
+      if (!first_desc.empty()) { // the client's columns: without the HAVING's hidden ones
         first_desc.clear();
-        protocol::row_description(first_desc, cols);
+        protocol::row_description(
+            first_desc, std::vector<protocol::RowColumn>(cols.begin(), cols.end() - spec.hidden));
       }
     }
   }
@@ -369,7 +372,7 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
       if (o.position > 0) {
         col = size_t(o.position - 1);
       } else {
-        for (size_t c = 0; c < cols.size(); ++c)
+        for (size_t c = 0; c + spec.hidden < cols.size(); ++c)
           if (cols[c].name == o.name) {
             if (col != SIZE_MAX) {
               col = SIZE_MAX - 1; // twice: ambiguous
@@ -469,6 +472,41 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
     }
     r = std::move(o);
   };
+  // HAVING, on a finished row: whether it stays; the hidden columns go either way.
+  std::optional<executor::Cond> having;
+  std::vector<executor::CondType> having_types;
+  if (spec.having && failed_on.empty()) {
+    std::function<executor::Cond(const router::ScatterSpec::Cond &)> conv =
+        [&](const router::ScatterSpec::Cond &c) {
+          executor::Cond e;
+          e.op = executor::Cond::Op(c.op);
+          e.column = c.column;
+          e.value = c.value;
+          e.value_is_text = c.value_is_text;
+          for (auto &a : c.args)
+            e.args.push_back(conv(a));
+          return e;
+        };
+    having = conv(*spec.having);
+    for (auto &c : cols)
+      having_types.push_back(executor::cond_type(c.type_oid, c.format));
+  }
+  auto keep = [&](protocol::Row &r) {
+    bool ok = true;
+    if (having && failed_on.empty()) {
+      std::optional<bool> v;
+      std::string err;
+      if (!executor::eval(*having, r, having_types, v, err)) {
+        unsupported("cross-shard HAVING: " + err,
+                    "compare count, sum, avg, min or max of numbers (or a GROUP BY column) with "
+                    "a constant, or add the shard key to the WHERE clause");
+        return false;
+      }
+      ok = v.value_or(false);
+    }
+    r.resize(r.size() - std::min<size_t>(r.size(), spec.hidden));
+    return ok;
+  };
   uint64_t sent = 0;
   if (failed_on.empty() && spec.grouped) {
     // Every shard's groups, combined per group, sorted, then OFFSET and LIMIT.
@@ -493,6 +531,13 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
       rows = groups.take();
       for (auto &r : rows)
         finish(r);
+      if (spec.having || spec.hidden) {
+        std::vector<protocol::Row> kept;
+        for (auto &r : rows)
+          if (keep(r))
+            kept.push_back(std::move(r));
+        rows = std::move(kept);
+      }
     }
     if (failed_on.empty()) {
       if (!keys.empty())
@@ -523,10 +568,13 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
     if (failed_on.empty() && !executor::combine(partials, aggs, out, err))
       unsupported("cross-shard aggregate: " + err, "");
     finish(out);
+    bool kept = keep(out);
     if (failed_on.empty()) {
       sink_->append(first_desc);
-      protocol::data_row(*sink_, out);
-      sent = 1;
+      if (kept) {
+        protocol::data_row(*sink_, out);
+        sent = 1;
+      }
     }
   } else if (failed_on.empty()) {
     sink_->append(first_desc);

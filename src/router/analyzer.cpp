@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <functional>
 #include <set>
 
 namespace sg::router {
@@ -514,8 +515,6 @@ private:
                  "OFFSET) or of count/sum/min/max/avg (and GROUP BY columns) runs on every shard"};
       return nullptr;
     };
-    if (s->having_clause)
-      return refuse("HAVING");
     // DISTINCT (a list of one empty node) is merged like GROUP BY every column; DISTINCT ON
     // is not.
     bool distinct = false;
@@ -626,8 +625,10 @@ private:
     }
     if (std::find(group_used.begin(), group_used.end(), false) != group_used.end())
       return refuse("GROUP BY a column that is not in the SELECT list");
-    if (spec->grouped && !aggs && !distinct)
+    if (spec->grouped && !aggs && !distinct && !s->having_clause)
       return refuse("GROUP BY without an aggregate (use DISTINCT)");
+    if (s->having_clause && (distinct || (!aggs && !spec->grouped)))
+      return refuse("HAVING without GROUP BY or aggregates");
     if (aggs && aggs + groups != s->n_target_list)
       return refuse("aggregates beside plain columns (that needs GROUP BY)");
     if (aggs && !spec->grouped && (s->n_sort_clause || s->limit_count || s->limit_offset))
@@ -682,7 +683,171 @@ private:
     if (!limit_value(s->limit_count, spec->limit_const) ||
         !limit_value(s->limit_offset, spec->offset_const))
       return refuse("a LIMIT or OFFSET that is not an integer constant");
+    if (s->having_clause) {
+      std::string why_not;
+      if (!having_spec(s, *spec, group_names, why_not))
+        return refuse(why_not);
+    }
     return spec;
+  }
+
+  // HAVING for the proxy to apply after the merge: its aggregates and group columns become
+  // hidden columns at the end of the shards' SELECT list, and the clause leaves their text.
+  bool having_spec(const PgQuery__SelectStmt *s, ScatterSpec &spec,
+                   const std::vector<std::string> &group_names, std::string &why) const {
+    using Cond = ScatterSpec::Cond;
+    std::vector<std::string> hidden; // their text for the shards
+    auto operand = [&](const Node *n, uint32_t &column) -> bool {
+      std::string text;
+      ScatterSpec::Agg agg = ScatterSpec::Agg::group;
+      if (n && n->node_case == PG_QUERY__NODE__NODE_COLUMN_REF) {
+        std::string col = last_name(n->column_ref->fields, n->column_ref->n_fields);
+        if (col.empty() ||
+            std::find(group_names.begin(), group_names.end(), col) == group_names.end()) {
+          why = "HAVING on a column that is not a GROUP BY column (by name)";
+          return false;
+        }
+        text = "\"";
+        for (char c : col)
+          text += c == '"' ? std::string("\"\"") : std::string(1, c);
+        text += "\"";
+      } else if (n && n->node_case == PG_QUERY__NODE__NODE_FUNC_CALL) {
+        const auto *fc = n->func_call;
+        std::string name = lower(last_name(fc->funcname, fc->n_funcname));
+        bool one_arg = fc->n_args == 1 && !has_aggregate(&fc->args[0]->base);
+        if (fc->over || fc->agg_distinct || fc->agg_filter || fc->n_agg_order ||
+            fc->agg_within_group || fc->location < 0) {
+          why = "HAVING with this aggregate";
+          return false;
+        }
+        auto span = parens_span(sql_, uint32_t(fc->location));
+        if (!span) {
+          why = "HAVING with this aggregate";
+          return false;
+        }
+        text = std::string(sql_.substr(uint32_t(fc->location), span->second - uint32_t(fc->location)));
+        if (name == "count" && (fc->agg_star || one_arg))
+          agg = ScatterSpec::Agg::count;
+        else if (name == "sum" && one_arg)
+          agg = ScatterSpec::Agg::sum;
+        else if (name == "min" && one_arg)
+          agg = ScatterSpec::Agg::min;
+        else if (name == "max" && one_arg)
+          agg = ScatterSpec::Agg::max;
+        else if (name == "avg" && one_arg) {
+          agg = ScatterSpec::Agg::avg;
+          std::string arg(sql_.substr(span->first + 1, span->second - span->first - 2));
+          text = "sum(" + arg + "), count(" + arg + ")";
+        } else {
+          why = "HAVING with the aggregate " + name + "()";
+          return false;
+        }
+      } else {
+        why = "HAVING on an expression (compare an aggregate or a GROUP BY column with a "
+              "constant)";
+        return false;
+      }
+      auto it = std::find(hidden.begin(), hidden.end(), text);
+      if (it == hidden.end()) {
+        hidden.push_back(text);
+        spec.aggs.push_back(agg);
+        it = hidden.end() - 1;
+      }
+      column = uint32_t(s->n_target_list + size_t(it - hidden.begin()));
+      return true;
+    };
+    auto constant = [&](const Node *n, Cond &c) -> bool {
+      if (!n || n->node_case != PG_QUERY__NODE__NODE_A_CONST || n->a_const->isnull)
+        return false;
+      const auto *k = n->a_const;
+      if (k->val_case == PG_QUERY__A__CONST__VAL_IVAL)
+        c.value = std::to_string(k->ival->ival);
+      else if (k->val_case == PG_QUERY__A__CONST__VAL_FVAL)
+        c.value = k->fval->fval;
+      else if (k->val_case == PG_QUERY__A__CONST__VAL_SVAL) {
+        c.value = k->sval->sval;
+        c.value_is_text = true;
+      } else
+        return false;
+      return true;
+    };
+    std::function<bool(const Node *, Cond &)> build = [&](const Node *n, Cond &c) -> bool {
+      if (n && n->node_case == PG_QUERY__NODE__NODE_BOOL_EXPR) {
+        const auto *b = n->bool_expr;
+        c.op = b->boolop == PG_QUERY__BOOL_EXPR_TYPE__AND_EXPR  ? 0
+               : b->boolop == PG_QUERY__BOOL_EXPR_TYPE__OR_EXPR ? 1
+                                                                 : 2;
+        for (size_t i = 0; i < b->n_args; ++i)
+          if (!build(b->args[i], c.args.emplace_back()))
+            return false;
+        return true;
+      }
+      if (n && n->node_case == PG_QUERY__NODE__NODE_NULL_TEST) {
+        c.op = n->null_test->nulltesttype == PG_QUERY__NULL_TEST_TYPE__IS_NULL ? 9 : 10;
+        return operand(n->null_test->arg, c.column);
+      }
+      if (n && n->node_case == PG_QUERY__NODE__NODE_A_EXPR &&
+          n->a_expr->kind == PG_QUERY__A__EXPR__KIND__AEXPR_OP && n->a_expr->n_name == 1 &&
+          n->a_expr->name[0]->node_case == PG_QUERY__NODE__NODE_STRING) {
+        std::string op = n->a_expr->name[0]->string->sval;
+        static const std::pair<const char *, uint8_t> ops[] = {
+            {"=", 3}, {"<>", 4}, {"!=", 4}, {"<", 5}, {"<=", 6}, {">", 7}, {">=", 8}};
+        static const uint8_t flipped[] = {0, 0, 0, 3, 4, 7, 8, 5, 6}; // a < b is b > a
+        int code = -1;
+        for (auto &[t, v] : ops)
+          if (op == t)
+            code = v;
+        if (code < 0) {
+          why = "HAVING with the operator " + op;
+          return false;
+        }
+        c.op = uint8_t(code);
+        if (constant(n->a_expr->rexpr, c))
+          return operand(n->a_expr->lexpr, c.column);
+        if (constant(n->a_expr->lexpr, c)) {
+          c.op = flipped[c.op];
+          return operand(n->a_expr->rexpr, c.column);
+        }
+        why = "HAVING comparing two expressions (compare with a constant)";
+        return false;
+      }
+      if (why.empty())
+        why = "this HAVING condition";
+      return false;
+    };
+    Cond root;
+    if (!build(s->having_clause, root)) {
+      if (why.empty())
+        why = "this HAVING condition";
+      return false;
+    }
+    // The shards' text: the hidden columns before FROM, and no HAVING.
+    if (s->n_target_list == 0 || s->target_list[0]->node_case != PG_QUERY__NODE__NODE_RES_TARGET) {
+      why = "HAVING here";
+      return false;
+    }
+    uint32_t list_at = uint32_t(std::max(0, s->target_list[0]->res_target->location));
+    auto from = first_token_outside_parens(sql_, list_at, {PG_QUERY__TOKEN__FROM});
+    auto having = from ? first_token_outside_parens(sql_, *from, {PG_QUERY__TOKEN__HAVING})
+                       : std::nullopt;
+    if (!from || !having) {
+      why = "HAVING here";
+      return false;
+    }
+    auto end = first_token_outside_parens(
+        sql_, *having + 6,
+        {PG_QUERY__TOKEN__ORDER, PG_QUERY__TOKEN__LIMIT, PG_QUERY__TOKEN__OFFSET,
+         PG_QUERY__TOKEN__FETCH, PG_QUERY__TOKEN__WINDOW, PG_QUERY__TOKEN__FOR,
+         PG_QUERY__TOKEN__ASCII_59});
+    std::string cols;
+    for (auto &h : hidden)
+      cols += ", " + h;
+    spec.edits.push_back({*from, *from, cols + " "});
+    spec.edits.push_back({*having, end ? *end : uint32_t(sql_.size()), " "});
+    spec.avg_names.resize(spec.aggs.size());
+    spec.hidden = uint32_t(hidden.size());
+    spec.having = std::move(root);
+    return true;
   }
 
   void plan_insert(StatementPlan &p, const PgQuery__InsertStmt *s, const Facts &f) const {

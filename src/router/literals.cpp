@@ -3,6 +3,7 @@
 
 #include <pg_query.h>
 
+#include <algorithm>
 #include <array>
 #include <cctype>
 #include <pg_query/pg_query.pb-c.h>
@@ -364,6 +365,38 @@ std::optional<std::pair<uint32_t, uint32_t>> parens_span(std::string_view sql, u
   }
   pg_query__scan_result__free_unpacked(scan, nullptr);
   return span;
+}
+
+std::optional<uint32_t> first_token_outside_parens(std::string_view sql, uint32_t from,
+                                                   const std::vector<int> &tokens) {
+  if (from >= sql.size())
+    return std::nullopt;
+  PgQueryScanResult sr = pg_query_scan(sql.data() + from);
+  if (sr.error) {
+    pg_query_free_scan_result(sr);
+    return std::nullopt;
+  }
+  PgQuery__ScanResult *scan = pg_query__scan_result__unpack(
+      nullptr, sr.pbuf.len, reinterpret_cast<const uint8_t *>(sr.pbuf.data));
+  pg_query_free_scan_result(sr);
+  if (!scan)
+    return std::nullopt;
+  std::optional<uint32_t> at;
+  int depth = 0;
+  for (size_t i = 0; i < scan->n_tokens && !at; ++i) {
+    const PgQuery__ScanToken *t = scan->tokens[i];
+    if (t->token == PG_QUERY__TOKEN__ASCII_40) {
+      ++depth;
+    } else if (t->token == PG_QUERY__TOKEN__ASCII_41) {
+      if (--depth < 0)
+        break;
+    } else if (depth == 0 &&
+               std::find(tokens.begin(), tokens.end(), int(t->token)) != tokens.end()) {
+      at = from + uint32_t(t->start);
+    }
+  }
+  pg_query__scan_result__free_unpacked(scan, nullptr);
+  return at;
 }
 
 std::optional<std::string> constant_value(std::string_view sql, const ConstToken &t) {

@@ -44,6 +44,12 @@ ScanResult scan_constants_pg(std::string_view sql);
 // when there is none or it is not closed. sql must be NUL-terminated at sql.size().
 std::optional<std::pair<uint32_t, uint32_t>> parens_span(std::string_view sql, uint32_t from);
 
+// The offset of the first token of kind `tokens` (PgQuery__Token values) at or after `from`
+// that is not inside parentheses opened after `from`, by libpg_query's scanner; nullopt when
+// there is none (or a ")" closes more than opened). sql must be NUL-terminated.
+std::optional<uint32_t> first_token_outside_parens(std::string_view sql, uint32_t from,
+                                                   const std::vector<int> &tokens);
+
 // The value of a constant: numbers as written; strings unquoted ('' -> ', E'' escapes, $$).
 std::optional<std::string> constant_value(std::string_view sql, const ConstToken &t);
 

@@ -72,6 +72,20 @@ struct ScatterSpec {
   };
   std::vector<Edit> edits;
   std::vector<std::string> avg_names;
+  // HAVING, applied by the proxy to the combined groups (the shards are sent the statement
+  // without it): a condition over the result columns, of which the last `hidden` are not the
+  // client's but the aggregates and group columns the HAVING reads, appended to the SELECT
+  // list for the shards (an edit) and dropped before the rows go out. Ops as
+  // executor::Cond::Op: And, Or, Not, Eq, Ne, Lt, Le, Gt, Ge, IsNull, NotNull.
+  struct Cond {
+    uint8_t op = 0;
+    std::vector<Cond> args;
+    uint32_t column = 0;
+    std::string value;
+    bool value_is_text = false;
+  };
+  std::optional<Cond> having;
+  uint32_t hidden = 0;
   bool grouped = false; // GROUP BY
   // The LIMIT and OFFSET values: constants of the text (index in the scan), -1 if none.
   int32_t limit_const = -1;

@@ -257,7 +257,13 @@ class ScatterTest(unittest.TestCase):
                                         "max(name)", "min(id)", "avg(amount)", "avg(grp)",
                                         "avg(id)", "avg(amount * 3) AS a3",
                                         "avg(length(name || ')('))"], rng.randrange(1, 5))
-                    self.assert_same(f"SELECT {', '.join(items)} FROM items {where}", True)
+                    having = ""
+                    if rng.random() < 0.3:  # one row or none
+                        having = rng.choice([" HAVING count(*) > 100", " HAVING count(*) < 100",
+                                             " HAVING sum(grp) IS NULL OR min(amount) < 0",
+                                             " HAVING avg(grp) >= 7.5"])
+                    self.assert_same(f"SELECT {', '.join(items)} FROM items {where}{having}",
+                                     True)
                     continue
                 if kind == "distinct":
                     cols = rng.sample(["grp", "name", "day", "amount", "tag", "score"],
@@ -278,8 +284,20 @@ class ScatterTest(unittest.TestCase):
                     def lead(order):
                         if numeric and rng.random() < 0.5:  # an aggregate first, by position
                             order.insert(0, f"{listed.index(rng.choice(numeric)) + 1} DESC")
+                    having = ""
+                    if rng.random() < 0.5:
+                        conds = ["count(*) > 1", "count(score) <= 2", "sum(amount) > 0",
+                                 "min(amount) IS NULL", "avg(amount) < 10.5", "max(grp) >= 3",
+                                 "NOT (count(*) = 1)", "sum(grp) <> 4", "2 < count(*)"]
+                        conds += [f"{g} IS NOT NULL" for g in groups]
+                        if "name" in groups:
+                            conds.append("name = 'n15'")
+                        if "grp" in groups:
+                            conds.append("grp > 5")
+                        picked = rng.sample(conds, rng.randrange(1, 3))
+                        having = " HAVING " + rng.choice([" AND ", " OR "]).join(picked)
                     self.assert_groups(rng, f"SELECT {', '.join(listed)} FROM items {where} "
-                                       f"GROUP BY {', '.join(groups)}", groups, lead)
+                                       f"GROUP BY {', '.join(groups)}{having}", groups, lead)
                     continue
                 cols = rng.sample(COLS, rng.randrange(1, len(COLS) + 1))
                 if kind == "plain":
@@ -308,7 +326,9 @@ class ScatterTest(unittest.TestCase):
         self.assertTrue(all(shapes.values()), shapes)
 
     def test_unsupported_shapes_get_0A000(self):
-        for sql in ["SELECT grp, count(*) FROM items GROUP BY grp HAVING count(*) > 1",
+        for sql in ["SELECT grp, count(*) FROM items GROUP BY grp HAVING count(*) > grp",
+                    "SELECT grp, count(*) FROM items GROUP BY grp HAVING max(name) > 'a'",
+                    "SELECT grp, count(*) FROM items GROUP BY grp HAVING count(DISTINCT id) > 1",
                     "SELECT count(*) FROM items GROUP BY grp",
                     "SELECT grp % 2, count(*) FROM items GROUP BY grp % 2",
                     "SELECT grp, count(*) FROM items GROUP BY ROLLUP (grp)",

@@ -343,6 +343,30 @@ TEST(Scatter, PlansWhatItCanMergeAndRefusesTheRest) {
                        "AS mean, sum(id), count(id) FROM accounts GROUP BY owner");
   EXPECT_EQ(v.scatter->avg_names, (std::vector<std::string>{"", "mean", "avg"}));
 
+  // HAVING: its aggregates and group columns are hidden columns of the shards' list, and the
+  // shards get no HAVING; the proxy filters the combined groups.
+  const std::string having_sql = "SELECT owner, count(*) FROM accounts GROUP BY owner HAVING "
+                                 "(sum(balance) > 10 OR 5 >= count(*)) AND owner IS NOT NULL "
+                                 "AND avg(id) < 2.5 ORDER BY 2 LIMIT 3";
+  const StatementPlan &h = plan(having_sql.c_str(), pt);
+  ASSERT_EQ(h.target, TargetKind::scatter) << h.error.message;
+  ASSERT_TRUE(h.scatter->having);
+  EXPECT_EQ(h.scatter->hidden, 4u);
+  EXPECT_EQ(h.scatter->aggs, (std::vector<Agg>{Agg::group, Agg::count, Agg::sum, Agg::count,
+                                                Agg::group, Agg::avg}));
+  std::string h_sql = having_sql;
+  auto h_edits = h.scatter->edits;
+  std::sort(h_edits.begin(), h_edits.end(), [](auto &a, auto &b) { return a.start > b.start; });
+  for (auto &e : h_edits)
+    h_sql.replace(e.start, e.end - e.start, e.text);
+  EXPECT_EQ(h_sql, "SELECT owner, count(*) , sum(balance), count(*), \"owner\", sum(id), "
+                   "count(id) FROM accounts GROUP BY owner  ORDER BY 2 LIMIT 3");
+  const auto &root = *h.scatter->having;
+  ASSERT_EQ(root.args.size(), 3u); // AND of three
+  EXPECT_EQ(root.args[0].args[1].op, 6u) << "5 >= count(*) is count(*) <= 5";
+  EXPECT_EQ(root.args[0].args[1].column, 3u);
+  EXPECT_EQ(root.args[2].value, "2.5");
+
   const StatementPlan &d = plan("SELECT DISTINCT owner, balance FROM accounts ORDER BY 2", pt);
   ASSERT_EQ(d.target, TargetKind::scatter) << d.error.message;
   EXPECT_TRUE(d.scatter->grouped);
@@ -353,7 +377,11 @@ TEST(Scatter, PlansWhatItCanMergeAndRefusesTheRest) {
   EXPECT_TRUE(c.scatter->order[0].collate_c);
 
   for (const char *no :
-       {"SELECT owner, count(*) FROM accounts GROUP BY owner HAVING count(*) > 1",
+       {"SELECT owner, count(*) FROM accounts GROUP BY owner HAVING count(*) > balance",
+        "SELECT owner, count(*) FROM accounts GROUP BY owner HAVING count(*) + 1 > 2",
+        "SELECT owner, count(*) FROM accounts GROUP BY owner HAVING balance > 2",
+        "SELECT owner, count(*) FROM accounts GROUP BY owner HAVING count(DISTINCT id) > 2",
+        "SELECT DISTINCT owner FROM accounts HAVING count(*) > 2",
         "SELECT count(*) FROM accounts GROUP BY owner",
         "SELECT lower(owner), count(*) FROM accounts GROUP BY lower(owner)",
         "SELECT owner, count(*) FROM accounts GROUP BY ROLLUP (owner)",
