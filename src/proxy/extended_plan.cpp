@@ -70,9 +70,11 @@ bool Session::batch_moves_key(const std::vector<Msg> &batch) {
 }
 
 // Whether a batch may run as a read on every shard: [Parse] Bind [Describe portal] Execute
-// (all rows) Sync, outside a transaction block, with nothing held.
+// (all rows) Sync, with no batch cut by a Flush held; in a transaction block (which each shard
+// joins first) only while it is not failed and made no savepoint.
 bool Session::scatter_shape(const std::vector<Msg> &batch) const {
-  if (in_tx() || tx_shard_ >= 0 || batch_shard_ >= 0 || proxy_failed_ || !implicit_local_.empty())
+  if (batch_shard_ >= 0 || proxy_failed_ || !implicit_local_.empty() || tx_ == 'E' ||
+      (in_tx() && !join_refusal(0).empty()))
     return false;
   std::string types;
   for (const Msg &m : batch)

@@ -420,6 +420,25 @@ class ScatterTest(unittest.TestCase):
             cur.execute("SELECT count(*) FROM items")
             self.assertEqual(cur.fetchone()[0], ROWS)
 
+    @unittest.skipIf(psycopg is None, "psycopg 3 not installed")
+    def test_extended_protocol_inside_a_transaction_block(self):
+        """psycopg 3 (prepared statements) in a transaction: a read across shards runs in the
+        transaction on every shard, its own uncommitted row included."""
+        new_id = 7_000_011
+        with psycopg.connect(self.proxy.dsn(), connect_timeout=10) as c3:  # not autocommit
+            cur = c3.cursor()
+            cur.execute("SELECT count(*) FROM items", prepare=True)
+            self.assertEqual(cur.fetchone()[0], ROWS)
+            cur.execute("INSERT INTO items (id, grp) VALUES (%s, 99)", (new_id,), prepare=True)
+            for _ in range(2):  # prepared once, run twice
+                cur.execute("SELECT count(*), max(id) FROM items WHERE grp >= %s", (99,),
+                            prepare=True)
+                self.assertEqual(cur.fetchone(), (1, new_id))
+            c3.rollback()
+            cur.execute("SELECT count(*) FROM items WHERE grp >= %s", (99,), prepare=True)
+            self.assertEqual(cur.fetchone()[0], 0)
+            c3.rollback()
+
     def test_session_settings_that_change_how_values_print(self):
         """Dates are merged as DateStyle ISO prints them and floats with every digit: a session
         that changed either gets 0A000 for ORDER BY on them, and exact answers otherwise."""
