@@ -104,12 +104,9 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
     }
     count_route(w_->stats, r.kind, st);
     if (st.positional && r.kind != router::TargetKind::error) [[unlikely]] {
-      if (r.kind != router::TargetKind::by_key)
-        return refuse("0A000",
-                      "an INSERT without a column list whose rows go to several shards is not "
-                      "supported yet",
-                      "list the columns: INSERT INTO t (col, ...) VALUES ... is split by shard");
-      if (std::find(guarded.begin(), guarded.end(), st.table) == guarded.end())
+      // Rows on several shards: scatter_write() cuts it, each shard's part guarded.
+      if (r.kind == router::TargetKind::by_key &&
+          std::find(guarded.begin(), guarded.end(), st.table) == guarded.end())
         guarded.push_back(st.table);
     }
     if (r.kind == router::TargetKind::error) {

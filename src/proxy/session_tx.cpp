@@ -489,6 +489,8 @@ Task<bool> Session::scatter_write(const std::string &sql) {
     BackendConn *b = co_await attach(s, false);
     bool ok = false;
     if (b) {
+      if (st.positional) // INSERT without a column list: see key_guard()
+        guard_ = key_guard({st.table});
       write_query(*b, work[wi].second);
       ErrorCode ec;
       co_await write_all(b->sock, wbuf_, ec);

@@ -524,10 +524,12 @@ class TransactionsTest(harness.ClusterTestCase):
         same = [k for k in range(6000, 6200) if self.owner(str(k)) == self.owner(str(keys[7]))][:3]
         cur.execute("INSERT INTO posn VALUES " + ", ".join(f"(0, {k}, 'm')" for k in same))
         self.assertEqual(cur.statusmessage, "INSERT 0 3")
-        apart = next(k for k in range(8000, 8100) if self.owner(str(k)) != self.owner("8100"))
-        with self.assertRaises(psycopg2.Error) as e:
-            cur.execute("INSERT INTO posn VALUES (0, %s, 'x'), (0, 8100, 'y')", (apart,))
-        self.assertEqual(e.exception.pgcode, "0A000")
+        # Rows on several shards: cut by shard, one transaction across them (each part guarded).
+        apart = next(k for k in range(9200, 9300) if self.owner(str(k)) != self.owner("9400"))
+        cur.execute("INSERT INTO posn VALUES (0, %s, 'x'), (0, 9400, 'y') RETURNING id",
+                    (apart,))
+        self.assertEqual(cur.fetchall(), [(apart,), (9400,)])
+        self.assertEqual(cur.statusmessage, "INSERT 0 2")
         # In a transaction, with the key as a string literal.
         conn.autocommit = False
         cur.execute(f"INSERT INTO posn VALUES (2, '{keys[10]}', 'tx')")
@@ -537,6 +539,8 @@ class TransactionsTest(harness.ClusterTestCase):
         want[keys[6]] = ((1, "r"), self.owner(str(keys[6])))
         want.update({k: ((0, "m"), self.owner(str(k))) for k in same})
         want[keys[10]] = ((2, "tx"), self.owner(str(keys[10])))
+        want[apart] = ((0, "x"), self.owner(str(apart)))
+        want[9400] = ((0, "y"), self.owner("9400"))
         got = {}
         for i in range(self.SHARDS):
             for a, k, b in self.cluster.sql(self.cluster.primary_port(i),
