@@ -143,8 +143,8 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
   std::optional<uint64_t> limit = const_uint(sql, pt.scan, spec.limit_const);
   uint64_t offset = const_uint(sql, pt.scan, spec.offset_const).value_or(0);
   std::string shard_sql = sql;
+  std::vector<router::ScatterSpec::Edit> edits = spec.edits; // avg(x): sum(x), count(x); HAVING
   {
-    std::vector<router::ScatterSpec::Edit> edits = spec.edits; // avg(x): sum(x), count(x)
     auto at = [&](int32_t i, std::string text) {
       const auto &c = pt.scan.consts[size_t(i)];
       edits.push_back({c.start, c.end, std::move(text)});
@@ -157,6 +157,31 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
     std::sort(edits.begin(), edits.end(), [](auto &a, auto &b) { return a.start > b.start; });
     for (auto &e : edits)
       shard_sql.replace(e.start, e.end - e.start, e.text);
+  }
+
+  // An IN list of keys: each shard gets only its own items.
+  std::vector<std::string> shard_sqls(n, shard_sql);
+  if (p.in_items.second > p.in_items.first && scatter_shards_) {
+    std::vector<size_t> owners;
+    sh_.router.resolve(p, sql, pt.scan, {}, w_->place().keys.get(), true, &owners);
+    if (owners.size() == p.keys.size()) {
+      for (size_t i = 0; i < n; ++i) {
+        std::string items;
+        for (size_t k = 0; k < owners.size(); ++k)
+          if (owners[k] == shards[i]) {
+            const auto &c = pt.scan.consts[size_t(p.keys[k].index)];
+            items += (items.empty() ? "" : ", ") + sql.substr(c.start, c.end - c.start);
+          }
+        if (items.empty())
+          continue; // (cannot be: only the keys' owners run it)
+        std::vector<router::ScatterSpec::Edit> mine = edits;
+        mine.push_back({p.in_items.first, p.in_items.second, std::move(items)});
+        std::sort(mine.begin(), mine.end(), [](auto &a, auto &b) { return a.start > b.start; });
+        shard_sqls[i] = sql;
+        for (auto &e : mine)
+          shard_sqls[i].replace(e.start, e.end - e.start, e.text);
+      }
+    }
   }
 
   auto started = std::chrono::steady_clock::now();
@@ -238,13 +263,13 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
     swallow[i] = int(exp_.size());
     exp_.clear();
     if (x) { // the client's Bind, on the statement as each shard runs it (LIMIT n+m)
-      protocol::parse(wbuf_, "", shard_sql, *x->types);
+      protocol::parse(wbuf_, "", shard_sqls[i], *x->types);
       protocol::rewrite_bind(wbuf_, *x->bind, x->bind_body, "");
       protocol::Writer(wbuf_, 'D').u8('P').cstr(x->bind->portal).finish();
       protocol::Writer(wbuf_, 'E').cstr(x->bind->portal).i32(0).finish();
       protocol::Writer(wbuf_, 'S').finish();
     } else {
-      protocol::query(wbuf_, shard_sql);
+      protocol::query(wbuf_, shard_sqls[i]);
     }
     bs[i]->unnamed_owner = 0;
     ErrorCode ec;

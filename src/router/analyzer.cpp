@@ -301,6 +301,38 @@ private:
     return false;
   }
 
+  // The span of an IN list's items when every item is a plain constant (nothing but commas
+  // and blanks between them, "(" before the first and ")" after the last): {0, 0} otherwise.
+  std::pair<uint32_t, uint32_t> in_items(const std::vector<ValueRef> &keys) const {
+    auto blank = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; };
+    std::vector<const ConstToken *> items;
+    for (const ValueRef &v : keys) {
+      if (v.is_param || v.negate || v.index < 0 || size_t(v.index) >= consts_.size())
+        return {0, 0};
+      items.push_back(&consts_[size_t(v.index)]);
+    }
+    for (size_t i = 0; i + 1 < items.size(); ++i) {
+      if (items[i + 1]->start < items[i]->end)
+        return {0, 0};
+      size_t commas = 0;
+      for (uint32_t at = items[i]->end; at < items[i + 1]->start; ++at)
+        if (sql_[at] == ',')
+          ++commas;
+        else if (!blank(sql_[at]))
+          return {0, 0};
+      if (commas != 1)
+        return {0, 0};
+    }
+    uint32_t before = items.front()->start, after = items.back()->end;
+    while (before > 0 && blank(sql_[before - 1]))
+      --before;
+    while (after < sql_.size() && blank(sql_[after]))
+      ++after;
+    if (before == 0 || sql_[before - 1] != '(' || after >= sql_.size() || sql_[after] != ')')
+      return {0, 0};
+    return {items.front()->start, items.back()->end};
+  }
+
   void no_key_error(StatementPlan &p, int table) const {
     const auto &t = tables_[size_t(table)];
     p.target = TargetKind::error;
@@ -384,6 +416,8 @@ private:
       // Keys that may live on several shards (an IN list): merged from those shards.
       RouteError why;
       p.scatter = scatter_spec(s, f, why);
+      if (p.scatter)
+        p.in_items = in_items(p.keys);
     }
   }
 

@@ -439,6 +439,28 @@ class ScatterTest(unittest.TestCase):
             self.assertEqual(cur.fetchone()[0], 0)
             c3.rollback()
 
+    def test_in_list_each_shard_gets_only_its_keys(self):
+        """A read whose IN list has keys on several shards: each shard is sent the list with
+        its own keys only (current_query() shows what each ran), and the rows are PostgreSQL's."""
+        by_shard = {}
+        for r in self.rows:
+            by_shard.setdefault(self.proxy.locate("items", r[0]), []).append(r[0])
+        self.assertGreaterEqual(len(by_shard), 2)
+        picked = {s: ids[:2] for s, ids in by_shard.items()}
+        keys = sorted(k for ids in picked.values() for k in ids)
+        sql = f"SELECT id, current_query() FROM items WHERE id IN ({', '.join(map(str, keys))})"
+        with self.px.cursor() as cur:
+            cur.execute(sql + " ORDER BY id")
+            got = cur.fetchall()
+        self.assertEqual([r[0] for r in got], keys)
+        for k, text in got:
+            shard = self.proxy.locate("items", k)
+            sent = text.split("IN (", 1)[1].split(")", 1)[0]
+            self.assertEqual(sorted(int(x) for x in sent.split(",")), sorted(picked[shard]),
+                             f"{shard} ran: {text}")
+        self.assert_same(f"SELECT id, grp FROM items WHERE id IN ({', '.join(map(str, keys))}) "
+                         "AND grp IS NOT NULL ORDER BY id", True)
+
     def test_session_settings_that_change_how_values_print(self):
         """Dates are merged as DateStyle ISO prints them and floats with every digit: a session
         that changed either gets 0A000 for ORDER BY on them, and exact answers otherwise."""
