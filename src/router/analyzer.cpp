@@ -536,8 +536,9 @@ private:
   std::shared_ptr<ScatterSpec> scatter_spec(const PgQuery__SelectStmt *s, const Facts &f,
                                             RouteError &why) const {
     auto touched = sharded_tables(f);
-    if (touched.size() != 1 || f.rels.size() != 1 || s->n_from_clause != 1 ||
-        s->from_clause[0]->node_case != PG_QUERY__NODE__NODE_RANGE_VAR)
+    bool one_table = touched.size() == 1 && f.rels.size() == 1 && s->n_from_clause == 1 &&
+                     s->from_clause[0]->node_case == PG_QUERY__NODE__NODE_RANGE_VAR;
+    if (!one_table && (touched.empty() || !colocated(s, f)))
       return nullptr;
     const auto &tb = tables_[size_t(touched[0])];
     auto refuse = [&](const std::string &what) -> std::shared_ptr<ScatterSpec> {
@@ -723,6 +724,84 @@ private:
         return refuse(why_not);
     }
     return spec;
+  }
+
+  // Whether a SELECT's FROM is sharded tables only, joined (inner or outer, or listed) so that
+  // every pair of joined rows lives on one shard: their shard keys are equal by top-level
+  // `a.key = b.key` conditions (in WHERE or ON, qualified) or USING (key), the key types
+  // alike, linking every table. Then each shard runs the join on its own rows, and the
+  // results merge like a one-table read's.
+  bool colocated(const PgQuery__SelectStmt *s, const Facts &f) const {
+    std::vector<std::pair<std::string, int>> refs; // name (alias or relation) -> table
+    std::vector<const Node *> conds;
+    std::vector<std::pair<int, int>> links; // ref indices
+    bool ok = true;
+    std::function<int(const Node *)> walk = [&](const Node *n) -> int {
+      if (!ok || !n)
+        return ok = false, -1;
+      if (n->node_case == PG_QUERY__NODE__NODE_RANGE_VAR) {
+        int t = find_table(n->range_var);
+        std::string name = n->range_var->alias ? n->range_var->alias->aliasname
+                                               : n->range_var->relname;
+        if (t < 0 || std::any_of(refs.begin(), refs.end(), [&](auto &r) { return r.first == name; }))
+          return ok = false, -1;
+        refs.push_back({name, t});
+        return int(refs.size() - 1);
+      }
+      if (n->node_case != PG_QUERY__NODE__NODE_JOIN_EXPR || n->join_expr->is_natural ||
+          n->join_expr->alias)
+        return ok = false, -1;
+      const auto *j = n->join_expr;
+      int l = walk(j->larg), r = walk(j->rarg);
+      if (!ok)
+        return -1;
+      conjuncts(j->quals, conds);
+      for (size_t i = 0; i < j->n_using_clause; ++i) {
+        const Node *u = j->using_clause[i];
+        bool simple = j->larg->node_case == PG_QUERY__NODE__NODE_RANGE_VAR &&
+                      j->rarg->node_case == PG_QUERY__NODE__NODE_RANGE_VAR;
+        if (simple && u->node_case == PG_QUERY__NODE__NODE_STRING &&
+            tables_[size_t(refs[size_t(l)].second)].key == u->string->sval &&
+            tables_[size_t(refs[size_t(r)].second)].key == u->string->sval)
+          links.push_back({l, r});
+      }
+      return l;
+    };
+    for (size_t i = 0; i < s->n_from_clause && ok; ++i)
+      walk(s->from_clause[i]);
+    if (!ok || refs.size() < 2 || f.rels.size() != refs.size())
+      return false;
+    conjuncts(s->where_clause, conds);
+    auto key_of = [&](const Node *n) -> int {
+      std::string q, col;
+      if (!column_ref(n, q, col) || q.empty())
+        return -1;
+      for (size_t i = 0; i < refs.size(); ++i)
+        if (refs[i].first == q)
+          return tables_[size_t(refs[i].second)].key == col ? int(i) : -1;
+      return -1;
+    };
+    for (const Node *c : conds) {
+      if (c->node_case != PG_QUERY__NODE__NODE_A_EXPR ||
+          c->a_expr->kind != PG_QUERY__A__EXPR__KIND__AEXPR_OP || !is_op(c->a_expr, "="))
+        continue;
+      int a = key_of(c->a_expr->lexpr), b = key_of(c->a_expr->rexpr);
+      if (a >= 0 && b >= 0)
+        links.push_back({a, b});
+    }
+    // One component, over links between keys of the same type.
+    std::vector<int> root(refs.size());
+    for (size_t i = 0; i < root.size(); ++i)
+      root[i] = int(i);
+    std::function<int(int)> find = [&](int x) { return root[size_t(x)] == x ? x : root[size_t(x)] = find(root[size_t(x)]); };
+    for (auto [a, b] : links)
+      if (tables_[size_t(refs[size_t(a)].second)].key_type ==
+          tables_[size_t(refs[size_t(b)].second)].key_type)
+        root[size_t(find(a))] = find(b);
+    for (size_t i = 1; i < refs.size(); ++i)
+      if (find(int(i)) != find(0))
+        return false;
+    return true;
   }
 
   // HAVING for the proxy to apply after the merge: its aggregates and group columns become

@@ -51,6 +51,8 @@ ROWS = 1500
 DDL = ("CREATE TABLE items(id bigint PRIMARY KEY, grp int, amount numeric(12,2), score float8, "
        "name text, at timestamptz, day date, tag uuid)")
 COLS = ["id", "grp", "amount", "score", "name", "at", "day", "tag"]
+# Sharded by the same key as items: a join on it is co-located.
+NOTES_DDL = "CREATE TABLE notes(id bigint, seq int, body text, PRIMARY KEY (id, seq))"
 # Columns the proxy can merge an ORDER BY on, and how to write the ORDER BY item.
 SORTABLE = {"id": "id", "grp": "grp", "amount": "amount", "score": "score",
             "name": 'name COLLATE "C"', "at": "at", "day": "day", "tag": "tag"}
@@ -90,7 +92,9 @@ class ScatterTest(unittest.TestCase):
         for c in (cls.cluster, cls.ref_cluster):
             for i in range(c.shards):
                 c.sql(c.primary_port(i), DDL, user="app")
-        cls.proxy = harness.Proxy(cls.cluster, tables=(("items", "id", "bigint"),))
+                c.sql(c.primary_port(i), NOTES_DDL, user="app")
+        cls.proxy = harness.Proxy(cls.cluster, tables=(("items", "id", "bigint"),
+                                                       ("notes", "id", "bigint")))
         cls.addClassCleanup(cls.proxy.stop)
         cls.rows = make_rows(random.Random(SEED))
         cls.px = psycopg2.connect(cls.proxy.dsn(), connect_timeout=10)
@@ -113,6 +117,12 @@ class ScatterTest(unittest.TestCase):
             with conn.cursor() as cur:
                 for r in cls.rows:
                     cur.execute(insert, r)
+        notes = [(r[0], s, f"note {r[0]}.{s}") for r in cls.rows[::3]
+                 for s in range(1 + r[0] % 3)]
+        for conn in (cls.px, cls.ref):
+            with conn.cursor() as cur:
+                for nrow in notes:
+                    cur.execute("INSERT INTO notes (id, seq, body) VALUES (%s, %s, %s)", nrow)
         # Every shard holds some of them.
         for i in range(cls.cluster.shards):
             n = int(cls.cluster.sql(cls.cluster.primary_port(i), "SELECT count(*) FROM items")[0][0])
@@ -460,6 +470,31 @@ class ScatterTest(unittest.TestCase):
                              f"{shard} ran: {text}")
         self.assert_same(f"SELECT id, grp FROM items WHERE id IN ({', '.join(map(str, keys))}) "
                          "AND grp IS NOT NULL ORDER BY id", True)
+
+    def test_co_located_joins(self):
+        """Sharded tables joined on their shard keys (same key type): each shard runs the join
+        on its own rows, merged as a one-table read; other joins get 0A000."""
+        for sql, ordered in [
+                ("SELECT i.id, n.seq, n.body FROM items i JOIN notes n ON n.id = i.id "
+                 "ORDER BY i.id, n.seq", True),
+                ("SELECT i.id, n.seq FROM items i LEFT JOIN notes n ON i.id = n.id "
+                 "WHERE i.grp = 3 ORDER BY i.id, n.seq NULLS FIRST", True),
+                ("SELECT count(*), sum(i.amount), max(n.seq) FROM items i JOIN notes n USING (id)",
+                 True),
+                ("SELECT i.grp, count(*), avg(n.seq) FROM items i, notes n WHERE i.id = n.id "
+                 "AND n.seq > 0 GROUP BY i.grp HAVING count(*) > 2 ORDER BY i.grp", True),
+                ("SELECT n.body FROM notes n JOIN items i ON i.id = n.id WHERE i.name LIKE 'n1%'",
+                 False),
+                ("SELECT a.id, b.id FROM items a JOIN items b ON a.id = b.id AND b.grp = a.grp "
+                 "ORDER BY 1 LIMIT 20", True)]:
+            with self.subTest(sql=sql):
+                self.assert_same(sql, ordered)
+        for sql in ["SELECT count(*) FROM items i JOIN notes n ON n.seq = i.grp",
+                    "SELECT count(*) FROM items i JOIN notes n ON n.id = i.id + 1",
+                    "SELECT count(*) FROM items i JOIN notes n ON n.id = i.id OR n.seq = 1",
+                    "SELECT count(*) FROM items i JOIN pg_class c ON c.oid = i.id"]:
+            with self.subTest(sql=sql):
+                self.assert_refused(sql)
 
     def test_session_settings_that_change_how_values_print(self):
         """Dates are merged as DateStyle ISO prints them and floats with every digit: a session
