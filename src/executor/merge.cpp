@@ -1,5 +1,6 @@
 #include "executor/merge.h"
 
+#include <algorithm>
 #include <utility>
 
 namespace sg::executor {
@@ -59,6 +60,11 @@ std::optional<protocol::Row> Merge::pop() {
     protocol::Row r = std::move(in_[*i].front());
     in_[*i].pop_front();
     rr_ = (*i + 1) % in_.size();
+    if (!distinct_.empty()) {
+      if (last_ && compare_rows(distinct_, *last_, r) == 0)
+        continue; // not its group's first row
+      last_ = r;
+    }
     if (skipped_ < offset_) {
       ++skipped_;
       continue;
@@ -67,6 +73,10 @@ std::optional<protocol::Row> Merge::pop() {
     return r;
   }
   return std::nullopt;
+}
+
+void Merge::distinct_on(size_t prefix) {
+  distinct_.assign(keys_.begin(), keys_.begin() + std::min(prefix, keys_.size()));
 }
 
 std::optional<size_t> Merge::starved(size_t from) const {

@@ -47,6 +47,9 @@ public:
   // LIMIT reached (the shards can be cancelled), or every shard ended and every row taken.
   bool done() const;
   uint64_t emitted() const { return emitted_; }
+  // SELECT DISTINCT ON: rows equal to the row before them on the first `prefix` keys are
+  // dropped (before OFFSET and LIMIT count them), so each group keeps its first row in order.
+  void distinct_on(size_t prefix);
 
 private:
   std::optional<size_t> next_input() const;
@@ -57,6 +60,8 @@ private:
   uint64_t offset_, skipped_ = 0, emitted_ = 0;
   size_t cap_;
   size_t rr_ = 0; // without keys: the shard to take from first, in turn
+  std::vector<SortKey> distinct_;     // the DISTINCT ON keys (empty: none)
+  std::optional<protocol::Row> last_; // the row before, with them
 };
 
 } // namespace sg::executor

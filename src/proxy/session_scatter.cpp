@@ -604,6 +604,8 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
   } else if (failed_on.empty()) {
     sink_->append(first_desc);
     executor::Merge m(n, keys, limit, offset);
+    if (spec.distinct_on)
+      m.distinct_on(spec.distinct_on);
     protocol::Row row;
     size_t turn = 0;
     while (failed_on.empty()) {

@@ -553,11 +553,13 @@ private:
     // DISTINCT (a list of one empty node) is merged like GROUP BY every column; DISTINCT ON
     // is not.
     bool distinct = false;
+    std::vector<const Node *> distinct_on;
     if (s->n_distinct_clause) {
       if (s->n_distinct_clause != 1 || (s->distinct_clause[0] && s->distinct_clause[0]->node_case !=
                                                                      PG_QUERY__NODE__NODE__NOT_SET))
-        return refuse("DISTINCT ON");
-      distinct = true;
+        distinct_on.assign(s->distinct_clause, s->distinct_clause + s->n_distinct_clause);
+      else
+        distinct = true;
     }
     if (s->n_window_clause || s->with_clause || !f.ctes.empty())
       return refuse("WINDOW or WITH");
@@ -718,6 +720,26 @@ private:
     if (!limit_value(s->limit_count, spec->limit_const) ||
         !limit_value(s->limit_offset, spec->offset_const))
       return refuse("a LIMIT or OFFSET that is not an integer constant");
+    if (!distinct_on.empty()) {
+      // Each DISTINCT ON item must be the ORDER BY item at its place (PostgreSQL demands the
+      // same set first; the merge needs them in the same order, as plain columns).
+      if (aggs || spec->grouped || s->having_clause || spec->order.size() < distinct_on.size())
+        return refuse("DISTINCT ON without an ORDER BY that starts with its columns");
+      for (size_t i = 0; i < distinct_on.size(); ++i) {
+        const Node *d = distinct_on[i];
+        const auto &o = spec->order[i];
+        bool same = false;
+        if (d && d->node_case == PG_QUERY__NODE__NODE_A_CONST &&
+            d->a_const->val_case == PG_QUERY__A__CONST__VAL_IVAL)
+          same = o.position == d->a_const->ival->ival;
+        else if (d && d->node_case == PG_QUERY__NODE__NODE_COLUMN_REF)
+          same = o.position == 0 &&
+                 o.name == last_name(d->column_ref->fields, d->column_ref->n_fields);
+        if (!same)
+          return refuse("DISTINCT ON whose columns are not the first ORDER BY items, in order");
+      }
+      spec->distinct_on = uint32_t(distinct_on.size());
+    }
     if (s->having_clause) {
       std::string why_not;
       if (!having_spec(s, *spec, group_names, why_not))

@@ -86,6 +86,9 @@ struct ScatterSpec {
   };
   std::optional<Cond> having;
   uint32_t hidden = 0;
+  // SELECT DISTINCT ON (the first `distinct_on` ORDER BY items): the merge keeps each group's
+  // first row (each shard sends its own first per group).
+  uint32_t distinct_on = 0;
   bool grouped = false; // GROUP BY
   // The LIMIT and OFFSET values: constants of the text (index in the scan), -1 if none.
   int32_t limit_const = -1;

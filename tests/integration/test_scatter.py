@@ -471,6 +471,21 @@ class ScatterTest(unittest.TestCase):
         self.assert_same(f"SELECT id, grp FROM items WHERE id IN ({', '.join(map(str, keys))}) "
                          "AND grp IS NOT NULL ORDER BY id", True)
 
+    def test_distinct_on(self):
+        """SELECT DISTINCT ON with an ORDER BY that starts with its columns: each shard sends
+        its first row per group, the merge keeps the first of each group across shards."""
+        for sql in ["SELECT DISTINCT ON (grp) grp, id, amount FROM items ORDER BY grp, id",
+                    "SELECT DISTINCT ON (grp) grp, amount, id FROM items "
+                    "ORDER BY grp, amount DESC NULLS LAST, id LIMIT 5 OFFSET 2",
+                    "SELECT DISTINCT ON (day) day, id FROM items WHERE grp > 3 "
+                    "ORDER BY day DESC, id",
+                    "SELECT DISTINCT ON (1) grp, id FROM items ORDER BY 1, 2",
+                    "SELECT DISTINCT ON (grp, day) grp, day, at, id FROM items "
+                    "ORDER BY grp NULLS FIRST, day, at, id LIMIT 40"]:
+            with self.subTest(sql=sql):
+                self.assert_same(sql, True)
+        self.assert_refused("SELECT DISTINCT ON (grp) grp, id FROM items ORDER BY id, grp")
+
     def test_co_located_joins(self):
         """Sharded tables joined on their shard keys (same key type): each shard runs the join
         on its own rows, merged as a one-table read; other joins get 0A000."""

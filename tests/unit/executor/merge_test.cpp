@@ -133,3 +133,27 @@ TEST(Merge, RandomShardsGiveTheSortedWhole) {
     ASSERT_EQ(got, want) << "round " << round;
   }
 }
+
+// SELECT DISTINCT ON (a) a, b ... ORDER BY a, b: each shard sends its first row per a; the
+// merge keeps the first of each a across shards, then applies OFFSET and LIMIT to the groups.
+TEST(Merge, DistinctOnKeepsEachGroupsFirstRowBeforeOffsetAndLimit) {
+  auto both = [](std::optional<uint64_t> limit, uint64_t offset) {
+    Merge m(2, {{0, Kind::Integer}, {1, Kind::Integer}}, limit, offset);
+    m.distinct_on(1);
+    for (auto [a, b] : {std::pair{"1", "5"}, {"2", "7"}, {"4", "1"}})
+      m.push(0, row(a, b));
+    for (auto [a, b] : {std::pair{"1", "3"}, {"2", "9"}, {"3", "2"}})
+      m.push(1, row(a, b));
+    m.push(1, row(std::nullopt, "0"));
+    m.push(0, row(std::nullopt, "4"));
+    m.end(0);
+    m.end(1);
+    std::vector<std::string> out;
+    while (auto r = m.pop())
+      out.push_back(((*r)[0] ? *(*r)[0] : "NULL") + "/" + *(*r)[1]);
+    return out;
+  };
+  EXPECT_EQ(both(std::nullopt, 0),
+            (std::vector<std::string>{"1/3", "2/7", "3/2", "4/1", "NULL/0"}));
+  EXPECT_EQ(both(2, 1), (std::vector<std::string>{"2/7", "3/2"}));
+}
