@@ -176,6 +176,8 @@ private:
           sleep_ms(d);
         return;
       }
+      if (phase == "CLEANUP" && wants("abort"))
+        return; // an abort came first: run() turns it into ABORTING, no CLEANUP
       sleep_ms(20);
     }
     throw std::runtime_error("could not store the topology for phase " + phase);

@@ -53,6 +53,7 @@ bool Session::fast_batch(FastBatch &fb, QueryRun &q) {
   if (!batch_.empty() || skip_until_sync_ || proxy_failed_ || batch_shard_ >= 0 || multi_tx() ||
       log::enabled(log::Level::debug)) // on_batch() logs each batch
     return false;
+  note_routed();
   const uint8_t *data = cbuf_.data();
   size_t size = cbuf_.size(), off = 0;
   auto next = [&](char type, std::string_view &body) {
@@ -865,6 +866,7 @@ Task<bool> Session::on_batch() {
         home.swap(v);
     }
   } give_back{batch_, batch, spare_bodies_};
+  note_routed();
 
   // A new request, not the rest of one cut by Flush. (Whether the last part left an implicit
   // transaction open is known only now: a COMMIT or ROLLBACK in it may have ended a block.)

@@ -201,6 +201,16 @@ private:
   std::string key_guard(const std::vector<int> &tables) const;
   int learn_table_ = -1; // QueryStep::learn_key: the table
   std::string guard_;    // prefixed to the next query string written (write_query)
+  // The placement the session's statement was routed on (route_query, the extended batch):
+  // one that waited for a pooled connection while a migration changed the epoch may be
+  // routed on a stale owner, and gets 40001 instead (attach_slow).
+  uint64_t routed_epoch_ = 0;
+  bool routed_in_migration_ = false;
+  void note_routed() {
+    const Placement &p = w_->place();
+    routed_epoch_ = p.epoch;
+    routed_in_migration_ = !p.keys->migration.empty();
+  }
   // session_scatter.cpp: a read on every shard, merged (router::TargetKind::scatter).
   struct Scatter;
   // A scatter read that came through the extended protocol: the client's Bind (its portal,

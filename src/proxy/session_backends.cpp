@@ -154,7 +154,20 @@ Task<BackendConn *> Session::attach_slow(size_t shard, size_t node) {
     co_return nullptr;
   }
   board.report_success(node);
-  co_return adopt(shard, pool, std::move(conn));
+  BackendConn *b = adopt(shard, pool, std::move(conn));
+  const Placement &now = w_->place();
+  if (node == primary && routed_epoch_ != 0 && now.epoch != routed_epoch_ &&
+      (routed_in_migration_ || !now.keys->migration.empty())) [[unlikely]] {
+    // Routed before a migration's epoch changed and sent only now: the key may have another
+    // owner (or be paused for a cutover) by now. Nothing ran: the client retries.
+    release(attached_[shard]);
+    unreachable(shard, "40001",
+                "a migration changed the topology (epoch " + std::to_string(routed_epoch_) +
+                    " to " + std::to_string(now.epoch) +
+                    ") while the statement waited for a connection; retry it");
+    co_return nullptr;
+  }
+  co_return b;
 }
 
 void Session::unreachable(size_t shard, const std::string &sqlstate, const std::string &msg) {

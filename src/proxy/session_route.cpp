@@ -44,6 +44,7 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
   request_error_ = false;
   end_seen_ = false;
   guard_.clear();
+  note_routed();
   if (settings_before_) [[unlikely]]
     settings_before_.reset();
   // As in PostgreSQL, a simple Query ends the unnamed statement, and the unnamed portal too

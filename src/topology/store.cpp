@@ -164,10 +164,17 @@ bool Store::journal(const std::string &id, const std::string &phase, const std::
       return false;
     w.exec_params("SELECT pg_notify($1, $2)", kChannel, std::to_string(t.epoch));
   }
-  w.exec_params("UPDATE shardgate.migrations SET phase = $2, progress = $3::jsonb, error = $4, "
-                "updated_at = now(), request = CASE WHEN phase = $2 THEN request END "
-                "WHERE id = $1",
-                id, phase, progress, error);
+  // A request is for the phase it was made in, except an abort, which stands until the
+  // runner acts on it; CLEANUP (after which no abort is accepted) does not begin over one.
+  auto up = w.exec_params(
+      "UPDATE shardgate.migrations SET phase = $2, progress = $3::jsonb, error = $4, "
+      "updated_at = now(), request = CASE WHEN phase = $2 OR (request = 'abort' AND $2 "
+      "NOT IN ('CLEANUP', 'DONE')) THEN request END "
+      "WHERE id = $1 AND NOT ($2 = 'CLEANUP' AND phase <> 'CLEANUP' AND "
+      "coalesce(request, '') = 'abort')",
+      id, phase, progress, error);
+  if (up.affected_rows() != 1)
+    return false; // (rolled back, the epoch with it)
   w.commit();
   return true;
 }

@@ -530,7 +530,8 @@ class MigrationTest(ClusterTestCase):
         return ledger
 
     def start_proxy(self, name, shards, meta_url=None, heartbeat_ms=HEARTBEAT_MS,
-                    fence_ms=FENCE_MS, tables=(("accounts", "id", "bigint"),)):
+                    fence_ms=FENCE_MS, tables=(("accounts", "id", "bigint"),),
+                    proxy_options=None):
         """A proxy with the admin API on this run's metadata database (at meta_url: through a
         relay, say; default s0's server directly)."""
         admin, mport = harness.free_port_block(1), harness.free_port_block(1)
@@ -543,7 +544,8 @@ class MigrationTest(ClusterTestCase):
                  f'[metrics]\nlisten = "127.0.0.1:{mport}"\n')
         delay = self.delay_ms or None
         with _environ(SHARDGATE_TEST_PHASE_DELAY_MS=delay):
-            p = Proxy(_ShardPrefix(self.cluster, shards), tables=tables, extra_toml=extra)
+            p = Proxy(_ShardPrefix(self.cluster, shards), tables=tables, extra_toml=extra,
+                      proxy_options=proxy_options)
             p.env = dict(os.environ)
         p.name, p.admin_port, p.metrics_port, p.api = name, admin, mport, Api(admin)
         self.proxies.append(p)
@@ -1052,6 +1054,56 @@ class MigrationTest(ClusterTestCase):
             self.run_under_load(start, "remove_shard", "s1", self.ring4, self.ring_without_s1,
                                 ledger)
             self.assertEqual(read_rows(self.cluster, self.ports["s1"]), {})
+
+    def test_write_that_waited_across_an_epoch_change_is_retried(self):
+        """A write routed on one epoch that waits for a pooled connection while a migration
+        stores the next must not reach the owner it was routed to (it may be stale by then):
+        it gets 40001 with nothing applied, and its retry runs."""
+        with self.diagnose("routed before an epoch change"):
+            self.fresh(3, SMALL_ROWS, names=("a",),
+                       proxy_options={"pool_size": 1, "workers": 1})
+            s0 = [k for k in range(1, SMALL_ROWS + 1) if self.ring3.owner(k) == "s0"]
+            k_hold, k_write = s0[0], s0[1]
+            holder = psycopg2.connect(self.a.dsn(), connect_timeout=10)
+            self.addCleanup(holder.close)
+            hc = holder.cursor()
+            hc.execute("SELECT balance FROM accounts WHERE id = %s", (k_hold,))  # s0's only
+            result = {}
+
+            def write():
+                c = psycopg2.connect(self.a.dsn(), connect_timeout=10)
+                c.autocommit = True
+                try:
+                    c.cursor().execute("UPDATE accounts SET balance = 7 WHERE id = %s",
+                                       (k_write,))
+                    result["ok"] = True
+                except psycopg2.Error as e:
+                    result["error"] = (e.pgcode, str(e))
+                finally:
+                    c.close()
+            t = threading.Thread(target=write)
+            t.start()
+            time.sleep(0.5)  # routed, waiting for the pool
+            st, before = self.a.api.call("GET", "/api/v1/topology")
+            self.start_migration("POST", "/api/v1/shards", self.add_body("manual"))
+            deadline = time.monotonic() + 10
+            while self.a.api.call("GET", "/api/v1/topology")[1]["epoch"] == before["epoch"]:
+                self.assertLess(time.monotonic(), deadline, "the epoch did not change")
+                time.sleep(0.05)
+            time.sleep(0.3)  # applied by the proxy too
+            holder.commit()  # the pool's connection comes free
+            t.join(10)
+            self.assertEqual(result.get("error", (None,))[0], "40001", result)
+            self.assertIn("retry", result["error"][1])
+            self.assertEqual(self.balance_on("s0", k_write), 100, "the refused write ran")
+            c = psycopg2.connect(self.a.dsn(), connect_timeout=10)
+            c.autocommit = True
+            c.cursor().execute("UPDATE accounts SET balance = 7 WHERE id = %s", (k_write,))
+            c.close()
+            self.assertEqual(self.balance_on("s0", k_write), 7)
+            st, r = self.action("abort")
+            self.assertEqual(st, 202, r)
+            self.wait_phase({"ABORTED"}, 60)
 
     def test_remove_the_default_shard(self):
         """The default shard (s0: statements on no sharded table run there) can be removed once
