@@ -8,9 +8,9 @@ CondType cond_type(uint32_t oid, int16_t format) {
   if (format != 0)
     return CondType::Other;
   switch (oid) {
-  case 20: // int8
-  case 21: // int2
-  case 23: // int4
+  case 20:   // int8
+  case 21:   // int2
+  case 23:   // int4
   case 1700: // numeric
     return CondType::Number;
   case 25:   // text
@@ -103,13 +103,27 @@ bool eval(const Cond &c, const protocol::Row &row, const std::vector<CondType> &
     v.erase(0, 1);
   int r = t == CondType::Number ? compare(Kind::Numeric, *f, v) : f->compare(v);
   switch (c.op) {
-  case Op::Eq: out = r == 0; break;
-  case Op::Ne: out = r != 0; break;
-  case Op::Lt: out = r < 0; break;
-  case Op::Le: out = r <= 0; break;
-  case Op::Gt: out = r > 0; break;
-  case Op::Ge: out = r >= 0; break;
-  default: error = "malformed comparison"; return false;
+  case Op::Eq:
+    out = r == 0;
+    break;
+  case Op::Ne:
+    out = r != 0;
+    break;
+  case Op::Lt:
+    out = r < 0;
+    break;
+  case Op::Le:
+    out = r <= 0;
+    break;
+  case Op::Gt:
+    out = r > 0;
+    break;
+  case Op::Ge:
+    out = r >= 0;
+    break;
+  default:
+    error = "malformed comparison";
+    return false;
   }
   return true;
 }

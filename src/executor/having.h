@@ -17,9 +17,9 @@ namespace sg::executor {
 struct Cond {
   enum class Op : uint8_t { And, Or, Not, Eq, Ne, Lt, Le, Gt, Ge, IsNull, NotNull };
   Op op = Op::And;
-  std::vector<Cond> args; // And, Or, Not
-  size_t column = 0;      // a comparison's or null test's column
-  std::string value;      // a comparison's constant (text form)
+  std::vector<Cond> args;     // And, Or, Not
+  size_t column = 0;          // a comparison's or null test's column
+  std::string value;          // a comparison's constant (text form)
   bool value_is_text = false; // a string constant: only = and <> on text columns
 };
 

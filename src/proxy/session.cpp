@@ -612,6 +612,25 @@ Task<bool> Session::broadcast(const std::string &sql) {
 // applied it (`first_capture` then holds the first shard's answer, through ReadyForQuery, and
 // `tag` its command tag); otherwise an ErrorResponse naming each shard that failed, and where it
 // was applied, is in out_.
+Task<BackendConn *> Session::query_captured(size_t shard, const std::string &sql,
+                                            std::string &capture, bool &ok) {
+  sink_ = &capture;
+  BackendConn *b = co_await attach(shard, false);
+  ok = false;
+  if (b) {
+    write_query(*b, sql);
+    ErrorCode ec;
+    co_await write_all(b->sock, wbuf_, ec);
+    ok = !ec && co_await relay(*b);
+    if (!ok)
+      b->broken = true;
+  } else {
+    guard_.clear(); // (it was for this statement)
+  }
+  sink_ = &out_;
+  co_return b;
+}
+
 Task<bool> Session::run_on_all_primaries(const std::string &sql, std::string &first_capture,
                                          std::string &tag) {
   std::vector<std::string> failed, applied;
@@ -626,18 +645,8 @@ Task<bool> Session::run_on_all_primaries(const std::string &sql, std::string &fi
   for (size_t s : shards) {
     const std::string &name = sh_.shard_name(s);
     std::string capture;
-    sink_ = &capture;
-    BackendConn *b = co_await attach(s, false);
     bool ok = false;
-    if (b) {
-      write_query(*b, sql);
-      ErrorCode ec;
-      co_await write_all(b->sock, wbuf_, ec);
-      ok = !ec && co_await relay(*b);
-      if (!ok)
-        b->broken = true;
-    }
-    sink_ = &out_;
+    co_await query_captured(s, sql, capture, ok);
     detach_if_idle();
     // Find an ErrorResponse in what this shard answered.
     protocol::ErrorInfo err;

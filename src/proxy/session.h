@@ -194,6 +194,11 @@ private:
   void settle_tx_slow(int shard, char tx_before);
   Task<bool> on_function_call(Msg m);
   Task<bool> broadcast(const std::string &sql);
+  // Attaches `shard` and runs `sql` there as a simple query; all it answers (or the error
+  // attach() reports) goes to `capture`. The backend (nullptr: unreachable); `ok`: its answer
+  // was read through ReadyForQuery (else it is marked broken).
+  Task<BackendConn *> query_captured(size_t shard, const std::string &sql, std::string &capture,
+                                     bool &ok);
   // session_catalog.cpp: the shards' catalogs, asked on the client's behalf.
   Task<std::optional<std::vector<protocol::Row>>>
   catalog_rows(BackendConn &b, const std::string &sql, protocol::ErrorInfo &error);

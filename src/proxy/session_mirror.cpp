@@ -305,19 +305,9 @@ Task<bool> Session::mirrored_write(const std::string &sql, size_t shard) {
   deferred_ = "BEGIN";
   tx_ = 'T';
   std::string capture;
-  sink_ = &capture;
   auto started = w_->poller.now();
-  BackendConn *b = co_await attach(shard, false);
   bool ok = false;
-  if (b) {
-    write_query(*b, sql);
-    ErrorCode ec;
-    co_await write_all(b->sock, wbuf_, ec);
-    ok = !ec && co_await relay(*b);
-    if (!ok)
-      b->broken = true;
-  }
-  sink_ = &out_;
+  BackendConn *b = co_await query_captured(shard, sql, capture, ok);
   bool wrote = b && ok && b->tx_status == 'T';
   if (b && ok && b->tx_status != 'I') {
     bind_tx(int(shard));

@@ -484,21 +484,11 @@ Task<bool> Session::scatter_write(const std::string &sql) {
       deferred_ = join_text();
     }
     std::string capture;
-    sink_ = &capture;
     auto started = w_->poller.now();
-    BackendConn *b = co_await attach(s, false);
+    if (st.positional) // INSERT without a column list: see key_guard()
+      guard_ = key_guard({st.table});
     bool ok = false;
-    if (b) {
-      if (st.positional) // INSERT without a column list: see key_guard()
-        guard_ = key_guard({st.table});
-      write_query(*b, work[wi].second);
-      ErrorCode ec;
-      co_await write_all(b->sock, wbuf_, ec);
-      ok = !ec && co_await relay(*b);
-      if (!ok)
-        b->broken = true;
-    }
-    sink_ = &out_;
+    BackendConn *b = co_await query_captured(s, work[wi].second, capture, ok);
     if (b && ok) {
       if (b->tx_status != 'I')
         bind_tx(int(s));

@@ -763,9 +763,10 @@ private:
         return ok = false, -1;
       if (n->node_case == PG_QUERY__NODE__NODE_RANGE_VAR) {
         int t = find_table(n->range_var);
-        std::string name = n->range_var->alias ? n->range_var->alias->aliasname
-                                               : n->range_var->relname;
-        if (t < 0 || std::any_of(refs.begin(), refs.end(), [&](auto &r) { return r.first == name; }))
+        std::string name =
+            n->range_var->alias ? n->range_var->alias->aliasname : n->range_var->relname;
+        if (t < 0 ||
+            std::any_of(refs.begin(), refs.end(), [&](auto &r) { return r.first == name; }))
           return ok = false, -1;
         refs.push_back({name, t});
         return int(refs.size() - 1);
@@ -815,7 +816,9 @@ private:
     std::vector<int> root(refs.size());
     for (size_t i = 0; i < root.size(); ++i)
       root[i] = int(i);
-    std::function<int(int)> find = [&](int x) { return root[size_t(x)] == x ? x : root[size_t(x)] = find(root[size_t(x)]); };
+    std::function<int(int)> find = [&](int x) {
+      return root[size_t(x)] == x ? x : root[size_t(x)] = find(root[size_t(x)]);
+    };
     for (auto [a, b] : links)
       if (tables_[size_t(refs[size_t(a)].second)].key_type ==
           tables_[size_t(refs[size_t(b)].second)].key_type)
@@ -860,7 +863,8 @@ private:
           why = "HAVING with this aggregate";
           return false;
         }
-        text = std::string(sql_.substr(uint32_t(fc->location), span->second - uint32_t(fc->location)));
+        text =
+            std::string(sql_.substr(uint32_t(fc->location), span->second - uint32_t(fc->location)));
         if (name == "count" && (fc->agg_star || one_arg))
           agg = ScatterSpec::Agg::count;
         else if (name == "sum" && one_arg)
@@ -911,7 +915,7 @@ private:
         const auto *b = n->bool_expr;
         c.op = b->boolop == PG_QUERY__BOOL_EXPR_TYPE__AND_EXPR  ? 0
                : b->boolop == PG_QUERY__BOOL_EXPR_TYPE__OR_EXPR ? 1
-                                                                 : 2;
+                                                                : 2;
         for (size_t i = 0; i < b->n_args; ++i)
           if (!build(b->args[i], c.args.emplace_back()))
             return false;
@@ -963,17 +967,17 @@ private:
     }
     uint32_t list_at = uint32_t(std::max(0, s->target_list[0]->res_target->location));
     auto from = first_token_outside_parens(sql_, list_at, {PG_QUERY__TOKEN__FROM});
-    auto having = from ? first_token_outside_parens(sql_, *from, {PG_QUERY__TOKEN__HAVING})
-                       : std::nullopt;
+    auto having =
+        from ? first_token_outside_parens(sql_, *from, {PG_QUERY__TOKEN__HAVING}) : std::nullopt;
     if (!from || !having) {
       why = "HAVING here";
       return false;
     }
-    auto end = first_token_outside_parens(
-        sql_, *having + 6,
-        {PG_QUERY__TOKEN__ORDER, PG_QUERY__TOKEN__LIMIT, PG_QUERY__TOKEN__OFFSET,
-         PG_QUERY__TOKEN__FETCH, PG_QUERY__TOKEN__WINDOW, PG_QUERY__TOKEN__FOR,
-         PG_QUERY__TOKEN__ASCII_59});
+    auto end = first_token_outside_parens(sql_, *having + 6,
+                                          {PG_QUERY__TOKEN__ORDER, PG_QUERY__TOKEN__LIMIT,
+                                           PG_QUERY__TOKEN__OFFSET, PG_QUERY__TOKEN__FETCH,
+                                           PG_QUERY__TOKEN__WINDOW, PG_QUERY__TOKEN__FOR,
+                                           PG_QUERY__TOKEN__ASCII_59});
     std::string cols;
     for (auto &h : hidden)
       cols += ", " + h;

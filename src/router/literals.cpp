@@ -337,65 +337,64 @@ ScanResult scan_constants_pg(std::string_view sql) {
   return r;
 }
 
-std::optional<std::pair<uint32_t, uint32_t>> parens_span(std::string_view sql, uint32_t from) {
+namespace {
+
+// Calls f(token, start, end) for each of libpg_query's tokens of sql from `from` on (offsets
+// into sql) until f returns false. False when the text does not scan.
+template <class F> bool scan_tokens(std::string_view sql, uint32_t from, F f) {
   if (from >= sql.size())
-    return std::nullopt;
+    return false;
   PgQueryScanResult sr = pg_query_scan(sql.data() + from);
   if (sr.error) {
     pg_query_free_scan_result(sr);
-    return std::nullopt;
+    return false;
   }
   PgQuery__ScanResult *scan = pg_query__scan_result__unpack(
       nullptr, sr.pbuf.len, reinterpret_cast<const uint8_t *>(sr.pbuf.data));
   pg_query_free_scan_result(sr);
   if (!scan)
-    return std::nullopt;
+    return false;
+  for (size_t i = 0; i < scan->n_tokens; ++i) {
+    const PgQuery__ScanToken *t = scan->tokens[i];
+    if (!f(int(t->token), from + uint32_t(t->start), from + uint32_t(t->end)))
+      break;
+  }
+  pg_query__scan_result__free_unpacked(scan, nullptr);
+  return true;
+}
+
+} // namespace
+
+std::optional<std::pair<uint32_t, uint32_t>> parens_span(std::string_view sql, uint32_t from) {
   std::optional<std::pair<uint32_t, uint32_t>> span;
   uint32_t open = 0;
   int depth = 0;
-  for (size_t i = 0; i < scan->n_tokens && !span; ++i) {
-    const PgQuery__ScanToken *t = scan->tokens[i];
-    if (t->token == PG_QUERY__TOKEN__ASCII_40) {
+  scan_tokens(sql, from, [&](int token, uint32_t start, uint32_t end) {
+    if (token == PG_QUERY__TOKEN__ASCII_40) {
       if (depth++ == 0)
-        open = from + uint32_t(t->start);
-    } else if (t->token == PG_QUERY__TOKEN__ASCII_41 && depth > 0) {
+        open = start;
+    } else if (token == PG_QUERY__TOKEN__ASCII_41 && depth > 0) {
       if (--depth == 0)
-        span = std::make_pair(open, from + uint32_t(t->end));
+        span = std::make_pair(open, end);
     }
-  }
-  pg_query__scan_result__free_unpacked(scan, nullptr);
+    return !span;
+  });
   return span;
 }
 
 std::optional<uint32_t> first_token_outside_parens(std::string_view sql, uint32_t from,
                                                    const std::vector<int> &tokens) {
-  if (from >= sql.size())
-    return std::nullopt;
-  PgQueryScanResult sr = pg_query_scan(sql.data() + from);
-  if (sr.error) {
-    pg_query_free_scan_result(sr);
-    return std::nullopt;
-  }
-  PgQuery__ScanResult *scan = pg_query__scan_result__unpack(
-      nullptr, sr.pbuf.len, reinterpret_cast<const uint8_t *>(sr.pbuf.data));
-  pg_query_free_scan_result(sr);
-  if (!scan)
-    return std::nullopt;
   std::optional<uint32_t> at;
   int depth = 0;
-  for (size_t i = 0; i < scan->n_tokens && !at; ++i) {
-    const PgQuery__ScanToken *t = scan->tokens[i];
-    if (t->token == PG_QUERY__TOKEN__ASCII_40) {
+  scan_tokens(sql, from, [&](int token, uint32_t start, uint32_t) {
+    if (token == PG_QUERY__TOKEN__ASCII_40)
       ++depth;
-    } else if (t->token == PG_QUERY__TOKEN__ASCII_41) {
-      if (--depth < 0)
-        break;
-    } else if (depth == 0 &&
-               std::find(tokens.begin(), tokens.end(), int(t->token)) != tokens.end()) {
-      at = from + uint32_t(t->start);
-    }
-  }
-  pg_query__scan_result__free_unpacked(scan, nullptr);
+    else if (token == PG_QUERY__TOKEN__ASCII_41)
+      return --depth >= 0;
+    else if (depth == 0 && std::find(tokens.begin(), tokens.end(), token) != tokens.end())
+      at = start;
+    return !at;
+  });
   return at;
 }
 

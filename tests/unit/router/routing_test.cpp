@@ -352,8 +352,8 @@ TEST(Scatter, PlansWhatItCanMergeAndRefusesTheRest) {
   ASSERT_EQ(h.target, TargetKind::scatter) << h.error.message;
   ASSERT_TRUE(h.scatter->having);
   EXPECT_EQ(h.scatter->hidden, 4u);
-  EXPECT_EQ(h.scatter->aggs, (std::vector<Agg>{Agg::group, Agg::count, Agg::sum, Agg::count,
-                                                Agg::group, Agg::avg}));
+  EXPECT_EQ(h.scatter->aggs,
+            (std::vector<Agg>{Agg::group, Agg::count, Agg::sum, Agg::count, Agg::group, Agg::avg}));
   std::string h_sql = having_sql;
   auto h_edits = h.scatter->edits;
   std::sort(h_edits.begin(), h_edits.end(), [](auto &a, auto &b) { return a.start > b.start; });
