@@ -94,6 +94,11 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
   int shard = -1;
   bool all_read = true, none_only = true, broadcast_ddl = false;
   std::vector<int> guarded; // tables of INSERTs without a column list
+  for (const auto &st : stmts)
+    if (st.positional && sh_.router.key_position(st.table) < 0) [[unlikely]] {
+      learn_table_ = st.table; // read first, before any statement of the string is noted
+      return QueryStep::learn_key;
+    }
   for (const auto &st : stmts) {
     if (st.kind == router::StmtKind::begin || st.kind == router::StmtKind::savepoint) [[unlikely]]
       note_tx_statement(st, text_of(st));
