@@ -339,8 +339,9 @@ private:
     p.table = table;
     p.error = {"0A000", "statement on sharded table \"" + t.name + "\" has no usable shard key",
                "add \"" + t.key + " = <value>\" or \"" + t.key +
-                   " IN (...)\" to the top-level WHERE; cross-shard statements are not "
-                   "supported yet"};
+                   " IN (...)\" to the top-level WHERE; across shards the proxy runs reads it "
+                   "can merge, joins on the shard key, and UPDATE/DELETE of one table (see the "
+                   "README's routing table)"};
   }
 
   // An UPDATE or DELETE routed by route_by_where(): it may run on several shards when it names

@@ -157,8 +157,8 @@ void set_cross_shard(Resolved &r, const config::Table &t) {
   r.error = key_error("0A000",
                       "statement on sharded table \"" + t.name +
                           "\" has shard keys owned by more than one shard",
-                      "cross-shard statements are not supported yet; send one statement "
-                      "per shard");
+                      "this statement cannot be split between shards here; send one "
+                      "statement per shard");
 }
 
 // While a migration runs, the rows it moves are on two shards (copies on the target until the
