@@ -332,7 +332,8 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
   const auto &shard_cols = descs[0];
   std::vector<protocol::RowColumn> cols;
   std::vector<size_t> shard_col;
-  const bool has_avg = !spec.edits.empty();
+  // reshaped: the shards were sent another SELECT list (avg split in two, HAVING's hidden columns).
+  const bool reshaped = !spec.edits.empty();
   if (failed_on.empty()) {
     size_t want = spec.aggs.empty() ? shard_cols.size() : spec.aggs.size();
     for (auto a : spec.aggs)
@@ -341,7 +342,7 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
       unsupported("cross-shard aggregates: the shards answered " +
                       std::to_string(shard_cols.size()) + " columns",
                   "");
-    } else if (!has_avg) {
+    } else if (!reshaped) {
       cols = shard_cols;
       for (size_t c = 0; c < cols.size(); ++c)
         shard_col.push_back(c);
@@ -479,7 +480,7 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
 
   // A combined row, in the shards' columns, as the client's: each avg from its sum and count.
   auto finish = [&](protocol::Row &r) {
-    if (!has_avg || !failed_on.empty())
+    if (!reshaped || !failed_on.empty())
       return;
     protocol::Row o;
     for (size_t c = 0; c < spec.aggs.size(); ++c) {

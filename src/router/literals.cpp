@@ -296,53 +296,12 @@ ScanResult scan_constants(std::string_view sql) {
   return r;
 }
 
-ScanResult scan_constants_pg(std::string_view sql) {
-  ScanResult r;
-  PgQueryScanResult sr = pg_query_scan(sql.data());
-  if (sr.error) {
-    pg_query_free_scan_result(sr);
-    return r;
-  }
-  PgQuery__ScanResult *scan = pg_query__scan_result__unpack(
-      nullptr, sr.pbuf.len, reinterpret_cast<const uint8_t *>(sr.pbuf.data));
-  pg_query_free_scan_result(sr);
-  if (!scan)
-    return r;
-  r.normalized.reserve(sql.size());
-  size_t last = 0;
-  for (size_t i = 0; i < scan->n_tokens; ++i) {
-    const PgQuery__ScanToken *t = scan->tokens[i];
-    bool is_string = false;
-    switch (t->token) {
-    case PG_QUERY__TOKEN__SCONST:
-    case PG_QUERY__TOKEN__USCONST:
-      is_string = true;
-      [[fallthrough]];
-    case PG_QUERY__TOKEN__ICONST:
-    case PG_QUERY__TOKEN__FCONST:
-    case PG_QUERY__TOKEN__BCONST:
-    case PG_QUERY__TOKEN__XCONST:
-      break;
-    default:
-      continue;
-    }
-    size_t start = size_t(t->start), end = size_t(t->end);
-    if (start < last || end > sql.size() || start > end)
-      continue;
-    add_const(r, sql, last, start, end, is_string);
-  }
-  r.normalized.append(sql.substr(last));
-  pg_query__scan_result__free_unpacked(scan, nullptr);
-  r.ok = true;
-  return r;
-}
-
 namespace {
 
 // Calls f(token, start, end) for each of libpg_query's tokens of sql from `from` on (offsets
 // into sql) until f returns false. False when the text does not scan.
 template <class F> bool scan_tokens(std::string_view sql, uint32_t from, F f) {
-  if (from >= sql.size())
+  if (from > sql.size())
     return false;
   PgQueryScanResult sr = pg_query_scan(sql.data() + from);
   if (sr.error) {
@@ -364,6 +323,38 @@ template <class F> bool scan_tokens(std::string_view sql, uint32_t from, F f) {
 }
 
 } // namespace
+
+ScanResult scan_constants_pg(std::string_view sql) {
+  ScanResult r;
+  r.normalized.reserve(sql.size());
+  size_t last = 0;
+  bool scanned = scan_tokens(sql, 0, [&](int token, uint32_t start, uint32_t end) {
+    bool is_string = false;
+    switch (token) {
+    case PG_QUERY__TOKEN__SCONST:
+    case PG_QUERY__TOKEN__USCONST:
+      is_string = true;
+      [[fallthrough]];
+    case PG_QUERY__TOKEN__ICONST:
+    case PG_QUERY__TOKEN__FCONST:
+    case PG_QUERY__TOKEN__BCONST:
+    case PG_QUERY__TOKEN__XCONST:
+      break;
+    default:
+      return true;
+    }
+    if (start < last || end > sql.size() || start > end)
+      return true;
+    add_const(r, sql, last, start, end, is_string);
+    return true;
+  });
+  if (!scanned)
+    return ScanResult{};
+  r.normalized.append(sql.substr(last));
+  r.ok = true;
+  return r;
+}
+
 
 std::optional<std::pair<uint32_t, uint32_t>> parens_span(std::string_view sql, uint32_t from) {
   std::optional<std::pair<uint32_t, uint32_t>> span;
