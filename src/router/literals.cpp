@@ -355,7 +355,6 @@ ScanResult scan_constants_pg(std::string_view sql) {
   return r;
 }
 
-
 std::optional<std::pair<uint32_t, uint32_t>> parens_span(std::string_view sql, uint32_t from) {
   std::optional<std::pair<uint32_t, uint32_t>> span;
   uint32_t open = 0;
