@@ -41,10 +41,30 @@ CREATE TABLE IF NOT EXISTS shardgate.changes(
   key text NOT NULL,
   xid bigint DEFAULT txid_current()); -- the writer's: dual-write reads its own keys by it
 ALTER TABLE shardgate.changes ADD COLUMN IF NOT EXISTS xid bigint DEFAULT txid_current();
+-- The epoch of the last cutover that took keys off this shard (0: none). A sequence, so that a
+-- writer sees it set at once, whatever its snapshot; it only rises (Copier::freeze).
+CREATE SEQUENCE IF NOT EXISTS shardgate.fence MINVALUE 0 START 0;
 CREATE OR REPLACE FUNCTION shardgate.capture() RETURNS trigger LANGUAGE plpgsql AS $f$
+DECLARE
+  fence bigint;
+  tag text;
 BEGIN
   IF current_setting('shardgate.sync', true) = 'on' THEN
     RETURN NULL;
+  END IF;
+  -- A write routed before the cutover's pause (proxies tag their backends with the epoch
+  -- they routed on) may be for a key that has moved: refused, retriable.
+  SELECT last_value INTO fence FROM shardgate.fence;
+  IF fence > 0 THEN
+    tag := current_setting('shardgate.epoch', true);
+    IF tag IS NULL OR tag !~ '^[0-9]{1,18}$' OR tag::bigint < fence THEN
+      RAISE EXCEPTION USING ERRCODE = '40001',
+        MESSAGE = format('shardgate: this write was routed on topology epoch %s, but a '
+                         'migration moved keys off this shard at epoch %s',
+                         coalesce(nullif(tag, ''), '(none)'), fence),
+        HINT = 'Retry the transaction: ShardGate routes it to the key''s owner now. While '
+               'a migration runs, write sharded tables through ShardGate only.';
+    END IF;
   END IF;
   IF TG_OP <> 'INSERT' THEN
     INSERT INTO shardgate.changes(tbl, key) VALUES (TG_TABLE_NAME, to_jsonb(OLD) ->> TG_ARGV[0]);
@@ -756,7 +776,8 @@ Copier::Verify Copier::verify(const std::vector<std::string> &sources) {
 }
 
 std::unique_ptr<Copier::Freeze> Copier::freeze(const std::vector<std::string> &shards,
-                                               uint32_t timeout_ms, std::string &why) {
+                                               uint64_t fence_epoch, uint32_t timeout_ms,
+                                               std::string &why) {
   auto f = std::make_unique<Freeze>();
   std::string list;
   for (auto &t : tables_)
@@ -767,6 +788,11 @@ std::unique_ptr<Copier::Freeze> Copier::freeze(const std::vector<std::string> &s
       auto e = config::parse_endpoint(urls_.at(s), err);
       auto c = std::make_unique<Conn>(e->conninfo() + " connect_timeout=2");
       pqxx::nontransaction w(*c);
+      // The fence first (a sequence: in force at once, whatever becomes of this transaction):
+      // a write routed before the pause that reaches this shard from now on is refused; one
+      // that got here before has its table lock, and the LOCK below waits for it.
+      w.exec("SELECT setval('shardgate.fence', greatest(" + std::to_string(fence_epoch) +
+             ", last_value)) FROM shardgate.fence");
       w.exec("BEGIN");
       w.exec("SET LOCAL lock_timeout = '" + std::to_string(std::max<uint32_t>(1, timeout_ms)) +
              "ms'");
@@ -787,6 +813,7 @@ void Copier::uncapture(const std::vector<std::string> &shards) {
       w.exec("DROP TRIGGER IF EXISTS shardgate_capture ON " + w.quote_name(t.name));
     w.exec("DROP TABLE IF EXISTS shardgate.changes");
     w.exec("DROP FUNCTION IF EXISTS shardgate.capture()");
+    w.exec("DROP SEQUENCE IF EXISTS shardgate.fence");
     w.commit();
   }
 }

@@ -92,14 +92,16 @@ public:
   // and copies again every key that differs.
   Verify verify(const std::vector<std::string> &sources);
 
-  // Holds SHARE locks on the sharded tables of `shards` (writers that began before finish
-  // first; new ones wait) until destroyed. nullptr with `why` after `timeout_ms`.
+  // Fences `shards` at `fence_epoch` (the capture trigger refuses, from now on, writes that a
+  // proxy routed on an older epoch), then holds SHARE locks on their sharded tables (writers
+  // that began before finish first; new ones wait) until destroyed. nullptr with `why` after
+  // `timeout_ms`.
   struct Freeze {
     ~Freeze();
     std::vector<std::unique_ptr<Conn>> conns;
   };
-  std::unique_ptr<Freeze> freeze(const std::vector<std::string> &shards, uint32_t timeout_ms,
-                                 std::string &why);
+  std::unique_ptr<Freeze> freeze(const std::vector<std::string> &shards, uint64_t fence_epoch,
+                                 uint32_t timeout_ms, std::string &why);
 
   // Removes change capture from `shards`.
   void uncapture(const std::vector<std::string> &shards);

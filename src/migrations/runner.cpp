@@ -570,7 +570,7 @@ private:
         // Writers of the moving keys that began before the pause finish (or the lock times out).
         auto owners = to_after ? moves_->sources() : moves_->targets();
         int64_t left = int64_t(budget) - ms_since(t0);
-        freeze = left > 0 ? copier().freeze(owners, uint32_t(left), why) : nullptr;
+        freeze = left > 0 ? copier().freeze(owners, topo_.epoch, uint32_t(left), why) : nullptr;
         ok = freeze != nullptr;
         if (!ok && why.empty())
           why = "no time left for the final drain";

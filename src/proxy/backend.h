@@ -41,6 +41,9 @@ struct BackendConn {
   uint64_t unnamed_owner = 0;                  // who owns the unnamed statement here
   std::map<std::string, std::string> settings; // SET statements applied here, by name
   uint64_t settings_hash = 0;
+  // The topology epoch this connection's `shardgate.epoch` holds, set outside a transaction
+  // (0: unknown). See Session::prepare_backend.
+  uint64_t epoch_tag = 0;
   Buffer rbuf{32 * 1024};
   char tx_status = 'I';
   bool broken = false;

@@ -211,6 +211,7 @@ private:
   // routed on a stale owner, and gets 40001 instead (attach_slow).
   uint64_t routed_epoch_ = 0;
   bool routed_in_migration_ = false;
+  void tag_epoch(BackendConn &b, std::string &out);
   void note_routed() {
     const Placement &p = w_->place();
     routed_epoch_ = p.epoch;

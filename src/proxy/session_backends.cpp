@@ -266,8 +266,10 @@ void Session::prepare_backend(BackendConn &b, std::string &out, bool with_deferr
     std::string q;
     bool reset = std::any_of(b.settings.begin(), b.settings.end(),
                              [&](auto &kv) { return !base.count(kv.first); });
-    if (reset)
+    if (reset) {
       q = "RESET ALL;";
+      b.epoch_tag = 0;
+    }
     for (auto &[k, v] : base) {
       auto it = b.settings.find(k);
       if (reset || it == b.settings.end() || it->second != v)
@@ -285,6 +287,8 @@ void Session::prepare_backend(BackendConn &b, std::string &out, bool with_deferr
     b.settings = settings_;
     b.settings_hash = settings_hash_;
   }
+  if (routed_in_migration_ && b.node->role == Role::primary) [[unlikely]]
+    tag_epoch(b, out);
   if (send_deferred) {
     protocol::query(out, deferred_);
     exp_.emplace_back(Expect::query, false);
@@ -295,6 +299,22 @@ void Session::prepare_backend(BackendConn &b, std::string &out, bool with_deferr
       deferred_.clear();
     }
   }
+}
+
+// While a migration runs, the server refuses a write that a proxy routed before the cutover
+// that moved keys off it (its capture trigger compares `shardgate.epoch` with the fence the
+// runner sets; migrations/README.md): so b carries the epoch this statement was routed on.
+// Set outside a transaction, it stays (cached in b.epoch_tag); set inside one, where a
+// rollback would take it back, it is sent again with each statement. Not in the middle of an
+// extended-protocol pipeline (a simple Query would commit its implicit transaction early):
+// the older tag stays, which can only make the server refuse a write, never accept one.
+void Session::tag_epoch(BackendConn &b, std::string &out) {
+  if (b.epoch_tag == routed_epoch_ || b.unsynced)
+    return;
+  protocol::query(out, "SET shardgate.epoch = '" + std::to_string(routed_epoch_) + "'");
+  exp_.emplace_back(Expect::query, false);
+  b.unnamed_owner = 0; // a simple Query drops the unnamed statement
+  b.epoch_tag = b.tx_status == 'I' ? routed_epoch_ : 0;
 }
 
 // The client's statement, on b under its backend-side name, before a Bind or Describe of it:
@@ -607,6 +627,8 @@ Session::RelayStep Session::relay_some(BackendConn &b) {
       if (body.starts_with("DEALLOCATE ALL") || body.starts_with("DISCARD ALL")) {
         b.prepared.clear(); // the server dropped our statements too
         b.unnamed_owner = 0;
+        if (body[1] == 'I')
+          b.epoch_tag = 0; // and its settings
       }
       if (h.kind == Expect::execute) {
         if (h.exec) [[unlikely]] { // a statement that may change session state

@@ -56,6 +56,7 @@ void Session::settings_ran(BackendConn &b, const router::StatementPlan &sp,
     rehash_settings();
     b.settings.clear(); // the server's defaults, untracked ones too
     b.settings_hash = 0;
+    b.epoch_tag = 0;
     return;
   }
   untracked |= !set_setting(sp.set_name, text);

@@ -1105,6 +1105,84 @@ class MigrationTest(ClusterTestCase):
             self.assertEqual(st, 202, r)
             self.wait_phase({"ABORTED"}, 60)
 
+    def test_write_routed_before_the_cutover_that_arrives_after_it_is_refused(self):
+        """The flip's residual race, made to happen: a write routed (and sent) on the old
+        placement whose statement reaches the old owner's table only after the cutover (here the
+        second statement of one query string, behind a pg_sleep) must not land there, where the
+        key no longer lives: the server refuses it (40001, the fence the runner set before its
+        locks), and nothing of it stays. Writes routed after the flip go through on both sides;
+        a direct write to the old owner's sharded table, which no proxy routed, is refused too,
+        until CLEANUP."""
+        with self.diagnose("write routed before the cutover"):
+            self.fresh(3, SMALL_ROWS, names=("a",))
+            old, new = self.ring3, self.ring4
+            k = next(k for k in range(1, SMALL_ROWS + 1) if new.owner(k) == "s3")
+            stay = next(j for j in range(1, SMALL_ROWS + 1)
+                        if old.owner(j) == old.owner(k) and new.owner(j) == old.owner(k))
+            src = old.owner(k)
+            self.start_migration("POST", "/api/v1/shards",
+                                 self.add_body("manual", cleanup_after_s=3600))
+            self.wait_phase({"READY"}, 60)
+            self.assertEqual(self.wait_balance("s3", k, 100), 100, "not copied to s3")
+            result = {}
+
+            def late_write():
+                c = psycopg2.connect(self.a.dsn(), connect_timeout=10)
+                c.autocommit = True
+                try:
+                    c.cursor().execute("SELECT pg_sleep(4); "
+                                       f"UPDATE accounts SET balance = 7 WHERE id = {k}")
+                    result["ok"] = True
+                except psycopg2.Error as e:
+                    result["error"] = (e.pgcode, str(e))
+                finally:
+                    result["at"] = time.monotonic()
+                    c.close()
+            t = threading.Thread(target=late_write)
+            t.start()
+            time.sleep(0.5)  # routed to src, sent, sleeping there
+            st, r = self.action("cutover")
+            self.assertEqual(st, 202, r)
+            self.wait_phase({"REVERSE_DUAL_WRITE"}, 10)
+            flipped_at = time.monotonic()
+            t.join(15)
+            self.assertFalse(t.is_alive(), "the late write never ended")
+            self.assertLess(flipped_at, result["at"],
+                            "the flip came after the late write ended: nothing was tested")
+            self.assertEqual(result.get("error", (None,))[0], "40001",
+                             f"the write routed to {src} before the cutover, for a key that "
+                             f"moved to s3: {result}")
+            self.assertIn("routed on topology epoch", result["error"][1])
+            self.assertEqual((self.balance_on(src, k), self.balance_on("s3", k)), (100, 100),
+                             "the refused write left something")
+            # Routed after the flip: the moved key on s3 (copied back), the key that stays on src.
+            c = psycopg2.connect(self.a.dsn(), connect_timeout=10)
+            self.addCleanup(c.close)
+            c.autocommit = True
+            c.cursor().execute(f"UPDATE accounts SET balance = 8 WHERE id = {k}")
+            c.cursor().execute(f"UPDATE accounts SET balance = 9 WHERE id = {stay}")
+            self.assertEqual(self.balance_on("s3", k), 8)
+            self.assertEqual(self.wait_balance(src, k, 8), 8, "not copied back")
+            self.assertEqual(self.balance_on(src, stay), 9)
+            # A write no proxy routed cannot know which keys moved: refused on the old owner.
+            with self.assertRaises(psycopg2.Error) as direct:
+                d = psycopg2.connect(self.url(src), connect_timeout=10)
+                self.addCleanup(d.close)
+                d.autocommit = True
+                d.cursor().execute(f"UPDATE accounts SET balance = 10 WHERE id = {stay}")
+            self.assertEqual(direct.exception.pgcode, "40001", str(direct.exception))
+            self.assertEqual(self.balance_on(src, stay), 9)
+            st, r = self.action("cleanup")
+            self.assertEqual(st, 202, r)
+            self.wait_phase({"DONE"}, 60)
+            self.assertEqual((self.balance_on(src, k), self.balance_on("s3", k)), (None, 8))
+            # The fence went with the migration's capture.
+            d2 = psycopg2.connect(self.url(src), connect_timeout=10)
+            self.addCleanup(d2.close)
+            d2.autocommit = True
+            d2.cursor().execute(f"UPDATE accounts SET balance = 10 WHERE id = {stay}")
+            self.assertEqual(self.balance_on(src, stay), 10)
+
     def test_remove_the_default_shard(self):
         """The default shard (s0: statements on no sharded table run there) can be removed once
         nothing but sharded tables lives there and the metadata database is on another server:
