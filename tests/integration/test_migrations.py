@@ -21,8 +21,9 @@ Proved here (each against the ledger, on all four primaries):
 - abort in DUAL_WRITE, BACKFILL, VERIFY, READY (manual cutover) and REVERSE_DUAL_WRITE: ABORTED,
   every row on its old owner only, the target empty, the sum held;
 - kill -9 of the proxy that runs the migration (found by its advisory lock in the metadata
-  database; both proxies when it cannot be told) in BACKFILL, VERIFY, CUTOVER,
-  REVERSE_DUAL_WRITE and CLEANUP (in BACKFILL, inside a rate-limited copy), restarted with the
+  database; both proxies when it cannot be told) in PREPARE, DUAL_WRITE, BACKFILL, VERIFY,
+  READY (manual cutover, asked after the restart), CUTOVER, REVERSE_DUAL_WRITE and CLEANUP (in
+  BACKFILL, inside a rate-limited copy), restarted with the
   same config: the migration ends DONE (or ABORTED before CLEANUP), never stuck, and the
   invariants of its end state hold;
 - manual cutover: READY waits for POST .../cutover with the old ring in force (s3 joining; a
@@ -113,7 +114,8 @@ ORDER = ["PREPARE", "DUAL_WRITE", "BACKFILL", "VERIFY", "READY", "CUTOVER",
 RANK = {p: i for i, p in enumerate(ORDER)}
 TERMINAL = {"DONE", "ABORTED", "FAILED"}
 ABORT_PHASES = ["DUAL_WRITE", "BACKFILL", "VERIFY", "READY", "REVERSE_DUAL_WRITE"]
-KILL_PHASES = ["BACKFILL", "VERIFY", "CUTOVER", "REVERSE_DUAL_WRITE", "CLEANUP"]
+KILL_PHASES = ["PREPARE", "DUAL_WRITE", "BACKFILL", "VERIFY", "READY", "CUTOVER",
+               "REVERSE_DUAL_WRITE", "CLEANUP"]
 MIGRATION_FIELDS = {"id", "kind", "shard", "phase", "moves", "rows_copied", "rows_estimated",
                     "rows_per_second", "eta_seconds", "verify", "target_write_failures",
                     "started_at", "updated_at", "error"}
@@ -1274,7 +1276,9 @@ class MigrationTest(ClusterTestCase):
                      if self.ring3.owner(k) != self.ring4.owner(k))
         # In BACKFILL the kill lands in the copy itself: rate-limited to last about 5 s.
         rate = max(20, moving // 5) if phase == "BACKFILL" else 0
-        self.start_migration("POST", "/api/v1/shards", self.add_body(rate=rate))
+        manual = phase == "READY"  # (READY is the manual cutover's wait)
+        self.start_migration("POST", "/api/v1/shards",
+                             self.add_body("manual" if manual else "auto", rate=rate))
         self.wait_phase({phase}, 60)
         if phase == "BACKFILL":
             time.sleep(PHASE_DELAY_MS / 1000 + 0.3)  # past the injected delay, into the copy
@@ -1289,11 +1293,16 @@ class MigrationTest(ClusterTestCase):
         time.sleep(0.5)
         for p in victims:
             self.restart(p)
+        if manual:
+            m = self.wait_phase({"READY", "ABORTED"}, DONE_TIMEOUT)
+            if m["phase"] == "READY":
+                st, r = self.action("cutover")
+                self.assertEqual(st, 202, f"cutover after the restart: {r}")
         m = self.wait_phase({"DONE", "ABORTED"}, DONE_TIMEOUT)
         took = time.monotonic() - killed
         time.sleep(0.5)
         stuck = wl.stop()
-        extra = self.order_problems()
+        extra = self.order_problems(manual)
         if phase == "CLEANUP" and m["phase"] != "DONE":
             extra.append(f"a migration killed in CLEANUP ended {m['phase']}, not DONE")
         ring = self.ring4 if m["phase"] == "DONE" else self.ring3
