@@ -348,6 +348,7 @@ bool parse_bind(std::string_view body, BindMsg &b) {
       return false;
     b.params.emplace_back(r.bytes(size_t(len)));
   }
+  b.results = r.pos();
   int16_t nr = r.i16();
   if (nr < 0)
     return false;
@@ -370,6 +371,33 @@ void rewrite_bind(Bytes &out, const BindMsg &b, std::string_view body, std::stri
   Writer w(out, 'B');
   w.cstr(b.portal).cstr(stmt);
   w.raw(body.substr(size_t(b.after_statement - body.data())));
+  w.finish();
+}
+
+void bind_subset(Bytes &out, const BindMsg &b, std::string_view body, std::string_view portal,
+                 std::string_view stmt, const std::vector<uint32_t> &numbers) {
+  Writer w(out, 'B');
+  w.cstr(portal).cstr(stmt);
+  if (b.formats.size() <= 1) {
+    w.i16(int16_t(b.formats.size()));
+    for (int16_t f : b.formats)
+      w.i16(f);
+  } else {
+    w.i16(int16_t(numbers.size()));
+    for (uint32_t n : numbers)
+      w.i16(bind_param_format(b, n - 1));
+  }
+  w.i16(int16_t(numbers.size()));
+  for (uint32_t n : numbers) {
+    const auto &v = b.params.at(n - 1);
+    if (!v) {
+      w.i32(-1);
+      continue;
+    }
+    w.i32(int32_t(v->size()));
+    w.raw(*v);
+  }
+  w.raw(body.substr(size_t(b.results - body.data())));
   w.finish();
 }
 

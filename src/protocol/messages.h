@@ -209,6 +209,7 @@ struct BindMsg {
   std::vector<int16_t> formats;
   std::vector<std::optional<std::string_view>> params;
   const char *after_statement = nullptr; // start of the format-codes section in the body
+  const char *results = nullptr;         // start of the result-format section
 };
 std::optional<BindMsg> parse_bind(std::string_view body);
 // The same into `out`, reusing its vectors (the per-query path). False: malformed.
@@ -216,6 +217,10 @@ bool parse_bind(std::string_view body, BindMsg &out);
 int16_t bind_param_format(const BindMsg &b, size_t i);
 // Re-frames a Bind with a different statement name, keeping everything else byte for byte.
 void rewrite_bind(Bytes &out, const BindMsg &b, std::string_view body, std::string_view stmt);
+// A Bind of statement `stmt` to `portal` with only the parameters `numbers` (1-based, in the
+// order given) of b, their format codes with them; the result formats as b has them.
+void bind_subset(Bytes &out, const BindMsg &b, std::string_view body, std::string_view portal,
+                 std::string_view stmt, const std::vector<uint32_t> &numbers);
 
 // Describe / Close: Byte1 'S' or 'P', String name.
 struct TargetMsg {

@@ -49,6 +49,7 @@ struct Session::BatchPlan {
   StmtRef scatter;
   size_t scatter_item = 0;
   uint64_t scatter_shards = 0;
+  bool scatter_write = false; // `scatter` is a write on several shards (scatter_write())
   QueryKind kind = QueryKind::other;
 };
 

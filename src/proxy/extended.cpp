@@ -906,8 +906,8 @@ Task<bool> Session::on_batch() {
   }
 
   if (bp.scatter && !bp.error) {
-    // A read on every shard, merged: the client gets ParseComplete and BindComplete, then the
-    // rows as a simple query's scatter makes them.
+    // A read on every shard, merged, or a write run on each: the client gets ParseComplete and
+    // BindComplete, then the rows as a simple query's scatter makes them.
     const BatchItem &bi = bp.items[bp.scatter_item];
     bool describe = false;
     for (const BatchItem &it : bp.items) {
@@ -919,7 +919,11 @@ Task<bool> Session::on_batch() {
     ExtendedRead x{bi.m->body, &bi.bind, &bp.scatter->types, describe};
     scatter_shards_ = bp.scatter_shards;
     StmtRef st = bp.scatter; // (the plan's statement outlives the batch's bookkeeping)
-    bool ok = co_await scatter_read(st->planned, st->text, &x);
+    bool ok = true;
+    if (bp.scatter_write)
+      ok = co_await scatter_write(st->planned, st->text, &x);
+    else
+      ok = co_await scatter_read(st->planned, st->text, &x);
     portals_.clear(); // outside a transaction block a portal ends with its Sync
     virtual_portals_.clear();
     co_return ok;
@@ -1021,12 +1025,8 @@ Task<bool> Session::on_batch() {
   bool own_tx = ends_sync && !side && !poison && held < 0 && !in_tx() && bp.any_bind &&
                 !bp.all_read && !bp.error && implicit_local_.empty() && bp.shard == shard &&
                 w_->place().keys->mirror_source(size_t(shard)) && plain_statements(bp);
-  if (own_tx) [[unlikely]] {
-    tx_settings_snapshot_ = settings_;
-    tx_begin_ = "BEGIN";
-    deferred_ = "BEGIN";
-    tx_ = 'T';
-  }
+  if (own_tx) [[unlikely]]
+    open_own_tx();
   char tx_before = tx_;
   wbuf_.clear();
   bool replay = !in_tx() && !implicit_local_.empty() && (side_tx || (!side && held < 0));

@@ -267,16 +267,22 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
           sh_.router.resolve(sp, it.st->text, it.st->planned.scan, params, w_->place().keys.get(),
                              scatter_shape(batch) && !sp.positional);
       count_route(w_->stats, r.kind, sp);
-      if (r.kind == router::TargetKind::scatter && !sp.multi_write) {
-        bp.scatter = it.st; // every shard, merged (scatter_read)
+      if (r.kind == router::TargetKind::scatter) {
+        if (sp.multi_write) {
+          if (auto f = sh_.fenced_write()) {
+            fail(f->sqlstate, f->message, f->hint);
+            break;
+          }
+        }
+        // Every shard concerned: a read merged (scatter_read), a write run on each
+        // (scatter_write).
+        bp.scatter = it.st;
+        bp.scatter_write = sp.multi_write;
         bp.scatter_item = bp.items.size() - 1;
         bp.scatter_shards = r.shards;
         bp.any_bind = true;
         break;
       }
-      if (r.kind == router::TargetKind::scatter) // a write on several shards: not here yet
-        r = sh_.router.resolve(sp, it.st->text, it.st->planned.scan, params,
-                               w_->place().keys.get()); // its error names the table and key
       if (!bp.first_bound && r.kind != router::TargetKind::none)
         bp.first_bound = it.st;
       bp.kind = detail::stronger(bp.kind, kind_of(sp.kind));

@@ -300,7 +300,7 @@ Task<void> Session::query_loop() {
           continue;
         }
         if (step == QueryStep::scatter_write) {
-          if (!co_await scatter_write(query_))
+          if (!co_await scatter_write(query_plan_, query_))
             co_return;
           continue;
         }

@@ -244,7 +244,13 @@ private:
                          std::vector<protocol::ErrorInfo> &errs);
   Task<executor::Outcome> await_decision(const std::string &txid, std::string &error);
   Task<void> end_multi_tx(bool commit);
-  Task<bool> scatter_write(const std::string &sql);
+  // session_write.cpp: one write on several shards (multi_write), either protocol.
+  Task<bool> scatter_write(const router::PlannedText &pt, const std::string &sql,
+                           const ExtendedRead *x = nullptr);
+  Task<BackendConn *> extended_captured(size_t shard, const std::string &text,
+                                        const std::vector<uint32_t> &numbers, const ExtendedRead &x,
+                                        std::string &capture, bool &ok);
+  void open_own_tx();
   Task<bool> end_statement_across(bool implicit, const protocol::ErrorInfo &failure,
                                   const std::string &failed_on, const std::string &undone);
   // session_mirror.cpp: dual-write while a migration moves keys. mirror_due(): the open

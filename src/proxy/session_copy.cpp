@@ -57,12 +57,8 @@ Task<bool> Session::copy_in(const std::string &sql) {
   }
   const size_t n = shards.size();
   bool implicit = !in_tx();
-  if (implicit) { // a transaction of its own, begun as a client's BEGIN would be
-    tx_settings_snapshot_ = settings_;
-    tx_begin_ = "BEGIN";
-    deferred_ = "BEGIN";
-    tx_ = 'T';
-  }
+  if (implicit)
+    open_own_tx();
   protocol::ErrorInfo failure;
   std::string failed_on;
   auto fail = [&](const std::string &shard, protocol::ErrorInfo e) {

@@ -300,10 +300,7 @@ Task<void> Session::mirror_end(const std::vector<size_t> &only, bool commit) {
 // The client gets what the server answered, then ReadyForQuery (idle); a failed commit adds
 // its error, as an implicit transaction's would.
 Task<bool> Session::mirrored_write(const std::string &sql, size_t shard) {
-  tx_settings_snapshot_ = settings_;
-  tx_begin_ = "BEGIN";
-  deferred_ = "BEGIN";
-  tx_ = 'T';
+  open_own_tx();
   std::string capture;
   auto started = w_->poller.now();
   bool ok = false;

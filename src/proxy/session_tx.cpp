@@ -362,6 +362,15 @@ Task<void> Session::end_multi_tx(bool commit) {
 
 namespace sg::proxy {
 
+// A transaction of the proxy's own around a statement outside a transaction block, begun as a
+// client's BEGIN would be (sent with the statement to each shard it reaches).
+void Session::open_own_tx() {
+  tx_settings_snapshot_ = settings_;
+  tx_begin_ = "BEGIN";
+  deferred_ = "BEGIN";
+  tx_ = 'T';
+}
+
 // The end of one statement that ran on several shards (scatter_write(), copy_in()). After a
 // failure the client's transaction fails, or the statement's own rolls back on every shard
 // (`undone` says so in the detail), and the client gets the error naming the shard. Without
@@ -398,172 +407,6 @@ Task<bool> Session::end_statement_across(bool implicit, const protocol::ErrorInf
       co_return false;
     }
   }
-  co_return true;
-}
-
-// An UPDATE or DELETE on several shards (router::StatementPlan::multi_write), as a simple
-// query: it runs on each shard concerned inside the client's transaction, or, in autocommit,
-// inside one of its own that commits like any transaction across shards (two-phase commit
-// when rows changed on several). The client gets one RowDescription and the RETURNING rows of
-// every shard, one CommandComplete with the summed count, or the first shard's error naming
-// it (then nothing is applied, in autocommit; in a transaction block, the transaction fails).
-Task<bool> Session::scatter_write(const std::string &sql) {
-  const router::StatementPlan &st = query_plan_.analysis->stmts[0];
-  std::vector<std::pair<size_t, std::string>> work; // (shard, its statement), by shard
-  std::vector<size_t> order; // a multi-row INSERT: each row's shard, in the order of VALUES
-  if (st.insert_values) {
-    // Each shard gets the INSERT with its own rows only: the text before the first row and
-    // after the last stays, the rows between are those the shard owns.
-    sh_.router.resolve(st, sql, query_plan_.scan, {}, w_->place().keys.get(), true, &order);
-    if (order.size() != st.value_rows.size() ||
-        std::any_of(order.begin(), order.end(), [](size_t s) { return s >= 64; })) {
-      error("0A000", "cannot split this INSERT's rows between shards",
-            "send one INSERT per shard key's shard");
-      if (in_tx())
-        fail_transaction_by_proxy();
-      ready();
-      co_return true;
-    }
-    std::string_view text = std::string_view(sql).substr(st.location, st.length);
-    std::string_view prefix = text.substr(0, st.value_rows.front().first);
-    std::string_view suffix = text.substr(st.value_rows.back().second);
-    std::vector<size_t> shards(order);
-    std::sort(shards.begin(), shards.end());
-    shards.erase(std::unique(shards.begin(), shards.end()), shards.end());
-    for (size_t s : shards) {
-      std::string q(prefix);
-      bool first = true;
-      for (size_t i = 0; i < order.size(); ++i) {
-        if (order[i] != s)
-          continue;
-        auto [b, e] = st.value_rows[i];
-        q += first ? "" : ", ";
-        q += text.substr(b, e - b);
-        first = false;
-      }
-      q += suffix;
-      work.emplace_back(s, std::move(q));
-    }
-  } else {
-    std::vector<size_t> shards;
-    if (scatter_shards_) {
-      for (size_t s = 0; s < 64; ++s)
-        if (scatter_shards_ & bit(s))
-          shards.push_back(s);
-    } else {
-      const Placement &place = w_->place();
-      shards.assign(place.keys->ring_shard.begin(), place.keys->ring_shard.end());
-      std::sort(shards.begin(), shards.end());
-      shards.erase(std::unique(shards.begin(), shards.end()), shards.end());
-    }
-    for (size_t s : shards)
-      work.emplace_back(s, sql);
-  }
-  bool implicit = !in_tx();
-  if (implicit) { // a transaction of its own, begun as a client's BEGIN would be
-    tx_settings_snapshot_ = settings_;
-    tx_begin_ = "BEGIN";
-    deferred_ = "BEGIN";
-    tx_ = 'T';
-  }
-  std::string head, tag_word;
-  std::vector<std::vector<std::string>> rows(work.size()); // DataRows, per shard
-  uint64_t count = 0;
-  bool have_count = false;
-  protocol::ErrorInfo failure;
-  std::string failed_on;
-  for (size_t wi = 0; wi < work.size(); ++wi) {
-    size_t s = work[wi].first;
-    if (tx_shard_ >= 0 && !(tx_shards_ & bit(s))) {
-      std::string why = join_refusal(s);
-      if (!why.empty()) {
-        failure = {"ERROR", "0A000", "an UPDATE or DELETE across shards cannot run here: " + why,
-                   "", "keep savepoints in transactions on one shard"};
-        break;
-      }
-      deferred_ = join_text();
-    }
-    std::string capture;
-    auto started = w_->poller.now();
-    if (st.positional) // INSERT without a column list: see key_guard()
-      guard_ = key_guard({st.table});
-    bool ok = false;
-    BackendConn *b = co_await query_captured(s, work[wi].second, capture, ok);
-    if (b && ok) {
-      if (b->tx_status != 'I')
-        bind_tx(int(s));
-      record_query(s, *b, QueryKind::write, started, query_plan_.scan.normalized);
-    }
-    // What the shard answered: its rows are kept, its error ends the statement.
-    bool has_error = !ok;
-    if (!ok && !b) { // attach() wrote the error (unreachable shard) into the capture
-      has_error = true;
-    }
-    if (!ok)
-      failure = {"ERROR", "08006", "lost the connection to shard \"" + sh_.shard_name(s) + "\"", "",
-                 ""};
-    uint64_t shard_count = 0;
-    for (size_t pos = 0; pos < capture.size();) {
-      auto f = protocol::decode_frame(reinterpret_cast<const uint8_t *>(capture.data()) + pos,
-                                      capture.size() - pos, 1u << 30);
-      if (f.status != protocol::DecodeStatus::ready)
-        break;
-      std::string_view body = f.body_view();
-      std::string_view frame(capture.data() + pos, f.frame_len);
-      if (f.type == 'E') {
-        if (!has_error || failure.sqlstate == "08006")
-          failure = protocol::parse_error_response(body);
-        has_error = true;
-      } else if (f.type == 'T' && head.empty()) {
-        head.assign(frame);
-      } else if (f.type == 'D') {
-        rows[wi].emplace_back(frame);
-      } else if (f.type == 'C' && !body.empty()) {
-        std::string_view tag(body.data(), body.size() - 1);
-        size_t sp = tag.rfind(' ');
-        if (sp != std::string_view::npos) {
-          tag_word.assign(tag.substr(0, sp));
-          shard_count = std::strtoull(std::string(tag.substr(sp + 1)).c_str(), nullptr, 10);
-          count += shard_count;
-          have_count = true;
-        }
-      }
-      pos += f.frame_len;
-    }
-    if (has_error) {
-      failed_on = sh_.shard_name(s);
-      break;
-    }
-    if (shard_count > 0)
-      tx_writers_ |= bit(s); // only the shards whose rows changed need two-phase commit
-  }
-  bool answer = co_await end_statement_across(implicit, failure, failed_on,
-                                              "the statement was rolled back on every shard");
-  if (!answer)
-    co_return true;
-  out_ += head;
-  if (!order.empty()) {
-    // RETURNING rows in the order of VALUES: each shard returned its rows in its own order.
-    std::vector<size_t> next(work.size(), 0);
-    std::vector<size_t> slot(64, 0);
-    for (size_t wi = 0; wi < work.size(); ++wi)
-      slot[work[wi].first] = wi;
-    for (size_t s : order) {
-      size_t wi = slot[s];
-      if (next[wi] < rows[wi].size())
-        out_ += rows[wi][next[wi]++];
-    }
-    for (size_t wi = 0; wi < work.size(); ++wi) // (none left: one row back per row sent)
-      for (; next[wi] < rows[wi].size(); ++next[wi])
-        out_ += rows[wi][next[wi]];
-  } else {
-    for (auto &shard_rows : rows)
-      for (auto &r : shard_rows)
-        out_ += r;
-  }
-  if (have_count)
-    protocol::command_complete(out_, tag_word + " " + std::to_string(count));
-  ready();
   co_return true;
 }
 

@@ -355,6 +355,21 @@ ScanResult scan_constants_pg(std::string_view sql) {
   return r;
 }
 
+std::optional<std::vector<ParamSpan>> param_spans(std::string_view sql) {
+  std::vector<ParamSpan> out;
+  bool scanned = scan_tokens(sql, 0, [&](int token, uint32_t start, uint32_t end) {
+    if (token == PG_QUERY__TOKEN__PARAM && end > start + 1 && end <= sql.size())
+      out.push_back(
+          {start, end,
+           uint32_t(std::strtoul(std::string(sql.substr(start + 1, end - start - 1)).c_str(),
+                                 nullptr, 10))});
+    return true;
+  });
+  if (!scanned)
+    return std::nullopt;
+  return out;
+}
+
 std::optional<std::pair<uint32_t, uint32_t>> parens_span(std::string_view sql, uint32_t from) {
   std::optional<std::pair<uint32_t, uint32_t>> span;
   uint32_t open = 0;

@@ -50,6 +50,14 @@ std::optional<std::pair<uint32_t, uint32_t>> parens_span(std::string_view sql, u
 std::optional<uint32_t> first_token_outside_parens(std::string_view sql, uint32_t from,
                                                    const std::vector<int> &tokens);
 
+// Each parameter reference ($n) in sql, in text order, by libpg_query's scanner: its span and
+// n. nullopt when sql does not scan. sql must be NUL-terminated at sql.size().
+struct ParamSpan {
+  uint32_t start = 0, end = 0;
+  uint32_t number = 0;
+};
+std::optional<std::vector<ParamSpan>> param_spans(std::string_view sql);
+
 // The value of a constant: numbers as written; strings unquoted ('' -> ', E'' escapes, $$).
 std::optional<std::string> constant_value(std::string_view sql, const ConstToken &t);
 

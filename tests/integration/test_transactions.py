@@ -504,6 +504,80 @@ class TransactionsTest(harness.ClusterTestCase):
         self.assertEqual(self.total()[1], KEYS + len(keys) + len(more) - 1)
         self.assertEqual(self.prepared(), [])
 
+    @unittest.skipIf(psycopg is None or asyncpg is None, "psycopg 3 or asyncpg not installed")
+    def test_writes_across_shards_through_the_extended_protocol(self):
+        """The writes of the two tests above with parameters (Parse/Bind/Execute): psycopg 3
+        (text parameters; the same statement past its prepare threshold, so a named one) and
+        asyncpg (binary parameters). A multi-row INSERT is cut per shard, each part sent only
+        its own rows' parameters (renumbered) and those of the text around the rows; the
+        client gets RETURNING in the order of VALUES and the summed count. UPDATE/DELETE
+        without a key run on every shard concerned. A failure on one shard leaves nothing."""
+        conn = psycopg.connect(self.proxy.dsn(), autocommit=True)
+        self.addCleanup(conn.close)
+        keys = list(range(5001, 5011))
+        self.assertGreater(len({self.owner(str(k)) for k in keys}), 1)
+        rows = ", ".join(["(%s, %s, %s)"] * len(keys))
+        args = [x for k in keys for x in (k, f"o{k}", k)]
+        cur = conn.execute(f"INSERT INTO accounts (id, owner, balance) VALUES {rows} "
+                           "RETURNING id, owner", args)
+        self.assertEqual(cur.statusmessage, f"INSERT 0 {len(keys)}")
+        self.assertEqual(cur.fetchall(), [(k, f"o{k}") for k in keys])  # the order of VALUES
+        for k in keys:
+            port = self.cluster.primary_port(self.owner(str(k)))
+            got = self.cluster.sql(port, f"SELECT owner, balance FROM accounts WHERE id = {k}")
+            self.assertEqual([tuple(r) for r in got], [(f"o{k}", str(k))], f"key {k}")
+        self.assertEqual(self.total()[1], KEYS + len(keys))
+        # A parameter of the text after the rows goes to every part: ON CONFLICT ... SET.
+        cur = conn.execute(f"INSERT INTO accounts (id, owner, balance) VALUES {rows} "
+                           "ON CONFLICT (id) DO UPDATE SET balance = %s", args + [7])
+        self.assertEqual(cur.statusmessage, f"INSERT 0 {len(keys)}")
+        self.assertEqual({self.balance_on_primary(k) for k in keys}, {7})
+        # The same statement again and again: psycopg prepares it (a named statement).
+        for i in range(7):
+            ks = [6001 + 2 * i, 6002 + 2 * i, 7001 + i]
+            conn.execute("INSERT INTO accounts (id, balance) VALUES (%s, %s), (%s, %s), (%s, %s)",
+                         [x for k in ks for x in (k, 1)], prepare=True)
+        self.assertEqual(self.total()[1], KEYS + len(keys) + 21)
+        # A duplicate on one shard: 23505, and none of the rows stays.
+        with self.assertRaises(psycopg.Error) as e:
+            conn.execute("INSERT INTO accounts (id, balance) VALUES (%s, 1), (%s, 1), (%s, 1)",
+                         [8001, 8002, keys[0]])
+        self.assertEqual(e.exception.sqlstate, "23505")
+        self.assertEqual(self.total()[1], KEYS + len(keys) + 21)
+        # UPDATE and DELETE without a key: every shard, one summed count, RETURNING of all.
+        cur = conn.execute("UPDATE accounts SET balance = balance + %s WHERE id >= %s", (1, 6001))
+        self.assertEqual(cur.statusmessage, "UPDATE 21")
+        cur = conn.execute("DELETE FROM accounts WHERE id >= %s AND balance = %s RETURNING id",
+                           (6001, 2))
+        self.assertEqual(sorted(r[0] for r in cur.fetchall()),
+                         sorted([6001 + 2 * i for i in range(7)] + [6002 + 2 * i for i in range(7)]
+                                + [7001 + i for i in range(7)]))
+        # In a transaction block, rolled back: nothing stays.
+        with conn.transaction():
+            conn.execute("INSERT INTO accounts (id, balance) VALUES (%s, 1), (%s, 1), (%s, 1)",
+                         [9001, 9002, 9003])
+            raise psycopg.Rollback()
+        self.assertEqual(self.total()[1], KEYS + len(keys))
+
+        async def binary():
+            c = await asyncpg.connect(self.proxy.dsn())
+            try:
+                got = await c.fetch("INSERT INTO accounts (id, owner, balance) VALUES "
+                                    "($1, $2, $3), ($4, $2, $5), ($6, $2, $7) RETURNING id, "
+                                    "balance", 9101, "bin", 1, 9102, 2, 9103, 3)
+                n = await c.execute("UPDATE accounts SET balance = balance * $1 WHERE owner = $2",
+                                    10, "bin")
+                return [tuple(r) for r in got], n
+            finally:
+                await c.close()
+        got, n = asyncio.run(binary())
+        self.assertEqual(got, [(9101, 1), (9102, 2), (9103, 3)])
+        self.assertEqual(n, "UPDATE 3")
+        self.assertGreater(len({self.owner(str(k)) for k in (9101, 9102, 9103)}), 1)
+        for k, want in ((9101, 10), (9102, 20), (9103, 30)):
+            self.assertEqual(self.balance_on_primary(k), want)
+        self.assertEqual(self.prepared(), [])
+
     def test_insert_without_column_list(self):
         """INSERT INTO t VALUES (...) without a column list: the proxy reads the key column's
         position from a shard's catalog and routes by the item there; a statement it sends just
