@@ -12,6 +12,7 @@ PKGS=(
   postgresql-15 postgresql-client-15 pgbouncer
   python3 python3-psycopg2 python3-psycopg python3-asyncpg python3-yaml
   default-jdk-headless libpostgresql-jdbc-java
+  ruby ruby-pg golang-go golang-github-jackc-pgx-v4-dev
   prometheus curl clang-14 libclang-rt-14-dev valgrind
   procps iproute2 util-linux
 )
