@@ -40,6 +40,10 @@ struct Session::BatchPlan {
   // `split` run as a batch of their own (maybe elsewhere), as PostgreSQL runs them in a new
   // transaction; the first part is closed by our own Sync.
   size_t split = 0;
+  // The split is where the batch's statements turn to another shard (cross_split_at()): the
+  // parts run one after the other in one transaction (the client's, or the proxy's own, which
+  // commits at the client's Sync), each on its shard.
+  bool cross = false;
   int binds = 0;
   StmtRef first_bound; // for metrics and the slow-query log
   StmtRef ddl;         // a DDL statement to run on every primary (the batch's only Bind)

@@ -867,6 +867,8 @@ Task<bool> Session::on_batch() {
     }
   } give_back{batch_, batch, spare_bodies_};
   note_routed();
+  if (batch_tx_ && !in_tx()) [[unlikely]]
+    batch_tx_ = false; // (its session lost the transaction: see batch_lost)
 
   // A new request, not the rest of one cut by Flush. (Whether the last part left an implicit
   // transaction open is known only now: a COMMIT or ROLLBACK in it may have ended a block.)
@@ -890,6 +892,16 @@ Task<bool> Session::on_batch() {
                  std::make_move_iterator(batch.end()));
     batch.erase(batch.begin() + std::ptrdiff_t(bp.split), batch.end()); // bp's items stay
     bp.ends_sync = true;
+    bool begins = std::any_of(bp.items.begin(), bp.items.end(), [](const BatchItem &it) {
+      return it.m->type == 'B' && it.st &&
+             it.st->planned.analysis->stmts[0].kind == router::StmtKind::begin;
+    });
+    if (bp.cross && !in_tx() && !begins) {
+      // Statements on several shards before one Sync: PostgreSQL runs them as one implicit
+      // transaction, so they run in one of ours, committed at the client's Sync.
+      open_own_tx();
+      batch_tx_ = true;
+    }
   }
   bool ends_sync = bp.ends_sync;
 
@@ -919,11 +931,31 @@ Task<bool> Session::on_batch() {
     ExtendedRead x{bi.m->body, &bi.bind, &bp.scatter->types, describe};
     scatter_shards_ = bp.scatter_shards;
     StmtRef st = bp.scatter; // (the plan's statement outlives the batch's bookkeeping)
-    bool ok = true;
-    if (bp.scatter_write)
-      ok = co_await scatter_write(st->planned, st->text, &x);
-    else
-      ok = co_await scatter_read(st->planned, st->text, &x);
+    if (bp.scatter_write) {
+      // Maybe the first part of a batch across shards (what follows runs after it, in the
+      // same transaction), or its last (it ends the transaction of ours).
+      bool more = !after.empty(), failed = false;
+      if (!co_await scatter_write(st->planned, st->text, &x, !more && !batch_tx_, &failed))
+        co_return false;
+      if (!in_tx()) {
+        portals_.clear(); // outside a transaction block a portal ends with its Sync
+        virtual_portals_.clear();
+      }
+      if (batch_tx_ && (failed || !more)) {
+        co_await end_own_tx(!failed && tx_ == 'T');
+        co_return true;
+      }
+      if (failed) { // the server skips what follows to the client's Sync
+        if (more)
+          ready();
+        co_return true;
+      }
+      if (!more)
+        co_return true;
+      batch_ = std::move(after);
+      co_return co_await on_batch();
+    }
+    bool ok = co_await scatter_read(st->planned, st->text, &x);
     portals_.clear(); // outside a transaction block a portal ends with its Sync
     virtual_portals_.clear();
     co_return ok;
@@ -981,7 +1013,10 @@ Task<bool> Session::on_batch() {
     BatchMode mode = batch_mode(bp);
     if (mode == BatchMode::synth) {
       synthesize_items(bp);
-      co_return true;
+      if (after.empty() || request_error_)
+        co_return true;
+      batch_ = std::move(after); // (a BEGIN before statements across shards)
+      co_return co_await on_batch();
     }
     // Nothing in the batch needs a shard (Parse and Describe, as asyncpg prepares cut by
     // Flush; reads of no table; transaction control that waits): it runs on a connection of
@@ -1027,6 +1062,8 @@ Task<bool> Session::on_batch() {
                 w_->place().keys->mirror_source(size_t(shard)) && plain_statements(bp);
   if (own_tx) [[unlikely]]
     open_own_tx();
+  // The last part of a batch across shards, in a transaction of ours: it ends here.
+  bool end_own = own_tx || (batch_tx_ && ends_sync && !bp.split && !side);
   char tx_before = tx_;
   wbuf_.clear();
   bool replay = !in_tx() && !implicit_local_.empty() && (side_tx || (!side && held < 0));
@@ -1055,7 +1092,7 @@ Task<bool> Session::on_batch() {
     exp_.emplace_back(Expect::sync, false);
   }
   write_items(*b, bp, side);
-  if (own_tx) { // the client's Sync: its status is the transaction's until the commit
+  if (end_own) { // the client's Sync: its status is the transaction's until the commit
     exp_.back().forward = false;
     exp_.back().status = true;
   }
@@ -1173,14 +1210,13 @@ Task<bool> Session::on_batch() {
     record_query(size_t(shard), *b, bp.kind, started, bp.first_bound->planned.scan.normalized);
   bool failed = !last_sqlstate_.empty();
   settle_tx(shard, tx_before);
-  if (own_tx) [[unlikely]] {
+  if (end_own || (failed && batch_tx_)) [[unlikely]] {
     // Commit (copying first) or roll back; the client hears the commit's error if any, then
-    // ReadyForQuery (idle), as after an implicit transaction.
-    std::string end;
-    sink_ = &end;
-    co_await end_multi_tx(!failed && tx_ == 'T');
-    sink_ = &out_;
-    detail::append_frames_except(out_, end, 'C');
+    // ReadyForQuery (idle), as after an implicit transaction. (A part of a batch across
+    // shards that failed ends it too: the server skips what follows to the client's Sync.)
+    co_await end_own_tx(!failed && tx_ == 'T');
+    if (failed)
+      co_return true;
   }
   if (after.empty())
     co_return true;

@@ -5,6 +5,7 @@
 
 #include "proxy/errors.h"
 #include "proxy/session_util.h"
+#include "router/literals.h"
 
 #include <algorithm>
 #include <atomic>
@@ -95,6 +96,139 @@ bool Session::scatter_shape(const std::vector<Msg> &batch) const {
   return true;
 }
 
+namespace {
+
+// A plain read or write: no transaction control or session state.
+bool plain(const router::PlannedText &pt) {
+  const auto &an = *pt.analysis;
+  return an.parsed && an.stmts.size() == 1 &&
+         (an.stmts[0].kind == router::StmtKind::read ||
+          an.stmts[0].kind == router::StmtKind::write) &&
+         !an.stmts[0].cursor && !an.stmts[0].prepared_tx;
+}
+
+bool begins(const router::PlannedText &pt) {
+  const auto &an = *pt.analysis;
+  return an.parsed && an.stmts.size() == 1 && an.stmts[0].kind == router::StmtKind::begin;
+}
+
+} // namespace
+
+// Where a batch that ends with Sync may be cut because its statements turn to another shard
+// (`shard`, at the Bind planned last): the first message after the last Execute before that
+// Bind, so that each part is whole statements ([Parse] Bind [Describe] Execute). 0: no cut
+// (the caller refuses the batch, 0A000). Only plain reads and writes, outside a failed
+// transaction and a migration, on shards a transaction may take in: the parts then run in one
+// transaction across shards, which the proxy opens when the client has none (JDBC's
+// executeBatch, asyncpg's executemany, pipelines of drivers that send one Sync).
+size_t Session::cross_split_at(const std::vector<Msg> &batch, const BatchPlan &bp, int shard,
+                               bool failed_tx) const {
+  if (!cut_allowed(bp, failed_tx) || !join_refusal(size_t(shard)).empty() || bp.items.empty())
+    return 0;
+  size_t cur = bp.items.size() - 1;
+  size_t start = cur;
+  while (start > 0 && bp.items[start - 1].m->type != 'E')
+    --start;
+  if (start == 0)
+    return 0;
+  for (size_t i = start; i < cur; ++i)
+    if (bp.items[i].m->type != 'P' && bp.items[i].m->type != 'D')
+      return 0;
+  // Every statement bound, before the cut and after it, is a plain read or write (no
+  // transaction control or session state, which would not survive the cut), but for a BEGIN
+  // before it (pgjdbc sends the BEGIN of setAutoCommit(false) with the first statements).
+  bool only_begin = true; // (then the first part needs no shard: it is answered by the proxy)
+  for (size_t i = 0; i <= cur; ++i)
+    if (const BatchItem &x = bp.items[i]; x.m->type == 'B') {
+      if (!x.st || !(plain(x.st->planned) || (i < start && begins(x.st->planned))))
+        return 0;
+      only_begin &= i >= start || begins(x.st->planned);
+    }
+  if (bp.shard < 0 && !only_begin && !bp.scatter)
+    return 0;
+  return rest_plain(batch, size_t(bp.items[cur].m - batch.data()) + 1) ? start : 0;
+}
+
+// Whether a batch may be cut into parts that run one after the other in one transaction.
+bool Session::cut_allowed(const BatchPlan &bp, bool failed_tx) const {
+  return bp.ends_sync && !failed_tx && !proxy_failed_ && !bp.error && batch_shard_ < 0 &&
+         implicit_local_.empty() && tx_ != 'E' && w_->place().keys->migration.empty() &&
+         join_refusal(0).empty() &&
+         // writes on several shards must be able to commit
+         !(sh_.cfg.transactions.two_phase_commit && !sh_.journal.load());
+}
+
+// Whether the Bind at batch[b] (of statement `text`) is a whole statement: then [Describe
+// portal] and Execute of all rows (pgjdbc asks for one row of a write in a batch: the same for
+// one without RETURNING), as a write across shards runs.
+bool Session::whole_statement(const std::vector<Msg> &batch, size_t b, const std::string &text) {
+  size_t i = b + 1;
+  if (i < batch.size() && batch[i].type == 'D') {
+    if (batch[i].body.empty() || batch[i].body[0] != 'P')
+      return false;
+    ++i;
+  }
+  if (i >= batch.size() || batch[i].type != 'E')
+    return false;
+  protocol::Reader r(batch[i].body);
+  r.cstr();
+  int32_t max_rows = r.i32();
+  return r.ok() && (max_rows == 0 || !router::has_returning(text));
+}
+
+// Whether every statement the messages from batch[from] on bind is a plain read or write, and
+// they hold nothing but Parse, Bind, Describe, Execute and the Sync.
+bool Session::rest_plain(const std::vector<Msg> &batch, size_t from) const {
+  std::unordered_map<std::string, router::PlannedText> parsed; // later Parses, by name
+  for (size_t i = from; i < batch.size(); ++i) {
+    const Msg &m = batch[i];
+    if (m.type == 'P') {
+      auto p = protocol::parse_parse(m.body);
+      if (!p)
+        return false;
+      parsed[std::string(p->name)] = sh_.router.plan(p->query);
+    } else if (m.type == 'B') {
+      auto b = protocol::parse_bind(m.body);
+      if (!b)
+        return false;
+      std::string name(b->statement);
+      if (auto pit = parsed.find(name); pit != parsed.end()) {
+        if (!plain(pit->second))
+          return false;
+      } else if (auto sit = stmts_.find(name); sit != stmts_.end()) {
+        if (!plain(sit->second->planned))
+          return false;
+      } else {
+        return false;
+      }
+    } else if (m.type != 'D' && m.type != 'E' && m.type != 'S') {
+      return false; // Close, Flush: left to one shard
+    }
+  }
+  return true;
+}
+
+// Puts back what planning bp.items[from...] did to the session's statements and portals, and
+// drops those items.
+void Session::undo_items(BatchPlan &bp, size_t from) {
+  for (size_t i = bp.items.size(); i-- > from;) {
+    BatchItem &it = bp.items[i];
+    if (it.m->type == 'P') {
+      if (it.prev)
+        stmts_[it.name] = std::move(it.prev);
+      else
+        stmts_.erase(it.name);
+    } else if (it.m->type == 'B') {
+      if (it.prev_portal)
+        portals_[it.name] = std::move(it.prev_portal);
+      else
+        portals_.erase(it.name);
+      --bp.binds;
+    }
+  }
+  bp.items.resize(from);
+}
+
 // Whether a Bind carries every parameter the statement's key comes from; if not, PostgreSQL
 // rejects it (08P01), and the proxy must not take the missing key for a NULL one.
 bool Session::params_cover_keys(const router::StatementPlan &sp, const protocol::BindMsg &bind) {
@@ -155,6 +289,13 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
     };
     // The batch runs on one shard: the first that a Bind (or a portal it uses) routes to.
     auto place = [&](int s) {
+      if (bp.shard >= 0 && s != bp.shard && m.type == 'B') {
+        if (size_t at = cross_split_at(batch, bp, s, failed_tx)) {
+          bp.split = at; // the statements from `at` on run after these, on their shard
+          bp.cross = true;
+          return;
+        }
+      }
       if (bp.shard >= 0 && s != bp.shard)
         fail("0A000", "this pipeline touches more than one shard before Sync",
              "send a Sync between statements for different shards");
@@ -263,10 +404,40 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
       params.clear();
       for (size_t i = 0; i < it.bind.params.size(); ++i)
         params.push_back({it.bind.params[i], protocol::bind_param_format(it.bind, i)});
+      // A write across shards may also be one of several statements before one Sync (JDBC's
+      // reWriteBatchedInserts): the batch is cut around it (cross_split_at).
+      bool alone = scatter_shape(batch);
+      bool among = !alone && sp.multi_write &&
+                   whole_statement(batch, size_t(&m - batch.data()), it.st->text);
       router::Resolved r =
           sh_.router.resolve(sp, it.st->text, it.st->planned.scan, params, w_->place().keys.get(),
-                             scatter_shape(batch) && !sp.positional);
+                             (alone || among) && !sp.positional);
       count_route(w_->stats, r.kind, sp);
+      if (bp.scatter && bp.scatter_write) {
+        // What follows a write across shards runs as the next part of the batch.
+        if (size_t at = cross_split_at(batch, bp, 0, failed_tx)) {
+          bp.split = at;
+          bp.cross = true;
+        } else {
+          fail("0A000", "this pipeline touches more than one shard before Sync",
+               "send a Sync between statements for different shards");
+        }
+        break;
+      }
+      if (r.kind == router::TargetKind::scatter && among) {
+        bool first = std::none_of(bp.items.begin(), bp.items.end() - 1,
+                                  [](const BatchItem &x) { return x.m->type == 'E'; });
+        size_t at = first ? 0 : cross_split_at(batch, bp, 0, failed_tx);
+        if (at) {
+          bp.split = at; // it runs as the first statement of the next part
+          bp.cross = true;
+          break;
+        }
+        if (!first || !cut_allowed(bp, failed_tx) ||
+            !rest_plain(batch, size_t(&m - batch.data()) + 1))
+          r = sh_.router.resolve(sp, it.st->text, it.st->planned.scan, params,
+                                 w_->place().keys.get()); // its error names the table and key
+      }
       if (r.kind == router::TargetKind::scatter) {
         if (sp.multi_write) {
           if (auto f = sh_.fenced_write()) {
@@ -452,6 +623,13 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
     }
     if (it.error)
       break;
+  }
+  if (bp.cross) {
+    undo_items(bp, bp.split); // planned again, as the next part
+    bound_here.clear();
+    for (const BatchItem &it : bp.items)
+      if (it.m->type == 'B')
+        bound_here.push_back(it.name);
   }
   if (tx_shard_ >= 0) { // where the portals bound here will live
     int where = bp.shard >= 0 ? bp.shard : held;

@@ -156,6 +156,12 @@ private:
                                const ClientStmt &st);
   static bool params_cover_keys(const router::StatementPlan &sp, const protocol::BindMsg &bind);
   bool scatter_shape(const std::vector<Msg> &batch) const;
+  size_t cross_split_at(const std::vector<Msg> &batch, const BatchPlan &bp, int shard,
+                        bool failed_tx) const;
+  void undo_items(BatchPlan &bp, size_t from);
+  bool cut_allowed(const BatchPlan &bp, bool failed_tx) const;
+  bool rest_plain(const std::vector<Msg> &batch, size_t from) const;
+  static bool whole_statement(const std::vector<Msg> &batch, size_t b, const std::string &text);
   bool plan_batch(const std::vector<Msg> &batch, BatchPlan &bp);
   enum class BatchMode : uint8_t { synth, side, backend };
   BatchMode batch_mode(const BatchPlan &bp) const;
@@ -245,14 +251,19 @@ private:
   Task<executor::Outcome> await_decision(const std::string &txid, std::string &error);
   Task<void> end_multi_tx(bool commit);
   // session_write.cpp: one write on several shards (multi_write), either protocol.
+  // ready_after false: a part of a batch across shards, which more parts follow (no
+  // ReadyForQuery); *failed: it failed (the client has its error).
   Task<bool> scatter_write(const router::PlannedText &pt, const std::string &sql,
-                           const ExtendedRead *x = nullptr);
+                           const ExtendedRead *x = nullptr, bool ready_after = true,
+                           bool *failed = nullptr);
   Task<BackendConn *> extended_captured(size_t shard, const std::string &text,
                                         const std::vector<uint32_t> &numbers, const ExtendedRead &x,
                                         std::string &capture, bool &ok);
   void open_own_tx();
+  Task<void> end_own_tx(bool commit);
   Task<bool> end_statement_across(bool implicit, const protocol::ErrorInfo &failure,
-                                  const std::string &failed_on, const std::string &undone);
+                                  const std::string &failed_on, const std::string &undone,
+                                  bool ready_after = true);
   // session_mirror.cpp: dual-write while a migration moves keys. mirror_due(): the open
   // transaction wrote on a shard that owns moving keys, so it ends through end_multi_tx(),
   // which copies those writes (mirror_writes()) before it commits, and commits the copies
@@ -402,6 +413,7 @@ private:
   char tx_ = 'I';                  // transaction status the client has been told
   int tx_shard_ = -1;              // shard bound to the open transaction
   int batch_shard_ = -1;           // shard holding an extended batch cut by Flush, until Sync
+  bool batch_tx_ = false;          // an extended batch across shards runs in a transaction of ours
   std::string deferred_;           // BEGIN/SAVEPOINT text not yet sent (no shard chosen yet)
   bool proxy_failed_ = false;      // transaction failed by a proxy-side error
   Fifo<Pending> exp_;

@@ -8,6 +8,7 @@
 
 #include "executor/twophase.h"
 #include "proxy/errors.h"
+#include "proxy/session_util.h"
 
 #include <cstdlib>
 
@@ -371,13 +372,26 @@ void Session::open_own_tx() {
   tx_ = 'T';
 }
 
+// Commits (or rolls back) the transaction of ours around an extended-protocol request: the
+// client hears the commit's error if any, then ReadyForQuery (idle), as after an implicit
+// transaction.
+Task<void> Session::end_own_tx(bool commit) {
+  std::string end;
+  sink_ = &end;
+  co_await end_multi_tx(commit);
+  sink_ = &out_;
+  batch_tx_ = false;
+  detail::append_frames_except(out_, end, 'C');
+}
+
 // The end of one statement that ran on several shards (scatter_write(), copy_in()). After a
 // failure the client's transaction fails, or the statement's own rolls back on every shard
 // (`undone` says so in the detail), and the client gets the error naming the shard. Without
 // one, the statement's own transaction commits. True: the statement's result goes to the
 // client now; false: the client has had its answer (the error, then ReadyForQuery).
 Task<bool> Session::end_statement_across(bool implicit, const protocol::ErrorInfo &failure,
-                                         const std::string &failed_on, const std::string &undone) {
+                                         const std::string &failed_on, const std::string &undone,
+                                         bool ready_after) {
   if (!failure.sqlstate.empty()) {
     std::string detail =
         failed_on.empty() || failed_on == "-" ? std::string() : "on shard \"" + failed_on + "\"";
@@ -394,7 +408,8 @@ Task<bool> Session::end_statement_across(bool implicit, const protocol::ErrorInf
       fail_transaction_by_proxy();
     }
     error(failure.sqlstate, failure.message, failure.hint, detail);
-    ready();
+    if (ready_after)
+      ready();
     co_return false;
   }
   if (implicit) {

@@ -68,7 +68,7 @@ Task<BackendConn *> Session::extended_captured(size_t shard, const std::string &
 // in a transaction block, the transaction fails). x: the statement came through the extended
 // protocol (the caller has answered its Parse and Bind).
 Task<bool> Session::scatter_write(const router::PlannedText &pt, const std::string &sql,
-                                  const ExtendedRead *x) {
+                                  const ExtendedRead *x, bool ready_after, bool *failed) {
   const router::StatementPlan &st = pt.analysis->stmts[0];
   struct Part {
     size_t shard;
@@ -89,7 +89,10 @@ Task<bool> Session::scatter_write(const router::PlannedText &pt, const std::stri
           "send one INSERT per shard key's shard");
     if (in_tx())
       fail_transaction_by_proxy();
-    ready();
+    if (ready_after)
+      ready();
+    if (failed)
+      *failed = true;
   };
   if (st.insert_values) {
     sh_.router.resolve(st, sql, pt.scan, params, w_->place().keys.get(), true, &order);
@@ -210,10 +213,13 @@ Task<bool> Session::scatter_write(const router::PlannedText &pt, const std::stri
     if (shard_count > 0)
       tx_writers_ |= bit(s); // only the shards whose rows changed need two-phase commit
   }
-  bool answer = co_await end_statement_across(implicit, failure, failed_on,
-                                              "the statement was rolled back on every shard");
-  if (!answer)
+  bool answer = co_await end_statement_across(
+      implicit, failure, failed_on, "the statement was rolled back on every shard", ready_after);
+  if (!answer) {
+    if (failed)
+      *failed = true;
     co_return true;
+  }
   if (x && x->describe && head.empty())
     protocol::no_data(out_);
   else if (!x || x->describe)
@@ -239,7 +245,8 @@ Task<bool> Session::scatter_write(const router::PlannedText &pt, const std::stri
   }
   if (have_count)
     protocol::command_complete(out_, tag_word + " " + std::to_string(count));
-  ready();
+  if (ready_after)
+    ready();
   co_return true;
 }
 

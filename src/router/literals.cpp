@@ -355,6 +355,10 @@ ScanResult scan_constants_pg(std::string_view sql) {
   return r;
 }
 
+bool has_returning(std::string_view sql) {
+  return first_token_outside_parens(sql, 0, {PG_QUERY__TOKEN__RETURNING}).has_value();
+}
+
 std::optional<std::vector<ParamSpan>> param_spans(std::string_view sql) {
   std::vector<ParamSpan> out;
   bool scanned = scan_tokens(sql, 0, [&](int token, uint32_t start, uint32_t end) {

@@ -58,6 +58,10 @@ struct ParamSpan {
 };
 std::optional<std::vector<ParamSpan>> param_spans(std::string_view sql);
 
+// Whether sql has a RETURNING clause outside parentheses (a write that returns rows), by
+// libpg_query's scanner. sql must be NUL-terminated at sql.size().
+bool has_returning(std::string_view sql);
+
 // The value of a constant: numbers as written; strings unquoted ('' -> ', E'' escapes, $$).
 std::optional<std::string> constant_value(std::string_view sql, const ConstToken &t);
 

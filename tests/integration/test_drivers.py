@@ -31,8 +31,9 @@ picks the keys (`shardgate --locate`), says what every step must give, and check
 
 Every single-shard scenario also runs against s1's primary directly (keys s1 owns) and must give
 exactly the expected steps there, so an expectation PostgreSQL itself disagrees with is a test
-bug, not a proxy bug. A batch with keys on two shards before one Sync is a known gap (issue 18):
-its current answer, 0A000 and nothing written, is asserted so that a change is noticed.
+bug, not a proxy bug. A batch with keys on two shards before one Sync (ruby-pg pipeline mode,
+pgx.Batch) runs as one transaction across both (the proxy has a metadata database for its
+two-phase commit): both rows written, each on its owner.
 
 A driver is skipped, with the reason, only when its toolchain is missing: node and npm (the
 package-lock.json pins pg; `npm ci` runs here when drivers/node/node_modules is missing), ruby
@@ -228,7 +229,7 @@ def rows_batch(a):
 
 
 def rows_batch_cross(a):
-    return {"drv_int": {k: None for k in a["keys"]}}
+    return {"drv_int": {k: (a["tag"], 1) for k in a["keys"]}}
 
 
 def expect_scatter(a):
@@ -262,7 +263,12 @@ class DriversTest(harness.ClusterTestCase):
         super().setUpClass()
         for i in range(cls.SHARDS):
             cls.cluster.sql(cls.cluster.primary_port(i), DDL, user="app")
-        cls.proxy = harness.Proxy(cls.cluster, tables=TABLES, pool_mode="transaction")
+        # A metadata database: a batch across shards commits with two-phase commit.
+        c = cls.cluster
+        c.sql(c.primary_port(0), "CREATE DATABASE meta OWNER app", db="postgres")
+        meta = f"postgresql://app:app-secret@127.0.0.1:{c.primary_port(0)}/meta"
+        cls.proxy = harness.Proxy(cls.cluster, tables=TABLES, pool_mode="transaction",
+                                  extra_toml=f'[metadata]\nurl = "{meta}"\n')
         cls.addClassCleanup(cls.proxy.stop)
         cls.located = {}
 
@@ -439,21 +445,15 @@ class DriversTest(harness.ClusterTestCase):
             self.assertGreaterEqual(notes["statement_cache_len"], 2)
 
     def check_cross_shard_batch(self, driver, got):
-        # known gap: issue 18. A batch whose statements go to two shards before one Sync is
-        # refused with 0A000 and writes nothing (PostgreSQL itself would run both INSERTs as one
-        # implicit transaction). The first INSERT's CommandComplete may come before the error, as
-        # from PostgreSQL when a later statement of the implicit transaction fails; what matters
-        # is the error and that neither row exists afterwards (assert_placement). When the proxy
-        # learns to run it, this must change to [1, 1] and the rows be on their owners.
+        # A batch whose statements go to two shards before one Sync runs as PostgreSQL runs it,
+        # one implicit transaction: here across both shards (two-phase commit). Both INSERTs
+        # report one row, both rows are read back, each on its owner (assert_placement).
+        print(f"{driver} batch across shards: {got['steps']}", file=sys.stderr)
         cross = got["steps"][0]
-        self.assertEqual(cross[0], "cross")
-        errors = [r for r in cross[1] if isinstance(r, list)]
-        self.assertTrue(
-            errors and errors[0][:2] == ["error", "0A000"]
-            and "more than one shard" in errors[0][2],
-            f"{driver}: a batch of INSERTs on s0 and s1 before one Sync: {cross[1]}")
-        # The same connection goes on; neither row was written (assert_placement checks too).
-        self.assertEqual(got["steps"][1:], [["after_a", []], ["after_b", []]])
+        self.assertEqual(cross, ["cross", [1, 1]],
+                         f"{driver}: a batch of INSERTs on s0 and s1 before one Sync")
+        self.assertEqual([s[0] for s in got["steps"][1:]], ["after_a", "after_b"])
+        self.assertTrue(all(len(s[1]) == 1 for s in got["steps"][1:]), got["steps"])
 
     # ------------------------------------------------------------------ the tests
 

@@ -12,7 +12,8 @@ owner's primary (`shardgate --locate`) and nowhere else.
   statement repeated, a sync in the middle) with prepare=False, the default and prepare=True, text
   and binary; keyed INSERT/UPDATE/SELECT pipelines on each shard's keys; one pipeline with a
   `pipeline.sync()` between the two shards' statements.
-- The documented limit: statements on two shards before one Sync get 0A000 and write nothing.
+- The documented limit without a metadata database (no two-phase commit): statements on two
+  shards before one Sync get 0A000 and write nothing (test_transactions.py runs them with one).
 - A transaction (autocommit off) on one shard: the issue's example 2 (upsert RETURNING, then
   SELECT of the same key), committed after the pipeline, inside it, and with conn.transaction();
   a rolled-back pipelined transaction leaves nothing; a fetch inside the pipeline (a Flush).

@@ -16,6 +16,12 @@ Proved here:
   0A000 and the transaction is rolled back everywhere;
 - the extended protocol: psycopg 3 with parameters and asyncpg run a transfer across shards,
   with reads from each key's shard in between; a server-side cursor (DECLARE/FETCH) gets 0A000;
+  writes across shards with parameters (multi-row INSERT cut per shard, parameters renumbered;
+  UPDATE/DELETE without a key), psycopg 3 (also named) and asyncpg (binary);
+- batches with statements on several shards before one Sync (a psycopg 3 pipeline, asyncpg's
+  executemany, pgjdbc's executeBatch with and without reWriteBatchedInserts, in autocommit and
+  in a transaction): one transaction across shards, every row on its owner, or nothing when a
+  statement fails;
 - pgjdbc (prepareThreshold 5 and 1): ten transfers across shards in one transaction, committed,
   then the same rolled back;
 - concurrent transfers between random keys on all shards from 6 clients keep the sum, and no
@@ -392,10 +398,8 @@ class TransactionsTest(harness.ClusterTestCase):
         self.assertEqual((self.balance_on_primary(a), self.balance_on_primary(b)),
                          (START - 7, START + 7))
 
-    def test_jdbc_transaction_across_shards(self):
-        """pgjdbc (extended protocol only), with prepareThreshold 5 (default) and 1: ten
-        transfers between keys on two shards in one transaction, read back inside it, commit;
-        the same rolled back."""
+    def jdbc_checks(self):
+        """(java, classes dir, jar) with jdbc/JdbcChecks.java compiled; skips without a JDK."""
         java, javac = shutil.which("java"), shutil.which("javac")
         jar = Path("/usr/share/java/postgresql.jar")
         if not (java and javac and jar.is_file()):
@@ -405,6 +409,13 @@ class TransactionsTest(harness.ClusterTestCase):
         classes.mkdir(parents=True, exist_ok=True)
         subprocess.run([javac, "-cp", str(jar), "-d", str(classes), str(src)], check=True,
                        capture_output=True, timeout=120)
+        return java, classes, jar
+
+    def test_jdbc_transaction_across_shards(self):
+        """pgjdbc (extended protocol only), with prepareThreshold 5 (default) and 1: ten
+        transfers between keys on two shards in one transaction, read back inside it, commit;
+        the same rolled back."""
+        java, classes, jar = self.jdbc_checks()
         a, b = self.two_keys()
         for n, threshold in enumerate((5, 1), start=1):
             with self.subTest(prepareThreshold=threshold):
@@ -422,6 +433,43 @@ class TransactionsTest(harness.ClusterTestCase):
                     ["transfer_rollback", [1] * 20],
                     ["balances_rollback", [after[0] - 10, after[1] + 10]], ["rollback", "ok"]])
                 self.assertEqual([self.balance_on_primary(a), self.balance_on_primary(b)], after)
+        self.assertEqual(self.prepared(), [])
+
+    def test_jdbc_batches_across_shards(self):
+        """pgjdbc executeBatch of 5 INSERTs whose keys live on all three shards, plain and with
+        reWriteBatchedInserts=true (a 4-row and a 1-row INSERT, each cut by shard), in
+        autocommit and in a transaction that reads them back (IN list across shards) and
+        commits: every row on its owner, with the driver's own counts."""
+        java, classes, jar = self.jdbc_checks()
+        base = 20_000
+        for rewrite in ("false", "true"):
+            for scenario in ("batch_autocommit", "batch_tx"):
+                with self.subTest(reWriteBatchedInserts=rewrite, scenario=scenario):
+                    keys, seen = [], set()  # every shard's first key, then any
+                    while len(keys) < 5:
+                        o = self.owner(str(base))
+                        if o not in seen or len(seen) == self.SHARDS:
+                            seen.add(o)
+                            keys.append(base)
+                        base += 1
+                    self.assertEqual(len({self.owner(str(k)) for k in keys}), self.SHARDS)
+                    url = (f"jdbc:postgresql://127.0.0.1:{self.proxy.port}/app?user=app"
+                           f"&password=app-secret&socketTimeout=20"
+                           f"&reWriteBatchedInserts={rewrite}")
+                    p = subprocess.run([java, "-cp", f"{classes}:{jar}", "JdbcChecks",
+                                        f"b|{url}|{scenario}|{','.join(map(str, keys))}"],
+                                       capture_output=True, text=True, timeout=60)
+                    self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+                    r = json.loads(p.stdout.splitlines()[-1])
+                    self.assertIsNone(r["error"], r)
+                    counts = [-2, -2, -2, -2, 1] if rewrite == "true" else [1] * 5
+                    want = [["execute_batch", counts]]
+                    if scenario == "batch_tx":
+                        want += [["count_in_tx", [[5, 25]]], ["commit", "ok"]]
+                    self.assertEqual(r["steps"], want)
+                    for k in keys:
+                        self.assertEqual(self.balance_on_primary(k), 5, f"key {k}")
+        self.assertEqual(self.total()[1], KEYS + 20)
         self.assertEqual(self.prepared(), [])
 
     def test_update_and_delete_across_shards(self):
@@ -576,6 +624,71 @@ class TransactionsTest(harness.ClusterTestCase):
         self.assertGreater(len({self.owner(str(k)) for k in (9101, 9102, 9103)}), 1)
         for k, want in ((9101, 10), (9102, 20), (9103, 30)):
             self.assertEqual(self.balance_on_primary(k), want)
+        self.assertEqual(self.prepared(), [])
+
+    @unittest.skipIf(psycopg is None or asyncpg is None, "psycopg 3 or asyncpg not installed")
+    def test_batches_across_shards_before_one_sync(self):
+        """Several statements before one Sync whose keys live on several shards (a psycopg 3
+        pipeline, asyncpg's executemany): PostgreSQL runs them as one implicit transaction, and
+        so does the proxy, across shards: every row on its owner, or, when one statement
+        fails, none (its error, the statements after it skipped). Inside a transaction block
+        the statements join it, and ROLLBACK takes them back."""
+        keys = list(range(10_001, 10_013))
+        self.assertGreater(len({self.owner(str(k)) for k in keys}), 1)
+        conn = psycopg.connect(self.proxy.dsn(), autocommit=True)
+        self.addCleanup(conn.close)
+        with conn.pipeline():
+            curs = [conn.execute("INSERT INTO accounts (id, balance) VALUES (%s, %s) "
+                                 "RETURNING id", (k, k)) for k in keys]
+        self.assertEqual([c.fetchall() for c in curs], [[(k,)] for k in keys])
+        for k in keys:
+            self.assertEqual(self.balance_on_primary(k), k, f"key {k}")
+        self.assertEqual(self.total()[1], KEYS + len(keys))
+        # The fifth statement fails (a duplicate key): nothing of the batch stays anywhere.
+        more = [10_101, 10_102, 10_103, 10_104, keys[5], 10_105, 10_106]
+        self.assertGreater(len({self.owner(str(k)) for k in more[:4]}), 1)
+        with self.assertRaises(psycopg.Error) as e:
+            with conn.pipeline():
+                for k in more:
+                    conn.execute("INSERT INTO accounts (id, balance) VALUES (%s, 1)", (k,))
+        self.assertEqual(e.exception.sqlstate, "23505")
+        self.assertEqual(self.total()[1], KEYS + len(keys))
+        self.assertIsNone(self.balance_on_primary(10_101))
+        # Still usable, and in a transaction block: the batch joins it; ROLLBACK undoes it all.
+        conn.autocommit = False
+        with conn.pipeline():
+            for k in more[:4]:
+                conn.execute("UPDATE accounts SET balance = balance + 1 WHERE id = %s", (k,))
+            for k in keys[:6]:
+                conn.execute("UPDATE accounts SET balance = balance + 1 WHERE id = %s", (k,))
+        conn.rollback()
+        self.assertEqual([self.balance_on_primary(k) for k in keys[:6]], keys[:6])
+        with conn.pipeline():
+            for k in keys[:6]:
+                conn.execute("UPDATE accounts SET balance = balance + 1 WHERE id = %s", (k,))
+        conn.commit()
+        self.assertEqual([self.balance_on_primary(k) for k in keys[:6]], [k + 1 for k in keys[:6]])
+
+        async def many():
+            c = await asyncpg.connect(self.proxy.dsn())
+            try:
+                await c.executemany("INSERT INTO accounts (id, balance) VALUES ($1, $2)",
+                                    [(k, 3) for k in range(10_201, 10_211)])
+                try:
+                    await c.executemany("INSERT INTO accounts (id, balance) VALUES ($1, $2)",
+                                        [(k, 3) for k in (10_301, 10_302, 10_303, 10_205)])
+                except asyncpg.UniqueViolationError:
+                    return "unique"
+                return "no error"
+            finally:
+                await c.close()
+        self.assertGreater(len({self.owner(str(k)) for k in (10_301, 10_302, 10_303, 10_205)}), 1)
+        self.assertEqual(asyncio.run(many()), "unique")
+        for k in range(10_201, 10_211):
+            self.assertEqual(self.balance_on_primary(k), 3, f"key {k}")
+        for k in (10_301, 10_302, 10_303):
+            self.assertIsNone(self.balance_on_primary(k), f"key {k}")
+        self.assertEqual(self.total()[1], KEYS + len(keys) + 10)
         self.assertEqual(self.prepared(), [])
 
     def test_insert_without_column_list(self):
