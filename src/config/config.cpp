@@ -355,13 +355,14 @@ LoadResult load_string(std::string_view text, const std::string &path) {
 
   std::set<std::string> user_names;
   r.each(root, "users", [&](const toml::table &t) {
-    r.unknown_keys(t, {"name", "password"}, "[[users]]");
+    r.unknown_keys(t, {"name", "password", "max_client_connections"}, "[[users]]");
     User u;
     if (!r.get_string(t, "name", u.name) || u.name.empty())
       r.error(&t, "a user needs a \"name\"", "add name = \"app\"");
     if (!r.get_string(t, "password", u.password))
       r.error(&t, "user \"" + u.name + "\" needs a \"password\"",
               "add password = \"...\" (clients authenticate with it)");
+    r.get_uint(t, "max_client_connections", u.max_client_connections, 0, 1000000);
     if (!u.name.empty() && !user_names.insert(u.name).second)
       r.error(t.get("name"), "duplicate user \"" + u.name + "\"", "each user once");
     c.users.push_back(std::move(u));

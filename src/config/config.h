@@ -48,6 +48,7 @@ struct Table {
 struct User {
   std::string name;
   std::string password;
+  uint32_t max_client_connections = 0; // clients of this user at once (0: no cap)
   bool operator==(const User &) const = default;
 };
 

@@ -74,9 +74,25 @@ void Shared::set_users(const std::vector<config::User> &users) {
     c->scram.emplace(u.name,
                      protocol::make_scram_secret(u.password, protocol::random_bytes(16), 4096));
     c->passwords.emplace(u.name, u.password);
+    c->max_clients.emplace(u.name, u.max_client_connections);
   }
   std::lock_guard lock(credentials_mu_);
   credentials_ = std::move(c);
+}
+
+bool Shared::admit_client(const std::string &user, uint32_t cap) {
+  std::lock_guard lock(clients_mu_);
+  uint32_t &n = clients_[user];
+  if (cap && n >= cap)
+    return false;
+  ++n;
+  return true;
+}
+
+void Shared::release_client(const std::string &user) {
+  std::lock_guard lock(clients_mu_);
+  if (auto it = clients_.find(user); it != clients_.end() && it->second > 0 && --it->second == 0)
+    clients_.erase(it);
 }
 
 std::shared_ptr<const Placement> Shared::placement() const {

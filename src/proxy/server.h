@@ -167,9 +167,13 @@ struct Shared {
   struct Credentials {
     std::unordered_map<std::string, protocol::ScramSecret> scram; // per configured user
     std::unordered_map<std::string, std::string> passwords;       // md5 needs the password
+    std::unordered_map<std::string, uint32_t> max_clients;        // 0: no cap
   };
   std::shared_ptr<const Credentials> credentials() const;
   void set_users(const std::vector<config::User> &users);
+  // Counts a client of `user` in, unless `cap` (0: none) of them are connected already.
+  bool admit_client(const std::string &user, uint32_t cap);
+  void release_client(const std::string &user);
   // [log] slow_query_ms, reloadable.
   std::atomic<uint32_t> slow_query_ms{0};
   protocol::ScramSecret mock_secret; // for unknown users: fail like a bad password
@@ -222,6 +226,8 @@ private:
   std::shared_ptr<const Placement> placement_;
   mutable std::mutex credentials_mu_;
   std::shared_ptr<const Credentials> credentials_;
+  std::mutex clients_mu_;
+  std::unordered_map<std::string, uint32_t> clients_; // connected clients per user
 };
 
 // One worker thread: its io_context, its pools (one per node) and statement-name interning.

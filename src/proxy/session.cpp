@@ -40,6 +40,8 @@ Session::~Session() {
     w_->stats.clients.fetch_sub(1, std::memory_order_relaxed);
   if (pid_)
     sh_.cancels.remove(pid_, key_);
+  if (admitted_)
+    sh_.release_client(user_);
 }
 
 log::Fields Session::log_fields() const {

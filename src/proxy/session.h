@@ -424,6 +424,7 @@ private:
   bool session_mode_ = false;
   int attached_count_ = 0;      // backends held now (metrics: active vs idle clients)
   bool counted_ = false;        // counted in the worker's connected clients
+  bool admitted_ = false;       // counted in its user's clients (Shared::admit_client)
   bool closing_ = false;        // a FATAL was sent: the session ends, nothing more is said
   bool side_batch_ = false;     // a describe-only batch outside the client's open transaction
   bool tx_read_only_ = false;   // BEGIN READ ONLY: the transaction may run on a replica

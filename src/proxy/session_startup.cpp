@@ -90,6 +90,17 @@ Task<bool> Session::startup() {
     database = user_;
   if (!co_await authenticate(user_))
     co_return false;
+  {
+    auto creds = sh_.credentials();
+    auto cap = creds->max_clients.find(user_);
+    uint32_t max = cap == creds->max_clients.end() ? 0 : cap->second;
+    if (!sh_.admit_client(user_, max))
+      co_return co_await fatal("53300",
+                               "too many connections for user \"" + user_ + "\"",
+                               "[[users]] max_client_connections is " + std::to_string(max) +
+                                   " for this user; close idle connections or raise it");
+    admitted_ = true;
+  }
   if (database != sh_.cfg.proxy.database)
     co_return co_await fatal("3D000", "database \"" + database + "\" does not exist",
                              "this proxy serves database \"" + sh_.cfg.proxy.database + "\"");

@@ -323,8 +323,9 @@ def proxy_toml(cluster, port, tables=(("accounts", "id", "bigint"),), pool_mode=
         for k, v in (proxy_options or {}).items():
             out.append(f"{k} = {_toml_str(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}")
     out.append("")
-    for name, password in users:
-        out += ["[[users]]", f"name = {_toml_str(name)}", f"password = {_toml_str(password)}", ""]
+    for name, password, *more in users:  # more: raw TOML lines for the user ("key = value")
+        out += ["[[users]]", f"name = {_toml_str(name)}", f"password = {_toml_str(password)}",
+                *more, ""]
     out += ["[ring]", "vnodes = 150", ""]
     for i in range(c.shards):
         replicas = ", ".join(dsn(c.replica_port(i, j)) for j in range(c.replicas))
