@@ -355,7 +355,10 @@ LoadResult load_string(std::string_view text, const std::string &path) {
 
   std::set<std::string> user_names;
   r.each(root, "users", [&](const toml::table &t) {
-    r.unknown_keys(t, {"name", "password", "max_client_connections"}, "[[users]]");
+    r.unknown_keys(t,
+                   {"name", "password", "max_client_connections", "max_queries_per_second", "burst",
+                    "max_delay_ms"},
+                   "[[users]]");
     User u;
     if (!r.get_string(t, "name", u.name) || u.name.empty())
       r.error(&t, "a user needs a \"name\"", "add name = \"app\"");
@@ -363,6 +366,9 @@ LoadResult load_string(std::string_view text, const std::string &path) {
       r.error(&t, "user \"" + u.name + "\" needs a \"password\"",
               "add password = \"...\" (clients authenticate with it)");
     r.get_uint(t, "max_client_connections", u.max_client_connections, 0, 1000000);
+    r.get_uint(t, "max_queries_per_second", u.max_queries_per_second, 0, 100000000);
+    r.get_uint(t, "burst", u.burst, 0, 100000000);
+    r.get_uint(t, "max_delay_ms", u.max_delay_ms, 0, 60000);
     if (!u.name.empty() && !user_names.insert(u.name).second)
       r.error(t.get("name"), "duplicate user \"" + u.name + "\"", "each user once");
     c.users.push_back(std::move(u));

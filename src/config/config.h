@@ -49,6 +49,11 @@ struct User {
   std::string name;
   std::string password;
   uint32_t max_client_connections = 0; // clients of this user at once (0: no cap)
+  // Queries per second over all of the user's clients (0: no limit), with bursts of `burst`
+  // (0: one second's worth); a query over the rate waits up to max_delay_ms, then gets 53400.
+  uint32_t max_queries_per_second = 0;
+  uint32_t burst = 0;
+  uint32_t max_delay_ms = 1000;
   bool operator==(const User &) const = default;
 };
 

@@ -291,6 +291,16 @@ std::string Exporter::render() const {
   }
   out.push_back(std::move(errors));
 
+  auto limited = family("shardgate_rate_limited_total",
+                        "Queries over their user's [[users]] max_queries_per_second: delayed "
+                        "(waited for their turn) or refused (53400 after max_delay_ms)",
+                        MetricType::Counter);
+  limited.metric.push_back(
+      metric({{"outcome", "delayed"}}, double(sh.rate_delayed.load()), MetricType::Counter));
+  limited.metric.push_back(
+      metric({{"outcome", "refused"}}, double(sh.rate_refused.load()), MetricType::Counter));
+  out.push_back(std::move(limited));
+
   auto epoch =
       family("shardgate_ring_epoch", "Topology epoch of the ring in use", MetricType::Gauge);
   epoch.metric.push_back(metric({}, double(sh.placement()->epoch), MetricType::Gauge));

@@ -75,9 +75,34 @@ void Shared::set_users(const std::vector<config::User> &users) {
                      protocol::make_scram_secret(u.password, protocol::random_bytes(16), 4096));
     c->passwords.emplace(u.name, u.password);
     c->max_clients.emplace(u.name, u.max_client_connections);
+    if (u.max_queries_per_second)
+      c->rates.emplace(
+          u.name, std::make_shared<RateLimit>(u.max_queries_per_second, u.burst, u.max_delay_ms));
   }
   std::lock_guard lock(credentials_mu_);
   credentials_ = std::move(c);
+}
+
+RateLimit::RateLimit(uint32_t per_second, uint32_t burst, uint32_t max_delay_ms)
+    : rate_(per_second), burst_(burst ? burst : per_second), max_delay_ms_(max_delay_ms),
+      tokens_(double(burst_)), last_(std::chrono::steady_clock::now()) {}
+
+std::optional<std::chrono::nanoseconds> RateLimit::take(uint32_t n) {
+  std::lock_guard lock(mu_);
+  auto now = std::chrono::steady_clock::now();
+  double refill = std::chrono::duration<double>(now - last_).count() * rate_;
+  tokens_ = std::min(double(burst_), tokens_ + refill);
+  last_ = now;
+  double after = tokens_ - n;
+  if (after >= 0) {
+    tokens_ = after;
+    return std::chrono::nanoseconds(0);
+  }
+  double wait_s = -after / rate_; // until the tokens this query owes have come in
+  if (wait_s * 1000 > max_delay_ms_)
+    return std::nullopt;
+  tokens_ = after; // reserved: later callers queue behind it
+  return std::chrono::nanoseconds(int64_t(wait_s * 1e9));
 }
 
 bool Shared::admit_client(const std::string &user, uint32_t cap) {

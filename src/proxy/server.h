@@ -15,6 +15,7 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -135,6 +136,25 @@ private:
   std::optional<View> v_;
 };
 
+// A user's query rate ([[users]] max_queries_per_second, burst): a token bucket shared by the
+// user's clients on every worker.
+class RateLimit {
+public:
+  RateLimit(uint32_t per_second, uint32_t burst, uint32_t max_delay_ms);
+  // Takes n tokens: how long the caller waits first (zero: at once), or nullopt when that
+  // would be over max_delay_ms (nothing taken).
+  std::optional<std::chrono::nanoseconds> take(uint32_t n);
+  uint32_t per_second() const { return rate_; }
+  uint32_t burst() const { return burst_; }
+  uint32_t max_delay_ms() const { return max_delay_ms_; }
+
+private:
+  std::mutex mu_;
+  uint32_t rate_, burst_, max_delay_ms_;
+  double tokens_;
+  std::chrono::steady_clock::time_point last_;
+};
+
 struct Shared {
   explicit Shared(config::Config c);
   config::Config cfg;
@@ -165,14 +185,17 @@ struct Shared {
   // Who may log in: immutable, replaced as a whole by a reload (SIGHUP). A login holds the
   // snapshot it started with.
   struct Credentials {
-    std::unordered_map<std::string, protocol::ScramSecret> scram; // per configured user
-    std::unordered_map<std::string, std::string> passwords;       // md5 needs the password
-    std::unordered_map<std::string, uint32_t> max_clients;        // 0: no cap
+    std::unordered_map<std::string, protocol::ScramSecret> scram;      // per configured user
+    std::unordered_map<std::string, std::string> passwords;            // md5 needs the password
+    std::unordered_map<std::string, uint32_t> max_clients;             // 0: no cap
+    std::unordered_map<std::string, std::shared_ptr<RateLimit>> rates; // limited users only
   };
   std::shared_ptr<const Credentials> credentials() const;
   void set_users(const std::vector<config::User> &users);
   // Counts a client of `user` in, unless `cap` (0: none) of them are connected already.
   bool admit_client(const std::string &user, uint32_t cap);
+  // Queries that waited for their user's rate, and those refused over it (53400).
+  std::atomic<uint64_t> rate_delayed{0}, rate_refused{0};
   void release_client(const std::string &user);
   // [log] slow_query_ms, reloadable.
   std::atomic<uint32_t> slow_query_ms{0};

@@ -253,6 +253,13 @@ Task<void> Session::query_loop() {
       continue; // the batch is still in cbuf_: routed again
     }
     hold_since_ = {};
+    if ((f.type == 'Q' || batch) && rate_) [[unlikely]] {
+      if (!co_await throttle(1)) {
+        cbuf_.consume(batch ? fb.len : f.frame_len);
+        over_rate(true);
+        continue;
+      }
+    }
     if (f.type == 'Q' || batch) {
       if (batch) {
         count_route(w_->stats, fb.route, *fb.sp);
@@ -463,6 +470,16 @@ Task<void> Session::query_loop() {
       batch_.push_back(std::move(m));
       if (batch_.back().type == 'S' || batch_.back().type == 'H') {
         skip_until_sync_ = false;
+        if (rate_) [[unlikely]] {
+          auto n = uint32_t(std::count_if(batch_.begin(), batch_.end(),
+                                          [](const Msg &x) { return x.type == 'E'; }));
+          if (n && !co_await throttle(n)) { // the batch is dropped, as after an error at its start
+            bool sync = batch_.back().type == 'S';
+            batch_.clear();
+            over_rate(sync);
+            break;
+          }
+        }
         ok = co_await on_batch();
       }
       break;

@@ -422,9 +422,15 @@ private:
   std::string last_sqlstate_;  // of the last ErrorResponse relayed
   bool last_rollback_ = false; // the last CommandComplete relayed (or made) said ROLLBACK
   bool session_mode_ = false;
-  int attached_count_ = 0;      // backends held now (metrics: active vs idle clients)
-  bool counted_ = false;        // counted in the worker's connected clients
-  bool admitted_ = false;       // counted in its user's clients (Shared::admit_client)
+  int attached_count_ = 0;          // backends held now (metrics: active vs idle clients)
+  bool counted_ = false;            // counted in the worker's connected clients
+  bool admitted_ = false;           // counted in its user's clients (Shared::admit_client)
+  std::shared_ptr<RateLimit> rate_; // its user's query rate, if limited
+  // Waits for n queries' turn under rate_; false when that would take over its max_delay_ms.
+  Task<bool> throttle(uint32_t n);
+  // A request over rate_ was dropped: 53400 (failing an open transaction, as an error does);
+  // `sync`: ReadyForQuery follows (else the messages up to the next Sync are skipped).
+  void over_rate(bool sync);
   bool closing_ = false;        // a FATAL was sent: the session ends, nothing more is said
   bool side_batch_ = false;     // a describe-only batch outside the client's open transaction
   bool tx_read_only_ = false;   // BEGIN READ ONLY: the transaction may run on a replica

@@ -30,6 +30,36 @@ Task<void> Session::hold_a_moment() {
   co_await t.async_wait(asio::redirect_error(use_awaitable, ec));
 }
 
+Task<bool> Session::throttle(uint32_t n) {
+  auto wait = rate_->take(n);
+  if (!wait) {
+    sh_.rate_refused.fetch_add(1, std::memory_order_relaxed);
+    co_return false;
+  }
+  if (wait->count() > 0) {
+    sh_.rate_delayed.fetch_add(1, std::memory_order_relaxed);
+    Timer t(co_await asio::this_coro::executor, *wait);
+    ErrorCode ec;
+    co_await t.async_wait(asio::redirect_error(use_awaitable, ec));
+  }
+  co_return true;
+}
+
+void Session::over_rate(bool sync) {
+  error("53400",
+        "user \"" + user_ + "\" is over its query rate (" + std::to_string(rate_->per_second()) +
+            " per second, bursts of " + std::to_string(rate_->burst()) + ")",
+        "slow down, or raise [[users]] max_queries_per_second or burst for this user; a query "
+        "over the rate waits up to max_delay_ms (" +
+            std::to_string(rate_->max_delay_ms()) + " ms) before it gets this error");
+  if (in_tx())
+    fail_transaction_by_proxy();
+  if (sync)
+    ready();
+  else
+    skip_until_sync_ = true;
+}
+
 // The proxy's own error for a query string: it fails an open transaction, as the server would.
 Session::QueryStep Session::refuse(const std::string &sqlstate, const std::string &msg,
                                    const std::string &hint) {

@@ -100,6 +100,8 @@ Task<bool> Session::startup() {
                                "[[users]] max_client_connections is " + std::to_string(max) +
                                    " for this user; close idle connections or raise it");
     admitted_ = true;
+    if (auto r = creds->rates.find(user_); r != creds->rates.end())
+      rate_ = r->second;
   }
   if (database != sh_.cfg.proxy.database)
     co_return co_await fatal("3D000", "database \"" + database + "\" does not exist",

@@ -58,6 +58,7 @@ CONTRACT = {
     "shardgate_replica_lag_seconds": ("gauge", {"shard", "node"}),
     "shardgate_backend_up": ("gauge", {"shard", "node", "role"}),
     "shardgate_read_fallbacks_total": ("counter", {"shard", "reason"}),
+    "shardgate_rate_limited_total": ("counter", {"outcome"}),
     "shardgate_errors_total": ("counter", {"source", "sqlstate_class"}),
     "shardgate_ring_epoch": ("gauge", set()),
     "shardgate_build_info": ("gauge", {"version"}),
@@ -599,6 +600,9 @@ def synthetic_exposition(t):
     add("shardgate_twophase_recovered_total", "counter",
         [("shardgate_twophase_recovered_total", {"outcome": o}, 1) for o in ("commit", "rollback")])
     add("shardgate_writes_fenced", "gauge", [("shardgate_writes_fenced", {}, 0)])
+    add("shardgate_rate_limited_total", "counter",
+        [("shardgate_rate_limited_total", {"outcome": o}, v * t)
+         for o, v in (("delayed", 3.0), ("refused", 0.5))])
     add("shardgate_metadata_reconnects_total", "counter",
         [("shardgate_metadata_reconnects_total", {}, 1)])
     add("shardgate_topology_epoch", "gauge",
