@@ -287,6 +287,9 @@ private:
   // --- phases ----------------------------------------------------------------------------
 
   void prepare() {
+    // (Tests: PREPARE, journaled by the API, lasts a phase delay too, so a test can act in it.)
+    if (int d = phase_delay_ms())
+      sleep_ms(d);
     std::string err;
     if (!copier().prepare(moves_->targets(), involved(), m_.kind == "add_shard", err)) {
       // Nothing moved yet: capture goes, and the topology goes back to what it was.
