@@ -48,6 +48,46 @@ std::optional<uint64_t> const_uint(std::string_view sql, const router::ScanResul
   return v;
 }
 
+// A LIMIT or OFFSET parameter's value in the client's Bind: as PostgreSQL reads an integer
+// (text with spaces and a sign around its digits; binary int2, int4 or int8). NULL: nullopt
+// with `readable` true; something else (a fraction, another type): `readable` false.
+std::optional<int64_t> bind_integer(const protocol::BindMsg &b, int32_t number, bool &readable) {
+  readable = false;
+  if (number < 1 || size_t(number) > b.params.size())
+    return std::nullopt;
+  const auto &v = b.params[size_t(number - 1)];
+  if (!v) {
+    readable = true;
+    return std::nullopt;
+  }
+  std::string_view t = *v;
+  if (protocol::bind_param_format(b, size_t(number - 1)) == 1) {
+    if (t.size() != 2 && t.size() != 4 && t.size() != 8)
+      return std::nullopt;
+    uint64_t u = 0;
+    for (char c : t)
+      u = (u << 8) | uint8_t(c);
+    int shift = int(64 - 8 * t.size());
+    readable = true;
+    return shift ? int64_t(u << shift) >> shift : int64_t(u);
+  }
+  auto space = [](char c) { return c == ' ' || (c >= '\t' && c <= '\r'); };
+  while (!t.empty() && space(t.front()))
+    t.remove_prefix(1);
+  while (!t.empty() && space(t.back()))
+    t.remove_suffix(1);
+  bool neg = !t.empty() && t.front() == '-';
+  if (!t.empty() && (t.front() == '-' || t.front() == '+'))
+    t.remove_prefix(1);
+  uint64_t u = 0;
+  auto r = std::from_chars(t.data(), t.data() + t.size(), u);
+  if (t.empty() || r.ec != std::errc() || r.ptr != t.data() + t.size() ||
+      u > uint64_t(INT64_MAX) + (neg ? 1 : 0))
+    return std::nullopt;
+  readable = true;
+  return neg ? int64_t(0 - u) : int64_t(u);
+}
+
 } // namespace
 
 // One scatter's shards and what each has answered so far.
@@ -144,16 +184,55 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
   uint64_t offset = const_uint(sql, pt.scan, spec.offset_const).value_or(0);
   std::string shard_sql = sql;
   std::vector<router::ScatterSpec::Edit> edits = spec.edits; // avg(x): sum(x), count(x); HAVING
+  std::vector<uint32_t> shard_types = x ? *x->types : std::vector<uint32_t>{};
   {
+    // Parameters (LIMIT $1 OFFSET $2): their values from the Bind. One the text no longer
+    // names is declared bigint in the shards' Parse, as PostgreSQL infers it. A negative
+    // value stays a parameter: every shard refuses it as PostgreSQL does. NULL is no limit
+    // (LIMIT) or 0 (OFFSET), the same on the shards.
+    std::optional<uint64_t> limit_p, offset_p;
+    for (auto *pp : {&spec.limit_param, &spec.offset_param}) {
+      if (!pp->number)
+        continue;
+      bool readable = false;
+      auto v = x ? bind_integer(*x->bind, pp->number, readable) : std::nullopt;
+      if (!readable) {
+        error("0A000",
+              "cross-shard SELECT with a LIMIT or OFFSET parameter the proxy cannot read as an "
+              "integer is not supported",
+              "send $" + std::to_string(pp->number) + " as an integer (int2, int4 or int8)");
+        if (in_tx())
+          fail_transaction_by_proxy();
+        ready();
+        co_return true;
+      }
+      if (v && *v >= 0) {
+        (pp == &spec.limit_param ? limit_p : offset_p) = uint64_t(*v);
+        if (shard_types.size() < size_t(pp->number))
+          shard_types.resize(size_t(pp->number), 0);
+        if (shard_types[size_t(pp->number - 1)] == 0)
+          shard_types[size_t(pp->number - 1)] = 20; // int8
+      }
+    }
+    if (spec.limit_param.number)
+      limit = limit_p;
+    if (spec.offset_param.number)
+      offset = offset_p.value_or(0);
     auto at = [&](int32_t i, std::string text) {
       const auto &c = pt.scan.consts[size_t(i)];
       edits.push_back({c.start, c.end, std::move(text)});
     };
     // Grouped: a shard's first groups are not the first of all, so every group comes back.
+    std::string shard_limit =
+        spec.grouped || !limit ? std::string("ALL") : std::to_string(*limit + offset);
     if (limit && spec.limit_const >= 0)
-      at(spec.limit_const, spec.grouped ? std::string("ALL") : std::to_string(*limit + offset));
+      at(spec.limit_const, shard_limit);
+    if (limit_p)
+      edits.push_back({spec.limit_param.start, spec.limit_param.end, shard_limit});
     if (spec.offset_const >= 0 && const_uint(sql, pt.scan, spec.offset_const))
       at(spec.offset_const, "0");
+    if (offset_p)
+      edits.push_back({spec.offset_param.start, spec.offset_param.end, "0"});
     std::sort(edits.begin(), edits.end(), [](auto &a, auto &b) { return a.start > b.start; });
     for (auto &e : edits)
       shard_sql.replace(e.start, e.end - e.start, e.text);
@@ -263,7 +342,7 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
     swallow[i] = int(exp_.size());
     exp_.clear();
     if (x) { // the client's Bind, on the statement as each shard runs it (LIMIT n+m)
-      protocol::parse(wbuf_, "", shard_sqls[i], *x->types);
+      protocol::parse(wbuf_, "", shard_sqls[i], shard_types);
       protocol::rewrite_bind(wbuf_, *x->bind, x->bind_body, "");
       protocol::Writer(wbuf_, 'D').u8('P').cstr(x->bind->portal).finish();
       protocol::Writer(wbuf_, 'E').cstr(x->bind->portal).i32(0).finish();

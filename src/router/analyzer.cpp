@@ -510,12 +510,23 @@ private:
                            [&](const ProtobufCMessage *c) { return !has_aggregate(c, depth + 1); });
   }
 
-  // The constant index of a non-negative integer LIMIT/OFFSET, -1 for none (or LIMIT ALL);
-  // false when it is something else (a parameter, an expression).
-  bool limit_value(const Node *n, int32_t &out) const {
+  // The constant index of a non-negative integer LIMIT/OFFSET, -1 for none (or LIMIT ALL), or
+  // the parameter it is; false when it is something else (an expression).
+  bool limit_value(const Node *n, int32_t &out, ScatterSpec::Param &param) const {
     out = -1;
     if (!n)
       return true;
+    if (n->node_case == PG_QUERY__NODE__NODE_PARAM_REF) {
+      const auto *p = n->param_ref;
+      if (p->number < 1 || p->location < 0 || size_t(p->location) >= sql_.size() ||
+          sql_[size_t(p->location)] != '$')
+        return false;
+      size_t end = size_t(p->location) + 1;
+      while (end < sql_.size() && sql_[end] >= '0' && sql_[end] <= '9')
+        ++end;
+      param = {p->number, uint32_t(p->location), uint32_t(end)};
+      return true;
+    }
     if (n->node_case != PG_QUERY__NODE__NODE_A_CONST)
       return false;
     const auto *c = n->a_const;
@@ -718,9 +729,9 @@ private:
       }
       spec->order.push_back(std::move(k));
     }
-    if (!limit_value(s->limit_count, spec->limit_const) ||
-        !limit_value(s->limit_offset, spec->offset_const))
-      return refuse("a LIMIT or OFFSET that is not an integer constant");
+    if (!limit_value(s->limit_count, spec->limit_const, spec->limit_param) ||
+        !limit_value(s->limit_offset, spec->offset_const, spec->offset_param))
+      return refuse("a LIMIT or OFFSET that is not an integer constant or a parameter");
     if (!distinct_on.empty()) {
       // Each DISTINCT ON item must be the ORDER BY item at its place (PostgreSQL demands the
       // same set first; the merge needs them in the same order, as plain columns).

@@ -90,9 +90,16 @@ struct ScatterSpec {
   // first row (each shard sends its own first per group).
   uint32_t distinct_on = 0;
   bool grouped = false; // GROUP BY
-  // The LIMIT and OFFSET values: constants of the text (index in the scan), -1 if none.
+  // The LIMIT and OFFSET values: constants of the text (index in the scan), -1 if none; or
+  // parameters (extended protocol: "LIMIT $1"), with the span of their "$n" in the text, whose
+  // values the proxy reads from the Bind.
   int32_t limit_const = -1;
   int32_t offset_const = -1;
+  struct Param {
+    int32_t number = 0; // 1-based; 0: not a parameter
+    uint32_t start = 0, end = 0;
+  };
+  Param limit_param, offset_param;
   // Functions the plain (not aggregated) SELECT list calls, lower-case: the session asks a
   // shard's catalog whether any is a user-defined aggregate (its per-shard results cannot be
   // concatenated), since only the built-in aggregates are known here.

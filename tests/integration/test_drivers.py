@@ -24,8 +24,8 @@ picks the keys (`shardgate --locate`), says what every step must give, and check
 - batches on one shard's keys (ruby-pg pipeline mode, pgx.Batch), also a transaction inside a
   batch; node-postgres has no batch API;
 - reads without a key over a whole table: count(*) and sum, ORDER BY id LIMIT 10 and DESC LIMIT 3,
-  as simple queries and through the extended protocol (a parameter in WHERE: a LIMIT $1 across
-  shards is refused with 0A000 for now), against the rows the job inserted;
+  as simple queries and through the extended protocol (a parameter in WHERE, and LIMIT $2),
+  against the rows the job inserted;
 - afterwards, on each shard's primary directly: every row is on the shard --locate names, with
   the right values, and nowhere else; rolled-back and deleted rows are nowhere.
 

@@ -449,6 +449,55 @@ class ScatterTest(unittest.TestCase):
             self.assertEqual(cur.fetchone()[0], 0)
             c3.rollback()
 
+    @unittest.skipIf(psycopg is None, "psycopg 3 not installed")
+    def test_limit_and_offset_as_parameters(self):
+        """LIMIT $1 OFFSET $2 (what ORMs and JDBC's setMaxResults send) across shards: the values
+        come from each Bind, text or binary, NULL meaning none; the rows are PostgreSQL's, a
+        negative value gets PostgreSQL's own error, and a value the proxy cannot read as an
+        integer (a numeric 2.5, which PostgreSQL rounds) gets 0A000, never a wrong count."""
+        queries = [
+            ("SELECT id, name FROM items ORDER BY id LIMIT {} OFFSET {}", True),
+            ("SELECT id FROM items WHERE grp >= 0 LIMIT {} OFFSET {}", None),  # counted only
+            ("SELECT grp, count(*) FROM items GROUP BY grp ORDER BY grp DESC LIMIT {} OFFSET {}",
+             True),
+            ("SELECT id, at FROM items ORDER BY at DESC, id LIMIT {}", True),
+        ]
+        values = [(7, 5), (0, 0), (None, 3), (3, None), (100_000, 2), (1, 0)]
+
+        def run(conn, sql, args):
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(sql, args, prepare=True)
+                    return ("ok", cur.fetchall(), cur.statusmessage)
+            except psycopg.Error as e:
+                return ("error", e.sqlstate)
+
+        for text, ordered in queries:
+            for mark in ("%t", "%b"):  # parameters sent as text, then binary (int2/int4/int8)
+                sql = text.format(*([mark] * text.count("{}")))
+                for v in values:
+                    args = v[:text.count("{}")]
+                    with self.subTest(sql=sql, args=args):
+                        want, got = run(self.ref3, sql, args), run(self.px3, sql, args)
+                        self.assertEqual(got[0], "ok", got)
+                        if ordered is None:  # no ORDER BY: which rows is PostgreSQL's choice
+                            self.assertEqual(len(got[1]), len(want[1]))
+                            self.assertEqual(len(set(got[1])), len(got[1]))
+                        else:
+                            self.assertEqual(got, want)
+        for args, code in [((-1, 0), "2201W"), ((1, -1), "2201X")]:
+            sql = "SELECT id FROM items ORDER BY id LIMIT %s OFFSET %s"
+            self.assertEqual(run(self.ref3, sql, args), ("error", code))
+            self.assertEqual(run(self.px3, sql, args), ("error", code))
+        got = run(self.px3, "SELECT id FROM items ORDER BY id LIMIT %s", (Decimal("2.5"),))
+        self.assertEqual(got, ("error", "0A000"))
+        self.assertEqual(run(self.ref3, "SELECT id FROM items ORDER BY id LIMIT %s",
+                             (Decimal("2.5"),))[1], [(r,) for r in sorted(x[0] for x in self.rows)[:3]])
+        # The connection goes on, and a prepared statement runs again with other values.
+        for n in (2, 4):
+            self.assertEqual(run(self.px3, "SELECT id FROM items ORDER BY id LIMIT %s", (n,)),
+                             run(self.ref3, "SELECT id FROM items ORDER BY id LIMIT %s", (n,)))
+
     def test_in_list_each_shard_gets_only_its_keys(self):
         """A read whose IN list has keys on several shards: each shard is sent the list with
         its own keys only (current_query() shows what each ran), and the rows are PostgreSQL's."""

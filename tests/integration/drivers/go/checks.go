@@ -516,7 +516,7 @@ var scenarios = map[string]func(c *pgx.Conn, j *job, a *args){
 		j.current = "count_param"
 		j.step("count_param", j.mustRows(c, fmt.Sprintf("SELECT count(*) FROM %s WHERE n >= $1", t), int64(0)))
 		j.current = "top_param"
-		j.step("top_param", j.mustRows(c, fmt.Sprintf("SELECT id, v, n FROM %s WHERE n >= $1 ORDER BY id LIMIT 10", t), int64(0)))
+		j.step("top_param", j.mustRows(c, fmt.Sprintf("SELECT id, v, n FROM %s WHERE n >= $1 ORDER BY id LIMIT $2", t), int64(0), int64(10)))
 		j.current = "bottom_param"
 		j.step("bottom_param", j.mustRows(c, fmt.Sprintf("SELECT id, v, n FROM %s WHERE n >= $1 ORDER BY id DESC LIMIT 3", t), int64(0)))
 	},

@@ -218,7 +218,7 @@ const scenarios = {
       ['count_simple', `SELECT count(*), sum(n) FROM ${t}`, undefined],
       ['top_simple', `SELECT id, v, n FROM ${t} ORDER BY id LIMIT 10`, undefined],
       ['count_param', `SELECT count(*) FROM ${t} WHERE n >= $1`, [0]],
-      ['top_param', `SELECT id, v, n FROM ${t} WHERE n >= $1 ORDER BY id LIMIT 10`, [0]],
+      ['top_param', `SELECT id, v, n FROM ${t} WHERE n >= $1 ORDER BY id LIMIT $2`, [0, 10]],
       ['bottom_param', `SELECT id, v, n FROM ${t} WHERE n >= $1 ORDER BY id DESC LIMIT 3`, [0]],
     ]
     for (const [name, text, values] of reads) {

@@ -254,7 +254,7 @@ SCENARIOS = {
     job.current = "count_param"
     job.step("count_param", rows(c, "SELECT count(*) FROM #{t} WHERE n >= $1", [0]))
     job.current = "top_param"
-    job.step("top_param", rows(c, "SELECT id, v, n FROM #{t} WHERE n >= $1 ORDER BY id LIMIT 10", [0]))
+    job.step("top_param", rows(c, "SELECT id, v, n FROM #{t} WHERE n >= $1 ORDER BY id LIMIT $2", [0, 10]))
     job.current = "bottom_param"
     job.step("bottom_param", rows(c, "SELECT id, v, n FROM #{t} WHERE n >= $1 ORDER BY id DESC LIMIT 3", [0]))
   end,
