@@ -14,7 +14,7 @@ PKGS=(
   default-jdk-headless libpostgresql-jdbc-java
   ruby ruby-pg golang-go golang-github-jackc-pgx-v4-dev
   prometheus curl clang-14 libclang-rt-14-dev valgrind
-  procps iproute2 util-linux
+  procps iproute2 util-linux dpkg-dev file
 )
 # Node.js and npm run the OpenAPI check in tests/integration/openapi. Ask Debian only for what
 # the machine lacks: a Node.js from another origin (NodeSource's nodejs bundles npm and conflicts

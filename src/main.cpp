@@ -23,7 +23,85 @@ void usage(std::ostream &os) {
         "  --config FILE        TOML config (see README)\n"
         "  --check              validate the config and exit\n"
         "  --locate TABLE KEY   print the shard that owns KEY of sharded TABLE, and exit\n"
-        "  --version            print the version\n";
+        "  --version            print the version\n"
+        "  --help               the full manual page\n";
+}
+
+// --help: the manual, laid out as a man page.
+void manual(std::ostream &os) {
+  os << R"(SHARDGATE(8)                    ShardGate manual                    SHARDGATE(8)
+
+NAME
+       shardgate - PostgreSQL sharding proxy
+
+SYNOPSIS
+       shardgate --config FILE
+       shardgate --config FILE --check
+       shardgate --config FILE --locate TABLE KEY
+       shardgate --version | --help
+
+DESCRIPTION
+       shardgate listens for PostgreSQL clients (any driver, SCRAM-SHA-256 or md5) and shows
+       them one database. Each statement on a sharded table goes to the shard that owns its
+       key on an xxHash consistent-hash ring; reads go to the shard's healthy replicas; reads
+       and writes that span shards are run on each shard and merged, with two-phase commit
+       for transactions that write on several. Shards are added and removed while clients
+       run, through the admin REST API ([admin]; the shardgatectl command).
+
+OPTIONS
+       --config FILE
+              The TOML configuration. Every problem in it is printed as
+              file:line:column: error: message, and shardgate exits with status 2.
+
+       --check
+              Validate the configuration and exit (0 when it is valid).
+
+       --locate TABLE KEY
+              Print the name of the shard that owns KEY of sharded TABLE under the
+              configured ring, and exit.
+
+       --version
+              Print the version and exit.
+
+       --help, -h
+              Print this manual and exit.
+
+SIGNALS
+       SIGHUP Read the configuration file again. Users, passwords, per-user limits, [log]
+              and the replica lag thresholds apply at once; other changes are named in a
+              warning and need a restart (the topology changes through the admin API). A
+              file with errors changes nothing.
+
+       SIGTERM, SIGINT
+              Stop accepting clients, let the sessions finish for a bounded time, then exit.
+
+FILES
+       /etc/shardgate/shardgate.toml
+              The configuration the systemd unit starts with.
+
+       /usr/lib/systemd/system/shardgate.service
+              The systemd unit: systemctl enable --now shardgate; systemctl reload
+              shardgate sends SIGHUP.
+
+       /usr/share/shardgate/
+              An example configuration, the Grafana dashboard and the Prometheus alert rules.
+
+ENVIRONMENT
+       SHARDGATE_ADMIN_TOKEN
+              The admin API's bearer token, when [admin] names no token_file.
+
+       SHARDGATE_LOG_LEVEL
+              debug: log at debug level whatever [log] says.
+
+EXIT STATUS
+       0      Success, or a clean shutdown.
+       1      --locate could not place the key; or the proxy could not start (a port in
+              use, say: the log says why).
+       2      A usage error, or an invalid configuration.
+
+SEE ALSO
+       shardgatectl --help, psql(1), pgbench(1); /usr/share/doc/shardgate/README.md.
+)";
 }
 
 namespace log = sg::proxy::log;
@@ -157,7 +235,7 @@ int main(int argc, char **argv) {
       std::cout << "shardgate 0.1.0\n";
       return 0;
     } else if (a == "--help" || a == "-h") {
-      usage(std::cout);
+      manual(std::cout);
       return 0;
     } else {
       std::cerr << "shardgate: unknown or incomplete argument \"" << a << "\"\n";
