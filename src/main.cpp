@@ -2,6 +2,7 @@
 #include "admin/server.h"
 #include "config/config.h"
 #include "executor/journal.h"
+#include "ids/lease.h"
 #include "metrics/exporter.h"
 #include "migrations/runner.h"
 #include "proxy/errors.h"
@@ -292,6 +293,12 @@ int main(int argc, char **argv) {
   std::unique_ptr<sg::migrations::Runner> runner;
   std::unique_ptr<sg::executor::Journal> journal;
   std::unique_ptr<sg::admin::Server> admin;
+  std::unique_ptr<sg::ids::Lease> id_lease;
+  // shardgate.next_id()'s instance number: configured, else leased from the metadata database.
+  if (meta_cfg.ids.instance >= 0)
+    server.ids().assign(meta_cfg.ids.instance, 0, INT64_MAX);
+  else if (!meta_cfg.metadata.enabled)
+    server.ids().revoke("no instance number: [ids] instance is not set and [metadata] is off");
   int rc = server.run(
       [&] {
         if (running.t.epoch != 0) { // the stored epoch may have shards off the ring, a migration
@@ -377,6 +384,10 @@ int main(int argc, char **argv) {
           journal = std::make_unique<sg::executor::Journal>(std::move(jo));
           journal->start();
           server.set_journal(journal.get());
+          if (meta_cfg.ids.instance < 0) {
+            id_lease = std::make_unique<sg::ids::Lease>(meta_cfg, instance, server.ids());
+            id_lease->start();
+          }
         }
         if (admin_cfg.listen_port != 0) {
           sg::admin::Sources src;
@@ -413,6 +424,7 @@ int main(int argc, char **argv) {
       [&] {
         exporter.reset(); // first: a scrape reads the journal
         admin.reset();
+        id_lease.reset();
         server.set_journal(nullptr);
         journal.reset();
         runner.reset();

@@ -294,7 +294,7 @@ LoadResult load_string(std::string_view text, const std::string &path) {
   c.path = path;
   r.unknown_keys(root,
                  {"proxy", "users", "ring", "replicas", "metrics", "metadata", "migrations",
-                  "transactions", "admin", "log", "shards", "tables"},
+                  "transactions", "ids", "admin", "log", "shards", "tables"},
                  "the top level");
 
   if (auto *p = r.table(root, "proxy")) {
@@ -442,6 +442,10 @@ LoadResult load_string(std::string_view text, const std::string &path) {
     r.get_bool(*tx, "two_phase_commit", c.transactions.two_phase_commit);
     r.get_uint(*tx, "recover_after_ms", c.transactions.recover_after_ms, 100, 3600000);
     r.get_uint(*tx, "recovery_interval_ms", c.transactions.recovery_interval_ms, 50, 600000);
+  }
+  if (auto *ids = r.table(root, "ids")) {
+    r.unknown_keys(*ids, {"instance"}, "[ids]");
+    r.get_uint(*ids, "instance", c.ids.instance, 0, 1023);
   }
   if (auto *ad = r.table(root, "admin")) {
     r.unknown_keys(*ad, {"listen", "token_file", "allow_no_token"}, "[admin]");

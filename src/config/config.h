@@ -154,6 +154,12 @@ struct Log {
   bool operator==(const Log &) const = default;
 };
 
+// shardgate.next_id() ([ids]).
+struct Ids {
+  int32_t instance = -1; // 0-1023: this proxy's instance number; -1: leased from [metadata]
+  bool operator==(const Ids &) const = default;
+};
+
 struct Config {
   std::string path;
   Proxy proxy;
@@ -164,6 +170,7 @@ struct Config {
   Metadata metadata;
   Migrations migrations;
   Transactions transactions;
+  Ids ids;
   Admin admin;
   Log log;
   std::vector<Shard> shards;

@@ -26,6 +26,7 @@ struct Session::BatchItem {
   StmtRef prev_portal;  // B: what the portal ran before
   int32_t max_rows = 0; // E: its row limit (0: all)
   std::string tag;
+  std::string id_row; // E of SELECT shardgate.next_id() (special): its DataRow, sent before the tag
   std::optional<router::RouteError> error; // the proxy's own error here: the walk's last item
 };
 

@@ -81,6 +81,8 @@ bool Session::fast_batch(FastBatch &fb, QueryRun &q) {
   const router::StatementPlan &sp = st.planned.analysis->stmts[0];
   if (sp.kind != router::StmtKind::read && sp.kind != router::StmtKind::write)
     return false;
+  if (!sp.next_id.empty()) [[unlikely]]
+    return false; // the proxy answers its Execute (next_id_row)
   if (!params_cover_keys(sp, bind_) ||
       (!portals_.empty() && !bind_.portal.empty() && portals_.count(std::string(bind_.portal))))
     return false; // the general path says what is wrong
@@ -607,6 +609,7 @@ void Session::synthesize_items(BatchPlan &bp) {
       break;
     case 'E': {
       if (it.special) {
+        sink_->append(it.id_row); // shardgate.next_id()'s row (else empty)
         protocol::command_complete(*sink_, it.tag);
         break;
       }
@@ -766,6 +769,7 @@ void Session::write_items(BackendConn &b, BatchPlan &bp, bool side) {
         bp.side_deferred = true;
       } else if (it.special) {
         Pending s(Expect::synthetic);
+        s.synthetic = it.id_row; // shardgate.next_id()'s row (else empty)
         protocol::command_complete(s.synthetic, it.tag);
         if (!it.undo_name.empty()) {
           s.undo = true;

@@ -320,6 +320,15 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
       st->text = std::string(p->query);
       st->types = p->param_types;
       st->planned = sh_.router.plan(st->text);
+      if (const auto &an = *st->planned.analysis;
+          an.parsed && an.stmts.size() == 1 && !an.stmts[0].next_id.empty()) [[unlikely]] {
+        // SELECT shardgate.next_id(): the backend parses, binds and describes a statement
+        // with the same column; its Execute is the proxy's (see 'E').
+        std::string name;
+        for (char c : an.stmts[0].next_id)
+          name += c == '"' ? std::string("\"\"") : std::string(1, c);
+        st->text = "SELECT NULL::bigint AS \"" + name + "\"";
+      }
       // A syntax error comes first; in a failed transaction 25P02 comes before the name is
       // looked at, except for the statements that end the transaction.
       if (!it.name.empty() && stmts_.count(it.name) && st->planned.analysis->parsed &&
@@ -585,6 +594,11 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
       if (!an.parsed || an.stmts.size() != 1)
         break;
       const router::StatementPlan &sp = an.stmts[0];
+      if (!sp.next_id.empty()) [[unlikely]] {
+        if (auto e = next_id_row(bp, it))
+          fail(e->sqlstate, e->message, e->hint);
+        break;
+      }
       // DEALLOCATE and DISCARD ALL act on the proxy's own statement and settings state; the
       // server-side statements are shared and stay (psycopg 3 sends DEALLOCATE ALL after
       // ROLLBACK).

@@ -4,6 +4,7 @@
 
 #include "config/config.h"
 #include "executor/twophase.h"
+#include "ids/generator.h"
 #include "protocol/auth.h"
 #include "proxy/backend.h"
 #include "proxy/health.h"
@@ -221,6 +222,7 @@ struct Shared {
   };
   ControlPlane control;
   MigrationStats migration;
+  ids::Generator ids; // shardgate.next_id(): given its instance number by main (a lease or [ids])
   // Where two-phase commit records its decisions (set by main when the metadata database is
   // on; null: a transaction that writes on several shards cannot commit atomically).
   std::atomic<executor::DecisionJournal *> journal{nullptr};
@@ -331,6 +333,7 @@ public:
   void set_journal(executor::DecisionJournal *j) { shared_->journal.store(j); }
   Shared::ControlPlane &control() { return shared_->control; }
   MigrationStats &migration_stats() { return shared_->migration; }
+  ids::Generator &ids() { return shared_->ids; }
   // A new placement (see Shared::apply_placement): the monitor probes the nodes that joined and
   // stops probing those that left; each worker closes its idle connections to those that left.
   bool apply_placement(const PlacementSpec &spec, std::string &error);

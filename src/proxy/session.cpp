@@ -320,6 +320,10 @@ Task<void> Session::query_loop() {
         }
         if (step == QueryStep::answered)
           continue;
+        if (step == QueryStep::next_id) [[unlikely]] {
+          co_await answer_next_id(query_plan_.analysis->stmts[0].next_id);
+          continue;
+        }
         if (step == QueryStep::side) {
           if (!co_await side_query())
             co_return;

@@ -113,6 +113,7 @@ private:
     copy_in,
     end_multi,
     mirrored_write,
+    next_id,  // SELECT shardgate.next_id(): answered here (session_ids.cpp)
     learn_key // an INSERT without a column list: its table's key position is read first
   };
   struct QueryRun {
@@ -234,6 +235,11 @@ private:
     const std::vector<uint32_t> *types = nullptr;
     bool describe = false;
   };
+  // session_ids.cpp: shardgate.next_id(), answered by the proxy.
+  Task<std::optional<int64_t>> take_id(std::string &why);
+  void next_id_error(const std::string &why);
+  Task<void> answer_next_id(const std::string &column);
+  std::optional<router::RouteError> next_id_row(const BatchPlan &bp, BatchItem &it);
   Task<bool> scatter_read(const router::PlannedText &pt, const std::string &sql,
                           const ExtendedRead *x = nullptr);
   Task<bool> scatter_next(Scatter &s, size_t i);

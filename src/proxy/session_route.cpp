@@ -119,6 +119,17 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
     q.shard = tx_shard_;
     return QueryStep::run;
   }
+  if (!first.next_id.empty()) [[unlikely]] {
+    if (single)
+      return QueryStep::next_id;
+  }
+  if (planned.analysis->stmts.size() > 1) [[unlikely]]
+    for (const auto &st : stmts)
+      if (!st.next_id.empty())
+        return refuse("0A000",
+                      "shardgate.next_id() is answered by the proxy only as a statement of its "
+                      "own",
+                      "send SELECT shardgate.next_id() alone, not in a string of several");
 
   // Resolve every statement; they must agree on one shard.
   int shard = -1;

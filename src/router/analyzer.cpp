@@ -34,8 +34,17 @@ struct Facts {
   bool locking = false;
   int dml = 0; // Insert/Update/Delete nodes
   bool volatile_fn = false;
-  bool calls = false; // any function call at all
+  bool calls = false;    // any function call at all
+  int next_id_calls = 0; // shardgate.next_id(), which the proxy answers
 };
+
+// shardgate.next_id(): the function the proxy answers itself (src/ids/).
+bool names_next_id(const PgQuery__FuncCall *fc) {
+  auto is = [](const Node *n, const char *s) {
+    return n->node_case == PG_QUERY__NODE__NODE_STRING && lower(n->string->sval) == s;
+  };
+  return fc->n_funcname == 2 && is(fc->funcname[0], "shardgate") && is(fc->funcname[1], "next_id");
+}
 
 bool is_volatile_function(std::string_view name) {
   static const char *names[] = {"nextval",
@@ -104,6 +113,8 @@ void walk(const ProtobufCMessage *m, Facts &f, int depth = 0) {
   else if (d == &pg_query__func_call__descriptor) {
     auto *fc = reinterpret_cast<const PgQuery__FuncCall *>(m);
     f.calls = true;
+    if (names_next_id(fc))
+      ++f.next_id_calls;
     if (fc->n_funcname > 0) {
       const Node *last = fc->funcname[fc->n_funcname - 1];
       if (last->node_case == PG_QUERY__NODE__NODE_STRING &&
@@ -1199,6 +1210,41 @@ private:
       no_key_error(p, touched[0]);
   }
 
+  // SELECT shardgate.next_id() [AS name], alone: the proxy answers it (a read on no shard,
+  // p.next_id its column's name). Anywhere else the function would reach a shard, which has
+  // no such function: 0A000.
+  static void plan_next_id(StatementPlan &p, const Node *stmt, const Facts &f) {
+    const PgQuery__SelectStmt *s =
+        stmt->node_case == PG_QUERY__NODE__NODE_SELECT_STMT ? stmt->select_stmt : nullptr;
+    const PgQuery__ResTarget *rt =
+        s && s->n_target_list == 1 &&
+                s->target_list[0]->node_case == PG_QUERY__NODE__NODE_RES_TARGET
+            ? s->target_list[0]->res_target
+            : nullptr;
+    const Node *v = rt ? rt->val : nullptr;
+    bool alone = f.next_id_calls == 1 && v && v->node_case == PG_QUERY__NODE__NODE_FUNC_CALL &&
+                 names_next_id(v->func_call) && !v->func_call->n_args && !v->func_call->agg_star &&
+                 !v->func_call->agg_distinct && !v->func_call->over && !v->func_call->agg_filter &&
+                 !v->func_call->n_agg_order && !v->func_call->func_variadic &&
+                 s->op == PG_QUERY__SET_OPERATION__SETOP_NONE && !s->n_from_clause &&
+                 !s->where_clause && !s->n_group_clause && !s->having_clause && !s->n_sort_clause &&
+                 !s->limit_count && !s->limit_offset && !s->n_distinct_clause && !s->into_clause &&
+                 !s->with_clause && !s->n_window_clause && !s->n_values_lists &&
+                 !s->n_locking_clause;
+    if (alone) {
+      p.kind = StmtKind::read;
+      p.target = TargetKind::default_shard;
+      p.next_id = rt->name && *rt->name ? rt->name : "next_id";
+      p.pipelinable = false;
+      return;
+    }
+    p.target = TargetKind::error;
+    p.error = {"0A000",
+               "shardgate.next_id() is answered by the proxy only as a statement of its own",
+               "run SELECT shardgate.next_id() (one ID per call), and use its value in the "
+               "next statement"};
+  }
+
   std::string_view sql_;
   const std::vector<config::Table> &tables_;
   const std::vector<ConstToken> &consts_;
@@ -1389,6 +1435,8 @@ StatementPlan Analyzer::plan(const Node *stmt) {
     plan_utility_tables(p, f, false);
     break;
   }
+  if (f.next_id_calls)
+    plan_next_id(p, stmt, f);
   return p;
 }
 

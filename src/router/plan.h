@@ -125,6 +125,7 @@ struct StatementPlan {
   bool read_only_tx = false; // BEGIN READ ONLY
   bool chain = false;        // COMMIT/ROLLBACK AND CHAIN
   bool cursor = false;       // DECLARE, FETCH, MOVE, CLOSE (a cursor lives on one backend)
+  std::string next_id;       // SELECT shardgate.next_id() [AS name]: its column (the proxy answers)
   // An UPDATE or DELETE of one sharded table that names no other table: it runs alike on every
   // shard (each holds only its own rows), so without a usable key (target scatter), or with
   // keys on several shards, it goes to each shard concerned.

@@ -31,6 +31,12 @@ CREATE TABLE IF NOT EXISTS shardgate.migrations(
   started_at timestamptz NOT NULL DEFAULT now(),
   updated_at timestamptz NOT NULL DEFAULT now());
 ALTER TABLE shardgate.migrations ADD COLUMN IF NOT EXISTS request text;
+-- shardgate.next_id()'s instance numbers, leased to proxies (src/ids/lease.h).
+CREATE TABLE IF NOT EXISTS shardgate.id_instances(
+  instance int PRIMARY KEY CHECK (instance >= 0 AND instance < 1024),
+  holder text NOT NULL UNIQUE,
+  high_water_ms bigint NOT NULL DEFAULT 0,
+  renewed_at timestamptz NOT NULL DEFAULT now());
 CREATE TABLE IF NOT EXISTS shardgate.tx_decisions(
   txid text PRIMARY KEY,
   outcome text NOT NULL CHECK (outcome IN ('commit', 'abort')),
@@ -360,6 +366,46 @@ void Store::heartbeat(const std::string &id, const std::string &address, uint64_
                 "CASE WHEN $4 THEN now() ELSE p.started_at END",
                 id, address, applied, first);
   w.commit();
+}
+
+std::optional<IdLeaseRow> Store::claim_id_instance(const std::string &holder,
+                                                   int64_t reclaim_after_ms) {
+  pqxx::work w(c_->c);
+  w.exec_params("SELECT pg_advisory_xact_lock($1)", kSchemaLock + 1);
+  auto mine = w.exec_params(
+      "SELECT instance, high_water_ms FROM shardgate.id_instances WHERE holder = $1", holder);
+  std::optional<IdLeaseRow> out;
+  if (!mine.empty()) {
+    out = IdLeaseRow{mine[0][0].as<int>(), mine[0][1].as<int64_t>()};
+  } else {
+    // The lowest free number, or one whose holder has not renewed it for reclaim_after_ms.
+    auto r = w.exec_params(
+        "SELECT g FROM generate_series(0, 1023) g LEFT JOIN shardgate.id_instances i ON "
+        "i.instance = g WHERE i.instance IS NULL OR i.renewed_at < now() - $1 * interval '1 "
+        "millisecond' ORDER BY i.instance IS NOT NULL, g LIMIT 1",
+        reclaim_after_ms);
+    if (!r.empty()) {
+      auto got = w.exec_params(
+          "INSERT INTO shardgate.id_instances AS i(instance, holder) VALUES ($1, $2) ON CONFLICT "
+          "(instance) DO UPDATE SET holder = $2, renewed_at = now() RETURNING high_water_ms",
+          r[0][0].as<int>(), holder);
+      out = IdLeaseRow{r[0][0].as<int>(), got[0][0].as<int64_t>()};
+    }
+  }
+  if (out)
+    w.exec_params("UPDATE shardgate.id_instances SET renewed_at = now() WHERE instance = $1",
+                  out->instance);
+  w.commit();
+  return out;
+}
+
+bool Store::renew_id_instance(int instance, const std::string &holder, int64_t high_water_ms) {
+  pqxx::work w(c_->c);
+  auto r = w.exec_params("UPDATE shardgate.id_instances SET renewed_at = now(), high_water_ms = "
+                         "greatest(high_water_ms, $3) WHERE instance = $1 AND holder = $2",
+                         instance, holder, high_water_ms);
+  w.commit();
+  return r.affected_rows() == 1;
 }
 
 std::vector<ProxyRow> Store::proxies() {

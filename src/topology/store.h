@@ -26,6 +26,11 @@ namespace sg::topology {
 
 constexpr const char *kChannel = "shardgate_topology";
 
+struct IdLeaseRow {
+  int instance = 0;
+  int64_t high_water_ms = 0; // the highest millisecond its holders reported using (Unix ms)
+};
+
 struct ProxyRow {
   std::string id;
   std::string address;
@@ -61,6 +66,11 @@ public:
   // Records this proxy's applied epoch and heartbeat (`first`: it also (re)sets started_at).
   void heartbeat(const std::string &id, const std::string &address, uint64_t applied, bool first);
   std::vector<ProxyRow> proxies();
+  // shardgate.next_id()'s instance numbers (src/ids/lease.h): the one `holder` has, else the
+  // lowest free one or one not renewed for reclaim_after_ms, taken over; nullopt: all 1024 are
+  // held. renew_id_instance() records the holder's high water; false: it holds it no more.
+  std::optional<IdLeaseRow> claim_id_instance(const std::string &holder, int64_t reclaim_after_ms);
+  bool renew_id_instance(int instance, const std::string &holder, int64_t high_water_ms);
   // Every journaled migration, oldest first, or the one with this id.
   std::vector<MigrationRow> migrations(const std::string &id = "");
   // Starts a migration: its journal row (phase PREPARE) and the epoch `next` (expected + 1), in

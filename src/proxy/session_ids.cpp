@@ -1,0 +1,117 @@
+// shardgate.next_id(): IDs the proxy answers itself (src/ids/generator.h), with no shard.
+#include "proxy/batch.h"
+#include "proxy/session.h"
+#include "proxy/session_util.h"
+
+#include <chrono>
+
+namespace sg::proxy {
+
+namespace {
+
+int64_t unix_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+int64_t steady_ms() { // the clock ids::Lease measures its lease on
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+} // namespace
+
+// One ID. When the generator has borrowed too far ahead of the clock (over 4096 IDs in a
+// millisecond for a while, or the clock set back while it did), it waits for the clock, up to
+// a second; nullopt with `why` when there is none to give.
+Task<std::optional<int64_t>> Session::take_id(std::string &why) {
+  for (int64_t waited = 0;;) {
+    auto r = sh_.ids.next(unix_ms(), steady_ms());
+    if (r.status == ids::Generator::Status::ok)
+      co_return r.id;
+    if (r.status == ids::Generator::Status::unavailable) {
+      why = r.why;
+      co_return std::nullopt;
+    }
+    if (waited + r.wait_ms > 1000) {
+      why = "the clock is " + std::to_string(r.wait_ms) +
+            " ms behind the IDs already given (was it set back?)";
+      co_return std::nullopt;
+    }
+    waited += r.wait_ms;
+    Timer t(co_await asio::this_coro::executor, std::chrono::milliseconds(r.wait_ms));
+    ErrorCode ec;
+    co_await t.async_wait(asio::redirect_error(use_awaitable, ec));
+  }
+}
+
+void Session::next_id_error(const std::string &why) {
+  error("55000", "shardgate.next_id() cannot give an ID now: " + why,
+        sh_.cfg.ids.instance < 0 && !sh_.cfg.metadata.enabled
+            ? "set [ids] instance (0-1023, unique per proxy) or enable [metadata]"
+            : "retry; the proxy's log says more");
+}
+
+// SELECT shardgate.next_id() as a simple query: one int8 column, one row.
+Task<void> Session::answer_next_id(const std::string &column) {
+  std::string why;
+  auto id = co_await take_id(why);
+  if (!id) {
+    next_id_error(why);
+    if (in_tx())
+      fail_transaction_by_proxy();
+    ready();
+    co_return;
+  }
+  protocol::row_description(*sink_, {{column, 0, 0, 20, 8, -1, 0}});
+  protocol::data_row(*sink_, {std::to_string(*id)});
+  protocol::command_complete(*sink_, "SELECT 1");
+  ready();
+}
+
+// The Execute of a portal of SELECT shardgate.next_id() (extended protocol): the backend
+// parsed, bound and described "SELECT NULL::bigint AS name" in its place; the proxy answers
+// the Execute with the ID (it.id_row, before the tag), text or binary as the portal's Bind
+// asked. Taken here, without waiting: what refuses it is the batch's error at this Execute.
+std::optional<router::RouteError> Session::next_id_row(const BatchPlan &bp, BatchItem &it) {
+  const BatchItem *bind = nullptr;
+  for (const BatchItem &b : bp.items)
+    if (b.m->type == 'B' && b.name == it.name && !b.error)
+      bind = &b;
+  if (!bind || !bind->bind.results)
+    return router::RouteError{"0A000",
+                              "shardgate.next_id() through a portal bound in an earlier batch "
+                              "is not supported",
+                              "bind and execute it before the same Sync"};
+  std::string_view body = bind->m->body;
+  protocol::Reader r(body.substr(size_t(bind->bind.results - body.data())));
+  int16_t n = r.i16(), format = n > 0 ? r.i16() : 0;
+  auto g = sh_.ids.next(std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::system_clock::now().time_since_epoch())
+                            .count(),
+                        steady_ms());
+  if (g.status != ids::Generator::Status::ok) {
+    std::string why = g.status == ids::Generator::Status::wait
+                          ? "the clock is " + std::to_string(g.wait_ms) +
+                                " ms behind the IDs already given (was it set back?)"
+                          : g.why;
+    return router::RouteError{"55000", "shardgate.next_id() cannot give an ID now: " + why,
+                              "retry; the proxy's log says more"};
+  }
+  std::string value;
+  if (format == 1) {
+    for (int i = 7; i >= 0; --i)
+      value.push_back(char(uint8_t(uint64_t(g.id) >> (8 * i))));
+  } else {
+    value = std::to_string(g.id);
+  }
+  it.id_row.clear();
+  protocol::data_row(it.id_row, {value});
+  it.special = true;
+  it.tag = "SELECT 1";
+  return std::nullopt;
+}
+
+} // namespace sg::proxy
