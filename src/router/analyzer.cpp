@@ -1238,6 +1238,7 @@ private:
       p.pipelinable = false;
       return;
     }
+    p.next_id.clear(); // (EXPLAIN copied its statement's plan)
     p.target = TargetKind::error;
     p.error = {"0A000",
                "shardgate.next_id() is answered by the proxy only as a statement of its own",

@@ -132,7 +132,8 @@ class IdsTest(harness.ClusterTestCase):
             for sql in ["SELECT shardgate.next_id() FROM generate_series(1, 3)",
                         "INSERT INTO accounts (id, balance) VALUES (shardgate.next_id(), 1)",
                         "SELECT 1; SELECT shardgate.next_id()",
-                        "SELECT shardgate.next_id() + 1"]:
+                        "SELECT shardgate.next_id() + 1",
+                        "EXPLAIN SELECT shardgate.next_id()"]:
                 with self.subTest(sql=sql):
                     with self.assertRaises(psycopg2.Error) as cm:
                         cur.execute(sql)
