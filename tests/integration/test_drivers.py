@@ -26,6 +26,8 @@ picks the keys (`shardgate --locate`), says what every step must give, and check
 - reads without a key over a whole table: count(*) and sum, ORDER BY id LIMIT 10 and DESC LIMIT 3,
   as simple queries and through the extended protocol (a parameter in WHERE, and LIMIT $2),
   against the rows the job inserted;
+- SELECT shardgate.next_id() (the proxy answers it): 10 rising positive IDs, as simple queries
+  and through the extended protocol (a named statement in node-postgres and pgx, binary in pgx);
 - afterwards, on each shard's primary directly: every row is on the shard --locate names, with
   the right values, and nowhere else; rolled-back and deleted rows are nowhere.
 
@@ -247,7 +249,8 @@ def rows_scatter(a):
 
 EXPECT = {"login": expect_login, "crud": expect_crud, "prepared": expect_prepared,
           "tx": expect_tx, "error": expect_error, "batch": expect_batch,
-          "scatter": expect_scatter}
+          "scatter": expect_scatter,
+          "next_id": lambda args: [["ids", 10], ["rising", "ok"]]}
 ROWS = {"crud": rows_crud, "prepared": rows_prepared, "tx": rows_tx, "error": rows_error,
         "batch": rows_batch, "batch_cross": rows_batch_cross, "scatter": rows_scatter}
 BATCHES = {"ruby", "go"}  # node-postgres has no batch or pipeline API
@@ -344,6 +347,7 @@ class DriversTest(harness.ClusterTestCase):
         if driver in BATCHES:
             jobs.append(("proxy", "batch_cross", {"tag": f"{driver}-cross", "keys": ints(both)}))
         jobs.append(("proxy", "scatter", {"table": SCAN[driver], "rows": self.scan_rows(driver)}))
+        jobs.append(("proxy", "next_id", {}))  # shardgate.next_id(): the proxy answers it
         return [(f"{target}/{scenario}/{i}", target, scenario, args)
                 for i, (target, scenario, args) in enumerate(jobs)]
 

@@ -110,7 +110,8 @@ class JdbcTest(harness.ClusterTestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.proxy = harness.Proxy(cls.cluster)
+        # (an instance number for shardgate.next_id(): this proxy has no metadata database)
+        cls.proxy = harness.Proxy(cls.cluster, extra_toml="[ids]\ninstance = 3\n")
         cls.addClassCleanup(cls.proxy.stop)
         CLASSES.mkdir(parents=True, exist_ok=True)
         p = subprocess.run([JAVAC, "-Xlint:all", "-cp", str(JAR), "-d", str(CLASSES),
@@ -232,6 +233,19 @@ class JdbcTest(harness.ClusterTestCase):
 
     def test_prepare_threshold_1(self):
         self.check_scenarios(1)
+
+    def test_next_id(self):
+        """SELECT shardgate.next_id() through pgjdbc, prepareThreshold default and 1: rising
+        positive IDs in autocommit and in a transaction, which goes on (an INSERT commits)."""
+        jobs = []
+        for threshold in (None, 1):
+            extra = "" if threshold is None else f"&prepareThreshold={threshold}"
+            keys, _ = self.keys_on(K_BASE[threshold] + 90_000, 0, 1)
+            jobs.append((f"next_id/{threshold}", self.url(self.proxy.port, extra), "next_id", keys))
+        for label, r in self.run_jobs(jobs).items():
+            with self.subTest(label=label):
+                self.assertIsNone(r["error"], self.describe(r))
+                self.assertEqual(r["steps"], [["autocommit", 8], ["in_tx", 1], ["rising", "ok"]])
 
 
 if __name__ == "__main__":

@@ -100,11 +100,49 @@ public final class JdbcChecks {
             case "error_recovery": errorRecovery(c, k[0], k[1], job); break;
             case "set_local_first": setLocalFirst(c, k[0], job); break;
             case "transfer": transfer(c, k[0], k[1], job); break;
+            case "next_id": nextId(c, k[0], job); break;
             default: throw new IllegalArgumentException("unknown scenario " + scenario);
         }
     }
 
     // INSERT, UPDATE and SELECT of one key with PreparedStatements in a transaction, committed.
+    // SELECT shardgate.next_id() (the proxy answers it, so this runs through the proxy only): a
+    // PreparedStatement run 8 times in autocommit (past the prepare threshold), then 3 times in
+    // a transaction that goes on to insert key k and commits. IDs differ per run, so the steps
+    // record how many were read, the insert's count, and whether the IDs rose.
+    private static void nextId(Connection c, long k, Job job) throws SQLException {
+        List<Long> ids = new ArrayList<>();
+        job.step("autocommit");
+        try (PreparedStatement ps = c.prepareStatement("SELECT shardgate.next_id() AS id")) {
+            for (int i = 0; i < 8; i++) {
+                try (ResultSet rs = ps.executeQuery()) {
+                    rs.next();
+                    if (!rs.getMetaData().getColumnLabel(1).equals("id"))
+                        throw new IllegalStateException("column " + rs.getMetaData().getColumnLabel(1));
+                    ids.add(rs.getLong(1));
+                }
+            }
+        }
+        job.record(ids.size());
+        job.step("in_tx");
+        c.setAutoCommit(false);
+        try (PreparedStatement ps = c.prepareStatement("SELECT shardgate.next_id()")) {
+            for (int i = 0; i < 3; i++) {
+                try (ResultSet rs = ps.executeQuery()) {
+                    rs.next();
+                    ids.add(rs.getLong(1));
+                }
+            }
+        }
+        job.record(insert(c, k, "jdbc-next-id", 1));
+        c.commit();
+        job.step("rising");
+        boolean rising = true;
+        for (int i = 1; i < ids.size(); i++)
+            rising &= ids.get(i) > ids.get(i - 1) && ids.get(i - 1) > 0;
+        job.record(rising ? "ok" : ids.toString());
+    }
+
     private static void txCommit(Connection c, long k, Job job) throws SQLException {
         job.step("autocommit_off");
         c.setAutoCommit(false);

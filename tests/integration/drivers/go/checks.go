@@ -497,6 +497,35 @@ var scenarios = map[string]func(c *pgx.Conn, j *job, a *args){
 		j.step("after_b", j.mustRows(c, sel, k[1]))
 	},
 
+	// SELECT shardgate.next_id(), answered by the proxy: 5 as simple queries, 5 through pgx's
+	// cached named statement (binary int8).
+	"next_id": func(c *pgx.Conn, j *job, a *args) {
+		j.current = "ids"
+		var ids []int64
+		for i := 0; i < 10; i++ {
+			var id int64
+			var err error
+			if i < 5 {
+				err = c.QueryRow(ctx, "SELECT shardgate.next_id()", pgx.QuerySimpleProtocol(true)).Scan(&id)
+			} else {
+				err = c.QueryRow(ctx, "SELECT shardgate.next_id() AS id").Scan(&id)
+			}
+			j.check(err)
+			ids = append(ids, id)
+		}
+		j.step("ids", len(ids))
+		j.current = "rising"
+		rising := true
+		for i, v := range ids {
+			rising = rising && v > 0 && (i == 0 || v > ids[i-1])
+		}
+		if rising {
+			j.step("rising", "ok")
+		} else {
+			j.step("rising", ids)
+		}
+	},
+
 	// Reads of the whole table: QuerySimpleProtocol(true) sends a simple query; without it, a
 	// cached named statement with binary results.
 	"scatter": func(c *pgx.Conn, j *job, a *args) {

@@ -204,6 +204,20 @@ const scenarios = {
     job.step('update_a', await count(c, 'UPDATE drv_int SET n = n + 1 WHERE k = $1', [a]))
   },
 
+  // SELECT shardgate.next_id(), answered by the proxy: 5 as simple queries, 5 through a named
+  // statement (Parse once, then Bind/Execute); int8 comes back as a string.
+  async next_id(c, job, args) {
+    job.current = 'ids'
+    const ids = []
+    for (let i = 0; i < 5; i++) ids.push(BigInt((await c.query('SELECT shardgate.next_id()')).rows[0].next_id))
+    for (let i = 0; i < 5; i++) {
+      ids.push(BigInt((await c.query({ name: 'nid', text: 'SELECT shardgate.next_id() AS id' })).rows[0].id))
+    }
+    job.step('ids', ids.length)
+    job.current = 'rising'
+    job.step('rising', ids.every((v, i) => v > 0n && (i === 0 || v > ids[i - 1])) ? 'ok' : ids.map(String))
+  },
+
   // Reads of the whole table: without parameters node-postgres sends a simple query, with
   // parameters Parse/Bind/Describe/Execute/Sync (an unnamed statement).
   async scatter(c, job, args) {

@@ -242,6 +242,18 @@ SCENARIOS = {
     job.step("after_b", rows(c, SEL, [b]))
   end,
 
+  # SELECT shardgate.next_id(), answered by the proxy: 5 by exec (simple), 5 by exec_params
+  # (an unnamed extended-protocol statement).
+  "next_id" => lambda do |c, job, args|
+    job.current = "ids"
+    ids = (0...5).map { c.exec("SELECT shardgate.next_id()")[0]["next_id"].to_i } +
+          (0...5).map { c.exec_params("SELECT shardgate.next_id() AS id", [])[0]["id"].to_i }
+    job.step("ids", ids.length)
+    job.current = "rising"
+    rising = ids.each_with_index.all? { |v, i| v > 0 && (i.zero? || v > ids[i - 1]) }
+    job.step("rising", rising ? "ok" : ids)
+  end,
+
   # exec sends a simple query, exec_params an unnamed extended-protocol statement.
   "scatter" => lambda do |c, job, args|
     t = args["table"]
