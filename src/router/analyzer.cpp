@@ -1082,10 +1082,14 @@ private:
     }
     p.target = TargetKind::by_key;
     // Several rows may go to several shards, each INSERT with its own rows (rows() cuts the
-    // text), unless RETURNING must follow an ON CONFLICT that may skip rows: then the proxy
-    // could not put the returned rows back in the order of VALUES.
-    if (vs->n_values_lists > 1 && !(s->on_conflict_clause && s->n_returning_list > 0) &&
-        !s->with_clause && f.ctes.empty() && f.dml == 1 && !f.volatile_fn) {
+    // text), unless RETURNING must follow an ON CONFLICT that may skip rows (DO NOTHING, or
+    // DO UPDATE ... WHERE): then the proxy could not put the returned rows back in the order
+    // of VALUES. (DO UPDATE without WHERE returns one row per row of VALUES.)
+    const auto *oc = s->on_conflict_clause;
+    bool may_skip =
+        oc && (oc->action != PG_QUERY__ON_CONFLICT_ACTION__ONCONFLICT_UPDATE || oc->where_clause);
+    if (vs->n_values_lists > 1 && !(may_skip && s->n_returning_list > 0) && !s->with_clause &&
+        f.ctes.empty() && f.dml == 1 && !f.volatile_fn) {
       p.multi_write = true;
       p.insert_values = true;
     }

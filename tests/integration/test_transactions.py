@@ -543,6 +543,24 @@ class TransactionsTest(harness.ClusterTestCase):
         cur.execute("INSERT INTO accounts (id, balance) VALUES " +
                     ", ".join(f"({k}, 1)" for k in more) + " ON CONFLICT (id) DO NOTHING")
         self.assertEqual(cur.statusmessage, f"INSERT 0 {len(more) - 1}")
+        # ON CONFLICT DO UPDATE with RETURNING (an upsert of rows on several shards): one row
+        # back per row of VALUES, in their order; every row updated on its owner.
+        upsert = keys[:4] + more[:2]
+        cur.execute("INSERT INTO accounts (id, owner) VALUES " +
+                    ", ".join(f"({k}, 'up-{k}')" for k in upsert) +
+                    " ON CONFLICT (id) DO UPDATE SET owner = EXCLUDED.owner RETURNING id, owner")
+        self.assertEqual(cur.fetchall(), [(k, f"up-{k}") for k in upsert])
+        self.assertEqual(cur.statusmessage, f"INSERT 0 {len(upsert)}")
+        for k in upsert:
+            got = self.cluster.sql(self.cluster.primary_port(self.owner(str(k))),
+                                   f"SELECT owner FROM accounts WHERE id = {k}")
+            self.assertEqual(got, [[f"up-{k}"]])
+        # With DO NOTHING (rows may be skipped), RETURNING across shards is refused.
+        with self.assertRaises(psycopg2.Error) as e:
+            cur.execute("INSERT INTO accounts (id, balance) VALUES " +
+                        ", ".join(f"({k}, 1)" for k in more) +
+                        " ON CONFLICT (id) DO NOTHING RETURNING id")
+        self.assertEqual(e.exception.pgcode, "0A000")
         # In a transaction block, rolled back: none of them stays.
         conn.autocommit = False
         cur.execute("INSERT INTO accounts (id, balance) VALUES (3001, 1), (3002, 1), (3003, 1), "
