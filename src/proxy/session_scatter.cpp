@@ -238,18 +238,45 @@ Task<bool> Session::scatter_read(const router::PlannedText &pt, const std::strin
       shard_sql.replace(e.start, e.end - e.start, e.text);
   }
 
-  // An IN list of keys: each shard gets only its own items.
+  // An IN list of keys: each shard gets only its own items. Parameters ($n) a shard's text
+  // no longer names are declared with the key's type in its Parse, as PostgreSQL infers them
+  // from the key column.
   std::vector<std::string> shard_sqls(n, shard_sql);
   if (p.in_items.second > p.in_items.first && scatter_shards_) {
     std::vector<size_t> owners;
-    sh_.router.resolve(p, sql, pt.scan, {}, w_->place().keys.get(), true, &owners);
+    std::vector<router::ParamValue> params;
+    if (x)
+      for (size_t i = 0; i < x->bind->params.size(); ++i)
+        params.push_back({x->bind->params[i], protocol::bind_param_format(*x->bind, i)});
+    sh_.router.resolve(p, sql, pt.scan, params, w_->place().keys.get(), true, &owners);
+    bool any_param = std::any_of(p.keys.begin(), p.keys.end(), [](auto &k) { return k.is_param; });
+    if (any_param && !x)
+      owners.clear(); // (cannot be: a simple query has no parameters)
+    if (owners.size() == p.keys.size() && any_param) {
+      static constexpr uint32_t kOid[] = {20, 23, 21, 25, 2950}; // config::KeyType's order
+      uint32_t oid = kOid[size_t(sh_.cfg.tables[size_t(p.table)].key_type)];
+      for (const auto &k : p.keys) {
+        if (!k.is_param)
+          continue;
+        if (shard_types.size() < size_t(k.index))
+          shard_types.resize(size_t(k.index), 0);
+        if (shard_types[size_t(k.index - 1)] == 0)
+          shard_types[size_t(k.index - 1)] = oid;
+      }
+    }
     if (owners.size() == p.keys.size()) {
       for (size_t i = 0; i < n; ++i) {
         std::string items;
         for (size_t k = 0; k < owners.size(); ++k)
           if (owners[k] == shards[i]) {
-            const auto &c = pt.scan.consts[size_t(p.keys[k].index)];
-            items += (items.empty() ? "" : ", ") + sql.substr(c.start, c.end - c.start);
+            std::string item;
+            if (p.keys[k].is_param) {
+              item = "$" + std::to_string(p.keys[k].index);
+            } else {
+              const auto &c = pt.scan.consts[size_t(p.keys[k].index)];
+              item = sql.substr(c.start, c.end - c.start);
+            }
+            items += (items.empty() ? "" : ", ") + item;
           }
         if (items.empty())
           continue; // (cannot be: only the keys' owners run it)

@@ -205,7 +205,8 @@ private:
     case PG_QUERY__NODE__NODE_TYPE_CAST:
       return value_ref(n->type_cast->arg, table, out);
     case PG_QUERY__NODE__NODE_PARAM_REF:
-      out = {true, false, int16_t(table), n->param_ref->number};
+      out = {true, false, int16_t(table), n->param_ref->number,
+             uint32_t(std::max(0, n->param_ref->location))};
       return n->param_ref->number >= 1;
     case PG_QUERY__NODE__NODE_A_CONST: {
       const auto *c = n->a_const;
@@ -312,21 +313,34 @@ private:
     return false;
   }
 
-  // The span of an IN list's items when every item is a plain constant (nothing but commas
-  // and blanks between them, "(" before the first and ")" after the last): {0, 0} otherwise.
+  // The span of an IN list's items when every item is a plain constant or parameter (nothing
+  // but commas and blanks between them, "(" before the first and ")" after the last): {0, 0}
+  // otherwise.
   std::pair<uint32_t, uint32_t> in_items(const std::vector<ValueRef> &keys) const {
     auto blank = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; };
-    std::vector<const ConstToken *> items;
+    struct Span {
+      uint32_t start, end;
+    };
+    std::vector<Span> items;
     for (const ValueRef &v : keys) {
-      if (v.is_param || v.negate || v.index < 0 || size_t(v.index) >= consts_.size())
+      if (v.is_param) {
+        if (v.at >= sql_.size() || sql_[v.at] != '$')
+          return {0, 0};
+        uint32_t end = v.at + 1;
+        while (end < sql_.size() && sql_[end] >= '0' && sql_[end] <= '9')
+          ++end;
+        items.push_back({v.at, end});
+        continue;
+      }
+      if (v.negate || v.index < 0 || size_t(v.index) >= consts_.size())
         return {0, 0};
-      items.push_back(&consts_[size_t(v.index)]);
+      items.push_back({consts_[size_t(v.index)].start, consts_[size_t(v.index)].end});
     }
     for (size_t i = 0; i + 1 < items.size(); ++i) {
-      if (items[i + 1]->start < items[i]->end)
+      if (items[i + 1].start < items[i].end)
         return {0, 0};
       size_t commas = 0;
-      for (uint32_t at = items[i]->end; at < items[i + 1]->start; ++at)
+      for (uint32_t at = items[i].end; at < items[i + 1].start; ++at)
         if (sql_[at] == ',')
           ++commas;
         else if (!blank(sql_[at]))
@@ -334,14 +348,14 @@ private:
       if (commas != 1)
         return {0, 0};
     }
-    uint32_t before = items.front()->start, after = items.back()->end;
+    uint32_t before = items.front().start, after = items.back().end;
     while (before > 0 && blank(sql_[before - 1]))
       --before;
     while (after < sql_.size() && blank(sql_[after]))
       ++after;
     if (before == 0 || sql_[before - 1] != '(' || after >= sql_.size() || sql_[after] != ')')
       return {0, 0};
-    return {items.front()->start, items.back()->end};
+    return {items.front().start, items.back().end};
   }
 
   void no_key_error(StatementPlan &p, int table) const {

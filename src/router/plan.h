@@ -44,6 +44,7 @@ struct ValueRef {
   bool negate = false;
   int16_t table = -1; // config table whose key_type reads this value
   int32_t index = 0;
+  uint32_t at = 0; // a parameter: where its "$n" starts in the text
 };
 
 // How to merge a read that runs on every shard (TargetKind::scatter). Either the SELECT list
@@ -135,8 +136,9 @@ struct StatementPlan {
   // statement with its own rows only. Its keys are the rows' keys, in order.
   std::vector<std::pair<uint32_t, uint32_t>> value_rows;
   bool insert_values = false; // a multi-row INSERT ... VALUES (value_rows found when cut)
-  // A read whose keys are an IN list of plain constants: the text from its first item to the
-  // end of its last, so that each shard can be sent only the items it owns (empty: no cut).
+  // A read whose keys are an IN list of plain constants or parameters ($n): the text from its
+  // first item to the end of its last, so that each shard can be sent only the items it owns
+  // (empty: no cut).
   std::pair<uint32_t, uint32_t> in_items{0, 0};
   // INSERT INTO t VALUES (...) without a column list: the key is the item at the key column's
   // position in the table (the catalog's, which Router::set_key_position holds), so every

@@ -520,6 +520,44 @@ class ScatterTest(unittest.TestCase):
         self.assert_same(f"SELECT id, grp FROM items WHERE id IN ({', '.join(map(str, keys))}) "
                          "AND grp IS NOT NULL ORDER BY id", True)
 
+    @unittest.skipIf(psycopg is None, "psycopg 3 not installed")
+    def test_in_list_of_parameters_each_shard_gets_only_its_own(self):
+        """The same with parameters (IN ($1, $2, ...), extended protocol, text and binary, and
+        asyncpg): each shard's statement names only its own parameters, and the rows are
+        PostgreSQL's."""
+        by_shard = {}
+        for r in self.rows:
+            by_shard.setdefault(self.proxy.locate("items", r[0]), []).append(r[0])
+        picked = {s: ids[:2] for s, ids in by_shard.items()}
+        keys = sorted(k for ids in picked.values() for k in ids)
+        marks = ", ".join(["%s"] * len(keys))
+        for binary in (False, True):
+            with self.px3.cursor(binary=binary) as cur:
+                cur.execute(f"SELECT id, current_query() FROM items WHERE id IN ({marks}) ORDER BY id",
+                            keys, prepare=True)
+                got = cur.fetchall()
+            self.assertEqual([r[0] for r in got], keys)
+            for k, text in got:
+                shard = self.proxy.locate("items", k)
+                sent = text.split("IN (", 1)[1].split(")", 1)[0]
+                self.assertEqual(len(sent.split(",")), len(picked[shard]), f"{shard} ran: {text}")
+        want = self.run_both(f"SELECT id, grp, name FROM items WHERE id IN ({', '.join(map(str, keys))}) "
+                             "ORDER BY id")[0]
+        with self.px3.cursor(binary=True) as cur:
+            cur.execute(f"SELECT id, grp, name FROM items WHERE id IN ({marks}) ORDER BY id", keys,
+                        prepare=True)
+            self.assertEqual(cur.fetchall(), want[2])
+        if asyncpg is not None:
+            async def run():
+                conn = await asyncpg.connect(self.proxy.dsn())
+                try:
+                    q = ("SELECT id, grp, name FROM items WHERE id IN (" +
+                         ", ".join(f"${i + 1}" for i in range(len(keys))) + ") ORDER BY id")
+                    return [tuple(r) for r in await conn.fetch(q, *keys)]
+                finally:
+                    await conn.close()
+            self.assertEqual(asyncio.run(run()), want[2])
+
     def test_distinct_on(self):
         """SELECT DISTINCT ON with an ORDER BY that starts with its columns: each shard sends
         its first row per group, the merge keeps the first of each group across shards."""
