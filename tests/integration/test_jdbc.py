@@ -12,6 +12,9 @@ against the proxy and, for comparison, against the owning shard's primary direct
 - afterwards each row the proxy wrote is on its owner's primary (`shardgate --locate`), with the
   right values, and not on the other shard; rolled-back rows are nowhere.
 
+Also CRUD by key on a text-keyed and a uuid-keyed table (keys on both shards; the steps equal
+PostgreSQL's, each row on its owner only), and SELECT shardgate.next_id() (proxy only).
+
 Scenarios, each on keys of s0 and on keys of s1: a transaction of INSERT/UPDATE/SELECT that
 commits, the same rolled back, one PreparedStatement run 10 times in each of two transactions
 (past the prepare threshold), a reWriteBatchedInserts batch of 5 rows in autocommit and in a
@@ -31,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import unittest
+import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -111,7 +115,14 @@ class JdbcTest(harness.ClusterTestCase):
     def setUpClass(cls):
         super().setUpClass()
         # (an instance number for shardgate.next_id(): this proxy has no metadata database)
-        cls.proxy = harness.Proxy(cls.cluster, extra_toml="[ids]\ninstance = 3\n")
+        for i in range(cls.SHARDS):
+            for t, kind in (("jdbc_text", "text"), ("jdbc_uuid", "uuid")):
+                cls.cluster.sql(cls.cluster.primary_port(i),
+                                f"CREATE TABLE {t} (k {kind} PRIMARY KEY, v text, n bigint)",
+                                user="app")
+        cls.cluster.wait_replicas_caught_up()
+        cls.proxy = harness.Proxy(cls.cluster, extra_toml="[ids]\ninstance = 3\n", tables=(
+            ("accounts", "id", "bigint"), ("jdbc_text", "k", "text"), ("jdbc_uuid", "k", "uuid")))
         cls.addClassCleanup(cls.proxy.stop)
         CLASSES.mkdir(parents=True, exist_ok=True)
         p = subprocess.run([JAVAC, "-Xlint:all", "-cp", str(JAR), "-d", str(CLASSES),
@@ -233,6 +244,49 @@ class JdbcTest(harness.ClusterTestCase):
 
     def test_prepare_threshold_1(self):
         self.check_scenarios(1)
+
+    def test_text_and_uuid_keys(self):
+        """CRUD by key on text and uuid keys through the proxy (prepareThreshold default and 1):
+        the steps PostgreSQL gives directly (keys s0 owns, on s0's primary), and every row that
+        stays on its owner's primary only, the deleted one nowhere."""
+        def key(kind, n):
+            return f"t-{n}" if kind == "text" else str(uuid.UUID(int=(0x5347 << 64) | n))
+
+        def owner(table, k):
+            return int(harness._run([harness.SHARDGATE_BIN, "--config", self.proxy.config,
+                                     "--locate", table, k]).stdout.strip()[1:])
+
+        jobs, proxy_jobs = [], []
+        for threshold, base in ((None, 1000), (1, 2000)):
+            extra = "" if threshold is None else f"&prepareThreshold={threshold}"
+            for kind in ("text", "uuid"):
+                table = f"jdbc_{kind}"
+                ns = list(range(base, base + 6))
+                owners = {owner(table, key(kind, n)) for n in ns}
+                self.assertEqual(owners, {0, 1}, "the keys should span both shards")
+                label = f"proxy/{kind}/{threshold}"
+                jobs.append((label, self.url(self.proxy.port, extra), f"{kind}_keys", ns))
+                proxy_jobs.append((label, table, kind, ns))
+                direct = [n for n in range(base + 500, base + 600)
+                          if owner(table, key(kind, n)) == 0][:6]
+                jobs.append((f"direct/{kind}/{threshold}",
+                             self.url(self.cluster.primary_port(0), extra), f"{kind}_keys", direct))
+        results = self.run_jobs(jobs)
+        for label, table, kind, ns in proxy_jobs:
+            with self.subTest(job=label):
+                direct = results[label.replace("proxy/", "direct/", 1)]
+                self.assertIsNone(direct["error"], self.describe(direct))
+                got = results[label]
+                self.assertIsNone(got["error"], self.describe(got))
+                self.assertEqual(got["steps"], direct["steps"])
+                for i, n in enumerate(ns):
+                    k = key(kind, n)
+                    where = owner(table, k)
+                    for s in range(self.SHARDS):
+                        rows = self.cluster.sql(self.cluster.primary_port(s),
+                                                f"SELECT v, n FROM {table} WHERE k = '{k}'")
+                        want = [[f"v{i}", str(i + 10)]] if s == where and i > 0 else []
+                        self.assertEqual(rows, want, f"{table} key {k} (owner s{where}) on s{s}")
 
     def test_next_id(self):
         """SELECT shardgate.next_id() through pgjdbc, prepareThreshold default and 1: rising

@@ -101,6 +101,8 @@ public final class JdbcChecks {
             case "set_local_first": setLocalFirst(c, k[0], job); break;
             case "transfer": transfer(c, k[0], k[1], job); break;
             case "next_id": nextId(c, k[0], job); break;
+            case "text_keys": otherKeys(c, k, false, job); break;
+            case "uuid_keys": otherKeys(c, k, true, job); break;
             default: throw new IllegalArgumentException("unknown scenario " + scenario);
         }
     }
@@ -141,6 +143,50 @@ public final class JdbcChecks {
         for (int i = 1; i < ids.size(); i++)
             rising &= ids.get(i) > ids.get(i - 1) && ids.get(i - 1) > 0;
         job.record(rising ? "ok" : ids.toString());
+    }
+
+    // CRUD by key on a text-keyed (jdbc_text) or uuid-keyed (jdbc_uuid) table, keys made from
+    // the numbers given: "t-<n>" (setString: a varchar parameter), or the UUID whose high 64
+    // bits are 0x5347 and low 64 bits n (setObject(UUID)). Each key: insert, select, update,
+    // select; the first is deleted and read again (gone); the others stay.
+    private static void otherKeys(Connection c, long[] ns, boolean uuid, Job job) throws SQLException {
+        String t = uuid ? "jdbc_uuid" : "jdbc_text";
+        for (int i = 0; i < ns.length; i++) {
+            Object key = uuid ? (Object) new java.util.UUID(0x5347L, ns[i]) : "t-" + ns[i];
+            String at = "key" + i + ".";
+            job.step(at + "insert");
+            try (PreparedStatement ps = c.prepareStatement("INSERT INTO " + t + " (k, v, n) VALUES (?, ?, ?)")) {
+                ps.setObject(1, key);
+                ps.setString(2, "v" + i);
+                ps.setLong(3, i);
+                job.record(ps.executeUpdate());
+            }
+            job.step(at + "select");
+            job.record(keyRows(c, t, key));
+            job.step(at + "update");
+            try (PreparedStatement ps = c.prepareStatement("UPDATE " + t + " SET n = n + 10 WHERE k = ?")) {
+                ps.setObject(1, key);
+                job.record(ps.executeUpdate());
+            }
+            job.step(at + "select_after_update");
+            job.record(keyRows(c, t, key));
+            if (i == 0) {
+                job.step(at + "delete");
+                try (PreparedStatement ps = c.prepareStatement("DELETE FROM " + t + " WHERE k = ?")) {
+                    ps.setObject(1, key);
+                    job.record(ps.executeUpdate());
+                }
+                job.step(at + "select_after_delete");
+                job.record(keyRows(c, t, key));
+            }
+        }
+    }
+
+    private static List<Object> keyRows(Connection c, String t, Object key) throws SQLException {
+        try (PreparedStatement ps = c.prepareStatement("SELECT v, n FROM " + t + " WHERE k = ?")) {
+            ps.setObject(1, key);
+            return rows(ps);
+        }
     }
 
     private static void txCommit(Connection c, long k, Job job) throws SQLException {
