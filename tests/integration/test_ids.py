@@ -14,6 +14,8 @@ here, with real clients:
 - a proxy killed with SIGKILL and started again (same instance number: the same holder) gives
   IDs above every ID it gave before, whatever its clock (its lease's high water, plus the
   fence timeout, is its new floor);
+- when every other number is held, a new proxy takes a killed proxy's number over only after its
+  lease is 3 x fence_timeout_ms stale, and its IDs start above the dead one's;
 - [ids] instance = 7 without a metadata database: the IDs carry 7; with neither, 55000 with a
   hint, and the session goes on.
 
@@ -245,6 +247,36 @@ class IdsTest(harness.ClusterTestCase):
         self.assertGreater(after, max(before))
         # The floor: past the old high water by the fence timeout (10 s by default).
         self.assertGreaterEqual(decode(after)["ms"] - decode(max(before))["ms"], 10_000)
+
+    def test_a_dead_proxys_number_is_taken_over_without_repeats(self):
+        """When every other number is held, a new proxy waits until a dead proxy's lease is
+        3 x fence_timeout_ms stale, takes its number over, and starts its IDs past the dead
+        one's high water plus the fence timeout: no ID repeats."""
+        quick = (f'[metadata]\nurl = "{self.meta}"\nfence_timeout_ms = 1000\n'
+                 'heartbeat_ms = 200\n')
+        a = self.start_proxy(extra=quick)
+        c = psycopg2.connect(a.dsn(), connect_timeout=10)
+        c.autocommit = True
+        old = [self.next_id(c) for _ in range(100)]
+        c.close()
+        number = decode(old[-1])["instance"]
+        time.sleep(0.5)  # a renewal records the high water
+        port = self.cluster.primary_port(0)
+        self.cluster.sql(port, "INSERT INTO shardgate.id_instances (instance, holder, renewed_at) "
+                               "SELECT g, 'placeholder-' || g, now() + interval '1 hour' FROM "
+                               f"generate_series(0, 1023) g WHERE g <> {number} ON CONFLICT "
+                               "DO NOTHING", db="meta")  # (the other proxies keep theirs)
+        self.addCleanup(self.cluster.sql, port, "DELETE FROM shardgate.id_instances WHERE holder "
+                                                "LIKE 'placeholder-%'", db="meta")
+        a.proc.kill()
+        a.proc.wait()
+        died = time.time()
+        b = self.start_proxy(extra=quick)
+        first = self.next_id(self.connect(b))  # 55000 until the lease is stale, then one
+        self.assertGreaterEqual(time.time() - died, 2.5, "taken over before 3 x fence_timeout")
+        self.assertEqual(decode(first)["instance"], number)
+        self.assertGreater(first, max(old))
+        self.assertGreaterEqual(decode(first)["ms"] - decode(max(old))["ms"], 1000)
 
     def test_configured_instance_and_none(self):
         p = self.start_proxy(extra="[ids]\ninstance = 7\n")
