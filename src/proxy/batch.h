@@ -25,6 +25,7 @@ struct Session::BatchItem {
   uint64_t rerun = 0;   // E with rebind: rows the client has had from it
   StmtRef prev_portal;  // B: what the portal ran before
   int32_t max_rows = 0; // E: its row limit (0: all)
+  int guard_table = -1; // B of an INSERT without a column list: its key position's guard first
   std::string tag;
   std::string id_row; // E of SELECT shardgate.next_id() (special): its DataRow, sent before the tag
   std::optional<router::RouteError> error; // the proxy's own error here: the walk's last item

@@ -733,6 +733,8 @@ void Session::write_items(BackendConn &b, BatchPlan &bp, bool side) {
       write_parse(b, it);
       break;
     case 'B': {
+      if (it.guard_table >= 0) [[unlikely]] // INSERT without a column list: see key_guard()
+        write_key_guard(b, it.guard_table);
       ensure_prepared(b, *it.st, wbuf_);
       protocol::rewrite_bind(wbuf_, it.bind, m.body, it.st->server_name);
       Pending &p = exp_.emplace_back(Expect::one, true);
@@ -886,6 +888,14 @@ Task<bool> Session::on_batch() {
   while (w_->place().keys->pause && batch_moves_key(batch))
     [[unlikely]] co_await hold_a_moment();
   hold_since_ = {};
+  // INSERTs without a column list: their tables' key positions, read before planning.
+  if (!co_await learn_batch_key_positions(batch)) [[unlikely]] {
+    if (!batch.empty() && batch.back().type == 'S')
+      ready();
+    else
+      skip_until_sync_ = true;
+    co_return true;
+  }
   BatchPlan bp;
   if (!plan_batch(batch, bp))
     co_return co_await fatal("08P01", "invalid extended-protocol message");

@@ -420,7 +420,27 @@ bool Session::plan_batch(const std::vector<Msg> &batch, BatchPlan &bp) {
                    whole_statement(batch, size_t(&m - batch.data()), it.st->text);
       router::Resolved r =
           sh_.router.resolve(sp, it.st->text, it.st->planned.scan, params, w_->place().keys.get(),
-                             (alone || among) && !sp.positional);
+                             ((alone || among) && !sp.positional) || sp.positional);
+      if (sp.positional) [[unlikely]] {
+        // INSERT without a column list: on one shard, after the guard of its key position.
+        if (r.kind == router::TargetKind::scatter) {
+          fail("0A000",
+               "an INSERT without a column list whose rows live on several shards is not "
+               "supported through the extended protocol",
+               "list the columns, or insert the rows of each shard in a statement of its own");
+          break;
+        }
+        if (r.kind == router::TargetKind::by_key &&
+            w_->place().keys->mirror_source(size_t(r.shard))) {
+          fail("0A000",
+               "an INSERT without a column list into a sharded table is not supported while a "
+               "migration moves keys of its shard",
+               "list the columns: INSERT INTO t (col, ...) VALUES ...");
+          break;
+        }
+        if (r.kind == router::TargetKind::by_key)
+          it.guard_table = sp.table;
+      }
       count_route(w_->stats, r.kind, sp);
       if (bp.scatter && bp.scatter_write) {
         // What follows a write across shards runs as the next part of the batch.

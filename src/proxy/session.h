@@ -50,8 +50,9 @@ private:
   struct Pending {
     Pending(Expect k, bool fwd = true) : kind(k), forward(fwd) {}
     Expect kind;
-    bool forward = true;   // false: swallow the success responses (proxy-injected)
-    uint8_t skip_done = 0; // CommandCompletes to swallow first (a guard before the query)
+    bool forward = true;    // false: swallow the success responses (proxy-injected)
+    uint8_t skip_done = 0;  // CommandCompletes to swallow first (a guard before the query)
+    bool key_guard = false; // the guard's own Execute (extended protocol): see key_guard()
     bool parse_unnamed = false;
     bool portal_undo = false; // a client Bind of portal client_name, which held `prev`
     uint64_t prev_owner = 0;  // parse_unnamed: the backend's unnamed statement before it
@@ -209,7 +210,9 @@ private:
   // session_catalog.cpp: the shards' catalogs, asked on the client's behalf.
   Task<std::optional<std::vector<protocol::Row>>>
   catalog_rows(BackendConn &b, const std::string &sql, protocol::ErrorInfo &error);
-  Task<bool> learn_key_position(int table);
+  Task<bool> learn_key_position(int table, bool answer_ready = true);
+  Task<bool> learn_batch_key_positions(const std::vector<Msg> &batch);
+  void write_key_guard(BackendConn &b, int table);
   std::string key_guard(const std::vector<int> &tables) const;
   int learn_table_ = -1; // QueryStep::learn_key: the table
   std::string guard_;    // prefixed to the next query string written (write_query)

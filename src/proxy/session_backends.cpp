@@ -526,7 +526,7 @@ Session::RelayStep Session::relay_some(BackendConn &b) {
         on_backend_lost(b);
         return RelayStep::failed;
       }
-      if (h.skip_done) [[unlikely]] // the guard failed: the key positions are stale
+      if (h.skip_done || h.key_guard) [[unlikely]] // the guard failed: the positions are stale
         sh_.router.forget_key_positions();
       if (h.fail) {
         // The proxy's own error, raised at this point of the batch: the client sees it in

@@ -70,7 +70,9 @@ Session::catalog_rows(BackendConn &b, const std::string &sql, protocol::ErrorInf
   co_return rows;
 }
 
-Task<bool> Session::learn_key_position(int table) {
+// (answer_ready false: an extended-protocol batch, whose caller answers ReadyForQuery at its
+// Sync.)
+Task<bool> Session::learn_key_position(int table, bool answer_ready) {
   const config::Table &t = sh_.cfg.tables[size_t(table)];
   // On the transaction's shard when it holds one (a read in it changes nothing), else on the
   // default shard, outside any transaction: every shard has the table's definition.
@@ -79,7 +81,8 @@ Task<bool> Session::learn_key_position(int table) {
   if (!b) { // unreachable() said why
     if (in_tx())
       fail_transaction_by_proxy();
-    ready();
+    if (answer_ready)
+      ready();
     co_return false;
   }
   protocol::ErrorInfo err;
@@ -96,11 +99,58 @@ Task<bool> Session::learn_key_position(int table) {
           "list the columns in the INSERT");
     if (in_tx())
       fail_transaction_by_proxy();
-    ready();
+    if (answer_ready)
+      ready();
     co_return false;
   }
   sh_.router.set_key_position(table, std::stoi(*rows->front()[0]));
   co_return true;
+}
+
+// An extended-protocol batch: the key positions of the INSERTs without a column list that
+// it parses or binds, read first (before planning, which has no I/O). False: one could not
+// be read, and the client has the error (the batch is answered up to its Sync).
+Task<bool> Session::learn_batch_key_positions(const std::vector<Msg> &batch) {
+  for (const Msg &m : batch) {
+    const router::PlannedText *pt = nullptr;
+    router::PlannedText parsed;
+    if (m.type == 'P') {
+      auto p = protocol::parse_parse(m.body);
+      if (!p)
+        continue;
+      parsed = sh_.router.plan(std::string(p->query));
+      pt = &parsed;
+    } else if (m.type == 'B') {
+      auto b = protocol::parse_bind(m.body);
+      auto sit = b ? stmts_.find(std::string(b->statement)) : stmts_.end();
+      if (sit == stmts_.end())
+        continue;
+      pt = &sit->second->planned;
+    }
+    if (!pt || !pt->analysis->parsed || pt->analysis->stmts.size() != 1)
+      continue;
+    const router::StatementPlan &sp = pt->analysis->stmts[0];
+    if (sp.positional && sp.table >= 0 && sh_.router.key_position(sp.table) < 0) [[unlikely]]
+      if (!co_await learn_key_position(sp.table, false))
+        co_return false;
+  }
+  co_return true;
+}
+
+// The guard in front of the client's Bind of an INSERT without a column list (extended
+// protocol): key_guard() as a statement of the proxy's own, run through a portal of its own,
+// every answer swallowed but an error (40001, which fails what follows as PostgreSQL would).
+void Session::write_key_guard(BackendConn &b, int table) {
+  ClientStmt g;
+  g.text = key_guard({table});
+  g.set_id(w_->intern_statement(stmt_key(g.text, g.types)));
+  ensure_prepared(b, g, wbuf_);
+  protocol::Writer(wbuf_, 'B').cstr("sg_guard").cstr(g.server_name).i16(0).i16(0).i16(0).finish();
+  exp_.emplace_back(Expect::one, false);
+  protocol::Writer(wbuf_, 'E').cstr("sg_guard").i32(0).finish();
+  exp_.emplace_back(Expect::execute, false).key_guard = true;
+  protocol::close(wbuf_, 'P', "sg_guard");
+  exp_.emplace_back(Expect::one, false);
 }
 
 // A statement run just before the client's INSERTs without a column list, in the same query

@@ -776,12 +776,53 @@ class TransactionsTest(harness.ClusterTestCase):
         cur.execute("ALTER TABLE posn ADD COLUMN z int")
         cur.execute(f"INSERT INTO posn VALUES ({k + 1000}, 'after', 3)")
         self.assertEqual(cur.statusmessage, "INSERT 0 1")
-        # The extended protocol: 0A000, with a hint.
+        # The extended protocol (psycopg 3 binds server-side): the position read before the
+        # batch is planned (DDL through the proxy made it forget it), the guard in front of
+        # each Bind, a prepared statement run past its threshold, in autocommit and in a
+        # transaction; rows of several shards in one statement get 0A000.
         if psycopg is not None:
+            cur.execute("ALTER TABLE posn ADD COLUMN y2 int")
+            cur.execute("ALTER TABLE posn DROP COLUMN y2")
+            ext = [k + 2000 + i for i in range(8)]
             with psycopg.connect(self.proxy.dsn(), autocommit=True) as c3:
+                for n in ext[:6]:
+                    c3.execute("INSERT INTO posn VALUES (%s, 'p', %s)", (n, n % 5), prepare=True)
+                with c3.transaction():
+                    for n in ext[6:]:
+                        got = c3.execute("INSERT INTO posn VALUES (%s, 'q', 1) RETURNING id",
+                                         (n,), prepare=True).fetchall()
+                        self.assertEqual(got, [(n,)])
+                two = next(x for x in range(9500, 9600) if self.owner(str(x)) != self.owner(str(ext[0])))
                 with self.assertRaises(psycopg.Error) as e3:
-                    c3.execute("INSERT INTO posn VALUES (%s, 'p', 1)", (k + 2000,), prepare=True)
+                    c3.execute("INSERT INTO posn VALUES (%s, 'r', 1), (%s, 'r', 1)", (ext[0] + 50, two),
+                               prepare=True)
                 self.assertEqual(e3.exception.sqlstate, "0A000")
+                for n in ext:
+                    rows = [(i, r) for i in range(self.SHARDS) for r in self.cluster.sql(
+                        self.cluster.primary_port(i), f"SELECT id FROM posn WHERE id = {n}")]
+                    self.assertEqual(rows, [(self.owner(str(n)), [str(n)])], f"row {n}")
+                for i in range(self.SHARDS):  # nothing from the refused statement
+                    self.assertEqual(self.cluster.sql(
+                        self.cluster.primary_port(i),
+                        f"SELECT id FROM posn WHERE id IN ({ext[0] + 50}, {two})"), [])
+                # The table made again behind the proxy's back with a column before the key:
+                # the position the proxy knows (0) is stale. The guard says 40001, nothing is
+                # written, and the retry (the position read again: 1) goes to the owner.
+                for i in range(self.SHARDS):
+                    self.cluster.sql(self.cluster.primary_port(i),
+                                     "DROP TABLE posn; CREATE TABLE posn(a int, id bigint PRIMARY "
+                                     "KEY, b text)", user="app")
+                late = next(x for x in range(9700, 9800) if self.owner(str(x)) != self.owner("5"))
+                with self.assertRaises(psycopg.Error) as e4:
+                    c3.execute("INSERT INTO posn VALUES (5, %s, 'g')", (late,), prepare=True)
+                self.assertEqual(e4.exception.sqlstate, "40001", str(e4.exception))
+                for i in range(self.SHARDS):
+                    self.assertEqual(self.cluster.sql(self.cluster.primary_port(i),
+                                                      "SELECT id FROM posn"), [])
+                c3.execute("INSERT INTO posn VALUES (5, %s, 'g')", (late,), prepare=True)
+            rows = [(i, r) for i in range(self.SHARDS) for r in self.cluster.sql(
+                self.cluster.primary_port(i), "SELECT id FROM posn")]
+            self.assertEqual(rows, [(self.owner(str(late)), [str(late)])])
         conn.close()
 
     def copy_from(self, sql, data):
