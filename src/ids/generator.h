@@ -13,6 +13,7 @@
 // kMaxAheadMs ahead of the clock (further, the caller waits).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <mutex>
 #include <string>
@@ -23,6 +24,18 @@ constexpr int64_t kEpochMs = 1735689600000; // 2025-01-01T00:00:00Z, Unix ms
 constexpr int kTimeBits = 41, kInstanceBits = 10, kSequenceBits = 12;
 constexpr int kInstances = 1 << kInstanceBits;
 constexpr int64_t kMaxAheadMs = 2000;
+
+// The clocks next() is given: wall-clock Unix ms (the IDs' time) and steady ms (the lease's).
+inline int64_t unix_now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+inline int64_t steady_now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
 
 struct Parts {
   int64_t unix_ms = 0;

@@ -11,12 +11,6 @@ namespace sg::ids {
 
 namespace {
 
-int64_t steady_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
 namespace log = proxy::log;
 
 } // namespace
@@ -44,7 +38,7 @@ void Lease::loop() {
   std::optional<int> held;
   bool warned = false;
   for (;;) {
-    int64_t began = steady_ms();
+    int64_t began = steady_now_ms();
     try {
       if (!store) {
         store =

@@ -7,28 +7,12 @@
 
 namespace sg::proxy {
 
-namespace {
-
-int64_t unix_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-int64_t steady_ms() { // the clock ids::Lease measures its lease on
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
-} // namespace
-
 // One ID. When the generator has borrowed too far ahead of the clock (over 4096 IDs in a
 // millisecond for a while, or the clock set back while it did), it waits for the clock, up to
 // a second; nullopt with `why` when there is none to give.
 Task<std::optional<int64_t>> Session::take_id(std::string &why) {
   for (int64_t waited = 0;;) {
-    auto r = sh_.ids.next(unix_ms(), steady_ms());
+    auto r = sh_.ids.next(ids::unix_now_ms(), ids::steady_now_ms());
     if (r.status == ids::Generator::Status::ok)
       co_return r.id;
     if (r.status == ids::Generator::Status::unavailable) {
@@ -88,10 +72,7 @@ std::optional<router::RouteError> Session::next_id_row(const BatchPlan &bp, Batc
   std::string_view body = bind->m->body;
   protocol::Reader r(body.substr(size_t(bind->bind.results - body.data())));
   int16_t n = r.i16(), format = n > 0 ? r.i16() : 0;
-  auto g = sh_.ids.next(std::chrono::duration_cast<std::chrono::milliseconds>(
-                            std::chrono::system_clock::now().time_since_epoch())
-                            .count(),
-                        steady_ms());
+  auto g = sh_.ids.next(ids::unix_now_ms(), ids::steady_now_ms());
   if (g.status != ids::Generator::Status::ok) {
     std::string why = g.status == ids::Generator::Status::wait
                           ? "the clock is " + std::to_string(g.wait_ms) +
