@@ -239,8 +239,8 @@ private:
     bool describe = false;
   };
   // session_ids.cpp: shardgate.next_id(), answered by the proxy.
-  Task<std::optional<int64_t>> take_id(std::string &why);
-  void next_id_error(const std::string &why);
+  router::RouteError no_id(const ids::Generator::Result &r) const;
+  Task<std::optional<int64_t>> take_id(router::RouteError &err);
   Task<void> answer_next_id(const std::string &column);
   std::optional<router::RouteError> next_id_row(const BatchPlan &bp, BatchItem &it);
   Task<bool> scatter_read(const router::PlannedText &pt, const std::string &sql,

@@ -7,21 +7,28 @@
 
 namespace sg::proxy {
 
+// Why the generator gave no ID, as the client hears it.
+router::RouteError Session::no_id(const ids::Generator::Result &r) const {
+  std::string why = r.status == ids::Generator::Status::wait
+                        ? "the clock is " + std::to_string(r.wait_ms) +
+                              " ms behind the IDs already given (was it set back?)"
+                        : r.why;
+  return {"55000", "shardgate.next_id() cannot give an ID now: " + why,
+          sh_.cfg.ids.instance < 0 && !sh_.cfg.metadata.enabled
+              ? "set [ids] instance (0-1023, unique per proxy) or enable [metadata]"
+              : "retry; the proxy's log says more"};
+}
+
 // One ID. When the generator has borrowed too far ahead of the clock (over 4096 IDs in a
 // millisecond for a while, or the clock set back while it did), it waits for the clock, up to
-// a second; nullopt with `why` when there is none to give.
-Task<std::optional<int64_t>> Session::take_id(std::string &why) {
+// a second; nullopt with `err` when there is none to give.
+Task<std::optional<int64_t>> Session::take_id(router::RouteError &err) {
   for (int64_t waited = 0;;) {
     auto r = sh_.ids.next(ids::unix_now_ms(), ids::steady_now_ms());
     if (r.status == ids::Generator::Status::ok)
       co_return r.id;
-    if (r.status == ids::Generator::Status::unavailable) {
-      why = r.why;
-      co_return std::nullopt;
-    }
-    if (waited + r.wait_ms > 1000) {
-      why = "the clock is " + std::to_string(r.wait_ms) +
-            " ms behind the IDs already given (was it set back?)";
+    if (r.status == ids::Generator::Status::unavailable || waited + r.wait_ms > 1000) {
+      err = no_id(r);
       co_return std::nullopt;
     }
     waited += r.wait_ms;
@@ -31,19 +38,12 @@ Task<std::optional<int64_t>> Session::take_id(std::string &why) {
   }
 }
 
-void Session::next_id_error(const std::string &why) {
-  error("55000", "shardgate.next_id() cannot give an ID now: " + why,
-        sh_.cfg.ids.instance < 0 && !sh_.cfg.metadata.enabled
-            ? "set [ids] instance (0-1023, unique per proxy) or enable [metadata]"
-            : "retry; the proxy's log says more");
-}
-
 // SELECT shardgate.next_id() as a simple query: one int8 column, one row.
 Task<void> Session::answer_next_id(const std::string &column) {
-  std::string why;
-  auto id = co_await take_id(why);
+  router::RouteError err;
+  auto id = co_await take_id(err);
   if (!id) {
-    next_id_error(why);
+    error(err.sqlstate, err.message, err.hint);
     if (in_tx())
       fail_transaction_by_proxy();
     ready();
@@ -73,14 +73,8 @@ std::optional<router::RouteError> Session::next_id_row(const BatchPlan &bp, Batc
   protocol::Reader r(body.substr(size_t(bind->bind.results - body.data())));
   int16_t n = r.i16(), format = n > 0 ? r.i16() : 0;
   auto g = sh_.ids.next(ids::unix_now_ms(), ids::steady_now_ms());
-  if (g.status != ids::Generator::Status::ok) {
-    std::string why = g.status == ids::Generator::Status::wait
-                          ? "the clock is " + std::to_string(g.wait_ms) +
-                                " ms behind the IDs already given (was it set back?)"
-                          : g.why;
-    return router::RouteError{"55000", "shardgate.next_id() cannot give an ID now: " + why,
-                              "retry; the proxy's log says more"};
-  }
+  if (g.status != ids::Generator::Status::ok)
+    return no_id(g);
   std::string value;
   if (format == 1) {
     for (int i = 7; i >= 0; --i)

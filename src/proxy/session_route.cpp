@@ -119,27 +119,23 @@ Session::QueryStep Session::route_query(const std::string &sql, QueryRun &q) {
     q.shard = tx_shard_;
     return QueryStep::run;
   }
-  if (!first.next_id.empty()) [[unlikely]] {
-    if (single)
-      return QueryStep::next_id;
-  }
-  if (planned.analysis->stmts.size() > 1) [[unlikely]]
-    for (const auto &st : stmts)
-      if (!st.next_id.empty())
-        return refuse("0A000",
-                      "shardgate.next_id() is answered by the proxy only as a statement of its "
-                      "own",
-                      "send SELECT shardgate.next_id() alone, not in a string of several");
+  if (single && !first.next_id.empty()) [[unlikely]]
+    return QueryStep::next_id;
 
   // Resolve every statement; they must agree on one shard.
   int shard = -1;
   bool all_read = true, none_only = true, broadcast_ddl = false;
-  std::vector<int> guarded; // tables of INSERTs without a column list
-  for (const auto &st : stmts)
+  std::vector<int> guarded;               // tables of INSERTs without a column list
+  for (const auto &st : stmts) {          // before any statement of the string is noted:
+    if (!st.next_id.empty()) [[unlikely]] // (in a string of several)
+      return refuse("0A000",
+                    "shardgate.next_id() is answered by the proxy only as a statement of its own",
+                    "send SELECT shardgate.next_id() alone, not in a string of several");
     if (st.positional && sh_.router.key_position(st.table) < 0) [[unlikely]] {
-      learn_table_ = st.table; // read first, before any statement of the string is noted
+      learn_table_ = st.table; // read first
       return QueryStep::learn_key;
     }
+  }
   for (const auto &st : stmts) {
     if (st.kind == router::StmtKind::begin || st.kind == router::StmtKind::savepoint) [[unlikely]]
       note_tx_statement(st, text_of(st));
